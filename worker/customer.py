@@ -1,0 +1,144 @@
+"""Per-customer state: the distinct orders seen, merged order-independently. Pure.
+
+The state is a function of the *set* of distinct events: applying the same events in any
+order, any number of times, gives the same orders map. That is what makes redelivery,
+retries after timeouts and replays harmless without any offset bookkeeping.
+
+- order_placed: one order per order_id. If two different placed events claim the same
+  order, the smallest (occurred_at, amount) wins, so the winner does not depend on arrival.
+- order_cancelled: the order becomes a tombstone; placed and refund events of a cancelled
+  order change nothing, whenever they arrive.
+- order_refunded: refunds are kept per refund event (by a digest of its event_id) so the
+  same refund counts once; an order's value is max(0, amount - refunds).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+import orjson
+
+from worker.events import ValidEvent
+
+Outcome = Literal["applied", "duplicate"]
+
+
+@dataclass(slots=True)
+class Order:
+    placed_at: int | None = None  # epoch ms of the kept order_placed
+    amount: int | None = None  # money units (worker.money)
+    refunds: dict[str, int] = field(default_factory=dict)  # refund digest -> units
+
+    @property
+    def value(self) -> int:
+        return max(0, (self.amount or 0) - sum(self.refunds.values()))
+
+
+@dataclass(frozen=True, slots=True)
+class Published:
+    """The score last published for the customer (what `previous` of the next change is)."""
+
+    r: int
+    f: int
+    m: int
+    segment: str
+
+    @property
+    def rfm(self) -> str:
+        return f"{self.r}{self.f}{self.m}"
+
+
+@dataclass(frozen=True, slots=True)
+class Aggregates:
+    first_order_at: int  # epoch ms
+    last_order_at: int
+    orders_lifetime: int
+    monetary: int  # money units
+    order_times: tuple[int, ...]  # placed_at of the counted orders, ascending
+
+
+@dataclass(slots=True)
+class Customer:
+    tenant: str
+    customer_id: str
+    orders: dict[str, Order | None] = field(default_factory=dict)  # None: cancelled
+    published: Published | None = None
+    partition: int | None = None  # partition of the customer's latest event
+
+    def apply(self, event: ValidEvent) -> Outcome:
+        """Merge one event. Returns 'duplicate' when the event was already part of the state."""
+        kind = event.type
+        if kind == "order_cancelled":
+            if event.order_id in self.orders and self.orders[event.order_id] is None:
+                return "duplicate"
+            self.orders[event.order_id] = None
+            return "applied"
+        order = self.orders.get(event.order_id, _ABSENT)
+        if order is None:  # cancelled: nothing can change it any more
+            return "applied"
+        if order is _ABSENT:
+            order = self.orders[event.order_id] = Order()
+        assert event.amount is not None  # validated for placed and refunded
+        if kind == "order_placed":
+            if order.placed_at is not None:
+                assert order.amount is not None
+                if (event.occurred_at, event.amount) >= (order.placed_at, order.amount):
+                    return "duplicate"
+            order.placed_at, order.amount = event.occurred_at, event.amount
+            return "applied"
+        # order_refunded
+        if event.digest in order.refunds:
+            return "duplicate"
+        order.refunds[event.digest] = event.amount
+        return "applied"
+
+    def aggregates(self) -> Aggregates | None:
+        """First/last order, count and net spend over counted orders; None if there are none."""
+        times: list[int] = []
+        monetary = 0
+        for order in self.orders.values():
+            if order is not None and order.placed_at is not None:
+                times.append(order.placed_at)
+                monetary += order.value
+        if not times:
+            return None
+        times.sort()
+        return Aggregates(times[0], times[-1], len(times), monetary, tuple(times))
+
+    # -- codec: a compact JSON blob, one Redis string per customer ---------------------------
+
+    def encode(self) -> bytes:
+        orders: dict[str, object] = {}
+        for oid, order in self.orders.items():
+            if order is None:
+                orders[oid] = 0
+            elif order.refunds:
+                orders[oid] = [order.placed_at, order.amount, order.refunds]
+            else:
+                orders[oid] = [order.placed_at, order.amount]
+        pub = self.published
+        doc: dict[str, object] = {"o": orders}
+        if pub is not None:
+            doc["s"] = [pub.r, pub.f, pub.m, pub.segment]
+        if self.partition is not None:
+            doc["p"] = self.partition
+        return orjson.dumps(doc)
+
+    @classmethod
+    def decode(cls, tenant: str, customer_id: str, blob: bytes | None) -> Customer:
+        if not blob:
+            return cls(tenant, customer_id)
+        doc = orjson.loads(blob)
+        orders: dict[str, Order | None] = {}
+        for oid, raw in doc["o"].items():
+            if raw == 0:
+                orders[oid] = None
+            else:
+                orders[oid] = Order(raw[0], raw[1], raw[2] if len(raw) > 2 else {})
+        s = doc.get("s")
+        published = Published(s[0], s[1], s[2], s[3]) if s else None
+        return cls(tenant, customer_id, orders, published, doc.get("p"))
+
+
+_ABSENT = Order()  # sentinel distinct from None (cancelled)

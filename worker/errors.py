@@ -1,0 +1,17 @@
+"""The one exception hierarchy of the worker."""
+
+
+class RfmError(Exception):
+    """Base class of every error the worker raises on purpose."""
+
+
+class ConfigError(RfmError):
+    """Invalid configuration: reported as one line at start, exit code 2."""
+
+
+class ProfileError(ConfigError):
+    """A scoring profile file that cannot be used."""
+
+
+class StateError(RfmError):
+    """The Redis state cannot be used as it is (for example it was lost)."""

@@ -1,0 +1,170 @@
+"""Input validation: raw Kafka values to valid order events or rejections. Pure.
+
+Every rejection carries a short class (the `rfm.error.class` DLQ header) and one human
+sentence (`rfm.error.reason`). Nothing here touches Kafka or Redis.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Annotated, Literal, Self
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    model_validator,
+)
+
+from worker.money import to_units
+from worker.profiles import DEFAULT_TENANT, Profiles
+
+MAX_EVENT_BYTES = 64 * 1024  # an order event is a few hundred bytes; more is an accident
+MAX_FUTURE_MS = 5 * 60 * 1000  # contract: more than 5 minutes ahead of the wall clock
+EventType = Literal["order_placed", "order_refunded", "order_cancelled"]
+
+Id = Annotated[str, Strict(), Field(min_length=1, max_length=200)]
+
+
+class OrderEvent(BaseModel):
+    """An order event as upstream services publish it (contract section 4)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, title="OrderEvent")
+
+    event_id: Id = Field(description="Unique per event; the idempotency key.")
+    type: EventType
+    order_id: Id
+    customer_id: Id
+    tenant: Annotated[str, Strict()] = Field(
+        default=DEFAULT_TENANT, min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$"
+    )
+    amount: Decimal | None = Field(
+        default=None,
+        ge=0,
+        lt=10**12,
+        decimal_places=4,
+        allow_inf_nan=False,
+        description="Decimal string or number; required for order_placed and order_refunded.",
+    )
+    currency: Annotated[str, Strict()] | None = Field(default=None, pattern=r"^[A-Z]{3}$")
+    occurred_at: Annotated[AwareDatetime, Strict()] = Field(
+        description="RFC 3339 timestamp with an offset."
+    )
+
+    @model_validator(mode="after")
+    def _amount_where_needed(self) -> Self:
+        if self.amount is None and self.type != "order_cancelled":
+            raise ValueError(f"amount is required for {self.type}")
+        return self
+
+
+@dataclass(frozen=True, slots=True)
+class ValidEvent:
+    """A validated event in the form the core works with: ints for money and time."""
+
+    event_id: str
+    type: EventType
+    order_id: str
+    customer_id: str
+    tenant: str
+    amount: int | None  # money units
+    occurred_at: int  # epoch ms
+    digest: str  # short stable digest of event_id (dedups refunds in little memory)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    error_class: str
+    reason: str
+
+
+def validate(value: bytes | None, profiles: Profiles, now_ms: int) -> ValidEvent | Rejection:
+    """Validate one Kafka record value against the contract and the tenant's profile."""
+    if value is None:
+        return Rejection("empty", "the record has no value (tombstone or empty message)")
+    if len(value) > MAX_EVENT_BYTES:
+        return Rejection(
+            "oversized", f"the value is {len(value)} bytes, more than the {MAX_EVENT_BYTES} allowed"
+        )
+    try:
+        ev = OrderEvent.model_validate_json(value)
+    except ValidationError as exc:
+        return _rejection(exc, value)
+    occurred = _epoch_ms(ev.occurred_at)
+    if occurred - now_ms > MAX_FUTURE_MS:
+        return Rejection(
+            "future_timestamp",
+            f"occurred_at {ev.occurred_at.isoformat()} is more than 5 minutes ahead of now",
+        )
+    profile = profiles.for_tenant(ev.tenant)
+    if profile.currency and ev.currency and ev.currency != profile.currency:
+        return Rejection(
+            "currency_mismatch",
+            f"currency {ev.currency} differs from {profile.currency}, the currency of "
+            f"profile '{profile.name}'",
+        )
+    return ValidEvent(
+        event_id=ev.event_id,
+        type=ev.type,
+        order_id=ev.order_id,
+        customer_id=ev.customer_id,
+        tenant=ev.tenant,
+        amount=None if ev.amount is None else to_units(ev.amount),
+        occurred_at=occurred,
+        digest=digest(ev.event_id),
+    )
+
+
+def digest(event_id: str) -> str:
+    """64 bits of BLAKE2b in 11 characters: collisions are negligible within one order."""
+    raw = hashlib.blake2b(event_id.encode(), digest_size=8).digest()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _epoch_ms(ts: datetime) -> int:
+    return (ts - _EPOCH) // timedelta(milliseconds=1)  # exact, no float
+
+
+_FIELD_CLASS = {
+    "amount": "invalid_amount",
+    "occurred_at": "invalid_timestamp",
+    "type": "unknown_type",
+    "currency": "invalid_currency",
+}
+
+
+def _rejection(exc: ValidationError, value: bytes) -> Rejection:
+    err = exc.errors(include_url=False)[0]
+    kind, loc = err["type"], err["loc"]
+    field = str(loc[0]) if loc else ""
+    if kind == "json_invalid":
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError as uexc:
+            return Rejection(
+                "invalid_encoding", f"the value is not UTF-8 ({uexc.reason} at byte {uexc.start})"
+            )
+        return Rejection("invalid_json", f"the value is not JSON: {err['msg']}")
+    if kind == "model_type":
+        return Rejection("not_an_object", "the value is JSON but not an object")
+    if kind == "missing":
+        return Rejection("missing_field", f"required field {field} is missing")
+    if not loc:  # the model-level check (amount required)
+        return Rejection("missing_field", str(err["msg"]).removeprefix("Value error, "))
+    cls = _FIELD_CLASS.get(field, "invalid_field")
+    return Rejection(cls, f"{field}: {err['msg']} (got {_preview(err.get('input'))})")
+
+
+def _preview(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

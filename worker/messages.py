@@ -1,0 +1,175 @@
+"""Output records: the actions topic (section 5) and the customer view (section 7).
+
+The pydantic models are the documented shape (JSON Schemas in schemas/ are generated from
+them); the hot path builds plain dicts with the same shape and serialises them with orjson,
+and the tests check the two agree.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict
+
+from worker.customer import Aggregates, Published
+from worker.money import format_units
+from worker.scoring import Score
+
+Cause = Literal["order", "cancel", "refund", "decay", "rescore"]
+CAUSE_OF_EVENT: dict[str, Cause] = {
+    "order_placed": "order",
+    "order_cancelled": "cancel",
+    "order_refunded": "refund",
+}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ScoreView(_Model):
+    r: int
+    f: int
+    m: int
+    rfm: str
+    segment: str
+
+
+class CustomerSummary(_Model):
+    first_order_at: str | None
+    last_order_at: str | None
+    orders: int
+    orders_lifetime: int
+    monetary: str
+
+
+class RfmChanged(_Model):
+    """A change of a customer's (R, F, M) or segment."""
+
+    model_config = ConfigDict(title="RfmChanged")
+    type: Literal["rfm.changed"]
+    change_id: str
+    tenant: str
+    customer_id: str
+    cause: Cause
+    cause_event_id: str | None
+    as_of: str
+    previous: ScoreView | None
+    current: ScoreView | None
+    segment_changed: bool
+    customer: CustomerSummary
+    emitted_at: str
+
+
+class RfmOverdue(_Model):
+    """Once per silence: a regular customer is overdue against their own rhythm."""
+
+    model_config = ConfigDict(title="RfmOverdue")
+    type: Literal["rfm.overdue"]
+    change_id: str
+    tenant: str
+    customer_id: str
+    as_of: str
+    last_order_at: str
+    median_gap_days: float
+    expected_next_order_at: str
+    silent_days: int
+    current: ScoreView
+    emitted_at: str
+
+
+class CustomerView(_Model):
+    """A customer's aggregates and scores at `as_of` (CLI, export and read API)."""
+
+    model_config = ConfigDict(title="CustomerView")
+    tenant: str
+    customer_id: str
+    first_order_at: str
+    last_order_at: str
+    orders: int
+    orders_lifetime: int
+    monetary: str
+    r: int
+    f: int
+    m: int
+    rfm: str
+    segment: str
+    as_of: str
+
+
+def iso(ms: int) -> str:
+    """RFC 3339 in UTC with a Z; milliseconds only when there are some."""
+    dt = datetime.fromtimestamp(ms / 1000, UTC)
+    text = dt.strftime("%Y-%m-%dT%H:%M:%S")
+    return f"{text}.{ms % 1000:03d}Z" if ms % 1000 else f"{text}Z"
+
+
+def score_view(s: Score | Published | None) -> dict[str, object] | None:
+    if s is None:
+        return None
+    return {"r": s.r, "f": s.f, "m": s.m, "rfm": s.rfm, "segment": s.segment}
+
+
+def customer_summary(agg: Aggregates | None, score: Score | None) -> dict[str, object]:
+    if agg is None:
+        return {
+            "first_order_at": None,
+            "last_order_at": None,
+            "orders": 0,
+            "orders_lifetime": 0,
+            "monetary": "0.00",
+        }
+    return {
+        "first_order_at": iso(agg.first_order_at),
+        "last_order_at": iso(agg.last_order_at),
+        "orders": score.orders if score else agg.orders_lifetime,
+        "orders_lifetime": agg.orders_lifetime,
+        "monetary": format_units(agg.monetary),
+    }
+
+
+def rfm_changed(
+    *,
+    change_id: str,
+    tenant: str,
+    customer_id: str,
+    cause: Cause,
+    cause_event_id: str | None,
+    as_of_ms: int,
+    previous: Published | None,
+    current: Score | None,
+    agg: Aggregates | None,
+    emitted_at_ms: int,
+) -> dict[str, object]:
+    return {
+        "type": "rfm.changed",
+        "change_id": change_id,
+        "tenant": tenant,
+        "customer_id": customer_id,
+        "cause": cause,
+        "cause_event_id": cause_event_id,
+        "as_of": iso(as_of_ms),
+        "previous": score_view(previous),
+        "current": score_view(current),
+        "segment_changed": (previous.segment if previous else None)
+        != (current.segment if current else None),
+        "customer": customer_summary(agg, current),
+        "emitted_at": iso(emitted_at_ms),
+    }
+
+
+def customer_view(
+    tenant: str, customer_id: str, agg: Aggregates, score: Score, as_of_ms: int
+) -> dict[str, object]:
+    return {
+        "tenant": tenant,
+        "customer_id": customer_id,
+        **customer_summary(agg, score),
+        "r": score.r,
+        "f": score.f,
+        "m": score.m,
+        "rfm": score.rfm,
+        "segment": score.segment,
+        "as_of": iso(as_of_ms),
+    }
