@@ -123,7 +123,8 @@ class Customer:
             doc["s"] = [pub.r, pub.f, pub.m, pub.segment]
         if self.partition is not None:
             doc["p"] = self.partition
-        return orjson.dumps(doc)
+        # Sorted keys: the bytes, not only the meaning, are independent of arrival order.
+        return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
 
     @classmethod
     def decode(cls, tenant: str, customer_id: str, blob: bytes | None) -> Customer:

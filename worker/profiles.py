@@ -56,7 +56,9 @@ class Profile(BaseModel):
     recency_days: list[int] = Field(min_length=1, max_length=MAX_LEVELS - 1)
     frequency_orders: list[int] = Field(min_length=1, max_length=MAX_LEVELS - 1)
     frequency_window_days: int | None = Field(default=None, gt=0)
-    monetary: list[Decimal] = Field(min_length=1, max_length=MAX_LEVELS - 1)
+    monetary: list[Annotated[Decimal, Field(decimal_places=4)]] = Field(
+        min_length=1, max_length=MAX_LEVELS - 1
+    )
     overdue_factor: float = Field(default=2.0, ge=0)
     segments: list[RuleSpec] | None = None
     segment_map: SegmentMap = Field(default=STANDARD_MAP, exclude=True)
@@ -81,7 +83,7 @@ class Profile(BaseModel):
             STANDARD_MAP.rules if self.segments is None else [s.to_rule() for s in self.segments]
         )
         try:
-            seg_map = SegmentMap(rules, levels)
+            seg_map = SegmentMap(rules, levels, check_reachable=self.segments is not None)
         except ProfileError as exc:
             raise ValueError(str(exc)) from None
         object.__setattr__(self, "segment_map", seg_map)

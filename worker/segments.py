@@ -53,8 +53,14 @@ class SegmentMap:
 
     __slots__ = ("_table", "levels", "names", "rules")
 
-    def __init__(self, rules: Sequence[Rule], levels: Triple = (5, 5, 5)) -> None:
-        """`levels` is the number of score levels per dimension (thresholds + 1)."""
+    def __init__(
+        self, rules: Sequence[Rule], levels: Triple = (5, 5, 5), *, check_reachable: bool = True
+    ) -> None:
+        """`levels` is the number of score levels per dimension (thresholds + 1).
+
+        `check_reachable=False` skips the "every rule can match" check: the standard map
+        used on fewer than 5 levels (it still covers every triple, some rules just go unused).
+        """
         if not rules:
             raise ProfileError("a segment map needs at least one rule")
         self.rules = tuple(rules)
@@ -71,7 +77,7 @@ class SegmentMap:
             else:
                 raise ProfileError(f"segment map leaves rfm {_fmt(triple)} unmapped")
         for i, rule in enumerate(self.rules):
-            if not useful[i]:
+            if check_reachable and not useful[i]:
                 raise ProfileError(
                     f"segment rule #{i + 1} ({rule.name}) can never match: "
                     "earlier rules or the score ranges cover all of it"

@@ -273,16 +273,23 @@ class Store:
                         t, cid = split_customer_key(key)
                         yield Customer.decode(t, cid, blob)
 
-    def segment_counts(self) -> Counter[tuple[str, str]]:
-        """Customers per (tenant, segment), summed over shards."""
+    def score_counts(self) -> Counter[tuple[str, str, str]]:
+        """Customers per (tenant, rfm, segment) of their published score, over all shards."""
         pipe = self.redis.pipeline(transaction=False)
         for shard in range(SHARDS):
             pipe.hgetall(counts_key(shard))
-        totals: Counter[tuple[str, str]] = Counter()
+        totals: Counter[tuple[str, str, str]] = Counter()
         for cells in pipe.execute():
             for fld, count in cells.items():
-                tenant, _rfm, segment = fld.decode().split("\t")
-                totals[(tenant, segment)] += int(count)
+                tenant, rfm, segment = fld.decode().split("\t")
+                totals[(tenant, rfm, segment)] += int(count)
+        return totals
+
+    def segment_counts(self) -> Counter[tuple[str, str]]:
+        """Customers per (tenant, segment)."""
+        totals: Counter[tuple[str, str]] = Counter()
+        for (tenant, _rfm, segment), count in self.score_counts().items():
+            totals[(tenant, segment)] += count
         return totals
 
     def ping(self) -> bool:

@@ -1,0 +1,565 @@
+"""Store against a real Redis: idempotency, order semantics, money, keys, outbox, conflicts."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import pytest
+import redis
+from redis.crc import key_slot
+
+from worker.customer import Customer
+from worker.errors import StateError
+from worker.events import ValidEvent, validate
+from worker.profiles import Profiles
+from worker.store import (
+    SHARDS,
+    Store,
+    counts_key,
+    customer_key,
+    outbox_key,
+    shard_of,
+    split_customer_key,
+)
+
+AS_OF = datetime(2026, 6, 1, tzinfo=UTC)
+AS_OF_MS = int(AS_OF.timestamp()) * 1000
+DAY = timedelta(days=1)
+UNIT = Decimal("0.0001")
+
+
+def ev(
+    profiles: Profiles,
+    event_id: str,
+    kind: str,
+    order_id: str,
+    amount: str | float | None = None,
+    *,
+    customer: str = "c1",
+    tenant: str | None = None,
+    days_ago: float = 1,
+) -> ValidEvent:
+    """An event through the real validation path (JSON bytes in, ValidEvent out)."""
+    doc: dict[str, Any] = {
+        "event_id": event_id,
+        "type": f"order_{kind}",
+        "order_id": order_id,
+        "customer_id": customer,
+        "occurred_at": (AS_OF - days_ago * DAY).isoformat(),
+    }
+    if tenant is not None:
+        doc["tenant"] = tenant
+    if amount is not None:
+        doc["amount"] = amount
+    out = validate(orjson.dumps(doc), profiles, AS_OF_MS)
+    assert isinstance(out, ValidEvent), out
+    return out
+
+
+def apply(
+    store: Store, profiles: Profiles, events: list[ValidEvent], partition: int = 0
+) -> Any:
+    return store.apply_batch(
+        [(e, partition) for e in events], profiles, as_of_ms=AS_OF_MS, now_ms=AS_OF_MS
+    )
+
+
+def money(store: Store, customer: str = "c1", tenant: str = "default") -> Decimal | None:
+    c = store.get_customer(tenant, customer)
+    agg = c.aggregates() if c else None
+    return None if agg is None else Decimal(agg.monetary) * UNIT
+
+
+def orders(store: Store, customer: str = "c1", tenant: str = "default") -> int:
+    c = store.get_customer(tenant, customer)
+    agg = c.aggregates() if c else None
+    return 0 if agg is None else agg.orders_lifetime
+
+
+def payloads(store: Store, partition: int = 0) -> list[dict[str, Any]]:
+    return [orjson.loads(v) for _, _, _, v in store.outbox_entries(partition)]
+
+
+def rfm_of(p: dict[str, Any] | None) -> str | None:
+    return None if p is None else p["rfm"]
+
+
+# -- duplicates ---------------------------------------------------------------------------------
+
+
+def test_same_event_twice_in_one_batch(store: Store, profiles: Profiles) -> None:
+    e = ev(profiles, "e1", "placed", "o1", "120.00")
+    result = apply(store, profiles, [e, e])
+    assert result.outcomes == Counter({"applied": 1, "duplicate": 1})
+    assert len(result.committed) == 1
+    assert orders(store) == 1
+    assert money(store) == Decimal("120")
+
+
+def test_same_events_again_in_a_later_batch(store: Store, profiles: Profiles) -> None:
+    batch = [
+        ev(profiles, "e1", "placed", "o1", "80"),
+        ev(profiles, "e2", "placed", "o2", "30"),
+        ev(profiles, "e3", "refunded", "o1", "5"),
+    ]
+    first = apply(store, profiles, batch)
+    assert first.outcomes == Counter({"applied": 3})
+    blob = store.redis.get(customer_key("default", "c1"))
+    backlog = store.outbox_backlog()
+    counts = store.segment_counts()
+
+    again = apply(store, profiles, list(reversed(batch)))
+    assert again.outcomes == Counter({"duplicate": 3})
+    assert again.committed == []
+    assert again.conflicts == 0
+    assert store.redis.get(customer_key("default", "c1")) == blob  # not even rewritten
+    assert store.outbox_backlog() == backlog
+    assert store.segment_counts() == counts
+    assert money(store) == Decimal("105")
+
+
+def test_second_placed_for_same_order_is_not_a_second_order(
+    store: Store, profiles: Profiles
+) -> None:
+    apply(store, profiles, [ev(profiles, "p1", "placed", "o1", "50", days_ago=3)])
+    later = apply(store, profiles, [ev(profiles, "p2", "placed", "o1", "70", days_ago=2)])
+    assert later.outcomes == Counter({"duplicate": 1})
+    assert later.committed == []
+    assert orders(store) == 1
+    assert money(store) == Decimal("50")
+
+
+@pytest.mark.parametrize("first_wins", [True, False])
+def test_conflicting_placed_events_are_order_independent(
+    store: Store, profiles: Profiles, first_wins: bool
+) -> None:
+    """Two placed events claim one order: the smallest (occurred_at, amount) is kept."""
+    early = ev(profiles, "p-early", "placed", "o1", "300", days_ago=100)
+    late = ev(profiles, "p-late", "placed", "o1", "20", days_ago=2)
+    for e in [early, late] if first_wins else [late, early]:
+        apply(store, profiles, [e])
+    c = store.get_customer("default", "c1")
+    assert c is not None
+    agg = c.aggregates()
+    assert agg is not None
+    assert agg.orders_lifetime == 1
+    assert agg.monetary == 300 * 10_000
+    assert agg.last_order_at == int((AS_OF - 100 * DAY).timestamp() * 1000)
+    assert c.published is not None
+    # 100 days -> R=3 (<=180), one order F=1, 300 -> M=3 (>=250)
+    assert c.published.rfm == "313"
+
+
+# -- cancel and refund ----------------------------------------------------------------------------
+
+
+def test_cancel_before_place(store: Store, profiles: Profiles) -> None:
+    res = apply(store, profiles, [ev(profiles, "x1", "cancelled", "o1")])
+    assert res.committed == []
+    res = apply(store, profiles, [ev(profiles, "p1", "placed", "o1", "500")])
+    assert res.committed == []  # never counted, so no score ever existed
+    res = apply(store, profiles, [ev(profiles, "r1", "refunded", "o1", "100")])
+    assert res.committed == []
+    assert orders(store) == 0
+    assert money(store) is None
+    assert store.segment_counts() == Counter()
+    c = store.get_customer("default", "c1")
+    assert c is not None and c.published is None
+    assert store.outbox_backlog() == 0
+
+
+def test_cancel_after_place_removes_the_order(store: Store, profiles: Profiles) -> None:
+    apply(
+        store,
+        profiles,
+        [ev(profiles, "p1", "placed", "o1", "500"), ev(profiles, "p2", "placed", "o2", "50")],
+    )
+    assert store.segment_counts() == Counter({("default", "potential_loyalist"): 1})  # 524
+    res = apply(store, profiles, [ev(profiles, "x1", "cancelled", "o1")])
+    assert [rfm_of(c.change.payload["current"]) for c in res.committed] == ["511"]
+    assert orders(store) == 1
+    assert money(store) == Decimal("50")
+    res = apply(store, profiles, [ev(profiles, "x2", "cancelled", "o2")])
+    assert len(res.committed) == 1
+    assert res.committed[0].change.payload["current"] is None
+    assert orders(store) == 0
+    assert store.segment_counts() == Counter()
+    assert store.redis.hgetall(counts_key(shard_of("default", "c1"))) == {}
+    # Cancelling again is a duplicate.
+    again = apply(store, profiles, [ev(profiles, "x3", "cancelled", "o2")])
+    assert again.outcomes == Counter({"duplicate": 1})
+
+
+def test_refund_before_place(store: Store, profiles: Profiles) -> None:
+    res = apply(store, profiles, [ev(profiles, "r1", "refunded", "o1", "30")])
+    assert res.committed == []
+    assert money(store) is None
+    apply(store, profiles, [ev(profiles, "p1", "placed", "o1", "130")])
+    assert money(store) == Decimal("100")
+    assert orders(store) == 1
+
+
+def test_partial_and_several_refunds(store: Store, profiles: Profiles) -> None:
+    apply(store, profiles, [ev(profiles, "p1", "placed", "o1", "100.50")])
+    apply(store, profiles, [ev(profiles, "r1", "refunded", "o1", "0.25")])
+    apply(store, profiles, [ev(profiles, "r2", "refunded", "o1", "0.25")])  # same amount, new id
+    assert money(store) == Decimal("100.00")
+    dup = apply(store, profiles, [ev(profiles, "r2", "refunded", "o1", "0.25")])
+    assert dup.outcomes == Counter({"duplicate": 1})
+    assert money(store) == Decimal("100.00")
+    apply(store, profiles, [ev(profiles, "r3", "refunded", "o1", "40")])
+    assert money(store) == Decimal("60.00")
+    apply(store, profiles, [ev(profiles, "r4", "refunded", "o1", "1000")])  # more than left
+    assert money(store) == Decimal(0)  # never below zero
+    assert orders(store) == 1  # a fully refunded order still counts for F and R
+    apply(store, profiles, [ev(profiles, "p2", "placed", "o2", "10")])
+    assert money(store) == Decimal("10")  # the over-refund does not leak onto other orders
+
+
+def test_refund_changes_m_and_publishes(store: Store, profiles: Profiles) -> None:
+    apply(store, profiles, [ev(profiles, "p1", "placed", "o1", "1000")])  # 515
+    res = apply(store, profiles, [ev(profiles, "r1", "refunded", "o1", "0.0001")])
+    [committed] = res.committed
+    p = committed.change.payload
+    assert (p["cause"], p["cause_event_id"]) == ("refund", "r1")
+    assert (rfm_of(p["previous"]), rfm_of(p["current"])) == ("515", "514")
+    assert p["customer"]["monetary"] == "999.9999"
+
+
+# -- money ------------------------------------------------------------------------------------------
+
+
+def test_money_is_exact(store: Store, profiles: Profiles) -> None:
+    events = [ev(profiles, f"p{i}", "placed", f"o{i}", a) for i, a in enumerate([0.1, "0.2"])]
+    events.append(ev(profiles, "p3", "placed", "o3", 0.7))
+    res = apply(store, profiles, events)
+    assert money(store) == Decimal("1.0")
+    assert res.committed[-1].change.payload["customer"]["monetary"] == "1.00"
+    apply(store, profiles, [ev(profiles, "r1", "refunded", "o3", "0.3")])
+    assert money(store) == Decimal("0.7")  # 0.1 + 0.2 + 0.7 - 0.3, not 0.7000000000000001
+
+
+def test_largest_amounts_summed_exactly(store: Store, profiles: Profiles) -> None:
+    biggest = "999999999999.9999"
+    n = 300
+    for start in range(0, n, 100):
+        apply(
+            store,
+            profiles,
+            [
+                ev(profiles, f"p{i}", "placed", f"o{i}", biggest, days_ago=1 + i % 50)
+                for i in range(start, start + 100)
+            ],
+        )
+    assert orders(store) == n
+    assert money(store) == Decimal(biggest) * n  # 299999999999999.9700, far beyond 2**53
+    apply(store, profiles, [ev(profiles, "r", "refunded", "o0", "0.0001")])
+    assert money(store) == Decimal(biggest) * n - UNIT
+    last = list(store.outbox_entries(0))
+    assert last, "the score changes were published"
+    c = store.get_customer("default", "c1")
+    assert c is not None and c.published is not None
+    assert c.published.rfm == "555"
+
+
+# -- tenants and keys ---------------------------------------------------------------------------
+
+
+def test_tenants_are_isolated(store: Store, profiles: Profiles) -> None:
+    apply(
+        store,
+        profiles,
+        [
+            ev(profiles, "a1", "placed", "o1", "10", customer="42"),
+            ev(profiles, "b1", "placed", "o1", "2000", customer="42", tenant="acme"),
+            ev(profiles, "b2", "placed", "o2", "1", customer="42", tenant="acme"),
+        ],
+    )
+    # The same order_id in another tenant is another order; the same event_id too.
+    res = apply(store, profiles, [ev(profiles, "a1", "cancelled", "o1", customer="42")])
+    assert res.outcomes == Counter({"applied": 1})
+    assert orders(store, "42", "default") == 0
+    assert orders(store, "42", "acme") == 2
+    assert money(store, "42", "acme") == Decimal("2001")
+    assert customer_key("default", "42") != customer_key("acme", "42")
+    assert store.segment_counts() == Counter({("acme", "potential_loyalist"): 1})  # 525
+    assert [c.tenant for c in store.scan_customers("acme")] == ["acme"]
+    assert {(c.tenant, c.customer_id) for c in store.scan_customers()} == {
+        ("default", "42"),
+        ("acme", "42"),
+    }
+
+
+def test_tenant_with_its_own_profile(store: Store) -> None:
+    profiles = Profiles.from_toml(
+        """
+        [profiles.default]
+        recency_days = [30, 90, 180, 365]
+        frequency_orders = [2, 3, 5, 10]
+        monetary = [100, 250, 500, 1000]
+
+        [profiles.sofa-shop]
+        recency_days = [30, 365, 730, 1825]
+        frequency_orders = [2, 3, 4, 6]
+        monetary = [500, 1500, 3000, 6000]
+        """
+    )
+    apply(
+        store,
+        profiles,
+        [
+            ev(profiles, "s1", "placed", "o1", "1600", tenant="sofa-shop", days_ago=200),
+            ev(profiles, "d1", "placed", "o1", "1600", days_ago=200),
+        ],
+    )
+    sofa = store.get_customer("sofa-shop", "c1")
+    dflt = store.get_customer("default", "c1")
+    assert sofa is not None and sofa.published is not None
+    assert dflt is not None and dflt.published is not None
+    assert sofa.published.rfm == "413"  # 200 days <= 365, 1 order, 1600 >= 1500
+    assert dflt.published.rfm == "215"  # 200 days <= 365 only, 1 order, >= 1000
+
+
+WEIRD_IDS = [
+    "{}",
+    "{07}",
+    "a}{b",
+    "x:y:z",
+    ":",
+    "*",
+    "[a-z]?*",
+    "line\nbreak\r\n",
+    "tab\tsep",
+    "🎉 émoji ✓",
+    "back\\slash",
+    "\x00nul",
+    "c" * 200,
+]
+
+
+def test_customer_ids_round_trip_through_keys(store: Store, profiles: Profiles) -> None:
+    events = [
+        ev(profiles, f"e{i}", "placed", "o", f"{i + 1}", customer=cid)
+        for i, cid in enumerate(WEIRD_IDS)
+    ]
+    events.append(ev(profiles, "t", "placed", "o", "7", customer="x:y:z", tenant="t.2"))
+    apply(store, profiles, events)
+    for i, cid in enumerate(WEIRD_IDS):
+        key = customer_key("default", cid)
+        assert split_customer_key(key) == ("default", cid)
+        shard = shard_of("default", cid)
+        # One hash slot for everything a commit touches (Redis Cluster).
+        assert key_slot(key) == key_slot(counts_key(shard)) == key_slot(outbox_key(shard, 0))
+        c = store.get_customer("default", cid)
+        assert c is not None and c.customer_id == cid
+        assert money(store, cid) == Decimal(i + 1)
+    assert split_customer_key(customer_key("t.2", "x:y:z")) == ("t.2", "x:y:z")
+    scanned = {(c.tenant, c.customer_id): c for c in store.scan_customers()}
+    assert set(scanned) == {("default", cid) for cid in WEIRD_IDS} | {("t.2", "x:y:z")}
+    assert {c.customer_id for c in store.scan_customers("t.2")} == {"x:y:z"}
+    assert {c.customer_id for c in store.scan_customers("default")} == set(WEIRD_IDS)
+    for (tenant, cid), c in scanned.items():
+        fetched = store.get_customer(tenant, cid)
+        assert fetched is not None
+        assert c.aggregates() == fetched.aggregates()
+    # The outbox carries the exact id as the Kafka key.
+    assert {k.decode() for _, _, k, _ in store.outbox_entries(0)} == {*WEIRD_IDS}
+
+
+def test_shards_spread_customers() -> None:
+    shards = {shard_of("default", str(i)) for i in range(2000)}
+    assert shards == set(range(SHARDS))
+
+
+# -- outbox ---------------------------------------------------------------------------------------
+
+
+def test_outbox_per_partition(store: Store, profiles: Profiles) -> None:
+    r1 = apply(
+        store,
+        profiles,
+        [
+            ev(profiles, "a1", "placed", "o1", "50", customer="alice"),
+            ev(profiles, "a2", "placed", "o2", "300", customer="alice"),
+        ],
+        partition=3,
+    )
+    r2 = apply(store, profiles, [ev(profiles, "b1", "placed", "o1", "5", customer="bob")], 7)
+    assert list(store.outbox_entries(0)) == []
+    on3 = list(store.outbox_entries(3))
+    on7 = list(store.outbox_entries(7))
+    assert [k for _, _, k, _ in on3] == [b"alice", b"alice"]
+    assert [k for _, _, k, _ in on7] == [b"bob"]
+    assert {s for s, _, _, _ in on3} == {outbox_key(shard_of("default", "alice"), 3)}
+    assert {s for s, _, _, _ in on7} == {outbox_key(shard_of("default", "bob"), 7)}
+    # What apply_batch reports committed is exactly what sits in the streams.
+    assert [(c.outbox, c.entry_id, c.key, c.value) for c in r1.committed] == on3
+    assert [(c.outbox, c.entry_id, c.key, c.value) for c in r2.committed] == on7
+    # Changes of one customer come out in order, each previous the last current.
+    docs = [orjson.loads(v) for _, _, _, v in on3]
+    assert [d["type"] for d in docs] == ["rfm.changed"] * 2
+    assert docs[0]["previous"] is None
+    assert docs[1]["previous"] == docs[0]["current"]
+    assert (rfm_of(docs[0]["current"]), rfm_of(docs[1]["current"])) == ("511", "523")
+    assert [d["cause_event_id"] for d in docs] == ["a1", "a2"]
+    assert docs[1]["customer"]["monetary"] == "350.00"
+    assert docs[1]["customer"]["orders"] == 2
+    assert len({d["change_id"] for d in docs}) == 2
+    assert store.outbox_backlog() == 3
+
+    store.delete_outbox({on3[0][0]: [on3[0][1]]})
+    assert [e[1] for e in store.outbox_entries(3)] == [on3[1][1]]
+    store.delete_outbox({on3[0][0]: [on3[1][1]], on7[0][0]: [on7[0][1]]})
+    assert list(store.outbox_entries(3)) == list(store.outbox_entries(7)) == []
+    assert store.outbox_backlog() == 0
+
+
+def test_outbox_entries_pages_through_long_streams(store: Store, profiles: Profiles) -> None:
+    # Alternating cancel/place of new orders makes every event a change.
+    events = []
+    for i in range(25):
+        events.append(ev(profiles, f"p{i}", "placed", f"o{i}", "1"))
+        events.append(ev(profiles, f"x{i}", "cancelled", f"o{i}"))
+    res = apply(store, profiles, events, partition=2)
+    assert len(res.committed) == 50
+    paged = list(store.outbox_entries(2, count=7))
+    assert [e[1] for e in paged] == [c.entry_id for c in res.committed]
+
+
+def test_segment_counts(store: Store, profiles: Profiles) -> None:
+    apply(
+        store,
+        profiles,
+        [
+            ev(profiles, "1", "placed", "o", "2000", customer="big"),  # 515 new_customers
+            ev(profiles, "2", "placed", "o", "1", customer="new1"),  # 511 new_customers
+            ev(profiles, "3", "placed", "o", "1", customer="new2", days_ago=2),  # 511
+            ev(profiles, "4", "placed", "o", "1", customer="old", days_ago=400),  # 111 lost
+            ev(profiles, "5", "placed", "o", "1", customer="t", tenant="acme"),  # 511
+        ],
+    )
+    assert store.segment_counts() == Counter(
+        {
+            ("default", "new_customers"): 3,
+            ("default", "lost"): 1,
+            ("acme", "new_customers"): 1,
+        }
+    )
+    # "old" orders again: leaves lost for new_customers (512 with two orders).
+    apply(store, profiles, [ev(profiles, "6", "placed", "o2", "1", customer="old")])
+    assert store.segment_counts() == Counter(
+        {("default", "new_customers"): 3, ("default", "potential_loyalist"): 1, ("acme", "new_customers"): 1}
+    )
+    fields = Counter[str]()
+    for shard in range(SHARDS):
+        for fld, n in store.redis.hgetall(counts_key(shard)).items():
+            fields[fld.decode()] += int(n)
+    assert fields == Counter(
+        {
+            "default\t515\tnew_customers": 1,
+            "default\t511\tnew_customers": 2,
+            "default\t521\tpotential_loyalist": 1,
+            "acme\t511\tnew_customers": 1,
+        }
+    )
+
+
+# -- concurrent writers ---------------------------------------------------------------------------
+
+
+class RacingStore(Store):
+    """Lets a second writer commit to the same customers between our read and our commit."""
+
+    def __init__(self, client: redis.Redis, race: Any, times: int = 1) -> None:
+        super().__init__(client)
+        self.race = race
+        self.times = times
+        self.raced = 0
+
+    def _plan(self, *args: Any, **kwargs: Any) -> Any:
+        if self.raced < self.times:
+            self.raced += 1
+            self.race()
+        return super()._plan(*args, **kwargs)
+
+
+def test_conflict_is_retried(redis_client: redis.Redis, profiles: Profiles) -> None:
+    other = Store(redis_client)
+    theirs = ev(profiles, "theirs", "placed", "o1", "100", days_ago=10)
+    ours = ev(profiles, "ours", "placed", "o2", "200", days_ago=1)
+    store = RacingStore(redis_client, lambda: apply(other, profiles, [theirs]))
+    result = apply(store, profiles, [ours])
+    assert result.conflicts >= 1
+    assert result.outcomes == Counter({"applied": 1})
+    c = store.get_customer("default", "c1")
+    assert c is not None
+    agg = c.aggregates()
+    assert agg is not None
+    assert (agg.orders_lifetime, agg.monetary) == (2, 300 * 10_000)
+    docs = payloads(store)
+    # Their change first (new customer), then ours on top of it: no lost update.
+    assert [d["cause_event_id"] for d in docs] == ["theirs", "ours"]
+    assert docs[1]["previous"] == docs[0]["current"]
+    assert [c.change.payload["cause_event_id"] for c in result.committed] == ["ours"]
+    assert rfm_of(docs[1]["current"]) == "523"
+    assert store.segment_counts() == Counter({("default", "potential_loyalist"): 1})
+
+
+def test_conflict_with_the_same_event_ends_as_duplicate(
+    redis_client: redis.Redis, profiles: Profiles
+) -> None:
+    other = Store(redis_client)
+    e = ev(profiles, "e1", "placed", "o1", "100")
+    store = RacingStore(redis_client, lambda: apply(other, profiles, [e]))
+    result = apply(store, profiles, [e, ev(profiles, "x", "placed", "o", "1", customer="else")])
+    assert result.conflicts >= 1
+    assert result.outcomes == Counter({"duplicate": 1, "applied": 1})
+    assert [c.key for c in result.committed] == [b"else"]
+    assert len(payloads(store)) == 2  # one each, not two for c1
+    assert orders(store) == 1
+
+
+def test_raw_overwrite_between_read_and_commit(
+    redis_client: redis.Redis, profiles: Profiles
+) -> None:
+    """A plain SET of the customer key (not through Store) is caught by compare-and-set."""
+    key = customer_key("default", "c1")
+    blob = Customer("default", "c1", {"ext": None}).encode()  # order "ext" cancelled elsewhere
+    store = RacingStore(redis_client, lambda: redis_client.set(key, blob))
+    result = apply(store, profiles, [ev(profiles, "p", "placed", "ext", "10")])
+    assert result.conflicts == 1
+    assert result.committed == []  # the order was cancelled: nothing to count
+    c = store.get_customer("default", "c1")
+    assert c is not None and c.aggregates() is None
+
+
+def test_endless_conflicts_give_up_without_writing(
+    redis_client: redis.Redis, profiles: Profiles
+) -> None:
+    key = customer_key("default", "c1")
+    tick = iter(range(10**6))
+    store = RacingStore(
+        redis_client,
+        lambda: redis_client.set(key, Customer("default", "c1", partition=next(tick)).encode()),
+        times=10**6,
+    )
+    with pytest.raises(StateError):
+        apply(store, profiles, [ev(profiles, "p", "placed", "o", "10")])
+    assert store.outbox_backlog() == 0
+    assert store.segment_counts() == Counter()
+
+
+# -- event clock ----------------------------------------------------------------------------------
+
+
+def test_event_clock(store: Store) -> None:
+    assert store.read_clock() is None
+    assert store.advance_clock(AS_OF_MS) == AS_OF_MS
+    assert store.advance_clock(AS_OF_MS - 1) == AS_OF_MS
+    assert store.read_clock() == AS_OF_MS
+    assert store.advance_clock(AS_OF_MS + 86_400_000) == AS_OF_MS + 86_400_000
+    assert store.ping()

@@ -1,0 +1,166 @@
+"""The `rfm-worker` command line (contract sections 7 and 8)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+from collections.abc import Sequence
+from datetime import datetime
+from pathlib import Path
+from types import FrameType
+
+import orjson
+
+from worker import __version__, logs, schemas, views
+from worker.config import Settings, load_settings
+from worker.errors import ConfigError, RfmError
+from worker.events import epoch_ms
+from worker.profiles import DEFAULT_TENANT, Profiles
+from worker.store import Store
+
+logger = logging.getLogger(__name__)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="rfm-worker",
+        description="Real-time RFM segmentation. Every command reads the RFM_* environment.",
+    )
+    p.add_argument("--version", action="version", version=f"rfm-worker {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    sub.add_parser("run", help="consume, score, publish and serve HTTP until SIGTERM/SIGINT")
+    c = sub.add_parser("customer", help="one customer's aggregates and scores, as JSON")
+    c.add_argument("customer_id")
+    c.add_argument("--tenant", default=DEFAULT_TENANT)
+    e = sub.add_parser("export", help="every customer with a counted order, as JSON lines")
+    e.add_argument("--tenant")
+    e.add_argument("--as-of", type=_instant, help="score at this RFC 3339 instant (read-only)")
+    m = sub.add_parser("matrix", help="the R x F grid of customer counts and segment counts")
+    m.add_argument("--tenant", default=DEFAULT_TENANT)
+    m.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    d = sub.add_parser("demo", help="embedded broker and Redis, the worker, a live order stream")
+    d.add_argument("--customers", type=int, default=3000)
+    d.add_argument("--rate", type=float, default=200, help="orders per second")
+    d.add_argument("--duration", type=float, default=None, help="stop after N seconds")
+    s = sub.add_parser("schemas", help="write (or verify) schemas/*.json")
+    s.add_argument("--check", action="store_true", help="fail if a file differs")
+    s.add_argument("--dir", type=Path, default=Path("schemas"))
+    return p
+
+
+def _instant(text: str) -> int:
+    try:
+        ts = datetime.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not an RFC 3339 instant: {text!r}") from None
+    if ts.tzinfo is None:
+        raise argparse.ArgumentTypeError(f"{text!r} needs an offset, e.g. Z or +02:00")
+    return epoch_ms(ts)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logs.setup()
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        print(f"rfm-worker: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except RfmError as exc:
+        print(f"rfm-worker: {exc}", file=sys.stderr)
+        return 1
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "schemas":
+        return _schemas(args.dir, args.check)
+    if args.command == "demo":
+        from worker.demo import run_demo
+
+        return run_demo(customers=args.customers, rate=args.rate, duration=args.duration)
+    settings = load_settings()
+    profiles = Profiles.load(settings.profiles)
+    if args.command == "run":
+        return run(settings, profiles)
+    store = _store(settings)
+    if args.command == "customer":
+        as_of = views.now_ms(settings, store)
+        doc = views.lookup(store, profiles, args.tenant, args.customer_id, as_of)
+        if doc is None:
+            print(f"no customer {args.customer_id!r} in tenant {args.tenant!r}", file=sys.stderr)
+            return 1
+        sys.stdout.buffer.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
+        return 0
+    if args.command == "export":
+        as_of = args.as_of if args.as_of is not None else views.now_ms(settings, store)
+        out = sys.stdout.buffer
+        for doc in views.export(store, profiles, as_of, args.tenant):
+            out.write(orjson.dumps(doc) + b"\n")
+        out.flush()
+        return 0
+    if args.command == "matrix":
+        doc = views.matrix(store, args.tenant, views.now_ms(settings, store))
+        if args.json:
+            sys.stdout.buffer.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
+        else:
+            print(views.render_matrix(doc))
+        return 0
+    raise AssertionError(args.command)
+
+
+def _store(settings: Settings) -> Store:
+    from worker.clients import redis_client
+
+    return Store(redis_client(settings))
+
+
+def _schemas(directory: Path, check: bool) -> int:
+    if check:
+        stale = schemas.check(directory)
+        if stale:
+            print(
+                f"schemas out of date: {', '.join(stale)} (run: rfm-worker schemas)",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"schemas up to date ({len(schemas.SCHEMAS)} files)")
+        return 0
+    for path in schemas.write(directory):
+        print(f"wrote {path}")
+    return 0
+
+
+def run(settings: Settings, profiles: Profiles) -> int:
+    """`rfm-worker run`: the worker, its HTTP server, and a graceful stop on signals."""
+    from worker import clients, metrics
+    from worker.consumer import Worker
+    from worker.http_api import Api, serve
+
+    logger.info("starting rfm-worker %s with %s", __version__, settings.describe())
+    store = Store(clients.redis_client(settings))
+    worker = Worker(
+        settings, profiles, store, clients.consumer(settings), clients.producer(settings)
+    )
+    metrics.register_customers(store.segment_counts)
+    api = Api(settings, profiles, store, healthy=worker.is_healthy, ready=lambda: worker.ready)
+    server = serve(api, settings.http_port)
+    signals = 0
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        nonlocal signals
+        signals += 1
+        if signals > 1:
+            raise SystemExit(f"rfm-worker: {signal.Signals(signum).name} again, stopping now")
+        logger.info("%s: finishing the batch in hand, then stopping", signal.Signals(signum).name)
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        worker.run()
+    finally:
+        server.shutdown()
+    logger.info("stopped")
+    return 0

@@ -1,0 +1,87 @@
+"""Configuration: the only module that reads the environment (prefix RFM_, contract §2)."""
+
+from __future__ import annotations
+
+import json
+from typing import Literal
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from worker.errors import ConfigError
+
+# librdkafka properties whose values are secrets: masked wherever settings are shown.
+_SECRET_HINTS = ("password", "secret", "key", "token", "jaas")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="RFM_", frozen=True, extra="ignore")
+
+    kafka_bootstrap: str = Field(default="localhost:9092", min_length=1)
+    kafka_group: str = Field(default="rfm-worker", min_length=1)
+    kafka_config: SecretStr = SecretStr("{}")
+    orders_topic: str = Field(default="orders", min_length=1)
+    actions_topic: str = Field(default="rfm.actions", min_length=1)
+    dlq_topic: str = Field(default="orders.dlq", min_length=1)
+    redis_url: SecretStr = SecretStr("redis://localhost:6379/0")
+    redis_cluster: bool = False
+    profiles: str | None = None
+    clock: Literal["wall", "event"] = "wall"
+    sweep_interval: float = Field(default=60, gt=0)
+    http_port: int = Field(default=9400, ge=0, le=65535)
+
+    @field_validator("kafka_config")
+    @classmethod
+    def _json_object(cls, value: SecretStr) -> SecretStr:
+        try:
+            parsed = json.loads(value.get_secret_value())
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"must be a JSON object: {exc.msg}") from None
+        if not isinstance(parsed, dict):
+            raise ValueError("must be a JSON object of librdkafka properties")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: SecretStr) -> SecretStr:
+        scheme = urlsplit(value.get_secret_value()).scheme
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    def kafka_properties(self) -> dict[str, str]:
+        """Extra librdkafka properties for every client (SASL/SSL, timeouts)."""
+        extra = json.loads(self.kafka_config.get_secret_value())
+        return {str(k): str(v) for k, v in extra.items()}
+
+    def describe(self) -> dict[str, object]:
+        """The settings with every secret masked: safe to log."""
+        shown: dict[str, object] = self.model_dump(exclude={"kafka_config", "redis_url"})
+        shown["redis_url"] = mask_url(self.redis_url.get_secret_value())
+        shown["kafka_config"] = {
+            k: "***" if any(h in k.lower() for h in _SECRET_HINTS) else v
+            for k, v in self.kafka_properties().items()
+        }
+        return shown
+
+
+def mask_url(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = f"{parts.username or ''}:***@{parts.hostname}"
+    if parts.port:
+        netloc += f":{parts.port}"
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def load_settings() -> Settings:
+    """Read RFM_* once; invalid values raise ConfigError with one clear line."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        name = "RFM_" + "_".join(str(p) for p in err["loc"]).upper()
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        raise ConfigError(f"invalid {name}: {msg}") from None

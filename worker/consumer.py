@@ -1,0 +1,274 @@
+"""The consume -> validate -> apply -> publish loop (`rfm-worker run`).
+
+One iteration handles one consumed batch:
+1. validate every record (pure); rejected ones are produced to the DLQ topic;
+2. apply the valid ones to Redis: one atomic script call per shard, pipelined
+   (worker/store.py), which also writes the resulting changes to the outbox;
+3. hand the committed changes to the relay (published, trimmed after the broker's ack);
+4. wait for the DLQ acks, then commit the batch's offsets to Kafka.
+
+Redelivery after a crash or rebalance is harmless: the state merge is idempotent, so a
+replayed event is a duplicate and emits nothing, while changes not yet published are still
+in the outbox and are relayed on assignment. Redis outages stall the loop (it retries with
+backoff and reports not ready); nothing is dead-lettered because of them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import redis
+from confluent_kafka import KafkaError, TopicPartition
+
+from worker import metrics
+from worker.config import Settings
+from worker.dlq import dlq_headers
+from worker.events import Rejection, ValidEvent, validate
+from worker.profiles import Profiles
+from worker.relay import Relay
+from worker.store import Store
+
+logger = logging.getLogger(__name__)
+
+BATCH_SIZE = 2000
+POLL_TIMEOUT = 0.2
+DRAIN_TIMEOUT = 20.0
+REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+
+
+T = TypeVar("T")
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        profiles: Profiles,
+        store: Store,
+        consumer: Any,
+        producer: Any,
+        now_ms: Callable[[], int] = wall_ms,
+    ) -> None:
+        self.settings = settings
+        self.profiles = profiles
+        self.store = store
+        self.consumer = consumer
+        self.producer = producer
+        self.relay = Relay(store, producer, settings.actions_topic)
+        self.now_ms = now_ms
+        self.stopping = threading.Event()
+        self.assigned: set[int] = set()
+        self.redis_ok = True
+        self.heartbeat = time.monotonic()
+        self._dlq_pending = 0
+        self._dlq_failed: list[tuple[Any, Any, Any]] = []
+        self._last_lag = 0.0
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    @property
+    def ready(self) -> bool:
+        return self.redis_ok and bool(self.assigned) and not self.stopping.is_set()
+
+    def is_healthy(self) -> bool:
+        """The loop is turning (a Redis outage keeps it turning: not ready, still alive)."""
+        return time.monotonic() - self.heartbeat < 60
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    def run(self) -> None:
+        self.consumer.subscribe(
+            [self.settings.orders_topic],
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        logger.info(
+            "consuming %s as group %s", self.settings.orders_topic, self.settings.kafka_group
+        )
+        try:
+            while not self.stopping.is_set():
+                self.heartbeat = time.monotonic()
+                messages = self.consumer.consume(BATCH_SIZE, POLL_TIMEOUT)
+                if messages:
+                    self.process(messages)
+                self._retry_redis(self.relay.settle)
+                self._report_lag()
+        finally:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        logger.info("draining: relaying the last changes and closing")
+        try:
+            drained = self.relay.drain(DRAIN_TIMEOUT)
+        except REDIS_ERRORS:
+            drained = False
+        if not drained:
+            logger.warning(
+                "some changes were not acknowledged in time; they stay in the "
+                "outbox and are relayed at the next start"
+            )
+        self.consumer.close()  # commits nothing: every processed batch was committed
+        metrics.READY.set(0)
+
+    # -- rebalance callbacks (run inside consume()) --------------------------------------------
+
+    def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        new = {p.partition for p in partitions}
+        logger.info("assigned partitions %s", sorted(new))
+        # Changes a previous owner committed but did not publish go out before new ones.
+        self._retry_redis(lambda: self.relay.recover(new))
+        self.assigned |= new
+
+    def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        gone = {p.partition for p in partitions}
+        logger.info("revoked partitions %s", sorted(gone))
+        # The batch in hand is done (callbacks run between batches); publish what it made.
+        self.relay.drain(DRAIN_TIMEOUT)
+        self.assigned -= gone
+
+    def _on_lost(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        # Lost, not revoked: another member may own them already. Commit nothing.
+        gone = {p.partition for p in partitions}
+        logger.warning("lost partitions %s", sorted(gone))
+        self.assigned -= gone
+
+    # -- one batch ----------------------------------------------------------------------
+
+    def process(self, messages: list[Any]) -> None:
+        started = time.perf_counter()
+        now = self.now_ms()
+        valid: list[tuple[ValidEvent, int]] = []
+        offsets: dict[tuple[str, int], int] = {}
+        newest = 0
+        for msg in messages:
+            if msg.error():
+                self._log_consume_error(msg.error())
+                continue
+            offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
+            outcome = validate(msg.value(), self.profiles, now)
+            if isinstance(outcome, Rejection):
+                self._dead_letter(msg, outcome)
+            else:
+                valid.append((outcome, msg.partition()))
+                newest = max(newest, outcome.occurred_at)
+        if valid:
+            as_of = now
+            if self.settings.clock == "event":
+                as_of = self._retry_redis(lambda: self.store.advance_clock(newest))
+            result = self._retry_redis(
+                lambda: self.store.apply_batch(valid, self.profiles, as_of_ms=as_of, now_ms=now)
+            )
+            for outcome_name, count in result.outcomes.items():
+                metrics.EVENTS.labels(outcome_name).inc(count)
+            metrics.STORE_CONFLICTS.inc(result.conflicts)
+            self.relay.publish(result.committed)
+        self._await_dead_letters()
+        if offsets:
+            self.consumer.commit(
+                offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                asynchronous=True,
+            )
+        metrics.BATCH_SIZE.observe(len(messages))
+        metrics.BATCH_DURATION.observe(time.perf_counter() - started)
+
+    def _dead_letter(self, msg: Any, rejection: Rejection) -> None:
+        metrics.EVENTS.labels("dead_lettered").inc()
+        metrics.DEAD_LETTERS.labels(rejection.error_class).inc()
+        logger.info(
+            "dead-lettered %s[%d]@%d: %s (%s)",
+            msg.topic(),
+            msg.partition(),
+            msg.offset(),
+            rejection.error_class,
+            rejection.reason,
+        )
+        self._produce_dlq(msg.key(), msg.value(), dlq_headers(msg, rejection))
+
+    def _produce_dlq(self, key: Any, value: Any, headers: Any) -> None:
+        def delivered(err: Any, _msg: Any) -> None:
+            self._dlq_pending -= 1
+            if err is not None:
+                metrics.DELIVERY_ERRORS.labels(self.settings.dlq_topic).inc()
+                logger.warning("dead letter not delivered, will retry: %s", err)
+                self._dlq_failed.append((key, value, headers))
+
+        while True:
+            try:
+                self.producer.produce(
+                    self.settings.dlq_topic,
+                    value=value,
+                    key=key,
+                    headers=headers,
+                    on_delivery=delivered,
+                )
+                break
+            except BufferError:
+                self.producer.poll(0.1)
+        self._dlq_pending += 1
+
+    def _await_dead_letters(self) -> None:
+        """A record's offset is done only after its DLQ copy is acked: wait, retry failures."""
+        while self._dlq_pending or self._dlq_failed:
+            self.producer.poll(0.05)
+            failed, self._dlq_failed = self._dlq_failed, []
+            for entry in failed:
+                self._produce_dlq(*entry)
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _retry_redis(self, call: Callable[[], T]) -> T:
+        """Run a Redis call until it succeeds: an outage stalls the worker, never drops data.
+
+        Every call retried here is idempotent (see worker/store.py), so a retry after a
+        timeout whose command did run changes nothing twice.
+        """
+        delay = 0.1
+        while True:
+            try:
+                value = call()
+            except REDIS_ERRORS as exc:
+                metrics.REDIS_ERRORS.inc()
+                if self.redis_ok:
+                    logger.error("redis unavailable, retrying with backoff: %s", exc)
+                self.redis_ok = False
+                metrics.READY.set(0)
+                self.heartbeat = time.monotonic()
+                if self.stopping.wait(delay):
+                    raise  # stopping: leave the batch uncommitted, it is redelivered
+                delay = min(delay * 2, 5.0)
+                continue
+            if not self.redis_ok:
+                logger.info("redis is back")
+            self.redis_ok = True
+            metrics.READY.set(1 if self.ready else 0)
+            return value
+
+    def _log_consume_error(self, err: KafkaError) -> None:
+        if err.code() == KafkaError._PARTITION_EOF:
+            return
+        logger.warning("consumer error: %s", err)
+
+    def _report_lag(self) -> None:
+        if time.monotonic() - self._last_lag < 5:
+            return
+        self._last_lag = time.monotonic()
+        for partition in sorted(self.assigned):
+            tp = TopicPartition(self.settings.orders_topic, partition)
+            try:
+                _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+                position = self.consumer.position([tp])[0].offset
+            except Exception as exc:  # lag is informative; never let it stop the loop
+                logger.debug("no lag for partition %d: %s", partition, exc)
+                continue
+            if high >= 0 and position >= 0:
+                metrics.CONSUMER_LAG.labels(str(partition)).set(max(0, high - position))

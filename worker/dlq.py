@@ -1,0 +1,22 @@
+"""Dead letters: rejected records keep their key, value and headers, plus the reason."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from worker.events import Rejection
+
+Headers = list[tuple[str, bytes]]
+
+
+def dlq_headers(message: Any, rejection: Rejection) -> Headers:
+    """Original headers, then rfm.error.* and rfm.source.* (contract section 6)."""
+    headers: Headers = [(k, v if v is not None else b"") for k, v in message.headers() or []]
+    headers += [
+        ("rfm.error.class", rejection.error_class.encode()),
+        ("rfm.error.reason", rejection.reason.encode()),
+        ("rfm.source.topic", str(message.topic()).encode()),
+        ("rfm.source.partition", str(message.partition()).encode()),
+        ("rfm.source.offset", str(message.offset()).encode()),
+    ]
+    return headers

@@ -1,0 +1,67 @@
+"""Prometheus metrics (contract section 9). Names are part of the public surface."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter as Tally
+from collections.abc import Callable, Iterator
+
+from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import REGISTRY, Collector
+
+logger = logging.getLogger(__name__)
+
+EVENTS = Counter("rfm_events", "Order events by outcome.", ["outcome"])
+DEAD_LETTERS = Counter("rfm_dead_letters", "Dead-lettered records by error class.", ["error_class"])
+CHANGES = Counter("rfm_changes", "Published RFM changes by cause.", ["cause"])
+TRANSITIONS = Counter(
+    "rfm_segment_transitions", "Segment transitions.", ["from_segment", "to_segment"]
+)
+CONSUMER_LAG = Gauge("rfm_consumer_lag", "Records behind the high watermark.", ["partition"])
+SWEEP_DURATION = Histogram("rfm_sweep_duration_seconds", "Duration of decay sweeps.")
+BATCH_DURATION = Histogram(
+    "rfm_batch_duration_seconds",
+    "Time to validate, apply and commit one consumed batch.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
+)
+BATCH_SIZE = Histogram(
+    "rfm_batch_size", "Records per consumed batch.", buckets=(1, 10, 50, 100, 250, 500, 1000)
+)
+STORE_CONFLICTS = Counter("rfm_store_conflicts", "Shard commits retried after a concurrent write.")
+REDIS_ERRORS = Counter("rfm_redis_errors", "Redis calls that failed and were retried.")
+OUTBOX_IN_FLIGHT = Gauge("rfm_outbox_in_flight", "Changes produced but not yet acknowledged.")
+DELIVERY_ERRORS = Counter("rfm_delivery_errors", "Failed deliveries to Kafka, retried.", ["topic"])
+READY = Gauge("rfm_ready", "1 when the worker is consuming and its Redis answers.")
+
+
+class CustomersCollector(Collector):
+    """rfm_customers{tenant,segment}, read from the counters the commits maintain."""
+
+    def __init__(self, read: Callable[[], Tally[tuple[str, str]]], ttl: float = 5.0) -> None:
+        self._read, self._ttl = read, ttl
+        self._cached: Tally[tuple[str, str]] = Tally()
+        self._at = 0.0
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "rfm_customers", "Customers per tenant and segment.", labels=["tenant", "segment"]
+        )
+        if time.monotonic() - self._at > self._ttl:
+            try:
+                self._cached, self._at = self._read(), time.monotonic()
+            except Exception as exc:  # a scrape must not fail because Redis is down
+                logger.debug("rfm_customers kept its last values: %s", exc)
+        for (tenant, segment), count in sorted(self._cached.items()):
+            family.add_metric([tenant, segment], count)
+        yield family
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
+def register_customers(read: Callable[[], Tally[tuple[str, str]]]) -> CustomersCollector:
+    collector = CustomersCollector(read)
+    REGISTRY.register(collector)
+    return collector
