@@ -6,12 +6,22 @@ cannot start them fails loudly instead of skipping.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from worker.embedded import EmbeddedKafka, EmbeddedRedis
+from worker.embedded import EmbeddedKafka, EmbeddedRedis, create_topics, free_port
 from worker.profiles import Profiles
 from worker.store import Store
 
@@ -45,3 +55,121 @@ def kafka() -> Iterator[EmbeddedKafka]:
 @pytest.fixture
 def profiles() -> Profiles:
     return Profiles.builtin()
+
+
+# -- integration helpers: unique topics, a worker process, produce and read ---------------
+
+
+class WorkerProcess:
+    """`python -m worker run` as a child process, as an operator would run it."""
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env, self.log_path = env, log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> WorkerProcess:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "worker", "run"], env=self.env, stdout=log, stderr=log
+        )
+        log.close()
+        return self
+
+    def kill(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self, timeout: float = 30) -> int:
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+        return self.proc.wait(timeout)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+@dataclass
+class Deployment:
+    """Fresh topics and a worker configuration on the suite's broker and Redis."""
+
+    kafka: EmbeddedKafka
+    redis_server: EmbeddedRedis
+    tmp_path: Path
+    orders: str
+    actions: str
+    dlq: str
+    group: str
+    http_port: int
+    extra_env: dict[str, str] = field(default_factory=dict)
+    workers: list[WorkerProcess] = field(default_factory=list)
+
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ,
+            "RFM_KAFKA_BOOTSTRAP": self.kafka.bootstrap,
+            "RFM_KAFKA_GROUP": self.group,
+            "RFM_KAFKA_CONFIG": '{"session.timeout.ms": "6000", "heartbeat.interval.ms": "500"}',
+            "RFM_ORDERS_TOPIC": self.orders,
+            "RFM_ACTIONS_TOPIC": self.actions,
+            "RFM_DLQ_TOPIC": self.dlq,
+            "RFM_REDIS_URL": self.redis_server.url,
+            "RFM_HTTP_PORT": str(self.http_port),
+            **self.extra_env,
+        }
+
+    def worker(self) -> WorkerProcess:
+        proc = WorkerProcess(self.env(), self.tmp_path / f"worker-{len(self.workers)}.log")
+        self.workers.append(proc)
+        return proc.start()
+
+    def produce(self, records: list[tuple[bytes | None, bytes]]) -> None:
+        producer = Producer({"bootstrap.servers": self.kafka.bootstrap, "linger.ms": 5})
+        for key, value in records:
+            producer.produce(self.orders, key=key, value=value)
+        assert producer.flush(30) == 0
+
+    def read(
+        self, topic: str, *, until: Callable[[list[Any]], bool], timeout: float = 60
+    ) -> list[Any]:
+        """Read a topic from the start (no group) until `until(messages)` or timeout."""
+        consumer = Consumer(
+            {
+                "bootstrap.servers": self.kafka.bootstrap,
+                "group.id": f"reader-{uuid.uuid4()}",
+                "enable.auto.commit": False,
+            }
+        )
+        parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
+        messages: list[Any] = []
+        deadline = time.monotonic() + timeout
+        try:
+            while time.monotonic() < deadline and not until(messages):
+                messages += [m for m in consumer.consume(1000, 0.2) if not m.error()]
+        finally:
+            consumer.close()
+        return messages
+
+
+@pytest.fixture
+def deployment(
+    kafka: EmbeddedKafka, redis_server: EmbeddedRedis, redis_client: redis.Redis, tmp_path: Path
+) -> Iterator[Deployment]:
+    suffix = uuid.uuid4().hex[:8]
+    dep = Deployment(
+        kafka,
+        redis_server,
+        tmp_path,
+        f"orders-{suffix}",
+        f"actions-{suffix}",
+        f"dlq-{suffix}",
+        f"group-{suffix}",
+        free_port(),
+    )
+    create_topics(kafka.bootstrap, {dep.orders: 4, dep.actions: 4, dep.dlq: 1})
+    yield dep
+    for proc in dep.workers:
+        if proc.proc is not None and proc.proc.poll() is None:
+            proc.kill()

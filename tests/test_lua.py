@@ -197,9 +197,9 @@ def test_clock_never_moves_back(clock: Any, redis_client: redis.Redis) -> None:
     seen = []
     for candidate in seq:
         seen.append(clock(keys=[CLOCK], args=[candidate]))
-    assert seen == [1_700_000_000_000, 1_700_000_000_500, 1_700_000_000_500] + [
-        1_700_000_000_500
-    ] * 2
+    assert (
+        seen == [1_700_000_000_000, 1_700_000_000_500, 1_700_000_000_500] + [1_700_000_000_500] * 2
+    )
     assert int(redis_client.get(CLOCK) or 0) == 1_700_000_000_500
     # Forward again, by a single millisecond.
     assert clock(keys=[CLOCK], args=[1_700_000_000_501]) == 1_700_000_000_501

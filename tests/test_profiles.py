@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -78,7 +79,7 @@ def test_builtin_default_is_a_valid_standard_profile() -> None:
     assert p.overdue_factor == 2.0
     for values in (p.recency_days, p.frequency_orders, p.monetary):
         assert len(values) == 4
-        assert all(a < b for a, b in zip(values, values[1:], strict=False))
+        assert all(a < b for a, b in pairwise(values))
     assert p.segment_map.levels == (5, 5, 5)
     assert dict(p.segment_map.items()) == dict(STANDARD_MAP.items())
 

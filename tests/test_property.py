@@ -197,7 +197,14 @@ def recompute(events: dict[str, Spec]) -> dict[tuple[str, str], Expected | None]
         f = _at_least(len(in_window), freq)
         m = _at_least(monetary, mon)
         out[(tenant, customer)] = Expected(
-            times[0], times[-1], len(times), monetary, tuple(times), r, f, m,
+            times[0],
+            times[-1],
+            len(times),
+            monetary,
+            tuple(times),
+            r,
+            f,
+            m,
             _segment(tenant, r, f, m),
         )
     return out

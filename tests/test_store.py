@@ -60,9 +60,7 @@ def ev(
     return out
 
 
-def apply(
-    store: Store, profiles: Profiles, events: list[ValidEvent], partition: int = 0
-) -> Any:
+def apply(store: Store, profiles: Profiles, events: list[ValidEvent], partition: int = 0) -> Any:
     return store.apply_batch(
         [(e, partition) for e in events], profiles, as_of_ms=AS_OF_MS, now_ms=AS_OF_MS
     )
@@ -452,7 +450,11 @@ def test_segment_counts(store: Store, profiles: Profiles) -> None:
     # "old" orders again: leaves lost for new_customers (512 with two orders).
     apply(store, profiles, [ev(profiles, "6", "placed", "o2", "1", customer="old")])
     assert store.segment_counts() == Counter(
-        {("default", "new_customers"): 3, ("default", "potential_loyalist"): 1, ("acme", "new_customers"): 1}
+        {
+            ("default", "new_customers"): 3,
+            ("default", "potential_loyalist"): 1,
+            ("acme", "new_customers"): 1,
+        }
     )
     fields = Counter[str]()
     for shard in range(SHARDS):

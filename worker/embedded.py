@@ -131,6 +131,7 @@ class EmbeddedRedis(_Child):
 
     def stop(self) -> None:
         super().stop()
+        self._dir.cleanup()
 
 
 class EmbeddedKafka(_Child):

@@ -1,0 +1,288 @@
+"""The worker end to end: a real broker, a real Redis, `rfm-worker run` as a process."""
+
+from __future__ import annotations
+
+import itertools
+import random
+import time
+import urllib.request
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.conftest import Deployment
+from tests.reference import Expected, recompute
+from worker.messages import RfmChanged
+from worker.store import Store
+
+pytestmark = pytest.mark.integration
+
+DEFAULT = {
+    "recency": [30, 90, 180, 365],
+    "frequency": [2, 3, 5, 10],
+    "monetary": [100, 250, 500, 1000],
+}
+
+
+def _ts(days_ago: float) -> str:
+    # Half a day off the boundaries, so scores cannot move while a test runs.
+    at = datetime.now(UTC) - timedelta(days=days_ago, hours=12)
+    return at.isoformat().replace("+00:00", "Z")
+
+
+def generate(customers: int, seed: int) -> list[dict[str, Any]]:
+    """Orders, refunds and cancels with duplicates and a few conflicting events."""
+    rng = random.Random(seed)
+    events: list[dict[str, Any]] = []
+    n = 0
+    for c in range(customers):
+        cid = f"cust-{c}" if c % 7 else f"weird {{{c}}}:*\n😀"
+        for o in range(rng.randint(1, 6)):
+            n += 1
+            oid = f"o-{c}-{o}"
+            amount = f"{rng.randint(1, 40000) / 100:.2f}"
+            placed = {
+                "event_id": f"p{n}",
+                "type": "order_placed",
+                "order_id": oid,
+                "customer_id": cid,
+                "amount": amount,
+                "occurred_at": _ts(rng.randint(0, 400)),
+            }
+            events.append(placed)
+            roll = rng.random()
+            if roll < 0.1:
+                events.append(
+                    {
+                        "event_id": f"c{n}",
+                        "type": "order_cancelled",
+                        "order_id": oid,
+                        "customer_id": cid,
+                        "occurred_at": _ts(0),
+                    }
+                )
+            elif roll < 0.25:
+                for k in range(rng.randint(1, 2)):
+                    events.append(
+                        {
+                            "event_id": f"r{n}-{k}",
+                            "type": "order_refunded",
+                            "order_id": oid,
+                            "customer_id": cid,
+                            "amount": f"{rng.randint(1, 20000) / 100:.2f}",
+                            "occurred_at": _ts(0),
+                        }
+                    )
+            elif roll < 0.3:  # the same order placed again under another event id
+                events.append({**placed, "event_id": f"p{n}-again"})
+    dups = [dict(ev) for ev in rng.sample(events, len(events) // 10)]
+    events += dups
+    rng.shuffle(events)  # cancels and refunds may arrive before their order
+    return events
+
+
+BAD: list[tuple[bytes, str]] = [
+    (b"{not json", "invalid_json"),
+    (b"\xff\xfe\x00", "invalid_encoding"),
+    (b"[1, 2]", "not_an_object"),
+    (
+        b'{"event_id": "x1", "type": "order_placed", "order_id": "o", "customer_id": "c",'
+        b' "occurred_at": "2026-01-01T00:00:00Z"}',
+        "missing_field",
+    ),
+    (
+        b'{"event_id": "x2", "type": "order_shipped", "order_id": "o", "customer_id": "c",'
+        b' "amount": "1", "occurred_at": "2026-01-01T00:00:00Z"}',
+        "unknown_type",
+    ),
+    (
+        b'{"event_id": "x3", "type": "order_placed", "order_id": "o", "customer_id": "c",'
+        b' "amount": "-1", "occurred_at": "2026-01-01T00:00:00Z"}',
+        "invalid_amount",
+    ),
+    (
+        b'{"event_id": "x4", "type": "order_placed", "order_id": "o", "customer_id": "c",'
+        b' "amount": "1", "occurred_at": "2026-01-01T00:00:00"}',
+        "invalid_timestamp",
+    ),
+    (
+        b'{"event_id": "x5", "type": "order_placed", "order_id": "o", "customer_id": "c",'
+        b' "amount": "1", "occurred_at": "2999-01-01T00:00:00Z"}',
+        "future_timestamp",
+    ),
+    (b"x" * 70_000, "oversized"),
+]
+
+
+def _records(events: list[dict[str, Any]]) -> list[tuple[bytes | None, bytes]]:
+    return [(ev["customer_id"].encode(), orjson.dumps(ev)) for ev in events]
+
+
+def _expected(events: list[dict[str, Any]]) -> dict[tuple[str, str], Expected | None]:
+    now = int(time.time() * 1000)
+    return recompute(events, now, DEFAULT["recency"], DEFAULT["frequency"], DEFAULT["monetary"])
+
+
+def _final_scores(messages: list[Any]) -> dict[tuple[str, str], dict[str, Any] | None]:
+    """The last `current` per customer, after dropping republished copies."""
+    seen: set[str] = set()
+    last: dict[tuple[str, str], dict[str, Any] | None] = {}
+    for msg in messages:
+        change = orjson.loads(msg.value())
+        if change["change_id"] in seen:
+            continue
+        seen.add(change["change_id"])
+        last[(change["tenant"], change["customer_id"])] = change["current"]
+    return last
+
+
+def _converged(expected: dict[tuple[str, str], Expected | None]) -> Any:
+    def done(messages: list[Any]) -> bool:
+        final = _final_scores(messages)
+        return all(
+            (final.get(c) or {}).get("rfm") == (e.rfm if e else None) for c, e in expected.items()
+        )
+
+    return done
+
+
+def assert_changes_consistent(messages: list[Any]) -> None:
+    """Per customer, in topic order: each change starts where the previous one ended.
+
+    A lost change would break the chain; a republished change repeats its change_id with
+    the same content and is skipped.
+    """
+    by_id: dict[str, bytes] = {}
+    chains: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for msg in messages:
+        change = orjson.loads(msg.value())
+        RfmChanged.model_validate(change)
+        assert msg.key() == change["customer_id"].encode()
+        if change["change_id"] in by_id:
+            assert orjson.loads(by_id[change["change_id"]]) == change
+            continue
+        by_id[change["change_id"]] = msg.value()
+        chains[(change["tenant"], change["customer_id"])].append(change)
+    for customer, chain in chains.items():
+        assert chain[0]["previous"] is None, customer
+        for before, after in itertools.pairwise(chain):
+            assert after["previous"] == before["current"], customer
+            assert after["previous"] != after["current"], customer
+
+
+def assert_state_matches(store: Store, expected: dict[tuple[str, str], Expected | None]) -> None:
+    for (tenant, cid), exp in expected.items():
+        customer = store.get_customer(tenant, cid)
+        assert customer is not None
+        agg = customer.aggregates()
+        if exp is None:
+            assert agg is None and customer.published is None
+            continue
+        assert agg is not None
+        assert (agg.first_order_at, agg.last_order_at, agg.orders_lifetime) == (
+            exp.first_order_at,
+            exp.last_order_at,
+            exp.orders_lifetime,
+        )
+        assert Decimal(agg.monetary) / 10_000 == exp.monetary
+        assert customer.published is not None
+        assert (customer.published.rfm, customer.published.segment) == (exp.rfm, exp.segment)
+
+
+def _http(port: int, path: str) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
+            return resp.status, resp.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def test_orders_in_changes_out_bad_input_dead_lettered(deployment: Deployment, store: Store):
+    events = generate(60, seed=1)
+    records = _records(events)
+    bad_at = random.Random(2).sample(range(len(records)), len(BAD))
+    for i, (value, _cls) in zip(sorted(bad_at), BAD, strict=True):
+        records.insert(i, (b"bad-key", value))
+    expected = _expected(events)
+    worker = deployment.worker()
+    deployment.produce(records)
+
+    actions = deployment.read(deployment.actions, until=_converged(expected))
+    assert_changes_consistent(actions)
+    final = _final_scores(actions)
+    for customer, exp in expected.items():
+        if exp is None:  # every order cancelled: never scored, or scored and then cleared
+            assert final.get(customer) is None
+        else:
+            assert final[customer] == {
+                "r": exp.r,
+                "f": exp.f,
+                "m": exp.m,
+                "rfm": exp.rfm,
+                "segment": exp.segment,
+            }
+    assert_state_matches(store, expected)
+
+    dead = deployment.read(deployment.dlq, until=lambda m: len(m) >= len(BAD), timeout=30)
+    assert len(dead) == len(BAD)
+    by_value = {m.value(): m for m in dead}
+    for value, error_class in BAD:
+        msg = by_value[value]
+        headers = {k: v.decode() for k, v in msg.headers()}
+        assert msg.key() == b"bad-key"
+        assert headers["rfm.error.class"] == error_class
+        assert headers["rfm.error.reason"].strip()
+        assert headers["rfm.source.topic"] == deployment.orders
+        assert int(headers["rfm.source.offset"]) >= 0
+
+    # The read side and metrics of the same running worker.
+    port = deployment.http_port
+    some = next(c for c, e in expected.items() if e is not None and "\n" in c[1])
+    status, body = _http(port, "/v1/customers/default/" + urllib.parse.quote(some[1], safe=""))
+    assert status == 200
+    view = orjson.loads(body)
+    exp = expected[some]
+    assert exp is not None
+    assert (view["customer_id"], view["rfm"], view["segment"], Decimal(view["monetary"])) == (
+        some[1],
+        exp.rfm,
+        exp.segment,
+        exp.monetary,
+    )
+    assert _http(port, "/v1/customers/default/nobody")[0] == 404
+    assert _http(port, "/readyz")[0] == 200
+    assert _http(port, "/healthz")[0] == 200
+    metrics = _http(port, "/metrics")[1].decode()
+    for name in (
+        'rfm_events_total{outcome="applied"}',
+        'rfm_events_total{outcome="duplicate"}',
+        'rfm_events_total{outcome="dead_lettered"} 9.0',
+        "rfm_changes_total",
+        "rfm_segment_transitions_total",
+        "rfm_consumer_lag",
+        "rfm_customers",
+        "rfm_sweep_duration_seconds",
+    ):
+        assert name in metrics, name
+    matrix = orjson.loads(_http(port, "/v1/matrix?tenant=default")[1])
+    assert matrix["customers"] == sum(1 for e in expected.values() if e is not None)
+
+    assert worker.stop() == 0  # SIGTERM drains and exits cleanly
+
+
+def test_kill_and_restart_mid_stream_counts_nothing_twice(deployment: Deployment, store: Store):
+    events = generate(400, seed=3)
+    expected = _expected(events)
+    deployment.produce(_records(events))
+    first = deployment.worker()
+    deployment.read(deployment.actions, until=lambda m: len(m) >= 150, timeout=60)
+    first.kill()  # kill -9 in the middle of the stream
+    second = deployment.worker()
+    actions = deployment.read(deployment.actions, until=_converged(expected), timeout=90)
+    assert_changes_consistent(actions)
+    assert_state_matches(store, expected)
+    assert second.stop() == 0

@@ -1,0 +1,447 @@
+"""Per-customer state (contract section 4): order-independent merge, exact sums, codec."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Literal
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from worker.customer import Customer, Published
+from worker.events import ValidEvent, digest
+from worker.money import to_units
+
+T0 = 1_793_000_000_000  # epoch ms
+DAY = 86_400_000
+Kind = Literal["order_placed", "order_refunded", "order_cancelled"]
+
+
+def ev(
+    kind: Kind,
+    order_id: str,
+    event_id: str,
+    amount: str | None = None,
+    at: int = T0,
+    customer_id: str = "c1",
+) -> ValidEvent:
+    return ValidEvent(
+        event_id=event_id,
+        type=kind,
+        order_id=order_id,
+        customer_id=customer_id,
+        tenant="default",
+        amount=None if amount is None else to_units(amount),
+        occurred_at=at,
+        digest=digest(event_id),
+    )
+
+
+def placed(order_id: str, amount: str, at: int = T0, event_id: str | None = None) -> ValidEvent:
+    return ev("order_placed", order_id, event_id or f"p-{order_id}", amount, at)
+
+
+def refunded(order_id: str, amount: str, event_id: str, at: int = T0 + DAY) -> ValidEvent:
+    return ev("order_refunded", order_id, event_id, amount, at)
+
+
+def cancelled(order_id: str, event_id: str | None = None, at: int = T0 + DAY) -> ValidEvent:
+    return ev("order_cancelled", order_id, event_id or f"x-{order_id}", None, at)
+
+
+def customer_after(events: list[ValidEvent]) -> Customer:
+    c = Customer("default", "c1")
+    for e in events:
+        c.apply(e)
+    return c
+
+
+def monetary(c: Customer) -> Decimal:
+    agg = c.aggregates()
+    return Decimal(0) if agg is None else Decimal(agg.monetary) / 10_000
+
+
+def lifetime(c: Customer) -> int:
+    agg = c.aggregates()
+    return 0 if agg is None else agg.orders_lifetime
+
+
+def same_state(a: Customer, b: Customer) -> bool:
+    return a.encode() == b.encode() and a.aggregates() == b.aggregates()
+
+
+# -- placing orders -----------------------------------------------------------------------
+
+
+def test_new_customer_has_no_aggregates() -> None:
+    c = Customer("default", "c1")
+    assert c.aggregates() is None
+    assert c.published is None
+
+
+def test_one_order() -> None:
+    c = Customer("default", "c1")
+    assert c.apply(placed("o1", "120.50")) == "applied"
+    agg = c.aggregates()
+    assert agg is not None
+    assert agg.first_order_at == agg.last_order_at == T0
+    assert agg.orders_lifetime == 1
+    assert agg.monetary == 1_205_000
+    assert agg.order_times == (T0,)
+
+
+def test_several_orders_aggregate() -> None:
+    c = customer_after(
+        [
+            placed("o2", "10", T0 + 5 * DAY),
+            placed("o1", "20", T0),
+            placed("o3", "30.25", T0 + 2 * DAY),
+        ]
+    )
+    agg = c.aggregates()
+    assert agg is not None
+    assert agg.first_order_at == T0
+    assert agg.last_order_at == T0 + 5 * DAY
+    assert agg.orders_lifetime == 3
+    assert agg.monetary == to_units("60.25")
+    assert agg.order_times == (T0, T0 + 2 * DAY, T0 + 5 * DAY)
+
+
+def test_redelivered_event_is_a_duplicate() -> None:
+    c = Customer("default", "c1")
+    e = placed("o1", "50")
+    assert c.apply(e) == "applied"
+    before = c.encode()
+    assert c.apply(e) == "duplicate"
+    assert c.encode() == before
+    assert lifetime(c) == 1
+    assert monetary(c) == Decimal(50)
+
+
+def test_second_placed_for_the_same_order_counts_once_whatever_its_event_id() -> None:
+    c = Customer("default", "c1")
+    c.apply(placed("o1", "50", event_id="p-a"))
+    assert c.apply(placed("o1", "50", event_id="p-b")) == "duplicate"
+    assert lifetime(c) == 1
+    assert monetary(c) == Decimal(50)
+
+
+def test_conflicting_placed_events_keep_one_order_in_any_arrival_order() -> None:
+    a = placed("o1", "50", T0, event_id="p-a")
+    b = placed("o1", "70", T0 + DAY, event_id="p-b")
+    ab, ba = customer_after([a, b]), customer_after([b, a])
+    assert same_state(ab, ba)
+    assert lifetime(ab) == 1
+    assert monetary(ab) in {Decimal(50), Decimal(70)}
+
+
+def test_same_order_id_for_different_customers_are_independent() -> None:
+    c1, c2 = Customer("default", "c1"), Customer("default", "c2")
+    c1.apply(placed("o1", "10"))
+    assert c2.aggregates() is None
+
+
+# -- cancellations ------------------------------------------------------------------------
+
+
+def test_cancel_removes_the_order_from_f_m_and_r() -> None:
+    c = customer_after([placed("o1", "10", T0), placed("o2", "20", T0 + 3 * DAY)])
+    assert c.apply(cancelled("o2")) == "applied"
+    agg = c.aggregates()
+    assert agg is not None
+    assert agg.orders_lifetime == 1
+    assert agg.monetary == to_units("10")
+    assert agg.last_order_at == T0  # R follows the remaining order
+
+
+def test_cancel_of_the_only_order_leaves_no_aggregates() -> None:
+    c = customer_after([placed("o1", "10"), cancelled("o1")])
+    assert c.aggregates() is None
+
+
+def test_cancel_before_place() -> None:
+    c = Customer("default", "c1")
+    assert c.apply(cancelled("o1")) == "applied"
+    assert c.aggregates() is None
+    c.apply(placed("o1", "10"))
+    assert c.aggregates() is None
+    assert same_state(c, customer_after([placed("o1", "10"), cancelled("o1")]))
+
+
+def test_cancel_redelivered_is_a_duplicate() -> None:
+    c = customer_after([placed("o1", "10"), cancelled("o1")])
+    before = c.encode()
+    assert c.apply(cancelled("o1")) == "duplicate"
+    assert c.encode() == before
+
+
+def test_cancel_of_one_order_leaves_the_others() -> None:
+    c = customer_after([cancelled("o9"), placed("o1", "10"), placed("o2", "5")])
+    assert lifetime(c) == 2
+    assert monetary(c) == Decimal(15)
+
+
+# -- refunds ------------------------------------------------------------------------------
+
+
+def test_partial_refund() -> None:
+    c = customer_after([placed("o1", "100"), refunded("o1", "30.5", "r1")])
+    assert monetary(c) == Decimal("69.5")
+    assert lifetime(c) == 1  # a partially refunded order still counts
+
+
+def test_multiple_refunds_add_up() -> None:
+    c = customer_after(
+        [
+            placed("o1", "100"),
+            refunded("o1", "10", "r1"),
+            refunded("o1", "10", "r2"),  # same amount, another refund: counts again
+            refunded("o1", "0.0001", "r3"),
+        ]
+    )
+    assert monetary(c) == Decimal("79.9999")
+
+
+def test_refund_redelivered_counts_once() -> None:
+    c = customer_after([placed("o1", "100"), refunded("o1", "10", "r1")])
+    assert c.apply(refunded("o1", "10", "r1")) == "duplicate"
+    assert monetary(c) == Decimal(90)
+
+
+def test_refund_before_place() -> None:
+    c = Customer("default", "c1")
+    assert c.apply(refunded("o1", "25", "r1")) == "applied"
+    assert c.aggregates() is None  # a refund alone is not an order
+    c.apply(placed("o1", "100"))
+    assert monetary(c) == Decimal(75)
+    assert lifetime(c) == 1
+    assert same_state(c, customer_after([placed("o1", "100"), refunded("o1", "25", "r1")]))
+
+
+def test_value_never_goes_below_zero() -> None:
+    c = customer_after(
+        [
+            placed("o1", "100"),
+            placed("o2", "40"),
+            refunded("o1", "80", "r1"),
+            refunded("o1", "80", "r2"),
+        ]
+    )
+    # o1 is worth max(0, 100 - 160) = 0: it must not eat into o2.
+    assert monetary(c) == Decimal(40)
+    assert lifetime(c) == 2
+
+
+def test_full_refund_keeps_the_order_counted_at_zero() -> None:
+    c = customer_after([placed("o1", "100"), refunded("o1", "100", "r1")])
+    assert monetary(c) == Decimal(0)
+    assert lifetime(c) == 1
+
+
+def test_refunds_of_a_cancelled_order_change_nothing() -> None:
+    base = [placed("o1", "100"), placed("o2", "50"), cancelled("o1")]
+    c = customer_after(base)
+    before = c.encode()
+    c.apply(refunded("o1", "30", "r1"))
+    assert c.encode() == before
+    assert monetary(c) == Decimal(50)
+    # Also when the refund arrived before the cancellation (or before everything).
+    early = customer_after([refunded("o1", "30", "r1"), *base])
+    assert same_state(early, c)
+    middle = customer_after([placed("o1", "100"), refunded("o1", "30", "r1"), *base[1:]])
+    assert same_state(middle, c)
+
+
+def test_refund_of_another_order_does_not_touch_this_one() -> None:
+    c = customer_after([placed("o1", "100"), refunded("o2", "30", "r1")])
+    assert monetary(c) == Decimal(100)
+    assert lifetime(c) == 1
+
+
+def test_sums_are_exact() -> None:
+    events = [placed(f"o{i}", "0.1", T0 + i) for i in range(10)]
+    events += [placed("big", "999999999999.9999"), refunded("o0", "0.0001", "r")]
+    c = customer_after(events)
+    agg = c.aggregates()
+    assert agg is not None
+    assert agg.monetary == to_units("1000000000000.9998")  # 10 x 0.1 + big - 0.0001
+    assert isinstance(agg.monetary, int)
+
+
+# -- codec --------------------------------------------------------------------------------
+
+
+def test_decode_of_nothing_is_a_new_customer() -> None:
+    for blob in (None, b""):
+        c = Customer.decode("t", "c9", blob)
+        assert (c.tenant, c.customer_id) == ("t", "c9")
+        assert c.orders == {}
+        assert c.published is None
+        assert c.partition is None
+
+
+def test_encode_decode_round_trip() -> None:
+    c = customer_after(
+        [
+            placed("o1", "100", T0),
+            placed("o2", "12.3456", T0 + DAY),
+            refunded("o2", "2", "r1"),
+            refunded("o3", "5", "r2"),  # refund before its order
+            cancelled("o4"),
+        ]
+    )
+    c.published = Published(5, 2, 3, "potential_loyalist")
+    c.partition = 7
+    blob = c.encode()
+    d = Customer.decode("default", "c1", blob)
+    assert d.orders == c.orders
+    assert d.published == c.published
+    assert d.partition == 7
+    assert d.aggregates() == c.aggregates()
+    assert d.encode() == blob
+    # The decoded state still knows what it has seen.
+    assert d.apply(refunded("o2", "2", "r1")) == "duplicate"
+    assert d.apply(cancelled("o4")) == "duplicate"
+    assert d.apply(placed("o1", "100", T0)) == "duplicate"
+    d.apply(placed("o3", "20"))
+    assert monetary(d) == Decimal("100") + Decimal("10.3456") + Decimal("15")
+
+
+def test_encoding_is_compact_json() -> None:
+    c = customer_after([placed("o1", "1")])
+    doc = orjson.loads(c.encode())
+    assert isinstance(doc, dict)
+    assert "s" not in doc
+    assert "p" not in doc
+
+
+@pytest.mark.parametrize("order_id", ["{}:*", "line\nbreak", "🍕", '"', "0"])
+def test_odd_order_ids_round_trip(order_id: str) -> None:
+    c = customer_after([placed(order_id, "5"), refunded(order_id, "1", "r")])
+    d = Customer.decode("default", "c1", c.encode())
+    assert d.orders == c.orders
+    assert monetary(d) == Decimal(4)
+
+
+def test_cancelled_order_id_zero_string_round_trips() -> None:
+    c = customer_after([cancelled("0"), placed("1", "3")])
+    d = Customer.decode("default", "c1", c.encode())
+    assert d.orders == c.orders
+    assert d.orders["0"] is None
+
+
+# -- order independence (property) ----------------------------------------------------------
+
+KINDS: tuple[Kind, ...] = ("order_placed", "order_refunded", "order_cancelled")
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> tuple[list[ValidEvent], list[ValidEvent], list[ValidEvent]]:
+    """Distinct events, then two arrival orders of them with redeliveries mixed in."""
+    specs = draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(KINDS),
+                st.sampled_from(["o1", "o2", "o3"]),
+                st.integers(min_value=0, max_value=3) | st.integers(0, 10_000_000),
+                st.integers(min_value=0, max_value=2),
+            ),
+            min_size=1,
+            max_size=14,
+        )
+    )
+    events = [
+        ValidEvent(
+            event_id=f"e{i}",
+            type=kind,
+            order_id=oid,
+            customer_id="c1",
+            tenant="default",
+            amount=None if kind == "order_cancelled" else units,
+            occurred_at=T0 + day * DAY,
+            digest=digest(f"e{i}"),
+        )
+        for i, (kind, oid, units, day) in enumerate(specs)
+    ]
+    redeliveries = draw(st.lists(st.sampled_from(events), max_size=8))
+    deliveries = events + redeliveries
+    return events, draw(st.permutations(deliveries)), draw(st.permutations(deliveries))
+
+
+@settings(max_examples=250, database=None, deadline=None)
+@given(histories())
+def test_any_arrival_order_with_duplicates_gives_the_same_state(
+    history: tuple[list[ValidEvent], list[ValidEvent], list[ValidEvent]],
+) -> None:
+    events, first, second = history
+    a, b = customer_after(first), customer_after(second)
+    reference = customer_after(events)
+    assert a.encode() == b.encode() == reference.encode()
+    assert a.aggregates() == b.aggregates() == reference.aggregates()
+    # Replaying everything again (a restart that re-reads the topic) changes nothing.
+    for e in second:
+        a.apply(e)
+    assert a.encode() == reference.encode()
+    # And the state survives the codec.
+    assert Customer.decode("default", "c1", a.encode()).aggregates() == a.aggregates()
+
+
+@st.composite
+def one_placed_per_order(draw: st.DrawFn) -> list[ValidEvent]:
+    """Histories where each order has at most one order_placed (no conflict to resolve)."""
+    events: list[ValidEvent] = []
+    n = 0
+    for oid in ("o1", "o2", "o3", "o4"):
+        if draw(st.booleans()):
+            n += 1
+            amount = draw(st.integers(0, 10_000_000))
+            day = draw(st.integers(0, 30))
+            events.append(
+                ValidEvent(f"e{n}", "order_placed", oid, "c1", "default", amount, T0 + day * DAY,
+                           digest(f"e{n}"))
+            )  # fmt: skip
+        for _ in range(draw(st.integers(0, 3))):
+            n += 1
+            amount = draw(st.integers(0, 5_000_000))
+            events.append(
+                ValidEvent(f"e{n}", "order_refunded", oid, "c1", "default", amount, T0,
+                           digest(f"e{n}"))
+            )  # fmt: skip
+        if draw(st.integers(0, 3)) == 0:
+            n += 1
+            events.append(
+                ValidEvent(f"e{n}", "order_cancelled", oid, "c1", "default", None, T0,
+                           digest(f"e{n}"))
+            )  # fmt: skip
+    redeliveries = draw(st.lists(st.sampled_from(events), max_size=5)) if events else []
+    return draw(st.permutations(events + redeliveries))
+
+
+@settings(max_examples=200, database=None, deadline=None)
+@given(one_placed_per_order())
+def test_aggregates_follow_the_contract_rules(deliveries: list[ValidEvent]) -> None:
+    # Expected values straight from contract section 4, from the set of distinct events.
+    distinct = {e.event_id: e for e in deliveries}.values()
+    cancelled_ids = {e.order_id for e in distinct if e.type == "order_cancelled"}
+    placed_by_order = {e.order_id: e for e in distinct if e.type == "order_placed"}
+    counted = {o: e for o, e in placed_by_order.items() if o not in cancelled_ids}
+    expected_monetary = 0
+    for oid, p in counted.items():
+        refunds = sum(e.amount or 0 for e in distinct if e.type == "order_refunded" and
+                      e.order_id == oid)  # fmt: skip
+        assert p.amount is not None
+        expected_monetary += max(0, p.amount - refunds)
+
+    agg = customer_after(deliveries).aggregates()
+    if not counted:
+        assert agg is None
+        return
+    assert agg is not None
+    times = sorted(p.occurred_at for p in counted.values())
+    assert agg.orders_lifetime == len(counted)
+    assert agg.monetary == expected_monetary
+    assert agg.first_order_at == times[0]
+    assert agg.last_order_at == times[-1]
+    assert agg.order_times == tuple(times)
