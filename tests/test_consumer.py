@@ -277,10 +277,14 @@ def test_orders_in_changes_out_bad_input_dead_lettered(deployment: Deployment, s
 def test_kill_and_restart_mid_stream_counts_nothing_twice(deployment: Deployment, store: Store):
     events = generate(400, seed=3)
     expected = _expected(events)
-    deployment.produce(_records(events))
+    records = _records(events)
+    half = len(records) // 2
+    deployment.produce(records[:half])
     first = deployment.worker()
-    deployment.read(deployment.actions, until=lambda m: len(m) >= 150, timeout=60)
-    first.kill()  # kill -9 in the middle of the stream
+    before = deployment.read(deployment.actions, until=lambda m: len(m) >= 100, timeout=60)
+    assert len(before) >= 100
+    first.kill()  # kill -9, then the rest of the stream arrives while no worker runs
+    deployment.produce(records[half:])
     second = deployment.worker()
     actions = deployment.read(deployment.actions, until=_converged(expected), timeout=90)
     assert_changes_consistent(actions)

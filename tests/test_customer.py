@@ -388,33 +388,23 @@ def test_any_arrival_order_with_duplicates_gives_the_same_state(
     assert Customer.decode("default", "c1", a.encode()).aggregates() == a.aggregates()
 
 
+def _event(n: int, kind: Kind, order_id: str, amount: int | None, at: int = T0) -> ValidEvent:
+    return ValidEvent(f"e{n}", kind, order_id, "c1", "default", amount, at, digest(f"e{n}"))
+
+
 @st.composite
 def one_placed_per_order(draw: st.DrawFn) -> list[ValidEvent]:
     """Histories where each order has at most one order_placed (no conflict to resolve)."""
     events: list[ValidEvent] = []
-    n = 0
     for oid in ("o1", "o2", "o3", "o4"):
         if draw(st.booleans()):
-            n += 1
-            amount = draw(st.integers(0, 10_000_000))
-            day = draw(st.integers(0, 30))
-            events.append(
-                ValidEvent(f"e{n}", "order_placed", oid, "c1", "default", amount, T0 + day * DAY,
-                           digest(f"e{n}"))
-            )  # fmt: skip
+            amount, day = draw(st.integers(0, 10_000_000)), draw(st.integers(0, 30))
+            events.append(_event(len(events), "order_placed", oid, amount, T0 + day * DAY))
         for _ in range(draw(st.integers(0, 3))):
-            n += 1
             amount = draw(st.integers(0, 5_000_000))
-            events.append(
-                ValidEvent(f"e{n}", "order_refunded", oid, "c1", "default", amount, T0,
-                           digest(f"e{n}"))
-            )  # fmt: skip
+            events.append(_event(len(events), "order_refunded", oid, amount))
         if draw(st.integers(0, 3)) == 0:
-            n += 1
-            events.append(
-                ValidEvent(f"e{n}", "order_cancelled", oid, "c1", "default", None, T0,
-                           digest(f"e{n}"))
-            )  # fmt: skip
+            events.append(_event(len(events), "order_cancelled", oid, None))
     redeliveries = draw(st.lists(st.sampled_from(events), max_size=5)) if events else []
     return draw(st.permutations(events + redeliveries))
 
@@ -429,8 +419,9 @@ def test_aggregates_follow_the_contract_rules(deliveries: list[ValidEvent]) -> N
     counted = {o: e for o, e in placed_by_order.items() if o not in cancelled_ids}
     expected_monetary = 0
     for oid, p in counted.items():
-        refunds = sum(e.amount or 0 for e in distinct if e.type == "order_refunded" and
-                      e.order_id == oid)  # fmt: skip
+        refunds = sum(
+            e.amount or 0 for e in distinct if e.type == "order_refunded" and e.order_id == oid
+        )
         assert p.amount is not None
         expected_monetary += max(0, p.amount - refunds)
 

@@ -77,7 +77,7 @@ def test_builtin_default_is_a_valid_standard_profile() -> None:
     assert p.currency is None
     assert p.frequency_window_days is None
     assert p.overdue_factor == 2.0
-    for values in (p.recency_days, p.frequency_orders, p.monetary):
+    for values in (p.recency_days, p.frequency_orders, [int(v) for v in p.monetary]):
         assert len(values) == 4
         assert all(a < b for a, b in pairwise(values))
     assert p.segment_map.levels == (5, 5, 5)

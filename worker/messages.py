@@ -8,6 +8,7 @@ and the tests check the two agree.
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -98,6 +99,7 @@ class CustomerView(_Model):
     as_of: str
 
 
+@lru_cache(maxsize=8192)  # as_of and emitted_at repeat across a whole batch
 def iso(ms: int) -> str:
     """RFC 3339 in UTC with a Z; milliseconds only when there are some."""
     dt = datetime.fromtimestamp(ms / 1000, UTC)
