@@ -439,3 +439,15 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(ProfileError) as info:
         Profiles.load(path)
     assert str(info.value).startswith(str(path))
+
+
+def test_profile_name_must_be_a_possible_tenant() -> None:
+    text = "[profiles.'my shop']\nrecency_days=[1]\nfrequency_orders=[1]\nmonetary=[1]\n"
+    with pytest.raises(ProfileError, match="not a tenant name"):
+        Profiles.from_toml(text)
+
+
+def test_boolean_thresholds_are_not_numbers() -> None:
+    text = "[profiles.x]\nrecency_days=[true, 5]\nfrequency_orders=[1]\nmonetary=[1]\n"
+    with pytest.raises(ProfileError, match="recency_days"):
+        Profiles.from_toml(text)

@@ -93,24 +93,29 @@ REFUND_AMOUNTS = st.one_of(  # mostly smaller than orders, so a refund counted t
 )
 
 
+# Few distinct instants, so placed events often tie on occurred_at, around the profile
+# boundaries (7, 15, 30, 45, 60 days; t2's window is 30 days) to the millisecond.
+INSTANTS = st.builds(
+    lambda days, delta: AS_OF_MS - days * DAY_MS + delta,
+    st.sampled_from([0, 7, 8, 15, 29, 30, 31, 45, 60, 61, 400]),
+    st.sampled_from([-1, 0, 0, 1, 3_600_000]),
+)
+
+
 @st.composite
-def specs(draw: st.DrawFn) -> Spec:
-    kind = draw(st.sampled_from(["placed", "placed", "refunded", "cancelled"]))
-    amount = None
-    if kind != "cancelled":
-        amount = draw(PLACED_AMOUNTS if kind == "placed" else REFUND_AMOUNTS)
-    # Few distinct instants, so placed events often tie on occurred_at, around the profile
-    # boundaries (7, 15, 30, 45, 60 days; t2's window is 30 days) to the millisecond.
-    days = draw(st.sampled_from([0, 7, 8, 15, 29, 30, 31, 45, 60, 61, 400]))
-    delta = draw(st.sampled_from([-1, 0, 0, 1, 3_600_000]))
-    return Spec(
-        kind=kind,
-        tenant=draw(st.sampled_from(TENANTS)),
-        customer=draw(st.sampled_from(CUSTOMERS)),
-        order=draw(st.sampled_from(ORDERS)),
-        amount=amount,
-        occurred_ms=AS_OF_MS - days * DAY_MS + delta,
-    )
+def order_history(draw: st.DrawFn, tenant: str, customer: str, order: str) -> list[Spec]:
+    """The events of one order: usually one placed, sometimes competing ones, refunds, cancel."""
+    out = [
+        Spec("placed", tenant, customer, order, draw(PLACED_AMOUNTS), draw(INSTANTS))
+        for _ in range(draw(st.sampled_from([1, 1, 1, 2, 0])))
+    ]
+    out += [
+        Spec("refunded", tenant, customer, order, draw(REFUND_AMOUNTS), draw(INSTANTS))
+        for _ in range(draw(st.sampled_from([0, 0, 1, 2])))
+    ]
+    if draw(st.sampled_from([False, False, False, False, True])):
+        out.append(Spec("cancelled", tenant, customer, order, None, draw(INSTANTS)))
+    return out
 
 
 def to_json(event_id: str, spec: Spec, zone: timezone, as_number: bool) -> bytes:
@@ -221,14 +226,21 @@ def recompute(events: dict[str, Spec]) -> dict[tuple[str, str], Expected | None]
 
 @st.composite
 def scenarios(draw: st.DrawFn) -> tuple[dict[str, Spec], list[list[bytes]]]:
-    distinct = draw(st.lists(specs(), min_size=1, max_size=24))
+    slots = st.tuples(*(st.sampled_from(x) for x in (TENANTS, CUSTOMERS, ORDERS)))
+    distinct = [
+        spec
+        for slot in draw(st.lists(slots, min_size=1, max_size=7, unique=True))
+        for spec in draw(order_history(*slot))
+    ]
+    if not distinct:
+        distinct = [Spec("cancelled", "default", "c1", "o1", None, AS_OF_MS)]
     events = {f"ev-{i}": spec for i, spec in enumerate(distinct)}
     deliveries = [
         to_json(eid, spec, draw(st.sampled_from(ZONES)), draw(st.booleans()))
         for eid, spec in events.items()
     ]
     # Redeliveries: byte-identical or re-serialised (another offset, number vs string).
-    extra = draw(st.lists(st.sampled_from(sorted(events)), max_size=10))
+    extra = draw(st.lists(st.sampled_from(sorted(events)), max_size=12))
     deliveries += [
         to_json(eid, events[eid], draw(st.sampled_from(ZONES)), draw(st.booleans()))
         for eid in extra

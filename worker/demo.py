@@ -11,12 +11,14 @@ from __future__ import annotations
 import itertools
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -79,16 +81,17 @@ class OrderStream:
         oid = f"o{next(self.ids)}"
         amount = max(5.0, self.rng.gauss(cust["basket"], cust["basket"] / 3))
         out = [self._event("order_placed", cust, oid, at, amount)]
+        follow_up = min(at + later, datetime.now(UTC))  # never in the future
         roll = self.rng.random()
         if roll < 0.04:
-            out.append(self._event("order_cancelled", cust, oid, at + later / 36))
+            out.append(self._event("order_cancelled", cust, oid, follow_up))
         elif roll < 0.10:
             out.append(
                 self._event(
                     "order_refunded",
                     cust,
                     oid,
-                    at + timedelta(days=3),
+                    follow_up,
                     round(amount * self.rng.uniform(0.1, 1.0), 2),
                 )
             )
@@ -120,7 +123,7 @@ def run_demo(customers: int = 3000, rate: float = 200, duration: float | None = 
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    print("starting an embedded Kafka-protocol broker (Tansu) and Redis ...")
+    say("starting an embedded Kafka-protocol broker (Tansu) and Redis ...")
     with EmbeddedRedis() as redis_server, EmbeddedKafka() as broker:
         create_topics(broker.bootstrap, {ORDERS: 4, ACTIONS: 4, DLQ: 1})
         http_port = free_port()
@@ -138,7 +141,7 @@ def run_demo(customers: int = 3000, rate: float = 200, duration: float | None = 
             [sys.executable, "-m", "worker", "run"], env=env, stdout=log, stderr=log
         )
         base = f"http://127.0.0.1:{http_port}"
-        print(f"""
+        say(f"""
   broker     {broker.bootstrap}   (topics {ORDERS}, {ACTIONS}, {DLQ})
   redis      {redis_server.url}
   metrics    {base}/metrics
@@ -149,7 +152,7 @@ def run_demo(customers: int = 3000, rate: float = 200, duration: float | None = 
 Ctrl-C stops everything.
 """)
         try:
-            return _stream(broker.bootstrap, customers, rate, duration, stop)
+            return _stream(broker.bootstrap, f"{base}/metrics", customers, rate, duration, stop)
         finally:
             worker.send_signal(signal.SIGTERM)
             try:
@@ -157,11 +160,16 @@ Ctrl-C stops everything.
             except subprocess.TimeoutExpired:
                 worker.kill()
             log.close()
-            print("stopped the worker, the broker and Redis")
+            say("stopped the worker, the broker and Redis")
 
 
 def _stream(
-    bootstrap: str, customers: int, rate: float, duration: float | None, stop: threading.Event
+    bootstrap: str,
+    metrics_url: str,
+    customers: int,
+    rate: float,
+    duration: float | None,
+    stop: threading.Event,
 ) -> int:
     gen = OrderStream(customers)
     producer = Producer(
@@ -171,14 +179,16 @@ def _stream(
     for key, value in history:
         _produce(producer, key, value)
     producer.flush(30)
-    print(f"published {len(history)} historical order events; live orders follow at {rate:.0f}/s\n")
+    say(f"published {len(history)} historical order events; live orders follow at {rate:.0f}/s")
+    say("segment changes as they happen (customer, cause, before -> after):\n")
     # Tail the actions topic without a consumer group: no join to wait for.
     actions = Consumer(
         {"bootstrap.servers": bootstrap, "group.id": "rfm-demo-tail", "enable.auto.commit": False}
     )
     actions.assign([TopicPartition(ACTIONS, p, OFFSET_BEGINNING) for p in range(4)])
     started = time.monotonic()
-    next_send, changes, shown, window = started, 0, 0, (started, 0)
+    next_send, next_status, changes = started, started + 5, 0
+    shown_this_second, second = 0, int(started)
     try:
         while not stop.is_set():
             now = time.monotonic()
@@ -193,18 +203,44 @@ def _stream(
                 if msg.error():
                     continue
                 changes += 1
-                if now - window[0] >= 1:
-                    window = (now, 0)
-                if window[1] < 8:  # at most 8 lines a second: readable, still live
-                    window = (window[0], window[1] + 1)
-                    print(_describe(orjson.loads(msg.value() or b"{}")))
-                    shown += 1
+                change = orjson.loads(msg.value() or b"{}")
+                if int(now) != second:
+                    second, shown_this_second = int(now), 0
+                # Segment moves only, at most 8 lines a second: readable, still live.
+                if change.get("segment_changed") and shown_this_second < 8:
+                    shown_this_second += 1
+                    say(_describe(change))
+            if now >= next_status:
+                next_status = now + 5
+                say(_status(metrics_url, changes, now - started))
     finally:
         producer.flush(10)
         actions.close()
-    elapsed = time.monotonic() - started
-    print(f"\n{changes} changes received in {elapsed:.0f}s ({shown} shown)")
+    say(_status(metrics_url, changes, time.monotonic() - started))
     return 0
+
+
+def say(line: str) -> None:
+    print(line, flush=True)
+
+
+def _status(metrics_url: str, changes: int, elapsed: float) -> str:
+    """One line from the worker's own metrics: what it applied, rejected and published."""
+    try:
+        with urllib.request.urlopen(metrics_url, timeout=2) as resp:  # noqa: S310 - our URL
+            text = resp.read().decode()
+    except OSError:
+        return f"-- {elapsed:.0f}s: {changes} changes received (worker metrics unavailable)"
+    counts = {
+        m.group(1): float(m.group(2))
+        for m in re.finditer(r'^rfm_events_total\{outcome="(\w+)"\} (\S+)$', text, re.M)
+    }
+    return (
+        f"-- {elapsed:.0f}s: events applied {counts.get('applied', 0):.0f}, "
+        f"duplicate {counts.get('duplicate', 0):.0f}, "
+        f"dead-lettered {counts.get('dead_lettered', 0):.0f}; "
+        f"{changes} changes received"
+    )
 
 
 def _produce(producer: Producer, key: bytes, value: bytes) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import re
 import tomllib
 from collections.abc import Mapping
 from decimal import Decimal
@@ -11,13 +12,14 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Self
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
 from worker.errors import ProfileError
 from worker.money import to_units
 from worker.segments import STANDARD_MAP, Rule, SegmentMap
 
 DEFAULT_TENANT = "default"
+TENANT_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
 MAX_LEVELS = 9  # scores stay single digits, so "rfm" is a plain concatenation
 
 Range = Annotated[list[int], Field(min_length=2, max_length=2)]
@@ -53,9 +55,9 @@ class Profile(BaseModel):
 
     name: str = DEFAULT_TENANT
     currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
-    recency_days: list[int] = Field(min_length=1, max_length=MAX_LEVELS - 1)
-    frequency_orders: list[int] = Field(min_length=1, max_length=MAX_LEVELS - 1)
-    frequency_window_days: int | None = Field(default=None, gt=0)
+    recency_days: list[StrictInt] = Field(min_length=1, max_length=MAX_LEVELS - 1)
+    frequency_orders: list[StrictInt] = Field(min_length=1, max_length=MAX_LEVELS - 1)
+    frequency_window_days: StrictInt | None = Field(default=None, gt=0)
     monetary: list[Annotated[Decimal, Field(decimal_places=4)]] = Field(
         min_length=1, max_length=MAX_LEVELS - 1
     )
@@ -141,6 +143,11 @@ class Profiles:
             raise ProfileError(f"{source}: expected at least one [profiles.NAME] table")
         profiles: dict[str, Profile] = {}
         for name, body in table.items():
+            if not TENANT_NAME.fullmatch(name):
+                raise ProfileError(
+                    f"{source}: profile name {name!r} is not a tenant name "
+                    "(1-100 of A-Z a-z 0-9 . _ -)"
+                )
             if not isinstance(body, dict):
                 raise ProfileError(f"{source}: profiles.{name} must be a table")
             try:
