@@ -4,18 +4,23 @@ from __future__ import annotations
 
 import itertools
 import random
+import signal
 import time
 import urllib.request
+import uuid
 from collections import defaultdict
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+import redis
 
 from tests.conftest import Deployment
 from tests.reference import Expected, recompute
+from worker.embedded import EmbeddedKafka, EmbeddedRedis, create_topics, free_port
 from worker.messages import RfmChanged
 from worker.store import Store
 
@@ -290,3 +295,49 @@ def test_kill_and_restart_mid_stream_counts_nothing_twice(deployment: Deployment
     assert_changes_consistent(actions)
     assert_state_matches(store, expected)
     assert second.stop() == 0
+
+
+def test_redis_outage_stalls_then_catches_up_without_dead_letters(
+    kafka: EmbeddedKafka, tmp_path: Path
+):
+    """Redis frozen (SIGSTOP: every call times out) mid-stream, then back."""
+    with EmbeddedRedis() as own_redis:
+        dep = Deployment(
+            kafka,
+            own_redis,
+            tmp_path,
+            *(f"{n}-{uuid.uuid4().hex[:8]}" for n in ("orders", "actions", "dlq", "group")),
+            free_port(),
+        )
+        create_topics(kafka.bootstrap, {dep.orders: 4, dep.actions: 4, dep.dlq: 1})
+        events = generate(150, seed=5)
+        records = _records(events)
+        expected = _expected(events)
+        worker = dep.worker()
+        try:
+            dep.produce(records[: len(records) // 2])
+            dep.read(dep.actions, until=lambda m: len(m) >= 50)
+            assert own_redis.proc is not None
+            own_redis.proc.send_signal(signal.SIGSTOP)
+            try:
+                dep.produce(records[len(records) // 2 :])
+                deadline = time.monotonic() + 30
+                while _http(dep.http_port, "/readyz")[0] != 503 and time.monotonic() < deadline:
+                    time.sleep(0.5)
+                assert _http(dep.http_port, "/readyz")[0] == 503  # not ready while Redis is gone
+                assert _http(dep.http_port, "/healthz")[0] == 200  # but alive: no restart needed
+            finally:
+                own_redis.proc.send_signal(signal.SIGCONT)
+            actions = dep.read(dep.actions, until=_converged(expected), timeout=90)
+            assert_changes_consistent(actions)
+            client = redis.Redis.from_url(own_redis.url)
+            try:
+                assert_state_matches(Store(client), expected)
+            finally:
+                client.close()
+            assert dep.read(dep.dlq, until=lambda m: False, timeout=3) == []
+            assert "redis unavailable" in worker.log() and "redis is back" in worker.log()
+            assert worker.stop() == 0
+        finally:
+            if worker.proc is not None and worker.proc.poll() is None:
+                worker.kill()

@@ -44,7 +44,7 @@ PROFILES = Profiles.from_toml(
 
     [profiles.t2]
     recency_days = [7, 60]
-    frequency_orders = [2]
+    frequency_orders = [1, 2, 3]
     frequency_window_days = 30
     monetary = [50, 500]
 
@@ -54,7 +54,7 @@ PROFILES = Profiles.from_toml(
 
     [[profiles.t2.segments]]
     name = "repeat_lapsed"
-    f = [2, 2]
+    f = [3, 4]
 
     [[profiles.t2.segments]]
     name = "lapsed"
@@ -62,7 +62,7 @@ PROFILES = Profiles.from_toml(
 )
 THRESHOLDS = {  # the same numbers as the TOML above, written out for the oracle
     "default": ([15, 30, 45, 60], [2, 3, 5, 10], None, [100, 250, 500, 1000]),
-    "t2": ([7, 60], [2], 30, [50, 500]),
+    "t2": ([7, 60], [1, 2, 3], 30, [50, 500]),
 }
 
 TENANTS = ["default", "t2", "t3"]  # t3 has no profile: it is scored with default's
@@ -167,7 +167,7 @@ def _segment(tenant: str, r: int, f: int, m: int) -> str:
     if tenant == "t2":
         if r >= 2:
             return "active"
-        return "repeat_lapsed" if f == 2 else "lapsed"
+        return "repeat_lapsed" if f >= 3 else "lapsed"
     # The standard map: the contract names it, the profile carries it (tested elsewhere).
     return PROFILES.default.segment_map.segment(r, f, m)
 
