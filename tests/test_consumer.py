@@ -20,6 +20,7 @@ import redis
 
 from tests.conftest import Deployment
 from tests.reference import Expected, recompute
+from tests.reference import ms as reference_ms
 from worker.embedded import EmbeddedKafka, EmbeddedRedis, create_topics, free_port
 from worker.messages import RfmChanged
 from worker.store import Store
@@ -341,3 +342,30 @@ def test_redis_outage_stalls_then_catches_up_without_dead_letters(
         finally:
             if worker.proc is not None and worker.proc.poll() is None:
                 worker.kill()
+
+
+def test_event_clock_scores_history_at_its_own_time(deployment: Deployment, store: Store):
+    """RFM_CLOCK=event: now is the latest occurred_at seen, so old history scores fresh."""
+    deployment.extra_env["RFM_CLOCK"] = "event"
+    events = [
+        {
+            "event_id": f"h{i}",
+            "type": "order_placed",
+            "order_id": f"o{i}",
+            "customer_id": "old",
+            "amount": "60.00",
+            "occurred_at": f"2021-0{i + 1}-10T10:00:00Z",
+        }
+        for i in range(3)
+    ]
+    deployment.produce(_records(events))
+    worker = deployment.worker()
+    actions = deployment.read(deployment.actions, until=lambda m: len(m) >= 3)
+    last = orjson.loads(actions[-1].value())
+    # As of 2021-03-10 the last order is 0 days old: R=5, 3 orders (F3), 180.00 (M2).
+    assert last["as_of"] == "2021-03-10T10:00:00Z"
+    assert last["current"]["rfm"] == "532"
+    status, body = _http(deployment.http_port, "/v1/customers/default/old")
+    assert status == 200 and orjson.loads(body)["as_of"] == "2021-03-10T10:00:00Z"
+    assert store.read_clock() == reference_ms("2021-03-10T10:00:00Z")
+    assert worker.stop() == 0

@@ -12,9 +12,10 @@ from pathlib import Path
 from types import FrameType
 
 import orjson
+import redis
 
 from worker import __version__, logs, schemas, views
-from worker.config import Settings, load_settings
+from worker.config import Settings, load_settings, mask_url
 from worker.errors import ConfigError, RfmError
 from worker.events import epoch_ms
 from worker.profiles import DEFAULT_TENANT, Profiles
@@ -85,6 +86,21 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         return run(settings, profiles)
     store = _store(settings)
+    try:
+        return _read(args, settings, profiles, store)
+    except (redis.ConnectionError, redis.TimeoutError) as exc:
+        url = mask_url(settings.redis_url.get_secret_value())
+        reason = " ".join(str(exc).split())
+        print(
+            f"rfm-worker: Redis at {url} (RFM_REDIS_URL) is unavailable: {reason}", file=sys.stderr
+        )
+        return 2
+    finally:
+        store.redis.close()
+
+
+def _read(args: argparse.Namespace, settings: Settings, profiles: Profiles, store: Store) -> int:
+    """The read-only commands: customer, export, matrix."""
     if args.command == "customer":
         as_of = views.now_ms(settings, store)
         doc = views.lookup(store, profiles, args.tenant, args.customer_id, as_of)

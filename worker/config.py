@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from typing import Literal
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -45,9 +45,16 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_scheme(cls, value: SecretStr) -> SecretStr:
-        scheme = urlsplit(value.get_secret_value()).scheme
-        if scheme not in ("redis", "rediss", "unix"):
+        parts = urlsplit(value.get_secret_value())
+        if parts.scheme not in ("redis", "rediss", "unix"):
             raise ValueError("must start with redis://, rediss:// or unix://")
+        try:
+            parts.port  # noqa: B018  (raises on a bad port)
+        except ValueError:
+            # never echo the value: an unencoded '/' or '#' in the password ends up here
+            raise ValueError(
+                "has an invalid host or port (percent-encode special characters of the password)"
+            ) from None
         return value
 
     def kafka_properties(self) -> dict[str, str]:
@@ -67,13 +74,18 @@ class Settings(BaseSettings):
 
 
 def mask_url(url: str) -> str:
+    """The URL with its password (userinfo or a `password=` parameter) replaced by ***."""
     parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = f"{parts.username or ''}:***@{parts.hostname}"
-    if parts.port:
-        netloc += f":{parts.port}"
-    return urlunsplit(parts._replace(netloc=netloc))
+    userinfo, at, hostport = parts.netloc.rpartition("@")
+    netloc = parts.netloc
+    if at and ":" in userinfo:
+        netloc = f"{userinfo.partition(':')[0]}:***@{hostport}"
+    query = "&".join(
+        f"{name}=***" if unquote(name).lower() == "password" else item
+        for item in parts.query.split("&")
+        for name in [item.partition("=")[0]]
+    )
+    return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
 def load_settings() -> Settings:

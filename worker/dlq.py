@@ -6,12 +6,16 @@ from typing import Any
 
 from worker.events import Rejection
 
-Headers = list[tuple[str, bytes]]
+Headers = list[tuple[str, bytes | None]]
 
 
 def dlq_headers(message: Any, rejection: Rejection) -> Headers:
-    """Original headers, then rfm.error.* and rfm.source.* (contract section 6)."""
-    headers: Headers = [(k, v if v is not None else b"") for k, v in message.headers() or []]
+    """Original headers, then rfm.error.* and rfm.source.* (contract section 6).
+
+    Original headers are kept as they are: a null header stays null (Kafka tells a null
+    value from an empty one).
+    """
+    headers: Headers = list(message.headers() or [])
     headers += [
         ("rfm.error.class", rejection.error_class.encode()),
         ("rfm.error.reason", rejection.reason.encode()),

@@ -14,8 +14,9 @@ from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 import orjson
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 
+from worker import metrics as _metrics  # noqa: F401  (registers the rfm_* families)
 from worker import views
 from worker.config import Settings
 from worker.profiles import DEFAULT_TENANT, Profiles
@@ -42,13 +43,13 @@ class Api:
         url = urlsplit(path)
         parts = url.path.split("/")
         if url.path == "/metrics":
-            return 200, CONTENT_TYPE_LATEST, generate_latest()
+            return 200, CONTENT_TYPE_LATEST, generate_latest(REGISTRY)
         if url.path == "/healthz":
             return self._status(self.healthy())
         if url.path == "/readyz":
             return self._status(self.ready())
         if len(parts) == 5 and parts[1:3] == ["v1", "customers"] and parts[3] and parts[4]:
-            tenant, customer_id = unquote(parts[3]), unquote(parts[4])
+            tenant, customer_id = unquote(parts[3]), unquote(parts[4]).strip()
             as_of = views.now_ms(self.settings, self.store)
             doc = views.lookup(self.store, self.profiles, tenant, customer_id, as_of)
             if doc is None:

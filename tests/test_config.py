@@ -1,0 +1,292 @@
+"""Configuration (contract section 2): defaults, every RFM_ variable, one-line errors, secrets."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from worker.config import Settings, load_settings, mask_url
+from worker.embedded import free_port
+from worker.errors import ConfigError
+
+PASSWORD = "s3cr3t-Pa55"  # must never be shown anywhere
+
+# Contract section 2, as the environment spells it; None = unset.
+CONTRACT_DEFAULTS: dict[str, str | None] = {
+    "RFM_KAFKA_BOOTSTRAP": "localhost:9092",
+    "RFM_KAFKA_GROUP": "rfm-worker",
+    "RFM_KAFKA_CONFIG": "{}",
+    "RFM_ORDERS_TOPIC": "orders",
+    "RFM_ACTIONS_TOPIC": "rfm.actions",
+    "RFM_DLQ_TOPIC": "orders.dlq",
+    "RFM_REDIS_URL": "redis://localhost:6379/0",
+    "RFM_REDIS_CLUSTER": "false",
+    "RFM_PROFILES": None,
+    "RFM_CLOCK": "wall",
+    "RFM_SWEEP_INTERVAL": "60",
+    "RFM_HTTP_PORT": "9400",
+}
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No RFM_* variable of the machine running the suite leaks into these tests."""
+    for name in list(os.environ):
+        if name.upper().startswith("RFM_"):
+            monkeypatch.delenv(name)
+
+
+def clean_environ(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.upper().startswith("RFM_")}
+    env.update(extra)
+    return env
+
+
+# -- defaults and reading -------------------------------------------------------------------
+
+
+def test_defaults_match_the_contract() -> None:
+    s = load_settings()
+    assert s.kafka_bootstrap == CONTRACT_DEFAULTS["RFM_KAFKA_BOOTSTRAP"]
+    assert s.kafka_group == CONTRACT_DEFAULTS["RFM_KAFKA_GROUP"]
+    assert s.kafka_properties() == {}
+    assert s.orders_topic == "orders"
+    assert s.actions_topic == "rfm.actions"
+    assert s.dlq_topic == "orders.dlq"
+    assert s.redis_url.get_secret_value() == "redis://localhost:6379/0"
+    assert s.redis_cluster is False
+    assert s.profiles is None
+    assert s.clock == "wall"
+    assert s.sweep_interval == 60
+    assert s.http_port == 9400
+
+
+def test_describe_of_the_defaults_shows_every_setting() -> None:
+    shown = load_settings().describe()
+    assert shown == {
+        "kafka_bootstrap": "localhost:9092",
+        "kafka_group": "rfm-worker",
+        "kafka_config": {},
+        "orders_topic": "orders",
+        "actions_topic": "rfm.actions",
+        "dlq_topic": "orders.dlq",
+        "redis_url": "redis://localhost:6379/0",
+        "redis_cluster": False,
+        "profiles": None,
+        "clock": "wall",
+        "sweep_interval": 60,
+        "http_port": 9400,
+    }
+
+
+def test_every_variable_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    profiles = tmp_path / "profiles.toml"
+    values = {
+        "RFM_KAFKA_BOOTSTRAP": "k1:9093,k2:9093",
+        "RFM_KAFKA_GROUP": "group-x",
+        "RFM_KAFKA_CONFIG": '{"session.timeout.ms": 6000, "security.protocol": "SASL_SSL"}',
+        "RFM_ORDERS_TOPIC": "in-topic",
+        "RFM_ACTIONS_TOPIC": "out-topic",
+        "RFM_DLQ_TOPIC": "dead-topic",
+        "RFM_REDIS_URL": "rediss://cache.example:6380/2",
+        "RFM_REDIS_CLUSTER": "true",
+        "RFM_PROFILES": str(profiles),
+        "RFM_CLOCK": "event",
+        "RFM_SWEEP_INTERVAL": "2.5",
+        "RFM_HTTP_PORT": "9555",
+    }
+    assert set(values) == set(CONTRACT_DEFAULTS)
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    s = load_settings()
+    assert s.kafka_bootstrap == "k1:9093,k2:9093"
+    assert s.kafka_group == "group-x"
+    # librdkafka properties are strings
+    assert s.kafka_properties() == {"session.timeout.ms": "6000", "security.protocol": "SASL_SSL"}
+    assert s.orders_topic == "in-topic"
+    assert s.actions_topic == "out-topic"
+    assert s.dlq_topic == "dead-topic"
+    assert s.redis_url.get_secret_value() == "rediss://cache.example:6380/2"
+    assert s.redis_cluster is True
+    assert s.profiles == str(profiles)
+    assert s.clock == "event"
+    assert s.sweep_interval == 2.5
+    assert s.http_port == 9555
+
+
+@pytest.mark.parametrize("url", ["redis://h:1/0", "rediss://u:p@h:2/1", "unix:///tmp/redis.sock"])
+def test_accepted_redis_urls(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
+    monkeypatch.setenv("RFM_REDIS_URL", url)
+    assert load_settings().redis_url.get_secret_value() == url
+
+
+# -- invalid values: one line naming the variable ---------------------------------------------
+
+
+INVALID = [
+    ("RFM_HTTP_PORT", "abc"),
+    ("RFM_HTTP_PORT", "70000"),
+    ("RFM_HTTP_PORT", "-1"),
+    ("RFM_KAFKA_CONFIG", '{"sasl.password": "' + PASSWORD),  # not JSON (cut short)
+    ("RFM_KAFKA_CONFIG", "not json"),
+    ("RFM_KAFKA_CONFIG", '["sasl.password", "' + PASSWORD + '"]'),  # JSON, not an object
+    ("RFM_KAFKA_CONFIG", '"a string"'),
+    ("RFM_KAFKA_CONFIG", "null"),
+    ("RFM_CLOCK", "other"),
+    ("RFM_REDIS_URL", f"http://user:{PASSWORD}@cache:6379/0"),
+    ("RFM_REDIS_URL", "localhost:6379"),
+    ("RFM_REDIS_URL", f"redis://user:{PASSWORD}/x@cache:6379/0"),  # unencoded '/' in password
+    ("RFM_REDIS_CLUSTER", "maybe"),
+    ("RFM_SWEEP_INTERVAL", "soon"),
+    ("RFM_SWEEP_INTERVAL", "0"),
+    ("RFM_KAFKA_BOOTSTRAP", ""),
+]
+
+
+@pytest.mark.parametrize(("name", "value"), INVALID)
+def test_invalid_value_is_one_line_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    text = str(info.value)
+    assert name in text
+    assert "\n" not in text
+    assert text.strip() == text and text
+    assert PASSWORD not in text
+    assert "Traceback" not in text
+
+
+def test_the_first_invalid_variable_is_named_even_with_others_valid(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RFM_KAFKA_GROUP", "fine")
+    monkeypatch.setenv("RFM_CLOCK", "sometimes")
+    with pytest.raises(ConfigError, match="RFM_CLOCK"):
+        load_settings()
+
+
+# -- secrets ------------------------------------------------------------------------------------
+
+SECRET_PROPERTIES = [
+    "sasl.password",
+    "ssl.key.password",
+    "ssl.keystore.password",
+    "ssl.truststore.password",
+    "sasl.oauthbearer.client.secret",
+    "ssl.key.pem",
+]
+
+
+def secret_env(monkeypatch: pytest.MonkeyPatch) -> Settings:
+    config = {prop: f"{PASSWORD}-{i}" for i, prop in enumerate(SECRET_PROPERTIES)}
+    config |= {
+        "sasl.username": "alice",
+        "security.protocol": "SASL_SSL",
+        "session.timeout.ms": "6000",
+    }
+    monkeypatch.setenv("RFM_KAFKA_CONFIG", json.dumps(config))
+    monkeypatch.setenv("RFM_REDIS_URL", f"rediss://worker:{PASSWORD}@cache.example:6380/3")
+    return load_settings()
+
+
+def test_describe_masks_redis_password_and_secret_kafka_properties(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    s = secret_env(monkeypatch)
+    shown = s.describe()
+    assert PASSWORD not in json.dumps(shown)
+    assert PASSWORD not in str(shown)
+    # masked, not dropped: the operator still sees where it connects and as whom
+    assert shown["redis_url"] == "rediss://worker:***@cache.example:6380/3"
+    kafka = shown["kafka_config"]
+    assert isinstance(kafka, dict)
+    assert set(kafka) == {
+        *SECRET_PROPERTIES,
+        "sasl.username",
+        "security.protocol",
+        "session.timeout.ms",
+    }
+    for prop in SECRET_PROPERTIES:
+        assert kafka[prop] != f"{PASSWORD}-{SECRET_PROPERTIES.index(prop)}"
+    assert kafka["sasl.username"] == "alice"
+    assert kafka["security.protocol"] == "SASL_SSL"
+    assert kafka["session.timeout.ms"] == "6000"
+    # the clients still get the real values
+    assert s.kafka_properties()["sasl.password"] == f"{PASSWORD}-0"
+
+
+def test_repr_and_str_of_settings_show_no_secret(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = secret_env(monkeypatch)
+    for text in (repr(s), str(s), f"{s!r}", repr(s.model_dump())):
+        assert PASSWORD not in text
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://localhost:6379/0", "redis://localhost:6379/0"),
+        (f"redis://:{PASSWORD}@cache:6379/0", "redis://:***@cache:6379/0"),
+        (f"redis://default:{PASSWORD}@cache", "redis://default:***@cache"),
+        (f"redis://u:{PASSWORD}@[::1]:6379/0", "redis://u:***@[::1]:6379/0"),
+        (
+            f"redis://cache:6379/0?password={PASSWORD}&db=1",
+            "redis://cache:6379/0?password=***&db=1",
+        ),
+        ("redis://user@cache:6379", "redis://user@cache:6379"),
+    ],
+)
+def test_mask_url(url: str, shown: str) -> None:
+    assert mask_url(url) == shown
+
+
+# -- end to end: the command line ------------------------------------------------------------
+
+
+def run_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *args],
+        env=env,
+        capture_output=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def assert_one_clean_line(proc: subprocess.CompletedProcess[bytes]) -> str:
+    out, err = proc.stdout.decode(), proc.stderr.decode()
+    assert proc.returncode == 2, (out, err)
+    assert out == ""
+    lines = err.splitlines()
+    assert len(lines) == 1, err
+    assert "Traceback" not in err
+    assert PASSWORD not in out + err
+    return lines[0]
+
+
+def test_cli_with_unreachable_redis_is_one_line_without_the_password() -> None:
+    port = free_port()  # closed: nothing listens there
+    env = clean_environ(RFM_REDIS_URL=f"redis://worker:{PASSWORD}@127.0.0.1:{port}/0")
+    line = assert_one_clean_line(run_cli(env, "customer", "x"))
+    assert "redis" in line.lower()
+
+
+def test_cli_with_invalid_port_is_one_line_naming_the_variable() -> None:
+    env = clean_environ(
+        RFM_HTTP_PORT="abc",
+        RFM_REDIS_URL=f"redis://worker:{PASSWORD}@127.0.0.1:{free_port()}/0",
+    )
+    line = assert_one_clean_line(run_cli(env, "customer", "x"))
+    assert "RFM_HTTP_PORT" in line
+
+
+def test_cli_with_bad_kafka_config_is_one_line_without_the_secret() -> None:
+    env = clean_environ(RFM_KAFKA_CONFIG='{"sasl.password": "' + PASSWORD)
+    line = assert_one_clean_line(run_cli(env, "export"))
+    assert "RFM_KAFKA_CONFIG" in line
