@@ -49,7 +49,7 @@ class Api:
         if url.path == "/readyz":
             return self._status(self.ready())
         if len(parts) == 5 and parts[1:3] == ["v1", "customers"] and parts[3] and parts[4]:
-            tenant, customer_id = unquote(parts[3]), unquote(parts[4]).strip()
+            tenant, customer_id = unquote(parts[3]), unquote(parts[4])
             as_of = views.now_ms(self.settings, self.store)
             doc = views.lookup(self.store, self.profiles, tenant, customer_id, as_of)
             if doc is None:
