@@ -12,7 +12,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from worker.errors import ConfigError
 
 # librdkafka properties whose values are secrets: masked wherever settings are shown.
-_SECRET_HINTS = ("password", "secret", "key", "token", "jaas")
+_SECRET_HINTS = ("password", "secret", "key", "token", "jaas", "oauthbearer")
 
 
 class Settings(BaseSettings):

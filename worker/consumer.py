@@ -22,11 +22,12 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import redis
-from confluent_kafka import KafkaError, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from worker import metrics
 from worker.config import Settings
 from worker.dlq import dlq_headers
+from worker.errors import RfmError
 from worker.events import Rejection, ValidEvent, validate
 from worker.profiles import Profiles
 from worker.relay import Relay
@@ -41,6 +42,10 @@ REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingErro
 
 
 T = TypeVar("T")
+
+
+class BatchAbandonedError(RfmError):
+    """Stopping before the batch in hand could be completed; it is consumed again later."""
 
 
 def wall_ms() -> int:
@@ -71,6 +76,7 @@ class Worker:
         self._dlq_pending = 0
         self._dlq_failed: list[tuple[Any, Any, Any]] = []
         self._last_lag = 0.0
+        self._done: dict[tuple[str, int], int] = {}  # next offset per processed partition
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -103,22 +109,46 @@ class Worker:
                     self.process(messages)
                 self._retry_redis(self.relay.settle)
                 self._report_lag()
+        except (*REDIS_ERRORS, BatchAbandonedError) as exc:
+            if not self.stopping.is_set():
+                raise
+            logger.warning(
+                "stopped with a batch in hand (%s); it was not committed and "
+                "will be consumed again",
+                exc,
+            )
         finally:
             self._shutdown()
 
     def _shutdown(self) -> None:
         logger.info("draining: relaying the last changes and closing")
-        try:
-            drained = self.relay.drain(DRAIN_TIMEOUT)
-        except REDIS_ERRORS:
-            drained = False
-        if not drained:
+        if not self._drain():
             logger.warning(
                 "some changes were not acknowledged in time; they stay in the "
                 "outbox and are relayed at the next start"
             )
-        self.consumer.close()  # commits nothing: every processed batch was committed
+        self._commit_sync(self._done)
+        self.consumer.close()
         metrics.READY.set(0)
+
+    def _drain(self) -> bool:
+        try:
+            return self.relay.drain(DRAIN_TIMEOUT)
+        except REDIS_ERRORS as exc:  # acknowledged entries stay; relayed again later
+            logger.warning("could not trim the outbox: %s", exc)
+            return False
+
+    def _commit_sync(self, offsets: dict[tuple[str, int], int]) -> None:
+        """Commit processed offsets synchronously (revoke, stop): less to redeliver."""
+        if not offsets:
+            return
+        try:
+            self.consumer.commit(
+                offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                asynchronous=False,
+            )
+        except KafkaException as exc:  # harmless: those events are redelivered as duplicates
+            logger.warning("offset commit failed: %s", exc)
 
     # -- rebalance callbacks (run inside consume()) --------------------------------------------
 
@@ -132,14 +162,20 @@ class Worker:
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         gone = {p.partition for p in partitions}
         logger.info("revoked partitions %s", sorted(gone))
-        # The batch in hand is done (callbacks run between batches); publish what it made.
-        self.relay.drain(DRAIN_TIMEOUT)
+        # The batch in hand is done (callbacks run between batches): publish what it made,
+        # commit what was processed, so the next owner starts where this one stopped.
+        self._drain()
+        self._commit_sync({tp: o for tp, o in self._done.items() if tp[1] in gone})
+        for tp in [tp for tp in self._done if tp[1] in gone]:
+            del self._done[tp]
         self.assigned -= gone
 
     def _on_lost(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         # Lost, not revoked: another member may own them already. Commit nothing.
         gone = {p.partition for p in partitions}
         logger.warning("lost partitions %s", sorted(gone))
+        for tp in [tp for tp in self._done if tp[1] in gone]:
+            del self._done[tp]
         self.assigned -= gone
 
     # -- one batch ----------------------------------------------------------------------
@@ -173,6 +209,7 @@ class Worker:
             metrics.STORE_CONFLICTS.inc(result.conflicts)
             self.relay.publish(result.committed)
         self._await_dead_letters()
+        self._done.update(offsets)
         if offsets:
             self.consumer.commit(
                 offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
@@ -218,7 +255,13 @@ class Worker:
 
     def _await_dead_letters(self) -> None:
         """A record's offset is done only after its DLQ copy is acked: wait, retry failures."""
+        deadline = None
         while self._dlq_pending or self._dlq_failed:
+            if self.stopping.is_set():
+                deadline = deadline or time.monotonic() + DRAIN_TIMEOUT
+                if time.monotonic() > deadline:
+                    raise BatchAbandonedError("dead letters unacknowledged at the drain timeout")
+            self.heartbeat = time.monotonic()
             self.producer.poll(0.05)
             failed, self._dlq_failed = self._dlq_failed, []
             for entry in failed:

@@ -70,8 +70,8 @@ class Relay:
         """Serve delivery reports, trim acknowledged entries, re-produce failed ones."""
         self._producer.poll(0)
         if self._acked:
-            done, self._acked = self._acked, defaultdict(list)
-            self._store.delete_outbox(done)
+            self._store.delete_outbox(self._acked)  # if Redis fails, kept for the next try
+            self._acked = defaultdict(list)
         if self._failed:
             failed, self._failed = self._failed, []
             for entry in failed:
