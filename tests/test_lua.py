@@ -116,6 +116,7 @@ def test_commit_compare_and_set_against_current_values(
         ({}, b"old-a", b"old-b", [1, 2]),
         ({A: b"old-a", B: b"old-b"}, b"old-a", b"old-b!", [2]),  # differs by one byte
     ],
+    ids=["b-exists", "b-absent", "a-differs", "both-differ", "both-absent", "one-byte"],
 )
 def test_commit_conflict_writes_nothing(
     commit: Any,

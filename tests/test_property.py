@@ -17,6 +17,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from decimal import Decimal
+from itertools import pairwise
 from typing import Any
 
 import orjson
@@ -250,7 +251,7 @@ def scenarios(draw: st.DrawFn) -> tuple[dict[str, Spec], list[list[bytes]]]:
     deliveries = draw(st.permutations(deliveries))
     cuts = sorted(draw(st.sets(st.integers(1, max(1, len(deliveries) - 1)), max_size=5)))
     bounds = [0, *cuts, len(deliveries)]
-    batches = [deliveries[a:b] for a, b in zip(bounds, bounds[1:], strict=False) if b > a]
+    batches = [deliveries[a:b] for a, b in pairwise(bounds) if b > a]
     return events, batches
 
 
@@ -272,7 +273,7 @@ def test_profiles_are_what_the_oracle_assumes() -> None:
 @settings(
     max_examples=60,
     deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+    suppress_health_check=[HealthCheck.too_slow],  # redis_server is session-scoped
 )
 @given(scenario=scenarios())
 def test_any_delivery_equals_batch_recomputation(

@@ -6,8 +6,9 @@ retries after timeouts and replays harmless without any offset bookkeeping.
 
 - order_placed: one order per order_id. If two different placed events claim the same
   order, the smallest (occurred_at, amount) wins, so the winner does not depend on arrival.
-- order_cancelled: the order becomes a tombstone; placed and refund events of a cancelled
-  order change nothing, whenever they arrive.
+- order_cancelled: the order is flagged cancelled and stops counting for F, M and R; its
+  placed and refund events are still merged (so their redeliveries are recognised as
+  duplicates) but, whenever they arrive, they change nothing a score can see.
 - order_refunded: refunds are kept per refund event (by a digest of its event_id) so the
   same refund counts once; an order's value is max(0, amount - refunds).
 """
@@ -29,6 +30,11 @@ class Order:
     placed_at: int | None = None  # epoch ms of the kept order_placed
     amount: int | None = None  # money units (worker.money)
     refunds: dict[str, int] = field(default_factory=dict)  # refund digest -> units
+    cancelled: bool = False
+
+    @property
+    def counted(self) -> bool:
+        return self.placed_at is not None and not self.cancelled
 
     @property
     def value(self) -> int:
@@ -62,23 +68,21 @@ class Aggregates:
 class Customer:
     tenant: str
     customer_id: str
-    orders: dict[str, Order | None] = field(default_factory=dict)  # None: cancelled
+    orders: dict[str, Order] = field(default_factory=dict)
     published: Published | None = None
     partition: int | None = None  # partition of the customer's latest event
 
     def apply(self, event: ValidEvent) -> Outcome:
         """Merge one event. Returns 'duplicate' when the event was already part of the state."""
+        order = self.orders.get(event.order_id)
+        if order is None:
+            order = self.orders[event.order_id] = Order()
         kind = event.type
         if kind == "order_cancelled":
-            if event.order_id in self.orders and self.orders[event.order_id] is None:
+            if order.cancelled:
                 return "duplicate"
-            self.orders[event.order_id] = None
+            order.cancelled = True
             return "applied"
-        order = self.orders.get(event.order_id, _ABSENT)
-        if order is None:  # cancelled: nothing can change it any more
-            return "applied"
-        if order is _ABSENT:
-            order = self.orders[event.order_id] = Order()
         assert event.amount is not None  # validated for placed and refunded
         if kind == "order_placed":
             if order.placed_at is not None:
@@ -98,7 +102,8 @@ class Customer:
         times: list[int] = []
         monetary = 0
         for order in self.orders.values():
-            if order is not None and order.placed_at is not None:
+            if order.counted:
+                assert order.placed_at is not None
                 times.append(order.placed_at)
                 monetary += order.value
         if not times:
@@ -109,10 +114,11 @@ class Customer:
     # -- codec: a compact JSON blob, one Redis string per customer ---------------------------
 
     def encode(self) -> bytes:
+        # [placed_at, amount], + refunds when any, + 1 when cancelled: ~35 bytes an order.
         orders: dict[str, object] = {}
         for oid, order in self.orders.items():
-            if order is None:
-                orders[oid] = 0
+            if order.cancelled:
+                orders[oid] = [order.placed_at, order.amount, order.refunds, 1]
             elif order.refunds:
                 orders[oid] = [order.placed_at, order.amount, order.refunds]
             else:
@@ -131,15 +137,10 @@ class Customer:
         if not blob:
             return cls(tenant, customer_id)
         doc = orjson.loads(blob)
-        orders: dict[str, Order | None] = {}
-        for oid, raw in doc["o"].items():
-            if raw == 0:
-                orders[oid] = None
-            else:
-                orders[oid] = Order(raw[0], raw[1], raw[2] if len(raw) > 2 else {})
+        orders = {
+            oid: Order(raw[0], raw[1], raw[2] if len(raw) > 2 else {}, len(raw) > 3)
+            for oid, raw in doc["o"].items()
+        }
         s = doc.get("s")
         published = Published(s[0], s[1], s[2], s[3]) if s else None
         return cls(tenant, customer_id, orders, published, doc.get("p"))
-
-
-_ABSENT = Order()  # sentinel distinct from None (cancelled)

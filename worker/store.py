@@ -263,15 +263,24 @@ class Store:
 
     def scan_customers(self, tenant: str | None = None, chunk: int = 500) -> Iterator[Customer]:
         """Every stored customer (of one tenant), read in chunks: for export, not hot paths."""
-        for shard in range(SHARDS):
-            pattern = f"rfm:{{{shard:02d}}}:c:{_glob_escape(tenant) if tenant else '*'}:*"
-            keys = list(self.redis.scan_iter(match=pattern.encode(), count=chunk))
-            for i in range(0, len(keys), chunk):
-                part = keys[i : i + chunk]
-                for key, blob in zip(part, self.redis.mget(part), strict=True):
-                    if blob:
-                        t, cid = split_customer_key(key)
-                        yield Customer.decode(t, cid, blob)
+        pattern = f"rfm:{{*}}:c:{_glob_escape(tenant) if tenant else '*'}:*".encode()
+        batch: list[bytes] = []
+        for key in self.redis.scan_iter(match=pattern, count=chunk):
+            batch.append(key)
+            if len(batch) >= chunk:
+                yield from self._decode_keys(batch, tenant)
+                batch = []
+        yield from self._decode_keys(batch, tenant)
+
+    def _decode_keys(self, keys: list[bytes], tenant: str | None) -> Iterator[Customer]:
+        pipe = self.redis.pipeline(transaction=False)  # GETs, not MGET: keys span slots
+        for key in keys:
+            pipe.get(key)
+        for key, blob in zip(keys, pipe.execute() if keys else [], strict=True):
+            owner, customer_id = split_customer_key(key)
+            # The glob can also match an id that contains "}:c:<tenant>:": check the owner.
+            if blob and (tenant is None or owner == tenant):
+                yield Customer.decode(owner, customer_id, blob)
 
     def score_counts(self) -> Counter[tuple[str, str, str]]:
         """Customers per (tenant, rfm, segment) of their published score, over all shards."""
