@@ -636,6 +636,7 @@ def test_scan_of_one_tenant_ignores_ids_that_look_like_its_keys(
     store: Store, profiles: Profiles
 ) -> None:
     """An id of tenant "u" containing "}:c:t:" matches the key glob of tenant "t"."""
-    apply(store, profiles, [ev(profiles, "e1", "placed", "o", "5", customer="x}:c:t:y", tenant="u")])
+    sneaky = ev(profiles, "e1", "placed", "o", "5", customer="x}:c:t:y", tenant="u")
+    apply(store, profiles, [sneaky])
     assert [c.customer_id for c in store.scan_customers("t")] == []
     assert [(c.tenant, c.customer_id) for c in store.scan_customers("u")] == [("u", "x}:c:t:y")]
