@@ -22,7 +22,9 @@ from tests.conftest import Deployment
 from tests.reference import Expected, recompute
 from tests.reference import ms as reference_ms
 from worker.embedded import EmbeddedKafka, EmbeddedRedis, create_topics, free_port
+from worker.events import Rejection, validate
 from worker.messages import RfmChanged
+from worker.profiles import Profiles
 from worker.store import Store
 
 pytestmark = pytest.mark.integration
@@ -375,4 +377,28 @@ def test_event_clock_scores_history_at_its_own_time(deployment: Deployment, stor
     status, body = _http(deployment.http_port, "/v1/customers/default/old")
     assert status == 200 and orjson.loads(body)["as_of"] == "2021-03-10T10:00:00Z"
     assert store.read_clock() == reference_ms("2021-03-10T10:00:00Z")
+    assert worker.stop() == 0
+
+
+def test_changes_committed_but_never_published_are_relayed_with_their_ids(
+    deployment: Deployment, store: Store, profiles: Profiles
+):
+    """A worker that died between the Redis commit and the publication: outbox relayed."""
+    events = generate(40, seed=9)
+    now = int(time.time() * 1000)
+    valid = []
+    for i, ev in enumerate(events):
+        out = validate(orjson.dumps(ev), profiles, now)
+        assert not isinstance(out, Rejection)
+        valid.append((out, i % 4))
+    committed = store.apply_batch(valid, profiles, as_of_ms=now, now_ms=now).committed
+    assert committed and store.outbox_backlog() == len(committed)
+    worker = deployment.worker()  # nothing on the orders topic: only the outbox to relay
+    actions = deployment.read(deployment.actions, until=lambda m: len(m) >= len(committed))
+    assert sorted(m.value() for m in actions) == sorted(c.value for c in committed)
+    assert_changes_consistent(actions)
+    deadline = time.monotonic() + 10
+    while store.outbox_backlog() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert store.outbox_backlog() == 0  # trimmed once the broker acknowledged them
     assert worker.stop() == 0
