@@ -38,7 +38,18 @@ logger = logging.getLogger(__name__)
 BATCH_SIZE = 2000
 POLL_TIMEOUT = 0.2
 DRAIN_TIMEOUT = 20.0
-REDIS_ERRORS = (redis.ConnectionError, redis.TimeoutError, redis.BusyLoadingError)
+# Redis conditions that pass: wait and retry (never dead-letter, never crash). OOM stalls
+# the worker rather than losing data; failover (read-only replica, cluster down) too.
+REDIS_ERRORS = (
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.BusyLoadingError,
+    redis.exceptions.OutOfMemoryError,
+    redis.exceptions.ReadOnlyError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.MasterDownError,
+)
 
 
 T = TypeVar("T")
@@ -211,10 +222,13 @@ class Worker:
         self._await_dead_letters()
         self._done.update(offsets)
         if offsets:
-            self.consumer.commit(
-                offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
-                asynchronous=True,
-            )
+            try:  # asynchronous: the state, not the commit, protects against redelivery
+                self.consumer.commit(
+                    offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                    asynchronous=True,
+                )
+            except KafkaException as exc:
+                logger.warning("offset commit failed (events will be redelivered): %s", exc)
         metrics.BATCH_SIZE.observe(len(messages))
         metrics.BATCH_DURATION.observe(time.perf_counter() - started)
 
