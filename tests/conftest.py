@@ -120,7 +120,11 @@ class Deployment:
         }
 
     def worker(self) -> WorkerProcess:
-        proc = WorkerProcess(self.env(), self.tmp_path / f"worker-{len(self.workers)}.log")
+        """Start a worker; the first serves HTTP on `http_port`, others on free ports."""
+        env = self.env()
+        if self.workers:
+            env["RFM_HTTP_PORT"] = str(free_port())
+        proc = WorkerProcess(env, self.tmp_path / f"worker-{len(self.workers)}.log")
         self.workers.append(proc)
         return proc.start()
 

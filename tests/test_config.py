@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -290,3 +291,29 @@ def test_cli_with_bad_kafka_config_is_one_line_without_the_secret() -> None:
     env = clean_environ(RFM_KAFKA_CONFIG='{"sasl.password": "' + PASSWORD)
     line = assert_one_clean_line(run_cli(env, "export"))
     assert "RFM_KAFKA_CONFIG" in line
+
+
+def test_run_with_http_port_in_use_is_one_line(redis_server) -> None:
+    with socket.socket() as busy:
+        busy.bind(("0.0.0.0", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {
+            **os.environ,
+            "RFM_HTTP_PORT": str(port),
+            "RFM_REDIS_URL": redis_server.url,
+            "RFM_KAFKA_BOOTSTRAP": "127.0.0.1:1",
+        }
+        proc = subprocess.run(
+            [sys.executable, "-m", "worker", "run"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("rfm-worker:")]
+    assert errors == [
+        f"rfm-worker: configuration error: RFM_HTTP_PORT={port}: Address already in use"
+    ]
+    assert "Traceback" not in proc.stderr

@@ -402,3 +402,25 @@ def test_changes_committed_but_never_published_are_relayed_with_their_ids(
         time.sleep(0.2)
     assert store.outbox_backlog() == 0  # trimmed once the broker acknowledged them
     assert worker.stop() == 0
+
+
+def test_second_worker_joining_mid_stream_moves_partitions_without_loss(
+    deployment: Deployment, store: Store
+):
+    events = generate(300, seed=11)
+    expected = _expected(events)
+    records = _records(events)
+    half = len(records) // 2
+    first = deployment.worker()
+    deployment.produce(records[:half])
+    deployment.read(deployment.actions, until=lambda m: len(m) >= 100)
+    second = deployment.worker()  # the group rebalances ...
+    deadline = time.monotonic() + 45
+    while "assigned partitions" not in second.log() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert "revoked partitions" in first.log()
+    deployment.produce(records[half:])  # ... and each worker applies its share of the rest
+    actions = deployment.read(deployment.actions, until=_converged(expected), timeout=90)
+    assert_changes_consistent(actions)
+    assert_state_matches(store, expected)
+    assert first.stop() == 0 and second.stop() == 0

@@ -161,7 +161,11 @@ def run(settings: Settings, profiles: Profiles) -> int:
     )
     metrics.register_customers(store.segment_counts)
     api = Api(settings, profiles, store, healthy=worker.is_healthy, ready=lambda: worker.ready)
-    server = serve(api, settings.http_port)
+    try:
+        server = serve(api, settings.http_port)
+    except OSError as exc:
+        worker.consumer.close()
+        raise ConfigError(f"RFM_HTTP_PORT={settings.http_port}: {exc.strerror}") from None
     signals = 0
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
