@@ -411,3 +411,15 @@ def test_payload_validates_for_every_cause(cause: str) -> None:
     )
     assert change is not None
     assert validated(change).cause == cause
+
+
+def test_change_ids_are_distinct_version_4_uuids() -> None:
+    import uuid
+
+    from worker.engine import new_change_id
+
+    ids = [new_change_id() for _ in range(20_000)]
+    assert len(set(ids)) == len(ids)
+    for text in ids[:200]:
+        parsed = uuid.UUID(text)
+        assert (parsed.version, parsed.variant, str(parsed)) == (4, uuid.RFC_4122, text)

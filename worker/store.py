@@ -45,8 +45,9 @@ def shard_of(tenant: str, customer_id: str) -> int:
     return zlib.crc32(f"{tenant}\x00{customer_id}".encode()) % SHARDS
 
 
-def customer_key(tenant: str, customer_id: str) -> bytes:
-    shard = shard_of(tenant, customer_id)
+def customer_key(tenant: str, customer_id: str, shard: int | None = None) -> bytes:
+    if shard is None:
+        shard = shard_of(tenant, customer_id)
     return f"rfm:{{{shard:02d}}}:c:{tenant}:{customer_id}".encode()
 
 
@@ -128,8 +129,8 @@ class Store:
         """
         slices: dict[int, _Slice] = {}
         for event, partition in items:
-            key = customer_key(event.tenant, event.customer_id)
             shard = shard_of(event.tenant, event.customer_id)
+            key = customer_key(event.tenant, event.customer_id, shard)
             slices.setdefault(shard, _Slice()).events.setdefault(key, []).append((event, partition))
         result = BatchResult()
         pending = sorted(slices)
