@@ -264,15 +264,19 @@ def test_orders_in_changes_out_bad_input_dead_lettered(deployment: Deployment, s
     assert _http(port, "/v1/customers/default/nobody")[0] == 404
     assert _http(port, "/readyz")[0] == 200
     assert _http(port, "/healthz")[0] == 200
+    deadline = time.monotonic() + 10  # lag is sampled every second
+    while 'rfm_consumer_lag{partition="0"}' not in _http(port, "/metrics")[1].decode():
+        assert time.monotonic() < deadline, "no consumer lag reported"
+        time.sleep(0.2)
     metrics = _http(port, "/metrics")[1].decode()
     for name in (
         'rfm_events_total{outcome="applied"}',
         'rfm_events_total{outcome="duplicate"}',
         'rfm_events_total{outcome="dead_lettered"} 9.0',
-        "rfm_changes_total",
-        "rfm_segment_transitions_total",
-        "rfm_consumer_lag",
-        "rfm_customers",
+        'rfm_changes_total{cause="order"}',
+        "rfm_segment_transitions_total{from_segment=",
+        'rfm_consumer_lag{partition="3"} 0.0',
+        'rfm_customers{segment="',
         "rfm_sweep_duration_seconds",
     ):
         assert name in metrics, name

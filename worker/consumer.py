@@ -316,7 +316,7 @@ class Worker:
         logger.warning("consumer error: %s", err)
 
     def _report_lag(self) -> None:
-        if time.monotonic() - self._last_lag < 5:
+        if time.monotonic() - self._last_lag < 1:
             return
         self._last_lag = time.monotonic()
         for partition in sorted(self.assigned):
