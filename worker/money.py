@@ -3,7 +3,6 @@
 from decimal import Decimal
 
 SCALE = 10_000  # amounts have at most 4 decimals (contract section 4)
-_QUANTUM = Decimal(1) / SCALE
 
 
 def to_units(amount: Decimal | int | str) -> int:
@@ -12,7 +11,7 @@ def to_units(amount: Decimal | int | str) -> int:
 
 
 def format_units(units: int) -> str:
-    """'350.00', '12.3456': two decimals at least, four at most, no float on the way."""
-    text = str((Decimal(units) / SCALE).quantize(_QUANTUM))
-    whole, _, frac = text.partition(".")
-    return f"{whole}.{frac.rstrip('0').ljust(2, '0')}"
+    """'350.00', '12.3456': two decimals at least, four at most; integer arithmetic only."""
+    sign = "-" if units < 0 else ""
+    whole, frac = divmod(abs(units), SCALE)
+    return f"{sign}{whole}.{f'{frac:04d}'.rstrip('0').ljust(2, '0')}"
