@@ -13,13 +13,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
 import redis
 
+from tests.factories import valid_event
 from worker.cli import main
 from worker.embedded import EmbeddedRedis
-from worker.events import ValidEvent, validate
+from worker.events import ValidEvent
 from worker.profiles import Profiles
 from worker.store import Store
 
@@ -71,20 +71,17 @@ def event(
     tenant: str | None = None,
     now_ms: int = AS_OF_MS,
 ) -> ValidEvent:
-    doc: dict[str, Any] = {
-        "event_id": event_id,
-        "type": f"order_{kind}",
-        "order_id": order_id,
-        "customer_id": customer,
-        "occurred_at": occurred_at,
-    }
-    if amount is not None:
-        doc["amount"] = amount
-    if tenant is not None:
-        doc["tenant"] = tenant
-    out = validate(orjson.dumps(doc), profiles, now_ms)
-    assert isinstance(out, ValidEvent), out
-    return out
+    return valid_event(
+        profiles,
+        event_id=event_id,
+        kind=kind,
+        order_id=order_id,
+        customer=customer,
+        occurred_at=occurred_at,
+        now_ms=now_ms,
+        amount=amount,
+        tenant=tenant,
+    )
 
 
 def ago(days: float) -> str:

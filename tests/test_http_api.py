@@ -14,6 +14,7 @@ from urllib.parse import quote
 import orjson
 import pytest
 
+from tests.factories import valid_event
 from worker.config import Settings
 from worker.events import ValidEvent, validate
 from worker.http_api import Api, serve
@@ -75,19 +76,17 @@ def placed(
     days_ago: float,
     tenant: str | None = None,
 ) -> ValidEvent:
-    doc: dict[str, Any] = {
-        "event_id": f"{tenant}/{customer}/{order}",
-        "type": "order_placed",
-        "order_id": order,
-        "customer_id": customer,
-        "amount": amount,
-        "occurred_at": (AS_OF - days_ago * DAY).isoformat(),
-    }
-    if tenant is not None:
-        doc["tenant"] = tenant
-    out = validate(orjson.dumps(doc), profiles, AS_OF_MS)
-    assert isinstance(out, ValidEvent), out
-    return out
+    return valid_event(
+        profiles,
+        event_id=f"{tenant}/{customer}/{order}",
+        kind="placed",
+        order_id=order,
+        customer=customer,
+        occurred_at=(AS_OF - days_ago * DAY).isoformat(),
+        now_ms=AS_OF_MS,
+        amount=amount,
+        tenant=tenant,
+    )
 
 
 def apply(store: Store, profiles: Profiles, events: list[ValidEvent]) -> None:

@@ -12,9 +12,10 @@ import pytest
 import redis
 from redis.crc import key_slot
 
+from tests.factories import valid_event
 from worker.customer import Customer, Order
 from worker.errors import StateError
-from worker.events import ValidEvent, validate
+from worker.events import ValidEvent
 from worker.profiles import Profiles
 from worker.store import (
     SHARDS,
@@ -43,21 +44,17 @@ def ev(
     tenant: str | None = None,
     days_ago: float = 1,
 ) -> ValidEvent:
-    """An event through the real validation path (JSON bytes in, ValidEvent out)."""
-    doc: dict[str, Any] = {
-        "event_id": event_id,
-        "type": f"order_{kind}",
-        "order_id": order_id,
-        "customer_id": customer,
-        "occurred_at": (AS_OF - days_ago * DAY).isoformat(),
-    }
-    if tenant is not None:
-        doc["tenant"] = tenant
-    if amount is not None:
-        doc["amount"] = amount
-    out = validate(orjson.dumps(doc), profiles, AS_OF_MS)
-    assert isinstance(out, ValidEvent), out
-    return out
+    return valid_event(
+        profiles,
+        event_id=event_id,
+        kind=kind,
+        order_id=order_id,
+        customer=customer,
+        occurred_at=(AS_OF - days_ago * DAY).isoformat(),
+        now_ms=AS_OF_MS,
+        amount=amount,
+        tenant=tenant,
+    )
 
 
 def apply(store: Store, profiles: Profiles, events: list[ValidEvent], partition: int = 0) -> Any:
