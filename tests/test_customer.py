@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worker.customer import Customer, Published
-from worker.events import ValidEvent, digest
+from worker.events import ValidEvent
 from worker.money import to_units
 
 T0 = 1_793_000_000_000  # epoch ms
@@ -35,7 +35,6 @@ def ev(
         tenant="default",
         amount=None if amount is None else to_units(amount),
         occurred_at=at,
-        digest=digest(event_id),
     )
 
 
@@ -362,7 +361,6 @@ def histories(draw: st.DrawFn) -> tuple[list[ValidEvent], list[ValidEvent], list
             tenant="default",
             amount=None if kind == "order_cancelled" else units,
             occurred_at=T0 + day * DAY,
-            digest=digest(f"e{i}"),
         )
         for i, (kind, oid, units, day) in enumerate(specs)
     ]
@@ -390,7 +388,7 @@ def test_any_arrival_order_with_duplicates_gives_the_same_state(
 
 
 def _event(n: int, kind: Kind, order_id: str, amount: int | None, at: int = T0) -> ValidEvent:
-    return ValidEvent(f"e{n}", kind, order_id, "c1", "default", amount, at, digest(f"e{n}"))
+    return ValidEvent(f"e{n}", kind, order_id, "c1", "default", amount, at)
 
 
 @st.composite

@@ -13,7 +13,7 @@ import pytest
 
 from worker.customer import Customer, Published
 from worker.engine import Change, Result, apply_events, rescore
-from worker.events import ValidEvent, digest
+from worker.events import ValidEvent
 from worker.messages import RfmChanged
 from worker.money import to_units
 from worker.profiles import Profile
@@ -42,7 +42,6 @@ def ev(kind: Kind, order_id: str, event_id: str, amount: str | None, at: int) ->
         tenant="default",
         amount=None if amount is None else to_units(amount),
         occurred_at=at,
-        digest=digest(event_id),
     )
 
 

@@ -76,7 +76,12 @@ class ValidEvent:
     tenant: str
     amount: int | None  # money units
     occurred_at: int  # epoch ms
-    digest: str  # short stable digest of event_id (dedups refunds in little memory)
+
+    @property
+    def digest(self) -> str:
+        """Short stable digest of event_id: refunds are deduplicated by it in little memory.
+        Computed on use (refunds only), not for every event on the hot path."""
+        return digest(self.event_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,7 +123,6 @@ def validate(value: bytes | None, profiles: Profiles, now_ms: int) -> ValidEvent
         tenant=ev.tenant,
         amount=None if ev.amount is None else to_units(ev.amount),
         occurred_at=occurred,
-        digest=digest(ev.event_id),
     )
 
 
