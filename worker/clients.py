@@ -42,6 +42,16 @@ def producer(settings: Settings, **overrides: str) -> Producer:
     )
 
 
+def produce(producer: Producer, topic: str, **record: Any) -> None:
+    """Produce, waiting out a full local queue by serving delivery reports meanwhile."""
+    while True:
+        try:
+            producer.produce(topic, **record)
+            return
+        except BufferError:
+            producer.poll(0.05)
+
+
 def redis_client(settings: Settings, timeout: float = 5.0) -> Any:
     """A Redis (or Redis Cluster) client; bytes in, bytes out; hiredis parses replies."""
     url = settings.redis_url.get_secret_value()

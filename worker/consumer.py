@@ -25,6 +25,7 @@ import redis
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from worker import metrics
+from worker.clients import produce
 from worker.config import Settings
 from worker.dlq import dlq_headers
 from worker.errors import RfmError
@@ -253,18 +254,14 @@ class Worker:
                 logger.warning("dead letter not delivered, will retry: %s", err)
                 self._dlq_failed.append((key, value, headers))
 
-        while True:
-            try:
-                self.producer.produce(
-                    self.settings.dlq_topic,
-                    value=value,
-                    key=key,
-                    headers=headers,
-                    on_delivery=delivered,
-                )
-                break
-            except BufferError:
-                self.producer.poll(0.1)
+        produce(
+            self.producer,
+            self.settings.dlq_topic,
+            value=value,
+            key=key,
+            headers=headers,
+            on_delivery=delivered,
+        )
         self._dlq_pending += 1
 
     def _await_dead_letters(self) -> None:

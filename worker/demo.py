@@ -26,6 +26,7 @@ from typing import Any
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
+from worker.clients import produce
 from worker.embedded import EmbeddedKafka, EmbeddedRedis, create_topics, free_port
 
 ORDERS, ACTIONS, DLQ = "orders", "rfm.actions", "orders.dlq"
@@ -244,12 +245,7 @@ def _status(metrics_url: str, changes: int, elapsed: float) -> str:
 
 
 def _produce(producer: Producer, key: bytes, value: bytes) -> None:
-    while True:
-        try:
-            producer.produce(ORDERS, key=key, value=value)
-            return
-        except BufferError:
-            producer.poll(0.05)
+    produce(producer, ORDERS, key=key, value=value)
 
 
 def _describe(change: dict[str, Any]) -> str:

@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from worker import metrics
+from worker.clients import produce
 from worker.store import Committed, Store
 
 logger = logging.getLogger(__name__)
@@ -58,12 +59,7 @@ class Relay:
                 logger.warning("change %s not delivered, will retry: %s", entry_id, err)
                 self._failed.append((stream, entry_id, key, value))
 
-        while True:
-            try:
-                self._producer.produce(self._topic, value=value, key=key, on_delivery=delivered)
-                break
-            except BufferError:  # local queue full: serve delivery reports, then retry
-                self._producer.poll(0.1)
+        produce(self._producer, self._topic, value=value, key=key, on_delivery=delivered)
         self.in_flight += 1
 
     def settle(self) -> None:
