@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import redis
 
@@ -30,22 +31,45 @@ def clock(redis_client: redis.Redis) -> Any:
     return redis_client.register_script((LUA / "clock.lua").read_text(encoding="utf-8"))
 
 
+DUE0 = b"rfm:{05}:due:0"
+DUE1 = b"rfm:{05}:due:1"
+
+# key, expected ("" = absent), new value (None = keep), and optionally the due index move:
+# the zset it is in, the zset it belongs in, the due instant ("" = never).
+Customer = tuple[bytes, bytes, bytes | None] | tuple[bytes, bytes, bytes | None, bytes, bytes, str]
+
+
 def call_commit(
     script: Any,
-    customers: list[tuple[bytes, bytes, bytes]],  # key, expected ("" = absent), new value
+    customers: list[Customer],
     deltas: list[tuple[str, int]],
     changes: list[tuple[bytes, str, bytes]],  # outbox stream, customer id, payload
 ) -> list[Any]:
-    keys: list[bytes] = [COUNTS, *(k for k, _, _ in customers), *(s for s, _, _ in changes)]
-    args: list[Any] = [len(customers)]
-    args += [exp for _, exp, _ in customers]
-    args += [new for _, _, new in customers]
-    args.append(len(deltas))
-    for fld, delta in deltas:
-        args += [fld, delta]
-    for _, cid, payload in changes:
-        args += [cid, payload]
-    return list(script(keys=keys, args=args))
+    """Build the plan document and its KEYS/ARGV as commit.lua's header describes."""
+    keys: list[bytes] = [COUNTS]
+    argv: list[Any] = [b""]
+
+    def key(k: bytes) -> int:
+        if k not in keys:
+            keys.append(k)
+        return keys.index(k) + 1
+
+    def arg(v: Any) -> int:
+        argv.append(v)
+        return len(argv)
+
+    plan_customers = []
+    for c in customers:
+        k, expected, new = c[0], c[1], c[2]
+        due_from, due_to, due = (c[3], c[4], c[5]) if len(c) == 6 else (DUE0, DUE0, "")
+        plan_customers.append(
+            [key(k), arg(expected), 0 if new is None else arg(new), key(due_from), key(due_to), due]
+        )
+    plan_changes = [[key(stream), arg(cid), arg(payload)] for stream, cid, payload in changes]
+    argv[0] = orjson.dumps(
+        {"customers": plan_customers, "counts": [list(d) for d in deltas], "changes": plan_changes}
+    )
+    return list(script(keys=keys, args=argv))
 
 
 def snapshot(client: redis.Redis) -> dict[bytes, Any]:
@@ -59,6 +83,8 @@ def snapshot(client: redis.Redis) -> dict[bytes, Any]:
             out[key] = client.hgetall(key)
         elif kind == b"stream":
             out[key] = client.xrange(key)
+        elif kind == b"zset":
+            out[key] = client.zrange(key, 0, -1, withscores=True)
         else:  # pragma: no cover - the scripts create nothing else
             out[key] = kind
     return out
@@ -130,16 +156,17 @@ def test_commit_conflict_writes_nothing(
         redis_client.set(key, value)
     redis_client.hset(COUNTS, mapping={"default\t111\tlost": 1, "default\t555\tchampions": 3})
     redis_client.xadd(OUT0, {"k": "zed", "v": "earlier"})
+    redis_client.zadd(DUE0, {A: 1000})
     before = snapshot(redis_client)
 
     reply = call_commit(
         commit,
-        [(A, expect_a, b"new-a"), (B, expect_b, b"new-b")],
+        [(A, expect_a, b"new-a", DUE0, DUE1, "2000"), (B, expect_b, b"new-b", DUE1, DUE1, "5")],
         [("default\t111\tlost", -1), ("default\t555\tchampions", 1), ("default\t511\tn", 1)],
         [(OUT0, "alice", b"pa"), (OUT1, "bob", b"pb")],
     )
     assert reply == [0, *conflicts]
-    # No SET, no XADD, no HINCRBY/HDEL: the whole keyspace is exactly as before.
+    # No SET, no ZADD/ZREM, no XADD, no HINCRBY/HDEL: the keyspace is exactly as before.
     assert snapshot(redis_client) == before
 
 
@@ -180,6 +207,38 @@ def test_commit_binary_safe_values(commit: Any, redis_client: redis.Redis) -> No
     assert redis_client.get(A) == state
     [(_, fields)] = redis_client.xrange(OUT0)
     assert fields == {b"k": "{}:*\n🎉 ü".encode(), b"v": payload}
+
+
+def test_commit_due_index_add_move_and_remove(commit: Any, redis_client: redis.Redis) -> None:
+    assert call_commit(commit, [(A, b"", b"a1", DUE0, DUE0, "1767225600123")], [], []) == [1]
+    assert redis_client.zrange(DUE0, 0, -1, withscores=True) == [(A, 1767225600123.0)]
+    # Rescheduled: the same zset, a new instant.
+    call_commit(commit, [(A, b"a1", b"a2", DUE0, DUE0, "1767225700000")], [], [])
+    assert redis_client.zscore(DUE0, A) == 1767225700000.0
+    # The customer's latest event came on partition 1: its entry moves with it.
+    call_commit(commit, [(A, b"a2", b"a3", DUE0, DUE1, "1767225800000")], [], [])
+    assert redis_client.exists(DUE0) == 0
+    assert redis_client.zscore(DUE1, A) == 1767225800000.0
+    # Nothing will change by itself any more: removed.
+    call_commit(commit, [(A, b"a3", b"a4", DUE1, DUE1, "")], [], [])
+    assert redis_client.exists(DUE0, DUE1) == 0
+    assert redis_client.get(A) == b"a4"
+
+
+def test_commit_due_only_update_keeps_the_state(commit: Any, redis_client: redis.Redis) -> None:
+    redis_client.set(A, b"state")
+    assert call_commit(commit, [(A, b"state", None, DUE0, DUE0, "0")], [], []) == [1]
+    assert redis_client.get(A) == b"state"
+    assert redis_client.zscore(DUE0, A) == 0.0
+    # Still compare-and-set: a state that changed since it was read is a conflict.
+    redis_client.set(A, b"other")
+    assert call_commit(commit, [(A, b"state", None, DUE0, DUE0, "")], [], []) == [0, 1]
+    assert redis_client.zscore(DUE0, A) == 0.0
+    # A stale entry of a customer that no longer exists is removed, expecting it absent.
+    redis_client.zadd(DUE0, {B: 5})
+    assert call_commit(commit, [(B, b"", None, DUE0, DUE0, "")], [], []) == [1]
+    assert redis_client.zscore(DUE0, B) is None
+    assert redis_client.exists(B) == 0
 
 
 # -- clock.lua --------------------------------------------------------------------------------

@@ -25,10 +25,12 @@ import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from worker import keys
 from worker.embedded import EmbeddedRedis
 from worker.events import ValidEvent, validate
+from worker.keys import SHARDS
 from worker.profiles import Profile, Profiles
-from worker.store import SHARDS, Store, counts_key
+from worker.store import Store
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 AS_OF_MS = (datetime(2026, 6, 1, 12, tzinfo=UTC) - EPOCH) // timedelta(milliseconds=1)
@@ -331,7 +333,7 @@ def check(store: Store, events: dict[str, Spec], batches: list[list[bytes]]) -> 
     # The raw counter hashes: exactly the expected cells, no field left at zero or below.
     raw: Counter[str] = Counter()
     for shard in range(SHARDS):
-        for fld, n in store.redis.hgetall(counts_key(shard)).items():
+        for fld, n in store.redis.hgetall(keys.counts(shard)).items():
             assert int(n) > 0, (fld, n)
             raw[fld.decode()] += int(n)
     assert raw == cells

@@ -13,19 +13,13 @@ import redis
 from redis.crc import key_slot
 
 from tests.factories import valid_event
+from worker import keys
 from worker.customer import Customer, Order
 from worker.errors import StateError
 from worker.events import ValidEvent
+from worker.keys import SHARDS, shard_of
 from worker.profiles import Profiles
-from worker.store import (
-    SHARDS,
-    Store,
-    counts_key,
-    customer_key,
-    outbox_key,
-    shard_of,
-    split_customer_key,
-)
+from worker.store import Store
 
 AS_OF = datetime(2026, 6, 1, tzinfo=UTC)
 AS_OF_MS = int(AS_OF.timestamp()) * 1000
@@ -103,7 +97,7 @@ def test_same_events_again_in_a_later_batch(store: Store, profiles: Profiles) ->
     ]
     first = apply(store, profiles, batch)
     assert first.outcomes == Counter({"applied": 3})
-    blob = store.redis.get(customer_key("default", "c1"))
+    blob = store.redis.get(keys.customer("default", "c1"))
     backlog = store.outbox_backlog()
     counts = store.segment_counts()
 
@@ -111,7 +105,7 @@ def test_same_events_again_in_a_later_batch(store: Store, profiles: Profiles) ->
     assert again.outcomes == Counter({"duplicate": 3})
     assert again.committed == []
     assert again.conflicts == 0
-    assert store.redis.get(customer_key("default", "c1")) == blob  # not even rewritten
+    assert store.redis.get(keys.customer("default", "c1")) == blob  # not even rewritten
     assert store.outbox_backlog() == backlog
     assert store.segment_counts() == counts
     assert money(store) == Decimal("105")
@@ -195,7 +189,7 @@ def test_cancel_after_place_removes_the_order(store: Store, profiles: Profiles) 
     assert res.committed[0].change.payload["current"] is None
     assert orders(store) == 0
     assert store.segment_counts() == Counter()
-    assert store.redis.hgetall(counts_key(shard_of("default", "c1"))) == {}
+    assert store.redis.hgetall(keys.counts(shard_of("default", "c1"))) == {}
     # Cancelling again is a duplicate.
     again = apply(store, profiles, [ev(profiles, "x3", "cancelled", "o2")])
     assert again.outcomes == Counter({"duplicate": 1})
@@ -206,10 +200,10 @@ def test_redelivery_to_a_cancelled_order_is_a_duplicate(store: Store, profiles: 
     placed = ev(profiles, "p1", "placed", "o1", "10")
     refund = ev(profiles, "r1", "refunded", "o1", "1")
     apply(store, profiles, [cancel, placed, refund])
-    blob = store.redis.get(customer_key("default", "c1"))
+    blob = store.redis.get(keys.customer("default", "c1"))
     again = apply(store, profiles, [placed, refund, cancel])
     assert again.outcomes == Counter({"duplicate": 3})
-    assert store.redis.get(customer_key("default", "c1")) == blob
+    assert store.redis.get(keys.customer("default", "c1")) == blob
 
 
 def test_refund_before_place(store: Store, profiles: Profiles) -> None:
@@ -303,7 +297,7 @@ def test_tenants_are_isolated(store: Store, profiles: Profiles) -> None:
     assert orders(store, "42", "default") == 0
     assert orders(store, "42", "acme") == 2
     assert money(store, "42", "acme") == Decimal("2001")
-    assert customer_key("default", "42") != customer_key("acme", "42")
+    assert keys.customer("default", "42") != keys.customer("acme", "42")
     assert store.segment_counts() == Counter({("acme", "potential_loyalist"): 1})  # 525
     assert [c.tenant for c in store.scan_customers("acme")] == ["acme"]
     assert {(c.tenant, c.customer_id) for c in store.scan_customers()} == {
@@ -402,15 +396,20 @@ def test_customer_ids_round_trip_through_keys(store: Store, profiles: Profiles) 
     events.append(ev(profiles, "t", "placed", "o", "7", customer="x:y:z", tenant="t.2"))
     apply(store, profiles, events)
     for i, cid in enumerate(WEIRD_IDS):
-        key = customer_key("default", cid)
-        assert split_customer_key(key) == ("default", cid)
+        key = keys.customer("default", cid)
         shard = shard_of("default", cid)
+        assert keys.split_customer(key) == (shard, "default", cid)
         # One hash slot for everything a commit touches (Redis Cluster).
-        assert key_slot(key) == key_slot(counts_key(shard)) == key_slot(outbox_key(shard, 0))
+        assert (
+            key_slot(key)
+            == key_slot(keys.counts(shard))
+            == key_slot(keys.outbox(shard, 0))
+            == key_slot(keys.due(shard, 0))
+        )
         c = store.get_customer("default", cid)
         assert c is not None and c.customer_id == cid
         assert money(store, cid) == Decimal(i + 1)
-    assert split_customer_key(customer_key("t.2", "x:y:z")) == ("t.2", "x:y:z")
+    assert keys.split_customer(keys.customer("t.2", "x:y:z"))[1:] == ("t.2", "x:y:z")
     scanned = {(c.tenant, c.customer_id): c for c in store.scan_customers()}
     assert set(scanned) == {("default", cid) for cid in WEIRD_IDS} | {("t.2", "x:y:z")}
     assert {c.customer_id for c in store.scan_customers("t.2")} == {"x:y:z"}
@@ -447,8 +446,8 @@ def test_outbox_per_partition(store: Store, profiles: Profiles) -> None:
     on7 = list(store.outbox_entries(7))
     assert [k for _, _, k, _ in on3] == [b"alice", b"alice"]
     assert [k for _, _, k, _ in on7] == [b"bob"]
-    assert {s for s, _, _, _ in on3} == {outbox_key(shard_of("default", "alice"), 3)}
-    assert {s for s, _, _, _ in on7} == {outbox_key(shard_of("default", "bob"), 7)}
+    assert {s for s, _, _, _ in on3} == {keys.outbox(shard_of("default", "alice"), 3)}
+    assert {s for s, _, _, _ in on7} == {keys.outbox(shard_of("default", "bob"), 7)}
     # What apply_batch reports committed is exactly what sits in the streams.
     assert [(c.outbox, c.entry_id, c.key, c.value) for c in r1.committed] == on3
     assert [(c.outbox, c.entry_id, c.key, c.value) for c in r2.committed] == on7
@@ -513,7 +512,7 @@ def test_segment_counts(store: Store, profiles: Profiles) -> None:
     )
     fields = Counter[str]()
     for shard in range(SHARDS):
-        for fld, n in store.redis.hgetall(counts_key(shard)).items():
+        for fld, n in store.redis.hgetall(keys.counts(shard)).items():
             fields[fld.decode()] += int(n)
     assert fields == Counter(
         {
@@ -584,7 +583,7 @@ def test_raw_overwrite_between_read_and_commit(
     redis_client: redis.Redis, profiles: Profiles
 ) -> None:
     """A plain SET of the customer key (not through Store) is caught by compare-and-set."""
-    key = customer_key("default", "c1")
+    key = keys.customer("default", "c1")
     cancelled = Order(cancelled=True)  # order "ext" cancelled elsewhere
     blob = Customer("default", "c1", {"ext": cancelled}).encode()
     store = RacingStore(redis_client, lambda: redis_client.set(key, blob))
@@ -598,7 +597,7 @@ def test_raw_overwrite_between_read_and_commit(
 def test_endless_conflicts_give_up_without_writing(
     redis_client: redis.Redis, profiles: Profiles
 ) -> None:
-    key = customer_key("default", "c1")
+    key = keys.customer("default", "c1")
     tick = iter(range(10**6))
     store = RacingStore(
         redis_client,

@@ -6,7 +6,7 @@ import argparse
 import logging
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
@@ -16,7 +16,7 @@ import redis
 
 from worker import __version__, logs, schemas, views
 from worker.config import Settings, load_settings, mask_url
-from worker.errors import ConfigError, RfmError
+from worker.errors import ConfigError, RfmError, UsageError
 from worker.events import epoch_ms
 from worker.profiles import DEFAULT_TENANT, Profiles
 from worker.store import Store
@@ -45,6 +45,14 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--customers", type=int, default=3000)
     d.add_argument("--rate", type=float, default=200, help="orders per second")
     d.add_argument("--duration", type=float, default=None, help="stop after N seconds")
+    w = sub.add_parser("sweep", help="one decay sweep; publishes its changes before exiting")
+    w.add_argument("--once", action="store_true", required=True, help="one sweep, then exit")
+    w.add_argument(
+        "--as-of",
+        type=_instant,
+        help="sweep at this RFC 3339 instant (never ahead of now; with RFM_CLOCK=event, "
+        "never before the event clock, which it moves forward)",
+    )
     s = sub.add_parser("schemas", help="write (or verify) schemas/*.json")
     s.add_argument("--check", action="store_true", help="fail if a file differs")
     s.add_argument("--dir", type=Path, default=Path("schemas"))
@@ -69,6 +77,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"rfm-worker: configuration error: {exc}", file=sys.stderr)
         return 2
+    except UsageError as exc:
+        print(f"rfm-worker: {exc}", file=sys.stderr)
+        return 2
     except RfmError as exc:
         print(f"rfm-worker: {exc}", file=sys.stderr)
         return 1
@@ -85,9 +96,21 @@ def _dispatch(args: argparse.Namespace) -> int:
     profiles = Profiles.load(settings.profiles)
     if args.command == "run":
         return run(settings, profiles)
+    if args.command == "sweep":
+        from worker.sweeper import run_once
+
+        return _redis_down(settings, lambda: run_once(settings, profiles, args.as_of))
     store = _store(settings)
     try:
-        return _read(args, settings, profiles, store)
+        return _redis_down(settings, lambda: _read(args, settings, profiles, store))
+    finally:
+        store.redis.close()
+
+
+def _redis_down(settings: Settings, command: Callable[[], int]) -> int:
+    """Run a command; an unreachable Redis is one clear line and exit 2."""
+    try:
+        return command()
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         url = mask_url(settings.redis_url.get_secret_value())
         reason = " ".join(str(exc).split())
@@ -95,8 +118,6 @@ def _dispatch(args: argparse.Namespace) -> int:
             f"rfm-worker: Redis at {url} (RFM_REDIS_URL) is unavailable: {reason}", file=sys.stderr
         )
         return 2
-    finally:
-        store.redis.close()
 
 
 def _read(args: argparse.Namespace, settings: Settings, profiles: Profiles, store: Store) -> int:

@@ -5,7 +5,9 @@ One iteration handles one consumed batch:
 2. apply the valid ones to Redis: one atomic script call per shard, pipelined
    (worker/store.py), which also writes the resulting changes to the outbox;
 3. hand the committed changes to the relay (published, trimmed after the broker's ack);
-4. wait for the DLQ acks, then commit the batch's offsets to Kafka.
+4. wait for the DLQ acks, then commit the batch's offsets to Kafka;
+5. one bounded step of the decay sweep of the owned partitions (worker/sweeper.py), whose
+   changes go through the same relay, so each customer's changes stay in commit order.
 
 Redelivery after a crash or rebalance is harmless: the state merge is idempotent, so a
 replayed event is a duplicate and emits nothing, while changes not yet published are still
@@ -33,6 +35,7 @@ from worker.events import Rejection, ValidEvent, validate
 from worker.profiles import Profiles
 from worker.relay import Relay
 from worker.store import Store
+from worker.sweeper import Sweeper
 
 logger = logging.getLogger(__name__)
 
@@ -89,6 +92,9 @@ class Worker:
         self._dlq_failed: list[tuple[Any, Any, Any]] = []
         self._last_lag = 0.0
         self._done: dict[tuple[str, int], int] = {}  # next offset per processed partition
+        self.sweeper = Sweeper(
+            store, profiles, interval=settings.sweep_interval, clock=self.clock, now_ms=now_ms
+        )
 
     # -- lifecycle ----------------------------------------------------------------------
 
@@ -102,6 +108,12 @@ class Worker:
 
     def stop(self) -> None:
         self.stopping.set()
+
+    def clock(self) -> int:
+        """Now as scores see it: the wall clock, or the event clock (RFM_CLOCK=event)."""
+        if self.settings.clock == "event":
+            return self.store.read_clock() or self.now_ms()
+        return self.now_ms()
 
     def run(self) -> None:
         self.consumer.subscribe(
@@ -119,6 +131,7 @@ class Worker:
                 messages = self.consumer.consume(BATCH_SIZE, POLL_TIMEOUT)
                 if messages:
                     self.process(messages)
+                self.relay.publish(self._retry_redis(lambda: self.sweeper.tick(self.assigned)))
                 self._retry_redis(self.relay.settle)
                 self._report_lag()
         except (*REDIS_ERRORS, BatchAbandonedError) as exc:
@@ -219,6 +232,7 @@ class Worker:
             for outcome_name, count in result.outcomes.items():
                 metrics.EVENTS.labels(outcome_name).inc(count)
             metrics.STORE_CONFLICTS.inc(result.conflicts)
+            metrics.RESCORED.labels("events").inc(result.customers)
             self.relay.publish(result.committed)
         self._await_dead_letters()
         self._done.update(offsets)

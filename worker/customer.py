@@ -71,6 +71,8 @@ class Customer:
     orders: dict[str, Order] = field(default_factory=dict)
     published: Published | None = None
     partition: int | None = None  # partition of the customer's latest event
+    scored_at: int | None = None  # as_of of the last commit that scored it (epoch ms)
+    alerted: int | None = None  # last_order_at of the silence last alerted as overdue
 
     def apply(self, event: ValidEvent) -> Outcome:
         """Merge one event. Returns 'duplicate' when the event was already part of the state."""
@@ -129,6 +131,10 @@ class Customer:
             doc["s"] = [pub.r, pub.f, pub.m, pub.segment]
         if self.partition is not None:
             doc["p"] = self.partition
+        if self.scored_at is not None:
+            doc["t"] = self.scored_at
+        if self.alerted is not None:
+            doc["a"] = self.alerted
         # Sorted keys: the bytes, not only the meaning, are independent of arrival order.
         return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
 
@@ -143,4 +149,4 @@ class Customer:
         }
         s = doc.get("s")
         published = Published(s[0], s[1], s[2], s[3]) if s else None
-        return cls(tenant, customer_id, orders, published, doc.get("p"))
+        return cls(tenant, customer_id, orders, published, doc.get("p"), doc.get("t"), doc.get("a"))

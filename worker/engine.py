@@ -1,8 +1,17 @@
-"""The pure heart: a customer's events in, new state and the changes to publish out.
+"""The pure heart: what happens to one customer, as new state and records to publish.
 
-No I/O: the store reads the customer, calls `apply_events`, and commits the result
-atomically. Each applied event is scored at `as_of`; every event that moves the customer's
-(R, F, M) or segment yields one `rfm.changed` payload, so changes come out in event order.
+No I/O. The store reads a customer, calls one of these per-customer functions and commits
+the result atomically (worker/store.py), whatever the cause:
+
+- `apply_events`: order events. Each applied event is scored at as_of; every event that
+  moves the customer's (R, F, M) or segment yields one `rfm.changed`, in event order.
+- `decay`: time alone (the sweeper). The customer is scored at the sweep's instant: one
+  `rfm.changed` with cause `decay` if a boundary passed, and the `rfm.overdue` alert once
+  per silence.
+
+A customer's time never moves back: it is scored at max(as_of, the instant of its last
+commit), so a sweep and a consumer racing on it cannot undo each other's decay. Every
+result carries the customer's next due instant (worker/decay.py) for the due index.
 """
 
 from __future__ import annotations
@@ -10,17 +19,19 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Literal
 
 from worker.customer import Customer, Outcome, Published
+from worker.decay import next_due, overdue_pending, rhythm
 from worker.events import ValidEvent
-from worker.messages import CAUSE_OF_EVENT, Cause, rfm_changed
+from worker.messages import CAUSE_OF_EVENT, Cause, rfm_changed, rfm_overdue
 from worker.profiles import Profile
-from worker.scoring import Score, score
+from worker.scoring import Score, days_between, score
 
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """One change to publish; `payload` is the rfm.changed record as a dict."""
+    """One record to publish; `payload` is the rfm.changed (or rfm.overdue) record."""
 
     tenant: str
     customer_id: str
@@ -30,6 +41,7 @@ class Change:
     count_key_from: str | None  # "tenant\trfm\tsegment" of the segment-count cell left
     count_key_to: str | None
     payload: dict[str, object]
+    kind: Literal["rfm.changed", "rfm.overdue"] = "rfm.changed"
 
 
 @dataclass(slots=True)
@@ -38,6 +50,8 @@ class Result:
     outcomes: list[Outcome] = field(default_factory=list)
     changes: list[Change] = field(default_factory=list)
     dirty: bool = False  # whether the stored state must be rewritten
+    touched: bool = False  # whether to commit at all (state and/or due index)
+    due: int | None = None  # next due instant, see worker/decay.py
 
 
 def new_change_id() -> str:
@@ -67,6 +81,7 @@ def apply_events(
     new_id: Callable[[], str] = new_change_id,
 ) -> Result:
     result = Result(customer)
+    as_of_ms = max(as_of_ms, customer.scored_at or as_of_ms)
     for event in events:
         outcome = customer.apply(event)
         result.outcomes.append(outcome)
@@ -84,8 +99,80 @@ def apply_events(
         )
         if change is not None:
             result.changes.append(change)
-    if partition is not None and customer.partition != partition and result.dirty:
-        customer.partition = partition
+    if result.dirty:
+        result.touched = True
+        customer.scored_at = as_of_ms
+        if partition is not None:
+            customer.partition = partition
+        result.due = next_due(customer.aggregates(), profile, as_of_ms, customer.alerted)
+    return result
+
+
+def decay(
+    customer: Customer,
+    profile: Profile,
+    *,
+    as_of_ms: int,
+    now_ms: int,
+    new_id: Callable[[], str] = new_change_id,
+) -> Result:
+    """Score the customer at the sweep's instant; alert once if its silence is overdue.
+
+    A customer committed at a later instant since the due index was read is scored at
+    that instant instead (time never moves back for a customer), so it is always
+    rescheduled after the sweep's instant.
+    """
+    result = Result(customer, touched=True)
+    as_of_ms = max(as_of_ms, customer.scored_at or as_of_ms)
+    change = rescore(
+        customer,
+        profile,
+        as_of_ms=as_of_ms,
+        now_ms=now_ms,
+        cause="decay",
+        cause_event_id=None,
+        new_id=new_id,
+    )
+    if change is not None:
+        result.changes.append(change)
+    agg = customer.aggregates()
+    rh = None if agg is None else rhythm(agg, profile)
+    if (
+        agg is not None
+        and rh is not None
+        and as_of_ms >= rh.overdue_at
+        and overdue_pending(rh, agg, customer.alerted)
+    ):
+        customer.alerted = agg.last_order_at
+        current = score(agg, as_of_ms, profile)
+        result.changes.append(
+            Change(
+                tenant=customer.tenant,
+                customer_id=customer.customer_id,
+                cause="decay",
+                from_segment=None,
+                to_segment=None,
+                count_key_from=None,
+                count_key_to=None,
+                payload=rfm_overdue(
+                    change_id=new_id(),
+                    tenant=customer.tenant,
+                    customer_id=customer.customer_id,
+                    as_of_ms=as_of_ms,
+                    last_order_at_ms=agg.last_order_at,
+                    median_gap_ms=rh.median_gap_ms,
+                    median_gap_days=rh.median_gap_days,
+                    silent_days=days_between(agg.last_order_at, as_of_ms),
+                    current=current,
+                    emitted_at_ms=now_ms,
+                ),
+                kind="rfm.overdue",
+            )
+        )
+    if result.changes:
+        result.dirty = True
+        customer.scored_at = as_of_ms
+    result.due = next_due(agg, profile, as_of_ms, customer.alerted)
     return result
 
 

@@ -15,3 +15,7 @@ class ProfileError(ConfigError):
 
 class StateError(RfmError):
     """The Redis state cannot be used as it is (for example it was lost)."""
+
+
+class UsageError(RfmError):
+    """A command asked for something it must refuse (say why): one line, exit code 2."""

@@ -175,3 +175,31 @@ def customer_view(
         "segment": score.segment,
         "as_of": iso(as_of_ms),
     }
+
+
+def rfm_overdue(
+    *,
+    change_id: str,
+    tenant: str,
+    customer_id: str,
+    as_of_ms: int,
+    last_order_at_ms: int,
+    median_gap_ms: float,
+    median_gap_days: float,
+    silent_days: int,
+    current: Score,
+    emitted_at_ms: int,
+) -> dict[str, object]:
+    return {
+        "type": "rfm.overdue",
+        "change_id": change_id,
+        "tenant": tenant,
+        "customer_id": customer_id,
+        "as_of": iso(as_of_ms),
+        "last_order_at": iso(last_order_at_ms),
+        "median_gap_days": median_gap_days,
+        "expected_next_order_at": iso(last_order_at_ms + round(median_gap_ms)),
+        "silent_days": silent_days,
+        "current": score_view(current),
+        "emitted_at": iso(emitted_at_ms),
+    }

@@ -20,7 +20,20 @@ TRANSITIONS = Counter(
     "rfm_segment_transitions", "Segment transitions.", ["from_segment", "to_segment"]
 )
 CONSUMER_LAG = Gauge("rfm_consumer_lag", "Records behind the high watermark.", ["partition"])
-SWEEP_DURATION = Histogram("rfm_sweep_duration_seconds", "Duration of decay sweeps.")
+SWEEP_DURATION = Histogram(
+    "rfm_sweep_duration_seconds",
+    "Duration of decay sweeps, from the first due customer read to the last committed.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300),
+)
+SWEEP_DUE = Gauge(
+    "rfm_sweep_due", "Customers past their due instant (owned partitions), at the last sweep."
+)
+OVERDUE = Counter("rfm_overdue", "Published overdue alerts (rfm.overdue).")
+RESCORED = Counter(
+    "rfm_rescored",
+    "Customers recomputed and committed, by what caused it (events, decay).",
+    ["cause"],
+)
 BATCH_DURATION = Histogram(
     "rfm_batch_duration_seconds",
     "Time to validate, apply and commit one consumed batch.",

@@ -33,6 +33,9 @@ class Relay:
     def publish(self, committed: Iterable[Committed]) -> None:
         for c in committed:
             self._produce(c.outbox, c.entry_id, c.key, c.value)
+            if c.change.kind == "rfm.overdue":
+                metrics.OVERDUE.inc()
+                continue
             metrics.CHANGES.labels(c.change.cause).inc()
             metrics.TRANSITIONS.labels(
                 c.change.from_segment or "none", c.change.to_segment or "none"

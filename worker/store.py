@@ -1,67 +1,42 @@
-"""The state in Redis: key layout, atomic batch commits, reads for the read side.
+"""The state in Redis: one atomic commit path, the due index, reads for the read side.
 
-Layout (every key of one customer shard shares the hash tag {NN}, so one script call per
-shard is valid on Redis Cluster; see worker/lua/commit.lua for the full description):
+The key layout is described once, in worker/keys.py (and in worker/lua/commit.lua).
 
-    rfm:{NN}:c:<tenant>:<customer_id>   the customer's state blob
-    rfm:{NN}:outbox:<partition>         changes waiting for the relay
-    rfm:{NN}:counts                     customers per (tenant, rfm, segment)
-    rfm:clock                           the event clock (RFM_CLOCK=event)
-
-A batch is applied optimistically: read the customers (one MGET per shard, pipelined),
-run the pure engine, then commit each shard with one compare-and-set script call
-(pipelined). A shard whose customers changed meanwhile (a second worker during a
-rebalance, later the sweeper) is simply read and computed again.
+Every write goes through `commit`, whatever its cause (order events, a decay sweep, the
+indexing of customers stored before the due index existed): read the touched customers
+(one MGET per shard, pipelined), run a pure per-customer function (worker/engine.py), then
+commit each shard with one compare-and-set script call (pipelined) that also moves the
+customers in the due index, appends their changes to the outbox and adjusts the segment
+counters. A shard whose customers changed meanwhile (a sweep and the consumer at once, a
+second worker during a rebalance) is simply read and computed again.
 """
 
 from __future__ import annotations
 
 import logging
-import zlib
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.resources import files
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import redis
 
+from worker import keys
 from worker.customer import Customer, Outcome
-from worker.engine import Change, apply_events
+from worker.engine import Change, Result, apply_events, decay
 from worker.errors import StateError
 from worker.events import ValidEvent
 from worker.profiles import Profiles
 
 logger = logging.getLogger(__name__)
 
-SHARDS = 64  # hash-tag groups; fixed for the life of a deployment (it is in every key)
 MAX_ATTEMPTS = 20
-_PREFIX_LEN = len("rfm:{00}:c:")
-CLOCK_KEY = b"rfm:clock"
-
-
-def shard_of(tenant: str, customer_id: str) -> int:
-    return zlib.crc32(f"{tenant}\x00{customer_id}".encode()) % SHARDS
-
-
-def customer_key(tenant: str, customer_id: str, shard: int | None = None) -> bytes:
-    if shard is None:
-        shard = shard_of(tenant, customer_id)
-    return f"rfm:{{{shard:02d}}}:c:{tenant}:{customer_id}".encode()
-
-
-def split_customer_key(key: bytes) -> tuple[str, str]:
-    tenant, _, customer_id = key[_PREFIX_LEN:].decode().partition(":")
-    return tenant, customer_id
-
-
-def outbox_key(shard: int, partition: int) -> bytes:
-    return f"rfm:{{{shard:02d}}}:outbox:{partition}".encode()
-
-
-def counts_key(shard: int) -> bytes:
-    return f"rfm:{{{shard:02d}}}:counts".encode()
+T = TypeVar("T")
+# What `commit` takes: per shard, per customer key, (tenant, customer_id, the cause's item).
+Work = Mapping[int, Mapping[bytes, tuple[str, str, T]]]
+Decide = Callable[[Customer, T], Result]
 
 
 def _script(name: str) -> str:
@@ -75,7 +50,7 @@ class Committed:
     outbox: bytes  # stream key
     entry_id: bytes
     key: bytes  # customer id, the Kafka key
-    value: bytes  # the rfm.changed record
+    value: bytes  # the rfm.changed or rfm.overdue record
     change: Change
 
 
@@ -84,24 +59,47 @@ class BatchResult:
     outcomes: Counter[Outcome] = field(default_factory=Counter)
     committed: list[Committed] = field(default_factory=list)
     conflicts: int = 0
+    customers: int = 0  # customers committed (state or due index written)
 
 
 @dataclass(slots=True)
-class _Slice:
-    """The customers of one shard touched by a batch, with their events in order."""
-
-    events: dict[bytes, list[tuple[ValidEvent, int]]] = field(default_factory=dict)
+class SweepStep:
+    result: BatchResult
+    read: int  # due entries read
+    exhausted: set[tuple[int, int]]  # (shard, partition) due zsets with nothing more due
 
 
 @dataclass(slots=True)
 class _Plan:
-    """What the engine decided for one shard; `queued` when a commit call was queued."""
+    """What the per-customer function decided for one shard; `queued` once its commit
+    call is queued on the pipeline."""
 
     changes: list[Change] = field(default_factory=list)
     outboxes: list[bytes] = field(default_factory=list)
     payloads: list[bytes] = field(default_factory=list)
     outcomes: Counter[Outcome] = field(default_factory=Counter)
+    customers: int = 0
     queued: bool = False
+
+
+class _Args:
+    """KEYS and ARGV of one commit.lua call, referenced by 1-based index from its plan."""
+
+    def __init__(self, first_key: bytes) -> None:
+        self.keys: list[bytes] = [first_key]
+        self._key_index: dict[bytes, int] = {first_key: 1}
+        self.argv: list[bytes] = [b""]  # ARGV[1]: the plan itself, set last
+
+    def key(self, key: bytes) -> int:
+        index = self._key_index.get(key)
+        if index is None:
+            self.keys.append(key)
+            index = self._key_index[key] = len(self.keys)
+        return index
+
+    def arg(self, value: bytes) -> int:
+        self.argv.append(value)
+        return len(self.argv)
 
 
 class Store:
@@ -112,7 +110,7 @@ class Store:
         self._commit = client.register_script(_script("commit.lua"))
         self._clock = client.register_script(_script("clock.lua"))
 
-    # -- write path ---------------------------------------------------------------------
+    # -- the three causes of a commit -----------------------------------------------------
 
     def apply_batch(
         self,
@@ -127,21 +125,115 @@ class Store:
         Idempotent: calling it again with the same events (after a timeout, a crash, a
         redelivery) finds them already merged, counts them as duplicates and emits nothing.
         """
-        slices: dict[int, _Slice] = {}
+        work: dict[int, dict[bytes, tuple[str, str, list[tuple[ValidEvent, int]]]]] = {}
         for event, partition in items:
-            shard = shard_of(event.tenant, event.customer_id)
-            key = customer_key(event.tenant, event.customer_id, shard)
-            slices.setdefault(shard, _Slice()).events.setdefault(key, []).append((event, partition))
+            shard = keys.shard_of(event.tenant, event.customer_id)
+            key = keys.customer(event.tenant, event.customer_id, shard)
+            slot = work.setdefault(shard, {})
+            if key in slot:
+                slot[key][2].append((event, partition))
+            else:
+                slot[key] = (event.tenant, event.customer_id, [(event, partition)])
+
+        def decide(customer: Customer, events: list[tuple[ValidEvent, int]]) -> Result:
+            return apply_events(
+                customer,
+                [ev for ev, _ in events],
+                profile=profiles.for_tenant(customer.tenant),
+                as_of_ms=as_of_ms,
+                now_ms=now_ms,
+                partition=events[-1][1],
+            )
+
+        return self.commit(work, decide)
+
+    def sweep_step(
+        self,
+        zsets: Iterable[tuple[int, int]],
+        profiles: Profiles,
+        *,
+        as_of_ms: int,
+        now_ms: int,
+        limit: int,
+    ) -> SweepStep:
+        """Decay up to `limit` due customers of each (shard, partition) due zset.
+
+        Each swept customer is rescheduled to its next due instant (after as_of) in the
+        same commit, so a zset that returned fewer than `limit` entries has nothing more
+        due at as_of: it is reported exhausted.
+        """
+        zsets = list(zsets)
+        pipe = self.redis.pipeline(transaction=False)
+        for shard, partition in zsets:
+            pipe.zrangebyscore(keys.due(shard, partition), b"-inf", as_of_ms, start=0, num=limit)
+        work: dict[int, dict[bytes, tuple[str, str, None]]] = {}
+        exhausted: set[tuple[int, int]] = set()
+        read = 0
+        for zset, members in zip(zsets, pipe.execute() if zsets else [], strict=True):
+            read += len(members)
+            if len(members) < limit:
+                exhausted.add(zset)
+            for key in members:
+                shard, tenant, customer_id = keys.split_customer(key)
+                work.setdefault(shard, {})[key] = (tenant, customer_id, None)
+
+        def decide(customer: Customer, _: None) -> Result:
+            profile = profiles.for_tenant(customer.tenant)
+            return decay(customer, profile, as_of_ms=as_of_ms, now_ms=now_ms)
+
+        return SweepStep(self.commit(work, decide), read, exhausted)
+
+    def index_step(self, cursor: int, count: int = 500) -> tuple[int, int]:
+        """Index a chunk of customers stored before the due index existed: they are put in
+        it as due now, so their owner's next sweep scores them and reschedules them.
+
+        A SCAN step (cursor 0 starts, a returned 0 means done); returns (cursor, indexed).
+        Customers committed by this version carry `scored_at` and are already indexed.
+        """
+        cursor, found = self.redis.scan(cursor, match=keys.CUSTOMER_PATTERN, count=count)
+        work: dict[int, dict[bytes, tuple[str, str, None]]] = {}
+        for key in found:
+            shard, tenant, customer_id = keys.split_customer(key)
+            work.setdefault(shard, {})[key] = (tenant, customer_id, None)
+
+        def decide(customer: Customer, _: None) -> Result:
+            legacy = customer.scored_at is None and bool(customer.orders)
+            return Result(customer, touched=legacy, due=0)
+
+        return int(cursor), self.commit(work, decide).customers
+
+    def is_indexed(self) -> bool:
+        return bool(self.redis.exists(keys.INDEXED))
+
+    def mark_indexed(self) -> None:
+        self.redis.set(keys.INDEXED, b"1")
+
+    def due_backlog(self, zsets: Iterable[tuple[int, int]], as_of_ms: int) -> int:
+        """Customers past their due instant in these (shard, partition) due zsets."""
+        zsets = list(zsets)
+        pipe = self.redis.pipeline(transaction=False)
+        for shard, partition in zsets:
+            pipe.zcount(keys.due(shard, partition), b"-inf", as_of_ms)
+        return sum(pipe.execute()) if zsets else 0
+
+    # -- the one write path -----------------------------------------------------------------
+
+    def commit(self, work: Work[T], decide: Decide[T]) -> BatchResult:
+        """Read the customers of `work`, decide each with a pure function, commit per shard
+        (compare-and-set, due index, outbox, counters); shards that changed meanwhile are
+        read and decided again."""
         result = BatchResult()
-        pending = sorted(slices)
+        pending = sorted(shard for shard, slot in work.items() if slot)
         for _attempt in range(MAX_ATTEMPTS):
+            if not pending:
+                return result
             pipe = self.redis.pipeline(transaction=False)
             for shard in pending:
-                pipe.mget(list(slices[shard].events))
+                pipe.mget(list(work[shard]))
             blobs_per_shard = pipe.execute()
             pipe = self.redis.pipeline(transaction=False)
             plans = [
-                self._plan(shard, slices[shard], blobs, profiles, as_of_ms, now_ms, pipe)
+                self._plan(shard, work[shard], blobs, decide, pipe)
                 for shard, blobs in zip(pending, blobs_per_shard, strict=True)
             ]
             replies = iter(pipe.execute() if len(pipe) else [])
@@ -152,14 +244,13 @@ class Store:
                     retry.append(shard)
                     continue
                 result.outcomes.update(plan.outcomes)
+                result.customers += plan.customers
                 for change, outbox, entry_id, value in zip(
                     plan.changes, plan.outboxes, reply[1:], plan.payloads, strict=True
                 ):
                     result.committed.append(
                         Committed(outbox, entry_id, change.customer_id.encode(), value, change)
                     )
-            if not retry:
-                return result
             result.conflicts += len(retry)
             pending = retry
         raise StateError(f"shards {pending} kept changing under us for {MAX_ATTEMPTS} attempts")
@@ -167,64 +258,67 @@ class Store:
     def _plan(
         self,
         shard: int,
-        slice_: _Slice,
+        slot: Mapping[bytes, tuple[str, str, T]],
         blobs: list[bytes | None],
-        profiles: Profiles,
-        as_of_ms: int,
-        now_ms: int,
+        decide: Decide[T],
         pipe: Any,
     ) -> _Plan:
-        """Run the engine over one shard's customers and queue its commit on `pipe`."""
+        """Decide every customer of one shard and queue the shard's commit on `pipe`."""
         plan = _Plan()
-        keys: list[bytes] = [counts_key(shard)]
-        expected: list[bytes] = []
-        new: list[bytes] = []
+        args = _Args(keys.counts(shard))
+        customers: list[list[int | str]] = []
+        changes: list[list[int]] = []
         deltas: Counter[str] = Counter()
-        for (key, events), blob in zip(slice_.events.items(), blobs, strict=True):
-            tenant, customer_id = events[0][0].tenant, events[0][0].customer_id
+        for (key, (tenant, customer_id, item)), blob in zip(slot.items(), blobs, strict=True):
             customer = Customer.decode(tenant, customer_id, blob)
-            res = apply_events(
-                customer,
-                [ev for ev, _ in events],
-                profile=profiles.for_tenant(tenant),
-                as_of_ms=as_of_ms,
-                now_ms=now_ms,
-                partition=events[-1][1],
-            )
+            was_in = customer.partition
+            res = decide(customer, item)
             plan.outcomes.update(res.outcomes)
-            if not res.dirty:
+            if not res.touched:
                 continue
-            keys.append(key)
-            expected.append(blob or b"")
-            new.append(res.customer.encode())
-            outbox = outbox_key(shard, events[-1][1])
+            partition = customer.partition or 0
+            due_to = args.key(keys.due(shard, partition))
+            customers.append(
+                [
+                    args.key(key),
+                    args.arg(blob or b""),
+                    args.arg(customer.encode()) if res.dirty else 0,
+                    due_to if was_in is None else args.key(keys.due(shard, was_in)),
+                    due_to,
+                    "" if res.due is None else str(res.due),
+                ]
+            )
+            if not res.changes:
+                continue
+            outbox = keys.outbox(shard, partition)
+            outbox_index = args.key(outbox)
+            k = args.arg(customer_id.encode())
             for change in res.changes:
+                payload = orjson.dumps(change.payload)
                 plan.changes.append(change)
                 plan.outboxes.append(outbox)
-                plan.payloads.append(orjson.dumps(change.payload))
+                plan.payloads.append(payload)
+                changes.append([outbox_index, k, args.arg(payload)])
                 if change.count_key_from:
                     deltas[change.count_key_from] -= 1
                 if change.count_key_to:
                     deltas[change.count_key_to] += 1
-        if not new:
+        if not customers:
             return plan
-        live = [(k, v) for k, v in deltas.items() if v]
-        args: list[bytes | str | int] = [len(new), *expected, *new, len(live)]
-        for fld, delta in live:
-            args += [fld, delta]
-        for change, payload in zip(plan.changes, plan.payloads, strict=True):
-            args += [change.customer_id, payload]
-        self._commit(keys=keys + plan.outboxes, args=args, client=pipe)
+        plan.customers = len(customers)
+        counts = [[fld, delta] for fld, delta in deltas.items() if delta]
+        args.argv[0] = orjson.dumps({"customers": customers, "counts": counts, "changes": changes})
+        self._commit(keys=args.keys, args=args.argv, client=pipe)
         plan.queued = True
         return plan
 
     # -- event clock ----------------------------------------------------------------------
 
     def advance_clock(self, candidate_ms: int) -> int:
-        return int(self._clock(keys=[CLOCK_KEY], args=[candidate_ms]))
+        return int(self._clock(keys=[keys.CLOCK], args=[candidate_ms]))
 
     def read_clock(self) -> int | None:
-        raw = self.redis.get(CLOCK_KEY)
+        raw = self.redis.get(keys.CLOCK)
         return int(raw) if raw else None
 
     # -- outbox ---------------------------------------------------------------------------
@@ -233,8 +327,8 @@ class Store:
         self, partition: int, count: int = 1000
     ) -> Iterator[tuple[bytes, bytes, bytes, bytes]]:
         """(stream, entry id, key, value) of every change waiting in a partition's outboxes."""
-        for shard in range(SHARDS):
-            stream = outbox_key(shard, partition)
+        for shard in range(keys.SHARDS):
+            stream = keys.outbox(shard, partition)
             start = b"-"
             while True:
                 entries = self.redis.xrange(stream, min=start, count=count)
@@ -252,33 +346,32 @@ class Store:
 
     def outbox_backlog(self) -> int:
         total = 0
-        for key in self.redis.scan_iter(match=b"rfm:{*}:outbox:*", count=1000):
+        for key in self.redis.scan_iter(match=keys.OUTBOX_PATTERN, count=1000):
             total += int(self.redis.xlen(key))
         return total
 
     # -- read side ------------------------------------------------------------------------
 
     def get_customer(self, tenant: str, customer_id: str) -> Customer | None:
-        blob = self.redis.get(customer_key(tenant, customer_id))
+        blob = self.redis.get(keys.customer(tenant, customer_id))
         return Customer.decode(tenant, customer_id, blob) if blob else None
 
     def scan_customers(self, tenant: str | None = None, chunk: int = 500) -> Iterator[Customer]:
         """Every stored customer (of one tenant), read in chunks: for export, not hot paths."""
-        pattern = f"rfm:{{*}}:c:{_glob_escape(tenant) if tenant else '*'}:*".encode()
         batch: list[bytes] = []
-        for key in self.redis.scan_iter(match=pattern, count=chunk):
+        for key in self.redis.scan_iter(match=keys.customer_pattern(tenant), count=chunk):
             batch.append(key)
             if len(batch) >= chunk:
                 yield from self._decode_keys(batch, tenant)
                 batch = []
         yield from self._decode_keys(batch, tenant)
 
-    def _decode_keys(self, keys: list[bytes], tenant: str | None) -> Iterator[Customer]:
+    def _decode_keys(self, found: list[bytes], tenant: str | None) -> Iterator[Customer]:
         pipe = self.redis.pipeline(transaction=False)  # GETs, not MGET: keys span slots
-        for key in keys:
+        for key in found:
             pipe.get(key)
-        for key, blob in zip(keys, pipe.execute() if keys else [], strict=True):
-            owner, customer_id = split_customer_key(key)
+        for key, blob in zip(found, pipe.execute() if found else [], strict=True):
+            _shard, owner, customer_id = keys.split_customer(key)
             # The glob can also match an id that contains "}:c:<tenant>:": check the owner.
             if blob and (tenant is None or owner == tenant):
                 yield Customer.decode(owner, customer_id, blob)
@@ -286,8 +379,8 @@ class Store:
     def score_counts(self) -> Counter[tuple[str, str, str]]:
         """Customers per (tenant, rfm, segment) of their published score, over all shards."""
         pipe = self.redis.pipeline(transaction=False)
-        for shard in range(SHARDS):
-            pipe.hgetall(counts_key(shard))
+        for shard in range(keys.SHARDS):
+            pipe.hgetall(keys.counts(shard))
         totals: Counter[tuple[str, str, str]] = Counter()
         for cells in pipe.execute():
             for fld, count in cells.items():
@@ -304,7 +397,3 @@ class Store:
 
     def ping(self) -> bool:
         return bool(self.redis.ping())
-
-
-def _glob_escape(text: str) -> str:
-    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)

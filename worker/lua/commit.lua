@@ -1,57 +1,67 @@
--- commit.lua: commit one shard's slice of a batch atomically.
--- Compare-and-set every customer state, then append the changes to the outbox streams
--- and adjust the segment counters. All keys share the shard's hash tag {NN}, so the
--- script is valid on Redis Cluster. Nothing is written unless every comparison holds
--- (Lua has no rollback: all checks come before the first write).
+-- commit.lua: commit one shard's slice of a batch atomically, whatever its cause
+-- (order events, a decay sweep, the indexing of old customers).
+-- Compare-and-set every customer state, then write the new states, move each customer in
+-- the due index, append the changes to the outbox streams and adjust the segment
+-- counters. All keys share the shard's hash tag {NN}, so the script is valid on Redis
+-- Cluster. Nothing is written unless every comparison holds (Lua has no rollback: all
+-- checks come before the first write).
 --
--- Key layout (NN = shard, 00..63):
---   rfm:{NN}:c:<tenant>:<customer_id>   string, the customer's state blob (worker/customer.py)
---   rfm:{NN}:outbox:<partition>         stream of changes waiting for the relay (k, v)
+-- Key layout (NN = shard 00..63, P = orders-topic partition; worker/keys.py):
+--   rfm:{NN}:c:<tenant>:<customer_id>   string, the customer's state blob
+--   rfm:{NN}:outbox:<P>                 stream of changes waiting for the relay (k, v)
+--   rfm:{NN}:due:<P>                    zset, customer key -> instant of its next change
 --   rfm:{NN}:counts                     hash "<tenant>\t<rfm>\t<segment>" -> customers
 --
--- KEYS[1]                 the counts hash
--- KEYS[2 .. n+1]          the n customer keys
--- KEYS[n+2 .. n+1+c]      the outbox stream of each of the c changes (may repeat)
--- ARGV[1]                 n
--- ARGV[2 .. n+1]          the value each customer key is expected to hold ("" = absent)
--- ARGV[n+2 .. 2n+1]       the new value of each customer key
--- ARGV[2n+2]              d, the number of counter deltas, then d pairs: field, delta
--- then c pairs            customer_id, payload of each change (stream fields k, v)
+-- KEYS[1]   the counts hash; KEYS[2..] every other key, referenced by index from the plan
+-- ARGV[1]   the plan, JSON; every number below indexes KEYS (key, due_*, outbox) or
+--           ARGV (expected, new, k, v):
+--   {"customers": [[key, expected, new, due_from, due_to, due], ...],
+--    "counts":    [[field, delta], ...],
+--    "changes":   [[outbox, k, v], ...]}
+--   expected  the value the customer key must hold ("" = absent)
+--   new       the new value, or 0 to leave the state as it is (a due-only update)
+--   due_from  the due zset the customer is in now (its previous partition's)
+--   due_to    the due zset it belongs in; due is "" (never due: removed) or epoch ms
+-- ARGV[2..] the values referenced by the plan (states, customer ids, change payloads)
 --
 -- Returns {0, i, ...}: the 1-based indexes of customers whose value differed, nothing
 -- written; or {1, id, ...}: the stream ids of the appended changes, in order.
 
-local n = tonumber(ARGV[1])
-local conflicts = {}
-for i = 1, n do
-  local current = redis.call('GET', KEYS[1 + i])
-  if (current or '') ~= ARGV[1 + i] then
+local plan = cjson.decode(ARGV[1])
+
+local conflicts = {0}
+for i, c in ipairs(plan.customers) do
+  if (redis.call('GET', KEYS[c[1]]) or '') ~= ARGV[c[2]] then
     conflicts[#conflicts + 1] = i
   end
 end
-if #conflicts > 0 then
-  table.insert(conflicts, 1, 0)
+if #conflicts > 1 then
   return conflicts
 end
 
-for i = 1, n do
-  redis.call('SET', KEYS[1 + i], ARGV[1 + n + i])
+for _, c in ipairs(plan.customers) do
+  local key = KEYS[c[1]]
+  if c[3] > 0 then
+    redis.call('SET', key, ARGV[c[3]])
+  end
+  if c[4] ~= c[5] then
+    redis.call('ZREM', KEYS[c[4]], key)
+  end
+  if c[6] == '' then
+    redis.call('ZREM', KEYS[c[5]], key)
+  else
+    redis.call('ZADD', KEYS[c[5]], c[6], key)
+  end
 end
 
-local a = 2 * n + 2
-local d = tonumber(ARGV[a])
-for j = 1, d do
-  local field = ARGV[a + 2 * j - 1]
-  if redis.call('HINCRBY', KEYS[1], field, ARGV[a + 2 * j]) <= 0 then
-    redis.call('HDEL', KEYS[1], field)
+for _, d in ipairs(plan.counts) do
+  if redis.call('HINCRBY', KEYS[1], d[1], d[2]) <= 0 then
+    redis.call('HDEL', KEYS[1], d[1])
   end
 end
 
 local ids = {1}
-local c0 = a + 2 * d
-local c = (#ARGV - c0) / 2
-for j = 1, c do
-  ids[#ids + 1] = redis.call('XADD', KEYS[n + 1 + j], '*',
-    'k', ARGV[c0 + 2 * j - 1], 'v', ARGV[c0 + 2 * j])
+for _, ch in ipairs(plan.changes) do
+  ids[#ids + 1] = redis.call('XADD', KEYS[ch[1]], '*', 'k', ARGV[ch[2]], 'v', ARGV[ch[3]])
 end
 return ids

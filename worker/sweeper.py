@@ -1,0 +1,240 @@
+"""The sweeper: time as an input. Scores decay as boundaries pass; silent regulars alert.
+
+Every customer sits in a due index (worker/keys.py) under the instant its score next
+changes by itself (worker/decay.py), written in the same atomic commit as its state. A
+sweep at instant T reads only the entries due at T, in bounded steps, and commits each
+customer through the same compare-and-set path as order events (worker/store.py), which
+reschedules it after T. So a sweep costs what is due, not the population; it cannot race
+the consumer (a conflicting commit is recomputed); and a second sweep at T finds nothing.
+
+Ownership: the due index is split by orders-topic partition, like the outbox. A worker
+sweeps the partitions it consumes, so one producer publishes all of a customer's changes
+(events and decay) in commit order, and no lease is needed. `rfm-worker sweep --once`
+(cron, while no worker runs) sweeps every partition; running it beside workers is safe
+(compare-and-set: nothing is published twice) but gives up that ordering guarantee.
+
+Customers stored before the due index existed are indexed by one throttled pass per
+worker start (a SCAN step per loop turn) that marks them due now; `rfm:due-index`
+records that the pass completed, so later starts skip it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from worker import keys, metrics
+from worker.config import Settings
+from worker.errors import RfmError, UsageError
+from worker.events import MAX_FUTURE_MS
+from worker.messages import iso
+from worker.profiles import Profiles
+from worker.store import BatchResult, Committed, Store
+
+logger = logging.getLogger(__name__)
+
+STEP_BUDGET = 2000  # due customers read per step: one step stays a batch-sized pause
+DRAIN_TIMEOUT = 30.0
+
+
+@dataclass(slots=True)
+class Sweep:
+    """One sweep in progress: every due zset of the partitions it covers, at one instant."""
+
+    as_of_ms: int
+    pending: set[tuple[int, int]]  # (shard, partition) zsets that may still hold due entries
+    started: float = field(default_factory=time.perf_counter)
+    customers: int = 0
+    changes: int = 0
+    overdue: int = 0
+
+    def count(self, result: BatchResult) -> None:
+        self.customers += result.customers
+        for c in result.committed:
+            if c.change.kind == "rfm.overdue":
+                self.overdue += 1
+            else:
+                self.changes += 1
+
+
+def zsets(partitions: Iterable[int]) -> set[tuple[int, int]]:
+    return {(shard, p) for p in partitions for shard in range(keys.SHARDS)}
+
+
+class Sweeper:
+    """Decay sweeps, a bounded step at a time, interleaved with the consumer loop."""
+
+    def __init__(
+        self,
+        store: Store,
+        profiles: Profiles,
+        *,
+        interval: float,
+        clock: Callable[[], int],
+        now_ms: Callable[[], int],
+        budget: int = STEP_BUDGET,
+    ) -> None:
+        self.store, self.profiles = store, profiles
+        self.interval, self.clock, self.now_ms, self.budget = interval, clock, now_ms, budget
+        self.current: Sweep | None = None
+        self._next_start = time.monotonic()
+        self._index_cursor: int | None = 0  # None once the legacy indexing pass is done
+
+    def tick(self, partitions: set[int]) -> list[Committed]:
+        """One step of the loop: index a chunk of old customers if needed, then one step of
+        the sweep in progress, starting one every `interval` seconds."""
+        self.index_step()
+        if self.current is None:
+            if time.monotonic() < self._next_start or not partitions:
+                return []
+            self._next_start = time.monotonic() + self.interval
+            self.current = self.start(partitions, self.clock())
+        return self.step(self.current, partitions)
+
+    def start(self, partitions: Iterable[int], as_of_ms: int) -> Sweep:
+        sweep = Sweep(as_of_ms, zsets(partitions))
+        metrics.SWEEP_DUE.set(self.store.due_backlog(sweep.pending, as_of_ms))
+        return sweep
+
+    def step(self, sweep: Sweep, partitions: set[int]) -> list[Committed]:
+        """Sweep up to `budget` due customers; finish the sweep when nothing is left."""
+        owned = [z for z in sweep.pending if z[1] in partitions]  # revoked ones are dropped
+        if not owned:
+            self._finish(sweep, partitions)
+            return []
+        step = self.store.sweep_step(
+            owned,
+            self.profiles,
+            as_of_ms=sweep.as_of_ms,
+            now_ms=self.now_ms(),
+            limit=max(1, self.budget // len(owned)),
+        )
+        sweep.pending -= step.exhausted
+        sweep.pending.intersection_update(owned)
+        sweep.count(step.result)
+        metrics.RESCORED.labels("decay").inc(step.result.customers)
+        metrics.STORE_CONFLICTS.inc(step.result.conflicts)
+        return step.result.committed
+
+    def _finish(self, sweep: Sweep, partitions: set[int]) -> None:
+        elapsed = time.perf_counter() - sweep.started
+        metrics.SWEEP_DURATION.observe(elapsed)
+        metrics.SWEEP_DUE.set(self.store.due_backlog(zsets(partitions), self.clock()))
+        if sweep is self.current:
+            self.current = None
+        if sweep.customers:
+            logger.info(
+                "sweep as of %d: %d customer(s) rescored, %d change(s), %d overdue alert(s) "
+                "in %.3f s",
+                sweep.as_of_ms,
+                sweep.customers,
+                sweep.changes,
+                sweep.overdue,
+                elapsed,
+            )
+
+    def sweep_all(
+        self, partitions: set[int], as_of_ms: int, publish: Callable[[list[Committed]], None]
+    ) -> Sweep:
+        """A whole sweep at once (`rfm-worker sweep --once`), publishing as it goes."""
+        while self.index_step():
+            pass
+        sweep = self.start(partitions, as_of_ms)
+        while sweep.pending:
+            publish(self.step(sweep, partitions))
+        self._finish(sweep, partitions)
+        return sweep
+
+    def index_step(self) -> bool:
+        """One step of the legacy indexing pass; False once it is done."""
+        if self._index_cursor is None:
+            return False
+        if self._index_cursor == 0 and self.store.is_indexed():
+            self._index_cursor = None
+            return False
+        cursor, indexed = self.store.index_step(self._index_cursor)
+        if indexed:
+            logger.info("indexed %d customer(s) stored before the due index existed", indexed)
+        if cursor == 0:
+            self.store.mark_indexed()
+            self._index_cursor = None
+            return False
+        self._index_cursor = cursor
+        return True
+
+
+def run_once(settings: Settings, profiles: Profiles, as_of_ms: int | None) -> int:
+    """`rfm-worker sweep --once [--as-of TS]`: one whole sweep of every partition, its
+    changes published (and acknowledged) before returning. Usable from cron."""
+    from worker import clients
+    from worker.relay import Relay
+
+    store = Store(clients.redis_client(settings))
+    try:
+        as_of_ms = _sweep_instant(settings, store, as_of_ms)
+        producer = clients.producer(settings)
+        partitions = _partitions(producer, settings.orders_topic)
+        relay = Relay(store, producer, settings.actions_topic)
+        relay.recover(partitions)  # a stopped worker's unpublished changes go out first
+
+        def publish(committed: list[Committed]) -> None:
+            relay.publish(committed)
+            relay.settle()
+
+        sweeper = Sweeper(
+            store,
+            profiles,
+            interval=settings.sweep_interval,
+            clock=lambda: as_of_ms,
+            now_ms=wall_ms,
+        )
+        sweep = sweeper.sweep_all(partitions, as_of_ms, publish)
+        if not relay.drain(DRAIN_TIMEOUT):
+            raise RfmError(
+                f"{relay.in_flight} change(s) not acknowledged by the broker within "
+                f"{DRAIN_TIMEOUT:.0f} s; they stay in the outbox and are published by the "
+                "next sweep or worker"
+            )
+    finally:
+        store.redis.close()
+    print(
+        f"swept as of {iso(as_of_ms)}: {sweep.customers} due customer(s) rescored, "
+        f"{sweep.changes} change(s) and {sweep.overdue} overdue alert(s) published"
+    )
+    return 0
+
+
+def wall_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _sweep_instant(settings: Settings, store: Store, as_of_ms: int | None) -> int:
+    """The sweep's instant: --as-of, else now; time is never moved back, nor ahead of now."""
+    wall = wall_ms()
+    if as_of_ms is not None and as_of_ms - wall > MAX_FUTURE_MS:
+        raise UsageError(
+            f"refusing --as-of {iso(as_of_ms)}: it is ahead of the wall clock ({iso(wall)}), "
+            "and decay that has not happened yet is never published"
+        )
+    if settings.clock != "event":
+        return wall if as_of_ms is None else as_of_ms
+    clock = store.read_clock()
+    if as_of_ms is None:
+        return wall if clock is None else clock
+    if clock is not None and as_of_ms < clock:
+        raise UsageError(
+            f"refusing --as-of {iso(as_of_ms)}: the event clock is already at {iso(clock)} "
+            "and time never moves back (RFM_CLOCK=event); use a later instant or omit --as-of"
+        )
+    return store.advance_clock(as_of_ms)
+
+
+def _partitions(producer: Any, topic: str) -> set[int]:
+    meta = producer.list_topics(topic, timeout=10).topics.get(topic)
+    if meta is None or meta.error is not None or not meta.partitions:
+        reason = meta.error if meta is not None and meta.error else "no partitions"
+        raise RfmError(f"cannot read the partitions of {topic} (RFM_ORDERS_TOPIC): {reason}")
+    return set(meta.partitions)
