@@ -177,7 +177,9 @@ def _segment(tenant: str, r: int, f: int, m: int) -> str:
     return PROFILES.default.segment_map.segment(r, f, m)
 
 
-def recompute(events: dict[str, Spec]) -> dict[tuple[str, str], Expected | None]:
+def recompute(
+    events: dict[str, Spec], as_of_ms: int = AS_OF_MS
+) -> dict[tuple[str, str], Expected | None]:
     placed: dict[tuple[str, str, str], list[tuple[int, Decimal]]] = defaultdict(list)
     refunds: dict[tuple[str, str, str], Decimal] = defaultdict(Decimal)
     cancelled: set[tuple[str, str, str]] = set()
@@ -208,8 +210,8 @@ def recompute(events: dict[str, Spec]) -> dict[tuple[str, str], Expected | None]
             continue
         times.sort()
         rec, freq, window, mon = THRESHOLDS.get(tenant, THRESHOLDS["default"])
-        in_window = [t for t in times if window is None or (AS_OF_MS - t) // DAY_MS < window]
-        r = _recency((AS_OF_MS - times[-1]) // DAY_MS, rec)
+        in_window = [t for t in times if window is None or (as_of_ms - t) // DAY_MS < window]
+        r = _recency((as_of_ms - times[-1]) // DAY_MS, rec)
         f = _at_least(len(in_window), freq)
         m = _at_least(monetary, mon)
         out[(tenant, customer)] = Expected(

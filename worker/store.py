@@ -166,7 +166,7 @@ class Store:
         pipe = self.redis.pipeline(transaction=False)
         for shard, partition in zsets:
             pipe.zrangebyscore(keys.due(shard, partition), b"-inf", as_of_ms, start=0, num=limit)
-        work: dict[int, dict[bytes, tuple[str, str, None]]] = {}
+        work: dict[int, dict[bytes, tuple[str, str, int]]] = {}
         exhausted: set[tuple[int, int]] = set()
         read = 0
         for zset, members in zip(zsets, pipe.execute() if zsets else [], strict=True):
@@ -175,9 +175,11 @@ class Store:
                 exhausted.add(zset)
             for key in members:
                 shard, tenant, customer_id = keys.split_customer(key)
-                work.setdefault(shard, {})[key] = (tenant, customer_id, None)
+                work.setdefault(shard, {})[key] = (tenant, customer_id, zset[1])
 
-        def decide(customer: Customer, _: None) -> Result:
+        def decide(customer: Customer, partition: int) -> Result:
+            if customer.partition is None:  # a stale entry, its customer gone: drop it
+                customer.partition = partition
             profile = profiles.for_tenant(customer.tenant)
             return decay(customer, profile, as_of_ms=as_of_ms, now_ms=now_ms)
 
