@@ -316,7 +316,7 @@ def report(scenarios: list[Scenario], due: int, repeat: int, stored: list[Stored
         (
             s.name,
             f"{s.population:,}",
-            f"{s.build_s:.1f}",
+            f"{s.build_s:.2f}",
             f"{m:.3f}",
             f"{min(s.times):.3f}",
             f"{due / m:,.0f}",

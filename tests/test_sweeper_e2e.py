@@ -1,0 +1,333 @@
+"""The sweeper end to end: a real broker, a real Redis, `rfm-worker run` and `sweep --once`.
+
+Sweeps run at chosen instants with RFM_CLOCK=event (time is an input: history is placed in
+the past and the sweeps walk forward through it), and every record they cause is read back
+from the actions topic.
+"""
+
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import time
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.conftest import Deployment
+from tests.reference import recompute
+from tests.test_consumer import (
+    DEFAULT,
+    _converged,
+    _final_scores,
+    _http,
+    _records,
+    assert_changes_consistent,
+    assert_state_matches,
+)
+from worker import keys, views
+from worker.config import load_settings
+from worker.events import ValidEvent, validate
+from worker.messages import RfmOverdue, iso
+from worker.profiles import Profiles
+from worker.store import Store
+from worker.sweeper import run_once
+
+pytestmark = pytest.mark.integration
+
+DAY = timedelta(days=1)
+MS = timedelta(milliseconds=1)
+
+
+def _midnight(days_ago: int) -> datetime:
+    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    return today - days_ago * DAY
+
+
+def _ms(at: datetime) -> int:
+    return int(at.timestamp() * 1000)
+
+
+def _order(cid: str, n: int, at: datetime, amount: str = "40.00") -> dict[str, Any]:
+    return {
+        "event_id": f"{cid}-p{n}",
+        "type": "order_placed",
+        "order_id": f"{cid}-o{n}",
+        "customer_id": cid,
+        "amount": amount,
+        "occurred_at": at.isoformat().replace("+00:00", "Z"),
+    }
+
+
+def _sweep(monkeypatch: pytest.MonkeyPatch, dep: Deployment, at: datetime) -> str:
+    """One `sweep --once --as-of` in process (same code as the CLI); its summary line."""
+    for name, value in dep.env().items():
+        if name.startswith("RFM_"):
+            monkeypatch.setenv(name, value)
+    settings = load_settings()
+    out: list[str] = []
+    monkeypatch.setattr("builtins.print", lambda *a, **_k: out.append(" ".join(map(str, a))))
+    try:
+        assert run_once(settings, Profiles.load(settings.profiles), _ms(at)) == 0
+    finally:
+        monkeypatch.undo()
+    return out[-1]
+
+
+def _cli_sweep(dep: Deployment, at: datetime) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker", "sweep", "--once", "--as-of", iso(_ms(at))],
+        env=dep.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def _decay_records(dep: Deployment) -> list[dict[str, Any]]:
+    """Every decay change and overdue alert on the actions topic, in topic order."""
+    messages = dep.read(dep.actions, until=lambda m: False, timeout=3)
+    docs = [orjson.loads(m.value()) for m in messages]
+    return [d for d in docs if d["type"] == "rfm.overdue" or d["cause"] == "decay"]
+
+
+def _ingest(dep: Deployment, events: list[dict[str, Any]], last_rfm: dict[str, str]) -> None:
+    """Run a worker until each customer's latest change has the given rfm, then stop it."""
+    dep.produce(_records(events))
+    worker = dep.worker()
+
+    def done(messages: list[Any]) -> bool:
+        final = _final_scores(messages)
+        return all((final.get(("default", c)) or {}).get("rfm") == r for c, r in last_rfm.items())
+
+    dep.read(dep.actions, until=done, timeout=60)
+    assert worker.stop() == 0
+
+
+def test_the_silent_regular_decays_boundary_by_boundary(
+    deployment: Deployment, store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Orders every 75 days for two years, then silence (built-in profile: R drops after
+    30, 90, 180 and 365 days; overdue past 2 x 75 days)."""
+    deployment.extra_env["RFM_CLOCK"] = "event"
+    last = _midnight(400)
+    history = [_order("reg", k, last - (9 - k) * 75 * DAY) for k in range(10)]
+    _ingest(deployment, history, {"reg": "553"})  # 10 orders, 400.00: F5 M3
+
+    walk = [  # (instant, what the sweep must publish)
+        (last + 30 * DAY, None),
+        (last + 31 * DAY - MS, None),
+        (last + 31 * DAY, "553>453"),
+        (last + 31 * DAY, None),
+        (last + 90 * DAY, None),
+        (last + 91 * DAY, "453>353"),
+        (last + 150 * DAY, None),
+        (last + 150 * DAY + MS, "overdue"),
+        (last + 150 * DAY + MS, None),
+        (last + 180 * DAY, None),
+        (last + 181 * DAY, "353>253"),
+        (last + 365 * DAY, None),
+        (last + 366 * DAY, "253>153"),
+        (last + 366 * DAY, None),
+    ]
+    for i, (at, expect) in enumerate(walk):
+        if i == 5:  # one of them through the real command line
+            done = _cli_sweep(deployment, at)
+            assert done.returncode == 0, done.stderr
+            summary = done.stdout.strip()
+        else:
+            summary = _sweep(monkeypatch, deployment, at)
+        changes = 1 if expect and expect != "overdue" else 0
+        assert f"{changes} change(s) and {int(expect == 'overdue')} overdue" in summary, (
+            at,
+            summary,
+        )
+
+    records = _decay_records(deployment)
+    seen = [
+        (
+            "overdue"
+            if r["type"] == "rfm.overdue"
+            else f"{r['previous']['rfm']}>{r['current']['rfm']}"
+        )
+        for r in records
+    ]
+    assert seen == [e for _, e in walk if e]
+    assert len({r["change_id"] for r in records}) == len(records)
+    moves = [r for r in records if r["type"] == "rfm.changed"]
+    assert [r["as_of"] for r in moves] == [iso(_ms(last + d * DAY)) for d in (31, 91, 181, 366)]
+    assert [r["current"]["segment"] for r in moves] == [
+        "loyal",
+        "loyal",
+        "cant_lose_them",
+        "cant_lose_them",
+    ]
+    [alert] = [r for r in records if r["type"] == "rfm.overdue"]
+    RfmOverdue.model_validate(alert)
+    assert alert["as_of"] == iso(_ms(last + 150 * DAY + MS))
+    assert alert["median_gap_days"] == 75.0
+    assert alert["silent_days"] == 150
+    assert alert["last_order_at"] == iso(_ms(last))
+    assert alert["expected_next_order_at"] == iso(_ms(last + 75 * DAY))
+    assert alert["current"]["rfm"] == "353"
+
+    # The read side shows the decayed score: counters, matrix, customer view.
+    assert store.segment_counts() == {("default", "cant_lose_them"): 1}
+    matrix = views.matrix(store, "default", store.read_clock() or 0)
+    assert matrix["cells"] == [{"r": 1, "f": 5, "customers": 1, "segment": "cant_lose_them"}]
+
+    # Time never moves back with the event clock: a refusal, in one line, exit 2.
+    refused = _cli_sweep(deployment, last + 200 * DAY)
+    assert refused.returncode == 2
+    assert "never moves back" in refused.stderr and len(refused.stderr.splitlines()) == 1
+    ahead = _cli_sweep(deployment, datetime.now(UTC) + 2 * DAY)
+    assert ahead.returncode == 2 and "ahead of the wall clock" in ahead.stderr
+
+    # A new order ends the silence: R=5 again, through the worker.
+    comeback = _order("reg", 10, _midnight(1))
+    deployment.produce(_records([comeback]))
+    worker = deployment.worker()
+    actions = deployment.read(
+        deployment.actions,
+        until=lambda m: any(b'"cause":"order","cause_event_id":"reg-p10"' in x.value() for x in m),
+    )
+    back = next(orjson.loads(x.value()) for x in actions if b"reg-p10" in x.value())
+    assert (back["previous"]["rfm"], back["current"]["r"]) == ("153", 5)
+    assert_changes_consistent(actions)
+    assert worker.stop() == 0
+
+
+def test_orders_leaving_the_frequency_window_lower_f_on_the_right_day(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    profiles = tmp_path / "profiles.toml"
+    profiles.write_text(
+        "[profiles.default]\n"
+        "recency_days = [400, 500, 600, 700]\n"  # R stays 5 through the whole test
+        "frequency_orders = [2, 3, 5, 10]\n"
+        "frequency_window_days = 365\n"
+        "monetary = [100, 250, 500, 1000]\n"
+        "overdue_factor = 0\n"
+    )
+    deployment.extra_env.update({"RFM_CLOCK": "event", "RFM_PROFILES": str(profiles)})
+    last = _midnight(380)
+    ages = [300, 200, 100, 50, 0]  # 5 orders in the window: F4
+    events = [_order("win", n, last - age * DAY) for n, age in enumerate(ages)]
+    _ingest(deployment, events, {"win": "542"})  # 5 x 40.00 = 200.00: M2
+    walk = [
+        (last + 64 * DAY, 0),
+        (last + 65 * DAY - MS, 0),
+        (last + 65 * DAY, 1),  # the 300-day-old order leaves: 4 orders, F3
+        (last + 165 * DAY, 0),  # the next leaves, 3 orders is still F3: not even touched
+        (last + 265 * DAY - MS, 0),
+        (last + 265 * DAY, 1),  # 2 orders: F2
+    ]
+    summaries = [_sweep(monkeypatch, deployment, at) for at, _ in walk]
+    for (at, changes), summary in zip(walk, summaries, strict=True):
+        assert f"{changes} change(s)" in summary, (at, summary)
+    assert summaries[3].startswith(f"swept as of {iso(_ms(last + 165 * DAY))}: 0 due customer")
+    moves = _decay_records(deployment)
+    assert [(m["as_of"], m["previous"]["f"], m["current"]["f"]) for m in moves] == [
+        (iso(_ms(last + 65 * DAY)), 4, 3),
+        (iso(_ms(last + 265 * DAY)), 3, 2),
+    ]
+    assert [m["customer"]["orders"] for m in moves] == [4, 2]
+    assert all(m["customer"]["orders_lifetime"] == 5 for m in moves)
+
+
+def test_sweeps_racing_the_consumer_end_at_the_batch_recomputation(
+    deployment: Deployment, store: Store
+) -> None:
+    """The worker sweeps every 0.2 s while it consumes two years of history in time order
+    (the event clock moves with it): decay commits race order commits on the same
+    customers. The end state is the batch recomputation at the last instant."""
+    deployment.extra_env.update({"RFM_CLOCK": "event", "RFM_SWEEP_INTERVAL": "0.2"})
+    rng = random.Random(11)
+    start = _midnight(900)
+    events: list[dict[str, Any]] = []
+    for c in range(120):
+        cid = f"r{c}" if c % 9 else f"r{{{c}}}:*"
+        for n in range(rng.randint(1, 8)):
+            events.append(_order(cid, n, start + timedelta(minutes=rng.randint(0, 700 * 1440))))
+    events.sort(key=lambda e: e["occurred_at"])
+    end_ms = max(_ms(datetime.fromisoformat(e["occurred_at"])) for e in events)
+    expected = recompute(
+        events, end_ms, DEFAULT["recency"], DEFAULT["frequency"], DEFAULT["monetary"]
+    )
+    worker = deployment.worker()
+    records = _records(events)
+    chunk = len(records) // 12 + 1
+    for i in range(0, len(records), chunk):  # many batches, each a step of the clock
+        deployment.produce(records[i : i + chunk])
+        time.sleep(0.3)
+    actions = deployment.read(deployment.actions, until=_converged(expected), timeout=90)
+    assert_changes_consistent(actions)
+    assert_state_matches(store, expected)
+    assert store.read_clock() == end_ms
+    docs = [orjson.loads(m.value()) for m in actions]
+    assert any(d["type"] == "rfm.changed" and d["cause"] == "decay" for d in docs)
+    _, metrics = _http(deployment.http_port, "/metrics")
+    text = metrics.decode()
+    assert "rfm_sweep_duration_seconds_count" in text
+    assert 'rfm_rescored_total{cause="decay"}' in text
+    assert "rfm_sweep_due " in text and "rfm_overdue_total " in text
+    assert worker.stop() == 0
+
+
+def test_two_sweepers_at_once_publish_each_change_once(
+    deployment: Deployment, store: Store, profiles: Profiles
+) -> None:
+    """Two `sweep --once` processes over the same due customers at the same instant."""
+    rng = random.Random(5)
+    scored = _midnight(300)
+    events = [
+        _order(f"s{c}", n, scored - rng.randint(0, 200) * DAY - rng.randint(0, 86_399_999) * MS)
+        for c in range(200)
+        for n in range(rng.randint(1, 6))
+    ]
+    valid = []
+    for ev in events:
+        v = validate(orjson.dumps(ev), profiles, _ms(scored))
+        assert isinstance(v, ValidEvent)
+        valid.append((v, int(ev["customer_id"][1:]) % 4))
+    store.apply_batch(valid, profiles, as_of_ms=_ms(scored), now_ms=_ms(scored))
+    for stream in list(store.redis.scan_iter(match=keys.OUTBOX_PATTERN)):
+        store.redis.delete(stream)  # only what the sweeps publish matters here
+
+    at = _midnight(10)
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "worker", "sweep", "--once", "--as-of", iso(_ms(at))],
+            env=deployment.env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outputs = [p.communicate(timeout=90) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+
+    before = recompute(
+        events, _ms(scored), DEFAULT["recency"], DEFAULT["frequency"], DEFAULT["monetary"]
+    )
+    after = recompute(
+        events, _ms(at), DEFAULT["recency"], DEFAULT["frequency"], DEFAULT["monetary"]
+    )
+    moved = {c for c, e in after.items() if e and e.rfm != getattr(before[c], "rfm", None)}
+    assert len(moved) > 100
+    ids: dict[tuple[str, str, str], set[str]] = defaultdict(set)
+    for r in _decay_records(deployment):
+        ids[(r["type"], r["tenant"], r["customer_id"])].add(r["change_id"])
+    changed = {(t, c) for (kind, t, c) in ids if kind == "rfm.changed"}
+    assert changed == moved
+    assert all(len(v) == 1 for v in ids.values()), {k: v for k, v in ids.items() if len(v) > 1}
+    # Together they rescored each due customer once.
+    published = sum(int(out.split("rescored, ")[1].split(" change")[0]) for out, _ in outputs)
+    assert published == len(moved)
+    assert_state_matches(store, after)
