@@ -260,6 +260,14 @@ def test_sweeps_racing_the_consumer_end_at_the_batch_recomputation(
         events, end_ms, DEFAULT["recency"], DEFAULT["frequency"], DEFAULT["monetary"]
     )
     worker = deployment.worker()
+    deadline = time.monotonic() + 30  # consuming already, so each chunk is its own batch
+    while time.monotonic() < deadline:
+        try:
+            if _http(deployment.http_port, "/readyz")[0] == 200:
+                break
+        except OSError:  # not listening yet
+            pass
+        time.sleep(0.2)
     records = _records(events)
     chunk = len(records) // 12 + 1
     for i in range(0, len(records), chunk):  # many batches, each a step of the clock

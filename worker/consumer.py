@@ -27,8 +27,8 @@ import redis
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
 
 from worker import metrics
-from worker.clients import produce
 from worker.config import Settings
+from worker.delivery import Deliveries
 from worker.dlq import dlq_headers
 from worker.errors import RfmError
 from worker.events import Rejection, ValidEvent, validate
@@ -88,8 +88,7 @@ class Worker:
         self.assigned: set[int] = set()
         self.redis_ok = True
         self.heartbeat = time.monotonic()
-        self._dlq_pending = 0
-        self._dlq_failed: list[tuple[Any, Any, Any]] = []
+        self.dead_letters: Deliveries[None] = Deliveries(producer, settings.dlq_topic)
         self._last_lag = 0.0
         self._done: dict[tuple[str, int], int] = {}  # next offset per processed partition
         self.sweeper = Sweeper(
@@ -258,39 +257,19 @@ class Worker:
             rejection.error_class,
             rejection.reason,
         )
-        self._produce_dlq(msg.key(), msg.value(), dlq_headers(msg, rejection))
-
-    def _produce_dlq(self, key: Any, value: Any, headers: Any) -> None:
-        def delivered(err: Any, _msg: Any) -> None:
-            self._dlq_pending -= 1
-            if err is not None:
-                metrics.DELIVERY_ERRORS.labels(self.settings.dlq_topic).inc()
-                logger.warning("dead letter not delivered, will retry: %s", err)
-                self._dlq_failed.append((key, value, headers))
-
-        produce(
-            self.producer,
-            self.settings.dlq_topic,
-            value=value,
-            key=key,
-            headers=headers,
-            on_delivery=delivered,
-        )
-        self._dlq_pending += 1
+        self.dead_letters.send(msg.key(), msg.value(), None, dlq_headers(msg, rejection))
 
     def _await_dead_letters(self) -> None:
         """A record's offset is done only after its DLQ copy is acked: wait, retry failures."""
         deadline = None
-        while self._dlq_pending or self._dlq_failed:
+        while not self.dead_letters.settled:
             if self.stopping.is_set():
                 deadline = deadline or time.monotonic() + DRAIN_TIMEOUT
                 if time.monotonic() > deadline:
                     raise BatchAbandonedError("dead letters unacknowledged at the drain timeout")
             self.heartbeat = time.monotonic()
             self.producer.poll(0.05)
-            failed, self._dlq_failed = self._dlq_failed, []
-            for entry in failed:
-                self._produce_dlq(*entry)
+            self.dead_letters.collect()
 
     # -- helpers --------------------------------------------------------------------------
 

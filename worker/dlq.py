@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from worker.delivery import Headers
 from worker.events import Rejection
-
-Headers = list[tuple[str, bytes | None]]
 
 
 def dlq_headers(message: Any, rejection: Rejection) -> Headers:

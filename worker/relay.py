@@ -15,7 +15,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from worker import metrics
-from worker.clients import produce
+from worker.delivery import Deliveries
 from worker.store import Committed, Store
 
 logger = logging.getLogger(__name__)
@@ -25,14 +25,16 @@ class Relay:
     def __init__(self, store: Store, producer: Any, topic: str) -> None:
         self._store = store
         self._producer = producer
-        self._topic = topic
-        self._acked: dict[bytes, list[bytes]] = defaultdict(list)
-        self._failed: list[tuple[bytes, bytes, bytes, bytes]] = []
-        self.in_flight = 0
+        self._deliveries: Deliveries[tuple[bytes, bytes]] = Deliveries(producer, topic)
+        self._trim: dict[bytes, list[bytes]] = defaultdict(list)  # acked, not yet deleted
+
+    @property
+    def in_flight(self) -> int:
+        return self._deliveries.in_flight
 
     def publish(self, committed: Iterable[Committed]) -> None:
         for c in committed:
-            self._produce(c.outbox, c.entry_id, c.key, c.value)
+            self._deliveries.send(c.key, c.value, (c.outbox, c.entry_id))
             if c.change.kind == "rfm.overdue":
                 metrics.OVERDUE.inc()
                 continue
@@ -46,39 +48,24 @@ class Relay:
         count = 0
         for partition in partitions:
             for stream, entry_id, key, value in self._store.outbox_entries(partition):
-                self._produce(stream, entry_id, key, value)
+                self._deliveries.send(key, value, (stream, entry_id))
                 count += 1
         if count:
             logger.info("relaying %d change(s) left in the outbox", count)
         return count
 
-    def _produce(self, stream: bytes, entry_id: bytes, key: bytes, value: bytes) -> None:
-        def delivered(err: Any, _msg: Any) -> None:
-            self.in_flight -= 1
-            if err is None:
-                self._acked[stream].append(entry_id)
-            else:
-                metrics.DELIVERY_ERRORS.labels(self._topic).inc()
-                logger.warning("change %s not delivered, will retry: %s", entry_id, err)
-                self._failed.append((stream, entry_id, key, value))
-
-        produce(self._producer, self._topic, value=value, key=key, on_delivery=delivered)
-        self.in_flight += 1
-
     def settle(self) -> None:
         """Serve delivery reports, trim acknowledged entries, re-produce failed ones."""
         self._producer.poll(0)
-        if self._acked:
-            self._store.delete_outbox(self._acked)  # if Redis fails, kept for the next try
-            self._acked = defaultdict(list)
-        if self._failed:
-            failed, self._failed = self._failed, []
-            for entry in failed:
-                self._produce(*entry)
+        for stream, entry_id in self._deliveries.collect():
+            self._trim[stream].append(entry_id)
+        if self._trim:
+            self._store.delete_outbox(self._trim)  # if Redis fails, kept for the next try
+            self._trim = defaultdict(list)
         metrics.OUTBOX_IN_FLIGHT.set(self.in_flight)
 
     def drain(self, timeout: float) -> bool:
         """Wait until every produced change is acknowledged and trimmed (on revoke, stop)."""
         remaining = self._producer.flush(timeout)
         self.settle()
-        return remaining == 0 and not self._failed and self.in_flight == 0
+        return remaining == 0 and self._deliveries.settled
