@@ -79,9 +79,9 @@ def next_due(
         first = bisect_right(times, as_of_ms - window * DAY_MS)  # oldest order still counted
         count = len(times) - first
         level = bisect_right(profile.frequency_orders, count)
-        if level:  # F drops once count falls below the threshold it reached
-            expiring = first + count - profile.frequency_orders[level - 1]
-            candidates.append(times[expiring] + window * DAY_MS)
+        reached = profile.frequency_orders[level - 1] if level else 0
+        if reached:  # F drops once count falls below the threshold it reached (never 0)
+            candidates.append(times[first + count - reached] + window * DAY_MS)
     rh = rhythm(agg, profile)
     if rh is not None and overdue_pending(rh, agg, alerted):
         candidates.append(rh.overdue_at)
