@@ -293,7 +293,8 @@ def test_any_delivery_equals_batch_recomputation(
         client.close()
 
 
-def check(store: Store, events: dict[str, Spec], batches: list[list[bytes]]) -> None:
+def apply_batches(store: Store, batches: list[list[bytes]]) -> Counter[str]:
+    """Validate and apply each delivery batch at AS_OF_MS, as the consumer would."""
     outcomes: Counter[str] = Counter()
     for batch in batches:
         items = []
@@ -304,6 +305,11 @@ def check(store: Store, events: dict[str, Spec], batches: list[list[bytes]]) -> 
         result = store.apply_batch(items, PROFILES, as_of_ms=AS_OF_MS, now_ms=AS_OF_MS)
         assert result.conflicts == 0
         outcomes.update(result.outcomes)
+    return outcomes
+
+
+def check(store: Store, events: dict[str, Spec], batches: list[list[bytes]]) -> None:
+    outcomes = apply_batches(store, batches)
     assert sum(outcomes.values()) == sum(len(b) for b in batches)
 
     expected = recompute(events)

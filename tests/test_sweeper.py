@@ -24,14 +24,14 @@ from tests.test_property import (
     DAY_MS,
     PROFILES,
     Spec,
-    _partition,
+    apply_batches,
     recompute,
     scenarios,
 )
 from worker import keys
 from worker.customer import Customer, Order, Published
 from worker.embedded import EmbeddedRedis
-from worker.events import ValidEvent, validate
+from worker.events import ValidEvent
 from worker.profiles import Profiles
 from worker.store import Committed, Store
 from worker.sweeper import Sweeper
@@ -261,13 +261,7 @@ def test_sweeps_publish_what_a_batch_recomputation_gives(
     try:
         client.flushall()
         store = Store(client)
-        for batch in batches:
-            items = []
-            for raw in batch:
-                valid = validate(raw, PROFILES, AS_OF_MS + DAY_MS)
-                assert isinstance(valid, ValidEvent)
-                items.append((valid, _partition(valid.tenant, valid.customer_id)))
-            store.apply_batch(items, PROFILES, as_of_ms=AS_OF_MS, now_ms=AS_OF_MS)
+        apply_batches(store, batches)
         previous = {c: _score(e) for c, e in recompute(events, AS_OF_MS).items()}
         alerts: dict[tuple[str, str], list[int]] = defaultdict(list)
         published = 0
