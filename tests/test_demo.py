@@ -1,4 +1,5 @@
-"""`rfm-worker demo` as a newcomer runs it: live changes appear, Ctrl-C stops everything."""
+"""`rfm-worker demo` as a newcomer runs it: live changes appear, the fast clock makes
+customers decay and silent regulars raise overdue alerts, Ctrl-C stops everything."""
 
 from __future__ import annotations
 
@@ -13,6 +14,15 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
+ORDER_MOVE = re.compile(r"^\s+c\d{5}\s+order\s+.+ -> .+\(\d{3}\)$", re.M)
+DECAY_MOVE = re.compile(r"^\s+c\d{5}\s+decay\s+.+ \(\d{3}\) -> .+\(\d{3}\)$", re.M)
+OVERDUE = re.compile(r"^\s+c\d{5}\s+OVERDUE\s+silent \d+ days \(usual gap \d+ days\)$", re.M)
+STATUS = re.compile(
+    r"^-- \d+s, simulated (\d{4}-\d\d-\d\d): events applied (\d+), duplicate \d+, "
+    r"dead-lettered \d+; \d+ changes received \((\d+) by decay\), (\d+) overdue alerts$",
+    re.M,
+)
+
 
 def _listening(port: int) -> bool:
     with socket.socket() as sock:
@@ -20,7 +30,7 @@ def _listening(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def test_demo_streams_changes_and_ctrl_c_stops_every_child() -> None:
+def test_demo_shows_decay_and_overdue_and_ctrl_c_stops_every_child() -> None:
     proc = subprocess.Popen(
         [sys.executable, "-m", "worker", "demo", "--customers", "300", "--rate", "50"],
         stdout=subprocess.PIPE,
@@ -29,14 +39,18 @@ def test_demo_streams_changes_and_ctrl_c_stops_every_child() -> None:
     )
     assert proc.stdout is not None
     lines: list[str] = []
-    deadline = time.monotonic() + 90
+    # The first status line comes 5 s into the live stream, long after the history was
+    # consumed: decay and overdue lines after it come from the fast clock. At 2 simulated
+    # days per second the silent regulars are all overdue within about 25 s.
+    deadline = time.monotonic() + 40
     try:
         while time.monotonic() < deadline:
             line = proc.stdout.readline()
             if not line:
                 break
             lines.append(line)
-            if any("->" in x for x in lines) and any(x.startswith("-- ") for x in lines):
+            live = "".join(lines).partition("\n-- ")[2]
+            if all(p.search(live) for p in (DECAY_MOVE, OVERDUE)):
                 break
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         rest, _ = proc.communicate(timeout=60)
@@ -45,9 +59,17 @@ def test_demo_streams_changes_and_ctrl_c_stops_every_child() -> None:
             proc.kill()
     output = "".join(lines) + rest
     assert proc.returncode == 0, output
-    assert re.search(r"^\s+c\d{5}\s+order\s+.+ -> .+\(\d{3}\)$", output, re.M), output
-    status = re.findall(r"events applied (\d+), duplicate \d+, dead-lettered (\d+)", output)
-    assert status and int(status[-1][0]) > 500, output
+    assert ORDER_MOVE.search(output), output
+    live = output.partition("\n-- ")[2]
+    assert DECAY_MOVE.search(live), output
+    assert OVERDUE.search(live), output
+    status = STATUS.findall(output)
+    assert len(status) >= 2, output
+    simulated, applied, decay, overdue = status[-1]
+    assert int(applied) > 500, output
+    assert int(decay) > int(status[0][2]) and int(overdue) > 0, output
+    # The simulated clock starts a year back: it is well behind the wall clock here.
+    assert simulated < time.strftime("%Y-%m-%d", time.gmtime(time.time() - 300 * 86400)), output
     assert "stopped the worker, the broker and Redis" in output
     broker = int(re.search(r"broker\s+127\.0\.0\.1:(\d+)", output).group(1))  # type: ignore[union-attr]
     redis_port = int(re.search(r"redis\s+redis://127\.0\.0\.1:(\d+)", output).group(1))  # type: ignore[union-attr]

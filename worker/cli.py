@@ -45,6 +45,12 @@ def _parser() -> argparse.ArgumentParser:
     d.add_argument("--customers", type=int, default=3000)
     d.add_argument("--rate", type=float, default=200, help="orders per second")
     d.add_argument("--duration", type=float, default=None, help="stop after N seconds")
+    d.add_argument(
+        "--days-per-second",
+        type=float,
+        default=2.0,
+        help="how fast the live stream's clock runs, in simulated days per second",
+    )
     w = sub.add_parser("sweep", help="one decay sweep; publishes its changes before exiting")
     w.add_argument("--once", action="store_true", required=True, help="one sweep, then exit")
     w.add_argument(
@@ -91,7 +97,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "demo":
         from worker.demo import run_demo
 
-        return run_demo(customers=args.customers, rate=args.rate, duration=args.duration)
+        return run_demo(
+            customers=args.customers,
+            rate=args.rate,
+            duration=args.duration,
+            days_per_second=args.days_per_second,
+        )
     settings = load_settings()
     profiles = Profiles.load(settings.profiles)
     if args.command == "run":
