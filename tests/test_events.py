@@ -322,6 +322,12 @@ def test_amount_is_checked_on_refunds_too() -> None:
         "2026-11-01T25:00:00Z",
         None,
         True,
+        # Valid RFC 3339, but before the epoch: bounded so that nothing later (scoring,
+        # formatting as UTC) can fail on it. The first is before year 1 once in UTC.
+        "0001-01-01T00:00:00+01:00",
+        "0001-01-01T00:00:00Z",
+        "1969-12-31T23:59:59.999Z",
+        "1970-01-01T00:59:59+01:00",
     ],
 )
 def test_invalid_timestamp(timestamp: object) -> None:

@@ -636,3 +636,54 @@ def test_scan_of_one_tenant_ignores_ids_that_look_like_its_keys(
     apply(store, profiles, [sneaky])
     assert [c.customer_id for c in store.scan_customers("t")] == []
     assert [(c.tenant, c.customer_id) for c in store.scan_customers("u")] == [("u", "x}:c:t:y")]
+
+
+# -- a bug costs one event, never the batch ---------------------------------------------------
+
+
+def test_an_event_that_raises_is_rejected_alone(
+    store: Store, profiles: Profiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bug triggered by one event (injected into the pure engine): the customer's other
+    events and every other customer of the batch are still applied."""
+    import worker.engine
+
+    real = worker.engine.rescore
+
+    def buggy(customer: Customer, *args: Any, **kw: Any) -> Any:
+        if kw.get("cause_event_id") == "poison":
+            raise ValueError("year 0 is out of range")
+        return real(customer, *args, **kw)
+
+    monkeypatch.setattr(worker.engine, "rescore", buggy)
+    events = [
+        ev(profiles, "a1", "placed", "o1", "100", customer="alice"),
+        ev(profiles, "poison", "placed", "o2", "5", customer="alice"),
+        ev(profiles, "a3", "placed", "o3", "20", customer="alice"),
+        ev(profiles, "b1", "placed", "o1", "30", customer="bob"),
+    ]
+    result = apply(store, profiles, events)
+    assert [(e.event_id, str(exc)) for e, _, exc in result.rejected] == [
+        ("poison", "year 0 is out of range")
+    ]
+    assert result.outcomes == Counter({"applied": 3})
+    assert orders(store, "alice") == 2 and money(store, "alice") == Decimal(120)
+    assert orders(store, "bob") == 1
+    # The rejected event left no trace: applying it again (fixed) is not a duplicate.
+    monkeypatch.setattr(worker.engine, "rescore", real)
+    assert apply(store, profiles, [events[1]]).outcomes == Counter({"applied": 1})
+
+
+def test_a_state_that_cannot_be_read_rejects_its_events_only(
+    store: Store, profiles: Profiles
+) -> None:
+    store.redis.set(keys.customer("default", "broken"), b'{"o": {"x": [1]}, "s": "???"')
+    events = [
+        ev(profiles, "x1", "placed", "o1", "10", customer="broken"),
+        ev(profiles, "x2", "placed", "o2", "10", customer="broken"),
+        ev(profiles, "ok", "placed", "o1", "10", customer="fine"),
+    ]
+    result = apply(store, profiles, events)
+    assert sorted(e.event_id for e, _, _ in result.rejected) == ["x1", "x2"]
+    assert orders(store, "fine") == 1
+    assert store.redis.get(keys.customer("default", "broken")) == b'{"o": {"x": [1]}, "s": "???"'

@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
+import pytest
 import redis
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
@@ -307,3 +308,27 @@ def test_sweeps_publish_what_a_batch_recomputation_gives(
         assert sweep(store, PROFILES, instants[-1], partitions={0, 1, 2})[1] == []
     finally:
         client.close()
+
+
+def test_a_customer_whose_decay_raises_is_postponed_not_blocking(
+    store: Store, profiles: Profiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import worker.store
+
+    at = T0_MS - 40 * DAY_MS
+    for i in range(4):
+        store.apply_batch([(placed(profiles, 1, f"c{i}", at), 0)], profiles, as_of_ms=at, now_ms=at)
+    real = worker.store.decay
+
+    def buggy(customer: Customer, *args: Any, **kw: Any) -> Any:
+        if customer.customer_id == "c2":
+            raise RuntimeError("boom")
+        return real(customer, *args, **kw)
+
+    monkeypatch.setattr(worker.store, "decay", buggy)
+    _done, records = sweep(store, profiles, T0_MS)
+    assert sorted(r["customer_id"] for r in records) == ["c0", "c1", "c3"]
+    assert due_of(store, "default", "c2", 0) == T0_MS + DAY_MS  # tried again tomorrow
+    monkeypatch.setattr(worker.store, "decay", real)
+    _done, records = sweep(store, profiles, T0_MS + DAY_MS)
+    assert [r["customer_id"] for r in records] == ["c2"]

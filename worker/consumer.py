@@ -208,6 +208,7 @@ class Worker:
         started = time.perf_counter()
         now = self.now_ms()
         valid: list[tuple[ValidEvent, int]] = []
+        sources: dict[int, Any] = {}  # id(event) -> its message, to dead-letter it later
         offsets: dict[tuple[str, int], int] = {}
         newest = 0
         for msg in messages:
@@ -220,6 +221,7 @@ class Worker:
                 self._dead_letter(msg, outcome)
             else:
                 valid.append((outcome, msg.partition()))
+                sources[id(outcome)] = msg
                 newest = max(newest, outcome.occurred_at)
         if valid:
             as_of = now
@@ -233,6 +235,8 @@ class Worker:
             metrics.STORE_CONFLICTS.inc(result.conflicts)
             metrics.RESCORED.labels("events").inc(result.customers)
             self.relay.publish(result.committed)
+            for event, _partition, exc in result.rejected:
+                self._internal_error(sources[id(event)], exc)
         self._await_dead_letters()
         self._done.update(offsets)
         if offsets:
@@ -245,6 +249,18 @@ class Worker:
                 logger.warning("offset commit failed (events will be redelivered): %s", exc)
         metrics.BATCH_SIZE.observe(len(messages))
         metrics.BATCH_DURATION.observe(time.perf_counter() - started)
+
+    def _internal_error(self, msg: Any, exc: Exception) -> None:
+        """An event that passed validation but raised while applied: a bug costs it alone."""
+        logger.error(
+            "event at %s[%d]@%d raised while applied; dead-lettered as internal_error",
+            msg.topic(),
+            msg.partition(),
+            msg.offset(),
+            exc_info=exc,
+        )
+        reason = f"applying the event raised {type(exc).__name__}: {exc}"
+        self._dead_letter(msg, Rejection("internal_error", " ".join(reason.split())[:500]))
 
     def _dead_letter(self, msg: Any, rejection: Rejection) -> None:
         metrics.EVENTS.labels("dead_lettered").inc()

@@ -103,6 +103,11 @@ def validate(value: bytes | None, profiles: Profiles, now_ms: int) -> ValidEvent
     except ValidationError as exc:
         return _rejection(exc, value)
     occurred = epoch_ms(ev.occurred_at)
+    if occurred < 0:  # bounded to what every later step can represent and format
+        return Rejection(
+            "invalid_timestamp",
+            f"occurred_at {ev.occurred_at.isoformat()} is before 1970-01-01T00:00:00Z",
+        )
     if occurred - now_ms > MAX_FUTURE_MS:
         return Rejection(
             "future_timestamp",

@@ -29,6 +29,7 @@ from worker.engine import Change, Result, apply_events, decay
 from worker.errors import StateError
 from worker.events import ValidEvent
 from worker.profiles import Profiles
+from worker.scoring import DAY_MS
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +61,17 @@ class BatchResult:
     committed: list[Committed] = field(default_factory=list)
     conflicts: int = 0
     customers: int = 0  # customers committed (state or due index written)
+    # Items whose decision raised (a bug, or a state the code cannot handle): left out of
+    # the commit, so one bad customer never blocks the rest of the batch.
+    failed: list[tuple[bytes, Any, Exception]] = field(default_factory=list)  # key, item
+    rejected: list[tuple[ValidEvent, int, Exception]] = field(default_factory=list)
+
+    def add(self, other: BatchResult) -> None:
+        self.outcomes.update(other.outcomes)
+        self.committed += other.committed
+        self.conflicts += other.conflicts
+        self.customers += other.customers
+        self.rejected += other.rejected
 
 
 @dataclass(slots=True)
@@ -79,6 +91,7 @@ class _Plan:
     payloads: list[bytes] = field(default_factory=list)
     outcomes: Counter[Outcome] = field(default_factory=Counter)
     customers: int = 0
+    failed: list[tuple[bytes, Any, Exception]] = field(default_factory=list)
     queued: bool = False
 
 
@@ -145,7 +158,19 @@ class Store:
                 partition=events[-1][1],
             )
 
-        return self.commit(work, decide)
+        result = self.commit(work, decide)
+        # A customer whose events raised: apply them one at a time, so only the events
+        # that raise are rejected (dead-lettered by the consumer) and the others count.
+        failed, result.failed = result.failed, []
+        for key, events, _exc in failed:
+            shard, tenant, customer_id = keys.split_customer(key)
+            for event, partition in events:
+                one = self.commit(
+                    {shard: {key: (tenant, customer_id, [(event, partition)])}}, decide
+                )
+                result.add(one)
+                result.rejected += [(event, partition, exc) for _, _, exc in one.failed]
+        return result
 
     def sweep_step(
         self,
@@ -183,7 +208,15 @@ class Store:
             profile = profiles.for_tenant(customer.tenant)
             return decay(customer, profile, as_of_ms=as_of_ms, now_ms=now_ms)
 
-        return SweepStep(self.commit(work, decide), read, exhausted)
+        result = self.commit(work, decide)
+        if result.failed:  # never decided: retry tomorrow rather than block every sweep
+            pipe = self.redis.pipeline(transaction=False)
+            for key, partition, exc in result.failed:
+                logger.error("decay of %r failed, retried in a day: %r", key, exc)
+                due_key = keys.due(keys.split_customer(key)[0], partition)
+                pipe.zadd(due_key, {key: as_of_ms + DAY_MS}, xx=True)
+            pipe.execute()
+        return SweepStep(result, read, exhausted)
 
     def index_step(self, cursor: int, count: int = 500) -> tuple[int, int]:
         """Index a chunk of customers stored before the due index existed: they are put in
@@ -247,6 +280,7 @@ class Store:
                     continue
                 result.outcomes.update(plan.outcomes)
                 result.customers += plan.customers
+                result.failed += plan.failed
                 for change, outbox, entry_id, value in zip(
                     plan.changes, plan.outboxes, reply[1:], plan.payloads, strict=True
                 ):
@@ -272,19 +306,21 @@ class Store:
         changes: list[list[int]] = []
         deltas: Counter[str] = Counter()
         for (key, (tenant, customer_id, item)), blob in zip(slot.items(), blobs, strict=True):
-            customer = Customer.decode(tenant, customer_id, blob)
-            was_in = customer.partition
-            res = decide(customer, item)
+            try:
+                res, was_in, state, values = _decide(tenant, customer_id, blob, item, decide)
+            except Exception as exc:  # a bug costs this customer's item, never the batch
+                plan.failed.append((key, item, exc))
+                continue
             plan.outcomes.update(res.outcomes)
             if not res.touched:
                 continue
-            partition = customer.partition or 0
+            partition = res.customer.partition or 0
             due_to = args.key(keys.due(shard, partition))
             customers.append(
                 [
                     args.key(key),
                     args.arg(blob or b""),
-                    args.arg(customer.encode()) if res.dirty else 0,
+                    0 if state is None else args.arg(state),
                     due_to if was_in is None else args.key(keys.due(shard, was_in)),
                     due_to,
                     "" if res.due is None else str(res.due),
@@ -295,8 +331,7 @@ class Store:
             outbox = keys.outbox(shard, partition)
             outbox_index = args.key(outbox)
             k = args.arg(customer_id.encode())
-            for change in res.changes:
-                payload = orjson.dumps(change.payload)
+            for change, payload in zip(res.changes, values, strict=True):
                 plan.changes.append(change)
                 plan.outboxes.append(outbox)
                 plan.payloads.append(payload)
@@ -399,3 +434,15 @@ class Store:
 
     def ping(self) -> bool:
         return bool(self.redis.ping())
+
+
+def _decide(
+    tenant: str, customer_id: str, blob: bytes | None, item: T, decide: Decide[T]
+) -> tuple[Result, int | None, bytes | None, list[bytes]]:
+    """Decode, decide and serialise one customer: everything that can raise for it.
+    Returns (result, the partition it was in, the new state or None, change payloads)."""
+    customer = Customer.decode(tenant, customer_id, blob)
+    was_in = customer.partition
+    res = decide(customer, item)
+    state = customer.encode() if res.dirty else None
+    return res, was_in, state, [orjson.dumps(c.payload) for c in res.changes]
