@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import socket
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -513,3 +514,34 @@ def test_invalid_profiles_file_is_one_line(
     assert out == b""
     assert len(err.splitlines()) == 1
     assert "recency_days" in err
+
+
+@pytest.mark.parametrize("policy", ["allkeys-lru", "allkeys-random"])
+def test_run_refuses_a_redis_that_evicts_customers(
+    policy: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with EmbeddedRedis() as own:
+        redis.Redis.from_url(own.url).config_set("maxmemory-policy", policy)
+        monkeypatch.setenv("RFM_REDIS_URL", own.url)
+        assert main(["run"]) == 2
+        last = capsys.readouterr().err.strip().splitlines()[-1]  # after the start log line
+        assert last.startswith("rfm-worker: configuration error: Redis's maxmemory-policy")
+        assert f"maxmemory-policy is {policy}" in last and "RFM_REDIS_ALLOW_EVICTION" in last
+
+
+def test_run_with_eviction_allowed_gets_past_the_check(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with EmbeddedRedis() as own:
+        redis.Redis.from_url(own.url).config_set("maxmemory-policy", "allkeys-lru")
+        monkeypatch.setenv("RFM_REDIS_URL", own.url)
+        monkeypatch.setenv("RFM_REDIS_ALLOW_EVICTION", "true")
+        with socket.socket() as taken:  # so that it fails next, at the HTTP bind
+            taken.bind(("127.0.0.1", 0))
+            taken.listen()
+            port = taken.getsockname()[1]
+            monkeypatch.setenv("RFM_HTTP_PORT", str(port))
+            monkeypatch.setenv("RFM_HTTP_HOST", "127.0.0.1")
+            assert main(["run"]) == 2
+        err = capsys.readouterr().err
+        assert "maxmemory-policy" not in err and f"RFM_HTTP_PORT={port}" in err

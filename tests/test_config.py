@@ -31,6 +31,8 @@ CONTRACT_DEFAULTS: dict[str, str | None] = {
     "RFM_CLOCK": "wall",
     "RFM_SWEEP_INTERVAL": "60",
     "RFM_HTTP_PORT": "9400",
+    "RFM_HTTP_HOST": "0.0.0.0",
+    "RFM_HTTP_TOKEN": None,
 }
 
 
@@ -65,6 +67,8 @@ def test_defaults_match_the_contract() -> None:
     assert s.clock == "wall"
     assert s.sweep_interval == 60
     assert s.http_port == 9400
+    assert s.http_host == CONTRACT_DEFAULTS["RFM_HTTP_HOST"]
+    assert s.http_token is None  # no token: /v1/* is served without authentication
 
 
 def test_describe_of_the_defaults_shows_every_setting() -> None:
@@ -82,6 +86,8 @@ def test_describe_of_the_defaults_shows_every_setting() -> None:
         "clock": "wall",
         "sweep_interval": 60,
         "http_port": 9400,
+        "http_host": "0.0.0.0",
+        "http_token": None,
     }
 
 
@@ -100,6 +106,8 @@ def test_every_variable_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
         "RFM_CLOCK": "event",
         "RFM_SWEEP_INTERVAL": "2.5",
         "RFM_HTTP_PORT": "9555",
+        "RFM_HTTP_HOST": "127.0.0.1",
+        "RFM_HTTP_TOKEN": PASSWORD,
     }
     assert set(values) == set(CONTRACT_DEFAULTS)
     for name, value in values.items():
@@ -118,12 +126,33 @@ def test_every_variable_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     assert s.clock == "event"
     assert s.sweep_interval == 2.5
     assert s.http_port == 9555
+    assert s.http_host == "127.0.0.1"
+    assert s.http_token is not None
+    assert s.http_token.get_secret_value() == PASSWORD
 
 
 @pytest.mark.parametrize("url", ["redis://h:1/0", "rediss://u:p@h:2/1", "unix:///tmp/redis.sock"])
 def test_accepted_redis_urls(monkeypatch: pytest.MonkeyPatch, url: str) -> None:
     monkeypatch.setenv("RFM_REDIS_URL", url)
     assert load_settings().redis_url.get_secret_value() == url
+
+
+@pytest.mark.parametrize(
+    "host", ["0.0.0.0", "127.0.0.1", "::", "::1", "10.1.2.3", "localhost", "rfm.internal."]
+)
+def test_accepted_http_hosts(monkeypatch: pytest.MonkeyPatch, host: str) -> None:
+    monkeypatch.setenv("RFM_HTTP_HOST", host)
+    assert load_settings().http_host == host
+
+
+@pytest.mark.parametrize(
+    "token", ["t", "s3cr3t-Pa55", "abc.DEF_123~+/==", "x" * 512, "!#$%&'()*,:;<>?@[]^`{|}"]
+)
+def test_accepted_http_tokens(monkeypatch: pytest.MonkeyPatch, token: str) -> None:
+    monkeypatch.setenv("RFM_HTTP_TOKEN", token)
+    s = load_settings()
+    assert s.http_token is not None
+    assert s.http_token.get_secret_value() == token
 
 
 # -- invalid values: one line naming the variable ---------------------------------------------
@@ -146,6 +175,21 @@ INVALID = [
     ("RFM_SWEEP_INTERVAL", "soon"),
     ("RFM_SWEEP_INTERVAL", "0"),
     ("RFM_KAFKA_BOOTSTRAP", ""),
+    ("RFM_HTTP_TOKEN", ""),  # empty is an error, not "authentication disabled"
+    ("RFM_HTTP_TOKEN", f"two {PASSWORD}"),  # a header cannot carry inner spaces intact
+    ("RFM_HTTP_TOKEN", f" {PASSWORD}"),
+    ("RFM_HTTP_TOKEN", f"{PASSWORD}\n"),
+    ("RFM_HTTP_TOKEN", f"{PASSWORD}\t"),
+    ("RFM_HTTP_TOKEN", f"{PASSWORD}é"),
+    ("RFM_HTTP_HOST", ""),
+    ("RFM_HTTP_HOST", " "),
+    ("RFM_HTTP_HOST", "http://0.0.0.0"),
+    ("RFM_HTTP_HOST", "0.0.0.0:9400"),
+    ("RFM_HTTP_HOST", "[::1]"),
+    ("RFM_HTTP_HOST", "two words"),
+    ("RFM_HTTP_HOST", "-bad.example"),
+    ("RFM_HTTP_HOST", "a..b"),
+    ("RFM_HTTP_HOST", "x" * 64),
 ]
 
 
@@ -162,6 +206,18 @@ def test_invalid_value_is_one_line_naming_the_variable(
     assert text.strip() == text and text
     assert PASSWORD not in text
     assert "Traceback" not in text
+
+
+def test_an_empty_http_token_says_so_and_how_to_disable_authentication(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RFM_HTTP_TOKEN", "")
+    with pytest.raises(ConfigError) as info:
+        load_settings()
+    assert str(info.value) == (
+        "invalid RFM_HTTP_TOKEN: is empty; unset it to serve /v1/* without authentication, "
+        "or set it to the bearer token clients must send"
+    )
 
 
 def test_the_first_invalid_variable_is_named_even_with_others_valid(
@@ -229,6 +285,19 @@ def test_repr_and_str_of_settings_show_no_secret(monkeypatch: pytest.MonkeyPatch
         assert PASSWORD not in text
 
 
+def test_http_token_is_masked_everywhere_settings_are_shown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RFM_HTTP_TOKEN", PASSWORD)
+    s = load_settings()
+    shown = s.describe()
+    assert shown["http_token"] == "***"  # masked, not dropped: the operator sees it is set
+    for text in (json.dumps(shown), str(shown), repr(s), str(s), repr(s.model_dump())):
+        assert PASSWORD not in text
+    assert s.http_token is not None
+    assert s.http_token.get_secret_value() == PASSWORD
+
+
 @pytest.mark.parametrize(
     ("url", "shown"),
     [
@@ -287,6 +356,24 @@ def test_cli_with_invalid_port_is_one_line_naming_the_variable() -> None:
     assert "RFM_HTTP_PORT" in line
 
 
+def test_cli_with_empty_http_token_is_one_line_naming_the_variable() -> None:
+    env = clean_environ(RFM_HTTP_TOKEN="")
+    line = assert_one_clean_line(run_cli(env, "customer", "x"))
+    assert line.startswith("rfm-worker: configuration error: invalid RFM_HTTP_TOKEN: is empty")
+
+
+def test_cli_with_invalid_http_token_is_one_line_without_the_token() -> None:
+    env = clean_environ(RFM_HTTP_TOKEN=f"{PASSWORD} {PASSWORD}")
+    line = assert_one_clean_line(run_cli(env, "customer", "x"))
+    assert "RFM_HTTP_TOKEN" in line
+
+
+def test_cli_with_invalid_http_host_is_one_line_naming_the_variable() -> None:
+    env = clean_environ(RFM_HTTP_HOST="http://0.0.0.0:9400")
+    line = assert_one_clean_line(run_cli(env, "customer", "x"))
+    assert "RFM_HTTP_HOST" in line
+
+
 def test_cli_with_bad_kafka_config_is_one_line_without_the_secret() -> None:
     env = clean_environ(RFM_KAFKA_CONFIG='{"sasl.password": "' + PASSWORD)
     line = assert_one_clean_line(run_cli(env, "export"))
@@ -317,3 +404,57 @@ def test_run_with_http_port_in_use_is_one_line(redis_server) -> None:
         f"rfm-worker: configuration error: RFM_HTTP_PORT={port}: Address already in use"
     ]
     assert "Traceback" not in proc.stderr
+
+
+def run_worker(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker", "run"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+@pytest.mark.parametrize(
+    "host",
+    [
+        "no-such-host.invalid",  # does not resolve (RFC 6761)
+        "192.0.2.1",  # TEST-NET-1: not an address of this machine
+    ],
+)
+def test_run_with_an_http_host_it_cannot_bind_is_one_line(redis_server, host: str) -> None:
+    env = {
+        **clean_environ(),
+        "RFM_HTTP_HOST": host,
+        "RFM_HTTP_PORT": "0",
+        "RFM_REDIS_URL": redis_server.url,
+        "RFM_KAFKA_BOOTSTRAP": "127.0.0.1:1",
+    }
+    proc = run_worker(env)
+    assert proc.returncode == 2
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("rfm-worker:")]
+    assert len(errors) == 1, proc.stderr
+    assert errors[0].startswith(f"rfm-worker: configuration error: RFM_HTTP_HOST={host}: ")
+    assert "Traceback" not in proc.stderr
+
+
+def test_run_logs_its_settings_without_the_http_token(redis_server) -> None:
+    with socket.socket() as busy:  # the port in use makes `run` stop right after its start log
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {
+            **clean_environ(),
+            "RFM_HTTP_HOST": "127.0.0.1",
+            "RFM_HTTP_PORT": str(port),
+            "RFM_HTTP_TOKEN": PASSWORD,
+            "RFM_REDIS_URL": redis_server.url,
+            "RFM_KAFKA_BOOTSTRAP": "127.0.0.1:1",
+        }
+        proc = run_worker(env)
+    assert proc.returncode == 2
+    assert "'http_token': '***'" in proc.stderr  # the start line shows the settings
+    assert "'http_host': '127.0.0.1'" in proc.stderr
+    assert PASSWORD not in proc.stdout + proc.stderr

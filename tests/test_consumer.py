@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 import pytest
 import redis
+from confluent_kafka import Producer
 
 from tests.conftest import Deployment
 from tests.reference import Expected, recompute
@@ -435,3 +436,69 @@ def test_second_worker_joining_mid_stream_moves_partitions_without_loss(
     assert_changes_consistent(actions)
     assert_state_matches(store, expected)
     assert first.stop() == 0 and second.stop() == 0
+
+
+def test_dead_letter_copy_too_large_for_the_topic_is_sent_without_its_value(
+    deployment: Deployment, store: Store
+):
+    """Near the broker's 1 MB limit: the DLQ copy (the value plus the rfm.* headers) no
+    longer fits, so it goes without its value, saying so; nothing else is affected."""
+    huge = b'{"pad": "' + b"x" * (999_899 - 12) + b'"}'  # fits, barely
+    events = generate(5, seed=21)
+    records = [*_records(events[:5]), (b"huge", huge), *_records(events[5:])]
+    producer_config = {"bootstrap.servers": deployment.kafka.bootstrap}
+    producer = Producer(producer_config)
+    for key, value in records:
+        producer.produce(deployment.orders, key=key, value=value, partition=0)
+    assert producer.flush(30) == 0
+    worker = deployment.worker()
+    [dead] = deployment.read(deployment.dlq, until=lambda m: len(m) >= 1)
+    headers = dict(dead.headers())
+    assert dead.value() is None and dead.key() == b"huge"
+    assert headers["rfm.error.class"] == b"oversized"
+    assert b"(999898 bytes)" in headers["rfm.error.value_dropped"]
+    assert int(headers["rfm.source.offset"]) == 5
+    assert headers["rfm.source.partition"] == b"0"
+    expected = _expected(events)
+    deployment.read(deployment.actions, until=_converged(expected))
+    assert_state_matches(store, expected)
+    assert worker.stop() == 0
+
+
+def test_dead_letter_topic_refusing_copies_stalls_and_never_skips(
+    deployment: Deployment, store: Store
+):
+    """A DLQ topic the broker refuses (here an invalid name; a missing or forbidden topic
+    behaves the same): the partition stalls, /readyz fails and says why; nothing skipped."""
+    good_dlq = deployment.dlq
+    deployment.extra_env["RFM_DLQ_TOPIC"] = "refused dlq!"
+    before, after = generate(20, seed=22), generate(20, seed=23)
+    after = [
+        {**e, "customer_id": f"late-{e['customer_id']}", "event_id": f"late-{e['event_id']}"}
+        for e in after
+    ]
+    records = [*_records(before), (b"bad", b"{not json"), *_records(after)]
+    producer = Producer({"bootstrap.servers": deployment.kafka.bootstrap})
+    for key, value in records:
+        producer.produce(deployment.orders, key=key, value=value, partition=1)
+    assert producer.flush(30) == 0
+    worker = deployment.worker()
+    deadline = time.monotonic() + 40
+    while "consumption is stalled" not in worker.log() and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert "Invalid topic" in worker.log()
+    assert _http(deployment.http_port, "/readyz")[0] == 503
+    assert _http(deployment.http_port, "/healthz")[0] == 200
+    assert "rfm_dlq_blocked 1.0" in _http(deployment.http_port, "/metrics")[1].decode()
+    worker.kill()
+
+    # With a DLQ topic that accepts it, the record is dead-lettered: it was never skipped.
+    deployment.extra_env["RFM_DLQ_TOPIC"] = good_dlq
+    second = deployment.worker()
+    [dead] = deployment.read(good_dlq, until=lambda m: len(m) >= 1)
+    assert dead.value() == b"{not json"
+    assert dict(dead.headers())["rfm.source.offset"] == str(len(_records(before))).encode()
+    expected = _expected(before + after)
+    deployment.read(deployment.actions, until=_converged(expected))
+    assert_state_matches(store, expected)
+    assert second.stop() == 0

@@ -427,3 +427,26 @@ def test_invalid_field(field: str, value: object) -> None:
 def test_long_inputs_are_abbreviated_in_the_reason() -> None:
     reason = reject(raw(event(customer_id="x" * 201)), "invalid_field").reason
     assert len(reason) < 200
+
+
+@pytest.mark.parametrize(
+    "timestamp",
+    [
+        "1700000000",  # a Unix time in a string
+        "0",
+        "1700000000.5",
+        "2024-01-01_00:00:00Z",  # not the T separator
+        "2024-01-01T00:00Z",  # no seconds
+        "+0100",
+        "2024-01-01T00:00:00+0100",  # offset without a colon
+        "2024-01-01T00:00:00",  # no offset
+        " 2024-01-01T00:00:00Z",
+    ],
+)
+def test_occurred_at_must_be_rfc3339_text(timestamp: str) -> None:
+    reject(raw(event(occurred_at=timestamp)), "invalid_timestamp")
+
+
+@pytest.mark.parametrize("amount", [" 1 ", "+1", "1.", ".5", "1_000", "٣", "１", "0x10", ""])
+def test_amount_strings_must_be_plain_decimals(amount: str) -> None:
+    reject(raw(event(amount=amount)), "invalid_amount")

@@ -1,24 +1,43 @@
 """The HTTP surface (contract section 9) against the suite's Redis: routes through Api.handle,
-and once over a real socket through serve()."""
+and over real sockets through serve(): the bearer token, path validation (no path reaches
+another tenant's customer), timeouts and limits, and the bounded rfm_customers labels."""
 
 from __future__ import annotations
 
+import hmac
+import http.client
+import ipaddress
 import json
+import logging
 import os
+import re
+import select
+import socket
+import time
 import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import closing, contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.error import HTTPError
-from urllib.parse import quote
+from urllib.parse import quote, unquote_to_bytes
 
 import orjson
 import pytest
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
 from tests.factories import valid_event
+from worker import http_api
 from worker.config import Settings
+from worker.errors import ConfigError
 from worker.events import ValidEvent, validate
 from worker.http_api import Api, serve
-from worker.profiles import Profiles
+from worker.metrics import CustomersCollector, register_customers
+from worker.profiles import TENANT_NAME, Profiles
 from worker.store import Store
 
 AS_OF = datetime(2026, 6, 1, tzinfo=UTC)
@@ -93,8 +112,8 @@ def apply(store: Store, profiles: Profiles, events: list[ValidEvent]) -> None:
     store.apply_batch([(e, 0) for e in events], profiles, as_of_ms=AS_OF_MS, now_ms=AS_OF_MS)
 
 
-def get_json(api: Api, path: str) -> tuple[int, Any]:
-    status, ctype, body = api.handle(path)
+def get_json(api: Api, path: str, authorization: str | None = None) -> tuple[int, Any]:
+    status, ctype, body, _headers = api.handle(path, authorization)
     assert ctype.startswith("application/json"), ctype
     return status, json.loads(body)
 
@@ -236,7 +255,7 @@ def test_healthz_and_readyz_follow_the_callables(api: Api, flags: Flags) -> None
 
 
 def test_metrics_is_prometheus_text(api: Api) -> None:
-    status, ctype, body = api.handle("/metrics")
+    status, ctype, body, _headers = api.handle("/metrics")
     assert status == 200
     assert ctype.startswith("text/plain")
     text = body.decode()
@@ -313,3 +332,699 @@ def test_serve_over_http(api: Api, store: Store, profiles: Profiles) -> None:
     finally:
         server.shutdown()
         server.server_close()
+
+
+# -- helpers for the tests below ----------------------------------------------------------------
+
+TOKEN = "t0k3n-Sh0uld_N3v3r.L3ak"
+
+
+@pytest.fixture
+def secured_api(
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    profiles: Profiles,
+    store: Store,
+    flags: Flags,
+) -> Api:
+    """The api with RFM_HTTP_TOKEN set."""
+    monkeypatch.setenv("RFM_HTTP_TOKEN", TOKEN)
+    store.advance_clock(AS_OF_MS)
+    return Api(Settings(), profiles, store, healthy=lambda: True, ready=lambda: True)
+
+
+@contextmanager
+def running(api: Api, **limits: Any) -> Iterator[int]:
+    """serve() on a free loopback port; yields the port."""
+    server = serve(api, port=0, host="127.0.0.1", **limits)
+    try:
+        yield server.server_address[1]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def http_get(
+    port: int, path: str, headers: dict[str, str] | None = None
+) -> tuple[int, dict[str, str], bytes]:
+    """One GET with http.client: the path goes on the request line exactly as given."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        resp = conn.getresponse()
+        return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
+    finally:
+        conn.close()
+
+
+def raw_exchange(port: int, request: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Send bytes as they are, read the response until the server closes."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(request)
+        chunks = []
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines)}
+    return int(status_line.split()[1]), headers, body
+
+
+def response_of(api: Api, path: str, authorization: str | None = None) -> tuple[int, Any, dict]:
+    status, ctype, body, headers = api.handle(path, authorization)
+    assert ctype == "application/json"
+    return status, json.loads(body), dict(headers)
+
+
+# -- authentication (RFM_HTTP_TOKEN) ------------------------------------------------------------
+
+V1_PATHS = [
+    "/v1/customers/default/67543",
+    "/v1/customers/default/nobody",
+    "/v1/matrix",
+    "/v1/matrix?tenant=default",
+    "/v1/matrix?tenant=bad:tenant",  # 401 before 400: no probing without the token
+    "/v1/customers/default:x/y",
+    "/v1/nope",
+    "/v1",
+]
+
+
+@pytest.mark.parametrize("path", V1_PATHS)
+def test_v1_without_a_token_is_401_with_a_bearer_challenge(secured_api: Api, path: str) -> None:
+    status, doc, headers = response_of(secured_api, path)
+    assert status == 401
+    assert doc["error"] == "unauthorized"
+    assert headers["WWW-Authenticate"].startswith("Bearer")
+    assert "error=" not in headers["WWW-Authenticate"]  # RFC 6750: no error when none sent
+
+
+WRONG_CREDENTIALS = [
+    "",
+    "Bearer",
+    "Bearer ",
+    "Bearer wrong",
+    f"Bearer {TOKEN}x",
+    f"Bearer {TOKEN[:-1]}",
+    f"Bearer {TOKEN.upper()}",
+    f"Bearer {TOKEN} {TOKEN}",
+    f"Basic {TOKEN}",
+    f"Token {TOKEN}",
+    TOKEN,
+    f"{TOKEN} Bearer",
+    f"Bearer {TOKEN}é",  # non-ASCII must not break the comparison (compare_digest on str)
+    "Bearer \udcff",
+]
+
+
+@pytest.mark.parametrize("authorization", WRONG_CREDENTIALS)
+def test_v1_with_a_wrong_token_is_401(
+    secured_api: Api, store: Store, profiles: Profiles, authorization: str
+) -> None:
+    apply(store, profiles, [placed(profiles, "67543", "o1", "10", 1)])
+    status, doc, headers = response_of(secured_api, "/v1/customers/default/67543", authorization)
+    assert status == 401
+    assert doc["error"] == "unauthorized"
+    assert headers["WWW-Authenticate"].startswith("Bearer")
+    assert 'error="invalid_token"' in headers["WWW-Authenticate"]
+    assert TOKEN not in json.dumps(doc)
+
+
+@pytest.mark.parametrize(
+    "authorization", [f"Bearer {TOKEN}", f"bearer {TOKEN}", f"BEARER  {TOKEN} ", f" Bearer {TOKEN}"]
+)
+def test_v1_with_the_token_is_served(
+    secured_api: Api, store: Store, profiles: Profiles, authorization: str
+) -> None:
+    apply(store, profiles, [placed(profiles, "67543", "o1", "10", 1)])
+    status, doc, _ = response_of(secured_api, "/v1/customers/default/67543", authorization)
+    assert (status, doc["customer_id"]) == (200, "67543")
+    status, doc, _ = response_of(secured_api, "/v1/matrix?tenant=default", authorization)
+    assert (status, doc["customers"]) == (200, 1)
+
+
+def test_the_token_is_compared_in_constant_time(
+    secured_api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls: list[tuple[bytes, bytes]] = []
+    compare = hmac.compare_digest
+
+    def spy(a: bytes, b: bytes) -> bool:
+        calls.append((a, b))
+        return compare(a, b)
+
+    monkeypatch.setattr(http_api.hmac, "compare_digest", spy)
+    assert response_of(secured_api, "/v1/matrix", f"Bearer {TOKEN}")[0] == 200
+    assert response_of(secured_api, "/v1/matrix", "Bearer x")[0] == 401
+    assert response_of(secured_api, "/v1/matrix", f"Basic {TOKEN}")[0] == 401
+    assert len(calls) == 3
+    assert {len(a) for a, _ in calls} == {32}  # digests: the length of the guess says nothing
+
+
+@pytest.mark.parametrize("path", ["/metrics", "/healthz", "/readyz", "/healthz?x=1"])
+def test_metrics_and_probes_need_no_token(secured_api: Api, path: str) -> None:
+    status, _ctype, _body, headers = secured_api.handle(path)
+    assert status == 200
+    assert not headers
+
+
+def test_without_a_token_v1_is_open(api: Api, store: Store, profiles: Profiles) -> None:
+    apply(store, profiles, [placed(profiles, "67543", "o1", "10", 1)])
+    for authorization in (None, "Bearer anything", "garbage"):
+        assert get_json(api, "/v1/customers/default/67543", authorization)[0] == 200
+
+
+def test_token_over_http_and_never_in_the_logs(
+    secured_api: Api, store: Store, profiles: Profiles, caplog: pytest.LogCaptureFixture
+) -> None:
+    apply(store, profiles, [placed(profiles, "67543", "o1", "10", 1)])
+    caplog.set_level(logging.DEBUG)
+    path = "/v1/customers/default/67543"
+    with running(secured_api) as port:
+        status, headers, body = http_get(port, path)
+        assert status == 401
+        assert headers["www-authenticate"].startswith("Bearer")
+        assert headers["content-type"] == "application/json"
+        assert json.loads(body)["error"] == "unauthorized"
+
+        status, headers, body = http_get(port, path, {"Authorization": f"Bearer {TOKEN}x"})
+        assert status == 401
+        assert 'error="invalid_token"' in headers["www-authenticate"]
+
+        # two Authorization headers, one of them right, are not a credential
+        status, _, _ = raw_exchange(
+            port,
+            f"GET {path} HTTP/1.0\r\nAuthorization: Bearer {TOKEN}\r\n"
+            f"Authorization: Bearer x\r\n\r\n".encode(),
+        )
+        assert status == 401
+
+        status, _, body = http_get(port, path, {"Authorization": f"Bearer {TOKEN}"})
+        assert status == 200
+        assert json.loads(body)["customer_id"] == "67543"
+
+        status, _, body = http_get(port, "/metrics")
+        assert status == 200
+        assert b"rfm_events_total" in body
+        status, _, _ = http_get(port, "/healthz")
+        assert status == 200
+    assert "http on 127.0.0.1 port" in caplog.text  # the logs were captured
+    assert TOKEN not in caplog.text
+
+
+# -- path segments: no path reaches another tenant's customer -----------------------------------
+
+# Customers whose ids look like other tenants' keys (rfm:{NN}:c:<tenant>:<customer_id>).
+LOOKALIKES = {
+    ("acme", "x"): "111.00",
+    ("default", "acme:x"): "222.00",
+    ("default", "acme/x"): "333.00",
+    ("default", "x"): "444.00",
+    ("acme", "default:acme:x"): "555.00",
+    ("..", "x"): "666.00",  # '..' is a valid tenant name: it must address only itself
+    ("default", "acme%3Ax"): "777.00",  # literally "%3A"
+    ("default", "\ufffd"): "888.00",  # what a lenient decoder makes of %ff
+    ("acme", "x\x00"): "999.00",
+}
+
+# (path, expected): (tenant, customer_id) = that customer with 200; else 404 or the 400 error.
+CONFUSION: list[tuple[str, tuple[str, str] | int | str]] = [
+    ("/v1/customers/acme/x", ("acme", "x")),
+    ("/v1/customers/default/x", ("default", "x")),
+    ("/v1/customers/default/acme:x", ("default", "acme:x")),
+    ("/v1/customers/default/acme%3Ax", ("default", "acme:x")),
+    ("/v1/customers/default/acme%3ax", ("default", "acme:x")),
+    ("/v1/customers/de%66ault/acme%3Ax", ("default", "acme:x")),
+    ("/v1/customers/default/acme%2Fx", ("default", "acme/x")),
+    ("/v1/customers/default/acme%253Ax", ("default", "acme%3Ax")),  # decoded once, not twice
+    ("/v1/customers/default/acme%25253Ax", 404),
+    ("/v1/customers/acme/default:acme:x", ("acme", "default:acme:x")),
+    ("/v1/customers/acme/x%00", ("acme", "x\x00")),
+    ("/v1/customers/default/acme/x", 404),  # an unencoded '/' ends the id
+    ("/v1/customers/default/..%2Facme%2Fx", 404),
+    ("/v1/customers/../x", ("..", "x")),
+    ("/v1/customers/%2E%2E/x", ("..", "x")),
+    ("/v1/customers/acme/x?tenant=default", ("acme", "x")),
+    ("/v1/customers/acme/x#/../../default/acme:x", 404),
+    ("/v1/customers/acme/x;default", 404),
+    ("/v1/customers/default/%EF%BF%BD", ("default", "\ufffd")),
+    ("/v1/customers/default:acme/x", "invalid_tenant"),
+    ("/v1/customers/default%3Aacme/x", "invalid_tenant"),
+    ("/v1/customers/default%3aacme/x", "invalid_tenant"),
+    ("/v1/customers/default%253Aacme/x", "invalid_tenant"),
+    ("/v1/customers/default%2Facme/x", "invalid_tenant"),
+    ("/v1/customers/acme:/x", "invalid_tenant"),
+    ("/v1/customers/..%2F../x", "invalid_tenant"),
+    ("/v1/customers/..%2Fdefault/x", "invalid_tenant"),
+    ("/v1/customers/acme%00/x", "invalid_tenant"),
+    ("/v1/customers/%00/x", "invalid_tenant"),
+    ("/v1/customers/%ff/x", "invalid_tenant"),
+    ("/v1/customers/acme%/x", "invalid_tenant"),
+    ("/v1/customers/acme%2/x", "invalid_tenant"),
+    ("/v1/customers/ac%20me/x", "invalid_tenant"),
+    ("/v1/customers/%E2%98%95/x", "invalid_tenant"),
+    ("/v1/customers//acme:x", "invalid_tenant"),
+    ("/v1/customers/" + "a" * 101 + "/x", "invalid_tenant"),
+    ("/v1/customers/acme/%ff", "invalid_customer_id"),
+    ("/v1/customers/default/%ff", "invalid_customer_id"),  # not U+FFFD's customer
+    ("/v1/customers/default/acme%3Ax%ff", "invalid_customer_id"),
+    ("/v1/customers/default/%c3%28", "invalid_customer_id"),  # invalid UTF-8
+    ("/v1/customers/default/%ed%a0%80", "invalid_customer_id"),  # an encoded surrogate
+    ("/v1/customers/default/%", "invalid_customer_id"),
+    ("/v1/customers/default/%3", "invalid_customer_id"),
+    ("/v1/customers/default/%zz", "invalid_customer_id"),
+    ("/v1/customers/default/", "invalid_customer_id"),
+    ("/v1/customers/acme/" + "x" * 201, "invalid_customer_id"),
+    ("/v1/customers/acme/" + "%78" * 201, "invalid_customer_id"),
+    ("/v1/customers/default/" + quote("acme:x" * 34, safe=""), "invalid_customer_id"),
+]
+
+
+@pytest.fixture
+def lookalikes(store: Store, profiles: Profiles) -> dict[tuple[str, str], str]:
+    events = [
+        placed(profiles, cid, "o1", amount, 5, tenant=tenant)
+        for (tenant, cid), amount in LOOKALIKES.items()
+    ]
+    apply(store, profiles, events)
+    return LOOKALIKES
+
+
+def assert_outcome(status: int, doc: Any, expected: tuple[str, str] | int | str) -> None:
+    assert status not in (500, 503), doc
+    if isinstance(expected, tuple):
+        assert status == 200, doc
+        assert (doc["tenant"], doc["customer_id"]) == expected
+        assert doc["monetary"] == LOOKALIKES[expected]
+    elif isinstance(expected, int):
+        assert status == expected, doc
+        assert doc["error"] == "not_found"
+    else:
+        assert status == 400, doc
+        assert doc["error"] == expected
+        segment = "tenant" if expected == "invalid_tenant" else "customer id"
+        assert f"the {segment} segment" in doc["detail"]
+
+
+@pytest.mark.parametrize(("path", "expected"), CONFUSION)
+def test_crafted_paths_never_reach_another_tenant(
+    api: Api, lookalikes: dict[tuple[str, str], str], path: str, expected: Any
+) -> None:
+    status, doc = get_json(api, path)
+    assert_outcome(status, doc, expected)
+
+
+def test_crafted_paths_over_http(api: Api, lookalikes: dict[tuple[str, str], str]) -> None:
+    with running(api) as port:
+        for path, expected in [*CONFUSION, ("//v1/customers/acme/x", ("acme", "x"))]:
+            status, headers, body = http_get(port, path)
+            assert headers["content-type"] == "application/json", path
+            assert_outcome(status, json.loads(body), expected)
+        # raw, unencoded non-ASCII and control bytes on the request line
+        for target in (b"/v1/customers/default/\xe2\x98\x95", b"/v1/customers/acme/x\x01"):
+            status, _, body = raw_exchange(port, b"GET " + target + b" HTTP/1.0\r\n\r\n")
+            assert status == 400, body
+
+
+def test_non_ascii_target_is_400(api: Api, lookalikes: dict[tuple[str, str], str]) -> None:
+    for path in ("/v1/customers/default/☕", "/v1/customers/acme/x\x00", "/v1/matrix?tenant=é"):
+        status, doc = get_json(api, path)
+        assert (status, doc["error"]) == (400, "bad_request"), path
+
+
+def test_customer_id_limit_is_200_characters_not_bytes(
+    api: Api, store: Store, profiles: Profiles
+) -> None:
+    longest = ["x" * 200, "☕" * 200, "%" * 200]
+    events = [
+        valid_event(
+            profiles,
+            event_id=f"e{i}",
+            kind="placed",
+            order_id="o1",
+            customer=cid,
+            occurred_at=(AS_OF - DAY).isoformat(),
+            now_ms=AS_OF_MS,
+            amount="10",
+        )
+        for i, cid in enumerate(longest)
+    ]
+    apply(store, profiles, events)
+    for cid in longest:
+        status, doc = get_json(api, customer_path("default", cid))
+        assert (status, doc["customer_id"]) == (200, cid)
+    assert get_json(api, customer_path("default", "☕" * 201))[0] == 400
+    status, doc = get_json(api, customer_path("a" * 100, "x"))
+    assert status == 404  # the longest tenant name is valid; nobody there
+
+
+_PIECES = [
+    "acme", "default", "x", ":", "%3A", "%3a", "/", "%2F", "%25", "%253A", "..", ".", "%2E",
+    "%00", "%ff", "%EF%BF%BD", "%", "%3", "acme:x", "%20", "+", "-", "_", "☕", "%E2%98%95",
+]  # fmt: skip
+_ESCAPED = re.compile(r"(?:[^%]|%[0-9A-Fa-f]{2})*")
+
+
+def _reference_decode(raw: str) -> str | None:
+    if not raw.isascii() or not _ESCAPED.fullmatch(raw):
+        return None
+    try:
+        return unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+@hsettings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    raw_tenant=st.lists(st.sampled_from(_PIECES), max_size=5).map("".join),
+    raw_id=st.lists(st.sampled_from(_PIECES), max_size=5).map("".join),
+)
+def test_any_path_reaches_only_the_customer_it_spells(
+    api: Api, lookalikes: dict[tuple[str, str], str], raw_tenant: str, raw_id: str
+) -> None:
+    status, doc = get_json(api, f"/v1/customers/{raw_tenant}/{raw_id}")
+    assert status in (200, 400, 404), doc
+    tenant, customer_id = _reference_decode(raw_tenant), _reference_decode(raw_id)
+    if not (raw_tenant + raw_id).isascii():
+        assert status == 400
+    elif "/" in raw_tenant + raw_id:
+        assert status == 404  # more than two segments: no route
+    elif tenant is None or not TENANT_NAME.fullmatch(tenant):
+        assert (status, doc["error"]) == (400, "invalid_tenant")
+    elif customer_id is None or not 1 <= len(customer_id) <= 200:
+        assert (status, doc["error"]) == (400, "invalid_customer_id")
+    elif (tenant, customer_id) in lookalikes:
+        assert status == 200
+        assert (doc["tenant"], doc["customer_id"]) == (tenant, customer_id)
+        assert doc["monetary"] == lookalikes[(tenant, customer_id)]
+    else:
+        assert status == 404
+
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "tenant=",
+        "tenant=default:x",
+        "tenant=default%3Ax",
+        "tenant=..%2Fdefault",
+        "tenant=%ff",
+        "tenant=%00",
+        "tenant=%zz",
+        "tenant=a+b",
+        "tenant=" + "a" * 101,
+        "tenant=default&tenant=acme",
+    ],
+)
+def test_matrix_with_an_invalid_tenant_is_400(
+    api: Api, lookalikes: dict[tuple[str, str], str], query: str
+) -> None:
+    status, doc = get_json(api, f"/v1/matrix?{query}")
+    assert status == 400
+    assert doc["error"] == "invalid_tenant"
+    assert "tenant parameter" in doc["detail"]
+
+
+def test_matrix_of_a_valid_tenant(api: Api, lookalikes: dict[tuple[str, str], str]) -> None:
+    for query, tenant, customers in [
+        ("tenant=acme", "acme", 3),
+        ("tenant=..", "..", 1),
+        ("tenant=%2E%2E", "..", 1),
+        ("tenant=nobody", "nobody", 0),
+        ("other=1", "default", 5),
+    ]:
+        status, doc = get_json(api, f"/v1/matrix?{query}")
+        assert (status, doc["tenant"], doc["customers"]) == (200, tenant, customers), query
+
+
+# -- timeouts and limits over a real socket -----------------------------------------------------
+
+
+def test_idle_connection_is_closed_within_the_timeout(api: Api) -> None:
+    with (
+        running(api, timeout=0.5) as port,
+        socket.create_connection(("127.0.0.1", port), timeout=10) as sock,
+    ):
+        started = time.monotonic()
+        assert sock.recv(1024) == b""  # the server closed it, having sent nothing
+        elapsed = time.monotonic() - started
+        assert 0.3 <= elapsed < 3, elapsed
+        assert http_get(port, "/healthz")[0] == 200  # and it still serves
+
+
+def test_headers_sent_slowly_are_cut_at_the_deadline(api: Api) -> None:
+    """One byte every 0.1 s never trips a per-read timeout of 0.5 s: the deadline does."""
+    with (
+        running(api, timeout=0.5) as port,
+        socket.create_connection(("127.0.0.1", port), timeout=10) as sock,
+    ):
+        started = time.monotonic()
+        sock.sendall(b"GET /healthz HTTP/1.0\r\n")
+        closed_after = None
+        for _ in range(100):  # 10 s of dripping at most
+            try:
+                sock.sendall(b"X")
+                readable, _, _ = select.select([sock], [], [], 0.1)
+                if readable and sock.recv(1024) == b"":
+                    closed_after = time.monotonic() - started
+                    break
+            except OSError:
+                closed_after = time.monotonic() - started
+                break
+        assert closed_after is not None
+        assert closed_after < 3, closed_after
+
+
+def test_idle_clients_do_not_block_others(api: Api) -> None:
+    with running(api, timeout=5) as port:
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(5)]
+        try:
+            started = time.monotonic()
+            assert http_get(port, "/healthz")[0] == 200
+            assert time.monotonic() - started < 2
+        finally:
+            for sock in idle:
+                sock.close()
+
+
+def test_too_many_connections_are_refused_at_once(api: Api) -> None:
+    with running(api, timeout=5, max_connections=2) as port:
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
+        try:
+            time.sleep(0.3)  # both accepted and holding their slot
+            with closing(socket.create_connection(("127.0.0.1", port), timeout=10)) as third:
+                reply = b""
+                while chunk := third.recv(4096):
+                    reply += chunk
+            assert reply.startswith(b"HTTP/1.0 503 ")
+            assert json.loads(reply.partition(b"\r\n\r\n")[2])["error"] == "unavailable"
+        finally:
+            for sock in idle:
+                sock.close()
+        deadline = time.monotonic() + 5  # the slots come back
+        while http_get(port, "/healthz")[0] != 200:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+
+def test_request_line_too_long_is_414(api: Api) -> None:
+    with running(api) as port:
+        started = time.monotonic()
+        path = "/v1/customers/default/" + "x" * 100_000
+        status, headers, body = raw_exchange(port, f"GET {path} HTTP/1.0\r\n\r\n".encode())
+        assert status == 414
+        assert headers["content-type"] == "application/json"
+        assert json.loads(body)["error"] == "request_uri_too_long"
+        assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize(
+    "headers",
+    [
+        "".join(f"X-Filler-{i}: {'y' * 1000}\r\n" for i in range(40)),  # 40 KB in all
+        "X-Long: " + "y" * 40_000 + "\r\n",  # one long line
+        "".join(f"X-{i}: y\r\n" for i in range(150)),  # too many headers
+    ],
+)
+def test_headers_too_large_are_431(api: Api, headers: str) -> None:
+    with running(api) as port:
+        status, _, body = raw_exchange(port, f"GET /healthz HTTP/1.0\r\n{headers}\r\n".encode())
+        assert status == 431
+        assert json.loads(body)["error"] == "request_header_fields_too_large"
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "PATCH", "OPTIONS", "FOO"])
+def test_other_methods_are_405_without_reading_the_body(api: Api, method: str) -> None:
+    with running(api, timeout=5) as port:
+        started = time.monotonic()
+        # a body of a gigabyte announced, never sent: the answer must not wait for it
+        status, headers, body = raw_exchange(
+            port,
+            f"{method} /v1/customers/default/x HTTP/1.1\r\nHost: x\r\n"
+            "Content-Length: 1000000000\r\nExpect: 100-continue\r\n\r\n".encode(),
+        )
+        assert status == 405
+        assert headers["allow"] == "GET"
+        assert json.loads(body)["error"] == "method_not_allowed"
+        assert time.monotonic() - started < 2
+
+
+def test_head_is_405_without_a_body(api: Api) -> None:
+    with running(api) as port:
+        status, headers, body = raw_exchange(port, b"HEAD /healthz HTTP/1.0\r\n\r\n")
+        assert (status, headers["allow"], body) == (405, "GET", b"")
+
+
+@pytest.mark.parametrize(
+    "header", ["Content-Length: 5", "Transfer-Encoding: chunked", "Content-Length: x"]
+)
+def test_get_with_a_body_is_400(api: Api, header: str) -> None:
+    with running(api, timeout=5) as port:
+        started = time.monotonic()
+        status, _, body = raw_exchange(port, f"GET /healthz HTTP/1.1\r\n{header}\r\n\r\n".encode())
+        assert status == 400
+        assert json.loads(body)["error"] == "bad_request"
+        assert time.monotonic() - started < 2
+
+
+def test_a_body_sent_anyway_is_drained_not_answered_with_a_reset(api: Api) -> None:
+    with running(api) as port:
+        request = b"POST /v1/matrix HTTP/1.0\r\nContent-Length: 50000\r\n\r\n" + b"z" * 50_000
+        assert raw_exchange(port, request)[0] == 405
+
+
+def test_get_without_a_body_is_served(api: Api) -> None:
+    with running(api) as port:
+        status, _, _ = raw_exchange(port, b"GET /healthz HTTP/1.1\r\nContent-Length: 0\r\n\r\n")
+        assert status == 200
+
+
+# -- the bind address (RFM_HTTP_HOST) -----------------------------------------------------------
+
+
+def _has_ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        return False
+    return True
+
+
+BIND_HOSTS = [("127.0.0.1", "127.0.0.1")]
+if _has_ipv6_loopback():  # containers without IPv6 exist; IPv4 is tested everywhere
+    BIND_HOSTS.append(("::1", "::1"))
+
+
+@pytest.mark.parametrize(("host", "bound"), BIND_HOSTS)
+def test_serve_binds_the_given_host(api: Api, host: str, bound: str) -> None:
+    server = serve(api, port=0, host=host)
+    try:
+        assert server.server_address[0] == bound
+        family = socket.AF_INET6 if ":" in bound else socket.AF_INET
+        with socket.socket(family) as sock:
+            sock.settimeout(10)
+            sock.connect((bound, server.server_address[1]))
+            sock.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")
+            assert sock.recv(1024).startswith(b"HTTP/1.0 200 ")
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_serve_on_a_host_name_binds_its_address(api: Api) -> None:
+    server = serve(api, port=0, host="localhost")
+    try:
+        assert ipaddress.ip_address(server.server_address[0]).is_loopback
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.mark.parametrize("host", ["no-such-host.invalid", "192.0.2.1"])
+def test_serve_on_a_host_it_cannot_bind_is_a_config_error(api: Api, host: str) -> None:
+    with pytest.raises(ConfigError, match=f"^RFM_HTTP_HOST={re.escape(host)}: "):
+        serve(api, port=0, host=host)
+
+
+# -- rfm_customers: bounded labels --------------------------------------------------------------
+
+
+def customers_samples(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
+    return {
+        (s.labels["tenant"], s.labels["segment"]): s.value
+        for family in registry.collect()
+        if family.name == "rfm_customers"
+        for s in family.samples
+    }
+
+
+def test_rfm_customers_keeps_profile_tenants_and_groups_the_others() -> None:
+    counts = Counter(
+        {
+            ("default", "lost"): 2,
+            ("sofa-shop", "lost"): 3,
+            ("sofa-shop", "champions"): 1,
+            ("tenant-1", "lost"): 4,
+            ("tenant-2", "lost"): 5,
+            ("tenant-3", "champions"): 6,
+            ("other", "lost"): 7,  # a tenant named like the label, without a profile
+        }
+    )
+    registry = CollectorRegistry()
+    registry.register(CustomersCollector(lambda: counts, ["default", "sofa-shop"]))
+    assert customers_samples(registry) == {
+        ("default", "lost"): 2,
+        ("sofa-shop", "lost"): 3,
+        ("sofa-shop", "champions"): 1,
+        ("other", "lost"): 16,
+        ("other", "champions"): 6,
+    }
+
+
+def test_rfm_customers_labels_stay_bounded_with_many_tenants(store: Store) -> None:
+    profiles = Profiles.from_toml(
+        """
+        [profiles.vip]
+        recency_days = [10, 20, 30, 40]
+        frequency_orders = [2, 3, 4, 5]
+        monetary = [10, 20, 30, 40]
+        """
+    )
+    tenants = ["vip", "default", *(f"shop-{i:03d}" for i in range(300))]
+    events = [placed(profiles, f"c{i}", "o1", "50", 5, tenant=t) for i, t in enumerate(tenants)]
+    apply(store, profiles, events)
+    registry = CollectorRegistry()
+    registry.register(CustomersCollector(store.segment_counts, profiles.names()))
+    samples = customers_samples(registry)
+    assert {tenant for tenant, _ in samples} == {"vip", "default", "other"}
+    assert sum(v for (t, _), v in samples.items() if t == "other") == 300
+    assert sum(samples.values()) == len(tenants)
+
+
+def test_register_customers_serves_the_bounded_labels_on_metrics(
+    api: Api, store: Store, profiles: Profiles
+) -> None:
+    apply(
+        store,
+        profiles,
+        [placed(profiles, "c", "o1", "10", 400, tenant=f"t{i}") for i in range(3)]
+        + [placed(profiles, "c", "o1", "10", 400)],
+    )
+    collector = register_customers(store.segment_counts, profiles.names())
+    try:
+        status, _ctype, body, _ = api.handle("/metrics")
+        assert status == 200
+        assert (
+            REGISTRY.get_sample_value("rfm_customers", {"tenant": "other", "segment": "lost"}) == 3
+        )
+        assert (
+            REGISTRY.get_sample_value("rfm_customers", {"tenant": "default", "segment": "lost"})
+            == 1
+        )
+        assert b'tenant="t0"' not in body
+        assert generate_latest(REGISTRY).count(b"rfm_customers{") == 2
+    finally:
+        REGISTRY.unregister(collector)

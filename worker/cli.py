@@ -59,6 +59,10 @@ def _parser() -> argparse.ArgumentParser:
         help="sweep at this RFC 3339 instant (never ahead of now; with RFM_CLOCK=event, "
         "never before the event clock, which it moves forward)",
     )
+    r = sub.add_parser("rebuild", help="replay the orders topic from the start into a clean state")
+    r.add_argument(
+        "--yes", action="store_true", help="delete the rfm-worker state Redis still holds"
+    )
     s = sub.add_parser("schemas", help="write (or verify) schemas/*.json")
     s.add_argument("--check", action="store_true", help="fail if a file differs")
     s.add_argument("--dir", type=Path, default=Path("schemas"))
@@ -107,6 +111,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     profiles = Profiles.load(settings.profiles)
     if args.command == "run":
         return run(settings, profiles)
+    if args.command == "rebuild":
+        from worker.rebuild import rebuild
+
+        return _redis_down(settings, lambda: rebuild(settings, profiles, confirmed=args.yes))
     if args.command == "sweep":
         from worker.sweeper import run_once
 
@@ -180,6 +188,25 @@ def _schemas(directory: Path, check: bool) -> int:
     return 0
 
 
+def _check_redis(store: Store, settings: Settings) -> None:
+    """Refuse a Redis that would evict customers; warn when it keeps nothing on disk."""
+    conf = store.server_config("maxmemory-policy", "appendonly", "save")
+    policy = conf["maxmemory-policy"]
+    if policy is None:
+        logger.warning("cannot read Redis's maxmemory-policy: make sure it is noeviction")
+    elif policy.startswith("allkeys-") and not settings.redis_allow_eviction:
+        raise ConfigError(
+            f"Redis's maxmemory-policy is {policy}: under memory pressure it would delete "
+            "customers without a word. Set it to noeviction (the worker then stalls until "
+            "memory is freed) or set RFM_REDIS_ALLOW_EVICTION=true to run anyway"
+        )
+    if conf["appendonly"] == "no" and conf["save"] == "":
+        logger.warning(
+            "Redis persistence is off (appendonly no, no save points): a Redis restart loses "
+            "the state; the worker will detect it and stop (see `rfm-worker rebuild`)"
+        )
+
+
 def run(settings: Settings, profiles: Profiles) -> int:
     """`rfm-worker run`: the worker, its HTTP server, and a graceful stop on signals."""
     from worker import clients, metrics
@@ -188,13 +215,14 @@ def run(settings: Settings, profiles: Profiles) -> int:
 
     logger.info("starting rfm-worker %s with %s", __version__, settings.describe())
     store = Store(clients.redis_client(settings))
+    _check_redis(store, settings)
     worker = Worker(
         settings, profiles, store, clients.consumer(settings), clients.producer(settings)
     )
-    metrics.register_customers(store.segment_counts)
+    metrics.register_customers(store.segment_counts, profiles.names())
     api = Api(settings, profiles, store, healthy=worker.is_healthy, ready=lambda: worker.ready)
     try:
-        server = serve(api, settings.http_port)
+        server = serve(api, settings.http_port, settings.http_host)
     except OSError as exc:
         worker.consumer.close()
         raise ConfigError(f"RFM_HTTP_PORT={settings.http_port}: {exc.strerror}") from None

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import re
 from typing import Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -13,6 +15,10 @@ from worker.errors import ConfigError
 
 # librdkafka properties whose values are secrets: masked wherever settings are shown.
 _SECRET_HINTS = ("password", "secret", "key", "token", "jaas", "oauthbearer")
+# RFM_HTTP_HOST: an IP address or a host name (RFC 1123 labels), never a URL or host:port.
+_HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+# RFM_HTTP_TOKEN: what an Authorization header can carry intact (visible ASCII, no space).
+_TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
 
 
 class Settings(BaseSettings):
@@ -26,10 +32,13 @@ class Settings(BaseSettings):
     dlq_topic: str = Field(default="orders.dlq", min_length=1)
     redis_url: SecretStr = SecretStr("redis://localhost:6379/0")
     redis_cluster: bool = False
+    redis_allow_eviction: bool = False
     profiles: str | None = None
     clock: Literal["wall", "event"] = "wall"
     sweep_interval: float = Field(default=60, gt=0)
     http_port: int = Field(default=9400, ge=0, le=65535)
+    http_host: str = "0.0.0.0"  # noqa: S104  (the contract's default: every interface)
+    http_token: SecretStr | None = None
 
     @field_validator("kafka_config")
     @classmethod
@@ -57,6 +66,38 @@ class Settings(BaseSettings):
             ) from None
         return value
 
+    @field_validator("http_host")
+    @classmethod
+    def _bind_address(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+        except ValueError:
+            if len(value) > 253 or not _HOST_NAME.fullmatch(value):
+                raise ValueError(
+                    "must be an IP address or a host name to bind to "
+                    "(e.g. 0.0.0.0, 127.0.0.1, ::, localhost), without scheme or port"
+                ) from None
+        return value
+
+    @field_validator("http_token")
+    @classmethod
+    def _bearer_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        token = value.get_secret_value()
+        # never echo the value: the messages describe it only
+        if not token:
+            raise ValueError(
+                "is empty; unset it to serve /v1/* without authentication, "
+                "or set it to the bearer token clients must send"
+            )
+        if not _TOKEN_CHARS.fullmatch(token):
+            raise ValueError(
+                "must be visible ASCII characters without spaces "
+                "(what an Authorization: Bearer header can carry)"
+            )
+        return value
+
     def kafka_properties(self) -> dict[str, str]:
         """Extra librdkafka properties for every client (SASL/SSL, timeouts)."""
         extra = json.loads(self.kafka_config.get_secret_value())
@@ -64,8 +105,11 @@ class Settings(BaseSettings):
 
     def describe(self) -> dict[str, object]:
         """The settings with every secret masked: safe to log."""
-        shown: dict[str, object] = self.model_dump(exclude={"kafka_config", "redis_url"})
+        shown: dict[str, object] = self.model_dump(
+            exclude={"kafka_config", "redis_url", "http_token"}
+        )
         shown["redis_url"] = mask_url(self.redis_url.get_secret_value())
+        shown["http_token"] = None if self.http_token is None else "***"
         shown["kafka_config"] = {
             k: "***" if any(h in k.lower() for h in _SECRET_HINTS) else v
             for k, v in self.kafka_properties().items()

@@ -24,17 +24,17 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import redis
-from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_INVALID, KafkaError, KafkaException, TopicPartition
 
-from worker import metrics
+from worker import keys, metrics
 from worker.config import Settings
 from worker.delivery import Deliveries
-from worker.dlq import dlq_headers
-from worker.errors import RfmError
+from worker.dlq import dlq_headers, without_value
+from worker.errors import RfmError, StateError
 from worker.events import Rejection, ValidEvent, validate
 from worker.profiles import Profiles
 from worker.relay import Relay
-from worker.store import Store
+from worker.store import Committed, Store
 from worker.sweeper import Sweeper
 
 logger = logging.getLogger(__name__)
@@ -42,6 +42,8 @@ logger = logging.getLogger(__name__)
 BATCH_SIZE = 2000
 POLL_TIMEOUT = 0.2
 DRAIN_TIMEOUT = 20.0
+MAX_BACKLOG = 50_000  # unacknowledged changes before consumption pauses
+DLQ_STALL = 5.0  # seconds of unacknowledged dead letters before the worker says so
 # Redis conditions that pass: wait and retry (never dead-letter, never crash). OOM stalls
 # the worker rather than losing data; failover (read-only replica, cluster down) too.
 REDIS_ERRORS = (
@@ -57,6 +59,10 @@ REDIS_ERRORS = (
 
 
 T = TypeVar("T")
+
+
+class DataLossError(StateError):
+    """Redis lost state that Kafka's committed offsets count as applied."""
 
 
 class BatchAbandonedError(RfmError):
@@ -87,8 +93,14 @@ class Worker:
         self.stopping = threading.Event()
         self.assigned: set[int] = set()
         self.redis_ok = True
+        self.redis_failures = 0  # Redis calls that raised, ever: tells a retried call
+        self.max_backlog = MAX_BACKLOG
+        self.paused = False
         self.heartbeat = time.monotonic()
-        self.dead_letters: Deliveries[None] = Deliveries(producer, settings.dlq_topic)
+        self.dead_letters: Deliveries[None] = Deliveries(
+            producer, settings.dlq_topic, shrink=without_value
+        )
+        self.dlq_ok = True
         self._last_lag = 0.0
         self._done: dict[tuple[str, int], int] = {}  # next offset per processed partition
         self.sweeper = Sweeper(
@@ -99,7 +111,7 @@ class Worker:
 
     @property
     def ready(self) -> bool:
-        return self.redis_ok and bool(self.assigned) and not self.stopping.is_set()
+        return self.redis_ok and self.dlq_ok and bool(self.assigned) and not self.stopping.is_set()
 
     def is_healthy(self) -> bool:
         """The loop is turning (a Redis outage keeps it turning: not ready, still alive)."""
@@ -130,8 +142,12 @@ class Worker:
                 messages = self.consumer.consume(BATCH_SIZE, POLL_TIMEOUT)
                 if messages:
                     self.process(messages)
-                self.relay.publish(self._retry_redis(lambda: self.sweeper.tick(self.assigned)))
+                if not self.paused:
+                    failures = self.redis_failures
+                    swept = self._retry_redis(lambda: self.sweeper.tick(self.assigned))
+                    self._publish(swept, self.assigned, failures)
                 self._retry_redis(self.relay.settle)
+                self._bound_backlog()
                 self._report_lag()
         except (*REDIS_ERRORS, BatchAbandonedError) as exc:
             if not self.stopping.is_set():
@@ -179,16 +195,69 @@ class Worker:
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         new = {p.partition for p in partitions}
         logger.info("assigned partitions %s", sorted(new))
+        # Start where the state is, not where Kafka's commits say: Redis may have lost
+        # writes (a failover, a restart) that the committed offsets count as applied.
+        self._retry_redis(lambda: self._reconcile(consumer, partitions))
+        consumer.assign(partitions)
+        if self.paused:
+            consumer.pause(partitions)
         # Changes a previous owner committed but did not publish go out before new ones.
         self._retry_redis(lambda: self.relay.recover(new))
         self.assigned |= new
+
+    def _reconcile(self, consumer: Any, partitions: list[TopicPartition]) -> None:
+        """Set each partition's start offset from the applied offsets stored with the state.
+
+        Behind Kafka's committed offset: seek back (replay is harmless). No record at all
+        while Kafka says events were applied and Redis holds nothing: Redis lost its data;
+        refuse to go on (DataLossError). A record missing from some shards only: those
+        shards lost their data; refuse too.
+        """
+        committed = {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=30)}
+        fields = {tp.partition: f"{tp.topic}:{tp.partition}" for tp in partitions}
+        applied = self.store.applied_offsets(list(fields.values()))
+        for tp in partitions:
+            kafka = committed.get(tp.partition, OFFSET_INVALID)
+            state, shards = applied[fields[tp.partition]]
+            if state is None:
+                if kafka > 0 and not self.store.holds_customers():
+                    raise DataLossError(
+                        f"Redis holds no customer, but the consumer group "
+                        f"{self.settings.kafka_group} has committed offset {kafka} of "
+                        f"{tp.topic}[{tp.partition}]: Redis was restarted empty or failed "
+                        "over to a replica without the data. Not consuming. Run "
+                        "`rfm-worker rebuild` to replay the orders topic into a clean state "
+                        "(it needs the topic's whole history), then start the workers again."
+                    )
+                continue  # a new partition, or state written before offsets were recorded
+            if shards < keys.SHARDS:
+                raise DataLossError(
+                    f"{keys.SHARDS - shards} of {keys.SHARDS} Redis shards hold no record of "
+                    f"{tp.topic}[{tp.partition}]: part of the state was lost (a node "
+                    "restarted empty?). Not consuming. Run `rfm-worker rebuild`."
+                )
+            if state != kafka:
+                if kafka >= 0 and state < kafka:
+                    logger.warning(
+                        "%s[%d]: the state holds events up to offset %d, Kafka's commit says "
+                        "%d (Redis lost writes): replaying from %d",
+                        tp.topic,
+                        tp.partition,
+                        state,
+                        kafka,
+                        state,
+                    )
+                tp.offset = state
 
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         gone = {p.partition for p in partitions}
         logger.info("revoked partitions %s", sorted(gone))
         # The batch in hand is done (callbacks run between batches): publish what it made,
-        # commit what was processed, so the next owner starts where this one stopped.
-        self._drain()
+        # commit what was processed, so the next owner starts where this one stopped. What
+        # cannot be published in time is abandoned here: the next owner relays it, and
+        # nothing of this worker lands after the next owner's changes.
+        if not self._drain():
+            self.relay.abandon()
         self._commit_sync({tp: o for tp, o in self._done.items() if tp[1] in gone})
         for tp in [tp for tp in self._done if tp[1] in gone]:
             del self._done[tp]
@@ -227,6 +296,7 @@ class Worker:
             as_of = now
             if self.settings.clock == "event":
                 as_of = self._retry_redis(lambda: self.store.advance_clock(newest))
+            failures = self.redis_failures
             result = self._retry_redis(
                 lambda: self.store.apply_batch(valid, self.profiles, as_of_ms=as_of, now_ms=now)
             )
@@ -234,10 +304,13 @@ class Worker:
                 metrics.EVENTS.labels(outcome_name).inc(count)
             metrics.STORE_CONFLICTS.inc(result.conflicts)
             metrics.RESCORED.labels("events").inc(result.customers)
-            self.relay.publish(result.committed)
+            self._publish(result.committed, {p for _, p in valid}, failures)
             for event, _partition, exc in result.rejected:
                 self._internal_error(sources[id(event)], exc)
         self._await_dead_letters()
+        # Fully done (state committed, dead letters acknowledged): say so next to the state.
+        applied = {f"{t}:{p}": o for (t, p), o in offsets.items()}
+        self._retry_redis(lambda: self.store.mark_applied(applied))
         self._done.update(offsets)
         if offsets:
             try:  # asynchronous: the state, not the commit, protects against redelivery
@@ -249,6 +322,35 @@ class Worker:
                 logger.warning("offset commit failed (events will be redelivered): %s", exc)
         metrics.BATCH_SIZE.observe(len(messages))
         metrics.BATCH_DURATION.observe(time.perf_counter() - started)
+
+    def _bound_backlog(self) -> None:
+        """Changes committed but not acknowledged wait in Redis (the outbox): when the
+        actions topic is unavailable, pause consuming (the group membership stays) rather
+        than grow Redis without limit; resume once most of them are out."""
+        backlog = self.relay.backlog
+        metrics.OUTBOX_SIZE.set(backlog)
+        if not self.paused and backlog > self.max_backlog:
+            self.paused = True
+            self.consumer.pause(self.consumer.assignment())
+            logger.warning(
+                "%d changes are waiting for the actions topic %s: consumption paused until "
+                "they are delivered",
+                backlog,
+                self.settings.actions_topic,
+            )
+        elif self.paused and backlog <= self.max_backlog // 2:
+            self.paused = False
+            self.consumer.resume(self.consumer.assignment())
+            logger.info("the actions topic accepts changes again: consumption resumed")
+
+    def _publish(self, committed: list[Committed], partitions: set[int], failures: int) -> None:
+        """Publish what a commit call returned. If the call had to be retried, a lost reply
+        may hide a commit that did run (the retry then found its events applied): publish
+        those partitions' outboxes now, in order, rather than at the next assignment."""
+        if self.redis_failures == failures:
+            self.relay.publish(committed)
+            return
+        self._retry_redis(lambda: self.relay.recover(partitions))
 
     def _internal_error(self, msg: Any, exc: Exception) -> None:
         """An event that passed validation but raised while applied: a bug costs it alone."""
@@ -276,16 +378,38 @@ class Worker:
         self.dead_letters.send(msg.key(), msg.value(), None, dlq_headers(msg, rejection))
 
     def _await_dead_letters(self) -> None:
-        """A record's offset is done only after its DLQ copy is acked: wait, retry failures."""
+        """A record's offset is done only after its DLQ copy is acked: wait, retry failures.
+
+        A DLQ topic that refuses copies (missing, not authorised) stalls the partitions
+        here, never skips a record: not ready, a metric, and the reason in the log.
+        """
         deadline = None
+        started = time.monotonic()
         while not self.dead_letters.settled:
+            now = time.monotonic()
             if self.stopping.is_set():
-                deadline = deadline or time.monotonic() + DRAIN_TIMEOUT
-                if time.monotonic() > deadline:
+                deadline = deadline or now + DRAIN_TIMEOUT
+                if now > deadline:
                     raise BatchAbandonedError("dead letters unacknowledged at the drain timeout")
-            self.heartbeat = time.monotonic()
+            if self.dlq_ok and now - started > DLQ_STALL:
+                self.dlq_ok = False
+                metrics.DLQ_BLOCKED.set(1)
+                metrics.READY.set(0)
+                logger.error(
+                    "dead letters to %s not acknowledged for %.0f s (%s): consumption is "
+                    "stalled until the topic accepts them (check that it exists and that "
+                    "this worker may write to it); nothing is skipped",
+                    self.settings.dlq_topic,
+                    now - started,
+                    self.dead_letters.error or "no answer from the broker",
+                )
+            self.heartbeat = now
             self.producer.poll(0.05)
             self.dead_letters.collect()
+        if not self.dlq_ok:
+            logger.info("dead letters to %s are acknowledged again", self.settings.dlq_topic)
+            self.dlq_ok = True
+            metrics.DLQ_BLOCKED.set(0)
 
     # -- helpers --------------------------------------------------------------------------
 
@@ -301,6 +425,7 @@ class Worker:
                 value = call()
             except REDIS_ERRORS as exc:
                 metrics.REDIS_ERRORS.inc()
+                self.redis_failures += 1
                 if self.redis_ok:
                     logger.error("redis unavailable, retrying with backoff: %s", exc)
                 self.redis_ok = False

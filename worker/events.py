@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -20,6 +21,8 @@ from pydantic import (
     Field,
     Strict,
     ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
     model_validator,
 )
 
@@ -31,6 +34,10 @@ MAX_FUTURE_MS = 5 * 60 * 1000  # contract: more than 5 minutes ahead of the wall
 EventType = Literal["order_placed", "order_refunded", "order_cancelled"]
 
 Id = Annotated[str, Strict(), Field(min_length=1, max_length=200)]
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+_DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?([Ee][+-]?[0-9]+)?")
 
 
 class OrderEvent(BaseModel):
@@ -54,9 +61,24 @@ class OrderEvent(BaseModel):
         description="Decimal string or number; required for order_placed and order_refunded.",
     )
     currency: Annotated[str, Strict()] | None = Field(default=None, pattern=r"^[A-Z]{3}$")
-    occurred_at: Annotated[AwareDatetime, Strict()] = Field(
-        description="RFC 3339 timestamp with an offset."
-    )
+    occurred_at: AwareDatetime = Field(description="RFC 3339 timestamp with an offset.")
+
+    @field_validator("occurred_at", mode="before")
+    @classmethod
+    def _rfc3339(cls, value: object) -> object:
+        # The datetime parser is lenient (numbers, Unix times in strings, no seconds, "_"
+        # as the separator): the contract says RFC 3339 with an offset, so hold it to that.
+        if not isinstance(value, str) or not _RFC3339.fullmatch(value):
+            raise ValueError("not an RFC 3339 timestamp with an offset")
+        return value
+
+    @field_validator("amount", mode="wrap")
+    @classmethod
+    def _decimal_text(cls, value: object, handler: ValidatorFunctionWrapHandler) -> object:
+        # Decimal() also takes " 1 ", "+1", "1.", ".5", "1_000" and non-ASCII digits.
+        if isinstance(value, str) and not _DECIMAL.fullmatch(value):
+            raise ValueError("not a decimal number (ASCII digits, a point, an exponent)")
+        return handler(value)
 
     @model_validator(mode="after")
     def _amount_where_needed(self) -> Self:

@@ -2,16 +2,36 @@
 
 A small threaded stdlib server in a daemon thread: the read API is a few Redis reads per
 request and must not share the consumer loop's thread.
+
+What a request may cost the server is bounded: GET only (any other method is a 405 and
+no body is ever read), one request per connection, the request line and headers within
+MAX_REQUEST_LINE / MAX_HEAD bytes and received within the request timeout (a client that
+sends nothing, or drips its headers, is disconnected), at most `max_connections` at once.
+
+The read API (/v1/*) requires `Authorization: Bearer <RFM_HTTP_TOKEN>` when a token is
+set; /metrics, /healthz and /readyz never do (Prometheus and probes). Path segments are
+checked before any Redis read: the tenant against the tenant grammar (which excludes ':',
+the key separator), the customer id 1..200 characters of strict UTF-8 once
+percent-decoded, so no path can address another tenant's customer.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
+import hmac
+import io
 import logging
+import re
+import socket
+import socketserver
 import threading
+import time
 from collections.abc import Callable
+from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from typing import Any, NamedTuple
+from urllib.parse import parse_qs, unquote_to_bytes
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
@@ -19,10 +39,36 @@ from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from worker import metrics as _metrics  # noqa: F401  (registers the rfm_* families)
 from worker import views
 from worker.config import Settings
-from worker.profiles import DEFAULT_TENANT, Profiles
+from worker.errors import ConfigError
+from worker.profiles import DEFAULT_TENANT, TENANT_NAME, Profiles
 from worker.store import Store
 
 logger = logging.getLogger(__name__)
+
+REQUEST_TIMEOUT = 10.0  # seconds to receive a whole request line and headers
+MAX_CONNECTIONS = 64  # connections served at once; more are refused (503) at once
+MAX_REQUEST_LINE = 8 * 1024  # bytes; a 200-character id is at most 2,400 once encoded
+MAX_HEAD = 32 * 1024  # bytes of request line and headers together
+MAX_CUSTOMER_ID = 200  # characters, as in order events (worker/events.py)
+LINGER = 1.0  # seconds, at most, to drain what a client still sends after the response
+MAX_DRAIN = 64 * 1024  # bytes drained at most; then the connection is reset
+
+_TARGET = re.compile(r"[\x21-\x7e]*")  # a request target is visible ASCII (RFC 9112)
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_TENANT_RULE = "1-100 of A-Z a-z 0-9 . _ -"
+_OPEN = frozenset({"/metrics", "/healthz", "/readyz"})  # never behind the token
+_BUSY_BODY = b'{"error":"unavailable","detail":"too many open connections"}'
+_BUSY = (
+    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY)
+)
+
+
+class Response(NamedTuple):
+    status: int
+    content_type: str
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 class Api:
@@ -38,68 +84,311 @@ class Api:
     ) -> None:
         self.settings, self.profiles, self.store = settings, profiles, store
         self.healthy, self.ready = healthy, ready
+        token = settings.http_token
+        # compared as digests: equal lengths, so the comparison time says nothing either
+        self._token_digest = (
+            None if token is None else hashlib.sha256(token.get_secret_value().encode()).digest()
+        )
 
-    def handle(self, path: str) -> tuple[int, str, bytes]:
-        url = urlsplit(path)
-        parts = url.path.split("/")
-        if url.path == "/metrics":
-            return 200, CONTENT_TYPE_LATEST, generate_latest(REGISTRY)
-        if url.path == "/healthz":
-            return self._status(self.healthy())
-        if url.path == "/readyz":
-            return self._status(self.ready())
-        if len(parts) == 5 and parts[1:3] == ["v1", "customers"] and parts[3] and parts[4]:
-            tenant, customer_id = unquote(parts[3]), unquote(parts[4])
-            as_of = views.now_ms(self.settings, self.store)
-            doc = views.lookup(self.store, self.profiles, tenant, customer_id, as_of)
-            if doc is None:
-                return _json(
-                    404,
-                    {
-                        "error": "not_found",
-                        "detail": f"no customer {customer_id!r} in tenant {tenant!r}",
-                    },
-                )
-            return _json(200, doc)
-        if url.path == "/v1/matrix":
-            tenant = parse_qs(url.query).get("tenant", [DEFAULT_TENANT])[0]
-            as_of = views.now_ms(self.settings, self.store)
-            return _json(200, views.matrix(self.store, tenant, as_of))
-        return _json(404, {"error": "not_found", "detail": f"no route {url.path}"})
+    def handle(self, target: str, authorization: str | None = None) -> Response:
+        """One GET: `target` as on the request line, `authorization` the header or None."""
+        path, _, query = target.partition("?")
+        if path in _OPEN:  # a query string selects nothing here
+            if path == "/metrics":
+                return Response(200, CONTENT_TYPE_LATEST, generate_latest(REGISTRY))
+            return self._status(self.healthy() if path == "/healthz" else self.ready())
+        if path == "/v1" or path.startswith("/v1/"):
+            denied = self._authenticate(authorization)
+            if denied is not None:
+                return denied
+        if not _TARGET.fullmatch(target):
+            return _error(400, "bad_request", "the request target must be percent-encoded ASCII")
+        parts = path.split("/")
+        if len(parts) == 5 and parts[1:3] == ["v1", "customers"]:
+            return self._customer(parts[3], parts[4])
+        if path == "/v1/matrix":
+            return self._matrix(query)
+        return _error(404, "not_found", f"no route {path[:200]}")
+
+    def _customer(self, raw_tenant: str, raw_customer_id: str) -> Response:
+        tenant = _segment(raw_tenant)
+        if tenant is None or not TENANT_NAME.fullmatch(tenant):
+            return _error(400, "invalid_tenant", f"the tenant segment must be {_TENANT_RULE}")
+        customer_id = _segment(raw_customer_id)
+        if customer_id is None or not 1 <= len(customer_id) <= MAX_CUSTOMER_ID:
+            return _error(
+                400,
+                "invalid_customer_id",
+                f"the customer id segment must be 1-{MAX_CUSTOMER_ID} characters of "
+                "percent-encoded UTF-8 ('/' as %2F)",
+            )
+        as_of = views.now_ms(self.settings, self.store)
+        doc = views.lookup(self.store, self.profiles, tenant, customer_id, as_of)
+        if doc is None:
+            return _error(404, "not_found", f"no customer {customer_id!r} in tenant {tenant!r}")
+        return _json(200, doc)
+
+    def _matrix(self, query: str) -> Response:
+        given = parse_qs(query, keep_blank_values=True).get("tenant", [DEFAULT_TENANT])
+        if len(given) != 1 or not TENANT_NAME.fullmatch(given[0]):
+            return _error(
+                400, "invalid_tenant", f"the tenant parameter must be once {_TENANT_RULE}"
+            )
+        as_of = views.now_ms(self.settings, self.store)
+        return _json(200, views.matrix(self.store, given[0], as_of))
+
+    def _authenticate(self, authorization: str | None) -> Response | None:
+        """None when the request may proceed, else the 401 (RFC 6750)."""
+        if self._token_digest is None:
+            return None
+        if authorization is None:
+            return _unauthorized('Bearer realm="rfm-worker"', "a bearer token is required")
+        scheme, _, credentials = authorization.strip().partition(" ")
+        given = hashlib.sha256(credentials.strip().encode("utf-8", "replace")).digest()
+        # compare even when the scheme is wrong: the time taken does not depend on the input
+        match = hmac.compare_digest(given, self._token_digest)
+        if match and scheme.lower() == "bearer":
+            return None
+        return _unauthorized(
+            'Bearer realm="rfm-worker", error="invalid_token"', "invalid bearer token"
+        )
 
     @staticmethod
-    def _status(ok: bool) -> tuple[int, str, bytes]:
+    def _status(ok: bool) -> Response:
         return _json(200 if ok else 503, {"status": "ok" if ok else "unavailable"})
 
 
-def _json(status: int, doc: Any) -> tuple[int, str, bytes]:
-    return status, "application/json", orjson.dumps(doc)
+def _segment(raw: str) -> str | None:
+    """A percent-decoded path segment, or None when it is not valid percent-encoded UTF-8."""
+    if _BAD_ESCAPE.search(raw):
+        return None
+    try:
+        return unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
-def serve(api: Api, port: int, host: str = "0.0.0.0") -> ThreadingHTTPServer:  # noqa: S104
-    """Start serving in a daemon thread; `server.shutdown()` stops it."""
+def _json(status: int, doc: Any, headers: tuple[tuple[str, str], ...] = ()) -> Response:
+    return Response(status, "application/json", orjson.dumps(doc), headers)
 
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
+
+def _error(status: int, error: str, detail: str) -> Response:
+    return _json(status, {"error": error, "detail": detail})
+
+
+def _unauthorized(challenge: str, detail: str) -> Response:
+    return _json(
+        401, {"error": "unauthorized", "detail": detail}, (("WWW-Authenticate", challenge),)
+    )
+
+
+class _HeadReader(io.RawIOBase):
+    """The socket as the request parser reads it: a deadline for the whole request line and
+    headers (not per recv, so dripping bytes does not extend it) and a byte budget."""
+
+    def __init__(self, sock: socket.socket, timeout: float, budget: int) -> None:
+        self._sock, self._budget = sock, budget
+        self._deadline = time.monotonic() + timeout
+        self.exhausted = False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._budget <= 0:
+            self.exhausted = True
+            return 0
+        remaining = self._deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError("request line and headers not received in time")
+        self._sock.settimeout(remaining)
+        view = memoryview(buffer)[: self._budget]
+        n = self._sock.recv_into(view)
+        self._budget -= n
+        return n
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(
+        self,
+        address: Any,
+        family: socket.AddressFamily,
+        api: Api,
+        timeout: float,
+        max_connections: int,
+    ) -> None:
+        self.address_family = family
+        self.api, self.request_timeout = api, timeout
+        self._slots = threading.BoundedSemaphore(max_connections)
+        super().__init__(address, _Handler)
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind looks the host up in DNS (getfqdn): not needed, maybe slow
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        if not self._slots.acquire(blocking=False):
+            # refused in the accepting thread: no wait of any kind here
+            logger.warning("http: too many open connections, refusing one from %s", client_address)
             try:
-                status, ctype, body = api.handle(self.path)
-            except Exception as exc:  # a broken request must not kill the server thread
-                logger.warning("GET %s failed: %s", self.path, exc)
-                status, ctype, body = _json(503, {"error": "unavailable", "detail": str(exc)})
-            self.send_response(status)
-            self.send_header("Content-Type", ctype)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
+                request.settimeout(0)
+                request.send(_BUSY)
+                request.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+            self.close_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
 
-        def log_message(self, format: str, *args: Any) -> None:
-            logger.debug("http: " + format, *args)
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
-    server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
+    def shutdown_request(self, request: Any) -> None:
+        """A lingering close: after the response, read and discard what the client still
+        sends (an unread body, the rest of a too long head), within LINGER and MAX_DRAIN,
+        so that it reads the response instead of a connection reset."""
+        try:
+            request.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + min(LINGER, self.request_timeout)
+            drained = 0
+            while drained < MAX_DRAIN and (remaining := deadline - time.monotonic()) > 0:
+                request.settimeout(remaining)
+                chunk = request.recv(16 * 1024)
+                if not chunk:
+                    break
+                drained += len(chunk)
+        except OSError:  # the timeout included
+            pass
+        self.close_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # a client that went away mid-response: no traceback on stderr
+        logger.debug("http: request from %s failed", client_address, exc_info=True)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: _Server
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.settimeout(self.server.request_timeout)
+        self.rfile.close()  # replaced by a reader with a deadline and a byte budget
+        self._head = _HeadReader(self.connection, self.server.request_timeout, MAX_HEAD)
+        self.rfile = io.BufferedReader(self._head)
+
+    def handle_one_request(self) -> None:
+        """The stdlib's, with tighter limits, GET only, and no request body ever read."""
+        self.close_connection = True  # HTTP/1.0: one request per connection
+        try:
+            self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 1)
+            if len(self.raw_requestline) > MAX_REQUEST_LINE:
+                self.requestline = self.request_version = self.command = ""
+                self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
+                return
+            if not self.raw_requestline.endswith(b"\n"):
+                return  # the client closed the connection mid-line (or before it)
+            if not self.parse_request():
+                return  # parse_request sent the error
+            if self._head.exhausted:
+                self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
+                return
+            self.connection.settimeout(self.server.request_timeout)  # to write the response
+            if self.command != "GET":
+                self._send(
+                    _error(405, "method_not_allowed", "only GET is served"),
+                    (("Allow", "GET"),),
+                )
+                return
+            if self._has_body():
+                self._send(_error(400, "bad_request", "request bodies are not accepted"))
+                return
+            self._get()
+            self.wfile.flush()
+        except TimeoutError as exc:
+            self.log_error("request timed out: %r", exc)
+
+    def _has_body(self) -> bool:
+        if "Transfer-Encoding" in self.headers:
+            return True
+        length = self.headers.get_all("Content-Length") or ["0"]
+        return any(value.strip() != "0" for value in length)
+
+    def _get(self) -> None:
+        authorization = self.headers.get_all("Authorization") or []
+        try:
+            response = self.server.api.handle(
+                self.path,
+                # two Authorization headers are not a credential
+                authorization[0] if len(authorization) == 1 else ("" if authorization else None),
+            )
+        except Exception as exc:  # a broken request must not kill the server thread
+            logger.warning("GET %s failed: %s", self.path[:300], exc)
+            response = _error(503, "unavailable", str(exc))
+        self._send(response)
+
+    def _send(self, response: Response, extra: tuple[tuple[str, str], ...] = ()) -> None:
+        self.send_response(response.status)
+        self.send_header("Content-Type", response.content_type)
+        self.send_header("Content-Length", str(len(response.body)))
+        for name, value in (*response.headers, *extra):
+            self.send_header(name, value)
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(response.body)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The stdlib's errors (bad request line, headers too large) as JSON."""
+        status = HTTPStatus(code)
+        self.log_error("code %d, message %s", code, message or status.phrase)
+        self.close_connection = True
+        name = status.phrase.lower().replace(" ", "_").replace("-", "_")
+        self._send(_error(code, name, message or status.phrase))
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug("http: " + format, *args)
+
+
+def serve(
+    api: Api,
+    port: int,
+    host: str = "0.0.0.0",  # noqa: S104  (RFM_HTTP_HOST's default)
+    *,
+    timeout: float = REQUEST_TIMEOUT,
+    max_connections: int = MAX_CONNECTIONS,
+) -> ThreadingHTTPServer:
+    """Start serving in a daemon thread; `server.shutdown()` stops it.
+
+    A host that does not resolve or is not an address of this machine is a ConfigError
+    naming RFM_HTTP_HOST; other bind errors (the port in use) are OSError.
+    """
+    try:
+        family, _, _, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise ConfigError(f"RFM_HTTP_HOST={host}: {exc.strerror}") from None
+    try:
+        server = _Server(address, family, api, timeout, max_connections)
+    except OSError as exc:
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise ConfigError(f"RFM_HTTP_HOST={host}: {exc.strerror}") from None
+        raise
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     logger.info(
-        "http on port %d: /metrics /healthz /readyz /v1/customers /v1/matrix",
+        "http on %s port %d: /metrics /healthz /readyz /v1/customers /v1/matrix (%s)",
+        host,
         server.server_address[1],
+        "bearer token required for /v1/*" if api.settings.http_token else "no authentication",
     )
     return server

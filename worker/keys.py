@@ -8,6 +8,8 @@ valid on Redis Cluster:
     rfm:{NN}:due:<partition>            zset    customer keys by the instant (epoch ms) their
                                                 score next changes by itself (the due index)
     rfm:{NN}:counts                     hash    "<tenant>\\t<rfm>\\t<segment>" -> customers
+    rfm:{NN}:applied                    hash    "<topic>:<partition>" -> the offset up to which
+                                                the shard's state holds that partition's events
     rfm:clock                           string  the event clock, epoch ms (RFM_CLOCK=event)
     rfm:due-index                       string  "1" once customers stored before the due
                                                 index existed have been indexed
@@ -25,6 +27,7 @@ import zlib
 SHARDS = 64  # hash-tag groups; fixed for the life of a deployment (it is in every key)
 CLOCK = b"rfm:clock"
 INDEXED = b"rfm:due-index"
+ALL_PATTERN = b"rfm:*"
 CUSTOMER_PATTERN = b"rfm:{*}:c:*"
 OUTBOX_PATTERN = b"rfm:{*}:outbox:*"
 _PREFIX_LEN = len("rfm:{00}:c:")
@@ -57,6 +60,10 @@ def outbox(shard: int, partition: int) -> bytes:
 
 def due(shard: int, partition: int) -> bytes:
     return f"rfm:{{{shard:02d}}}:due:{partition}".encode()
+
+
+def applied(shard: int) -> bytes:
+    return f"rfm:{{{shard:02d}}}:applied".encode()
 
 
 def counts(shard: int) -> bytes:

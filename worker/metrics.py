@@ -45,15 +45,35 @@ BATCH_SIZE = Histogram(
 STORE_CONFLICTS = Counter("rfm_store_conflicts", "Shard commits retried after a concurrent write.")
 REDIS_ERRORS = Counter("rfm_redis_errors", "Redis calls that failed and were retried.")
 OUTBOX_IN_FLIGHT = Gauge("rfm_outbox_in_flight", "Changes produced but not yet acknowledged.")
+OUTBOX_SIZE = Gauge(
+    "rfm_outbox_size",
+    "Changes committed to the outbox and not yet acknowledged by the broker (this worker).",
+)
 DELIVERY_ERRORS = Counter("rfm_delivery_errors", "Failed deliveries to Kafka, retried.", ["topic"])
 READY = Gauge("rfm_ready", "1 when the worker is consuming and its Redis answers.")
+DLQ_BLOCKED = Gauge(
+    "rfm_dlq_blocked", "1 while dead-letter copies go unacknowledged: consumption stalls."
+)
 
 
 class CustomersCollector(Collector):
-    """rfm_customers{tenant,segment}, read from the counters the commits maintain."""
+    """rfm_customers{tenant,segment}, read from the counters the commits maintain.
 
-    def __init__(self, read: Callable[[], Tally[tuple[str, str]]], ttl: float = 5.0) -> None:
+    Label values are bounded: a tenant with its own profile (`tenants`, Profiles.names())
+    keeps its name; every other tenant (any name the order events carry) is summed under
+    the one label value OTHER.
+    """
+
+    OTHER = "other"
+
+    def __init__(
+        self,
+        read: Callable[[], Tally[tuple[str, str]]],
+        tenants: list[str],
+        ttl: float = 5.0,
+    ) -> None:
         self._read, self._ttl = read, ttl
+        self._tenants = frozenset(tenants)
         self._cached: Tally[tuple[str, str]] = Tally()
         self._at = 0.0
 
@@ -63,18 +83,28 @@ class CustomersCollector(Collector):
         )
         if time.monotonic() - self._at > self._ttl:
             try:
-                self._cached, self._at = self._read(), time.monotonic()
+                self._cached, self._at = self._bounded(self._read()), time.monotonic()
             except Exception as exc:  # a scrape must not fail because Redis is down
                 logger.debug("rfm_customers kept its last values: %s", exc)
         for (tenant, segment), count in sorted(self._cached.items()):
             family.add_metric([tenant, segment], count)
         yield family
 
+    def _bounded(self, counts: Tally[tuple[str, str]]) -> Tally[tuple[str, str]]:
+        totals: Tally[tuple[str, str]] = Tally()
+        for (tenant, segment), count in counts.items():
+            label = tenant if tenant in self._tenants else self.OTHER
+            totals[(label, segment)] += count
+        return totals
+
     def describe(self) -> Iterator[Metric]:
         return iter(())
 
 
-def register_customers(read: Callable[[], Tally[tuple[str, str]]]) -> CustomersCollector:
-    collector = CustomersCollector(read)
+def register_customers(
+    read: Callable[[], Tally[tuple[str, str]]], tenants: list[str]
+) -> CustomersCollector:
+    """`tenants`: the profile names (Profiles.names()), the only tenant label values."""
+    collector = CustomersCollector(read, tenants)
     REGISTRY.register(collector)
     return collector

@@ -10,6 +10,7 @@ event of that partition is processed (`recover`, called on assignment).
 from __future__ import annotations
 
 import logging
+import time
 from collections import defaultdict
 from collections.abc import Iterable
 from typing import Any
@@ -25,12 +26,20 @@ class Relay:
     def __init__(self, store: Store, producer: Any, topic: str) -> None:
         self._store = store
         self._producer = producer
-        self._deliveries: Deliveries[tuple[bytes, bytes]] = Deliveries(producer, topic)
+        # Ordered: a customer's changes go out one at a time, in outbox order.
+        self._deliveries: Deliveries[tuple[bytes, bytes]] = Deliveries(
+            producer, topic, ordered=True
+        )
         self._trim: dict[bytes, list[bytes]] = defaultdict(list)  # acked, not yet deleted
 
     @property
     def in_flight(self) -> int:
         return self._deliveries.in_flight
+
+    @property
+    def backlog(self) -> int:
+        """Changes handed to the relay and not yet acknowledged."""
+        return self._deliveries.pending
 
     def publish(self, committed: Iterable[Committed]) -> None:
         for c in committed:
@@ -66,6 +75,21 @@ class Relay:
 
     def drain(self, timeout: float) -> bool:
         """Wait until every produced change is acknowledged and trimmed (on revoke, stop)."""
-        remaining = self._producer.flush(timeout)
-        self.settle()
-        return remaining == 0 and self._deliveries.settled
+        deadline = time.monotonic() + timeout
+        while True:  # ordered: acknowledgements release the next changes, so flush again
+            remaining = self._producer.flush(max(0.0, deadline - time.monotonic()))
+            self.settle()
+            if self._deliveries.settled or time.monotonic() >= deadline:
+                return remaining == 0 and self._deliveries.settled
+            if remaining == 0:
+                time.sleep(0.01)  # only failed changes left: their retry pause
+
+    def abandon(self) -> None:
+        """Stop publishing (revoked, drain timed out): nothing more leaves this worker;
+        what was not acknowledged stays in the outbox for the partitions' next owner."""
+        self._producer.purge(in_queue=True, in_flight=True)
+        self._producer.poll(0)
+        dropped = self._deliveries.forget()
+        logger.warning(
+            "stopped publishing %d unacknowledged change(s): left to the next owner", dropped
+        )

@@ -349,6 +349,62 @@ class Store:
         plan.queued = True
         return plan
 
+    # -- applied offsets: detecting a Redis that lost writes ---------------------------------
+
+    def mark_applied(self, offsets: Mapping[str, int]) -> None:
+        """Record, in every shard, that the state holds each "<topic>:<partition>" up to the
+        given next offset. Called once a batch is fully done (state committed, dead letters
+        acknowledged). Each shard's record lives in the shard's hash slot, on the node of
+        the state it vouches for, and is written after it: Redis replicates and persists
+        each node's writes in order, so a record that survived a failover or a restart
+        implies the state written before it did too."""
+        if not offsets:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for shard in range(keys.SHARDS):
+            pipe.hset(keys.applied(shard), mapping=dict(offsets))
+        pipe.execute()
+
+    def applied_offsets(self, fields: Sequence[str]) -> dict[str, tuple[int | None, int]]:
+        """Per field: (the lowest offset recorded over the shards, how many shards hold a
+        record). Fewer than all shards means some shard lost its data."""
+        pipe = self.redis.pipeline(transaction=False)
+        for shard in range(keys.SHARDS):
+            pipe.hmget(keys.applied(shard), list(fields))
+        rows = pipe.execute() if fields else []
+        out: dict[str, tuple[int | None, int]] = {}
+        for i, name in enumerate(fields):
+            seen = [int(row[i]) for row in rows if row[i] is not None]
+            out[name] = (min(seen) if seen else None, len(seen))
+        return out
+
+    def holds_customers(self) -> bool:
+        """Whether Redis holds any customer at all (a rare check: it may SCAN)."""
+        cursor = 0
+        while True:
+            cursor, found = self.redis.scan(cursor, match=keys.CUSTOMER_PATTERN, count=1000)
+            if found:
+                return True
+            if int(cursor) == 0:
+                return False
+
+    def wipe(self) -> int:
+        """Delete every rfm-worker key (`rebuild` only); returns how many."""
+        return self._unlink(keys.ALL_PATTERN)
+
+    def drop_outboxes(self) -> int:
+        return self._unlink(keys.OUTBOX_PATTERN)
+
+    def _unlink(self, pattern: bytes) -> int:
+        deleted = 0
+        batch: list[bytes] = []
+        for key in self.redis.scan_iter(match=pattern, count=1000):
+            batch.append(key)
+            if len(batch) >= 1000:
+                deleted += int(self.redis.unlink(*batch))
+                batch = []
+        return deleted + (int(self.redis.unlink(*batch)) if batch else 0)
+
     # -- event clock ----------------------------------------------------------------------
 
     def advance_clock(self, candidate_ms: int) -> int:
@@ -432,6 +488,18 @@ class Store:
             totals[(tenant, segment)] += count
         return totals
 
+    def server_config(self, *names: str) -> dict[str, str | None]:
+        """CONFIG GET of some server settings; None where the server does not tell (managed
+        services often disable CONFIG)."""
+        out: dict[str, str | None] = dict.fromkeys(names)
+        try:
+            for name in names:
+                for key, value in self.redis.config_get(name).items():
+                    out[_text(key)] = _text(value)
+        except redis.ResponseError:
+            pass
+        return out
+
     def ping(self) -> bool:
         return bool(self.redis.ping())
 
@@ -446,3 +514,7 @@ def _decide(
     res = decide(customer, item)
     state = customer.encode() if res.dirty else None
     return res, was_in, state, [orjson.dumps(c.payload) for c in res.changes]
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

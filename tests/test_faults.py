@@ -1,0 +1,207 @@
+"""Fault injection through the real consume path: a real broker, a real Redis, the Worker
+loop in process, with faults injected between it and them (a reply that never comes back
+after the command ran; a delivery the broker refuses). Per customer, the actions topic
+must carry a gap-free, ordered chain of changes ending at the batch recomputation, and it
+must get there without a restart or a rebalance.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+import redis
+from confluent_kafka import KafkaError
+
+from tests.conftest import Deployment
+from tests.test_consumer import (
+    _converged,
+    _expected,
+    _records,
+    assert_changes_consistent,
+    assert_state_matches,
+    generate,
+)
+from worker import clients
+from worker.config import load_settings
+from worker.consumer import Worker
+from worker.profiles import Profiles
+from worker.store import Store
+
+pytestmark = pytest.mark.integration
+
+
+class DropReplies:
+    """A Redis client whose pipelines lose the reply of chosen commit calls: the commands
+    run, then the caller sees a connection error (as after a reset or a timeout)."""
+
+    def __init__(self, client: redis.Redis, drop: set[int]) -> None:
+        self._client, self.drop, self.commits, self.dropped = client, drop, 0, 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def pipeline(self, transaction: bool = False) -> Any:
+        pipe = self._client.pipeline(transaction=transaction)
+        execute = pipe.execute
+
+        def lossy(*args: Any, **kwargs: Any) -> Any:
+            commits = any(cmd[0][0] == "EVALSHA" for cmd in pipe.command_stack)
+            replies = execute(*args, **kwargs)
+            if commits:
+                self.commits += 1
+                if self.commits in self.drop:
+                    self.dropped += 1
+                    raise redis.ConnectionError("injected: the reply was lost")
+            return replies
+
+        pipe.execute = lossy
+        return pipe
+
+
+class RefuseDeliveries:
+    """A producer that reports every `every`-th record to `topic` as failed (never sent)."""
+
+    def __init__(self, producer: Any, topic: str, every: int, limit: int) -> None:
+        self._producer, self.topic, self.every, self.limit = producer, topic, every, limit
+        self.seen = self.refused = 0
+        self._pending: list[Callable[[Any, Any], None]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._producer, name)
+
+    def produce(self, topic: str, **record: Any) -> None:
+        if topic == self.topic:
+            self.seen += 1
+            if self.seen % self.every == 0 and self.refused < self.limit:
+                self.refused += 1
+                self._pending.append(record["on_delivery"])
+                return
+        self._producer.produce(topic, **record)
+
+    def _report(self) -> None:
+        pending, self._pending = self._pending, []
+        for callback in pending:
+            callback(KafkaError(KafkaError._MSG_TIMED_OUT), None)
+
+    def poll(self, timeout: float = 0) -> int:
+        self._report()
+        return int(self._producer.poll(timeout))
+
+    def flush(self, timeout: float = 0) -> int:
+        self._report()
+        return int(self._producer.flush(timeout))
+
+
+@pytest.fixture
+def worker_in_process(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., Worker]]:
+    threads: list[tuple[Worker, threading.Thread]] = []
+
+    def start(wrap_redis: Any = None, wrap_producer: Any = None) -> Worker:
+        for name, value in deployment.env().items():
+            if name.startswith("RFM_"):
+                monkeypatch.setenv(name, value)
+        settings = load_settings()
+        client = clients.redis_client(settings)
+        producer = clients.producer(settings)
+        worker = Worker(
+            settings,
+            Profiles.builtin(),
+            Store(wrap_redis(client) if wrap_redis else client),
+            clients.consumer(settings),
+            wrap_producer(producer) if wrap_producer else producer,
+        )
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        threads.append((worker, thread))
+        return worker
+
+    yield start
+    for worker, thread in threads:
+        worker.stop()
+        thread.join(30)
+
+
+def test_lost_commit_replies_still_publish_their_changes_now(
+    deployment: Deployment, store: Store, worker_in_process: Callable[..., Worker]
+) -> None:
+    events = generate(150, seed=31)
+    expected = _expected(events)
+    lossy: list[DropReplies] = []
+
+    def wrap(client: redis.Redis) -> DropReplies:
+        lossy.append(DropReplies(client, drop={1, 2, 4, 6}))
+        return lossy[0]
+
+    worker = worker_in_process(wrap_redis=wrap)
+    deadline = time.monotonic() + 30
+    while not worker.assigned and time.monotonic() < deadline:
+        time.sleep(0.1)
+    records = _records(events)
+    for i in range(0, len(records), 60):  # several batches, several commit calls
+        deployment.produce(records[i : i + 60])
+        time.sleep(0.2)
+    actions = deployment.read(deployment.actions, until=_converged(expected), timeout=60)
+    assert lossy[0].dropped >= 3
+    assert_changes_consistent(actions)
+    assert_state_matches(store, expected)
+    assert worker.assigned  # no restart, no rebalance was needed
+
+
+def test_a_refused_change_is_never_overtaken_by_a_later_one(
+    deployment: Deployment, store: Store, worker_in_process: Callable[..., Worker]
+) -> None:
+    events = generate(80, seed=32)
+    expected = _expected(events)
+    refusing: list[RefuseDeliveries] = []
+
+    def wrap(producer: Any) -> RefuseDeliveries:
+        refusing.append(RefuseDeliveries(producer, deployment.actions, every=7, limit=30))
+        return refusing[0]
+
+    worker_in_process(wrap_producer=wrap)
+    deployment.produce(_records(events))
+    actions = deployment.read(deployment.actions, until=_converged(expected), timeout=60)
+    assert refusing[0].refused >= 10
+    assert_changes_consistent(actions)  # in topic order: each change starts where the last ended
+    assert_state_matches(store, expected)
+
+
+def test_actions_topic_unavailable_pauses_consumption_then_catches_up(
+    deployment: Deployment, store: Store, worker_in_process: Callable[..., Worker]
+) -> None:
+    """Every change refused for a while: the backlog is bounded (consumption pauses, the
+    group membership stays), then everything is published, in order, by itself."""
+    events = generate(200, seed=33)
+    expected = _expected(events)
+    refusing: list[RefuseDeliveries] = []
+
+    def wrap(producer: Any) -> RefuseDeliveries:
+        refusing.append(RefuseDeliveries(producer, deployment.actions, every=1, limit=10**9))
+        return refusing[0]
+
+    worker = worker_in_process(wrap_producer=wrap)
+    worker.max_backlog = 40
+    records = _records(events)
+    for i in range(0, len(records), 50):
+        deployment.produce(records[i : i + 50])
+    deadline = time.monotonic() + 30
+    while not worker.paused and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert worker.paused
+    held = []
+    for _ in range(10):  # paused: nothing more is consumed, the backlog stops growing
+        held.append(worker.relay.backlog)
+        time.sleep(0.2)
+    assert worker.paused and max(held) == min(held) and held[0] < len(records)
+
+    refusing[0].limit = refusing[0].refused  # the topic is back
+    actions = deployment.read(deployment.actions, until=_converged(expected), timeout=60)
+    assert not worker.paused
+    assert_changes_consistent(actions)
+    assert_state_matches(store, expected)
