@@ -82,6 +82,7 @@ def test_describe_of_the_defaults_shows_every_setting() -> None:
         "dlq_topic": "orders.dlq",
         "redis_url": "redis://localhost:6379/0",
         "redis_cluster": False,
+        "redis_allow_eviction": False,
         "profiles": None,
         "clock": "wall",
         "sweep_interval": 60,
@@ -102,6 +103,7 @@ def test_every_variable_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
         "RFM_DLQ_TOPIC": "dead-topic",
         "RFM_REDIS_URL": "rediss://cache.example:6380/2",
         "RFM_REDIS_CLUSTER": "true",
+        "RFM_REDIS_ALLOW_EVICTION": "yes",
         "RFM_PROFILES": str(profiles),
         "RFM_CLOCK": "event",
         "RFM_SWEEP_INTERVAL": "2.5",
@@ -109,7 +111,8 @@ def test_every_variable_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
         "RFM_HTTP_HOST": "127.0.0.1",
         "RFM_HTTP_TOKEN": PASSWORD,
     }
-    assert set(values) == set(CONTRACT_DEFAULTS)
+    # The contract's variables, plus the worker's own safety override.
+    assert set(values) == {*CONTRACT_DEFAULTS, "RFM_REDIS_ALLOW_EVICTION"}
     for name, value in values.items():
         monkeypatch.setenv(name, value)
     s = load_settings()
@@ -122,6 +125,7 @@ def test_every_variable_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     assert s.dlq_topic == "dead-topic"
     assert s.redis_url.get_secret_value() == "rediss://cache.example:6380/2"
     assert s.redis_cluster is True
+    assert s.redis_allow_eviction is True
     assert s.profiles == str(profiles)
     assert s.clock == "event"
     assert s.sweep_interval == 2.5

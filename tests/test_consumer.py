@@ -502,3 +502,27 @@ def test_dead_letter_topic_refusing_copies_stalls_and_never_skips(
     deployment.read(deployment.actions, until=_converged(expected))
     assert_state_matches(store, expected)
     assert second.stop() == 0
+
+
+def test_broker_unreachable_for_a_while_recovers_by_itself(deployment: Deployment, store: Store):
+    """The broker frozen (SIGSTOP: every request hangs, the group session expires) while
+    the worker runs, then back: nothing lost, nothing published twice under another id.
+    (The suite's broker keeps its data in memory, so a frozen process stands in for a
+    restart: the worker sees the same dead connections and the same group rejoin.)"""
+    events = generate(300, seed=24)
+    expected = _expected(events)
+    deployment.produce(_records(events))
+    worker = deployment.worker()
+    deployment.read(deployment.actions, until=lambda m: len(m) >= 50)
+    broker = deployment.kafka.proc
+    assert broker is not None
+    broker.send_signal(signal.SIGSTOP)
+    try:
+        time.sleep(8)
+    finally:
+        broker.send_signal(signal.SIGCONT)
+    actions = deployment.read(deployment.actions, until=_converged(expected), timeout=90)
+    assert_changes_consistent(actions)
+    assert_state_matches(store, expected)
+    assert worker.proc is not None and worker.proc.poll() is None  # recovered, no restart
+    assert worker.stop() == 0

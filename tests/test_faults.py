@@ -27,7 +27,7 @@ from tests.test_consumer import (
 )
 from worker import clients
 from worker.config import load_settings
-from worker.consumer import Worker
+from worker.consumer import DRAIN_TIMEOUT, Worker
 from worker.profiles import Profiles
 from worker.store import Store
 
@@ -116,7 +116,7 @@ def worker_in_process(
             clients.consumer(settings),
             wrap_producer(producer) if wrap_producer else producer,
         )
-        thread = threading.Thread(target=worker.run, daemon=True)
+        thread = threading.Thread(target=worker.run, name=f"worker-{id(worker)}", daemon=True)
         thread.start()
         threads.append((worker, thread))
         return worker
@@ -205,3 +205,26 @@ def test_actions_topic_unavailable_pauses_consumption_then_catches_up(
     assert not worker.paused
     assert_changes_consistent(actions)
     assert_state_matches(store, expected)
+
+
+def test_sigterm_in_the_worst_case_stays_within_the_grace_period(
+    deployment: Deployment, worker_in_process: Callable[..., Worker]
+) -> None:
+    """Nothing can be delivered (the DLQ topic refuses copies, every change is refused)
+    when the stop comes: the worker still exits within DRAIN_TIMEOUT and a few seconds,
+    leaving the batch uncommitted (it is consumed again) and the changes in the outbox."""
+    deployment.extra_env["RFM_DLQ_TOPIC"] = "refused dlq!"
+    worker = worker_in_process(
+        wrap_producer=lambda p: RefuseDeliveries(p, deployment.actions, every=1, limit=10**9)
+    )
+    deployment.produce([*_records(generate(30, seed=34)), (b"bad", b"{not json")])
+    deadline = time.monotonic() + 40
+    while worker.dlq_ok and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not worker.dlq_ok and worker.relay.backlog > 0
+    started = time.monotonic()
+    worker.stop()
+    [loop] = [t for t in threading.enumerate() if t.name == f"worker-{id(worker)}"]
+    loop.join(timeout=40)
+    assert not loop.is_alive()
+    assert time.monotonic() - started < DRAIN_TIMEOUT + 5

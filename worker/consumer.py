@@ -41,7 +41,7 @@ logger = logging.getLogger(__name__)
 
 BATCH_SIZE = 2000
 POLL_TIMEOUT = 0.2
-DRAIN_TIMEOUT = 20.0
+DRAIN_TIMEOUT = 20.0  # once stopping: all the waiting (dead letters, relay) fits in this
 MAX_BACKLOG = 50_000  # unacknowledged changes before consumption pauses
 DLQ_STALL = 5.0  # seconds of unacknowledged dead letters before the worker says so
 # Redis conditions that pass: wait and retry (never dead-letter, never crash). OOM stalls
@@ -91,6 +91,7 @@ class Worker:
         self.relay = Relay(store, producer, settings.actions_topic)
         self.now_ms = now_ms
         self.stopping = threading.Event()
+        self._stop_by = 0.0
         self.assigned: set[int] = set()
         self.redis_ok = True
         self.redis_failures = 0  # Redis calls that raised, ever: tells a retried call
@@ -118,7 +119,14 @@ class Worker:
         return time.monotonic() - self.heartbeat < 60
 
     def stop(self) -> None:
+        self._stop_by = time.monotonic() + DRAIN_TIMEOUT
         self.stopping.set()
+
+    def _time_left(self) -> float:
+        """Seconds left to drain: the whole budget until stop() is called."""
+        if not self.stopping.is_set():
+            return DRAIN_TIMEOUT
+        return max(0.5, self._stop_by - time.monotonic())
 
     def clock(self) -> int:
         """Now as scores see it: the wall clock, or the event clock (RFM_CLOCK=event)."""
@@ -173,7 +181,7 @@ class Worker:
 
     def _drain(self) -> bool:
         try:
-            return self.relay.drain(DRAIN_TIMEOUT)
+            return self.relay.drain(self._time_left())
         except REDIS_ERRORS as exc:  # acknowledged entries stay; relayed again later
             logger.warning("could not trim the outbox: %s", exc)
             return False
@@ -383,14 +391,11 @@ class Worker:
         A DLQ topic that refuses copies (missing, not authorised) stalls the partitions
         here, never skips a record: not ready, a metric, and the reason in the log.
         """
-        deadline = None
         started = time.monotonic()
         while not self.dead_letters.settled:
             now = time.monotonic()
-            if self.stopping.is_set():
-                deadline = deadline or now + DRAIN_TIMEOUT
-                if now > deadline:
-                    raise BatchAbandonedError("dead letters unacknowledged at the drain timeout")
+            if self.stopping.is_set() and now > self._stop_by:
+                raise BatchAbandonedError("dead letters unacknowledged at the drain timeout")
             if self.dlq_ok and now - started > DLQ_STALL:
                 self.dlq_ok = False
                 metrics.DLQ_BLOCKED.set(1)
