@@ -326,7 +326,7 @@ def check(store: Store, events: dict[str, Spec], batches: list[list[bytes]]) -> 
             assert agg is not None
             assert (agg.first_order_at, agg.last_order_at) == (exp.first, exp.last)
             assert agg.orders_lifetime == exp.lifetime
-            assert agg.order_times == exp.times
+            assert tuple(agg.order_times) == exp.times
             assert Decimal(agg.monetary) * UNIT == exp.monetary
             assert stored.published is not None
             pub = stored.published

@@ -15,6 +15,8 @@ retries after timeouts and replays harmless without any offset bookkeeping.
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -37,8 +39,38 @@ class Order:
         return self.placed_at is not None and not self.cancelled
 
     @property
+    def counted_as(self) -> tuple[int, int] | None:
+        """(placed_at, value) while the order counts; None when it does not."""
+        if self.placed_at is None or self.cancelled:
+            return None
+        return self.placed_at, self.value
+
+    @property
     def value(self) -> int:
         return max(0, (self.amount or 0) - sum(self.refunds.values()))
+
+
+def _merge(order: Order, event: ValidEvent) -> Outcome:
+    """Merge one event into its order (the rules in the module docstring)."""
+    kind = event.type
+    if kind == "order_cancelled":
+        if order.cancelled:
+            return "duplicate"
+        order.cancelled = True
+        return "applied"
+    assert event.amount is not None  # validated for placed and refunded
+    if kind == "order_placed":
+        if order.placed_at is not None:
+            assert order.amount is not None
+            if (event.occurred_at, event.amount) >= (order.placed_at, order.amount):
+                return "duplicate"
+        order.placed_at, order.amount = event.occurred_at, event.amount
+        return "applied"
+    # order_refunded
+    if event.digest in order.refunds:
+        return "duplicate"
+    order.refunds[event.digest] = event.amount
+    return "applied"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +93,9 @@ class Aggregates:
     last_order_at: int
     orders_lifetime: int
     monetary: int  # money units
-    order_times: tuple[int, ...]  # placed_at of the counted orders, ascending
+    # placed_at of the counted orders, ascending; a read-only view of the customer's own
+    # list (copying it would cost O(orders) per event)
+    order_times: Sequence[int]
 
 
 @dataclass(slots=True)
@@ -73,45 +107,43 @@ class Customer:
     partition: int | None = None  # partition of the customer's latest event
     scored_at: int | None = None  # as_of of the last commit that scored it (epoch ms)
     alerted: int | None = None  # last_order_at of the silence last alerted as overdue
+    # Counted orders' times (sorted) and net spend, built on first use and then kept up to
+    # date by `apply`, so an event costs O(log orders), not a pass over every order.
+    _times: list[int] | None = field(default=None, repr=False, compare=False)
+    _monetary: int = field(default=0, repr=False, compare=False)
 
     def apply(self, event: ValidEvent) -> Outcome:
         """Merge one event. Returns 'duplicate' when the event was already part of the state."""
         order = self.orders.get(event.order_id)
         if order is None:
             order = self.orders[event.order_id] = Order()
-        kind = event.type
-        if kind == "order_cancelled":
-            if order.cancelled:
-                return "duplicate"
-            order.cancelled = True
-            return "applied"
-        assert event.amount is not None  # validated for placed and refunded
-        if kind == "order_placed":
-            if order.placed_at is not None:
-                assert order.amount is not None
-                if (event.occurred_at, event.amount) >= (order.placed_at, order.amount):
-                    return "duplicate"
-            order.placed_at, order.amount = event.occurred_at, event.amount
-            return "applied"
-        # order_refunded
-        if event.digest in order.refunds:
-            return "duplicate"
-        order.refunds[event.digest] = event.amount
-        return "applied"
+        before = order.counted_as
+        outcome = _merge(order, event)
+        if outcome == "applied" and self._times is not None:
+            self._move(before, order.counted_as)
+        return outcome
+
+    def _move(self, before: tuple[int, int] | None, after: tuple[int, int] | None) -> None:
+        """Keep the aggregates in step with one order going from `before` to `after`
+        (each (placed_at, value) while it counts, None when it does not)."""
+        assert self._times is not None
+        if before is not None:
+            del self._times[bisect_left(self._times, before[0])]
+            self._monetary -= before[1]
+        if after is not None:
+            insort(self._times, after[0])
+            self._monetary += after[1]
 
     def aggregates(self) -> Aggregates | None:
         """First/last order, count and net spend over counted orders; None if there are none."""
-        times: list[int] = []
-        monetary = 0
-        for order in self.orders.values():
-            if order.counted:
-                assert order.placed_at is not None
-                times.append(order.placed_at)
-                monetary += order.value
+        if self._times is None:
+            counted = [c for o in self.orders.values() if (c := o.counted_as) is not None]
+            self._times = sorted(at for at, _ in counted)
+            self._monetary = sum(value for _, value in counted)
+        times = self._times
         if not times:
             return None
-        times.sort()
-        return Aggregates(times[0], times[-1], len(times), monetary, tuple(times))
+        return Aggregates(times[0], times[-1], len(times), self._monetary, times)
 
     # -- codec: a compact JSON blob, one Redis string per customer ---------------------------
 
