@@ -545,3 +545,13 @@ def test_run_with_eviction_allowed_gets_past_the_check(
             assert main(["run"]) == 2
         err = capsys.readouterr().err
         assert "maxmemory-policy" not in err and f"RFM_HTTP_PORT={port}" in err
+
+
+@pytest.mark.parametrize("command", [["sweep", "--once"], ["rebuild", "--yes"]])
+def test_kafka_unreachable_is_one_line(
+    command: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("RFM_KAFKA_BOOTSTRAP", "127.0.0.1:1")
+    assert main(command) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("rfm-worker: Kafka at 127.0.0.1:1 (RFM_KAFKA_BOOTSTRAP) is unavailable")

@@ -13,6 +13,7 @@ from types import FrameType
 
 import orjson
 import redis
+from confluent_kafka import KafkaException
 
 from worker import __version__, logs, schemas, views
 from worker.config import Settings, load_settings, mask_url
@@ -127,9 +128,16 @@ def _dispatch(args: argparse.Namespace) -> int:
 
 
 def _redis_down(settings: Settings, command: Callable[[], int]) -> int:
-    """Run a command; an unreachable Redis is one clear line and exit 2."""
+    """Run a command; an unreachable Redis or Kafka is one clear line and exit 2."""
     try:
         return command()
+    except KafkaException as exc:
+        print(
+            f"rfm-worker: Kafka at {settings.kafka_bootstrap} (RFM_KAFKA_BOOTSTRAP) is "
+            f"unavailable: {exc.args[0].str() if exc.args else exc}",
+            file=sys.stderr,
+        )
+        return 2
     except (redis.ConnectionError, redis.TimeoutError) as exc:
         url = mask_url(settings.redis_url.get_secret_value())
         reason = " ".join(str(exc).split())
