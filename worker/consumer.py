@@ -17,6 +17,7 @@ backoff and reports not ready); nothing is dead-lettered because of them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -269,7 +270,7 @@ class Worker:
         self._commit_sync({tp: o for tp, o in self._done.items() if tp[1] in gone})
         for tp in [tp for tp in self._done if tp[1] in gone]:
             del self._done[tp]
-        self.assigned -= gone
+        self._forget(gone)
 
     def _on_lost(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         # Lost, not revoked: another member may own them already. Commit nothing.
@@ -277,7 +278,14 @@ class Worker:
         logger.warning("lost partitions %s", sorted(gone))
         for tp in [tp for tp in self._done if tp[1] in gone]:
             del self._done[tp]
+        self._forget(gone)
+
+    def _forget(self, gone: set[int]) -> None:
+        """Partitions no longer ours: their lag is another worker's to report."""
         self.assigned -= gone
+        for partition in gone:
+            with contextlib.suppress(KeyError):
+                metrics.CONSUMER_LAG.remove(str(partition))
 
     # -- one batch ----------------------------------------------------------------------
 
