@@ -31,8 +31,10 @@ schemas: $(STAMP)
 unit: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not integration"
 
+# Every benchmark in one run (a few minutes): a markdown table on stdout, JSON in
+# BENCH_OUT (default bench-results.json); sizes via BENCH_* (see tests/benchmarks/run.py).
 bench: $(STAMP)
-	$(BIN)/python tests/bench_sweep.py
+	$(BIN)/python tests/benchmarks/run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,0 +1,204 @@
+"""Latency from producing an order event to reading its `rfm.changed` on the actions topic.
+
+The real worker (`python -m worker run`) runs on a fresh broker and Redis; once it is
+ready, this script produces order events at a steady BENCH_LATENCY_RATE (5,000 events/s)
+for BENCH_LATENCY_S (30 s), in ticks of 10 ms, each event for a new customer, so every
+event moves a score and yields exactly one change. The produce wall time (ns) is part of
+the event_id, which the change carries back as `cause_event_id`; a consumer in a thread
+reads the actions topic and notes the wall time each batch of records arrives. Latency is
+the difference: produce -> broker -> worker (validate, commit, outbox) -> relay -> broker
+-> reader, the path an automation engine downstream sees. p50, p99 and max over every
+event, after a 1-second warm-up at the same rate that is not counted.
+
+The test producer lingers 1 ms (the upstream services' batching is not the worker's
+latency); the reader fetches with fetch.wait.max.ms=10 and a 5 ms consume() timeout. The
+worker keeps its own settings (tests/conftest.py), unless BENCH_LATENCY_FETCH_WAIT_MS
+gives its consumer a fetch.wait.max.ms: on Tansu a fetch with librdkafka's default (500)
+is answered ~200 ms later even when records arrive meanwhile, which a Kafka broker does
+not do (it answers as soon as fetch.min.bytes are there).
+
+    .venv/bin/python tests/benchmarks/run.py --only latency
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import uuid
+from typing import Any
+
+import orjson
+from common import (
+    KAFKA_CONFIG,
+    Config,
+    Row,
+    Section,
+    Stack,
+    days_ago,
+    event_json,
+    partition_of,
+    rng_cents,
+    say,
+)
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+
+from worker.clients import produce
+
+TICK_S = 0.01
+WARMUP_S = 1.0
+DRAIN_S = 30.0  # after the last event: how long to wait for the last changes
+
+
+class Reader(threading.Thread):
+    """Reads the actions topic from its start; records arrival wall time per cause event."""
+
+    def __init__(self, bootstrap: str, topic: str, partitions: int) -> None:
+        super().__init__(daemon=True)
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": bootstrap,
+                "group.id": f"latency-{uuid.uuid4().hex[:8]}",
+                "enable.auto.commit": False,
+                "fetch.wait.max.ms": 10,
+            }
+        )
+        self.consumer.assign(
+            [TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(partitions)]
+        )
+        self.arrived: dict[str, int] = {}  # cause_event_id -> wall ns when read
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self.stopping.is_set():
+                # consume() returns when it has 1,000 records or after its timeout: keep
+                # the timeout short, it delays the arrival time of what it got first
+                messages = self.consumer.consume(1000, 0.005)
+                at = time.time_ns()  # before parsing: parsing is the reader's cost
+                for msg in messages:
+                    value = msg.value()
+                    if msg.error() or not value:
+                        continue
+                    cause = orjson.loads(value).get("cause_event_id")
+                    if cause:
+                        self.arrived[cause] = at
+        finally:
+            self.consumer.close()
+
+
+def percentile(sorted_values: list[float], q: float) -> float:
+    """Nearest-rank percentile of an ascending list."""
+    index = max(0, min(len(sorted_values) - 1, round(q * len(sorted_values)) - 1))
+    return sorted_values[index]
+
+
+class Source:
+    """Order events for new customers at a steady rate, the produce wall time (ns) in
+    each event_id."""
+
+    def __init__(self, bootstrap: str, topic: str, rate: int) -> None:
+        self.producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 1})
+        self.topic = topic
+        self.per_tick = max(1, round(rate * TICK_S))
+        self.occurred = days_ago(1)
+        self.rng = random.Random(7)
+        self.seq = 0
+        self.produced: dict[str, int] = {}  # measured event_id -> produce wall ns
+
+    def burst(self, measured: bool) -> None:
+        for _ in range(self.per_tick):
+            self.seq += 1
+            customer = f"lat-c{self.seq}"
+            ns = time.time_ns()
+            event_id = f"lat-{self.seq}-{ns}"
+            value = event_json(
+                event_id, f"lat-o{self.seq}", customer, rng_cents(self.rng), self.occurred
+            )
+            key = customer.encode()
+            produce(self.producer, self.topic, key=key, value=value, partition=partition_of(key))
+            if measured:
+                self.produced[event_id] = ns
+        self.producer.poll(0)
+
+    def paced(self, seconds: float, measured: bool) -> float:
+        """A burst every TICK_S for `seconds`; returns the achieved duration."""
+        start = time.monotonic()
+        for tick in range(round(seconds / TICK_S)):
+            time.sleep(max(0.0, start + tick * TICK_S - time.monotonic()))
+            self.burst(measured)
+        return time.monotonic() - start
+
+    def close(self) -> None:
+        self.producer.flush(30)
+        del self.producer  # before the broker stops (else librdkafka logs the disconnect)
+
+
+def run(cfg: Config) -> Section:
+    with Stack() as stack:
+        topics = stack.topics("lat")
+        extra: dict[str, str] = {}
+        if cfg.latency_fetch_wait_ms > 0:
+            kafka = {**orjson.loads(KAFKA_CONFIG), "fetch.wait.max.ms": cfg.latency_fetch_wait_ms}
+            extra["RFM_KAFKA_CONFIG"] = orjson.dumps(kafka).decode()
+        worker = stack.worker(topics, extra_env=extra)
+        worker.wait_ready()
+        reader = Reader(stack.bootstrap, topics.actions, 4)
+        reader.start()
+        source = Source(stack.bootstrap, topics.orders, cfg.latency_rate)
+        say(f"  producing {cfg.latency_rate:,} events/s for {cfg.latency_s:.0f} s")
+        source.paced(WARMUP_S, measured=False)
+        produce_s = source.paced(cfg.latency_s, measured=True)
+        source.close()
+        produced = source.produced
+        deadline = time.monotonic() + DRAIN_S
+        while time.monotonic() < deadline and not all(e in reader.arrived for e in produced):
+            time.sleep(0.2)
+        reader.stopping.set()
+        reader.join(10)
+        final = worker.scrape()
+        worker.stop()
+    latencies = sorted(
+        (reader.arrived[e] - ns) / 1e6 for e, ns in produced.items() if e in reader.arrived
+    )
+    missing = len(produced) - len(latencies)
+    if not latencies:
+        raise SystemExit("latency: no change arrived")
+    data: dict[str, Any] = {
+        "rate_target": cfg.latency_rate,
+        "worker_fetch_wait_max_ms": cfg.latency_fetch_wait_ms or "librdkafka default (500)",
+        "duration_s": cfg.latency_s,
+        "events": len(produced),
+        "rate_achieved": round(len(produced) / produce_s, 1),
+        "changes_received": len(latencies),
+        "missing": missing,
+        "p50_ms": round(percentile(latencies, 0.50), 2),
+        "p90_ms": round(percentile(latencies, 0.90), 2),
+        "p99_ms": round(percentile(latencies, 0.99), 2),
+        "max_ms": round(latencies[-1], 2),
+        "worker_dead_lettered": final.dead_lettered if final else None,
+        # consume() returns 2,000 records or what came within its timeout: the batch sizes
+        # say which, and the batch time is what processing adds
+        "worker_mean_batch_records": round(final.batch_records / final.batches, 1)
+        if final and final.batches
+        else None,
+        "worker_mean_batch_ms": round(1000 * final.batch_seconds / final.batches, 2)
+        if final and final.batches
+        else None,
+    }
+    say(f"  p50 {data['p50_ms']} ms, p99 {data['p99_ms']} ms, max {data['max_ms']} ms")
+    what = (
+        f"latency at {data['rate_achieved']:,.0f} events/s for {cfg.latency_s:.0f} s, "
+        "produce -> rfm.changed read"
+    )
+    if cfg.latency_fetch_wait_ms > 0:
+        what += f" (worker fetch.wait.max.ms={cfg.latency_fetch_wait_ms})"
+    if missing:
+        what += f" ({missing:,} changes not seen within {DRAIN_S:.0f} s)"
+    section = Section("latency", data=data)
+    section.rows = [
+        Row(f"{what}: p50", f"{data['p50_ms']:,.1f} ms"),
+        Row(f"{what}: p99", f"{data['p99_ms']:,.1f} ms"),
+        Row(f"{what}: max", f"{data['max_ms']:,.1f} ms"),
+    ]
+    return section

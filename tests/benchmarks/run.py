@@ -1,0 +1,191 @@
+"""`make bench`: every benchmark in one run, a README-ready table and a JSON file.
+
+Scenarios, in this order (each on its own fresh broker and Redis, one at a time: the
+machine has 2 cores and the broker, Redis, the worker and this script share them):
+
+    throughput  floor (consume + validate) and the real worker on the same N events
+    heavy       the same N events over 8 customers                        (throughput.py)
+    latency     produce -> rfm.changed at a steady rate                   (latency.py)
+    memory      Redis bytes per customer and per further order            (memory.py)
+    scale       the worker among 10,000 and 1,000,000 customers           (throughput.py)
+    sweep       a decay sweep costs what is due, not the population       (sweep.py)
+
+Ratios compare figures measured in the same run (worker / floor, heavy / worker,
+1,000,000 / 10,000 customers, sweep B / A), so they travel better than the absolute rates.
+
+Sizes (environment, defaults): BENCH_N=200000 events; BENCH_HEAVY_CUSTOMERS=8,
+BENCH_HEAVY_TIMEOUT_S=60; BENCH_LATENCY_RATE=5000 events/s for BENCH_LATENCY_S=30;
+BENCH_MEMORY_CUSTOMERS=100000 x BENCH_MEMORY_ORDERS=5, then BENCH_GROW_CUSTOMERS=10000
+grow to BENCH_GROW_ORDERS=25; BENCH_SCALE_SMALL=10000, BENCH_SCALE_CUSTOMERS=1000000;
+BENCH_SWEEP_POPULATION=1000000, BENCH_SWEEP_DUE=10000; BENCH_WORKER_TIMEOUT_S=600 (a
+worker run that takes longer fails); BENCH_LATENCY_FETCH_WAIT_MS unset (set it to give the
+worker's consumer that fetch.wait.max.ms, see latency.py). The JSON (every figure, the
+sizes, the commit measured) goes to BENCH_OUT, default bench-results.json in the current
+directory.
+
+    .venv/bin/python tests/benchmarks/run.py [--only throughput,latency,...]
+
+Exit status 1 when a check fails (the sweep ratio above its limit, a scenario that could
+not complete), else 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import os
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import latency
+import memory
+import orjson
+import sweep
+import throughput
+from common import ROOT, Config, Row, Section, ratio, say
+
+SCENARIOS = ("throughput", "heavy", "latency", "memory", "scale", "sweep")
+
+
+def run_sweep(cfg: Config) -> Section:
+    """tests/benchmarks/sweep.py's measurement, in process, with its own Redis servers."""
+    args = sweep.parse_args(
+        ["--population", str(cfg.sweep_population), "--due", str(cfg.sweep_due)]
+    )
+    with contextlib.redirect_stdout(sys.stderr):  # its own report: progress, not the table
+        figures = sweep.run(args)
+    section = Section("sweep", data=figures)
+    a, b = figures["scenarios"]
+    section.rows = [
+        Row(
+            f"sweep A: {cfg.sweep_due:,} due customers alone (median of {args.repeat})",
+            f"{a['median_s']:.3f} s ({a['due_per_s']:,.0f} due/s)",
+        ),
+        Row(
+            f"sweep B: the same {cfg.sweep_due:,} due among {cfg.sweep_population:,} customers",
+            f"{b['median_s']:.3f} s ({b['due_per_s']:,.0f} due/s)",
+            f"{ratio(figures['ratio'])} of A (limit {figures['limit']:.1f})",
+        ),
+    ]
+    return section
+
+
+def code_version() -> dict[str, Any]:
+    """The commit measured, and whether worker/ differs from it (read-only git calls)."""
+
+    def git(*args: str) -> str:
+        try:
+            done = subprocess.run(
+                ["git", *args], cwd=ROOT, capture_output=True, text=True, timeout=10
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return ""
+        return done.stdout.strip() if done.returncode == 0 else ""
+
+    return {
+        "commit": git("rev-parse", "HEAD") or None,
+        "worker_modified": bool(git("status", "--porcelain", "--", "worker")),
+    }
+
+
+def table(sections: list[Section]) -> str:
+    rows = [row for s in sections for row in s.rows]
+    header = Row("measure", "figure", "ratio")
+    widths = [
+        max(len(r.measure) for r in [header, *rows]),
+        max(len(r.figure) for r in [header, *rows]),
+        max(len(r.ratio) for r in [header, *rows]),
+    ]
+
+    def line(r: Row) -> str:
+        return (
+            f"| {r.measure.ljust(widths[0])} | {r.figure.rjust(widths[1])} "
+            f"| {r.ratio.ljust(widths[2])} |"
+        )
+
+    rule = f"|{'-' * (widths[0] + 2)}|{'-' * (widths[1] + 1)}:|{'-' * (widths[2] + 2)}|"
+    return "\n".join([line(header), rule, *(line(r) for r in rows)])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--only", default=",".join(SCENARIOS), help=f"comma-separated subset of {SCENARIOS}"
+    )
+    args = parser.parse_args(argv)
+    chosen = [s.strip() for s in args.only.split(",") if s.strip()]
+    unknown = sorted(set(chosen) - set(SCENARIOS))
+    if unknown:
+        parser.error(f"unknown scenario(s) {unknown}; choose from {SCENARIOS}")
+    cfg = Config.from_env()
+    out = Path(os.environ.get("BENCH_OUT", "bench-results.json"))
+    worker_rate: list[float] = []  # the worker figure, for heavy / worker
+
+    def heavy(c: Config) -> Section:
+        return throughput.run_heavy(c, worker_rate[0] if worker_rate else None)
+
+    steps: dict[str, Callable[[Config], Section]] = {
+        "throughput": throughput.run_throughput,
+        "heavy": heavy,
+        "latency": latency.run,
+        "memory": memory.run,
+        "scale": throughput.run_scale,
+        "sweep": run_sweep,
+    }
+    started_at = datetime.now(UTC).isoformat(timespec="seconds")
+    started = time.perf_counter()
+    sections: list[Section] = []
+    failed: list[str] = []
+    for name in [s for s in SCENARIOS if s in chosen]:
+        say(f"== {name}")
+        t0 = time.perf_counter()
+        try:
+            section = steps[name](cfg)
+        except (SystemExit, Exception) as exc:  # could not complete: say so, go on
+            say(f"!! {name} failed:\n{traceback.format_exc()}")
+            failed.append(name)
+            reason = (str(exc).splitlines() or [type(exc).__name__])[0][:100]
+            section = Section(name, [Row(f"{name}: FAILED", reason)], {"error": str(exc)})
+        section.seconds = round(time.perf_counter() - t0, 1)
+        say(f"   {name} took {section.seconds:.0f} s")
+        if name == "throughput" and "worker" in section.data:
+            worker_rate.append(section.data["worker"]["events_per_s"])
+        sections.append(section)
+    total = time.perf_counter() - started
+    if any(s.name == "sweep" and s.data.get("ratio", 0) > s.data.get("limit", 2) for s in sections):
+        failed.append("sweep ratio")
+
+    report: dict[str, Any] = {
+        "started_at": started_at,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "code": code_version(),
+        "config": dataclasses.asdict(cfg),
+        "total_seconds": round(total, 1),
+        "failed": failed,
+        "results": {s.name: {**s.data, "scenario_seconds": s.seconds} for s in sections},
+        "table": [
+            {"measure": r.measure, "figure": r.figure, "ratio": r.ratio}
+            for s in sections
+            for r in s.rows
+        ],
+    }
+    out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
+    print()
+    print(table(sections))
+    print()
+    print(f"total {total:.0f} s; JSON written to {out}")
+    if failed:
+        print(f"FAILED: {', '.join(failed)}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,271 @@
+"""Throughput of the real worker process against what Kafka plus validation allows.
+
+- floor: a confluent_kafka Consumer reads N pre-produced order events (4 partitions,
+  batches of 2,000, as the worker consumes) and validates each with
+  `worker.events.validate`, nothing else. The ceiling of a single-process Python worker on
+  this machine: what remains for the state, scoring and publishing is the gap to it.
+- worker: `python -m worker run` (env as tests/conftest.py) on the same N events, N placed
+  orders over N/4 customers, fresh consumer group and fresh Redis. events/s from the first
+  applied event to the last, read from /metrics polled every 100 ms; the run counts only
+  once the outbox is empty (every change acknowledged by the broker). Reported against the
+  floor.
+- heavy: the same N events over 8 customers (N/8 orders each): the cost of a customer
+  whose order history keeps growing, against the worker figure. Capped at
+  BENCH_HEAVY_TIMEOUT_S (60 s): an unfinished run reports the rate over what it applied.
+- scale: the worker on N events hitting a population of 10,000 and of 1,000,000 customers
+  (BENCH_SCALE_SMALL, BENCH_SCALE_CUSTOMERS). Each population is pre-loaded with one order
+  per customer through `Store.apply_batch` (the commit path, without Kafka), then the
+  worker applies N new orders: round robin over the 10,000 (N/10,000 each), a random
+  sample of N of the 1,000,000 (one each). Does a large keyspace slow the worker down?
+
+    .venv/bin/python tests/benchmarks/run.py --only throughput,heavy,scale
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from typing import Any
+
+from common import (
+    KAFKA_CONFIG,
+    SEED,
+    Config,
+    Row,
+    Section,
+    Stack,
+    Topics,
+    Trace,
+    count_records,
+    customer_ids,
+    days_ago,
+    per_s,
+    placed_orders,
+    preload,
+    produce_all,
+    rate,
+    ratio,
+    say,
+    wall_ms,
+)
+from pydantic import SecretStr
+
+from worker import clients
+from worker.config import Settings
+from worker.events import Rejection, validate
+from worker.profiles import Profiles
+
+BATCH = 2_000  # records per consume() call, as worker.consumer.BATCH_SIZE
+
+
+def floor(bootstrap: str, topic: str, n: int, timeout: float = 120) -> dict[str, Any]:
+    """Consume and validate n events from the start of `topic`, with the worker's own
+    consumer settings and a fresh group. Timed from the first batch to the last event."""
+    settings = Settings(
+        kafka_bootstrap=bootstrap,
+        kafka_group=f"floor-{uuid.uuid4().hex[:8]}",
+        kafka_config=SecretStr(KAFKA_CONFIG),
+    )
+    consumer = clients.consumer(settings)
+    consumer.subscribe([topic])
+    profiles = Profiles.builtin()
+    seen = rejected = 0
+    started: float | None = None
+    deadline = time.monotonic() + timeout
+    try:
+        while seen < n and time.monotonic() < deadline:
+            messages = consumer.consume(BATCH, 0.2)
+            if not messages:
+                continue
+            if started is None:
+                started = time.perf_counter()
+            now = wall_ms()
+            for msg in messages:
+                if msg.error():
+                    continue
+                rejected += isinstance(validate(msg.value(), profiles, now), Rejection)
+                seen += 1
+        elapsed = time.perf_counter() - (started or time.perf_counter())
+    finally:
+        consumer.close()
+    if seen < n or rejected:
+        raise SystemExit(f"floor: read {seen} of {n} events, {rejected} rejected")
+    return {
+        "events": seen,
+        "seconds": round(elapsed, 3),
+        "events_per_s": round(rate(seen, elapsed), 1),
+    }
+
+
+def worker_run(stack: Stack, topics: Topics, n: int, timeout: float, label: str) -> Trace:
+    """The real worker on a fresh group, followed until every event is applied and every
+    change published (or `timeout`), then stopped."""
+    say(f"  {label}: worker consuming {n:,} events")
+    worker = stack.worker(topics)
+    try:
+        trace = worker.follow(n, timeout)
+    finally:
+        worker.kill()  # its state is thrown away: no need for a graceful stop
+    if trace.finished:  # after the timing: every change counted is on the actions topic
+        changes = trace.samples[-1].changes
+        trace.published = count_records(stack.bootstrap, topics.actions, changes)
+        if trace.published < changes:
+            raise SystemExit(
+                f"{label}: {trace.published} records on the actions topic, {changes} changes"
+            )
+    say(
+        f"  {label}: {trace.events_per_s:,.0f} events/s over {trace.seconds:.1f} s"
+        + ("" if trace.finished else " (did not finish)")
+    )
+    return trace
+
+
+def run_throughput(cfg: Config) -> Section:
+    """floor and worker on the same N pre-produced events."""
+    section = Section("throughput")
+    n = cfg.n
+    customers = customer_ids("t", max(1, n // 4))
+    with Stack() as stack:
+        topics = stack.topics("t")
+        records = placed_orders(
+            n, customers, prefix="t", first_ms=days_ago(60), last_ms=days_ago(1)
+        )
+        started = time.perf_counter()
+        produce_all(stack.bootstrap, topics.orders, records)
+        produce_s = time.perf_counter() - started
+        del records
+        say(f"  produced {n:,} events in {produce_s:.1f} s")
+        fl = floor(stack.bootstrap, topics.orders, n)
+        say(f"  floor: {fl['events_per_s']:,.0f} events/s")
+        trace = worker_run(stack, topics, n, cfg.worker_timeout_s, "worker")
+    if not trace.finished:
+        raise SystemExit("worker: did not finish within BENCH_WORKER_TIMEOUT_S")
+    w = trace.summary()
+    section.data = {
+        "events": n,
+        "customers": len(customers),
+        "produce_seconds": round(produce_s, 2),
+        "floor": fl,
+        "worker": w,
+        "worker_over_floor": round(w["events_per_s"] / fl["events_per_s"], 3),
+        "changes_per_event": round(w["changes_published"] / n, 3),
+    }
+    section.rows = [
+        Row(
+            f"floor: consume + validate, {n:,} events, 4 partitions, batches of 2,000",
+            per_s(fl["events_per_s"]),
+        ),
+        Row(
+            f"worker: `rfm-worker run`, {n:,} placed orders over {len(customers):,} customers "
+            f"({section.data['changes_per_event']:.2f} changes per event)",
+            per_s(w["events_per_s"]),
+            f"{ratio(section.data['worker_over_floor'])} of floor",
+        ),
+    ]
+    return section
+
+
+def run_heavy(cfg: Config, worker_rate: float | None) -> Section:
+    """N events over a handful of customers: their order maps grow to N/8 orders."""
+    section = Section("heavy")
+    n, count = cfg.n, cfg.heavy_customers
+    customers = customer_ids("h", count)
+    with Stack() as stack:
+        topics = stack.topics("h")
+        produce_all(
+            stack.bootstrap,
+            topics.orders,
+            placed_orders(n, customers, prefix="h", first_ms=days_ago(300), last_ms=days_ago(1)),
+        )
+        trace = worker_run(stack, topics, n, cfg.heavy_timeout_s, "heavy")
+    s = trace.summary()
+    s["timeout_s"] = cfg.heavy_timeout_s
+    s["customers"] = count
+    s["orders_per_customer_reached"] = s["processed"] // count
+    s["events_per_s_first_10pct"] = round(trace.window_rate(0.0, 0.1), 1)
+    s["events_per_s_last_10pct"] = round(trace.window_rate(0.9, 1.0), 1)
+    if worker_rate:
+        s["heavy_over_worker"] = round(s["events_per_s"] / worker_rate, 3)
+    section.data = s
+    trend = (
+        f"first 10% of the run {s['events_per_s_first_10pct']:,.0f}/s, "
+        f"last 10% {s['events_per_s_last_10pct']:,.0f}/s"
+    )
+    changes = s["changes_published"] / max(1, s["processed"])
+    label = (
+        f"heavy: {n:,} placed orders over {count} customers ({n // count:,} each; "
+        f"{changes:.4f} changes per event; {trend})"
+    )
+    if not trace.finished:
+        label = (
+            f"heavy: {n:,} placed orders over {count} customers, STOPPED after "
+            f"{cfg.heavy_timeout_s:.0f} s at {s['processed']:,} applied "
+            f"({s['orders_per_customer_reached']:,} orders each; {trend})"
+        )
+    figure = per_s(s["events_per_s"])
+    section.rows = [
+        Row(label, figure, f"{ratio(s['heavy_over_worker'])} of worker" if worker_rate else "")
+    ]
+    return section
+
+
+def run_scale(cfg: Config) -> Section:
+    """The worker on N events over a small and a large pre-loaded population."""
+    section = Section("scale")
+    n = cfg.n
+    rows: dict[int, dict[str, Any]] = {}
+    profiles = Profiles.builtin()
+    for population in (cfg.scale_small, cfg.scale_big):
+        tag = f"s{population}"
+        with Stack() as stack:  # a fresh broker and Redis for each population
+            everyone = customer_ids(tag, population)
+            say(f"  scale {population:,}: pre-loading one order per customer")
+            load_s = preload(
+                stack.store(),
+                profiles,
+                everyone,
+                orders_each=1,
+                first_ms=days_ago(200),
+                last_ms=days_ago(190),
+                prefix=f"{tag}-pre",
+            )
+            memory = int(stack.redis.info("memory")["used_memory"])
+            # A random sample of n customers (one new order each) if there are enough,
+            # else all of them round robin (n / population new orders each).
+            hit = random.Random(SEED).sample(everyone, n) if n <= population else everyone
+            topics = stack.topics(tag)
+            produce_all(
+                stack.bootstrap,
+                topics.orders,
+                placed_orders(n, hit, prefix=tag, first_ms=days_ago(20), last_ms=days_ago(1)),
+            )
+            del everyone, hit
+            trace = worker_run(stack, topics, n, cfg.worker_timeout_s, f"scale {population:,}")
+        if not trace.finished:
+            raise SystemExit(f"scale {population:,}: did not finish")
+        rows[population] = {
+            **trace.summary(),
+            "population": population,
+            "customers_hit": min(n, population),
+            "preload_seconds": round(load_s, 1),
+            "redis_used_memory_after_preload": memory,
+        }
+    small, big = rows[cfg.scale_small], rows[cfg.scale_big]
+    big_over_small = big["events_per_s"] / small["events_per_s"]
+    section.data = {"small": small, "big": big, "big_over_small": round(big_over_small, 3)}
+    section.rows = [
+        Row(
+            f"scale: {n:,} events over {cfg.scale_small:,} pre-loaded customers "
+            f"({max(1, n // cfg.scale_small)} new orders each, "
+            f"{small['changes_published'] / n:.2f} changes per event)",
+            per_s(small["events_per_s"]),
+        ),
+        Row(
+            f"scale: {n:,} events hitting {min(n, cfg.scale_big):,} of {cfg.scale_big:,} "
+            f"pre-loaded customers ({big['changes_published'] / n:.2f} changes per event)",
+            per_s(big["events_per_s"]),
+            f"{ratio(big_over_small)} of {cfg.scale_small:,}",
+        ),
+    ]
+    return section
