@@ -50,18 +50,23 @@ class Deliveries(Generic[T]):
         self._failed: list[tuple[Record, T]] = []
         self._retry_at = 0.0
         # ordered: key -> records waiting for that key's record in flight to be acknowledged
-        self._waiting: dict[bytes | None, deque[tuple[Record, T]]] | None = {} if ordered else None
+        # (None while nothing waits: most keys never have a second record in flight)
+        self._waiting: dict[bytes | None, deque[tuple[Record, T]] | None] | None = (
+            {} if ordered else None
+        )
 
     def send(
         self, key: bytes | None, value: bytes | None, token: T, headers: Headers | None = None
     ) -> None:
         record = (key, value, headers)
         if self._waiting is not None:
-            queue = self._waiting.get(key)
-            if queue is not None:  # one of this key is in flight: wait behind it
+            if key in self._waiting:  # one of this key is in flight: wait behind it
+                queue = self._waiting[key]
+                if queue is None:
+                    queue = self._waiting[key] = deque()
                 queue.append((record, token))
                 return
-            self._waiting[key] = deque()
+            self._waiting[key] = None
         self._send(record, token, shrunk=False)
 
     def _next_of(self, key: bytes | None) -> None:
@@ -83,7 +88,7 @@ class Deliveries(Generic[T]):
     @property
     def waiting(self) -> int:
         """Records held back behind an unacknowledged one of the same key."""
-        return sum(len(q) for q in self._waiting.values()) if self._waiting else 0
+        return sum(len(q) for q in self._waiting.values() if q) if self._waiting else 0
 
     def _send(self, record: Record, token: T, *, shrunk: bool) -> None:
         def refused(err: Any) -> None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from typing import Any
 
@@ -42,15 +42,25 @@ class Relay:
         return self._deliveries.pending
 
     def publish(self, committed: Iterable[Committed]) -> None:
+        causes: Counter[str] = Counter()
+        moves: Counter[tuple[str, str]] = Counter()
+        overdue = 0
         for c in committed:
             self._deliveries.send(c.key, c.value, (c.outbox, c.entry_id))
-            if c.change.kind == "rfm.overdue":
-                metrics.OVERDUE.inc()
-                continue
-            metrics.CHANGES.labels(c.change.cause).inc()
-            metrics.TRANSITIONS.labels(
-                c.change.from_segment or "none", c.change.to_segment or "none"
-            ).inc()
+            change = c.change
+            if change.kind == "rfm.overdue":
+                overdue += 1
+            else:
+                causes[change.cause] += 1
+                moves[(change.from_segment or "none", change.to_segment or "none")] += 1
+        # Counted once per label per call: a labelled metric's lookup costs as much as
+        # producing the record.
+        for cause, n in causes.items():
+            metrics.CHANGES.labels(cause).inc(n)
+        for (before, after), n in moves.items():
+            metrics.TRANSITIONS.labels(before, after).inc(n)
+        if overdue:
+            metrics.OVERDUE.inc(overdue)
 
     def recover(self, partitions: Iterable[int]) -> int:
         """Publish every change left in the outboxes of these partitions (oldest first)."""
