@@ -94,6 +94,7 @@ class Worker:
         self.stopping = threading.Event()
         self._stop_by = 0.0
         self.assigned: set[int] = set()
+        self.joined = False  # the first assignment (possibly empty) has been received
         self.redis_ok = True
         self.redis_failures = 0  # Redis calls that raised, ever: tells a retried call
         self.max_backlog = MAX_BACKLOG
@@ -113,7 +114,9 @@ class Worker:
 
     @property
     def ready(self) -> bool:
-        return self.redis_ok and self.dlq_ok and bool(self.assigned) and not self.stopping.is_set()
+        # Able to work: in the group (a member with no partition, when there are more
+        # workers than partitions, is ready too, or a rollout would never complete).
+        return self.redis_ok and self.dlq_ok and self.joined and not self.stopping.is_set()
 
     def is_healthy(self) -> bool:
         """The loop is turning (a Redis outage keeps it turning: not ready, still alive)."""
@@ -213,6 +216,7 @@ class Worker:
         # Changes a previous owner committed but did not publish go out before new ones.
         self._retry_redis(lambda: self.relay.recover(new))
         self.assigned |= new
+        self.joined = True
 
     def _reconcile(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         """Set each partition's start offset from the applied offsets stored with the state.

@@ -14,6 +14,7 @@ second worker during a rebalance) is simply read and computed again.
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -120,6 +121,7 @@ class Store:
         # redis-py's annotations are a union of sync/async/str/bytes results: too loose to
         # help here, so the client is used untyped behind this small, tested surface.
         self.redis: Any = client
+        self.cluster = isinstance(client, redis.RedisCluster)
         self._commit = client.register_script(_script("commit.lua"))
         self._clock = client.register_script(_script("clock.lua"))
 
@@ -218,14 +220,22 @@ class Store:
             pipe.execute()
         return SweepStep(result, read, exhausted)
 
-    def index_step(self, cursor: int, count: int = 500) -> tuple[int, int]:
-        """Index a chunk of customers stored before the due index existed: they are put in
-        it as due now, so their owner's next sweep scores them and reschedules them.
+    def customer_key_chunks(self, count: int = 500) -> Iterator[list[bytes]]:
+        """Every customer key, in chunks (SCAN, every master of a cluster)."""
+        chunk: list[bytes] = []
+        for key in self.redis.scan_iter(match=keys.CUSTOMER_PATTERN, count=count):
+            chunk.append(key)
+            if len(chunk) >= count:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
 
-        A SCAN step (cursor 0 starts, a returned 0 means done); returns (cursor, indexed).
-        Customers committed by this version carry `scored_at` and are already indexed.
-        """
-        cursor, found = self.redis.scan(cursor, match=keys.CUSTOMER_PATTERN, count=count)
+    def index_legacy(self, found: list[bytes]) -> int:
+        """Index customers stored before the due index existed: they are put in it as due
+        now, so their owner's next sweep scores them and reschedules them. Customers
+        committed by this version carry `scored_at` and are already indexed. Returns how
+        many were indexed."""
         work: dict[int, dict[bytes, tuple[str, str, None]]] = {}
         for key in found:
             shard, tenant, customer_id = keys.split_customer(key)
@@ -235,7 +245,7 @@ class Store:
             legacy = customer.scored_at is None and bool(customer.orders)
             return Result(customer, touched=legacy, due=0)
 
-        return int(cursor), self.commit(work, decide).customers
+        return self.commit(work, decide).customers
 
     def is_indexed(self) -> bool:
         return bool(self.redis.exists(keys.INDEXED))
@@ -256,40 +266,80 @@ class Store:
     def commit(self, work: Work[T], decide: Decide[T]) -> BatchResult:
         """Read the customers of `work`, decide each with a pure function, commit per shard
         (compare-and-set, due index, outbox, counters); shards that changed meanwhile are
-        read and decided again."""
+        read and decided again.
+
+        On Redis Cluster the shards are grouped by the node that owns their slot, one
+        pipeline per node (a cluster pipeline refuses MGET and scripts); a shard whose slot
+        moved (MOVED, ASK, TRYAGAIN during a resharding or failover) is retried once the
+        slot map is refreshed. Its commit did not run, so nothing is applied twice.
+        """
         result = BatchResult()
         pending = sorted(shard for shard, slot in work.items() if slot)
-        for _attempt in range(MAX_ATTEMPTS):
+        for attempt in range(MAX_ATTEMPTS):
             if not pending:
                 return result
-            pipe = self.redis.pipeline(transaction=False)
-            for shard in pending:
-                pipe.mget(list(work[shard]))
-            blobs_per_shard = pipe.execute()
-            pipe = self.redis.pipeline(transaction=False)
-            plans = [
-                self._plan(shard, work[shard], blobs, decide, pipe)
-                for shard, blobs in zip(pending, blobs_per_shard, strict=True)
-            ]
-            replies = iter(pipe.execute() if len(pipe) else [])
             retry: list[int] = []
-            for shard, plan in zip(pending, plans, strict=True):
-                reply = next(replies) if plan.queued else [1]
-                if reply[0] == 0:
-                    retry.append(shard)
-                    continue
-                result.outcomes.update(plan.outcomes)
-                result.customers += plan.customers
-                result.failed += plan.failed
-                for change, outbox, entry_id, value in zip(
-                    plan.changes, plan.outboxes, reply[1:], plan.payloads, strict=True
-                ):
-                    result.committed.append(
-                        Committed(outbox, entry_id, change.customer_id.encode(), value, change)
-                    )
-            result.conflicts += len(retry)
-            pending = retry
+            moved = 0
+            for shards, client in self._by_node(pending):
+                pipe = client.pipeline(transaction=False)
+                for shard in shards:
+                    pipe.mget(list(work[shard]))
+                read = []
+                for shard, blobs in zip(shards, pipe.execute(raise_on_error=False), strict=True):
+                    if _redirected(blobs):
+                        moved += 1
+                        retry.append(shard)
+                    else:
+                        read.append((shard, blobs))
+                pipe = client.pipeline(transaction=False)
+                plans = [
+                    (shard, self._plan(shard, work[shard], b, decide, pipe)) for shard, b in read
+                ]
+                replies = iter(pipe.execute(raise_on_error=False) if len(pipe) else [])
+                for shard, plan in plans:
+                    reply: Any = next(replies) if plan.queued else [1]
+                    if _redirected(reply):
+                        moved += 1
+                        retry.append(shard)
+                    elif reply[0] == 0:
+                        result.conflicts += 1
+                        retry.append(shard)
+                    else:
+                        self._accept(result, plan, reply[1:])
+            if moved:
+                self._refresh_slots(attempt)
+            pending = sorted(retry)
+        if pending and moved:  # slots still moving: transient, the worker waits and retries
+            raise redis.exceptions.TryAgainError(f"shards {pending}: their slots kept moving")
         raise StateError(f"shards {pending} kept changing under us for {MAX_ATTEMPTS} attempts")
+
+    @staticmethod
+    def _accept(result: BatchResult, plan: _Plan, ids: list[bytes]) -> None:
+        result.outcomes.update(plan.outcomes)
+        result.customers += plan.customers
+        result.failed += plan.failed
+        for change, outbox, entry_id, value in zip(
+            plan.changes, plan.outboxes, ids, plan.payloads, strict=True
+        ):
+            result.committed.append(
+                Committed(outbox, entry_id, change.customer_id.encode(), value, change)
+            )
+
+    def _by_node(self, shards: list[int]) -> list[tuple[list[int], Any]]:
+        """The shards with the client to pipeline them on: one per node on a cluster."""
+        if not self.cluster:
+            return [(shards, self.redis)]
+        groups: dict[str, tuple[list[int], Any]] = {}
+        for shard in shards:
+            node = self.redis.get_node_from_key(keys.counts(shard))
+            group = groups.setdefault(node.name, ([], self.redis.get_redis_connection(node)))
+            group[0].append(shard)
+        return list(groups.values())
+
+    def _refresh_slots(self, attempt: int) -> None:
+        if self.cluster:
+            self.redis.nodes_manager.initialize()
+        time.sleep(min(0.05 * (attempt + 1), 0.5))  # a migration moves keys in batches
 
     def _plan(
         self,
@@ -380,13 +430,7 @@ class Store:
 
     def holds_customers(self) -> bool:
         """Whether Redis holds any customer at all (a rare check: it may SCAN)."""
-        cursor = 0
-        while True:
-            cursor, found = self.redis.scan(cursor, match=keys.CUSTOMER_PATTERN, count=1000)
-            if found:
-                return True
-            if int(cursor) == 0:
-                return False
+        return next(self.customer_key_chunks(count=1000), None) is not None
 
     def wipe(self) -> int:
         """Delete every rfm-worker key (`rebuild` only); returns how many."""
@@ -518,3 +562,20 @@ def _decide(
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+_MOVING = (
+    redis.exceptions.MovedError,
+    redis.exceptions.AskError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.ClusterDownError,
+)
+
+
+def _redirected(reply: Any) -> bool:
+    """Whether a pipelined reply says the slot is elsewhere now; other errors are raised."""
+    if isinstance(reply, _MOVING):
+        return True
+    if isinstance(reply, Exception):
+        raise reply
+    return False

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,7 +81,8 @@ class Sweeper:
         self.interval, self.clock, self.now_ms, self.budget = interval, clock, now_ms, budget
         self.current: Sweep | None = None
         self._next_start = time.monotonic()
-        self._index_cursor: int | None = 0  # None once the legacy indexing pass is done
+        self._index_chunks: Iterator[list[bytes]] | None = None  # the legacy indexing pass
+        self._indexed = False
 
     def tick(self, partitions: set[int]) -> list[Committed]:
         """One step of the loop: index a chunk of old customers if needed, then one step of
@@ -150,19 +151,25 @@ class Sweeper:
 
     def index_step(self) -> bool:
         """One step of the legacy indexing pass; False once it is done."""
-        if self._index_cursor is None:
+        if self._indexed:
             return False
-        if self._index_cursor == 0 and self.store.is_indexed():
-            self._index_cursor = None
+        if self._index_chunks is None:
+            if self.store.is_indexed():
+                self._indexed = True
+                return False
+            self._index_chunks = self.store.customer_key_chunks()
+        try:
+            chunk = next(self._index_chunks, None)
+        except Exception:  # the scan broke off (Redis error): start the pass again later
+            self._index_chunks = None
+            raise
+        if chunk is None:
+            self.store.mark_indexed()
+            self._indexed = True
             return False
-        cursor, indexed = self.store.index_step(self._index_cursor)
+        indexed = self.store.index_legacy(chunk)
         if indexed:
             logger.info("indexed %d customer(s) stored before the due index existed", indexed)
-        if cursor == 0:
-            self.store.mark_indexed()
-            self._index_cursor = None
-            return False
-        self._index_cursor = cursor
         return True
 
 
