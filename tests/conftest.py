@@ -21,6 +21,7 @@ import pytest
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
+from tests.cluster import EmbeddedCluster
 from worker.embedded import EmbeddedKafka, EmbeddedRedis, create_topics, free_port
 from worker.profiles import Profiles
 from worker.store import Store
@@ -177,3 +178,23 @@ def deployment(
     for proc in dep.workers:
         if proc.proc is not None and proc.proc.poll() is None:
             proc.kill()
+
+
+# -- Redis Cluster: three masters on loopback (tests/cluster.py) --------------------------
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[EmbeddedCluster]:
+    """A 3-master Redis Cluster for the session; tests may migrate its slots."""
+    with EmbeddedCluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def cluster_client(redis_cluster: EmbeddedCluster) -> Iterator[redis.RedisCluster]:
+    """A cluster client of the suite's own cluster, emptied (every master) before each test."""
+    redis_cluster.stabilize()  # no slot left half-migrated by an earlier test
+    client = redis_cluster.client()
+    client.flushall(target_nodes=redis.RedisCluster.PRIMARIES)
+    yield client
+    client.close()
