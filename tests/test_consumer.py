@@ -526,3 +526,27 @@ def test_broker_unreachable_for_a_while_recovers_by_itself(deployment: Deploymen
     assert_state_matches(store, expected)
     assert worker.proc is not None and worker.proc.poll() is None  # recovered, no restart
     assert worker.stop() == 0
+
+
+def test_a_worker_with_no_partition_is_ready(deployment: Deployment):
+    """More workers than partitions: the one without a partition is still ready (able to
+    work), or a rollout waiting for readiness would never complete."""
+    single = f"{deployment.orders}-one"
+    create_topics(deployment.kafka.bootstrap, {single: 1})
+    deployment.extra_env["RFM_ORDERS_TOPIC"] = single
+    first, second = deployment.worker(), deployment.worker()
+    ports = [int(w.env["RFM_HTTP_PORT"]) for w in (first, second)]
+    deadline = time.monotonic() + 40
+    statuses: list[int] = []
+    while time.monotonic() < deadline:
+        try:
+            statuses = [_http(port, "/readyz")[0] for port in ports]
+        except OSError:
+            statuses = []
+        if statuses == [200, 200]:
+            break
+        time.sleep(0.5)
+    assert statuses == [200, 200]
+    logs = first.log() + second.log()
+    assert "assigned partitions [0]" in logs and "assigned partitions []" in logs
+    assert first.stop() == 0 and second.stop() == 0
