@@ -13,6 +13,7 @@ second worker during a rebalance) is simply read and computed again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -273,6 +274,17 @@ class Store:
         moved (MOVED, ASK, TRYAGAIN during a resharding or failover) is retried once the
         slot map is refreshed. Its commit did not run, so nothing is applied twice.
         """
+        try:
+            return self._commit_all(work, decide)
+        except (redis.ConnectionError, redis.TimeoutError):
+            # A master down (failover): the worker retries the call (idempotent); the slot
+            # map must show the promoted replica by then.
+            if self.cluster:
+                with contextlib.suppress(redis.RedisError):
+                    self.redis.nodes_manager.initialize()
+            raise
+
+    def _commit_all(self, work: Work[T], decide: Decide[T]) -> BatchResult:
         result = BatchResult()
         pending = sorted(shard for shard, slot in work.items() if slot)
         for attempt in range(MAX_ATTEMPTS):
