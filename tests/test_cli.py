@@ -8,6 +8,8 @@ import logging
 import os
 import re
 import socket
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -555,3 +557,27 @@ def test_kafka_unreachable_is_one_line(
     assert main(command) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("rfm-worker: Kafka at 127.0.0.1:1 (RFM_KAFKA_BOOTSTRAP) is unavailable")
+
+
+def test_export_into_a_closed_pipe_ends_quietly(redis_server: EmbeddedRedis) -> None:
+    """`rfm-worker export | head -1`: no BrokenPipeError traceback."""
+    client = redis.Redis.from_url(redis_server.url)
+    client.flushall()
+    profiles = Profiles.builtin()
+    store = Store(client)
+    events = [
+        (event(profiles, f"e{i}", "placed", f"o{i}", f"c{i}", "2026-05-01T10:00:00Z", "10"), 0)
+        for i in range(3000)
+    ]
+    store.apply_batch(events, profiles, as_of_ms=AS_OF_MS, now_ms=AS_OF_MS)
+    env = {**os.environ, "RFM_REDIS_URL": redis_server.url}
+    done = subprocess.run(
+        f"{sys.executable} -m worker export | head -1",
+        shell=True,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0 and done.stdout.count("\n") == 1
+    assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -91,6 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except UsageError as exc:
         print(f"rfm-worker: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `rfm-worker export | head`: the reader had enough
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except RfmError as exc:
         print(f"rfm-worker: {exc}", file=sys.stderr)
         return 1

@@ -52,7 +52,8 @@ class Relay:
                 overdue += 1
             else:
                 causes[change.cause] += 1
-                moves[(change.from_segment or "none", change.to_segment or "none")] += 1
+                if change.from_segment != change.to_segment:  # a real move, not 453 -> 353
+                    moves[(change.from_segment or "none", change.to_segment or "none")] += 1
         # Counted once per label per call: a labelled metric's lookup costs as much as
         # producing the record.
         for cause, n in causes.items():
