@@ -224,7 +224,7 @@ def test_customer_with_every_order_cancelled_is_404(
 
 
 @pytest.mark.parametrize(
-    "path", ["/", "/nope", "/v1/customers", "/v1/customers/default", "/v1/matrixx", "/metrics/x"]
+    "path", ["/nope", "/v1/customers", "/v1/customers/default", "/v1/matrixx", "/metrics/x"]
 )
 def test_unknown_route_is_404_json(api: Api, path: str) -> None:
     status, doc = get_json(api, path)

@@ -280,6 +280,7 @@ def run_demo(
         say(f"""
   broker     {broker.bootstrap}   (topics {ORDERS}, {ACTIONS}, {DLQ})
   redis      {redis_server.url}
+  page       {base}/
   metrics    {base}/metrics
   matrix     {base}/v1/matrix?tenant=default
   a customer {base}/v1/customers/default/c00001

@@ -18,6 +18,7 @@ percent-decoded, so no path can address another tenant's customer.
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import hmac
 import io
@@ -30,6 +31,7 @@ import time
 from collections.abc import Callable
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, unquote_to_bytes
 
@@ -103,6 +105,8 @@ class Api:
                 return denied
         if not _TARGET.fullmatch(target):
             return _error(400, "bad_request", "the request target must be percent-encoded ASCII")
+        if path == "/":  # the matrix page: no data in it, so never behind the token
+            return _page()
         parts = path.split("/")
         if len(parts) == 5 and parts[1:3] == ["v1", "customers"]:
             return self._customer(parts[3], parts[4])
@@ -156,6 +160,28 @@ class Api:
     @staticmethod
     def _status(ok: bool) -> Response:
         return _json(200 if ok else 503, {"status": "ok" if ok else "unavailable"})
+
+
+PAGE_HEADERS = (
+    ("Cache-Control", "no-store"),
+    (
+        "Content-Security-Policy",
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    ),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+)
+
+
+@functools.cache
+def _page_body() -> bytes:
+    return resources.files("worker").joinpath("static/matrix.html").read_bytes()
+
+
+def _page() -> Response:
+    """GET /: the live R x F matrix page (worker/static/matrix.html); it reads /v1/matrix."""
+    return Response(200, "text/html; charset=utf-8", _page_body(), PAGE_HEADERS)
 
 
 def _segment(raw: str) -> str | None:
@@ -386,7 +412,7 @@ def serve(
         raise
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     logger.info(
-        "http on %s port %d: /metrics /healthz /readyz /v1/customers /v1/matrix (%s)",
+        "http on %s port %d: / /metrics /healthz /readyz /v1/customers /v1/matrix (%s)",
         host,
         server.server_address[1],
         "bearer token required for /v1/*" if api.settings.http_token else "no authentication",
