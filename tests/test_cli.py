@@ -7,10 +7,13 @@ import json
 import logging
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -581,3 +584,53 @@ def test_export_into_a_closed_pipe_ends_quietly(redis_server: EmbeddedRedis) -> 
     )
     assert done.returncode == 0 and done.stdout.count("\n") == 1
     assert "Traceback" not in done.stderr and "BrokenPipe" not in done.stderr
+
+
+def test_run_with_kafka_unreachable_says_so_once_and_is_not_ready(
+    redis_server: EmbeddedRedis, tmp_path: Path
+) -> None:
+    from worker.embedded import free_port
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "RFM_REDIS_URL": redis_server.url,
+        "RFM_KAFKA_BOOTSTRAP": "127.0.0.1:1",
+        "RFM_HTTP_PORT": str(port),
+        "RFM_HTTP_HOST": "127.0.0.1",
+    }
+    log = tmp_path / "worker.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "worker", "run"], env=env, stderr=out)
+    try:
+        deadline = time.monotonic() + 20
+        while "is unreachable" not in log.read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(3)  # librdkafka keeps retrying meanwhile
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as resp:
+            assert resp.status == 200  # alive: nothing to restart
+        with pytest.raises(urllib.error.HTTPError) as not_ready:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5)
+        assert not_ready.value.code == 503
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
+    text = log.read_text()
+    assert text.count("Kafka at 127.0.0.1:1 (RFM_KAFKA_BOOTSTRAP) is unreachable") == 1
+    assert "%3|" not in text  # librdkafka's raw lines go through the worker's logging
+    assert sum('"logger":"worker.rdkafka"' in line for line in text.splitlines()) < 10
+
+
+def test_run_with_redis_unreachable_is_one_line_at_once() -> None:
+    """Said before any group join, in one line, with the exit code of a start failure."""
+    env = {**os.environ, "RFM_REDIS_URL": "redis://127.0.0.1:1/0"}
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", "run"], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2 and time.monotonic() - started < 15
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith(
+        "rfm-worker: Redis at redis://127.0.0.1:1/0 (RFM_REDIS_URL) is unavailable"
+    )
+    assert "Traceback" not in done.stderr

@@ -85,6 +85,7 @@ def test_describe_of_the_defaults_shows_every_setting() -> None:
         "redis_allow_eviction": False,
         "profiles": None,
         "clock": "wall",
+        "log_level": "info",
         "sweep_interval": 60,
         "http_port": 9400,
         "http_host": "0.0.0.0",
@@ -106,13 +107,14 @@ def test_every_variable_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
         "RFM_REDIS_ALLOW_EVICTION": "yes",
         "RFM_PROFILES": str(profiles),
         "RFM_CLOCK": "event",
+        "RFM_LOG_LEVEL": "warning",
         "RFM_SWEEP_INTERVAL": "2.5",
         "RFM_HTTP_PORT": "9555",
         "RFM_HTTP_HOST": "127.0.0.1",
         "RFM_HTTP_TOKEN": PASSWORD,
     }
     # The contract's variables, plus the worker's own safety override.
-    assert set(values) == {*CONTRACT_DEFAULTS, "RFM_REDIS_ALLOW_EVICTION"}
+    assert set(values) == {*CONTRACT_DEFAULTS, "RFM_REDIS_ALLOW_EVICTION", "RFM_LOG_LEVEL"}
     for name, value in values.items():
         monkeypatch.setenv(name, value)
     s = load_settings()
@@ -128,6 +130,7 @@ def test_every_variable_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     assert s.redis_allow_eviction is True
     assert s.profiles == str(profiles)
     assert s.clock == "event"
+    assert s.log_level == "warning"
     assert s.sweep_interval == 2.5
     assert s.http_port == 9555
     assert s.http_host == "127.0.0.1"

@@ -129,9 +129,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             days_per_second=args.days_per_second,
         )
     settings = load_settings()
+    logging.getLogger().setLevel(settings.log_level.upper())
     profiles = Profiles.load(settings.profiles)
     if args.command == "run":
-        return run(settings, profiles)
+        return _redis_down(settings, lambda: run(settings, profiles))
     if args.command == "rebuild":
         from worker.rebuild import rebuild
 
@@ -248,9 +249,9 @@ def run(settings: Settings, profiles: Profiles) -> int:
     logger.info("starting rfm-worker %s with %s", __version__, settings.describe())
     store = Store(clients.redis_client(settings))
     _check_redis(store, settings)
-    worker = Worker(
-        settings, profiles, store, clients.consumer(settings), clients.producer(settings)
-    )
+    # librdkafka's error callback runs inside consume(), once `worker` exists.
+    consumer = clients.consumer(settings, error_cb=lambda err: worker.on_kafka_error(err))
+    worker = Worker(settings, profiles, store, consumer, clients.producer(settings))
     metrics.register_customers(store.segment_counts, profiles.names())
     api = Api(settings, profiles, store, healthy=worker.is_healthy, ready=lambda: worker.ready)
     try:

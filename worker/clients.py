@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import time
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import redis
@@ -9,24 +12,87 @@ from confluent_kafka import Consumer, Producer
 
 from worker.config import Settings
 
+# librdkafka's own log lines go through the worker's logging (JSON, levels), and a line
+# repeated within a minute (a broker that stays unreachable) is shown once.
+RDKAFKA = logging.getLogger("worker.rdkafka")
 
-def consumer(settings: Settings, **overrides: str) -> Consumer:
-    return Consumer(
-        {
-            "bootstrap.servers": settings.kafka_bootstrap,
-            "group.id": settings.kafka_group,
-            # Offsets are committed by the worker after a batch is applied and its DLQ
-            # records are acked; never automatically.
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            # Brokers that hold a fetch until it times out (rather than answering as soon as
-            # data arrives) would add up to the default 500 ms to every change's latency.
-            "fetch.wait.max.ms": "20",
-            "client.id": "rfm-worker",
-            **settings.kafka_properties(),
-            **overrides,
-        }
-    )
+# RFM_KAFKA_CONFIG applies to every client; these only mean something to one kind, and
+# librdkafka warns at every start when the other kind is given them.
+CONSUMER_ONLY = frozenset(
+    {
+        "group.id", "group.instance.id", "group.protocol", "group.remote.assignor",
+        "session.timeout.ms", "heartbeat.interval.ms", "max.poll.interval.ms",
+        "partition.assignment.strategy", "auto.offset.reset", "enable.auto.commit",
+        "auto.commit.interval.ms", "enable.auto.offset.store", "enable.partition.eof",
+        "fetch.wait.max.ms", "fetch.min.bytes", "fetch.max.bytes", "fetch.message.max.bytes",
+        "max.partition.fetch.bytes", "fetch.error.backoff.ms", "queued.min.messages",
+        "queued.max.messages.kbytes", "isolation.level", "check.crcs",
+        "coordinator.query.interval.ms",
+    }
+)  # fmt: skip
+PRODUCER_ONLY = frozenset(
+    {
+        "acks", "request.required.acks", "enable.idempotence", "enable.gapless.guarantee",
+        "linger.ms", "queue.buffering.max.ms", "queue.buffering.max.messages",
+        "queue.buffering.max.kbytes", "batch.size", "batch.num.messages",
+        "compression.type", "compression.codec", "compression.level", "message.timeout.ms",
+        "delivery.timeout.ms", "request.timeout.ms", "retries", "message.send.max.retries",
+        "max.in.flight.requests.per.connection", "max.in.flight", "transactional.id",
+        "transaction.timeout.ms", "partitioner", "sticky.partitioning.linger.ms",
+    }
+)  # fmt: skip
+
+
+class _Once(logging.Filter):
+    """Drops a record whose message was already logged in the last `window` seconds."""
+
+    def __init__(self, window: float = 60.0) -> None:
+        super().__init__()
+        self._seen: dict[str, float] = {}
+        self._window = window
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        text = record.getMessage()
+        if now - self._seen.get(text, -self._window) < self._window:
+            return False
+        if len(self._seen) > 1000:
+            self._seen.clear()
+        self._seen[text] = now
+        return True
+
+
+RDKAFKA.addFilter(_Once())
+
+
+def _extra(settings: Settings, other_kind: frozenset[str]) -> dict[str, str]:
+    return {k: v for k, v in settings.kafka_properties().items() if k not in other_kind}
+
+
+def consumer(
+    settings: Settings,
+    overrides: Mapping[str, str] | None = None,
+    *,
+    error_cb: Callable[[Any], None] | None = None,
+) -> Consumer:
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "group.id": settings.kafka_group,
+        # Offsets are committed by the worker after a batch is applied and its DLQ
+        # records are acked; never automatically.
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        # Brokers that hold a fetch until it times out (rather than answering as soon as
+        # data arrives) would add up to the default 500 ms to every change's latency.
+        "fetch.wait.max.ms": "20",
+        "client.id": "rfm-worker",
+        "logger": RDKAFKA,
+        **_extra(settings, PRODUCER_ONLY),
+        **(overrides or {}),
+    }
+    if error_cb is not None:
+        config["error_cb"] = error_cb
+    return Consumer(config)
 
 
 def producer(settings: Settings, **overrides: str) -> Producer:
@@ -39,7 +105,8 @@ def producer(settings: Settings, **overrides: str) -> Producer:
             "acks": "all",
             "linger.ms": 5,
             "client.id": "rfm-worker",
-            **settings.kafka_properties(),
+            "logger": RDKAFKA,
+            **_extra(settings, CONSUMER_ONLY),
             **overrides,
         }
     )

@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     redis_allow_eviction: bool = False
     profiles: str | None = None
     clock: Literal["wall", "event"] = "wall"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
     sweep_interval: float = Field(default=60, gt=0)
     http_port: int = Field(default=9400, ge=0, le=65535)
     http_host: str = "0.0.0.0"  # noqa: S104  (the contract's default: every interface)

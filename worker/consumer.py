@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 BATCH_SIZE = 2000
 POLL_TIMEOUT = 0.02  # a batch waits at most this to fill: the latency floor at low rates
 DRAIN_TIMEOUT = 20.0  # once stopping: all the waiting (dead letters, relay) fits in this
+KAFKA_DOWN = (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE)
 MAX_BACKLOG = 50_000  # unacknowledged changes before consumption pauses
 DLQ_STALL = 5.0  # seconds of unacknowledged dead letters before the worker says so
 # Redis conditions that pass: wait and retry (never dead-letter, never crash). OOM stalls
@@ -60,6 +61,28 @@ REDIS_ERRORS = (
 
 
 T = TypeVar("T")
+
+
+class LogBudget:
+    """At most `limit` lines per `window` seconds for one kind of event; what was held
+    back is counted in one line when the next window opens (a flood of bad input must
+    not flood the log: the metrics count every one)."""
+
+    def __init__(self, log: logging.Logger, what: str, limit: int = 20, window: float = 10):
+        self._log, self._what, self._limit, self._window = log, what, limit, window
+        self._start, self._used, self._held = 0.0, 0, 0
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        if now - self._start > self._window:
+            if self._held:
+                self._log.info("... and %d more %s in %.0f s", self._held, self._what, self._window)
+            self._start, self._used, self._held = now, 0, 0
+        if self._used < self._limit:
+            self._used += 1
+            return True
+        self._held += 1
+        return False
 
 
 class DataLossError(StateError):
@@ -95,6 +118,9 @@ class Worker:
         self._stop_by = 0.0
         self.assigned: set[int] = set()
         self.joined = False  # the first assignment (possibly empty) has been received
+        self.kafka_ok = True
+        self._kafka_check = 0.0
+        self._log_budget = LogBudget(logger, "record(s) dead-lettered")
         self.redis_ok = True
         self.redis_failures = 0  # Redis calls that raised, ever: tells a retried call
         self.max_backlog = MAX_BACKLOG
@@ -116,7 +142,13 @@ class Worker:
     def ready(self) -> bool:
         # Able to work: in the group (a member with no partition, when there are more
         # workers than partitions, is ready too, or a rollout would never complete).
-        return self.redis_ok and self.dlq_ok and self.joined and not self.stopping.is_set()
+        return (
+            self.redis_ok
+            and self.kafka_ok
+            and self.dlq_ok
+            and self.joined
+            and not self.stopping.is_set()
+        )
 
     def is_healthy(self) -> bool:
         """The loop is turning (a Redis outage keeps it turning: not ready, still alive)."""
@@ -125,6 +157,31 @@ class Worker:
     def stop(self) -> None:
         self._stop_by = time.monotonic() + DRAIN_TIMEOUT
         self.stopping.set()
+
+    def on_kafka_error(self, err: KafkaError) -> None:
+        """librdkafka's error callback (served inside consume()): an unreachable cluster
+        is said once, in the worker's words, and makes the worker not ready."""
+        if err.code() not in KAFKA_DOWN or not self.kafka_ok:
+            return
+        self.kafka_ok = False
+        metrics.READY.set(0)
+        logger.error(
+            "Kafka at %s (RFM_KAFKA_BOOTSTRAP) is unreachable (%s): not ready until it answers",
+            self.settings.kafka_bootstrap,
+            err.str(),
+        )
+
+    def _check_kafka(self) -> None:
+        """While Kafka is unreachable, ask it for metadata now and then: back when it answers."""
+        if self.kafka_ok or time.monotonic() - self._kafka_check < 2:
+            return
+        self._kafka_check = time.monotonic()
+        try:
+            self.consumer.list_topics(self.settings.orders_topic, timeout=1)
+        except KafkaException:
+            return
+        self.kafka_ok = True
+        logger.info("Kafka at %s answers again", self.settings.kafka_bootstrap)
 
     def _time_left(self) -> float:
         """Seconds left to drain: the whole budget until stop() is called."""
@@ -160,6 +217,7 @@ class Worker:
                     self._publish(swept, self.assigned, failures)
                 self._retry_redis(self.relay.settle)
                 self._bound_backlog()
+                self._check_kafka()
                 self._report_lag()
         except (*REDIS_ERRORS, BatchAbandonedError) as exc:
             if not self.stopping.is_set():
@@ -387,14 +445,15 @@ class Worker:
     def _dead_letter(self, msg: Any, rejection: Rejection) -> None:
         metrics.EVENTS.labels("dead_lettered").inc()
         metrics.DEAD_LETTERS.labels(rejection.error_class).inc()
-        logger.info(
-            "dead-lettered %s[%d]@%d: %s (%s)",
-            msg.topic(),
-            msg.partition(),
-            msg.offset(),
-            rejection.error_class,
-            rejection.reason,
-        )
+        if self._log_budget.take():
+            logger.info(
+                "dead-lettered %s[%d]@%d: %s (%s)",
+                msg.topic(),
+                msg.partition(),
+                msg.offset(),
+                rejection.error_class,
+                rejection.reason,
+            )
         self.dead_letters.send(msg.key(), msg.value(), None, dlq_headers(msg, rejection))
 
     def _await_dead_letters(self) -> None:

@@ -36,7 +36,7 @@ def rebuild(settings: Settings, profiles: Profiles, *, confirmed: bool) -> int:
     store = Store(clients.redis_client(settings))
     # Read to the end of every partition: the end is where the consumer reports EOF, not
     # a watermark asked for up front (some Kafka-protocol brokers report those loosely).
-    consumer = clients.consumer(settings, **{"enable.partition.eof": "true"})
+    consumer = clients.consumer(settings, {"enable.partition.eof": "true"})
     topic = settings.orders_topic
     try:
         if store.holds_customers() and not confirmed:
