@@ -228,3 +228,65 @@ def test_sigterm_in_the_worst_case_stays_within_the_grace_period(
     loop.join(timeout=40)
     assert not loop.is_alive()
     assert time.monotonic() - started < DRAIN_TIMEOUT + 5
+
+
+class HoldDeliveries:
+    """A producer that holds the records to `topic` instead of sending them (in flight for
+    as long as the test wants); `purge` drops them, as librdkafka's purge does."""
+
+    def __init__(self, producer: Any, topic: str) -> None:
+        self._producer, self.topic = producer, topic
+        self.holding = True
+        self.held: list[dict[str, Any]] = []
+        self.purged = 0
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._producer, name)
+
+    def produce(self, topic: str, **record: Any) -> None:
+        if topic == self.topic and self.holding:
+            self.held.append(record)
+            return
+        self._producer.produce(topic, **record)
+
+    def purge(self, *args: Any, **kwargs: Any) -> None:
+        dropped, self.held = self.held, []
+        self.purged += len(dropped)
+        for record in dropped:
+            record["on_delivery"](KafkaError(KafkaError._PURGE_QUEUE), None)
+        self._producer.purge(*args, **kwargs)
+
+    def flush(self, timeout: float = 0) -> int:
+        return int(self._producer.flush(timeout)) + len(self.held)
+
+
+def test_a_revoked_worker_stops_publishing_before_the_next_owner_starts(
+    deployment: Deployment, store: Store, worker_in_process: Callable[..., Worker]
+) -> None:
+    """Worker A cannot get its changes acknowledged when B joins: at the revoke, once its
+    drain time is up, A drops what it still holds (nothing of it can land after B's
+    changes); B relays those changes from the outbox, in order."""
+    events = generate(60, seed=35)
+    expected = _expected(events)
+    holds: list[HoldDeliveries] = []
+
+    def wrap(producer: Any) -> HoldDeliveries:
+        holds.append(HoldDeliveries(producer, deployment.actions))
+        return holds[0]
+
+    a = worker_in_process(wrap_producer=wrap)
+    deployment.produce(_records(events))
+    deadline = time.monotonic() + 30
+    while a.relay.backlog < 20 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert a.relay.backlog >= 20 and holds[0].held
+    b = deployment.worker()  # a rebalance: A's drain cannot finish
+    deadline = time.monotonic() + DRAIN_TIMEOUT + 20
+    while not holds[0].purged and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert holds[0].purged and not holds[0].held  # dropped, never to be sent late
+    holds[0].holding = False  # A's later changes (its partitions after the rebalance) flow
+    actions = deployment.read(deployment.actions, until=_converged(expected), timeout=60)
+    assert_changes_consistent(actions)
+    assert_state_matches(store, expected)
+    assert b.stop() == 0
