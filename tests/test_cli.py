@@ -526,7 +526,8 @@ def test_run_refuses_a_redis_that_evicts_customers(
     policy: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with EmbeddedRedis() as own:
-        redis.Redis.from_url(own.url).config_set("maxmemory-policy", policy)
+        with redis.Redis.from_url(own.url) as admin:
+            admin.config_set("maxmemory-policy", policy)
         monkeypatch.setenv("RFM_REDIS_URL", own.url)
         assert main(["run"]) == 2
         last = capsys.readouterr().err.strip().splitlines()[-1]  # after the start log line
@@ -538,7 +539,8 @@ def test_run_with_eviction_allowed_gets_past_the_check(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with EmbeddedRedis() as own:
-        redis.Redis.from_url(own.url).config_set("maxmemory-policy", "allkeys-lru")
+        with redis.Redis.from_url(own.url) as admin:
+            admin.config_set("maxmemory-policy", "allkeys-lru")
         monkeypatch.setenv("RFM_REDIS_URL", own.url)
         monkeypatch.setenv("RFM_REDIS_ALLOW_EVICTION", "true")
         with socket.socket() as taken:  # so that it fails next, at the HTTP bind
@@ -564,15 +566,14 @@ def test_kafka_unreachable_is_one_line(
 
 def test_export_into_a_closed_pipe_ends_quietly(redis_server: EmbeddedRedis) -> None:
     """`rfm-worker export | head -1`: no BrokenPipeError traceback."""
-    client = redis.Redis.from_url(redis_server.url)
-    client.flushall()
     profiles = Profiles.builtin()
-    store = Store(client)
     events = [
         (event(profiles, f"e{i}", "placed", f"o{i}", f"c{i}", "2026-05-01T10:00:00Z", "10"), 0)
         for i in range(3000)
     ]
-    store.apply_batch(events, profiles, as_of_ms=AS_OF_MS, now_ms=AS_OF_MS)
+    with redis.Redis.from_url(redis_server.url) as client:
+        client.flushall()
+        Store(client).apply_batch(events, profiles, as_of_ms=AS_OF_MS, now_ms=AS_OF_MS)
     env = {**os.environ, "RFM_REDIS_URL": redis_server.url}
     done = subprocess.run(
         f"{sys.executable} -m worker export | head -1",
@@ -612,6 +613,7 @@ def test_run_with_kafka_unreachable_says_so_once_and_is_not_ready(
         with pytest.raises(urllib.error.HTTPError) as not_ready:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5)
         assert not_ready.value.code == 503
+        not_ready.value.close()
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0

@@ -248,17 +248,25 @@ def run(settings: Settings, profiles: Profiles) -> int:
 
     logger.info("starting rfm-worker %s with %s", __version__, settings.describe())
     store = Store(clients.redis_client(settings))
-    _check_redis(store, settings)
+    try:
+        _check_redis(store, settings)
+    except BaseException:
+        store.redis.close()
+        raise
     # librdkafka's error callback runs inside consume(), once `worker` exists.
     consumer = clients.consumer(settings, error_cb=lambda err: worker.on_kafka_error(err))
     worker = Worker(settings, profiles, store, consumer, clients.producer(settings))
     metrics.register_customers(store.segment_counts, profiles.names())
     api = Api(settings, profiles, store, healthy=worker.is_healthy, ready=lambda: worker.ready)
     try:
-        server = serve(api, settings.http_port, settings.http_host)
-    except OSError as exc:
+        try:
+            server = serve(api, settings.http_port, settings.http_host)
+        except OSError as exc:
+            raise ConfigError(f"RFM_HTTP_PORT={settings.http_port}: {exc.strerror}") from None
+    except ConfigError:  # the port is taken, the host is not this machine's
         worker.consumer.close()
-        raise ConfigError(f"RFM_HTTP_PORT={settings.http_port}: {exc.strerror}") from None
+        store.redis.close()
+        raise
     signals = 0
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
