@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import urllib.request
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -20,16 +19,12 @@ from urllib.error import HTTPError
 
 import pytest
 
-from tests.factories import valid_event
+from tests.test_http_api import AS_OF_MS, placed
 from worker.config import Settings
-from worker.events import ValidEvent
 from worker.http_api import Api, serve
 from worker.profiles import Profiles
 from worker.store import Store
 
-AS_OF = datetime(2026, 6, 1, tzinfo=UTC)
-AS_OF_MS = int(AS_OF.timestamp()) * 1000
-DAY = timedelta(days=1)
 TOKEN = "page-test-token"
 CSP = (
     "default-src 'none'",
@@ -72,27 +67,6 @@ def secured_base(
     store.advance_clock(AS_OF_MS)
     api = Api(_settings(monkeypatch, TOKEN), profiles, store, lambda: True, lambda: True)
     yield from _server(api)
-
-
-def placed(
-    profiles: Profiles,
-    customer: str,
-    order: str,
-    amount: str,
-    days_ago: float,
-    tenant: str | None = None,
-) -> ValidEvent:
-    return valid_event(
-        profiles,
-        event_id=f"{tenant}/{customer}/{order}",
-        kind="placed",
-        order_id=order,
-        customer=customer,
-        occurred_at=(AS_OF - days_ago * DAY).isoformat(),
-        now_ms=AS_OF_MS,
-        amount=amount,
-        tenant=tenant,
-    )
 
 
 def populate(store: Store, profiles: Profiles) -> None:

@@ -32,7 +32,7 @@ from worker.config import Settings
 from worker.delivery import Deliveries
 from worker.dlq import dlq_headers, without_value
 from worker.errors import RfmError, StateError
-from worker.events import Rejection, ValidEvent, validate
+from worker.events import Rejection, ValidEvent, validate, wall_ms
 from worker.profiles import Profiles
 from worker.relay import Relay
 from worker.store import Committed, Store
@@ -91,10 +91,6 @@ class DataLossError(StateError):
 
 class BatchAbandonedError(RfmError):
     """Stopping before the batch in hand could be completed; it is consumed again later."""
-
-
-def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 class Worker:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -155,6 +156,12 @@ def digest(event_id: str) -> str:
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def wall_ms() -> int:
+    """Now, by the wall clock, in epoch milliseconds (the unit of every instant here).
+    The core takes `now` as an argument; the I/O around it reads it here."""
+    return time.time_ns() // 1_000_000
 
 
 def epoch_ms(ts: datetime) -> int:

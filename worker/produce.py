@@ -25,7 +25,7 @@ import orjson
 
 from worker.config import Settings
 from worker.errors import UsageError
-from worker.events import Rejection, ValidEvent, validate
+from worker.events import Rejection, ValidEvent, validate, wall_ms
 from worker.profiles import DEFAULT_TENANT, Profiles
 
 CSV_REQUIRED = ("customer_id", "order_id", "occurred_at", "amount")
@@ -146,7 +146,7 @@ def rows(source: Source, profiles: Profiles) -> Iterator[Row]:
         if isinstance(value, Rejection):
             yield Row(line, value, b"", row)
             continue
-        yield Row(line, validate(value, profiles, time.time_ns() // 1_000_000), value, row)
+        yield Row(line, validate(value, profiles, wall_ms()), value, row)
 
 
 def _jsonl_events(lines: Iterable[bytes]) -> Iterator[tuple[int, bytes | Rejection, Any]]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import logging
 import sys
-import time
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
@@ -23,7 +22,7 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicP
 from worker import clients
 from worker.config import Settings
 from worker.errors import RfmError, UsageError
-from worker.events import ValidEvent, validate
+from worker.events import ValidEvent, validate, wall_ms
 from worker.profiles import Profiles
 from worker.store import Store
 
@@ -89,7 +88,7 @@ def _replay(
     warned: set[int] = set()
     while remaining:
         valid: list[tuple[ValidEvent, int]] = []
-        now = time.time_ns() // 1_000_000
+        now = wall_ms()
         for msg in consumer.consume(BATCH, 1.0):
             p = msg.partition()
             if msg.error():

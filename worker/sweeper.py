@@ -29,7 +29,7 @@ from typing import Any
 from worker import keys, metrics
 from worker.config import Settings
 from worker.errors import RfmError, UsageError
-from worker.events import MAX_FUTURE_MS
+from worker.events import MAX_FUTURE_MS, wall_ms
 from worker.messages import iso
 from worker.profiles import Profiles
 from worker.store import BatchResult, Committed, Store
@@ -212,10 +212,6 @@ def run_once(settings: Settings, profiles: Profiles, as_of_ms: int | None) -> in
         f"{sweep.changes} change(s) and {sweep.overdue} overdue alert(s) published"
     )
     return 0
-
-
-def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 def _sweep_instant(settings: Settings, store: Store, as_of_ms: int | None) -> int:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import time
 from collections import Counter, defaultdict
 from collections.abc import Iterator
 from typing import Any
 
 from worker.config import Settings
 from worker.customer import Customer
+from worker.events import wall_ms
 from worker.messages import customer_view, iso
 from worker.profiles import Profiles
 from worker.scoring import score
@@ -21,7 +21,7 @@ def now_ms(settings: Settings, store: Store) -> int:
         clock = store.read_clock()
         if clock is not None:
             return clock
-    return time.time_ns() // 1_000_000
+    return wall_ms()
 
 
 def view(customer: Customer, profiles: Profiles, as_of_ms: int) -> dict[str, object] | None:

@@ -34,7 +34,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 from worker import keys
 from worker.clients import produce
 from worker.embedded import EmbeddedKafka, EmbeddedRedis, create_topics, free_port
-from worker.events import ValidEvent
+from worker.events import ValidEvent, wall_ms
 from worker.messages import iso
 from worker.profiles import DEFAULT_TENANT, Profiles
 from worker.scoring import DAY_MS
@@ -139,10 +139,6 @@ def per_s(value: float) -> str:
 
 def ratio(value: float) -> str:
     return f"{value:.2f}"
-
-
-def wall_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 # -- order events -------------------------------------------------------------------------
