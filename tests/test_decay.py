@@ -595,6 +595,7 @@ def check_overdue(change: Change, at: int, last: int, current: str) -> None:
         "expected_next_order_at": iso(last + 75 * DAY),
         "silent_days": (at - last) // DAY,
         "current": view(*current.split(":")),
+        "triggers": [],
         "emitted_at": iso(NOW),
     }
 

@@ -195,7 +195,7 @@ def test_version_depends_on_content_not_name() -> None:
     c = Profiles.from_toml(one_profile(VALID_BODY + "frequency_window_days = 30\n", "a"))
     assert a.version == b.version
     assert a.version != c.for_tenant("a").version
-    assert len(a.version) == 12
+    assert len(a.version) == 8
 
 
 def test_profile_is_a_config_error() -> None:
@@ -451,3 +451,158 @@ def test_boolean_thresholds_are_not_numbers() -> None:
     text = "[profiles.x]\nrecency_days=[true, 5]\nfrequency_orders=[1]\nmonetary=[1]\n"
     with pytest.raises(ProfileError, match="recency_days"):
         Profiles.from_toml(text)
+
+
+# -- automation triggers ------------------------------------------------------------------
+
+PIZZERIA_TRIGGERS = """
+[[profiles.pizzeria.triggers]]
+name = "ask_testimonial"
+when = "r_becomes"
+value = 5
+
+[[profiles.pizzeria.triggers]]
+name = "winback_offer"
+when = "enters"
+segment = "at_risk"
+from = ["loyal", "champions", "cant_lose_them"]
+
+[[profiles.pizzeria.triggers]]
+name = "vip_invitation"
+when = "enters"
+segment = "champions"
+
+[[profiles.pizzeria.triggers]]
+name = "cadence_reminder"
+when = "overdue"
+"""
+
+
+def with_triggers(*triggers: str, body: str = VALID_BODY) -> str:
+    tables = "".join(f"\n[[profiles.pizzeria.triggers]]\n{t}\n" for t in triggers)
+    return one_profile(body, "pizzeria") + tables
+
+
+def test_readme_triggers_load_in_order() -> None:
+    p = Profiles.from_toml(one_profile(VALID_BODY, "pizzeria") + PIZZERIA_TRIGGERS)
+    triggers = p.for_tenant("pizzeria").triggers
+    assert [(t.name, t.when, t.value, t.segment, t.from_) for t in triggers] == [
+        ("ask_testimonial", "r_becomes", 5, None, None),
+        ("winback_offer", "enters", None, "at_risk", ["loyal", "champions", "cant_lose_them"]),
+        ("vip_invitation", "enters", None, "champions", None),
+        ("cadence_reminder", "overdue", None, None, None),
+    ]
+    assert p.default.triggers == []  # no triggers unless a profile names some
+
+
+def test_triggers_use_the_custom_segment_map_and_levels() -> None:
+    body = """
+recency_days = [30, 365]
+frequency_orders = [2, 3, 4, 6, 8, 12]
+monetary = [500]
+[[profiles.pizzeria.segments]]
+name = "fans"
+f = [5, 7]
+[[profiles.pizzeria.segments]]
+name = "everyone_else"
+"""
+    text = with_triggers(
+        'name = "fan"\nwhen = "enters"\nsegment = "fans"\nfrom = ["everyone_else"]',
+        'name = "top_r"\nwhen = "r_becomes"\nvalue = 3',
+        'name = "f7"\nwhen = "f_reaches"\nvalue = 7',
+        'name = "m2"\nwhen = "m_reaches"\nvalue = 2',
+        body=body,
+    )
+    assert [t.name for t in Profiles.from_toml(text).for_tenant("pizzeria").triggers] == [
+        "fan",
+        "top_r",
+        "f7",
+        "m2",
+    ]
+    err = load_error(with_triggers('name = "x"\nwhen = "enters"\nsegment = "at_risk"', body=body))
+    assert "triggers[0] 'x': segment 'at_risk' is not in the profile's segment map" in err
+    err = load_error(with_triggers('name = "x"\nwhen = "m_reaches"\nvalue = 3', body=body))
+    assert "triggers[0] 'x': value 3 is outside M's levels 1..2" in err
+
+
+@pytest.mark.parametrize(
+    ("tables", "message"),
+    [
+        (['name = "w"\nwhen = "becomes"\nvalue = 5'], "triggers[0] 'w': when: Input should be"),
+        (['name = "w"\nwhen = "r_becomes"'], "triggers[0] 'w': 'r_becomes' needs a value"),
+        (['name = "w"\nwhen = "f_reaches"'], "triggers[0] 'w': 'f_reaches' needs a value"),
+        (['name = "w"\nwhen = "m_reaches"'], "triggers[0] 'w': 'm_reaches' needs a value"),
+        (['name = "w"\nwhen = "enters"'], "triggers[0] 'w': 'enters' needs a segment"),
+        (['name = "w"\nwhen = "leaves"'], "triggers[0] 'w': 'leaves' needs a segment"),
+        (
+            ['name = "w"\nwhen = "overdue"\nvalue = 1'],
+            "triggers[0] 'w': 'overdue' takes no value",
+        ),
+        (
+            ['name = "w"\nwhen = "enters"\nsegment = "lost"\nvalue = 1'],
+            "triggers[0] 'w': 'enters' takes no value",
+        ),
+        (
+            ['name = "w"\nwhen = "r_becomes"\nvalue = 5\nsegment = "lost"'],
+            "triggers[0] 'w': 'r_becomes' takes no segment",
+        ),
+        (
+            ['name = "w"\nwhen = "enters"\nsegment = "at_riks"'],
+            "triggers[0] 'w': segment 'at_riks' is not in the profile's segment map",
+        ),
+        (
+            ['name = "w"\nwhen = "enters"\nsegment = "at_risk"\nfrom = ["loyal", "loyals"]'],
+            "triggers[0] 'w': from segment 'loyals' is not in the profile's segment map",
+        ),
+        (
+            ['name = "w"\nwhen = "overdue"\nfrom = ["vip"]'],
+            "triggers[0] 'w': from segment 'vip' is not in the profile's segment map",
+        ),
+        (
+            ['name = "w"\nwhen = "leaves"\nsegment = "loyal"\nfrom = ["champions"]'],
+            "triggers[0] 'w': 'leaves' takes no from",
+        ),
+        (
+            ['name = "w"\nwhen = "enters"\nsegment = "loyal"\nfrom = []'],
+            "triggers[0] 'w': from must name at least one segment",
+        ),
+        (['name = "w"\nwhen = "r_becomes"\nvalue = 6'], "value 6 is outside R's levels 1..5"),
+        (['name = "w"\nwhen = "r_becomes"\nvalue = 0'], "value 0 is outside R's levels 1..5"),
+        (['name = "w"\nwhen = "f_reaches"\nvalue = 6'], "value 6 is outside F's levels 1..5"),
+        (['name = "w"\nwhen = "m_reaches"\nvalue = 9'], "value 9 is outside M's levels 1..5"),
+        (['name = "w"\nwhen = "r_becomes"\nvalue = "5"'], "triggers[0] 'w': value: "),
+        (['name = "w"\nwhen = "r_becomes"\nvalue = true'], "triggers[0] 'w': value: "),
+        (
+            ['name = "w"\nwhen = "overdue"', 'name = "w"\nwhen = "r_becomes"\nvalue = 1'],
+            "triggers[1] 'w': duplicate trigger name",
+        ),
+        (
+            ['name = "w"\nwhen = "overdue"\ncolour = "red"'],
+            "triggers[0] 'w': colour: Extra inputs are not permitted",
+        ),
+        (['name = "a,b"\nwhen = "overdue"'], "triggers[0] 'a,b': name: String should match"),
+        (['when = "overdue"'], "triggers[0]: name: Field required"),
+    ],
+)
+def test_bad_triggers_are_rejected_naming_profile_and_trigger(
+    tables: list[str], message: str
+) -> None:
+    err = load_error(with_triggers(*tables))
+    assert err.startswith("profiles.toml: profile 'pizzeria': triggers[")
+    assert message in err
+
+
+def test_first_trigger_error_of_the_readme_typo() -> None:
+    text = with_triggers(
+        'name = "ask_testimonial"\nwhen = "r_becomes"\nvalue = 5',
+        'name = "winback_offer"\nwhen = "enters"\nsegment = "at_riks"\nfrom = ["loyal"]',
+    )
+    assert load_error(text) == (
+        "profiles.toml: profile 'pizzeria': triggers[1] 'winback_offer': "
+        "segment 'at_riks' is not in the profile's segment map"
+    )
+
+
+def test_triggers_must_be_a_list_of_tables() -> None:
+    err = load_error(one_profile(VALID_BODY + "triggers = 3\n", "pizzeria"))
+    assert "profile 'pizzeria': triggers: Input should be a valid list" in err

@@ -167,10 +167,10 @@ def test_legacy_customers_are_indexed_then_swept(store: Store, profiles: Profile
     store.apply_batch(
         [(placed(profiles, 1, "new", fresh), 0)], profiles, as_of_ms=fresh, now_ms=fresh
     )
-    assert not store.is_indexed()
+    assert not store.is_indexed(profiles)
 
     _done, records = sweep(store, profiles, T0_MS)
-    assert store.is_indexed()
+    assert store.is_indexed(profiles)
     # Each old customer was due now: scored at T0 (100 days: R=3), published, rescheduled.
     assert sorted(r["customer_id"] for r in records) == [f"old{i}" for i in range(5)]
     assert {(r["previous"]["rfm"], r["current"]["rfm"]) for r in records} == {("411", "311")}
@@ -332,3 +332,101 @@ def test_a_customer_whose_decay_raises_is_postponed_not_blocking(
     monkeypatch.setattr(worker.store, "decay", real)
     _done, records = sweep(store, profiles, T0_MS + DAY_MS)
     assert [r["customer_id"] for r in records] == ["c2"]
+
+
+# -- a changed profile: the marking pass, then sweeps rescore -------------------------------
+
+NEW_PROFILES = Profiles.from_toml(
+    """
+[profiles.default]
+recency_days = [10, 20, 60, 120]
+frequency_orders = [2, 3, 5, 10]
+monetary = [100, 250, 500, 1000]
+"""
+)
+
+
+def _history(store: Store, profiles: Profiles) -> dict[str, list[int]]:
+    """24 customers, 1..3 orders each at various ages, committed and swept up to T0."""
+    orders: dict[str, list[int]] = {}
+    for i in range(24):
+        cid = f"c{i}"
+        orders[cid] = [T0_MS - (5 + 13 * i + 40 * k) * DAY_MS for k in range(1 + i % 3)]
+        for n, at in enumerate(sorted(orders[cid])):
+            store.apply_batch(
+                [(placed(profiles, n, cid, at, amount="70"), i % 4)],
+                profiles,
+                as_of_ms=at,
+                now_ms=at,
+            )
+    sweep(store, profiles, T0_MS)
+    return orders
+
+
+def test_a_changed_profile_is_applied_in_the_background(store: Store, profiles: Profiles) -> None:
+    from worker.decay import next_due
+    from worker.scoring import score
+
+    _history(store, profiles)
+    assert store.profile_versions() == {"default": profiles.default.version}
+    before = {c.customer_id: c for c in store.scan_customers()}
+    new = NEW_PROFILES.default
+    expected_moves = {}
+    for cid, c in before.items():
+        agg = c.aggregates()
+        assert agg is not None and c.published is not None
+        s = score(agg, T0_MS, new)
+        if (s.r, s.f, s.m, s.segment) != (
+            c.published.r,
+            c.published.f,
+            c.published.m,
+            c.published.segment,
+        ):
+            expected_moves[cid] = (c.published.rfm, s.rfm)
+    assert 5 <= len(expected_moves) < len(before)  # the scenario moves some, not all
+
+    # The same instant, the new profile: every move is published once, cause "rescore".
+    _done, records = sweep(store, NEW_PROFILES, T0_MS)
+    assert {r["customer_id"]: (r["previous"]["rfm"], r["current"]["rfm"]) for r in records} == (
+        expected_moves
+    )
+    assert len(records) == len(expected_moves)
+    assert {r["cause"] for r in records} == {"rescore"}
+    assert store.profile_versions() == {"default": new.version}
+    for cid in before:
+        after = store.get_customer("default", cid)
+        assert after is not None and after.version == new.version
+        agg = after.aggregates()
+        assert agg is not None
+        # Due instants follow the new thresholds.
+        due = next_due(agg, new, T0_MS, after.alerted)
+        assert due_of(store, "default", cid, after.partition or 0) == due
+    # Applied: another sweep at the same instant, or a restart, publishes nothing.
+    assert sweep(store, NEW_PROFILES, T0_MS)[1] == []
+    # Back to the old profile: every moved customer moves back, nothing else.
+    _done, back = sweep(store, profiles, T0_MS)
+    assert {r["customer_id"]: (r["previous"]["rfm"], r["current"]["rfm"]) for r in back} == {
+        cid: (b, a) for cid, (a, b) in expected_moves.items()
+    }
+
+
+def test_a_marking_pass_cut_short_resumes_without_repeating_changes(
+    store: Store, profiles: Profiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _history(store, profiles)
+    real_chunks = store.customer_key_chunks
+    monkeypatch.setattr(store, "customer_key_chunks", lambda: real_chunks(count=5))
+    # A worker with the new profile marks a first chunk and sweeps it, then dies.
+    first = Sweeper(store, NEW_PROFILES, interval=60, clock=lambda: T0_MS, now_ms=lambda: T0_MS)
+    assert first.index_step()
+    out: list[Committed] = []
+    sweep_ = first.start({0, 1, 2, 3}, T0_MS)
+    while sweep_.pending:
+        out += first.step(sweep_, {0, 1, 2, 3})
+    assert len(out) > 0 and store.profile_versions() == {"default": profiles.default.version}
+    # The next start runs the pass again: what was rescored is not marked again.
+    _done, records = sweep(store, NEW_PROFILES, T0_MS)
+    ids = [orjson.loads(c.value)["customer_id"] for c in out] + [r["customer_id"] for r in records]
+    assert len(ids) == len(set(ids))
+    assert store.profile_versions() == {"default": NEW_PROFILES.default.version}
+    assert sweep(store, NEW_PROFILES, T0_MS)[1] == []

@@ -339,3 +339,68 @@ def test_two_sweepers_at_once_publish_each_change_once(
     published = sum(int(out.split("rescored, ")[1].split(" change")[0]) for out, _ in outputs)
     assert published == len(moved)
     assert_state_matches(store, after)
+
+
+def test_a_worker_started_with_changed_thresholds_rescores_in_the_background(
+    deployment: Deployment, store: Store
+) -> None:
+    """Scores published under one profile; the worker restarts with tighter recency
+    thresholds and publishes, with cause `rescore`, exactly the moves they cause."""
+    deployment.extra_env["RFM_CLOCK"] = "event"
+    deployment.extra_env["RFM_SWEEP_INTERVAL"] = "1"
+    old = deployment.tmp_path / "old.toml"
+    new = deployment.tmp_path / "new.toml"
+    old.write_text(
+        "[profiles.default]\nrecency_days = [30, 90, 180, 365]\n"
+        "frequency_orders = [2, 3, 5, 10]\nmonetary = [100, 250, 500, 1000]\n"
+    )
+    new.write_text(old.read_text().replace("[30, 90, 180, 365]", "[7, 14, 60, 120]"))
+    deployment.extra_env["RFM_PROFILES"] = str(old)
+    now = _midnight(0) - 12 * timedelta(hours=1)  # in the past: accepted as an order time
+    ages = {f"c{i}": 3 + 11 * i for i in range(20)}  # 3 .. 212 days
+    events = [_order(c, 0, now - d * DAY) for c, d in ages.items()]
+    events.append(_order("clock", 0, now))  # the event clock stands at `now`
+    old_profiles, new_profiles = Profiles.load(old), Profiles.load(new)
+
+    def rfm(profiles: Profiles, cid: str) -> str:
+        return views.lookup(store, profiles, "default", cid, _ms(now))["rfm"]  # type: ignore[index]
+
+    deployment.produce(_records(events))
+    first = deployment.worker()
+    deadline = time.monotonic() + 60
+    while True:  # until every customer is published as the old profile scores it now
+        stored = {c: store.get_customer("default", c) for c in ages}
+        before = {c: rfm(old_profiles, c) for c in ages if stored[c] is not None}
+        published = {c: s.published.rfm for c, s in stored.items() if s and s.published}
+        if len(before) == len(ages) and published == before:
+            break
+        assert time.monotonic() < deadline, {
+            c: (before.get(c), published.get(c)) for c in ages if before.get(c) != published.get(c)
+        }
+        time.sleep(0.2)
+    assert first.stop() == 0
+    expected = {c: (before[c], rfm(new_profiles, c)) for c in ages}
+    expected = {c: move for c, move in expected.items() if move[0] != move[1]}
+    assert 5 <= len(expected) < len(ages)
+
+    deployment.extra_env["RFM_PROFILES"] = str(new)
+    worker = deployment.worker()
+
+    def rescores(messages: list[Any]) -> list[dict[str, Any]]:
+        docs = [orjson.loads(m.value()) for m in messages]
+        return [d for d in docs if d.get("cause") == "rescore"]
+
+    actions = deployment.read(
+        deployment.actions, until=lambda m: len(rescores(m)) >= len(expected), timeout=60
+    )
+    time.sleep(1.5)  # a further sweep publishes nothing more
+    actions = deployment.read(deployment.actions, until=lambda m: False, timeout=2)
+    got = {d["customer_id"]: (d["previous"]["rfm"], d["current"]["rfm"]) for d in rescores(actions)}
+    assert got == expected and len(rescores(actions)) == len(expected)
+    assert store.profile_versions() == {"default": new_profiles.default.version}
+    metrics = _http(int(worker.env["RFM_HTTP_PORT"]), "/metrics")[1].decode()
+    assert "rfm_rescore_running 0.0" in metrics
+    assert f"rfm_rescore_marked_total {float(len(ages) + 1)}" in metrics
+    assert "rescore pass done" in worker.log()
+    assert_changes_consistent(actions)
+    assert worker.stop() == 0

@@ -7,16 +7,17 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
+from typing import TextIO
 
 import orjson
 import redis
 from confluent_kafka import KafkaException
 
-from worker import __version__, logs, schemas, views
+from worker import __version__, logs, rescore, schemas, views
 from worker.config import Settings, load_settings, mask_url
 from worker.errors import ConfigError, RfmError, UsageError
 from worker.events import epoch_ms
@@ -43,6 +44,33 @@ def _parser() -> argparse.ArgumentParser:
     m = sub.add_parser("matrix", help="the R x F grid of customer counts and segment counts")
     m.add_argument("--tenant", default=DEFAULT_TENANT)
     m.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    m.add_argument(
+        "--color",
+        choices=("auto", "always", "never"),
+        default="auto",
+        help="colour the cells by segment: auto (default) when standard output is a terminal "
+        "and NO_COLOR is not set, always, or never",
+    )
+    q = sub.add_parser(
+        "rescore",
+        help="with --dry-run: which segment moves applying a profiles file now would cause",
+        description="With --dry-run, score every stored customer with the profiles of FILE "
+        "(default: RFM_PROFILES) at now (the wall clock, or the event clock with "
+        "RFM_CLOCK=event) and count how many would move from which segment to which, "
+        "against the score the worker last published. Changes nothing, publishes nothing. "
+        "A changed profile is applied by `rfm-worker run` itself, in the background, when "
+        "it starts with it.",
+    )
+    q.add_argument(
+        "--dry-run", action="store_true", help="required: count the moves, change nothing"
+    )
+    q.add_argument("--tenant", help="only this tenant's customers (default: every tenant)")
+    q.add_argument(
+        "--profiles",
+        metavar="FILE",
+        help="the profiles to try (TOML, as RFM_PROFILES); default: the RFM_PROFILES in effect",
+    )
+    q.add_argument("--json", action="store_true", help="print JSON instead of a table")
     d = sub.add_parser("demo", help="embedded broker and Redis, the worker, a live order stream")
     d.add_argument("--customers", type=int, default=3000)
     d.add_argument("--rate", type=float, default=200, help="orders per second")
@@ -128,9 +156,16 @@ def _dispatch(args: argparse.Namespace) -> int:
             duration=args.duration,
             days_per_second=args.days_per_second,
         )
+    if args.command == "rescore" and not args.dry_run:
+        raise UsageError(
+            "rescore needs --dry-run: a changed profile is applied by the worker itself when "
+            "it starts with it (`rfm-worker run` rescores in the background)"
+        )
     settings = load_settings()
     logging.getLogger().setLevel(settings.log_level.upper())
     profiles = Profiles.load(settings.profiles)
+    if args.command == "rescore" and args.profiles is not None:
+        profiles = Profiles.load(args.profiles)  # the candidate profiles, checked before Redis
     if args.command == "run":
         return _redis_down(settings, lambda: run(settings, profiles))
     if args.command == "rebuild":
@@ -173,7 +208,7 @@ def _redis_down(settings: Settings, command: Callable[[], int]) -> int:
 
 
 def _read(args: argparse.Namespace, settings: Settings, profiles: Profiles, store: Store) -> int:
-    """The read-only commands: customer, export, matrix."""
+    """The read-only commands: customer, export, matrix, rescore --dry-run."""
     if args.command == "customer":
         as_of = views.now_ms(settings, store)
         doc = views.lookup(store, profiles, args.tenant, args.customer_id, as_of)
@@ -194,9 +229,40 @@ def _read(args: argparse.Namespace, settings: Settings, profiles: Profiles, stor
         if args.json:
             sys.stdout.buffer.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
         else:
-            print(views.render_matrix(doc))
+            profile = profiles.for_tenant(args.tenant)
+            text = views.render_matrix(
+                doc,
+                r_levels=len(profile.recency_days) + 1,
+                f_levels=len(profile.frequency_orders) + 1,
+                color=use_color(args.color, sys.stdout, os.environ),
+            )
+            print(text)
+        return 0
+    if args.command == "rescore":
+        as_of = views.now_ms(settings, store)
+        customers = store.scan_customers(args.tenant)
+        tally = rescore.transitions(customers, profiles, as_of, args.tenant)
+        if args.json:
+            doc = rescore.dry_run_doc(tally, args.tenant, as_of)
+            sys.stdout.buffer.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
+        else:
+            source = args.profiles or settings.profiles
+            print(rescore.render(tally, args.tenant, as_of, source))
         return 0
     raise AssertionError(args.command)
+
+
+def use_color(choice: str, stream: TextIO, environ: Mapping[str, str]) -> bool:
+    """--color: `always`, `never`, or `auto`: only on a terminal, and not when NO_COLOR is set
+    to anything non-empty (no-color.org) or TERM is dumb. An explicit choice wins."""
+    if choice != "auto":
+        return choice == "always"
+    if environ.get("NO_COLOR") or environ.get("TERM") == "dumb":
+        return False
+    try:
+        return stream.isatty()
+    except ValueError:  # closed
+        return False
 
 
 def _store(settings: Settings) -> Store:

@@ -107,6 +107,7 @@ class Customer:
     partition: int | None = None  # partition of the customer's latest event
     scored_at: int | None = None  # as_of of the last commit that scored it (epoch ms)
     alerted: int | None = None  # last_order_at of the silence last alerted as overdue
+    version: str | None = None  # version of the profile that scored `published`
     # Counted orders' times (sorted) and net spend, built on first use and then kept up to
     # date by `apply`, so an event costs O(log orders), not a pass over every order.
     _times: list[int] | None = field(default=None, repr=False, compare=False)
@@ -167,6 +168,8 @@ class Customer:
             doc["t"] = self.scored_at
         if self.alerted is not None:
             doc["a"] = self.alerted
+        if self.version is not None:
+            doc["v"] = self.version
         # Sorted keys: the bytes, not only the meaning, are independent of arrival order.
         return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
 
@@ -181,4 +184,13 @@ class Customer:
         }
         s = doc.get("s")
         published = Published(s[0], s[1], s[2], s[3]) if s else None
-        return cls(tenant, customer_id, orders, published, doc.get("p"), doc.get("t"), doc.get("a"))
+        return cls(
+            tenant,
+            customer_id,
+            orders,
+            published,
+            doc.get("p"),
+            doc.get("t"),
+            doc.get("a"),
+            doc.get("v"),
+        )

@@ -6,8 +6,9 @@ the result atomically (worker/store.py), whatever the cause:
 - `apply_events`: order events. Each applied event is scored at as_of; every event that
   moves the customer's (R, F, M) or segment yields one `rfm.changed`, in event order.
 - `decay`: time alone (the sweeper). The customer is scored at the sweep's instant: one
-  `rfm.changed` with cause `decay` if a boundary passed, and the `rfm.overdue` alert once
-  per silence.
+  `rfm.changed` with cause `decay` if a boundary passed (`rescore` if the customer was last
+  scored with another version of its profile), and the `rfm.overdue` alert once per
+  silence.
 
 A customer's time never moves back: it is scored at max(as_of, the instant of its last
 commit), so a sweep and a consumer racing on it cannot undo each other's decay. Every
@@ -27,6 +28,7 @@ from worker.events import ValidEvent
 from worker.messages import CAUSE_OF_EVENT, Cause, rfm_changed, rfm_overdue
 from worker.profiles import Profile
 from worker.scoring import Score, days_between, score
+from worker.triggers import fired, fired_overdue
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,6 +44,8 @@ class Change:
     count_key_to: str | None
     payload: dict[str, object]
     kind: Literal["rfm.changed", "rfm.overdue"] = "rfm.changed"
+    triggers: tuple[str, ...] = ()  # the names in the payload's "triggers" (worker/triggers.py)
+    profile: str | None = None  # the name of the profile that scored it (metric labels)
 
 
 @dataclass(slots=True)
@@ -102,6 +106,7 @@ def apply_events(
     if result.dirty:
         result.touched = True
         customer.scored_at = as_of_ms
+        customer.version = profile.version
         if partition is not None:
             customer.partition = partition
         result.due = next_due(customer.aggregates(), profile, as_of_ms, customer.alerted)
@@ -124,12 +129,14 @@ def decay(
     """
     result = Result(customer, touched=True)
     as_of_ms = max(as_of_ms, customer.scored_at or as_of_ms)
+    # Scored with another profile version: what moves now is the profile's doing.
+    rescored = customer.version is not None and customer.version != profile.version
     change = rescore(
         customer,
         profile,
         as_of_ms=as_of_ms,
         now_ms=now_ms,
-        cause="decay",
+        cause="rescore" if rescored else "decay",
         cause_event_id=None,
         new_id=new_id,
     )
@@ -145,6 +152,7 @@ def decay(
     ):
         customer.alerted = agg.last_order_at
         current = score(agg, as_of_ms, profile)
+        names = fired_overdue(profile.triggers, current)
         result.changes.append(
             Change(
                 tenant=customer.tenant,
@@ -165,13 +173,19 @@ def decay(
                     silent_days=days_between(agg.last_order_at, as_of_ms),
                     current=current,
                     emitted_at_ms=now_ms,
+                    triggers=names,
                 ),
                 kind="rfm.overdue",
+                triggers=names,
+                profile=profile.name,
             )
         )
     if result.changes:
         result.dirty = True
         customer.scored_at = as_of_ms
+    if customer.version != profile.version and customer.orders:
+        result.dirty = True
+        customer.version = profile.version
     result.due = next_due(agg, profile, as_of_ms, customer.alerted)
     return result
 
@@ -202,6 +216,7 @@ def rescore(
     customer.published = (
         None if current is None else Published(current.r, current.f, current.m, current.segment)
     )
+    names = fired(profile.triggers, previous, current)
     payload = rfm_changed(
         change_id=new_id(),
         tenant=customer.tenant,
@@ -213,6 +228,7 @@ def rescore(
         current=current,
         agg=agg,
         emitted_at_ms=now_ms,
+        triggers=names,
     )
     return Change(
         tenant=customer.tenant,
@@ -223,4 +239,6 @@ def rescore(
         count_key_from=count_key(customer.tenant, previous),
         count_key_to=count_key(customer.tenant, current),
         payload=payload,
+        triggers=names,
+        profile=profile.name,
     )

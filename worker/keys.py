@@ -13,6 +13,8 @@ valid on Redis Cluster:
     rfm:clock                           string  the event clock, epoch ms (RFM_CLOCK=event)
     rfm:due-index                       string  "1" once customers stored before the due
                                                 index existed have been indexed
+    rfm:profiles                        hash    profile name -> the version whose customers
+                                                have all been marked for rescoring
 
 NN is crc32(tenant, customer_id) mod 64. <partition> is the orders-topic partition of the
 customer's latest event: a customer's changes and due entry live with the partition whose
@@ -27,6 +29,7 @@ import zlib
 SHARDS = 64  # hash-tag groups; fixed for the life of a deployment (it is in every key)
 CLOCK = b"rfm:clock"
 INDEXED = b"rfm:due-index"
+PROFILES = b"rfm:profiles"
 ALL_PATTERN = b"rfm:*"
 CUSTOMER_PATTERN = b"rfm:{*}:c:*"
 OUTBOX_PATTERN = b"rfm:{*}:outbox:*"

@@ -7,6 +7,7 @@ and the tests check the two agree.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Literal
@@ -59,6 +60,7 @@ class RfmChanged(_Model):
     previous: ScoreView | None
     current: ScoreView | None
     segment_changed: bool
+    triggers: list[str]
     customer: CustomerSummary
     emitted_at: str
 
@@ -77,6 +79,7 @@ class RfmOverdue(_Model):
     expected_next_order_at: str
     silent_days: int
     current: ScoreView
+    triggers: list[str]
     emitted_at: str
 
 
@@ -143,6 +146,7 @@ def rfm_changed(
     current: Score | None,
     agg: Aggregates | None,
     emitted_at_ms: int,
+    triggers: Sequence[str] = (),
 ) -> dict[str, object]:
     return {
         "type": "rfm.changed",
@@ -156,6 +160,7 @@ def rfm_changed(
         "current": score_view(current),
         "segment_changed": (previous.segment if previous else None)
         != (current.segment if current else None),
+        "triggers": list(triggers),
         "customer": customer_summary(agg, current),
         "emitted_at": iso(emitted_at_ms),
     }
@@ -189,6 +194,7 @@ def rfm_overdue(
     silent_days: int,
     current: Score,
     emitted_at_ms: int,
+    triggers: Sequence[str] = (),
 ) -> dict[str, object]:
     return {
         "type": "rfm.overdue",
@@ -201,5 +207,6 @@ def rfm_overdue(
         "expected_next_order_at": iso(last_order_at_ms + round(median_gap_ms)),
         "silent_days": silent_days,
         "current": score_view(current),
+        "triggers": list(triggers),
         "emitted_at": iso(emitted_at_ms),
     }

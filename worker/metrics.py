@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter as Tally
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Container, Iterator
 
 from prometheus_client import Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -29,10 +29,24 @@ SWEEP_DUE = Gauge(
     "rfm_sweep_due", "Customers past their due instant (owned partitions), at the last sweep."
 )
 OVERDUE = Counter("rfm_overdue", "Published overdue alerts (rfm.overdue).")
+TRIGGERS = Counter(
+    "rfm_triggers",
+    "Automation triggers fired by published records, by tenant (bounded) and trigger name.",
+    ["tenant", "trigger"],
+)
 RESCORED = Counter(
     "rfm_rescored",
     "Customers recomputed and committed, by what caused it (events, decay).",
     ["cause"],
+)
+RESCORE_RUNNING = Gauge(
+    "rfm_rescore_running", "1 while a marking pass looks for customers to rescore."
+)
+RESCORE_EXAMINED = Counter(
+    "rfm_rescore_examined", "Customers examined by marking passes (changed profiles)."
+)
+RESCORE_MARKED = Counter(
+    "rfm_rescore_marked", "Customers marked due for rescoring (changed profile, legacy)."
 )
 BATCH_DURATION = Histogram(
     "rfm_batch_duration_seconds",
@@ -56,6 +70,15 @@ DLQ_BLOCKED = Gauge(
 )
 
 
+OTHER_TENANT = "other"
+
+
+def tenant_label(tenant: str, profiled: Container[str]) -> str:
+    """A bounded `tenant` label value: the tenant's name when it has its own profile
+    (`profiled`: profile names), else OTHER_TENANT (tenants are free-form in events)."""
+    return tenant if tenant in profiled else OTHER_TENANT
+
+
 class CustomersCollector(Collector):
     """rfm_customers{tenant,segment}, read from the counters the commits maintain.
 
@@ -64,7 +87,7 @@ class CustomersCollector(Collector):
     the one label value OTHER.
     """
 
-    OTHER = "other"
+    OTHER = OTHER_TENANT
 
     def __init__(
         self,
@@ -93,7 +116,7 @@ class CustomersCollector(Collector):
     def _bounded(self, counts: Tally[tuple[str, str]]) -> Tally[tuple[str, str]]:
         totals: Tally[tuple[str, str]] = Tally()
         for (tenant, segment), count in counts.items():
-            label = tenant if tenant in self._tenants else self.OTHER
+            label = tenant_label(tenant, self._tenants)
             totals[(label, segment)] += count
         return totals
 

@@ -10,7 +10,7 @@ from decimal import Decimal
 from functools import cached_property
 from itertools import pairwise
 from pathlib import Path
-from typing import Annotated, Self
+from typing import Annotated, Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
 
@@ -48,6 +48,65 @@ class RuleSpec(BaseModel):
         return Rule(self.name, pair(self.r), pair(self.f), pair(self.m))
 
 
+TriggerKind = Literal["r_becomes", "f_reaches", "m_reaches", "enters", "leaves", "overdue"]
+# Which score dimension a `value` trigger watches, and which threshold list sets its levels.
+VALUE_KINDS: dict[str, tuple[str, str]] = {
+    "r_becomes": ("r", "recency_days"),
+    "f_reaches": ("f", "frequency_orders"),
+    "m_reaches": ("m", "monetary"),
+}
+SEGMENT_KINDS = ("enters", "leaves")
+
+
+class TriggerSpec(BaseModel):
+    """One automation trigger (README "Automation triggers"; evaluated in worker/triggers.py).
+
+    Checked against its profile (levels, segment names) by Profile, which knows both.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    # No commas: the names travel comma-separated in the `rfm.triggers` header.
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
+    when: TriggerKind
+    value: StrictInt | None = None
+    segment: str | None = None
+    from_: list[str] | None = Field(default=None, alias="from")
+
+    @model_validator(mode="after")
+    def _fields_fit_the_kind(self) -> Self:
+        if self.when in VALUE_KINDS and self.value is None:
+            raise ValueError(f"'{self.when}' needs a value")
+        if self.when not in VALUE_KINDS and self.value is not None:
+            raise ValueError(f"'{self.when}' takes no value")
+        if self.when in SEGMENT_KINDS and self.segment is None:
+            raise ValueError(f"'{self.when}' needs a segment")
+        if self.when not in SEGMENT_KINDS and self.segment is not None:
+            raise ValueError(f"'{self.when}' takes no segment")
+        if self.when == "leaves" and self.from_ is not None:
+            raise ValueError("'leaves' takes no from (the segment left is the one before)")
+        if self.from_ is not None and not self.from_:
+            raise ValueError("from must name at least one segment")
+        return self
+
+
+def _trigger_specs(raw: object) -> object:
+    """Validate each [[triggers]] table alone, so an error names the trigger."""
+    if not isinstance(raw, list):
+        return raw  # the field's own validation says what is wrong
+    specs: list[object] = []
+    for i, item in enumerate(raw):
+        name = item.get("name") if isinstance(item, dict) else None
+        label = f"triggers[{i}]" + (f" {name!r}" if isinstance(name, str) else "")
+        try:
+            specs.append(
+                item if isinstance(item, TriggerSpec) else TriggerSpec.model_validate(item)
+            )
+        except ValidationError as exc:
+            raise ValueError(f"{label}: {_first_error(exc)}") from None
+    return specs
+
+
 class Profile(BaseModel):
     """One tenant's scoring rules (contract section 3)."""
 
@@ -63,7 +122,15 @@ class Profile(BaseModel):
     )
     overdue_factor: float = Field(default=2.0, ge=0)
     segments: list[RuleSpec] | None = None
+    triggers: list[TriggerSpec] = Field(default_factory=list)
     segment_map: SegmentMap = Field(default=STANDARD_MAP, exclude=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _triggers_one_by_one(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "triggers" in data:
+            return {**data, "triggers": _trigger_specs(data["triggers"])}
+        return data
 
     @model_validator(mode="after")
     def _check(self) -> Self:
@@ -89,18 +156,44 @@ class Profile(BaseModel):
         except ProfileError as exc:
             raise ValueError(str(exc)) from None
         object.__setattr__(self, "segment_map", seg_map)
+        self._check_triggers(levels)
         return self
+
+    def _check_triggers(self, levels: tuple[int, int, int]) -> None:
+        """What a trigger can only be checked against: levels and segment names."""
+        seen: set[str] = set()
+        for i, t in enumerate(self.triggers):
+            label = f"triggers[{i}] {t.name!r}"
+            if t.name in seen:
+                raise ValueError(f"{label}: duplicate trigger name")
+            seen.add(t.name)
+            if t.value is not None:
+                dim, key = VALUE_KINDS[t.when]
+                top = levels["rfm".index(dim)]
+                if not 1 <= t.value <= top:
+                    raise ValueError(
+                        f"{label}: value {t.value} is outside {dim.upper()}'s levels 1..{top}"
+                        f" ({key} has {top - 1} thresholds)"
+                    )
+            for segment in ([t.segment] if t.segment else []) + (t.from_ or []):
+                if segment not in self.segment_map.names:
+                    where = "segment" if segment == t.segment else "from segment"
+                    raise ValueError(
+                        f"{label}: {where} {segment!r} is not in the profile's segment map"
+                    )
 
     @cached_property
     def monetary_units(self) -> tuple[int, ...]:
         """Monetary thresholds in exact money units (see worker.money)."""
         return tuple(to_units(v) for v in self.monetary)
 
-    @property
+    @cached_property
     def version(self) -> str:
-        """A short hash of the profile's content (what the rescore feature will compare)."""
-        body = self.model_dump_json(exclude={"name"}).encode()
-        return hashlib.sha256(body).hexdigest()[:12]
+        """A short hash of the profile's content, stored with every customer's scores: a
+        customer whose version differs from its profile's is rescored (worker/sweeper.py).
+        Only what scores depend on counts: editing a trigger rescores nobody."""
+        body = self.model_dump_json(exclude={"name", "currency", "triggers"}).encode()
+        return hashlib.sha256(body).hexdigest()[:8]
 
 
 # The built-in default: a general e-commerce shop. README documents it.

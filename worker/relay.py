@@ -12,14 +12,35 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
+import orjson
+
 from worker import metrics
-from worker.delivery import Deliveries
+from worker.delivery import Deliveries, Headers
 from worker.store import Committed, Store
 
 logger = logging.getLogger(__name__)
+
+TRIGGERS_HEADER = "rfm.triggers"  # the record's "triggers", comma-separated (b"" if none)
+
+
+_NO_TRIGGERS: Headers = [(TRIGGERS_HEADER, b"")]  # shared, never mutated: most records
+
+
+def triggers_header(names: Sequence[str]) -> Headers:
+    return [(TRIGGERS_HEADER, ",".join(names).encode())] if names else _NO_TRIGGERS
+
+
+def stored_triggers_header(value: bytes) -> Headers:
+    """The header of a change read back from the outbox (its value only): from the record's
+    own "triggers" (absent in records stored before triggers existed: none)."""
+    try:
+        names = orjson.loads(value).get("triggers") or []
+    except (orjson.JSONDecodeError, AttributeError):
+        names = []
+    return triggers_header(names)
 
 
 class Relay:
@@ -44,10 +65,19 @@ class Relay:
     def publish(self, committed: Iterable[Committed]) -> None:
         causes: Counter[str] = Counter()
         moves: Counter[tuple[str, str]] = Counter()
+        triggers: Counter[tuple[str, str]] = Counter()
         overdue = 0
         for c in committed:
-            self._deliveries.send(c.key, c.value, (c.outbox, c.entry_id))
             change = c.change
+            self._deliveries.send(
+                c.key, c.value, (c.outbox, c.entry_id), triggers_header(change.triggers)
+            )
+            if change.triggers:
+                # Bounded tenant label: named only when the tenant has its own profile.
+                own = (change.profile,) if change.profile else ()
+                tenant = metrics.tenant_label(change.tenant, own)
+                for name in change.triggers:
+                    triggers[(tenant, name)] += 1
             if change.kind == "rfm.overdue":
                 overdue += 1
             else:
@@ -62,13 +92,15 @@ class Relay:
             metrics.TRANSITIONS.labels(before, after).inc(n)
         if overdue:
             metrics.OVERDUE.inc(overdue)
+        for (tenant, name), n in triggers.items():
+            metrics.TRIGGERS.labels(tenant, name).inc(n)
 
     def recover(self, partitions: Iterable[int]) -> int:
         """Publish every change left in the outboxes of these partitions (oldest first)."""
         count = 0
         for partition in partitions:
             for stream, entry_id, key, value in self._store.outbox_entries(partition):
-                self._deliveries.send(key, value, (stream, entry_id))
+                self._deliveries.send(key, value, (stream, entry_id), stored_triggers_header(value))
                 count += 1
         if count:
             logger.info("relaying %d change(s) left in the outbox", count)

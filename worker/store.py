@@ -232,27 +232,42 @@ class Store:
         if chunk:
             yield chunk
 
-    def index_legacy(self, found: list[bytes]) -> int:
-        """Index customers stored before the due index existed: they are put in it as due
-        now, so their owner's next sweep scores them and reschedules them. Customers
-        committed by this version carry `scored_at` and are already indexed. Returns how
-        many were indexed."""
+    def mark_due(self, found: list[bytes], profiles: Profiles) -> int:
+        """Put in the due index, as due now, the customers among `found` whose scores are
+        out of date: stored before the due index existed (no `scored_at`), or scored with
+        another version of their profile. Their owner's next sweep rescores them (cause
+        `rescore` for the second kind) and reschedules them. Publishes nothing, so any
+        worker may run it. Returns how many were marked."""
         work: dict[int, dict[bytes, tuple[str, str, None]]] = {}
         for key in found:
             shard, tenant, customer_id = keys.split_customer(key)
             work.setdefault(shard, {})[key] = (tenant, customer_id, None)
 
         def decide(customer: Customer, _: None) -> Result:
-            legacy = customer.scored_at is None and bool(customer.orders)
-            return Result(customer, touched=legacy, due=0)
+            version = profiles.for_tenant(customer.tenant).version
+            stale = customer.scored_at is None or customer.version not in (None, version)
+            return Result(customer, touched=stale and bool(customer.orders), due=0)
 
         return self.commit(work, decide).customers
 
-    def is_indexed(self) -> bool:
-        return bool(self.redis.exists(keys.INDEXED))
+    def is_indexed(self, profiles: Profiles) -> bool:
+        """Whether every customer was checked by `mark_due` with these profiles."""
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.exists(keys.INDEXED)
+        pipe.hgetall(keys.PROFILES)
+        indexed, stored = pipe.execute()
+        return bool(indexed) and stored == _versions(profiles)
 
-    def mark_indexed(self) -> None:
-        self.redis.set(keys.INDEXED, b"1")
+    def mark_indexed(self, profiles: Profiles) -> None:
+        pipe = self.redis.pipeline(transaction=True)
+        pipe.set(keys.INDEXED, b"1")
+        pipe.delete(keys.PROFILES)
+        pipe.hset(keys.PROFILES, mapping=_versions(profiles))
+        pipe.execute()
+
+    def profile_versions(self) -> dict[str, str]:
+        """The profile versions the last completed pass applied (name -> version)."""
+        return {_text(k): _text(v) for k, v in self.redis.hgetall(keys.PROFILES).items()}
 
     def due_backlog(self, zsets: Iterable[tuple[int, int]], as_of_ms: int) -> int:
         """Customers past their due instant in these (shard, partition) due zsets."""
@@ -570,6 +585,10 @@ def _decide(
     res = decide(customer, item)
     state = customer.encode() if res.dirty else None
     return res, was_in, state, [orjson.dumps(c.payload) for c in res.changes]
+
+
+def _versions(profiles: Profiles) -> dict[bytes, bytes]:
+    return {n.encode(): profiles.for_tenant(n).version.encode() for n in profiles.names()}
 
 
 def _text(value: bytes | str) -> str:

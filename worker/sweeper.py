@@ -13,9 +13,14 @@ sweeps the partitions it consumes, so one producer publishes all of a customer's
 (cron, while no worker runs) sweeps every partition; running it beside workers is safe
 (compare-and-set: nothing is published twice) but gives up that ordering guarantee.
 
-Customers stored before the due index existed are indexed by one throttled pass per
-worker start (a SCAN step per loop turn) that marks them due now; `rfm:due-index`
-records that the pass completed, so later starts skip it.
+The marking pass: when a worker starts with profiles whose versions differ from those the
+last completed pass applied (`rfm:profiles`), or on customers stored before the due index
+existed, one throttled pass (a SCAN step of 500 keys per loop turn) marks due now every
+customer whose scores are out of date: no `scored_at` yet, or scored with another version
+of its profile. The sweeps of their owners then rescore them: changes with cause
+`rescore`, due instants from the new thresholds. The pass publishes nothing, so every
+worker may run it; a pass cut short by a restart runs again, and customers already
+rescored are skipped (their stored version matches), so it resumes in effect.
 """
 
 from __future__ import annotations
@@ -81,11 +86,12 @@ class Sweeper:
         self.interval, self.clock, self.now_ms, self.budget = interval, clock, now_ms, budget
         self.current: Sweep | None = None
         self._next_start = time.monotonic()
-        self._index_chunks: Iterator[list[bytes]] | None = None  # the legacy indexing pass
+        self._index_chunks: Iterator[list[bytes]] | None = None  # the marking pass
+        self._pass: MarkingPass
         self._indexed = False
 
     def tick(self, partitions: set[int]) -> list[Committed]:
-        """One step of the loop: index a chunk of old customers if needed, then one step of
+        """One step of the loop: a chunk of the marking pass if one runs, then one step of
         the sweep in progress, starting one every `interval` seconds."""
         self.index_step()
         if self.current is None:
@@ -150,27 +156,77 @@ class Sweeper:
         return sweep
 
     def index_step(self) -> bool:
-        """One step of the legacy indexing pass; False once it is done."""
+        """One step of the marking pass (module docstring); False once it is done."""
         if self._indexed:
             return False
         if self._index_chunks is None:
-            if self.store.is_indexed():
+            if self.store.is_indexed(self.profiles):
                 self._indexed = True
                 return False
             self._index_chunks = self.store.customer_key_chunks()
+            self._pass = MarkingPass(self.store.profile_versions(), self.profiles)
         try:
             chunk = next(self._index_chunks, None)
         except Exception:  # the scan broke off (Redis error): start the pass again later
             self._index_chunks = None
             raise
         if chunk is None:
-            self.store.mark_indexed()
+            self.store.mark_indexed(self.profiles)
             self._indexed = True
+            self._pass.finish()
             return False
-        indexed = self.store.index_legacy(chunk)
-        if indexed:
-            logger.info("indexed %d customer(s) stored before the due index existed", indexed)
+        self._pass.progress(len(chunk), self.store.mark_due(chunk, self.profiles))
         return True
+
+    def recheck(self) -> None:
+        """Run the marking pass again (the profiles changed while running)."""
+        self._indexed, self._index_chunks = False, None
+
+
+class MarkingPass:
+    """Progress of one marking pass, in the log and in metrics."""
+
+    LOG_EVERY = 10.0  # seconds between progress lines
+
+    def __init__(self, stored: dict[str, str], profiles: Profiles) -> None:
+        self.examined = self.marked = 0
+        self.started = self._logged = time.monotonic()
+        changed = [
+            f"{name} {stored.get(name, 'new')} -> {profiles.for_tenant(name).version}"
+            for name in profiles.names()
+            if stored.get(name) != profiles.for_tenant(name).version
+        ]
+        changed += [f"{name} removed" for name in sorted(set(stored) - set(profiles.names()))]
+        if stored and changed:
+            logger.info(
+                "profile(s) changed (%s): rescoring their customers in the background",
+                ", ".join(changed),
+            )
+        metrics.RESCORE_RUNNING.set(1)
+
+    def progress(self, examined: int, marked: int) -> None:
+        self.examined += examined
+        self.marked += marked
+        metrics.RESCORE_EXAMINED.inc(examined)
+        metrics.RESCORE_MARKED.inc(marked)
+        if time.monotonic() - self._logged >= self.LOG_EVERY:
+            self._logged = time.monotonic()
+            logger.info(
+                "rescore pass: %d customer(s) examined, %d marked for rescoring",
+                self.examined,
+                self.marked,
+            )
+
+    def finish(self) -> None:
+        metrics.RESCORE_RUNNING.set(0)
+        if self.marked:
+            logger.info(
+                "rescore pass done in %.1f s: %d customer(s) examined, %d marked; sweeps "
+                "rescore them",
+                time.monotonic() - self.started,
+                self.examined,
+                self.marked,
+            )
 
 
 def run_once(settings: Settings, profiles: Profiles, as_of_ms: int | None) -> int:

@@ -294,7 +294,7 @@ def preload(
             if result.failed or result.rejected:
                 raise SystemExit(f"preload: {len(result.rejected)} event(s) raised")
             store.redis.unlink(*outboxes)
-    store.mark_indexed()
+    store.mark_indexed(profiles)
     return time.perf_counter() - started
 
 
