@@ -385,6 +385,13 @@ def test_a_changed_profile_is_applied_in_the_background(store: Store, profiles: 
             expected_moves[cid] = (c.published.rfm, s.rfm)
     assert 5 <= len(expected_moves) < len(before)  # the scenario moves some, not all
 
+    # The marking pass marks due now only the customers the new profile moves; the others
+    # take its version and due instants at once.
+    sweeper = Sweeper(store, NEW_PROFILES, interval=60, clock=lambda: T0_MS, now_ms=lambda: T0_MS)
+    while sweeper.index_step():
+        pass
+    zsets = {(s, p) for s in range(keys.SHARDS) for p in range(4)}
+    assert store.due_backlog(zsets, T0_MS) == len(expected_moves)
     # The same instant, the new profile: every move is published once, cause "rescore".
     _done, records = sweep(store, NEW_PROFILES, T0_MS)
     assert {r["customer_id"]: (r["previous"]["rfm"], r["current"]["rfm"]) for r in records} == (

@@ -400,7 +400,9 @@ def test_a_worker_started_with_changed_thresholds_rescores_in_the_background(
     assert store.profile_versions() == {"default": new_profiles.default.version}
     metrics = _http(int(worker.env["RFM_HTTP_PORT"]), "/metrics")[1].decode()
     assert "rfm_rescore_running 0.0" in metrics
-    assert f"rfm_rescore_marked_total {float(len(ages) + 1)}" in metrics
+    # Marked for the sweep: only the customers the new thresholds move.
+    assert f"rfm_rescore_marked_total {float(len(expected))}" in metrics
+    assert f"rfm_rescore_examined_total {float(len(ages) + 1)}" in metrics
     assert "rescore pass done" in worker.log()
     assert_changes_consistent(actions)
     assert worker.stop() == 0

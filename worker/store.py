@@ -25,8 +25,9 @@ from typing import Any, TypeVar
 import orjson
 import redis
 
-from worker import keys
+from worker import keys, rescore
 from worker.customer import Customer, Outcome
+from worker.decay import next_due
 from worker.engine import Change, Result, apply_events, decay
 from worker.errors import StateError
 from worker.events import ValidEvent
@@ -232,23 +233,38 @@ class Store:
         if chunk:
             yield chunk
 
-    def mark_due(self, found: list[bytes], profiles: Profiles) -> int:
+    def mark_due(self, found: list[bytes], profiles: Profiles, as_of_ms: int) -> int:
         """Put in the due index, as due now, the customers among `found` whose scores are
         out of date: stored before the due index existed (no `scored_at`), or scored with
-        another version of their profile. Their owner's next sweep rescores them (cause
-        `rescore` for the second kind) and reschedules them. Publishes nothing, so any
-        worker may run it. Returns how many were marked."""
+        another version of their profile whose score the new one moves at as_of (see
+        worker/rescore.py). Their owner's next sweep rescores them (cause `rescore` for
+        the second kind) and reschedules them. A customer the new version does not move
+        only takes the version and the due instant of its thresholds here. Publishes
+        nothing, so any worker may run it. Returns how many were marked due now."""
         work: dict[int, dict[bytes, tuple[str, str, None]]] = {}
         for key in found:
             shard, tenant, customer_id = keys.split_customer(key)
             work.setdefault(shard, {})[key] = (tenant, customer_id, None)
+        marked: set[tuple[str, str]] = set()  # a set: a conflicting shard is decided again
 
         def decide(customer: Customer, _: None) -> Result:
-            version = profiles.for_tenant(customer.tenant).version
-            stale = customer.scored_at is None or customer.version not in (None, version)
-            return Result(customer, touched=stale and bool(customer.orders), due=0)
+            profile = profiles.for_tenant(customer.tenant)
+            if not customer.orders or customer.version == profile.version:
+                return Result(customer)
+            if customer.scored_at is not None and customer.version is None:
+                return Result(customer)  # scored before versions existed: nothing to compare
+            move = (
+                None if customer.scored_at is None else rescore.decide(customer, profile, as_of_ms)
+            )
+            if move is None or move.changes:
+                marked.add((customer.tenant, customer.customer_id))
+                return Result(customer, touched=True, due=0)
+            customer.version = profile.version
+            due = next_due(customer.aggregates(), profile, move.as_of_ms, customer.alerted)
+            return Result(customer, dirty=True, touched=True, due=due)
 
-        return self.commit(work, decide).customers
+        self.commit(work, decide)
+        return len(marked)
 
     def is_indexed(self, profiles: Profiles) -> bool:
         """Whether every customer was checked by `mark_due` with these profiles."""

@@ -175,7 +175,7 @@ class Sweeper:
             self._indexed = True
             self._pass.finish()
             return False
-        self._pass.progress(len(chunk), self.store.mark_due(chunk, self.profiles))
+        self._pass.progress(len(chunk), self.store.mark_due(chunk, self.profiles, self.clock()))
         return True
 
     def recheck(self) -> None:
