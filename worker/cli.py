@@ -209,6 +209,9 @@ def _redis_down(settings: Settings, command: Callable[[], int]) -> int:
 
 def _read(args: argparse.Namespace, settings: Settings, profiles: Profiles, store: Store) -> int:
     """The read-only commands: customer, export, matrix, rescore --dry-run."""
+    from worker.sweeper import load_cuts
+
+    load_cuts(store, profiles)  # quantile profiles score with their stored cut points
     if args.command == "customer":
         as_of = views.now_ms(settings, store)
         doc = views.lookup(store, profiles, args.tenant, args.customer_id, as_of)
@@ -316,6 +319,10 @@ def run(settings: Settings, profiles: Profiles) -> int:
     store = Store(clients.redis_client(settings))
     try:
         _check_redis(store, settings)
+        # Quantile profiles score with their stored cut points from the first batch on.
+        from worker.sweeper import load_cuts
+
+        load_cuts(store, profiles)
     except BaseException:
         store.redis.close()
         raise

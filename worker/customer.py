@@ -112,6 +112,7 @@ class Customer:
     # date by `apply`, so an event costs O(log orders), not a pass over every order.
     _times: list[int] | None = field(default=None, repr=False, compare=False)
     _monetary: int = field(default=0, repr=False, compare=False)
+    _agg: Aggregates | None = field(default=None, repr=False, compare=False)  # until a move
 
     def apply(self, event: ValidEvent) -> Outcome:
         """Merge one event. Returns 'duplicate' when the event was already part of the state."""
@@ -128,6 +129,7 @@ class Customer:
         """Keep the aggregates in step with one order going from `before` to `after`
         (each (placed_at, value) while it counts, None when it does not)."""
         assert self._times is not None
+        self._agg = None
         if before is not None:
             del self._times[bisect_left(self._times, before[0])]
             self._monetary -= before[1]
@@ -141,10 +143,13 @@ class Customer:
             counted = [c for o in self.orders.values() if (c := o.counted_as) is not None]
             self._times = sorted(at for at, _ in counted)
             self._monetary = sum(value for _, value in counted)
+        elif self._agg is not None:
+            return self._agg
         times = self._times
         if not times:
             return None
-        return Aggregates(times[0], times[-1], len(times), self._monetary, times)
+        self._agg = Aggregates(times[0], times[-1], len(times), self._monetary, times)
+        return self._agg
 
     # -- codec: a compact JSON blob, one Redis string per customer ---------------------------
 

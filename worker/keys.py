@@ -15,6 +15,10 @@ valid on Redis Cluster:
                                                 index existed have been indexed
     rfm:profiles                        hash    profile name -> the version whose customers
                                                 have all been marked for rescoring
+    rfm:quantiles                       hash    quantile profile name -> its current cut
+                                                points, JSON (worker/quantiles.py Cuts)
+    rfm:quantiles:lock:<name>           string  held (SET NX PX) by the worker computing
+                                                that profile's cut points
 
 NN is crc32(tenant, customer_id) mod 64. <partition> is the orders-topic partition of the
 customer's latest event: a customer's changes and due entry live with the partition whose
@@ -30,6 +34,7 @@ SHARDS = 64  # hash-tag groups; fixed for the life of a deployment (it is in eve
 CLOCK = b"rfm:clock"
 INDEXED = b"rfm:due-index"
 PROFILES = b"rfm:profiles"
+QUANTILES = b"rfm:quantiles"
 ALL_PATTERN = b"rfm:*"
 CUSTOMER_PATTERN = b"rfm:{*}:c:*"
 OUTBOX_PATTERN = b"rfm:{*}:outbox:*"
@@ -71,6 +76,10 @@ def applied(shard: int) -> bytes:
 
 def counts(shard: int) -> bytes:
     return f"rfm:{{{shard:02d}}}:counts".encode()
+
+
+def quantiles_lock(profile: str) -> bytes:
+    return f"rfm:quantiles:lock:{profile}".encode()
 
 
 def _glob_escape(text: str) -> str:

@@ -48,6 +48,11 @@ RESCORE_EXAMINED = Counter(
 RESCORE_MARKED = Counter(
     "rfm_rescore_marked", "Customers marked due for rescoring (changed profile, legacy)."
 )
+QUANTILE_CUTS_VERSION = Gauge(
+    "rfm_quantile_cuts_version",
+    "Version of the quantile cut points a quantile-mode profile scores with (0: none yet).",
+    ["profile"],
+)
 BATCH_DURATION = Histogram(
     "rfm_batch_duration_seconds",
     "Time to validate, apply and commit one consumed batch.",

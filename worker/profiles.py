@@ -12,15 +12,31 @@ from itertools import pairwise
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictInt,
+    ValidationError,
+    ValidationInfo,
+    model_validator,
+)
 
 from worker.errors import ProfileError
 from worker.money import to_units
+from worker.quantiles import QUINTILES, Cuts
 from worker.segments import STANDARD_MAP, Rule, SegmentMap
 
 DEFAULT_TENANT = "default"
 TENANT_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
 MAX_LEVELS = 9  # scores stay single digits, so "rfm" is a plain concatenation
+THRESHOLD_KEYS = ("recency_days", "frequency_orders", "monetary")
+QUANTILE_KEYS = ("quantiles_every_minutes", "quantiles_sample")
+# Before a quantile profile's first cut points, every customer scores 333: R, F and M
+# thresholds that no value passes on one side and every value reaches on the other.
+NEVER = 10**18  # days, orders, money units no customer reaches (decay: never due by R)
+PLACEHOLDER_RECENCY = [-NEVER, -NEVER, NEVER, NEVER]  # R = 3 for any days
+PLACEHOLDER_AT_LEAST = [0, 0, NEVER, NEVER]  # F, M = 3 for any value >= 0
 
 Range = Annotated[list[int], Field(min_length=2, max_length=2)]
 
@@ -114,12 +130,18 @@ class Profile(BaseModel):
 
     name: str = DEFAULT_TENANT
     currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
-    recency_days: list[StrictInt] = Field(min_length=1, max_length=MAX_LEVELS - 1)
-    frequency_orders: list[StrictInt] = Field(min_length=1, max_length=MAX_LEVELS - 1)
+    # "quantiles": R, F, M by quintile of the tenant's customer base (worker/quantiles.py);
+    # the three threshold lists are then omitted and come from the stored cut points.
+    mode: Literal["thresholds", "quantiles"] = "thresholds"
+    # Required in thresholds mode (checked below: empty here means omitted).
+    recency_days: list[StrictInt] = Field(default_factory=list, max_length=MAX_LEVELS - 1)
+    frequency_orders: list[StrictInt] = Field(default_factory=list, max_length=MAX_LEVELS - 1)
     frequency_window_days: StrictInt | None = Field(default=None, gt=0)
     monetary: list[Annotated[Decimal, Field(decimal_places=4)]] = Field(
-        min_length=1, max_length=MAX_LEVELS - 1
+        default_factory=list, max_length=MAX_LEVELS - 1
     )
+    quantiles_every_minutes: StrictInt = Field(default=60, gt=0)
+    quantiles_sample: StrictInt = Field(default=100_000, ge=100)
     overdue_factor: float = Field(default=2.0, ge=0)
     segments: list[RuleSpec] | None = None
     triggers: list[TriggerSpec] = Field(default_factory=list)
@@ -133,18 +155,42 @@ class Profile(BaseModel):
         return data
 
     @model_validator(mode="after")
-    def _check(self) -> Self:
-        for key in ("recency_days", "frequency_orders", "monetary"):
-            values = getattr(self, key)
-            if any(b <= a for a, b in pairwise(values)):
-                raise ValueError(f"{key} must be strictly increasing, got {values}")
-            if values[0] < 0:
-                raise ValueError(f"{key} must not be negative, got {values}")
-        levels = (
-            len(self.recency_days) + 1,
-            len(self.frequency_orders) + 1,
-            len(self.monetary) + 1,
-        )
+    def _check(self, info: ValidationInfo) -> Self:
+        # `scored_by` builds the thresholds of quantile cut points: equal cut points (ties)
+        # and negative days (orders slightly in the future) are valid there, and only there.
+        derived = bool(info.context and info.context.get("derived"))
+        if self.mode == "quantiles":
+            given = [k for k in THRESHOLD_KEYS if k in self.model_fields_set]
+            if given:
+                raise ValueError(
+                    f'mode = "quantiles" takes no {", ".join(given)}: the thresholds are '
+                    "the quintiles of the tenant's customers"
+                )
+            levels = (QUINTILES, QUINTILES, QUINTILES)
+        else:
+            given = [k for k in QUANTILE_KEYS if k in self.model_fields_set]
+            if given:
+                raise ValueError(f'{", ".join(given)} need(s) mode = "quantiles"')
+            for key in THRESHOLD_KEYS:
+                values = getattr(self, key)
+                if not values:
+                    raise ValueError(
+                        f"{key} is required (a list of 1 to {MAX_LEVELS - 1} thresholds), "
+                        'unless mode = "quantiles"'
+                    )
+                if derived:
+                    if any(b < a for a, b in pairwise(values)):
+                        raise ValueError(f"{key} must be non-decreasing, got {values}")
+                    continue
+                if any(b <= a for a, b in pairwise(values)):
+                    raise ValueError(f"{key} must be strictly increasing, got {values}")
+                if values[0] < 0:
+                    raise ValueError(f"{key} must not be negative, got {values}")
+            levels = (
+                len(self.recency_days) + 1,
+                len(self.frequency_orders) + 1,
+                len(self.monetary) + 1,
+            )
         # The standard map is defined on 1..5; fewer levels are still covered by it.
         if self.segments is None and any(n > 5 for n in levels):
             raise ValueError("more than 5 score levels need a custom [[segments]] map")
@@ -171,9 +217,14 @@ class Profile(BaseModel):
                 dim, key = VALUE_KINDS[t.when]
                 top = levels["rfm".index(dim)]
                 if not 1 <= t.value <= top:
+                    why = (
+                        "quintiles"
+                        if self.mode == "quantiles"
+                        else f"{key} has {top - 1} thresholds"
+                    )
                     raise ValueError(
                         f"{label}: value {t.value} is outside {dim.upper()}'s levels 1..{top}"
-                        f" ({key} has {top - 1} thresholds)"
+                        f" ({why})"
                     )
             for segment in ([t.segment] if t.segment else []) + (t.from_ or []):
                 if segment not in self.segment_map.names:
@@ -192,8 +243,42 @@ class Profile(BaseModel):
         """A short hash of the profile's content, stored with every customer's scores: a
         customer whose version differs from its profile's is rescored (worker/sweeper.py).
         Only what scores depend on counts: editing a trigger rescores nobody."""
-        body = self.model_dump_json(exclude={"name", "currency", "triggers"}).encode()
+        # The mode and quantile settings are left out: a quantile profile scores with the
+        # thresholds of `scored_by`, whose version follows its cut points; and a thresholds
+        # profile keeps the version it had before quantile mode existed.
+        body = self.model_dump_json(
+            exclude={"name", "currency", "triggers", "mode", *QUANTILE_KEYS}
+        ).encode()
         return hashlib.sha256(body).hexdigest()[:8]
+
+    def scored_by(self, cuts: Cuts | None) -> Profile:
+        """The thresholds-mode profile a quantile profile scores with, given its current cut
+        points (worker/quantiles.py): same name, currency, window, overdue factor, segments
+        and triggers; thresholds from the cuts (non-decreasing: ties make equal ones). Its
+        `version` changes with the cut points, so a new computation is applied like a
+        changed profile (worker/sweeper.py). Without cuts (no population yet) every
+        customer scores 333. A thresholds-mode profile is returned as it is."""
+        if self.mode != "quantiles":
+            return self
+        if cuts is None:
+            recency, frequency, monetary_units = (
+                PLACEHOLDER_RECENCY,
+                PLACEHOLDER_AT_LEAST,
+                PLACEHOLDER_AT_LEAST,
+            )
+        else:
+            recency = list(cuts.recency_days)
+            frequency = [c + 1 for c in cuts.frequency_orders]
+            monetary_units = [c + 1 for c in cuts.monetary]
+        body = self.model_dump(
+            exclude={"mode", "segment_map", *THRESHOLD_KEYS, *QUANTILE_KEYS}, by_alias=True
+        )
+        body.update(
+            recency_days=recency,
+            frequency_orders=frequency,
+            monetary=[Decimal(u).scaleb(-4) for u in monetary_units],
+        )
+        return Profile.model_validate(body, context={"derived": True})
 
 
 # The built-in default: a general e-commerce shop. README documents it.
@@ -208,15 +293,35 @@ class Profiles:
     """Profile lookup by tenant; tenants without a profile use `default`."""
 
     def __init__(self, profiles: Mapping[str, Profile]) -> None:
-        self._profiles = dict(profiles)
-        self._profiles.setdefault(DEFAULT_TENANT, BUILTIN_DEFAULT)
+        self.configured = dict(profiles)  # as loaded: quantile profiles without thresholds
+        self.configured.setdefault(DEFAULT_TENANT, BUILTIN_DEFAULT)
+        self.cuts: dict[str, Cuts | None] = dict.fromkeys(self.quantile_names())
+        # What scoring uses: quantile profiles replaced by the thresholds of their cuts.
+        self._profiles = {name: p.scored_by(None) for name, p in self.configured.items()}
         self.default = self._profiles[DEFAULT_TENANT]
 
     def for_tenant(self, tenant: str) -> Profile:
+        """The profile the tenant's customers are scored with (thresholds mode always)."""
         return self._profiles.get(tenant, self.default)
 
     def names(self) -> list[str]:
         return sorted(self._profiles)
+
+    def quantile_names(self) -> list[str]:
+        """The profiles with mode = "quantiles"."""
+        return sorted(n for n, p in self.configured.items() if p.mode == "quantiles")
+
+    def use_cuts(self, name: str, cuts: Cuts | None) -> Profile:
+        """Score quantile profile `name` with these cut points from now on; returns the
+        profile now used."""
+        profile = self.configured[name]
+        if profile.mode != "quantiles":
+            raise ValueError(f"profile {name!r} is not in quantiles mode")
+        self.cuts[name] = cuts
+        self._profiles[name] = scored = profile.scored_by(cuts)
+        if name == DEFAULT_TENANT:
+            self.default = scored
+        return scored
 
     @classmethod
     def builtin(cls) -> Profiles:

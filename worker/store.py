@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import random
 import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,8 +33,9 @@ from worker.decay import next_due
 from worker.engine import Change, Result, apply_events, decay
 from worker.errors import StateError
 from worker.events import ValidEvent
-from worker.profiles import Profiles
-from worker.scoring import DAY_MS
+from worker.profiles import DEFAULT_TENANT, Profiles
+from worker.quantiles import Cuts
+from worker.scoring import DAY_MS, days_between, windowed_orders
 
 logger = logging.getLogger(__name__)
 
@@ -589,6 +592,123 @@ class Store:
 
     def ping(self) -> bool:
         return bool(self.redis.ping())
+
+    # -- quantile cut points (worker/quantiles.py) --------------------------------------------
+
+    def read_cuts(self) -> dict[str, Cuts]:
+        """The current cut points of every quantile profile that has some (name -> Cuts)."""
+        return {
+            _text(name): Cuts.from_json(raw)
+            for name, raw in self.redis.hgetall(keys.QUANTILES).items()
+        }
+
+    def write_cuts(self, name: str, cuts: Cuts) -> None:
+        self.redis.hset(keys.QUANTILES, name, cuts.to_json())
+
+    @property
+    def lock_token(self) -> bytes:
+        """What this store writes into the locks it holds (one per process)."""
+        token: bytes | None = getattr(self, "_lock_token", None)
+        if token is None:
+            token = self._lock_token = uuid.uuid4().hex.encode()
+        return token
+
+    def try_lock(self, name: str, ttl_ms: int) -> bool:
+        """Take the lock for computing profile `name`'s cut points (SET NX PX)."""
+        return bool(self.redis.set(keys.quantiles_lock(name), self.lock_token, nx=True, px=ttl_ms))
+
+    def renew_lock(self, name: str, ttl_ms: int) -> bool:
+        """Extend the lock if this store still holds it; False if it was lost (expired)."""
+        return bool(
+            self.redis.eval(_LOCK_SCRIPT, 1, keys.quantiles_lock(name), self.lock_token, ttl_ms)
+        )
+
+    def unlock(self, name: str) -> None:
+        """Release the lock if this store still holds it."""
+        self.redis.eval(_LOCK_SCRIPT, 1, keys.quantiles_lock(name), self.lock_token, 0)
+
+    def profile_population(self, name: str, profiles: Profiles) -> int:
+        """Customers with a published score among the tenants scored by profile `name`
+        (the segment counters): the population a sample is drawn from."""
+        return sum(
+            count
+            for (tenant, _rfm, _segment), count in self.score_counts().items()
+            if profiles.for_tenant(tenant).name == name
+        )
+
+    def quantile_values(
+        self,
+        name: str,
+        profiles: Profiles,
+        as_of_ms: int,
+        *,
+        sample: int,
+        count: int = 500,
+        rng: random.Random | None = None,
+    ) -> Iterator[list[tuple[int, int, int]]]:
+        """(days since the last order at as_of, orders as F counts them, net spend in money
+        units) of the customers of the tenants scored by profile `name` that have a
+        counted order, one list per SCAN chunk of `count` keys (a list may be empty).
+
+        Sampled: each key is kept with probability min(1, sample / population), the
+        population being the profile's customers in the segment counters; every customer
+        is read when that is <= sample or unknown (0), so small bases are exact."""
+        population = self.profile_population(name, profiles)
+        keep = 1.0 if population <= sample else sample / population
+        draw = (rng or random.Random()).random
+        # A tenant's own profile is named after it; `default` scores every other tenant.
+        pattern = keys.CUSTOMER_PATTERN if name == DEFAULT_TENANT else keys.customer_pattern(name)
+        window = profiles.for_tenant(name).frequency_window_days
+        chunk: list[bytes] = []
+        for key in self.redis.scan_iter(match=pattern, count=count):
+            chunk.append(key)
+            if len(chunk) >= count:
+                yield self._quantile_chunk(chunk, name, profiles, as_of_ms, window, keep, draw)
+                chunk = []
+        if chunk:
+            yield self._quantile_chunk(chunk, name, profiles, as_of_ms, window, keep, draw)
+
+    def _quantile_chunk(
+        self,
+        found: list[bytes],
+        name: str,
+        profiles: Profiles,
+        as_of_ms: int,
+        window: int | None,
+        keep: float,
+        draw: Callable[[], float],
+    ) -> list[tuple[int, int, int]]:
+        kept: list[tuple[bytes, str, str]] = []
+        for key in found:
+            _shard, tenant, customer_id = keys.split_customer(key)
+            # The owner check also drops ids that merely contain "}:c:<tenant>:".
+            if profiles.for_tenant(tenant).name == name and (keep >= 1.0 or draw() < keep):
+                kept.append((key, tenant, customer_id))
+        pipe = self.redis.pipeline(transaction=False)  # GETs, not MGET: keys span slots
+        for key, _tenant, _customer_id in kept:
+            pipe.get(key)
+        values: list[tuple[int, int, int]] = []
+        for (_key, tenant, customer_id), blob in zip(
+            kept, pipe.execute() if kept else [], strict=True
+        ):
+            agg = Customer.decode(tenant, customer_id, blob).aggregates() if blob else None
+            if agg is not None:
+                values.append(
+                    (
+                        days_between(agg.last_order_at, as_of_ms),
+                        windowed_orders(agg, as_of_ms, window),
+                        agg.monetary,
+                    )
+                )
+        return values
+
+
+# Renew (ARGV[2] > 0: PEXPIRE) or release (0: DEL) a lock, only if ARGV[1] still holds it.
+_LOCK_SCRIPT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '0' then return redis.call('DEL', KEYS[1]) end
+return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+"""
 
 
 def _decide(

@@ -21,6 +21,15 @@ of its profile. The sweeps of their owners then rescore them: changes with cause
 `rescore`, due instants from the new thresholds. The pass publishes nothing, so every
 worker may run it; a pass cut short by a restart runs again, and customers already
 rescored are skipped (their stored version matches), so it resumes in effect.
+
+Quantile profiles (worker/quantiles.py): their thresholds are cut points of the tenant's
+customer base, stored versioned in Redis (`rfm:quantiles`). Every sweep interval a worker
+reads them; a version it does not score with yet is applied like a changed profile (the
+marking pass above, cause `rescore`). When a profile's cut points are missing or older than
+its `quantiles_every_minutes` (on the sweeper's clock), the worker that takes the
+profile's lock (`rfm:quantiles:lock:<name>`) computes new ones: a SCAN of the profile's
+customers, 500 keys per loop turn like the marking pass, then stores version + 1 and
+applies it.
 """
 
 from __future__ import annotations
@@ -36,13 +45,17 @@ from worker.config import Settings
 from worker.errors import RfmError, UsageError
 from worker.events import MAX_FUTURE_MS, wall_ms
 from worker.messages import iso
+from worker.money import format_units
 from worker.profiles import Profiles
+from worker.quantiles import Cuts, cut_points
 from worker.store import BatchResult, Committed, Store
 
 logger = logging.getLogger(__name__)
 
 STEP_BUDGET = 2000  # due customers read per step: one step stays a batch-sized pause
 DRAIN_TIMEOUT = 30.0
+QUANTILE_STEP = 500  # customer keys scanned per loop turn when computing cut points
+QUANTILE_LOCK_MS = 300_000  # renewed every step: a computing worker that died frees it
 
 
 @dataclass(slots=True)
@@ -63,6 +76,28 @@ class Sweep:
                 self.overdue += 1
             else:
                 self.changes += 1
+
+
+@dataclass(slots=True)
+class QuantileRun:
+    """One computation of a quantile profile's cut points, a scan step per loop turn."""
+
+    name: str
+    as_of_ms: int
+    exact: bool  # every customer is read (the population is not above the sample size)
+    population: int  # the estimate the sample was drawn against (0: unknown)
+    chunks: Iterator[list[tuple[int, int, int]]]
+    values: list[tuple[int, int, int]] = field(default_factory=list)
+    started: float = field(default_factory=time.perf_counter)
+
+
+def load_cuts(store: Store, profiles: Profiles) -> dict[str, Cuts]:
+    """Score every quantile profile with its stored cut points (read-side commands)."""
+    stored = store.read_cuts() if profiles.quantile_names() else {}
+    for name in profiles.quantile_names():
+        if name in stored:
+            profiles.use_cuts(name, stored[name])
+    return stored
 
 
 def zsets(partitions: Iterable[int]) -> set[tuple[int, int]]:
@@ -89,10 +124,17 @@ class Sweeper:
         self._index_chunks: Iterator[list[bytes]] | None = None  # the marking pass
         self._pass: MarkingPass
         self._indexed = False
+        self._runs: dict[str, QuantileRun] = {}  # cut points being computed, by profile
+        self._next_cuts_check = time.monotonic()
+        for name in profiles.quantile_names():
+            cuts = profiles.cuts.get(name)
+            metrics.QUANTILE_CUTS_VERSION.labels(name).set(0 if cuts is None else cuts.version)
 
     def tick(self, partitions: set[int]) -> list[Committed]:
-        """One step of the loop: a chunk of the marking pass if one runs, then one step of
-        the sweep in progress, starting one every `interval` seconds."""
+        """One step of the loop: a step of quantile upkeep and a chunk of the marking pass
+        if either runs, then one step of the sweep in progress, starting one every
+        `interval` seconds."""
+        self.quantile_step()
         self.index_step()
         if self.current is None:
             if time.monotonic() < self._next_start or not partitions:
@@ -147,6 +189,8 @@ class Sweeper:
         self, partitions: set[int], as_of_ms: int, publish: Callable[[list[Committed]], None]
     ) -> Sweep:
         """A whole sweep at once (`rfm-worker sweep --once`), publishing as it goes."""
+        while self.quantile_step():
+            pass
         while self.index_step():
             pass
         sweep = self.start(partitions, as_of_ms)
@@ -181,6 +225,109 @@ class Sweeper:
     def recheck(self) -> None:
         """Run the marking pass again (the profiles changed while running)."""
         self._indexed, self._index_chunks = False, None
+
+    # -- quantile profiles: cut points kept up to date (module docstring) ----------------
+
+    def quantile_step(self) -> bool:
+        """Every `interval` seconds, apply newer stored cut points and start computing
+        missing or stale ones (lock permitting); then one scan step of a computation in
+        progress. True while one is in progress."""
+        names = self.profiles.quantile_names()
+        if not names:
+            return False
+        if time.monotonic() >= self._next_cuts_check:
+            self._next_cuts_check = time.monotonic() + self.interval
+            self._check_cuts(names)
+        run = next(iter(self._runs.values()), None)
+        if run is None:
+            return False
+        try:
+            chunk = next(run.chunks, None)
+        except Exception:  # the scan broke off (Redis error): the next check starts again
+            del self._runs[run.name]
+            raise
+        if chunk is None:
+            del self._runs[run.name]
+            self._finish_cuts(run)
+        else:
+            run.values += chunk
+            if not self.store.renew_lock(run.name, QUANTILE_LOCK_MS):
+                logger.warning(
+                    "lost the quantile lock of profile %s: another worker took over", run.name
+                )
+                del self._runs[run.name]
+        return bool(self._runs)
+
+    def _check_cuts(self, names: list[str]) -> None:
+        stored = self.store.read_cuts()
+        changed = False
+        for name in names:
+            cuts = stored.get(name)
+            current = self.profiles.cuts.get(name)
+            if cuts is not None and (current is None or current.version != cuts.version):
+                self._use(name, cuts)
+                changed = True
+            if (
+                name not in self._runs
+                and self._stale(name, cuts)
+                and self.store.try_lock(name, QUANTILE_LOCK_MS)
+            ):
+                self._runs[name] = self._start_cuts(name)
+        if changed:
+            self.recheck()
+
+    def _stale(self, name: str, cuts: Cuts | None) -> bool:
+        if cuts is None:
+            return True
+        every_ms = self.profiles.configured[name].quantiles_every_minutes * 60_000
+        return self.clock() - cuts.computed_at >= every_ms
+
+    def _start_cuts(self, name: str) -> QuantileRun:
+        sample = self.profiles.configured[name].quantiles_sample
+        as_of_ms = self.clock()
+        population = self.store.profile_population(name, self.profiles)
+        chunks = self.store.quantile_values(
+            name, self.profiles, as_of_ms, sample=sample, count=QUANTILE_STEP
+        )
+        return QuantileRun(name, as_of_ms, population <= sample, population, chunks)
+
+    def _finish_cuts(self, run: QuantileRun) -> None:
+        try:
+            stored = self.store.read_cuts().get(run.name)
+            columns = [list(c) for c in zip(*run.values, strict=True)] or [[], [], []]
+            days, orders, money = columns
+            cuts = cut_points(
+                days,
+                orders,
+                money,
+                version=(0 if stored is None else stored.version) + 1,
+                computed_at=run.as_of_ms,
+                population=len(run.values) if run.exact else run.population,
+            )
+            if cuts is None:  # no customer yet: 333 for now, tried again next interval
+                return
+            self.store.write_cuts(run.name, cuts)
+        finally:
+            self.store.unlock(run.name)
+        self._use(run.name, cuts)
+        self.recheck()
+        logger.info(
+            "quantile cut points of profile %s, version %d, as of %s: population %d, "
+            "sampled %d; recency_days %s, orders %s, monetary %s; in %.3f s",
+            run.name,
+            cuts.version,
+            iso(run.as_of_ms),
+            cuts.population,
+            cuts.sampled,
+            list(cuts.recency_days),
+            list(cuts.frequency_orders),
+            [format_units(u) for u in cuts.monetary],
+            time.perf_counter() - run.started,
+        )
+
+    def _use(self, name: str, cuts: Cuts) -> None:
+        self.profiles.use_cuts(name, cuts)
+        metrics.QUANTILE_CUTS_VERSION.labels(name).set(cuts.version)
 
 
 class MarkingPass:

@@ -44,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[2]
 PARTITIONS = 4  # of every orders topic, as in the integration tests
 # The consumer settings the integration tests give the worker (tests/conftest.py).
 KAFKA_CONFIG = '{"session.timeout.ms": "6000", "heartbeat.interval.ms": "500"}'
-POLL_S = 0.1  # /metrics polling period while a worker runs
+POLL_S = 0.25  # /metrics polling period while a worker runs (a scrape costs the worker CPU)
 SETTLE_S = 0.5  # more than a loop turn of the worker (its consume() waits 0.2 s at most)
 SEED = 20_260_101
 
