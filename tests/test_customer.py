@@ -309,6 +309,29 @@ def test_encode_decode_round_trip() -> None:
     assert monetary(d) == Decimal("100") + Decimal("10.3456") + Decimal("15")
 
 
+def test_scored_customers_store_order_ages_and_old_blobs_still_decode() -> None:
+    c = customer_after([placed("o1", "100", T0), placed("o2", "5", T0 + DAY), cancelled("o3")])
+    c.scored_at, c.version, c.alerted = T0 + 3 * DAY, "abcd1234", T0
+    doc = orjson.loads(c.encode())
+    # Ages at scored_at (shorter than instants); an order never placed stays null.
+    assert "o" not in doc and doc["t"] == T0 + 3 * DAY
+    assert doc["r"]["o1"][0] == 3 * DAY and doc["r"]["o2"][0] == 2 * DAY
+    assert doc["r"]["o3"][0] is None
+    d = Customer.decode("default", "c1", c.encode())
+    assert (d.orders, d.scored_at, d.version, d.alerted) == (c.orders, c.scored_at, "abcd1234", T0)
+    assert d.aggregates() == c.aggregates()
+    # A blob written with absolute instants ("o", before ages existed) reads the same.
+    legacy = dict(doc)
+    legacy["o"] = {
+        oid: [o.placed_at, *raw[1:]]
+        for (oid, raw), o in zip(doc.pop("r").items(), c.orders.values(), strict=True)
+    }
+    del legacy["r"]
+    old = Customer.decode("default", "c1", orjson.dumps(legacy))
+    assert old.orders == c.orders and old.aggregates() == c.aggregates()
+    assert old.encode() == c.encode()  # rewritten in the new form on its next commit
+
+
 def test_encoding_is_compact_json() -> None:
     c = customer_after([placed("o1", "1")])
     doc = orjson.loads(c.encode())

@@ -406,3 +406,57 @@ def test_a_worker_started_with_changed_thresholds_rescores_in_the_background(
     assert "rescore pass done" in worker.log()
     assert_changes_consistent(actions)
     assert worker.stop() == 0
+
+
+def test_quantile_mode_through_the_worker(deployment: Deployment, store: Store) -> None:
+    """`rfm-worker run` with a quantile profile: after its first cut points, every
+    customer's published score is its quintile in the whole base (batch rank formula)."""
+    from tests.test_quantiles import rank_score
+    from worker.money import to_units
+
+    deployment.extra_env["RFM_CLOCK"] = "event"
+    deployment.extra_env["RFM_SWEEP_INTERVAL"] = "1"
+    profile = deployment.tmp_path / "quantiles.toml"
+    profile.write_text('[profiles.default]\nmode = "quantiles"\n')
+    deployment.extra_env["RFM_PROFILES"] = str(profile)
+    rng = random.Random(3)
+    end = _midnight(1)
+    history: dict[str, list[tuple[datetime, str]]] = {
+        f"q{i}": [
+            (end - rng.randrange(0, 300) * DAY, f"{rng.choice([10, 25, 60, 200, 450])}.00")
+            for _ in range(rng.choice([1, 1, 2, 3, 5]))
+        ]
+        for i in range(150)
+    }
+    history["q0"].append((end, "10.00"))  # the event clock ends at `end`
+    events = [
+        _order(c, n, at, amount) for c, h in history.items() for n, (at, amount) in enumerate(h)
+    ]
+    days = {c: (_ms(end) - max(_ms(at) for at, _ in h)) // 86_400_000 for c, h in history.items()}
+    counts = {c: len(h) for c, h in history.items()}
+    spend = {c: sum(to_units(a) for _, a in h) for c, h in history.items()}
+    expected = {
+        c: (
+            rank_score(days[c], list(days.values()), recency=True),
+            rank_score(counts[c], list(counts.values())),
+            rank_score(spend[c], list(spend.values())),
+        )
+        for c in history
+    }
+    deployment.produce(_records(events))
+    worker = deployment.worker()
+    deadline = time.monotonic() + 60
+    while True:
+        stored = {c.customer_id: c.published for c in store.scan_customers("default")}
+        got = {c: (p.r, p.f, p.m) for c, p in stored.items() if p is not None}
+        if got == expected:
+            break
+        assert time.monotonic() < deadline, {c: (got.get(c), e) for c, e in expected.items()}
+        time.sleep(0.3)
+    cuts = store.read_cuts()["default"]
+    assert (cuts.population, cuts.sampled) == (150, 150)
+    actions = deployment.read(deployment.actions, until=lambda m: False, timeout=2)
+    causes = {orjson.loads(m.value()).get("cause") for m in actions}
+    assert {"order", "rescore"} <= causes
+    assert_changes_consistent(actions)
+    assert worker.stop() == 0

@@ -154,23 +154,29 @@ class Customer:
     # -- codec: a compact JSON blob, one Redis string per customer ---------------------------
 
     def encode(self) -> bytes:
-        # [placed_at, amount], + refunds when any, + 1 when cancelled: ~35 bytes an order.
+        # Per order [placed_at, amount], + refunds when any, + 1 when cancelled. Once the
+        # customer has been scored, placed_at is written as its age at `t` (scored_at):
+        # 10-11 digits instead of 13 for orders of the last few years ("r" instead of "o").
+        t = self.scored_at
         orders: dict[str, object] = {}
         for oid, order in self.orders.items():
+            at = order.placed_at
+            if t is not None and at is not None:
+                at = t - at
             if order.cancelled:
-                orders[oid] = [order.placed_at, order.amount, order.refunds, 1]
+                orders[oid] = [at, order.amount, order.refunds, 1]
             elif order.refunds:
-                orders[oid] = [order.placed_at, order.amount, order.refunds]
+                orders[oid] = [at, order.amount, order.refunds]
             else:
-                orders[oid] = [order.placed_at, order.amount]
+                orders[oid] = [at, order.amount]
         pub = self.published
-        doc: dict[str, object] = {"o": orders}
+        doc: dict[str, object] = {"o" if t is None else "r": orders}
         if pub is not None:
             doc["s"] = [pub.r, pub.f, pub.m, pub.segment]
         if self.partition is not None:
             doc["p"] = self.partition
-        if self.scored_at is not None:
-            doc["t"] = self.scored_at
+        if t is not None:
+            doc["t"] = t
         if self.alerted is not None:
             doc["a"] = self.alerted
         if self.version is not None:
@@ -183,10 +189,22 @@ class Customer:
         if not blob:
             return cls(tenant, customer_id)
         doc = orjson.loads(blob)
-        orders = {
-            oid: Order(raw[0], raw[1], raw[2] if len(raw) > 2 else {}, len(raw) > 3)
-            for oid, raw in doc["o"].items()
-        }
+        if "o" in doc:  # absolute instants (never scored, or written before "r" existed)
+            orders = {
+                oid: Order(raw[0], raw[1], raw[2] if len(raw) > 2 else {}, len(raw) > 3)
+                for oid, raw in doc["o"].items()
+            }
+        else:  # ages at scored_at
+            t = doc["t"]
+            orders = {
+                oid: Order(
+                    None if raw[0] is None else t - raw[0],
+                    raw[1],
+                    raw[2] if len(raw) > 2 else {},
+                    len(raw) > 3,
+                )
+                for oid, raw in doc["r"].items()
+            }
         s = doc.get("s")
         published = Published(s[0], s[1], s[2], s[3]) if s else None
         return cls(
