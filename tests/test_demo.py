@@ -14,9 +14,14 @@ import pytest
 
 pytestmark = pytest.mark.integration
 
-ORDER_MOVE = re.compile(r"^\s+c\d{5}\s+order\s+.+ -> .+\(\d{3}\)$", re.M)
-DECAY_MOVE = re.compile(r"^\s+c\d{5}\s+decay\s+.+ \(\d{3}\) -> .+\(\d{3}\)$", re.M)
-OVERDUE = re.compile(r"^\s+c\d{5}\s+OVERDUE\s+silent \d+ days \(usual gap \d+ days\)$", re.M)
+FIRED = r"(  => [a-z_]+(, [a-z_]+)*)?"  # the automation triggers of the demo's profile
+ORDER_MOVE = re.compile(rf"^\s+c\d{{5}}\s+order\s+.+ -> .+\(\d{{3}}\){FIRED}$", re.M)
+DECAY_MOVE = re.compile(rf"^\s+c\d{{5}}\s+decay\s+.+ \(\d{{3}}\) -> .+\(\d{{3}}\){FIRED}$", re.M)
+OVERDUE = re.compile(
+    r"^\s+c\d{5}\s+OVERDUE\s+silent \d+ days \(usual gap \d+ days\)  => cadence_reminder$",
+    re.M,
+)
+TRIGGERED = re.compile(r"-> (champions|\S+) \(\d{3}\)  => .*(vip_invitation|ask_testimonial)", re.M)
 STATUS = re.compile(
     r"^-- \d+s, simulated (\d{4}-\d\d-\d\d): events applied (\d+), duplicate \d+, "
     r"dead-lettered \d+; \d+ changes received \((\d+) by decay\), (\d+) overdue alerts$",
@@ -63,6 +68,7 @@ def test_demo_shows_decay_and_overdue_and_ctrl_c_stops_every_child() -> None:
     live = output.partition("\n-- ")[2]
     assert DECAY_MOVE.search(live), output
     assert OVERDUE.search(live), output
+    assert TRIGGERED.search(output), output
     status = STATUS.findall(output)
     assert len(status) >= 2, output
     simulated, applied, decay, overdue = status[-1]

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections import defaultdict
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -408,17 +409,18 @@ def test_a_worker_started_with_changed_thresholds_rescores_in_the_background(
     assert worker.stop() == 0
 
 
-def test_quantile_mode_through_the_worker(deployment: Deployment, store: Store) -> None:
-    """`rfm-worker run` with a quantile profile: after its first cut points, every
-    customer's published score is its quintile in the whole base (batch rank formula)."""
+def test_a_base_switched_to_quantile_mode_moves_once_to_its_quintiles(
+    deployment: Deployment, store: Store
+) -> None:
+    """Customers scored with thresholds; `rescore --dry-run` with a quantile profile shows
+    the moves; `rfm-worker run` restarted with it computes the cut points before scoring
+    and publishes each customer's move once, straight to its quintile (never via 333)."""
     from tests.test_quantiles import rank_score
     from worker.money import to_units
+    from worker.segments import STANDARD_MAP
 
     deployment.extra_env["RFM_CLOCK"] = "event"
     deployment.extra_env["RFM_SWEEP_INTERVAL"] = "1"
-    profile = deployment.tmp_path / "quantiles.toml"
-    profile.write_text('[profiles.default]\nmode = "quantiles"\n')
-    deployment.extra_env["RFM_PROFILES"] = str(profile)
     rng = random.Random(3)
     end = _midnight(1)
     history: dict[str, list[tuple[datetime, str]]] = {
@@ -443,20 +445,73 @@ def test_quantile_mode_through_the_worker(deployment: Deployment, store: Store) 
         )
         for c in history
     }
-    deployment.produce(_records(events))
-    worker = deployment.worker()
-    deadline = time.monotonic() + 60
-    while True:
+
+    def published() -> dict[str, tuple[int, int, int, str]]:
         stored = {c.customer_id: c.published for c in store.scan_customers("default")}
-        got = {c: (p.r, p.f, p.m) for c, p in stored.items() if p is not None}
-        if got == expected:
-            break
-        assert time.monotonic() < deadline, {c: (got.get(c), e) for c, e in expected.items()}
-        time.sleep(0.3)
+        return {c: (p.r, p.f, p.m, p.segment) for c, p in stored.items() if p is not None}
+
+    def wait_for(check: Callable[[dict[str, tuple[int, int, int, str]]], bool]) -> None:
+        deadline = time.monotonic() + 60
+        while not check(published()):
+            assert time.monotonic() < deadline, published()
+            time.sleep(0.3)
+
+    # Thresholds (the built-in profile) first, swept up to `end`.
+    deployment.produce(_records(events))
+    first = deployment.worker()
+    wait_for(
+        lambda p: (
+            len(p) == len(history)
+            and store.due_backlog({(s, q) for s in range(keys.SHARDS) for q in range(4)}, _ms(end))
+            == 0
+        )
+    )
+    assert first.stop() == 0
+    before = published()
+
+    # The dry run shows the moves the switch will make, and changes nothing.
+    profile = deployment.tmp_path / "quantiles.toml"
+    profile.write_text('[profiles.default]\nmode = "quantiles"\n')
+    segment = {c: STANDARD_MAP.segment(*t) for c, t in expected.items()}
+    moves: dict[tuple[str, str], int] = defaultdict(int)
+    for c, (*_, seg) in before.items():
+        if seg != segment[c]:
+            moves[(seg, segment[c])] += 1
+    dry = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "worker",
+            "rescore",
+            "--dry-run",
+            "--profiles",
+            str(profile),
+            "--json",
+        ],
+        env=deployment.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert dry.returncode == 0, dry.stderr
+    doc = orjson.loads(dry.stdout)
+    assert {(m["from"], m["to"]): m["customers"] for m in doc["moves"]} == moves
+    assert published() == before and store.read_cuts() == {}
+
+    deployment.extra_env["RFM_PROFILES"] = str(profile)
+    worker = deployment.worker()
+    wait_for(lambda p: {c: t[:3] for c, t in p.items()} == expected)
     cuts = store.read_cuts()["default"]
-    assert (cuts.population, cuts.sampled) == (150, 150)
+    assert (cuts.version, cuts.population, cuts.sampled) == (1, 150, 150)
     actions = deployment.read(deployment.actions, until=lambda m: False, timeout=2)
-    causes = {orjson.loads(m.value()).get("cause") for m in actions}
-    assert {"order", "rescore"} <= causes
+    rescored = [
+        d for d in (orjson.loads(m.value()) for m in actions) if d.get("cause") == "rescore"
+    ]
+    assert len({d["customer_id"] for d in rescored}) == len(rescored)  # one move each
+    assert {d["customer_id"] for d in rescored} == {
+        c for c, t in expected.items() if before[c][:3] != t
+    }
+    for d in rescored:
+        assert tuple(int(x) for x in d["current"]["rfm"]) == expected[d["customer_id"]]
     assert_changes_consistent(actions)
     assert worker.stop() == 0

@@ -243,6 +243,12 @@ def _read(args: argparse.Namespace, settings: Settings, profiles: Profiles, stor
         return 0
     if args.command == "rescore":
         as_of = views.now_ms(settings, store)
+        # Quantile profiles are tried with the cut points of the base as it is now (what
+        # the worker's next computation gives), computed here and not stored.
+        from worker.sweeper import compute_cuts
+
+        for name in profiles.quantile_names():
+            profiles.use_cuts(name, compute_cuts(store, profiles, name, as_of))
         customers = store.scan_customers(args.tenant)
         tally = rescore.transitions(customers, profiles, as_of, args.tenant)
         if args.json:
@@ -319,10 +325,10 @@ def run(settings: Settings, profiles: Profiles) -> int:
     store = Store(clients.redis_client(settings))
     try:
         _check_redis(store, settings)
-        # Quantile profiles score with their stored cut points from the first batch on.
+        # Quantile profiles score with their cut points from the first batch on.
         from worker.sweeper import load_cuts
 
-        load_cuts(store, profiles)
+        load_cuts(store, profiles, compute_missing_at=views.now_ms(settings, store))
     except BaseException:
         store.redis.close()
         raise

@@ -245,6 +245,36 @@ class Tally:
         return True
 
 
+# The built-in default profile's thresholds, with the automation triggers of README's
+# "Automation triggers" section: the demo's lines show which automation each move starts.
+DEMO_PROFILES = """\
+[profiles.default]
+recency_days = [30, 90, 180, 365]
+frequency_orders = [2, 3, 5, 10]
+monetary = [100, 250, 500, 1000]
+
+[[profiles.default.triggers]]
+name = "ask_testimonial"
+when = "r_becomes"
+value = 5
+
+[[profiles.default.triggers]]
+name = "winback_offer"
+when = "enters"
+segment = "at_risk"
+from = ["loyal", "champions", "cant_lose_them"]
+
+[[profiles.default.triggers]]
+name = "vip_invitation"
+when = "enters"
+segment = "champions"
+
+[[profiles.default.triggers]]
+name = "cadence_reminder"
+when = "overdue"
+"""
+
+
 def run_demo(
     customers: int = 3000,
     rate: float = 200,
@@ -270,7 +300,9 @@ def run_demo(
             "RFM_CLOCK": "event",
             "RFM_SWEEP_INTERVAL": str(SWEEP_INTERVAL),
         }
-        env.pop("RFM_PROFILES", None)
+        profiles_path = Path(tempfile.gettempdir()) / f"rfm-demo-profiles-{os.getpid()}.toml"
+        profiles_path.write_text(DEMO_PROFILES, encoding="utf-8")
+        env["RFM_PROFILES"] = str(profiles_path)
         log_path = Path(tempfile.gettempdir()) / f"rfm-demo-worker-{os.getpid()}.log"
         log = log_path.open("wb")
         worker = subprocess.Popen(
@@ -284,7 +316,9 @@ def run_demo(
   metrics    {base}/metrics
   matrix     {base}/v1/matrix?tenant=default
   a customer {base}/v1/customers/default/c00001
-  CLI        RFM_REDIS_URL={redis_server.url} RFM_CLOCK=event rfm-worker matrix
+  profiles   {profiles_path}   (the built-in thresholds + automation triggers)
+  CLI        RFM_REDIS_URL={redis_server.url} RFM_CLOCK=event RFM_PROFILES={profiles_path} \\
+               {_cli()} matrix
   worker log {log_path}
 Ctrl-C stops everything.
 """)
@@ -306,6 +340,13 @@ Ctrl-C stops everything.
                 worker.kill()
             log.close()
             say("stopped the worker, the broker and Redis")
+
+
+def _cli() -> str:
+    """How to run the CLI from another shell: the script beside this Python (the venv's,
+    which may not be on that shell's PATH), else the module."""
+    script = Path(sys.executable).with_name("rfm-worker")
+    return str(script) if script.exists() else f"{sys.executable} -m worker"
 
 
 def _stream(
@@ -405,16 +446,19 @@ def _produce(producer: Producer, key: bytes, value: bytes) -> None:
 
 
 def _describe(record: dict[str, Any]) -> str | None:
-    """A line for an overdue alert or a segment move; None for other records."""
+    """A line for an overdue alert or a segment move, with the triggers that fired;
+    None for other records."""
     customer = record.get("customer_id", "?")
+    fired = record.get("triggers") or []
+    tail = f"  => {', '.join(fired)}" if fired else ""
     if record.get("type") == "rfm.overdue":
         return (
             f"{customer:>8}  {'OVERDUE':<7} silent {record['silent_days']} days "
-            f"(usual gap {record['median_gap_days']:.0f} days)"
+            f"(usual gap {record['median_gap_days']:.0f} days){tail}"
         )
     if record.get("type") != "rfm.changed" or not record.get("segment_changed"):
         return None
     prev, cur = record["previous"], record["current"]
     before = f"{prev['segment']} ({prev['rfm']})" if prev else "new"
     after = f"{cur['segment']} ({cur['rfm']})" if cur else "no orders left"
-    return f"{customer:>8}  {record['cause']:<7} {before:>26} -> {after}"
+    return f"{customer:>8}  {record['cause']:<7} {before:>26} -> {after}{tail}"

@@ -90,13 +90,57 @@ class QuantileRun:
     values: list[tuple[int, int, int]] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
 
+    @classmethod
+    def start(cls, store: Store, profiles: Profiles, name: str, as_of_ms: int) -> QuantileRun:
+        sample = profiles.configured[name].quantiles_sample
+        population = store.profile_population(name, profiles)
+        chunks = store.quantile_values(name, profiles, as_of_ms, sample=sample, count=QUANTILE_STEP)
+        return cls(name, as_of_ms, population <= sample, population, chunks)
 
-def load_cuts(store: Store, profiles: Profiles) -> dict[str, Cuts]:
-    """Score every quantile profile with its stored cut points (read-side commands)."""
+    def cuts(self, stored: Cuts | None) -> Cuts | None:
+        """The cut points of the values read, as the version after `stored`."""
+        columns = [list(c) for c in zip(*self.values, strict=True)] or [[], [], []]
+        days, orders, money = columns
+        return cut_points(
+            days,
+            orders,
+            money,
+            version=(0 if stored is None else stored.version) + 1,
+            computed_at=self.as_of_ms,
+            population=len(self.values) if self.exact else self.population,
+        )
+
+
+def compute_cuts(store: Store, profiles: Profiles, name: str, as_of_ms: int) -> Cuts | None:
+    """One whole computation at once (a worker's start, dry runs); None without customers."""
+    run = QuantileRun.start(store, profiles, name, as_of_ms)
+    for chunk in run.chunks:
+        run.values += chunk
+    return run.cuts(store.read_cuts().get(name))
+
+
+def load_cuts(
+    store: Store, profiles: Profiles, *, compute_missing_at: int | None = None
+) -> dict[str, Cuts]:
+    """Score every quantile profile with its stored cut points. With `compute_missing_at`
+    (a worker's start), a quantile profile with none yet and customers to rank gets its
+    first ones computed and stored now, before anything is scored: a base switched to
+    quantile mode moves once, to its quintiles, never through the 333 placeholder."""
     stored = store.read_cuts() if profiles.quantile_names() else {}
     for name in profiles.quantile_names():
+        missing = name not in stored and compute_missing_at is not None
+        if missing and store.try_lock(name, QUANTILE_LOCK_MS):
+            assert compute_missing_at is not None
+            try:
+                cuts = compute_cuts(store, profiles, name, compute_missing_at)
+                if cuts is not None:
+                    store.write_cuts(name, cuts)
+                    stored[name] = cuts
+            finally:
+                store.unlock(name)
         if name in stored:
             profiles.use_cuts(name, stored[name])
+            metrics.QUANTILE_CUTS_VERSION.labels(name).set(stored[name].version)
     return stored
 
 
@@ -204,6 +248,8 @@ class Sweeper:
         if self._indexed:
             return False
         if self._index_chunks is None:
+            if self._runs:  # new cut points coming: mark against them, not the old ones
+                return False
             if self.store.is_indexed(self.profiles):
                 self._indexed = True
                 return False
@@ -283,27 +329,11 @@ class Sweeper:
         return self.clock() - cuts.computed_at >= every_ms
 
     def _start_cuts(self, name: str) -> QuantileRun:
-        sample = self.profiles.configured[name].quantiles_sample
-        as_of_ms = self.clock()
-        population = self.store.profile_population(name, self.profiles)
-        chunks = self.store.quantile_values(
-            name, self.profiles, as_of_ms, sample=sample, count=QUANTILE_STEP
-        )
-        return QuantileRun(name, as_of_ms, population <= sample, population, chunks)
+        return QuantileRun.start(self.store, self.profiles, name, self.clock())
 
     def _finish_cuts(self, run: QuantileRun) -> None:
         try:
-            stored = self.store.read_cuts().get(run.name)
-            columns = [list(c) for c in zip(*run.values, strict=True)] or [[], [], []]
-            days, orders, money = columns
-            cuts = cut_points(
-                days,
-                orders,
-                money,
-                version=(0 if stored is None else stored.version) + 1,
-                computed_at=run.as_of_ms,
-                population=len(run.values) if run.exact else run.population,
-            )
+            cuts = run.cuts(self.store.read_cuts().get(run.name))
             if cuts is None:  # no customer yet: 333 for now, tried again next interval
                 return
             self.store.write_cuts(run.name, cuts)
