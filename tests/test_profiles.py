@@ -304,6 +304,23 @@ name = "rest"
     assert "six" in load_error(text)
 
 
+def test_rule_range_partly_beyond_the_levels_is_rejected() -> None:
+    # r = [4, 9] still matches R 4-5, but 9 says the author expects levels that do not exist.
+    text = one_profile(
+        VALID_BODY
+        + """
+[[profiles.default.segments]]
+name = "top"
+r = [4, 9]
+[[profiles.default.segments]]
+name = "rest"
+"""
+    )
+    assert load_error(text).endswith(
+        "segment rule #1 (top): r = [4, 9] goes beyond the profile's R levels 1..5"
+    )
+
+
 def test_rule_with_reversed_range_is_rejected() -> None:
     text = one_profile(
         VALID_BODY

@@ -197,6 +197,14 @@ class Profile(BaseModel):
         rules = (
             STANDARD_MAP.rules if self.segments is None else [s.to_rule() for s in self.segments]
         )
+        for i, spec in enumerate(self.segments or [], 1):
+            for dim, n in zip(("r", "f", "m"), levels, strict=True):
+                rng = getattr(spec, dim)
+                if rng is not None and rng[1] > n:
+                    raise ValueError(
+                        f"segment rule #{i} ({spec.name}): {dim} = {rng} goes beyond the "
+                        f"profile's {dim.upper()} levels 1..{n}"
+                    )
         try:
             seg_map = SegmentMap(rules, levels, check_reachable=self.segments is not None)
         except ProfileError as exc:
