@@ -367,6 +367,28 @@ def test_sweep_on_the_cluster_publishes_the_decay(cluster_store: Store, profiles
     assert (again.customers, records) == (0, [])
 
 
+def test_a_changed_profile_is_applied_on_the_cluster(
+    cluster_store: Store, profiles: Profiles
+) -> None:
+    from tests.test_sweeper import NEW_PROFILES
+
+    events = store_events(seed=5)
+    apply(cluster_store, profiles, events)
+    sweep(cluster_store, profiles, AS_OF_MS)  # up to date with the first profile
+    assert cluster_store.profile_versions() == {"default": profiles.default.version}
+    before = {(c.tenant, c.customer_id): c.published for c in cluster_store.scan_customers()}
+
+    _done, records = sweep(cluster_store, NEW_PROFILES, AS_OF_MS)
+    changes = [orjson.loads(c.value) for c in records]
+    assert changes and {c["cause"] for c in changes if c["type"] == "rfm.changed"} == {"rescore"}
+    after = {(c.tenant, c.customer_id): c for c in cluster_store.scan_customers()}
+    moved = {k for k, c in after.items() if c.published != before[k] and c.published is not None}
+    assert {(c["tenant"], c["customer_id"]) for c in changes} == moved
+    assert {c.version for c in after.values() if c.orders} == {NEW_PROFILES.default.version}
+    assert cluster_store.profile_versions() == {"default": NEW_PROFILES.default.version}
+    assert sweep(cluster_store, NEW_PROFILES, AS_OF_MS)[1] == []
+
+
 def test_store_follows_a_slot_migrated_between_batches(
     redis_cluster: EmbeddedCluster, cluster_store: Store, profiles: Profiles
 ) -> None:

@@ -278,10 +278,15 @@ class Store:
         return bool(indexed) and stored == _versions(profiles)
 
     def mark_indexed(self, profiles: Profiles) -> None:
-        pipe = self.redis.pipeline(transaction=True)
+        # Two keys in two hash slots (no transaction on a cluster): a crash in between
+        # leaves is_indexed false, so the next start only runs the pass again.
+        versions = _versions(profiles)
+        pipe = self.redis.pipeline(transaction=False)
+        pipe.hset(keys.PROFILES, mapping=versions)
+        stale = set(self.redis.hkeys(keys.PROFILES)) - set(versions)
+        if stale:
+            pipe.hdel(keys.PROFILES, *stale)
         pipe.set(keys.INDEXED, b"1")
-        pipe.delete(keys.PROFILES)
-        pipe.hset(keys.PROFILES, mapping=_versions(profiles))
         pipe.execute()
 
     def profile_versions(self) -> dict[str, str]:
