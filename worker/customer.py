@@ -73,7 +73,7 @@ def _merge(order: Order, event: ValidEvent) -> Outcome:
     return "applied"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per event, and frozen costs 3x
 class Published:
     """The score last published for the customer (what `previous` of the next change is)."""
 
@@ -87,7 +87,7 @@ class Published:
         return f"{self.r}{self.f}{self.m}"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per event, and frozen costs 3x
 class Aggregates:
     first_order_at: int  # epoch ms
     last_order_at: int
@@ -189,25 +189,29 @@ class Customer:
         if not blob:
             return cls(tenant, customer_id)
         doc = orjson.loads(blob)
-        if "o" in doc:  # absolute instants (never scored, or written before "r" existed)
-            orders = {
-                oid: Order(raw[0], raw[1], raw[2] if len(raw) > 2 else {}, len(raw) > 3)
-                for oid, raw in doc["o"].items()
-            }
-        else:  # ages at scored_at
-            t = doc["t"]
-            orders = {
-                oid: Order(
-                    None if raw[0] is None else t - raw[0],
-                    raw[1],
-                    raw[2] if len(raw) > 2 else {},
-                    len(raw) > 3,
-                )
-                for oid, raw in doc["r"].items()
-            }
+        # Absolute instants ("o": never scored, or written before ages) or ages at "t".
+        ages = "r" in doc
+        t, raw_orders = (doc["t"], doc["r"]) if ages else (0, doc["o"])
+        orders: dict[str, Order] = {}
+        times: list[int] = []  # the aggregates too, in the same pass (see `aggregates`)
+        monetary = 0
+        for oid, raw in raw_orders.items():
+            at, amount = raw[0], raw[1]
+            if at is not None and ages:
+                at = t - at
+            if len(raw) == 2:  # the common case: placed, no refund, not cancelled
+                orders[oid] = Order(at, amount)
+                if at is not None:
+                    times.append(at)
+                    monetary += amount
+                continue
+            order = orders[oid] = Order(at, amount, raw[2], len(raw) > 3)
+            if (counted := order.counted_as) is not None:
+                times.append(counted[0])
+                monetary += counted[1]
         s = doc.get("s")
         published = Published(s[0], s[1], s[2], s[3]) if s else None
-        return cls(
+        customer = cls(
             tenant,
             customer_id,
             orders,
@@ -217,3 +221,6 @@ class Customer:
             doc.get("a"),
             doc.get("v"),
         )
+        times.sort()
+        customer._times, customer._monetary = times, monetary
+        return customer

@@ -28,7 +28,7 @@ MIN_OVERDUE_ORDERS = 3
 MAX_DUE_MS = 253_402_300_799_999
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per event, and frozen costs 3x
 class Rhythm:
     """A regular customer's buying rhythm and when their silence becomes overdue."""
 

@@ -31,7 +31,7 @@ from worker.scoring import Score, days_between, score
 from worker.triggers import fired, fired_overdue
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per event, and frozen costs 3x
 class Change:
     """One record to publish; `payload` is the rfm.changed (or rfm.overdue) record."""
 

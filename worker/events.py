@@ -81,7 +81,7 @@ class OrderEvent(BaseModel):
         return handler(value)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per event, and frozen costs 3x
 class ValidEvent:
     """A validated event in the form the core works with: ints for money and time."""
 

@@ -15,7 +15,7 @@ from worker.profiles import Profile
 DAY_MS = 86_400_000
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per event, and frozen costs 3x
 class Score:
     r: int
     f: int
