@@ -11,7 +11,7 @@ import hashlib
 import re
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
@@ -165,7 +165,8 @@ def wall_ms() -> int:
 
 
 def epoch_ms(ts: datetime) -> int:
-    return (ts - _EPOCH) // timedelta(milliseconds=1)  # exact, no float
+    d = ts - _EPOCH  # exact, no float; faster than dividing by timedelta(milliseconds=1)
+    return (d.days * 86_400 + d.seconds) * 1000 + d.microseconds // 1000
 
 
 _FIELD_CLASS = {

@@ -105,8 +105,7 @@ class CustomerView(_Model):
 @lru_cache(maxsize=8192)  # as_of and emitted_at repeat across a whole batch
 def iso(ms: int) -> str:
     """RFC 3339 in UTC with a Z; milliseconds only when there are some."""
-    dt = datetime.fromtimestamp(ms / 1000, UTC)
-    text = dt.strftime("%Y-%m-%dT%H:%M:%S")
+    text = datetime.fromtimestamp(ms // 1000, UTC).isoformat()[:19]  # faster than strftime
     return f"{text}.{ms % 1000:03d}Z" if ms % 1000 else f"{text}Z"
 
 
