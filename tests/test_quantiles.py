@@ -21,11 +21,11 @@ from hypothesis import strategies as st
 
 from tests.factories import valid_event
 from tests.test_decay import first_change, histories, instants, key
+from tests.test_sweeper import placed
 from worker import keys, metrics
 from worker.customer import Aggregates
 from worker.decay import next_due
 from worker.errors import ProfileError
-from worker.events import ValidEvent
 from worker.money import to_units
 from worker.profiles import Profile, Profiles
 from worker.quantiles import Cuts, cut_points, quintile_cuts
@@ -277,20 +277,6 @@ def test_next_due_with_tied_cut_points_is_the_first_change(
 # -- the sweeper keeps a live base's cut points (real Redis) --------------------------------------
 
 
-def placed(profiles: Profiles, customer: str, n: int, at_ms: int, amount: str) -> ValidEvent:
-    return valid_event(
-        profiles,
-        event_id=f"{customer}-e{n}",
-        kind="placed",
-        order_id=f"{customer}-o{n}",
-        customer=customer,
-        occurred_at=datetime.fromtimestamp(at_ms / 1000, UTC).isoformat(),
-        now_ms=at_ms,
-        amount=amount,
-        tenant=TENANT,
-    )
-
-
 def population(seed: int, size: int) -> dict[str, list[tuple[int, str]]]:
     """Orders (at, amount) per customer: varied recency, counts and spend, many ties."""
     rng = random.Random(seed)
@@ -309,7 +295,7 @@ def population(seed: int, size: int) -> dict[str, list[tuple[int, str]]]:
 
 def apply(store: Store, profiles: Profiles, orders: dict[str, list[tuple[int, str]]], at: int):
     items = [
-        (placed(profiles, cid, n, when, amount), i % 4)
+        (placed(profiles, n, cid, when, amount, tenant=TENANT), i % 4)
         for i, (cid, history) in enumerate(orders.items())
         for n, (when, amount) in enumerate(history)
     ]

@@ -41,7 +41,14 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 T0_MS = int(T0.timestamp()) * 1000
 
 
-def placed(profiles: Profiles, n: int, customer: str, at_ms: int, amount: str = "50") -> ValidEvent:
+def placed(
+    profiles: Profiles,
+    n: int,
+    customer: str,
+    at_ms: int,
+    amount: str = "50",
+    tenant: str | None = None,
+) -> ValidEvent:
     return valid_event(
         profiles,
         event_id=f"{customer}-e{n}",
@@ -51,6 +58,7 @@ def placed(profiles: Profiles, n: int, customer: str, at_ms: int, amount: str = 
         occurred_at=datetime.fromtimestamp(at_ms / 1000, UTC).isoformat(),
         now_ms=at_ms,
         amount=amount,
+        tenant=tenant,
     )
 
 
