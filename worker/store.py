@@ -225,10 +225,13 @@ class Store:
             pipe.execute()
         return SweepStep(result, read, exhausted)
 
-    def customer_key_chunks(self, count: int = 500) -> Iterator[list[bytes]]:
-        """Every customer key, in chunks (SCAN, every master of a cluster)."""
+    def customer_key_chunks(
+        self, count: int = 500, pattern: bytes = keys.CUSTOMER_PATTERN
+    ) -> Iterator[list[bytes]]:
+        """Every customer key (matching `pattern`), in chunks (SCAN, every master of a
+        cluster)."""
         chunk: list[bytes] = []
-        for key in self.redis.scan_iter(match=keys.CUSTOMER_PATTERN, count=count):
+        for key in self.redis.scan_iter(match=pattern, count=count):
             chunk.append(key)
             if len(chunk) >= count:
                 yield chunk
@@ -546,23 +549,28 @@ class Store:
 
     def scan_customers(self, tenant: str | None = None, chunk: int = 500) -> Iterator[Customer]:
         """Every stored customer (of one tenant), read in chunks: for export, not hot paths."""
-        batch: list[bytes] = []
-        for key in self.redis.scan_iter(match=keys.customer_pattern(tenant), count=chunk):
-            batch.append(key)
-            if len(batch) >= chunk:
-                yield from self._decode_keys(batch, tenant)
-                batch = []
-        yield from self._decode_keys(batch, tenant)
+        for found in self.customer_key_chunks(chunk, keys.customer_pattern(tenant)):
+            yield from self._read_customers(found, lambda owner: tenant in (None, owner))
 
-    def _decode_keys(self, found: list[bytes], tenant: str | None) -> Iterator[Customer]:
-        pipe = self.redis.pipeline(transaction=False)  # GETs, not MGET: keys span slots
+    def _read_customers(self, found: list[bytes], want: Callable[[str], bool]) -> list[Customer]:
+        """The customers of `found` whose tenant `want` accepts (checked before reading).
+        The tenant of a key is checked, not trusted to the glob: a pattern can also match
+        an id that contains "}:c:<tenant>:"."""
+        kept: list[tuple[bytes, str, str]] = []
         for key in found:
+            _shard, tenant, customer_id = keys.split_customer(key)
+            if want(tenant):
+                kept.append((key, tenant, customer_id))
+        pipe = self.redis.pipeline(transaction=False)  # GETs, not MGET: keys span slots
+        for key, _tenant, _customer_id in kept:
             pipe.get(key)
-        for key, blob in zip(found, pipe.execute() if found else [], strict=True):
-            _shard, owner, customer_id = keys.split_customer(key)
-            # The glob can also match an id that contains "}:c:<tenant>:": check the owner.
-            if blob and (tenant is None or owner == tenant):
-                yield Customer.decode(owner, customer_id, blob)
+        return [
+            Customer.decode(tenant, customer_id, blob)
+            for (_key, tenant, customer_id), blob in zip(
+                kept, pipe.execute() if kept else [], strict=True
+            )
+            if blob
+        ]
 
     def score_counts(self) -> Counter[tuple[str, str, str]]:
         """Customers per (tenant, rfm, segment) of their published score, over all shards."""
@@ -664,48 +672,20 @@ class Store:
         # A tenant's own profile is named after it; `default` scores every other tenant.
         pattern = keys.CUSTOMER_PATTERN if name == DEFAULT_TENANT else keys.customer_pattern(name)
         window = profiles.for_tenant(name).frequency_window_days
-        chunk: list[bytes] = []
-        for key in self.redis.scan_iter(match=pattern, count=count):
-            chunk.append(key)
-            if len(chunk) >= count:
-                yield self._quantile_chunk(chunk, name, profiles, as_of_ms, window, keep, draw)
-                chunk = []
-        if chunk:
-            yield self._quantile_chunk(chunk, name, profiles, as_of_ms, window, keep, draw)
 
-    def _quantile_chunk(
-        self,
-        found: list[bytes],
-        name: str,
-        profiles: Profiles,
-        as_of_ms: int,
-        window: int | None,
-        keep: float,
-        draw: Callable[[], float],
-    ) -> list[tuple[int, int, int]]:
-        kept: list[tuple[bytes, str, str]] = []
-        for key in found:
-            _shard, tenant, customer_id = keys.split_customer(key)
-            # The owner check also drops ids that merely contain "}:c:<tenant>:".
-            if profiles.for_tenant(tenant).name == name and (keep >= 1.0 or draw() < keep):
-                kept.append((key, tenant, customer_id))
-        pipe = self.redis.pipeline(transaction=False)  # GETs, not MGET: keys span slots
-        for key, _tenant, _customer_id in kept:
-            pipe.get(key)
-        values: list[tuple[int, int, int]] = []
-        for (_key, tenant, customer_id), blob in zip(
-            kept, pipe.execute() if kept else [], strict=True
-        ):
-            agg = Customer.decode(tenant, customer_id, blob).aggregates() if blob else None
-            if agg is not None:
-                values.append(
-                    (
-                        days_between(agg.last_order_at, as_of_ms),
-                        windowed_orders(agg, as_of_ms, window),
-                        agg.monetary,
-                    )
+        def want(tenant: str) -> bool:
+            return profiles.for_tenant(tenant).name == name and (keep >= 1.0 or draw() < keep)
+
+        for found in self.customer_key_chunks(count, pattern):
+            yield [
+                (
+                    days_between(agg.last_order_at, as_of_ms),
+                    windowed_orders(agg, as_of_ms, window),
+                    agg.monetary,
                 )
-        return values
+                for customer in self._read_customers(found, want)
+                if (agg := customer.aggregates()) is not None
+            ]
 
 
 # Renew (ARGV[2] > 0: PEXPIRE) or release (0: DEL) a lock, only if ARGV[1] still holds it.
