@@ -74,8 +74,8 @@ class Relay:
             )
             if change.triggers:
                 # Bounded tenant label: named only when the tenant has its own profile.
-                own = (change.profile,) if change.profile else ()
-                tenant = metrics.tenant_label(change.tenant, own)
+                own = change.profile == change.tenant
+                tenant = change.tenant if own else metrics.OTHER_TENANT
                 for name in change.triggers:
                     triggers[(tenant, name)] += 1
             if change.kind == "rfm.overdue":
