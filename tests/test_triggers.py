@@ -25,6 +25,7 @@ from tests.conftest import Deployment
 from tests.test_sweeper_e2e import _ingest, _midnight, _ms, _order, _sweep
 from worker import metrics
 from worker.customer import Customer, Published
+from worker.demo import DEMO_PROFILES
 from worker.engine import Change, apply_events, decay
 from worker.events import ValidEvent
 from worker.messages import RfmChanged, RfmOverdue
@@ -331,32 +332,8 @@ def test_publish_sends_the_header_and_counts_triggers_with_a_bounded_tenant() ->
     )
 
 
-TRIGGER_PROFILES = """
-[profiles.default]
-recency_days = [30, 90, 180, 365]
-frequency_orders = [2, 3, 5, 10]
-monetary = [100, 250, 500, 1000]
-
-[[profiles.default.triggers]]
-name = "ask_testimonial"
-when = "r_becomes"
-value = 5
-
-[[profiles.default.triggers]]
-name = "winback_offer"
-when = "enters"
-segment = "at_risk"
-from = ["loyal", "champions", "cant_lose_them"]
-
-[[profiles.default.triggers]]
-name = "vip_invitation"
-when = "enters"
-segment = "champions"
-
-[[profiles.default.triggers]]
-name = "cadence_reminder"
-when = "overdue"
-
+# The demo's profile (the seed's four triggers), plus one trigger of every other kind.
+TRIGGER_PROFILES = DEMO_PROFILES + """
 [[profiles.default.triggers]]
 name = "champion_lost"
 when = "leaves"
