@@ -333,7 +333,9 @@ def test_publish_sends_the_header_and_counts_triggers_with_a_bounded_tenant() ->
 
 
 # The demo's profile (the seed's four triggers), plus one trigger of every other kind.
-TRIGGER_PROFILES = DEMO_PROFILES + """
+TRIGGER_PROFILES = (
+    DEMO_PROFILES
+    + """
 [[profiles.default.triggers]]
 name = "champion_lost"
 when = "leaves"
@@ -354,6 +356,7 @@ name = "big_spender"
 when = "m_reaches"
 value = 3
 """
+)
 
 
 def expected_triggers(profile: Profile, record: dict[str, Any]) -> list[str]:
