@@ -574,8 +574,6 @@ def check_changed(change: Change, at: int, previous: str, current: str) -> None:
     assert p["current"] == view(*cur_seg)
     assert p["segment_changed"] is (prev_seg[1] != cur_seg[1])
     assert (change.from_segment, change.to_segment) == (prev_seg[1], cur_seg[1])
-    assert change.count_key_from == f"default\t{prev_seg[0]}\t{prev_seg[1]}"
-    assert change.count_key_to == f"default\t{cur_seg[0]}\t{cur_seg[1]}"
 
 
 def check_overdue(change: Change, at: int, last: int, current: str) -> None:
@@ -583,7 +581,6 @@ def check_overdue(change: Change, at: int, last: int, current: str) -> None:
     assert RfmOverdue.model_validate_json(orjson.dumps(change.payload)) == model
     assert (change.kind, change.cause) == ("rfm.overdue", "decay")
     assert (change.from_segment, change.to_segment) == (None, None)
-    assert (change.count_key_from, change.count_key_to) == (None, None)
     assert change.payload == {
         "type": "rfm.overdue",
         "change_id": change.payload["change_id"],

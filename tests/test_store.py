@@ -122,6 +122,29 @@ def test_second_placed_for_same_order_is_not_a_second_order(
     assert money(store) == Decimal("50")
 
 
+def test_segment_counters_move_once_per_customer_and_batch(
+    store: Store, profiles: Profiles
+) -> None:
+    """Several changes of one customer in a batch move its counter cell once: from the
+    score before the batch to the score after (none when it ends without counted orders)."""
+    first = apply(store, profiles, [ev(profiles, "p1", "placed", "o1", "120")])
+    assert len(first.committed) == 1
+    assert store.score_counts() == Counter({("default", "512", "new_customers"): 1})
+    moves = [
+        ev(profiles, "p2", "placed", "o2", "120"),
+        ev(profiles, "p3", "placed", "o3", "900"),
+        ev(profiles, "p4", "placed", "o4", "900", customer="c2"),
+    ]
+    second = apply(store, profiles, moves)
+    assert len(second.committed) == 3
+    after = store.score_counts()
+    assert sum(after.values()) == 2
+    assert ("default", "512", "new_customers") not in after  # c1 left it (c2 entered 513)
+    gone = apply(store, profiles, [ev(profiles, f"x{i}", "cancelled", f"o{i}") for i in (1, 2, 3)])
+    assert len(gone.committed) == 3  # every move published, the last with no score left
+    assert sum(store.score_counts().values()) == 1  # c2 only
+
+
 @pytest.mark.parametrize("first_wins", [True, False])
 def test_conflicting_placed_events_are_order_independent(
     store: Store, profiles: Profiles, first_wins: bool

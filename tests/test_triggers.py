@@ -286,8 +286,6 @@ def change_with(tenant: str, profile: str, triggers: tuple[str, ...]) -> Change:
         cause="decay",
         from_segment="loyal",
         to_segment="at_risk",
-        count_key_from=None,
-        count_key_to=None,
         payload={"triggers": list(triggers)},
         triggers=triggers,
         profile=profile,

@@ -31,7 +31,7 @@ Outcome = Literal["applied", "duplicate"]
 class Order:
     placed_at: int | None = None  # epoch ms of the kept order_placed
     amount: int | None = None  # money units (worker.money)
-    refunds: dict[str, int] = field(default_factory=dict)  # refund digest -> units
+    refunds: dict[str, int] | None = None  # refund digest -> units; None until one arrives
     cancelled: bool = False
 
     @property
@@ -47,6 +47,8 @@ class Order:
 
     @property
     def value(self) -> int:
+        if self.refunds is None:
+            return self.amount or 0
         return max(0, (self.amount or 0) - sum(self.refunds.values()))
 
 
@@ -67,9 +69,12 @@ def _merge(order: Order, event: ValidEvent) -> Outcome:
         order.placed_at, order.amount = event.occurred_at, event.amount
         return "applied"
     # order_refunded
-    if event.digest in order.refunds:
+    digest = event.digest
+    if order.refunds is None:
+        order.refunds = {}
+    elif digest in order.refunds:
         return "duplicate"
-    order.refunds[event.digest] = event.amount
+    order.refunds[digest] = event.amount
     return "applied"
 
 
@@ -118,6 +123,12 @@ class Customer:
         """Merge one event. Returns 'duplicate' when the event was already part of the state."""
         order = self.orders.get(event.order_id)
         if order is None:
+            if event.type == "order_placed":  # the common case, a new order: nothing to merge
+                assert event.amount is not None  # validated
+                self.orders[event.order_id] = Order(event.occurred_at, event.amount)
+                if self._times is not None:
+                    self._move(None, (event.occurred_at, event.amount))
+                return "applied"
             order = self.orders[event.order_id] = Order()
         before = order.counted_as
         outcome = _merge(order, event)
@@ -164,7 +175,7 @@ class Customer:
             if t is not None and at is not None:
                 at = t - at
             if order.cancelled:
-                orders[oid] = [at, order.amount, order.refunds, 1]
+                orders[oid] = [at, order.amount, order.refunds or {}, 1]
             elif order.refunds:
                 orders[oid] = [at, order.amount, order.refunds]
             else:
@@ -205,7 +216,7 @@ class Customer:
                     times.append(at)
                     monetary += amount
                 continue
-            order = orders[oid] = Order(at, amount, raw[2], len(raw) > 3)
+            order = orders[oid] = Order(at, amount, raw[2] or None, len(raw) > 3)
             if (counted := order.counted_as) is not None:
                 times.append(counted[0])
                 monetary += counted[1]

@@ -22,12 +22,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from worker.customer import Customer, Outcome, Published
+from worker.customer import Customer, Published
 from worker.decay import next_due, overdue_pending, rhythm
 from worker.events import ValidEvent
 from worker.messages import CAUSE_OF_EVENT, Cause, rfm_changed, rfm_overdue
 from worker.profiles import Profile
-from worker.scoring import Score, days_between, score
+from worker.scoring import days_between, score
 from worker.triggers import fired, fired_overdue
 
 
@@ -40,8 +40,6 @@ class Change:
     cause: Cause
     from_segment: str | None
     to_segment: str | None
-    count_key_from: str | None  # "tenant\trfm\tsegment" of the segment-count cell left
-    count_key_to: str | None
     payload: dict[str, object]
     kind: Literal["rfm.changed", "rfm.overdue"] = "rfm.changed"
     triggers: tuple[str, ...] = ()  # the names in the payload's "triggers" (worker/triggers.py)
@@ -51,7 +49,8 @@ class Change:
 @dataclass(slots=True)
 class Result:
     customer: Customer
-    outcomes: list[Outcome] = field(default_factory=list)
+    applied: int = 0  # events merged
+    duplicates: int = 0  # events already part of the state
     changes: list[Change] = field(default_factory=list)
     dirty: bool = False  # whether the stored state must be rewritten
     touched: bool = False  # whether to commit at all (state and/or due index)
@@ -70,10 +69,6 @@ _V4_MASK = ~(0xF000 << 64) & ~(0xC000 << 48) & (1 << 128) - 1
 _V4_BITS = (0x4000 << 64) | (0x8000 << 48)  # version 4, RFC 4122 variant
 
 
-def count_key(tenant: str, pub: Published | Score | None) -> str | None:
-    return None if pub is None else f"{tenant}\t{pub.rfm}\t{pub.segment}"
-
-
 def apply_events(
     customer: Customer,
     events: Sequence[ValidEvent],
@@ -87,10 +82,10 @@ def apply_events(
     result = Result(customer)
     as_of_ms = max(as_of_ms, customer.scored_at or as_of_ms)
     for event in events:
-        outcome = customer.apply(event)
-        result.outcomes.append(outcome)
-        if outcome == "duplicate":
+        if customer.apply(event) == "duplicate":
+            result.duplicates += 1
             continue
+        result.applied += 1
         result.dirty = True
         change = rescore(
             customer,
@@ -160,8 +155,6 @@ def decay(
                 cause="decay",
                 from_segment=None,
                 to_segment=None,
-                count_key_from=None,
-                count_key_to=None,
                 payload=rfm_overdue(
                     change_id=new_id(),
                     tenant=customer.tenant,
@@ -209,8 +202,10 @@ def rescore(
     if (
         current is not None
         and previous is not None
-        and (current.r, current.f, current.m, current.segment)
-        == (previous.r, previous.f, previous.m, previous.segment)
+        and current.segment == previous.segment
+        and current.r == previous.r
+        and current.f == previous.f
+        and current.m == previous.m
     ):
         return None
     customer.published = (
@@ -236,8 +231,6 @@ def rescore(
         cause=cause,
         from_segment=previous.segment if previous else None,
         to_segment=current.segment if current else None,
-        count_key_from=count_key(customer.tenant, previous),
-        count_key_to=count_key(customer.tenant, current),
         payload=payload,
         triggers=names,
         profile=profile.name,

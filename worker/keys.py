@@ -78,6 +78,11 @@ def counts(shard: int) -> bytes:
     return f"rfm:{{{shard:02d}}}:counts".encode()
 
 
+def count_cell(tenant: str, rfm: str, segment: str) -> str:
+    """The field of a counts hash that counts the customers of one (tenant, rfm, segment)."""
+    return f"{tenant}\t{rfm}\t{segment}"
+
+
 def quantiles_lock(profile: str) -> bytes:
     return f"rfm:quantiles:lock:{profile}".encode()
 

@@ -8,8 +8,7 @@ and the tests check the two agree.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import UTC, datetime
-from functools import lru_cache
+from datetime import date, timedelta
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
@@ -102,11 +101,26 @@ class CustomerView(_Model):
     as_of: str
 
 
-@lru_cache(maxsize=8192)  # as_of and emitted_at repeat across a whole batch
 def iso(ms: int) -> str:
-    """RFC 3339 in UTC with a Z; milliseconds only when there are some."""
-    text = datetime.fromtimestamp(ms // 1000, UTC).isoformat()[:19]  # faster than strftime
-    return f"{text}.{ms % 1000:03d}Z" if ms % 1000 else f"{text}Z"
+    """RFC 3339 in UTC with a Z; milliseconds only when there are some. From tables rather
+    than datetime: ~4x faster, and an rfm.changed carries four instants (as_of <= ms <
+    year 10000, the range validation admits)."""
+    days, ms_of_day = divmod(ms, 86_400_000)
+    seconds, milli = divmod(ms_of_day, 1000)
+    minutes, seconds = divmod(seconds, 60)
+    date = _DATES.get(days)
+    if date is None:
+        if len(_DATES) >= 100_000:  # a few years of order dates; hostile input stays bounded
+            _DATES.clear()
+        date = _DATES[days] = f"{_EPOCH_DATE + timedelta(days=days):%Y-%m-%d}T"
+    return date + _HH_MM[minutes] + _SS[seconds] + _FRACTION[milli]
+
+
+_EPOCH_DATE = date(1970, 1, 1)
+_DATES: dict[int, str] = {}  # days since the epoch -> "YYYY-MM-DDT"
+_HH_MM = [f"{h:02d}:{m:02d}:" for h in range(24) for m in range(60)]
+_SS = [f"{s:02d}" for s in range(60)]
+_FRACTION = ["Z"] + [f".{ms:03d}Z" for ms in range(1, 1000)]
 
 
 def score_view(s: Score | Published | None) -> dict[str, object] | None:

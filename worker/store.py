@@ -28,7 +28,7 @@ import orjson
 import redis
 
 from worker import keys, rescore
-from worker.customer import Customer, Outcome
+from worker.customer import Customer, Outcome, Published
 from worker.decay import next_due
 from worker.engine import Change, Result, apply_events, decay
 from worker.errors import StateError
@@ -92,10 +92,10 @@ class _Plan:
     """What the per-customer function decided for one shard; `queued` once its commit
     call is queued on the pipeline."""
 
-    changes: list[Change] = field(default_factory=list)
-    outboxes: list[bytes] = field(default_factory=list)
-    payloads: list[bytes] = field(default_factory=list)
-    outcomes: Counter[Outcome] = field(default_factory=Counter)
+    changes: list[tuple[bytes, bytes, bytes, Change]] = field(default_factory=list)  # (outbox,
+    # the customer id as the Kafka key, the serialised record, the change)
+    applied: int = 0
+    duplicates: int = 0
     customers: int = 0
     failed: list[tuple[bytes, Any, Exception]] = field(default_factory=list)
     queued: bool = False
@@ -369,15 +369,16 @@ class Store:
 
     @staticmethod
     def _accept(result: BatchResult, plan: _Plan, ids: list[bytes]) -> None:
-        result.outcomes.update(plan.outcomes)
+        if plan.applied:
+            result.outcomes["applied"] += plan.applied
+        if plan.duplicates:
+            result.outcomes["duplicate"] += plan.duplicates
         result.customers += plan.customers
         result.failed += plan.failed
-        for change, outbox, entry_id, value in zip(
-            plan.changes, plan.outboxes, ids, plan.payloads, strict=True
-        ):
-            result.committed.append(
-                Committed(outbox, entry_id, change.customer_id.encode(), value, change)
-            )
+        result.committed += [
+            Committed(outbox, entry_id, key, value, change)
+            for (outbox, key, value, change), entry_id in zip(plan.changes, ids, strict=True)
+        ]
 
     def _by_node(self, shards: list[int]) -> list[tuple[list[int], Any]]:
         """The shards with the client to pipeline them on: one per node on a cluster."""
@@ -408,46 +409,64 @@ class Store:
         args = _Args(keys.counts(shard))
         customers: list[list[int | str]] = []
         changes: list[list[int]] = []
-        deltas: Counter[str] = Counter()
+        deltas: dict[str, int] = {}
+        due_index: dict[int, int] = {}  # partition -> KEYS index of its due zset
+        outbox_index: dict[int, tuple[bytes, int]] = {}  # partition -> (outbox, KEYS index)
         for (key, (tenant, customer_id, item)), blob in zip(slot.items(), blobs, strict=True):
             try:
-                res, was_in, state, values = _decide(tenant, customer_id, blob, item, decide)
+                res, was_in, before, state, values = _decide(
+                    tenant, customer_id, blob, item, decide
+                )
             except Exception as exc:  # a bug costs this customer's item, never the batch
                 plan.failed.append((key, item, exc))
                 continue
-            plan.outcomes.update(res.outcomes)
+            plan.applied += res.applied
+            plan.duplicates += res.duplicates
             if not res.touched:
                 continue
             partition = res.customer.partition or 0
-            due_to = args.key(keys.due(shard, partition))
+            due_to = due_index.get(partition)
+            if due_to is None:
+                due_to = due_index[partition] = args.key(keys.due(shard, partition))
+            if was_in is None or was_in == partition:
+                due_from = due_to
+            else:
+                due_from = args.key(keys.due(shard, was_in))
             customers.append(
                 [
                     args.key(key),
                     args.arg(blob or b""),
                     0 if state is None else args.arg(state),
-                    due_to if was_in is None else args.key(keys.due(shard, was_in)),
+                    due_from,
                     due_to,
                     "" if res.due is None else str(res.due),
                 ]
             )
             if not res.changes:
                 continue
-            outbox = keys.outbox(shard, partition)
-            outbox_index = args.key(outbox)
-            k = args.arg(customer_id.encode())
+            # The segment counters move once per customer: from its score before the batch
+            # to its score after, whatever changes it went through in between.
+            after = res.customer.published
+            if before is not after:
+                if before is not None:
+                    cell = keys.count_cell(tenant, before.rfm, before.segment)
+                    deltas[cell] = deltas.get(cell, 0) - 1
+                if after is not None:
+                    cell = keys.count_cell(tenant, after.rfm, after.segment)
+                    deltas[cell] = deltas.get(cell, 0) + 1
+            outbox = outbox_index.get(partition)
+            if outbox is None:
+                stream = keys.outbox(shard, partition)
+                outbox = outbox_index[partition] = (stream, args.key(stream))
+            kafka_key = customer_id.encode()
+            k = args.arg(kafka_key)
             for change, payload in zip(res.changes, values, strict=True):
-                plan.changes.append(change)
-                plan.outboxes.append(outbox)
-                plan.payloads.append(payload)
-                changes.append([outbox_index, k, args.arg(payload)])
-                if change.count_key_from:
-                    deltas[change.count_key_from] -= 1
-                if change.count_key_to:
-                    deltas[change.count_key_to] += 1
+                plan.changes.append((outbox[0], kafka_key, payload, change))
+                changes.append([outbox[1], k, args.arg(payload)])
         if not customers:
             return plan
         plan.customers = len(customers)
-        counts = [[fld, delta] for fld, delta in deltas.items() if delta]
+        counts = [[cell, delta] for cell, delta in deltas.items() if delta]
         args.argv[0] = orjson.dumps({"customers": customers, "counts": counts, "changes": changes})
         self._commit(keys=args.keys, args=args.argv, client=pipe)
         plan.queued = True
@@ -698,14 +717,15 @@ return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 
 def _decide(
     tenant: str, customer_id: str, blob: bytes | None, item: T, decide: Decide[T]
-) -> tuple[Result, int | None, bytes | None, list[bytes]]:
+) -> tuple[Result, int | None, Published | None, bytes | None, list[bytes]]:
     """Decode, decide and serialise one customer: everything that can raise for it.
-    Returns (result, the partition it was in, the new state or None, change payloads)."""
+    Returns (result, the partition it was in, its published score before, the new state
+    or None, change payloads)."""
     customer = Customer.decode(tenant, customer_id, blob)
-    was_in = customer.partition
+    was_in, before = customer.partition, customer.published
     res = decide(customer, item)
     state = customer.encode() if res.dirty else None
-    return res, was_in, state, [orjson.dumps(c.payload) for c in res.changes]
+    return res, was_in, before, state, [orjson.dumps(c.payload) for c in res.changes]
 
 
 def _versions(profiles: Profiles) -> dict[bytes, bytes]:

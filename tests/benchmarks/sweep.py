@@ -45,7 +45,6 @@ from worker import keys
 from worker.customer import Customer, Order, Published
 from worker.decay import next_due, rhythm
 from worker.embedded import EmbeddedRedis
-from worker.engine import count_key
 from worker.profiles import Profile, Profiles
 from worker.scoring import DAY_MS, score
 from worker.store import Store
@@ -118,8 +117,7 @@ def build_customer(
     current = score(agg, BUILT_AT, profile)
     customer.published = Published(current.r, current.f, current.m, current.segment)
     due = next_due(agg, profile, BUILT_AT, customer.alerted)
-    field_ = count_key(TENANT, customer.published)
-    assert field_ is not None
+    field_ = keys.count_cell(TENANT, current.rfm, current.segment)
     return customer.encode(), due, field_
 
 
