@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -171,6 +172,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "rebuild":
         from worker.rebuild import rebuild
 
+        _tune_gc()
         return _redis_down(settings, lambda: rebuild(settings, profiles, confirmed=args.yes))
     if args.command == "sweep":
         from worker.sweeper import run_once
@@ -315,6 +317,16 @@ def _check_redis(store: Store, settings: Settings) -> None:
         )
 
 
+def _tune_gc() -> None:
+    """For the long-running commands. Every event allocates short-lived dicts and lists
+    that reference counting frees; the cycle collector's defaults (a pass every 700
+    allocations, full passes over every long-lived object) cost the worker 20-35% of its
+    throughput (make bench). Objects built at start are frozen out of the passes and passes
+    are rarer; reference cycles are still collected."""
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 100)
+
+
 def run(settings: Settings, profiles: Profiles) -> int:
     """`rfm-worker run`: the worker, its HTTP server, and a graceful stop on signals."""
     from worker import clients, metrics
@@ -358,6 +370,7 @@ def run(settings: Settings, profiles: Profiles) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    _tune_gc()
     try:
         worker.run()
     finally:
