@@ -264,3 +264,26 @@ def test_clock_never_moves_back(clock: Any, redis_client: redis.Redis) -> None:
     # Forward again, by a single millisecond.
     assert clock(keys=[CLOCK], args=[1_700_000_000_501]) == 1_700_000_000_501
     assert int(redis_client.get(CLOCK) or 0) == 1_700_000_000_501
+
+
+def test_thousands_of_customers_in_one_call(redis_client: redis.Redis, commit: Any) -> None:
+    """Writes are grouped into one command per kind and chunked under Lua's stack limit:
+    2,500 customers (some moving partition, some never due) in one call, then a
+    conflicting one among them refuses the whole call."""
+    keys = [f"rfm:{{05}}:c:default:c{i}".encode() for i in range(2_500)]
+    first = [(k, b"", b"v1", DUE0, DUE0, str(1_000 + i)) for i, k in enumerate(keys)]
+    assert call_commit(commit, first, [], []) == [1]
+    assert redis_client.zcard(DUE0) == 2_500
+    moved: list[Customer] = [
+        (k, b"v1", b"v2", DUE0, DUE1, "" if i % 3 == 0 else str(5_000 + i))
+        for i, k in enumerate(keys)
+    ]
+    assert call_commit(commit, moved, [], []) == [1]
+    assert redis_client.mget(keys) == [b"v2"] * 2_500
+    assert redis_client.zcard(DUE0) == 0
+    due = dict(redis_client.zrange(DUE1, 0, -1, withscores=True))
+    assert due == {k: 5_000 + i for i, k in enumerate(keys) if i % 3}
+    stale = [(k, b"v2", b"v3") for k in keys[:1_999]] + [(keys[2_200], b"v1", b"v3")]
+    before = snapshot(redis_client)
+    assert call_commit(commit, stale, [], []) == [0, 2_000]
+    assert snapshot(redis_client) == before

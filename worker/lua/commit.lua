@@ -28,10 +28,31 @@
 -- written; or {1, id, ...}: the stream ids of the appended changes, in order.
 
 local plan = cjson.decode(ARGV[1])
+local customers = plan.customers
 
+-- Commands take their arguments from a Lua stack of limited size: long lists go in chunks
+-- (an even size, for ZADD's score/member pairs).
+local function each_chunk(list, call)
+  for i = 1, #list, 1000 do
+    call(unpack(list, i, math.min(i + 999, #list)))
+  end
+end
+
+-- One command per kind of write rather than per customer: a call from Lua costs more than
+-- the write itself.
+local keys, values = {}, {}
+for i, c in ipairs(customers) do
+  keys[i] = KEYS[c[1]]
+end
+for i = 1, #keys, 1000 do
+  local stored = redis.call('MGET', unpack(keys, i, math.min(i + 999, #keys)))
+  for j, value in ipairs(stored) do -- a missing key is false, not nil
+    values[i + j - 1] = value or ''
+  end
+end
 local conflicts = {0}
-for i, c in ipairs(plan.customers) do
-  if (redis.call('GET', KEYS[c[1]]) or '') ~= ARGV[c[2]] then
+for i, c in ipairs(customers) do
+  if values[i] ~= ARGV[c[2]] then
     conflicts[#conflicts + 1] = i
   end
 end
@@ -39,19 +60,39 @@ if #conflicts > 1 then
   return conflicts
 end
 
-for _, c in ipairs(plan.customers) do
+local states = {}           -- key, value, ... for MSET
+local leave, enter = {}, {} -- due zset index -> members to remove / score, member, ... to add
+local function push(groups, index, ...)
+  local list = groups[index]
+  if not list then
+    list = {}
+    groups[index] = list
+  end
+  for _, v in ipairs({...}) do
+    list[#list + 1] = v
+  end
+end
+for _, c in ipairs(customers) do
   local key = KEYS[c[1]]
   if c[3] > 0 then
-    redis.call('SET', key, ARGV[c[3]])
+    states[#states + 1] = key
+    states[#states + 1] = ARGV[c[3]]
   end
   if c[4] ~= c[5] then
-    redis.call('ZREM', KEYS[c[4]], key)
+    push(leave, c[4], key)
   end
   if c[6] == '' then
-    redis.call('ZREM', KEYS[c[5]], key)
+    push(leave, c[5], key)
   else
-    redis.call('ZADD', KEYS[c[5]], c[6], key)
+    push(enter, c[5], c[6], key)
   end
+end
+each_chunk(states, function(...) redis.call('MSET', ...) end)
+for index, members in pairs(leave) do
+  each_chunk(members, function(...) redis.call('ZREM', KEYS[index], ...) end)
+end
+for index, pairs_ in pairs(enter) do
+  each_chunk(pairs_, function(...) redis.call('ZADD', KEYS[index], ...) end)
 end
 
 for _, d in ipairs(plan.counts) do
