@@ -7,6 +7,7 @@ must get there without a restart or a rebalance.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -35,8 +36,9 @@ pytestmark = pytest.mark.integration
 
 
 class DropReplies:
-    """A Redis client whose pipelines lose the reply of chosen commit calls: the commands
-    run, then the caller sees a connection error (as after a reset or a timeout)."""
+    """A Redis client that loses the replies of chosen rounds of commit calls (the calls
+    Store sends for a batch on one connection): the commands run, then the caller sees a
+    connection error (as after a reset or a timeout)."""
 
     def __init__(self, client: redis.Redis, drop: set[int]) -> None:
         self._client, self.drop, self.commits, self.dropped = client, drop, 0, 0
@@ -44,22 +46,44 @@ class DropReplies:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
 
-    def pipeline(self, transaction: bool = False) -> Any:
-        pipe = self._client.pipeline(transaction=transaction)
-        execute = pipe.execute
+    @property
+    def connection_pool(self) -> Any:
+        return _LossyPool(self)
 
-        def lossy(*args: Any, **kwargs: Any) -> Any:
-            commits = any(cmd[0][0] == "EVALSHA" for cmd in pipe.command_stack)
-            replies = execute(*args, **kwargs)
-            if commits:
-                self.commits += 1
-                if self.commits in self.drop:
-                    self.dropped += 1
-                    raise redis.ConnectionError("injected: the reply was lost")
-            return replies
 
-        pipe.execute = lossy
-        return pipe
+class _LossyPool:
+    def __init__(self, owner: DropReplies) -> None:
+        self._owner, self._pool = owner, owner._client.connection_pool
+
+    def get_connection(self) -> Any:
+        return _LossyConnection(self._owner, self._pool.get_connection())
+
+    def release(self, conn: Any) -> None:
+        self._pool.release(conn.real)
+
+
+class _LossyConnection:
+    def __init__(self, owner: DropReplies, real: Any) -> None:
+        self._owner, self.real, self._sent, self._lose = owner, real, 0, False
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+    def pack_commands(self, commands: list[Any]) -> Any:
+        if any(cmd[0] == "EVALSHA" for cmd in commands) and not self._sent:
+            self._owner.commits += 1
+            self._lose = self._owner.commits in self._owner.drop
+        self._sent += len(commands)
+        return self.real.pack_commands(commands)
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        if self._lose:  # let every call of the round run, then lose the replies
+            for _ in range(self._sent):
+                with contextlib.suppress(redis.ResponseError):
+                    self.real.read_response()
+            self._owner.dropped += 1
+            raise redis.ConnectionError("injected: the reply was lost")
+        return self.real.read_response(*args, **kwargs)
 
 
 class RefuseDeliveries:

@@ -351,24 +351,27 @@ class Worker:
         started = time.perf_counter()
         now = self.now_ms()
         valid: list[tuple[ValidEvent, int]] = []
-        sources: dict[int, Any] = {}  # id(event) -> its message, to dead-letter it later
-        offsets: dict[tuple[str, int], int] = {}
-        newest = 0
+        sources: list[Any] = []  # the message of each valid event, to dead-letter it later
+        next_offsets: dict[int, int] = {}  # partition -> offset after its last message
         for msg in messages:
             if msg.error():
                 self._log_consume_error(msg.error())
                 continue
-            offsets[(msg.topic(), msg.partition())] = msg.offset() + 1
+            partition = msg.partition()
+            next_offsets[partition] = msg.offset() + 1
             outcome = validate(msg.value(), self.profiles, now)
             if isinstance(outcome, Rejection):
                 self._dead_letter(msg, outcome)
             else:
-                valid.append((outcome, msg.partition()))
-                sources[id(outcome)] = msg
-                newest = max(newest, outcome.occurred_at)
+                valid.append((outcome, partition))
+                sources.append(msg)
+        # One topic is consumed (the orders topic): offsets are per partition of it.
+        topic = self.settings.orders_topic
+        offsets = {(topic, p): offset for p, offset in next_offsets.items()}
         if valid:
             as_of = now
             if self.settings.clock == "event":
+                newest = max(event.occurred_at for event, _ in valid)
                 as_of = self._retry_redis(lambda: self.store.advance_clock(newest))
             failures = self.redis_failures
             result = self._retry_redis(
@@ -379,8 +382,10 @@ class Worker:
             metrics.STORE_CONFLICTS.inc(result.conflicts)
             metrics.RESCORED.labels("events").inc(result.customers)
             self._publish(result.committed, {p for _, p in valid}, failures)
-            for event, _partition, exc in result.rejected:
-                self._internal_error(sources[id(event)], exc)
+            if result.rejected:
+                source = {id(event): msg for (event, _), msg in zip(valid, sources, strict=True)}
+                for event, _partition, exc in result.rejected:
+                    self._internal_error(source[id(event)], exc)
         self._await_dead_letters()
         # Fully done (state committed, dead letters acknowledged): say so next to the state.
         applied = {f"{t}:{p}": o for (t, p), o in offsets.items()}

@@ -71,8 +71,7 @@ class Deliveries(Generic[T]):
 
     def _next_of(self, key: bytes | None) -> None:
         """The key's record in flight was acknowledged: send its next one, if any."""
-        if self._waiting is None:
-            return
+        assert self._waiting is not None
         queue = self._waiting.get(key)
         if queue:
             record, token = queue.popleft()
@@ -91,36 +90,42 @@ class Deliveries(Generic[T]):
         return sum(len(q) for q in self._waiting.values() if q) if self._waiting else 0
 
     def _send(self, record: Record, token: T, *, shrunk: bool) -> None:
-        def refused(err: Any) -> None:
-            if self._can_shrink(err, shrunk):
-                self._send(self._shrunk(record), token, shrunk=True)
-                return
-            metrics.DELIVERY_ERRORS.labels(self.topic).inc()
-            if self.error is None:
-                logger.warning("delivery to %s failed, retrying: %s", self.topic, err)
-            self.error = str(err)
-            self._failed.append((record, token))
-            self._retry_at = time.monotonic() + RETRY_PAUSE
+        key, value, headers = record
 
         def delivered(err: Any, _msg: Any) -> None:
             self.in_flight -= 1
             if err is None:
                 self._acked.append(token)
                 self.error = None
-                self._next_of(record[0])
+                if self._waiting is not None:
+                    self._next_of(key)
             else:
-                refused(err)
+                self._refused(record, token, shrunk, err)
 
-        key, value, headers = record
-        extra: dict[str, Any] = {} if headers is None else {"headers": headers}
         try:
             produce(
-                self._producer, self.topic, key=key, value=value, on_delivery=delivered, **extra
+                self._producer,
+                self.topic,
+                key=key,
+                value=value,
+                on_delivery=delivered,
+                headers=headers,
             )
         except KafkaException as exc:  # refused before it left (too large, unknown topic)
-            refused(exc.args[0])
+            self._refused(record, token, shrunk, exc.args[0])
             return
         self.in_flight += 1
+
+    def _refused(self, record: Record, token: T, shrunk: bool, err: Any) -> None:
+        if self._can_shrink(err, shrunk):
+            self._send(self._shrunk(record), token, shrunk=True)
+            return
+        metrics.DELIVERY_ERRORS.labels(self.topic).inc()
+        if self.error is None:
+            logger.warning("delivery to %s failed, retrying: %s", self.topic, err)
+        self.error = str(err)
+        self._failed.append((record, token))
+        self._retry_at = time.monotonic() + RETRY_PAUSE
 
     def _can_shrink(self, err: Any, shrunk: bool) -> bool:
         return (

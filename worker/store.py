@@ -40,6 +40,7 @@ from worker.scoring import DAY_MS, days_between, windowed_orders
 logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 20
+SEND_EVERY = 8  # shards planned per write to Redis (the batch's 64 go out in ~8 writes)
 T = TypeVar("T")
 # What `commit` takes: per shard, per customer key, (tenant, customer_id, the cause's item).
 Work = Mapping[int, Mapping[bytes, tuple[str, str, T]]]
@@ -89,8 +90,8 @@ class SweepStep:
 
 @dataclass(slots=True)
 class _Plan:
-    """What the per-customer function decided for one shard; `queued` once its commit
-    call is queued on the pipeline."""
+    """What the per-customer function decided for one shard; `call` (KEYS, ARGV of
+    commit.lua) when there is anything to write."""
 
     changes: list[tuple[bytes, bytes, bytes, Change]] = field(default_factory=list)  # (outbox,
     # the customer id as the Kafka key, the serialised record, the change)
@@ -98,7 +99,7 @@ class _Plan:
     duplicates: int = 0
     customers: int = 0
     failed: list[tuple[bytes, Any, Exception]] = field(default_factory=list)
-    queued: bool = False
+    call: tuple[list[bytes], list[bytes]] | None = None
 
 
 class _Args:
@@ -345,14 +346,14 @@ class Store:
                         retry.append(shard)
                     else:
                         read.append((shard, blobs))
-                pipe = client.pipeline(transaction=False)
-                plans = [
-                    (shard, self._plan(shard, work[shard], b, decide, pipe)) for shard, b in read
-                ]
-                replies = iter(pipe.execute(raise_on_error=False) if len(pipe) else [])
-                for shard, plan in plans:
-                    reply: Any = next(replies) if plan.queued else [1]
-                    if _redirected(reply):
+                loaded = False
+                for shard, plan, reply in self._plan_and_send(client, read, work, decide):
+                    if isinstance(reply, redis.exceptions.NoScriptError):
+                        if not loaded:  # a new or restarted node: its commit did not run
+                            client.script_load(self._commit.script)
+                            loaded = True
+                        retry.append(shard)
+                    elif _redirected(reply):
                         moved += 1
                         retry.append(shard)
                     elif reply[0] == 0:
@@ -366,6 +367,49 @@ class Store:
         if pending and moved:  # slots still moving: transient, the worker waits and retries
             raise redis.exceptions.TryAgainError(f"shards {pending}: their slots kept moving")
         raise StateError(f"shards {pending} kept changing under us for {MAX_ATTEMPTS} attempts")
+
+    def _plan_and_send(
+        self,
+        client: Any,
+        read: list[tuple[int, list[bytes | None]]],
+        work: Work[T],
+        decide: Decide[T],
+    ) -> list[tuple[int, _Plan, Any]]:
+        """Plan the shards and send their commit calls a few shards at a time on one
+        connection, so Redis runs the first scripts while Python plans the next ones (a
+        pipeline would send them all only once every plan is made); then read the replies
+        in order. Returns (shard, plan, reply or the error it was) per shard."""
+        out: list[tuple[int, _Plan, Any]] = []
+        sent: list[tuple[int, _Plan]] = []
+        pool = client.connection_pool
+        conn = pool.get_connection()
+        try:
+            calls: list[tuple[Any, ...]] = []
+            for shard, blobs in read:
+                plan = self._plan(shard, work[shard], blobs, decide)
+                if plan.call is None:
+                    out.append((shard, plan, [1]))  # nothing to write
+                    continue
+                call_keys, argv = plan.call
+                calls.append(("EVALSHA", self._commit.sha, len(call_keys), *call_keys, *argv))
+                sent.append((shard, plan))
+                if len(calls) == SEND_EVERY:
+                    conn.send_packed_command(conn.pack_commands(calls))
+                    calls = []
+            if calls:
+                conn.send_packed_command(conn.pack_commands(calls))
+            for shard, plan in sent:
+                try:
+                    reply: Any = conn.read_response()
+                except redis.ResponseError as exc:  # this call's error; the next replies follow
+                    reply = exc
+                out.append((shard, plan, reply))
+        except BaseException:
+            conn.disconnect()  # replies may be left unread: never reuse this connection
+            raise
+        finally:
+            pool.release(conn)
+        return out
 
     @staticmethod
     def _accept(result: BatchResult, plan: _Plan, ids: list[bytes]) -> None:
@@ -402,9 +446,8 @@ class Store:
         slot: Mapping[bytes, tuple[str, str, T]],
         blobs: list[bytes | None],
         decide: Decide[T],
-        pipe: Any,
     ) -> _Plan:
-        """Decide every customer of one shard and queue the shard's commit on `pipe`."""
+        """Decide every customer of one shard; `plan.call` is the shard's commit call."""
         plan = _Plan()
         args = _Args(keys.counts(shard))
         customers: list[list[int | str]] = []
@@ -468,8 +511,7 @@ class Store:
         plan.customers = len(customers)
         counts = [[cell, delta] for cell, delta in deltas.items() if delta]
         args.argv[0] = orjson.dumps({"customers": customers, "counts": counts, "changes": changes})
-        self._commit(keys=args.keys, args=args.argv, client=pipe)
-        plan.queued = True
+        plan.call = (args.keys, args.argv)
         return plan
 
     # -- applied offsets: detecting a Redis that lost writes ---------------------------------
