@@ -53,8 +53,13 @@ def rhythm(agg: Aggregates, profile: Profile) -> Rhythm | None:
 
 
 def overdue_pending(rh: Rhythm | None, agg: Aggregates, alerted: int | None) -> bool:
+    """Whether the customer has a rhythm and this silence has not been alerted yet."""
+    return rh is not None and unalerted(agg, alerted)
+
+
+def unalerted(agg: Aggregates, alerted: int | None) -> bool:
     """Whether this silence (since the last order) has not been alerted yet."""
-    return rh is not None and (alerted is None or agg.last_order_at > alerted)
+    return alerted is None or agg.last_order_at > alerted
 
 
 def next_due(
@@ -67,12 +72,12 @@ def next_due(
     """
     if agg is None:
         return None
-    candidates: list[int] = []
+    due = MAX_DUE_MS + 1  # never
     thresholds = profile.recency_days
     days = (as_of_ms - agg.last_order_at) // DAY_MS
     i = bisect_left(thresholds, days)  # the first threshold not yet passed
     if i < len(thresholds):
-        candidates.append(agg.last_order_at + (thresholds[i] + 1) * DAY_MS)
+        due = agg.last_order_at + (thresholds[i] + 1) * DAY_MS
     window = profile.frequency_window_days
     if window is not None:
         times = agg.order_times
@@ -81,9 +86,9 @@ def next_due(
         level = bisect_right(profile.frequency_orders, count)
         reached = profile.frequency_orders[level - 1] if level else 0
         if reached:  # F drops once count falls below the threshold it reached (never 0)
-            candidates.append(times[first + count - reached] + window * DAY_MS)
-    rh = rhythm(agg, profile)
-    if rh is not None and overdue_pending(rh, agg, alerted):
-        candidates.append(rh.overdue_at)
-    due = min(candidates, default=None)
-    return due if due is not None and due <= MAX_DUE_MS else None
+            due = min(due, times[first + count - reached] + window * DAY_MS)
+    if unalerted(agg, alerted):  # the rhythm only matters then (and costs a sort)
+        rh = rhythm(agg, profile)
+        if rh is not None:
+            due = min(due, rh.overdue_at)
+    return due if due <= MAX_DUE_MS else None
