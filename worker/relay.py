@@ -23,6 +23,7 @@ from worker.store import Committed, Store
 
 logger = logging.getLogger(__name__)
 
+TRIM_INTERVAL_S = 0.1
 TRIGGERS_HEADER = "rfm.triggers"  # the record's "triggers", comma-separated (b"" if none)
 
 
@@ -52,6 +53,7 @@ class Relay:
             producer, topic, ordered=True
         )
         self._trim: dict[bytes, list[bytes]] = defaultdict(list)  # acked, not yet deleted
+        self._trim_at = 0.0  # monotonic instant of the next trim
 
     @property
     def in_flight(self) -> int:
@@ -106,14 +108,19 @@ class Relay:
             logger.info("relaying %d change(s) left in the outbox", count)
         return count
 
-    def settle(self) -> None:
-        """Serve delivery reports, trim acknowledged entries, re-produce failed ones."""
+    def settle(self, *, trim_now: bool = False) -> None:
+        """Serve delivery reports, re-produce failed ones, trim acknowledged entries (at
+        most every TRIM_INTERVAL_S unless `trim_now`: one XDEL per stream then carries many
+        ids; an entry acknowledged but not yet trimmed when the worker dies is published
+        again, with its change_id, by the next owner)."""
         self._producer.poll(0)
         for stream, entry_id in self._deliveries.collect():
             self._trim[stream].append(entry_id)
-        if self._trim:
+        now = time.monotonic()
+        if self._trim and (trim_now or now >= self._trim_at):
             self._store.delete_outbox(self._trim)  # if Redis fails, kept for the next try
             self._trim = defaultdict(list)
+            self._trim_at = now + TRIM_INTERVAL_S
         metrics.OUTBOX_IN_FLIGHT.set(self.in_flight)
 
     def drain(self, timeout: float) -> bool:
@@ -121,7 +128,7 @@ class Relay:
         deadline = time.monotonic() + timeout
         while True:  # ordered: acknowledgements release the next changes, so flush again
             remaining = self._producer.flush(max(0.0, deadline - time.monotonic()))
-            self.settle()
+            self.settle(trim_now=True)
             if self._deliveries.settled or time.monotonic() >= deadline:
                 return remaining == 0 and self._deliveries.settled
             if remaining == 0:

@@ -422,7 +422,7 @@ def run_once(settings: Settings, profiles: Profiles, as_of_ms: int | None) -> in
 
         def publish(committed: list[Committed]) -> None:
             relay.publish(committed)
-            relay.settle()
+            relay.settle(trim_now=True)
 
         sweeper = Sweeper(
             store,
