@@ -138,9 +138,11 @@ def customer_summary(agg: Aggregates | None, score: Score | None) -> dict[str, o
             "orders_lifetime": 0,
             "monetary": "0.00",
         }
+    first = iso(agg.first_order_at)
+    last = first if agg.last_order_at == agg.first_order_at else iso(agg.last_order_at)
     return {
-        "first_order_at": iso(agg.first_order_at),
-        "last_order_at": iso(agg.last_order_at),
+        "first_order_at": first,
+        "last_order_at": last,
         "orders": score.orders if score else agg.orders_lifetime,
         "orders_lifetime": agg.orders_lifetime,
         "monetary": format_units(agg.monetary),
@@ -161,6 +163,7 @@ def rfm_changed(
     emitted_at_ms: int,
     triggers: Sequence[str] = (),
 ) -> dict[str, object]:
+    as_of = iso(as_of_ms)
     return {
         "type": "rfm.changed",
         "change_id": change_id,
@@ -168,14 +171,14 @@ def rfm_changed(
         "customer_id": customer_id,
         "cause": cause,
         "cause_event_id": cause_event_id,
-        "as_of": iso(as_of_ms),
+        "as_of": as_of,
         "previous": score_view(previous),
         "current": score_view(current),
         "segment_changed": (previous.segment if previous else None)
         != (current.segment if current else None),
         "triggers": list(triggers),
         "customer": customer_summary(agg, current),
-        "emitted_at": iso(emitted_at_ms),
+        "emitted_at": as_of if emitted_at_ms == as_of_ms else iso(emitted_at_ms),
     }
 
 

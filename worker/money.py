@@ -14,4 +14,6 @@ def format_units(units: int) -> str:
     """'350.00', '12.3456': two decimals at least, four at most; integer arithmetic only."""
     sign = "-" if units < 0 else ""
     whole, frac = divmod(abs(units), SCALE)
+    if frac % 100 == 0:  # whole cents, the usual case
+        return f"{sign}{whole}.{frac // 100:02d}"
     return f"{sign}{whole}.{f'{frac:04d}'.rstrip('0').ljust(2, '0')}"
