@@ -46,7 +46,7 @@ def call_commit(
     changes: list[tuple[bytes, str, bytes]],  # outbox stream, customer id, payload
 ) -> list[Any]:
     """Build the plan document and its KEYS/ARGV as commit.lua's header describes."""
-    keys: list[bytes] = [COUNTS]
+    keys: list[bytes] = []
     argv: list[Any] = [b""]
 
     def key(k: bytes) -> int:
@@ -67,7 +67,11 @@ def call_commit(
         )
     plan_changes = [[key(stream), arg(cid), arg(payload)] for stream, cid, payload in changes]
     argv[0] = orjson.dumps(
-        {"customers": plan_customers, "counts": [list(d) for d in deltas], "changes": plan_changes}
+        {
+            "customers": plan_customers,
+            "counts": [[key(COUNTS), *d] for d in deltas],
+            "changes": plan_changes,
+        }
     )
     return list(script(keys=keys, args=argv))
 

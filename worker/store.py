@@ -3,12 +3,13 @@
 The key layout is described once, in worker/keys.py (and in worker/lua/commit.lua).
 
 Every write goes through `commit`, whatever its cause (order events, a decay sweep, the
-indexing of customers stored before the due index existed): read the touched customers
-(one MGET per shard, pipelined), run a pure per-customer function (worker/engine.py), then
-commit each shard with one compare-and-set script call (pipelined) that also moves the
-customers in the due index, appends their changes to the outbox and adjusts the segment
-counters. A shard whose customers changed meanwhile (a sweep and the consumer at once, a
-second worker during a rebalance) is simply read and computed again.
+indexing of customers stored before the due index existed): read the touched customers,
+run a pure per-customer function (worker/engine.py), then commit them with compare-and-set
+script calls that also move the customers in the due index, append their changes to the
+outbox and adjust the segment counters. A call covers one shard on Redis Cluster (one hash
+slot) and several on a single Redis. Shards whose customers changed meanwhile (a sweep and
+the consumer at once, a second worker during a rebalance) are simply read and computed
+again.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ from worker.scoring import DAY_MS, days_between, windowed_orders
 logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 20
-SEND_EVERY = 8  # shards planned per write to Redis (the batch's 64 go out in ~8 writes)
+CALL_CUSTOMERS = 64  # customers per commit call (single Redis) and per write to Redis
 T = TypeVar("T")
 # What `commit` takes: per shard, per customer key, (tenant, customer_id, the cause's item).
 Work = Mapping[int, Mapping[bytes, tuple[str, str, T]]]
@@ -105,9 +106,9 @@ class _Plan:
 class _Args:
     """KEYS and ARGV of one commit.lua call, referenced by 1-based index from its plan."""
 
-    def __init__(self, first_key: bytes) -> None:
-        self.keys: list[bytes] = [first_key]
-        self._key_index: dict[bytes, int] = {first_key: 1}
+    def __init__(self) -> None:
+        self.keys: list[bytes] = []
+        self._key_index: dict[bytes, int] = {}
         self.argv: list[bytes] = [b""]  # ARGV[1]: the plan itself, set last
 
     def key(self, key: bytes) -> int:
@@ -308,12 +309,12 @@ class Store:
     # -- the one write path -----------------------------------------------------------------
 
     def commit(self, work: Work[T], decide: Decide[T]) -> BatchResult:
-        """Read the customers of `work`, decide each with a pure function, commit per shard
-        (compare-and-set, due index, outbox, counters); shards that changed meanwhile are
-        read and decided again.
+        """Read the customers of `work`, decide each with a pure function, commit them
+        (compare-and-set, due index, outbox, counters); the shards of a call that met a
+        change made meanwhile are read and decided again.
 
         On Redis Cluster the shards are grouped by the node that owns their slot, one
-        pipeline per node (a cluster pipeline refuses MGET and scripts); a shard whose slot
+        connection per node (a cluster pipeline refuses MGET and scripts); a shard whose slot
         moved (MOVED, ASK, TRYAGAIN during a resharding or failover) is retried once the
         slot map is refreshed. Its commit did not run, so nothing is applied twice.
         """
@@ -336,29 +337,28 @@ class Store:
             retry: list[int] = []
             moved = 0
             for shards, client in self._by_node(pending):
-                pipe = client.pipeline(transaction=False)
-                for shard in shards:
-                    pipe.mget(list(work[shard]))
                 read = []
-                for shard, blobs in zip(shards, pipe.execute(raise_on_error=False), strict=True):
+                for shard, blobs in zip(
+                    shards, self._read_shards(client, shards, work), strict=True
+                ):
                     if _redirected(blobs):
                         moved += 1
                         retry.append(shard)
                     else:
                         read.append((shard, blobs))
                 loaded = False
-                for shard, plan, reply in self._plan_and_send(client, read, work, decide):
+                for shards_of_call, plan, reply in self._plan_and_send(client, read, work, decide):
                     if isinstance(reply, redis.exceptions.NoScriptError):
-                        if not loaded:  # a new or restarted node: its commit did not run
+                        if not loaded:  # a new or restarted node: the call did not run
                             client.script_load(self._commit.script)
                             loaded = True
-                        retry.append(shard)
+                        retry += shards_of_call
                     elif _redirected(reply):
                         moved += 1
-                        retry.append(shard)
+                        retry += shards_of_call
                     elif reply[0] == 0:
                         result.conflicts += 1
-                        retry.append(shard)
+                        retry += shards_of_call
                     else:
                         self._accept(result, plan, reply[1:])
             if moved:
@@ -368,42 +368,67 @@ class Store:
             raise redis.exceptions.TryAgainError(f"shards {pending}: their slots kept moving")
         raise StateError(f"shards {pending} kept changing under us for {MAX_ATTEMPTS} attempts")
 
+    def _read_shards(self, client: Any, shards: list[int], work: Work[T]) -> list[Any]:
+        """The stored blobs of each shard's customers (or the error its read met): one MGET
+        per shard on Redis Cluster (one slot per command), one for them all otherwise."""
+        if not self.cluster:
+            wanted = [list(work[shard]) for shard in shards]
+            blobs = iter(client.mget([key for keys_ in wanted for key in keys_]))
+            return [[next(blobs) for _ in keys_] for keys_ in wanted]
+        pipe = client.pipeline(transaction=False)
+        for shard in shards:
+            pipe.mget(list(work[shard]))
+        return list(pipe.execute(raise_on_error=False))
+
     def _plan_and_send(
         self,
         client: Any,
         read: list[tuple[int, list[bytes | None]]],
         work: Work[T],
         decide: Decide[T],
-    ) -> list[tuple[int, _Plan, Any]]:
-        """Plan the shards and send their commit calls a few shards at a time on one
-        connection, so Redis runs the first scripts while Python plans the next ones (a
-        pipeline would send them all only once every plan is made); then read the replies
-        in order. Returns (shard, plan, reply or the error it was) per shard."""
-        out: list[tuple[int, _Plan, Any]] = []
-        sent: list[tuple[int, _Plan]] = []
+    ) -> list[tuple[list[int], _Plan, Any]]:
+        """Plan the shards into commit calls and send them on one connection as soon as
+        they cover CALL_CUSTOMERS customers, so Redis runs the first scripts while Python
+        plans the next ones; then read the replies in order. Returns (the shards of the
+        call, its plan, its reply or the error it was) per call.
+
+        A call commits one shard on Redis Cluster (a script's keys must share a slot); on a
+        single Redis it commits as many shards as make CALL_CUSTOMERS customers, so a small
+        batch, which touches most of the 64 shards, costs one script call, not 64."""
+        out: list[tuple[list[int], _Plan, Any]] = []
+        sent: list[tuple[list[int], _Plan]] = []
         pool = client.connection_pool
         conn = pool.get_connection()
         try:
             calls: list[tuple[Any, ...]] = []
-            for shard, blobs in read:
-                plan = self._plan(shard, work[shard], blobs, decide)
+            group: list[tuple[int, list[bytes | None]]] = []
+            size = unsent = 0
+            for i, (shard, blobs) in enumerate(read):
+                group.append((shard, blobs))
+                size += len(blobs)
+                if not (self.cluster or size >= CALL_CUSTOMERS or i == len(read) - 1):
+                    continue
+                shards = [shard for shard, _ in group]
+                plan = self._plan(group, work, decide)
+                group, size = [], 0
                 if plan.call is None:
-                    out.append((shard, plan, [1]))  # nothing to write
+                    out.append((shards, plan, [1]))  # nothing to write
                     continue
                 call_keys, argv = plan.call
                 calls.append(("EVALSHA", self._commit.sha, len(call_keys), *call_keys, *argv))
-                sent.append((shard, plan))
-                if len(calls) == SEND_EVERY:
+                sent.append((shards, plan))
+                unsent += plan.customers
+                if unsent >= CALL_CUSTOMERS:
                     conn.send_packed_command(conn.pack_commands(calls))
-                    calls = []
+                    calls, unsent = [], 0
             if calls:
                 conn.send_packed_command(conn.pack_commands(calls))
-            for shard, plan in sent:
+            for shards, plan in sent:
                 try:
                     reply: Any = conn.read_response()
                 except redis.ResponseError as exc:  # this call's error; the next replies follow
                     reply = exc
-                out.append((shard, plan, reply))
+                out.append((shards, plan, reply))
         except BaseException:
             conn.disconnect()  # replies may be left unread: never reuse this connection
             raise
@@ -442,75 +467,79 @@ class Store:
 
     def _plan(
         self,
-        shard: int,
-        slot: Mapping[bytes, tuple[str, str, T]],
-        blobs: list[bytes | None],
+        group: list[tuple[int, list[bytes | None]]],
+        work: Work[T],
         decide: Decide[T],
     ) -> _Plan:
-        """Decide every customer of one shard; `plan.call` is the shard's commit call."""
+        """Decide every customer of the shards in `group` (shard, the blobs read for its
+        customers); `plan.call` is their commit call, if there is anything to write."""
         plan = _Plan()
-        args = _Args(keys.counts(shard))
+        args = _Args()
         customers: list[list[int | str]] = []
         changes: list[list[int]] = []
-        deltas: dict[str, int] = {}
-        due_index: dict[int, int] = {}  # partition -> KEYS index of its due zset
-        outbox_index: dict[int, tuple[bytes, int]] = {}  # partition -> (outbox, KEYS index)
-        for (key, (tenant, customer_id, item)), blob in zip(slot.items(), blobs, strict=True):
-            try:
-                res, was_in, before, state, values = _decide(
-                    tenant, customer_id, blob, item, decide
+        deltas: dict[tuple[int, str], int] = {}  # (counts hash index, cell) -> delta
+        for shard, blobs in group:
+            counts = 0  # KEYS index of the shard's counts hash, once needed
+            due_index: dict[int, int] = {}  # partition -> KEYS index of its due zset
+            outbox_index: dict[int, tuple[bytes, int]] = {}  # partition -> (outbox, index)
+            slot = work[shard]
+            for (key, (tenant, customer_id, item)), blob in zip(slot.items(), blobs, strict=True):
+                try:
+                    res, was_in, before, state, values = _decide(
+                        tenant, customer_id, blob, item, decide
+                    )
+                except Exception as exc:  # a bug costs this customer's item, never the batch
+                    plan.failed.append((key, item, exc))
+                    continue
+                plan.applied += res.applied
+                plan.duplicates += res.duplicates
+                if not res.touched:
+                    continue
+                partition = res.customer.partition or 0
+                due_to = due_index.get(partition)
+                if due_to is None:
+                    due_to = due_index[partition] = args.key(keys.due(shard, partition))
+                if was_in is None or was_in == partition:
+                    due_from = due_to
+                else:
+                    due_from = args.key(keys.due(shard, was_in))
+                customers.append(
+                    [
+                        args.key(key),
+                        args.arg(blob or b""),
+                        0 if state is None else args.arg(state),
+                        due_from,
+                        due_to,
+                        "" if res.due is None else str(res.due),
+                    ]
                 )
-            except Exception as exc:  # a bug costs this customer's item, never the batch
-                plan.failed.append((key, item, exc))
-                continue
-            plan.applied += res.applied
-            plan.duplicates += res.duplicates
-            if not res.touched:
-                continue
-            partition = res.customer.partition or 0
-            due_to = due_index.get(partition)
-            if due_to is None:
-                due_to = due_index[partition] = args.key(keys.due(shard, partition))
-            if was_in is None or was_in == partition:
-                due_from = due_to
-            else:
-                due_from = args.key(keys.due(shard, was_in))
-            customers.append(
-                [
-                    args.key(key),
-                    args.arg(blob or b""),
-                    0 if state is None else args.arg(state),
-                    due_from,
-                    due_to,
-                    "" if res.due is None else str(res.due),
-                ]
-            )
-            if not res.changes:
-                continue
-            # The segment counters move once per customer: from its score before the batch
-            # to its score after, whatever changes it went through in between.
-            after = res.customer.published
-            if before is not after:
-                if before is not None:
-                    cell = keys.count_cell(tenant, before.rfm, before.segment)
-                    deltas[cell] = deltas.get(cell, 0) - 1
-                if after is not None:
-                    cell = keys.count_cell(tenant, after.rfm, after.segment)
-                    deltas[cell] = deltas.get(cell, 0) + 1
-            outbox = outbox_index.get(partition)
-            if outbox is None:
-                stream = keys.outbox(shard, partition)
-                outbox = outbox_index[partition] = (stream, args.key(stream))
-            kafka_key = customer_id.encode()
-            k = args.arg(kafka_key)
-            for change, payload in zip(res.changes, values, strict=True):
-                plan.changes.append((outbox[0], kafka_key, payload, change))
-                changes.append([outbox[1], k, args.arg(payload)])
+                if not res.changes:
+                    continue
+                # The segment counters move once per customer: from its score before the
+                # batch to its score after, whatever changes it went through in between.
+                after = res.customer.published
+                if before is not after:
+                    counts = counts or args.key(keys.counts(shard))
+                    if before is not None:
+                        cell = (counts, keys.count_cell(tenant, before.rfm, before.segment))
+                        deltas[cell] = deltas.get(cell, 0) - 1
+                    if after is not None:
+                        cell = (counts, keys.count_cell(tenant, after.rfm, after.segment))
+                        deltas[cell] = deltas.get(cell, 0) + 1
+                outbox = outbox_index.get(partition)
+                if outbox is None:
+                    stream = keys.outbox(shard, partition)
+                    outbox = outbox_index[partition] = (stream, args.key(stream))
+                kafka_key = customer_id.encode()
+                k = args.arg(kafka_key)
+                for change, payload in zip(res.changes, values, strict=True):
+                    plan.changes.append((outbox[0], kafka_key, payload, change))
+                    changes.append([outbox[1], k, args.arg(payload)])
         if not customers:
             return plan
         plan.customers = len(customers)
-        counts = [[cell, delta] for cell, delta in deltas.items() if delta]
-        args.argv[0] = orjson.dumps({"customers": customers, "counts": counts, "changes": changes})
+        counted = [[index, cell, delta] for (index, cell), delta in deltas.items() if delta]
+        args.argv[0] = orjson.dumps({"customers": customers, "counts": counted, "changes": changes})
         plan.call = (args.keys, args.argv)
         return plan
 

@@ -1,10 +1,10 @@
--- commit.lua: commit one shard's slice of a batch atomically, whatever its cause
--- (order events, a decay sweep, the indexing of old customers).
+-- commit.lua: commit a slice of a batch atomically, whatever its cause (order events, a
+-- decay sweep, the indexing of old customers).
 -- Compare-and-set every customer state, then write the new states, move each customer in
 -- the due index, append the changes to the outbox streams and adjust the segment
--- counters. All keys share the shard's hash tag {NN}, so the script is valid on Redis
--- Cluster. Nothing is written unless every comparison holds (Lua has no rollback: all
--- checks come before the first write).
+-- counters. Nothing is written unless every comparison holds (Lua has no rollback: all
+-- checks come before the first write). On Redis Cluster a call carries one shard (its
+-- keys share the hash tag {NN}: one slot); on a single Redis, several shards at once.
 --
 -- Key layout (NN = shard 00..63, P = orders-topic partition; worker/keys.py):
 --   rfm:{NN}:c:<tenant>:<customer_id>   string, the customer's state blob
@@ -12,11 +12,11 @@
 --   rfm:{NN}:due:<P>                    zset, customer key -> instant of its next change
 --   rfm:{NN}:counts                     hash "<tenant>\t<rfm>\t<segment>" -> customers
 --
--- KEYS[1]   the counts hash; KEYS[2..] every other key, referenced by index from the plan
--- ARGV[1]   the plan, JSON; every number below indexes KEYS (key, due_*, outbox) or
---           ARGV (expected, new, k, v):
+-- KEYS      every key, referenced by index from the plan
+-- ARGV[1]   the plan, JSON; every number below indexes KEYS (key, due_*, counts, outbox)
+--           or ARGV (expected, new, k, v):
 --   {"customers": [[key, expected, new, due_from, due_to, due], ...],
---    "counts":    [[field, delta], ...],
+--    "counts":    [[counts, field, delta], ...],
 --    "changes":   [[outbox, k, v], ...]}
 --   expected  the value the customer key must hold ("" = absent)
 --   new       the new value, or 0 to leave the state as it is (a due-only update)
@@ -96,8 +96,8 @@ for index, pairs_ in pairs(enter) do
 end
 
 for _, d in ipairs(plan.counts) do
-  if redis.call('HINCRBY', KEYS[1], d[1], d[2]) <= 0 then
-    redis.call('HDEL', KEYS[1], d[1])
+  if redis.call('HINCRBY', KEYS[d[1]], d[2], d[3]) <= 0 then
+    redis.call('HDEL', KEYS[d[1]], d[2])
   end
 end
 
