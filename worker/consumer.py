@@ -2,8 +2,8 @@
 
 One iteration handles one consumed batch:
 1. validate every record (pure); rejected ones are produced to the DLQ topic;
-2. apply the valid ones to Redis: one atomic script call per shard, pipelined
-   (worker/store.py), which also writes the resulting changes to the outbox;
+2. apply the valid ones to Redis: atomic script calls (worker/store.py), which also write
+   the resulting changes to the outbox;
 3. hand the committed changes to the relay (published, trimmed after the broker's ack);
 4. wait for the DLQ acks, then commit the batch's offsets to Kafka;
 5. one bounded step of the decay sweep of the owned partitions (worker/sweeper.py), whose

@@ -1,7 +1,7 @@
 """The Redis key layout: the one module that knows how keys are spelled.
 
-Every key of one customer shard shares the hash tag {NN}, so one script call per shard is
-valid on Redis Cluster:
+Every key of one customer shard shares the hash tag {NN}, so a script call per shard is
+valid on Redis Cluster (on a single Redis a call may span shards):
 
     rfm:{NN}:c:<tenant>:<customer_id>   string  the customer's state blob (worker/customer.py)
     rfm:{NN}:outbox:<partition>         stream  changes waiting for the relay (fields k, v)
