@@ -332,6 +332,42 @@ def test_scored_customers_store_order_ages_and_old_blobs_still_decode() -> None:
     assert old.encode() == c.encode()  # rewritten in the new form on its next commit
 
 
+@pytest.mark.parametrize(
+    ("amounts", "refund", "unit"),
+    [
+        (["100", "25", "3"], "2", 10_000),  # whole currency units
+        (["100", "12.34", "0.05"], "1.10", 100),  # whole cents
+        (["100", "12.34"], "0.0001", 1),  # a refund in money units decides for all
+        (["12.3456", "1"], "1", 1),
+    ],
+)
+def test_amounts_are_written_in_the_coarsest_exact_unit(
+    amounts: list[str], refund: str, unit: int
+) -> None:
+    events = [placed(f"o{i}", a, T0 + i * DAY) for i, a in enumerate(amounts)]
+    c = customer_after([*events, refunded("o0", refund, "r1"), cancelled("o1")])
+    c.scored_at = T0 + 9 * DAY
+    doc = orjson.loads(c.encode())
+    assert doc.get("u", 1) == unit
+    assert doc["r"]["o0"][1] * unit == to_units(Decimal(amounts[0]))
+    d = Customer.decode("default", "c1", c.encode())
+    assert d.orders == c.orders and d.aggregates() == c.aggregates()
+    assert d.encode() == c.encode()
+    # A blob written before units existed (money units, no "u") reads the same, and is
+    # rewritten in the new form on its next commit.
+    old = dict(doc)
+    scale = old.pop("u", 1)
+    old["r"] = {
+        oid: [raw[0], None if raw[1] is None else raw[1] * scale]
+        + ([{k: v * scale for k, v in raw[2].items()}] if len(raw) > 2 else [])
+        + raw[3:]
+        for oid, raw in doc["r"].items()
+    }
+    legacy = Customer.decode("default", "c1", orjson.dumps(old))
+    assert legacy.orders == c.orders and legacy.aggregates() == c.aggregates()
+    assert legacy.encode() == c.encode()
+
+
 def test_encoding_is_compact_json() -> None:
     c = customer_after([placed("o1", "1")])
     doc = orjson.loads(c.encode())

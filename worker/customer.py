@@ -16,7 +16,7 @@ retries after timeouts and replays harmless without any offset bookkeeping.
 from __future__ import annotations
 
 from bisect import bisect_left, insort
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -168,18 +168,27 @@ class Customer:
         # Per order [placed_at, amount], + refunds when any, + 1 when cancelled. Once the
         # customer has been scored, placed_at is written as its age at `t` (scored_at):
         # 10-11 digits instead of 13 for orders of the last few years ("r" instead of "o").
+        # Amounts are written in the coarsest unit that keeps them exact ("u": 100 for
+        # whole cents, 10,000 for whole currency units; absent: money units), 2-4 digits
+        # fewer per amount in most shops.
         t = self.scored_at
+        u = _common_unit(self.orders.values())
         orders: dict[str, object] = {}
         for oid, order in self.orders.items():
-            at = order.placed_at
+            at, amount, refunds = order.placed_at, order.amount, order.refunds
             if t is not None and at is not None:
                 at = t - at
+            if u != 1:
+                if amount is not None:
+                    amount //= u
+                if refunds:
+                    refunds = {digest: value // u for digest, value in refunds.items()}
             if order.cancelled:
-                orders[oid] = [at, order.amount, order.refunds or {}, 1]
-            elif order.refunds:
-                orders[oid] = [at, order.amount, order.refunds]
+                orders[oid] = [at, amount, refunds or {}, 1]
+            elif refunds:
+                orders[oid] = [at, amount, refunds]
             else:
-                orders[oid] = [at, order.amount]
+                orders[oid] = [at, amount]
         pub = self.published
         doc: dict[str, object] = {"o" if t is None else "r": orders}
         if pub is not None:
@@ -192,6 +201,8 @@ class Customer:
             doc["a"] = self.alerted
         if self.version is not None:
             doc["v"] = self.version
+        if u != 1:
+            doc["u"] = u
         # Sorted keys: the bytes, not only the meaning, are independent of arrival order.
         return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
 
@@ -203,6 +214,7 @@ class Customer:
         # Absolute instants ("o": never scored, or written before ages) or ages at "t".
         ages = "r" in doc
         t, raw_orders = (doc["t"], doc["r"]) if ages else (0, doc["o"])
+        u = doc.get("u", 1)  # the unit amounts are written in (see `encode`)
         orders: dict[str, Order] = {}
         times: list[int] = []  # the aggregates too, in the same pass (see `aggregates`)
         monetary = 0
@@ -210,13 +222,18 @@ class Customer:
             at, amount = raw[0], raw[1]
             if at is not None and ages:
                 at = t - at
-            if len(raw) == 2:  # the common case: placed, no refund, not cancelled
-                orders[oid] = Order(at, amount)
+            if len(raw) == 2 and amount is not None:  # the common case: placed, no refund
+                orders[oid] = Order(at, amount * u)
                 if at is not None:
                     times.append(at)
-                    monetary += amount
+                    monetary += amount * u
                 continue
-            order = orders[oid] = Order(at, amount, raw[2] or None, len(raw) > 3)
+            refunds = raw[2] or None
+            if refunds and u != 1:
+                refunds = {digest: value * u for digest, value in refunds.items()}
+            order = orders[oid] = Order(
+                at, None if amount is None else amount * u, refunds, len(raw) > 3
+            )
             if (counted := order.counted_as) is not None:
                 times.append(counted[0])
                 monetary += counted[1]
@@ -235,3 +252,19 @@ class Customer:
         times.sort()
         customer._times, customer._monetary = times, monetary
         return customer
+
+
+def _common_unit(orders: Iterable[Order]) -> int:
+    """The coarsest of 10,000, 100 and 1 money units that divides every amount and
+    refund of these orders."""
+    u = 10_000
+    for order in orders:
+        values = (
+            [order.amount] if order.refunds is None else [order.amount, *order.refunds.values()]
+        )
+        for value in values:
+            while value is not None and value % u:
+                u = 100 if u == 10_000 else 1
+                if u == 1:
+                    return 1
+    return u
