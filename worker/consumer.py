@@ -41,7 +41,7 @@ from worker.sweeper import Sweeper
 logger = logging.getLogger(__name__)
 
 BATCH_SIZE = 2000
-POLL_TIMEOUT = 0.02  # a batch waits at most this to fill: the latency floor at low rates
+POLL_TIMEOUT = 0.01  # a batch waits at most this to fill: the latency floor at low rates
 DRAIN_TIMEOUT = 20.0  # once stopping: all the waiting (dead letters, relay) fits in this
 KAFKA_DOWN = (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE)
 MAX_BACKLOG = 50_000  # unacknowledged changes before consumption pauses
