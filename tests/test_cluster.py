@@ -41,6 +41,7 @@ from tests.test_consumer import (
     generate,
 )
 from worker import keys
+from worker.cli import main
 from worker.embedded import EmbeddedKafka, EmbeddedRedis, create_topics, free_port
 from worker.events import ValidEvent
 from worker.messages import RfmChanged
@@ -632,3 +633,18 @@ def test_three_workers_on_the_cluster_while_a_slot_migrates(
     assert _converged(expected)(actions), "the changes did not converge in time"
     assert redis_cluster.owner(slot) == target
     _check_end_state(dep, cluster_client, events, expected, actions)
+
+
+def test_run_refuses_a_cluster_addressed_as_a_single_redis(
+    redis_cluster: EmbeddedCluster,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Without RFM_REDIS_CLUSTER a commit call spans shards, which a cluster refuses
+    (CROSSSLOT): the worker says so at start, in one line, instead of failing per batch."""
+    monkeypatch.setenv("RFM_REDIS_URL", f"redis://127.0.0.1:{redis_cluster.ports[0]}/0")
+    monkeypatch.delenv("RFM_REDIS_CLUSTER", raising=False)
+    assert main(["run"]) == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("rfm-worker: configuration error: Redis runs in cluster mode")
+    assert "RFM_REDIS_CLUSTER=true" in last

@@ -299,7 +299,14 @@ def _schemas(directory: Path, check: bool) -> int:
 
 
 def _check_redis(store: Store, settings: Settings) -> None:
-    """Refuse a Redis that would evict customers; warn when it keeps nothing on disk."""
+    """Refuse a Redis that would evict customers, or a cluster addressed as a single Redis
+    (its commit calls span shards, which a cluster refuses); warn when it keeps nothing on
+    disk."""
+    if not settings.redis_cluster and store.in_cluster_mode():
+        raise ConfigError(
+            "Redis runs in cluster mode but RFM_REDIS_CLUSTER is false: set "
+            "RFM_REDIS_CLUSTER=true (the URL of any master)"
+        )
     conf = store.server_config("maxmemory-policy", "appendonly", "save")
     policy = conf["maxmemory-policy"]
     if policy is None:

@@ -693,6 +693,13 @@ class Store:
             pass
         return out
 
+    def in_cluster_mode(self) -> bool:
+        """Whether the server says it is a Redis Cluster node (False if it does not say)."""
+        try:
+            return bool(self.redis.info("cluster").get("cluster_enabled"))
+        except redis.ResponseError:  # INFO disabled (some managed services)
+            return False
+
     def ping(self) -> bool:
         return bool(self.redis.ping())
 
