@@ -259,12 +259,13 @@ def _common_unit(orders: Iterable[Order]) -> int:
     refund of these orders."""
     u = 10_000
     for order in orders:
-        values = (
-            [order.amount] if order.refunds is None else [order.amount, *order.refunds.values()]
-        )
-        for value in values:
-            while value is not None and value % u:
-                u = 100 if u == 10_000 else 1
-                if u == 1:
-                    return 1
+        if order.amount is not None:
+            while order.amount % u:
+                u //= 100
+        if order.refunds:
+            for value in order.refunds.values():
+                while value % u:
+                    u //= 100
+        if u == 1:
+            break
     return u

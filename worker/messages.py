@@ -108,12 +108,12 @@ def iso(ms: int) -> str:
     days, ms_of_day = divmod(ms, 86_400_000)
     seconds, milli = divmod(ms_of_day, 1000)
     minutes, seconds = divmod(seconds, 60)
-    date = _DATES.get(days)
-    if date is None:
+    day = _DATES.get(days)
+    if day is None:
         if len(_DATES) >= 100_000:  # a few years of order dates; hostile input stays bounded
             _DATES.clear()
-        date = _DATES[days] = f"{_EPOCH_DATE + timedelta(days=days):%Y-%m-%d}T"
-    return date + _HH_MM[minutes] + _SS[seconds] + _FRACTION[milli]
+        day = _DATES[days] = f"{_EPOCH_DATE + timedelta(days=days):%Y-%m-%d}T"
+    return day + _HH_MM[minutes] + _SS[seconds] + _FRACTION[milli]
 
 
 _EPOCH_DATE = date(1970, 1, 1)

@@ -78,7 +78,7 @@ DLQ_BLOCKED = Gauge(
 OTHER_TENANT = "other"
 
 
-def tenant_label(tenant: str, profiled: Container[str]) -> str:
+def tenant_label(tenant: str, profiled: Container[str | None]) -> str:
     """A bounded `tenant` label value: the tenant's name when it has its own profile
     (`profiled`: profile names), else OTHER_TENANT (tenants are free-form in events)."""
     return tenant if tenant in profiled else OTHER_TENANT

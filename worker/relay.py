@@ -76,8 +76,7 @@ class Relay:
             )
             if change.triggers:
                 # Bounded tenant label: named only when the tenant has its own profile.
-                own = change.profile == change.tenant
-                tenant = change.tenant if own else metrics.OTHER_TENANT
+                tenant = metrics.tenant_label(change.tenant, (change.profile,))
                 for name in change.triggers:
                     triggers[(tenant, name)] += 1
             if change.kind == "rfm.overdue":

@@ -91,8 +91,8 @@ class SweepStep:
 
 @dataclass(slots=True)
 class _Plan:
-    """What the per-customer function decided for one shard; `call` (KEYS, ARGV of
-    commit.lua) when there is anything to write."""
+    """What the per-customer function decided for the shards of one commit call; `call`
+    (KEYS, ARGV of commit.lua) when there is anything to write."""
 
     changes: list[tuple[bytes, bytes, bytes, Change]] = field(default_factory=list)  # (outbox,
     # the customer id as the Kafka key, the serialised record, the change)
