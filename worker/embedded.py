@@ -55,6 +55,12 @@ class _Child:
         _wait_for_port(self.port, self.proc, self.name, timeout=20)
         logger.info("%s listening on 127.0.0.1:%d", self.name, self.port)
 
+    @property
+    def pid(self) -> int:
+        if self.proc is None:
+            raise RfmError(f"{self.name} is not started")
+        return self.proc.pid
+
     def stop(self) -> None:
         if self.proc is None or self.proc.poll() is not None:
             return

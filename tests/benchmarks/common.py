@@ -15,6 +15,7 @@ import re
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -580,6 +581,45 @@ class WorkerProcess:
     def _check_alive(self) -> None:
         if self.proc.poll() is not None:
             raise SystemExit(f"the worker exited with code {self.proc.returncode}:\n{self.tail()}")
+
+
+class CpuSampler(threading.Thread):
+    """CPU use (cores) of named processes, sampled every `period` seconds from /proc: which
+    process takes the machine's cores as a run goes on. Samples nothing off Linux."""
+
+    def __init__(self, pids: dict[str, int], period: float = 1.0) -> None:
+        super().__init__(daemon=True)
+        self.pids, self.period = pids, period
+        self.samples: list[dict[str, float]] = []  # per period: name -> cores used
+        self.stopping = threading.Event()
+
+    @staticmethod
+    def cpu_seconds(pid: int) -> float | None:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime+stime
+
+    def run(self) -> None:
+        before = {name: self.cpu_seconds(pid) for name, pid in self.pids.items()}
+        at = time.monotonic()
+        while not self.stopping.wait(self.period):
+            now = {name: self.cpu_seconds(pid) for name, pid in self.pids.items()}
+            t = time.monotonic()
+            self.samples.append(
+                {
+                    name: round((cur - was) / (t - at), 2)
+                    for name, was in before.items()
+                    if was is not None and (cur := now[name]) is not None
+                }
+            )
+            before, at = now, t
+
+    def mean(self, name: str, first: int, last: int | None) -> float | None:
+        """Mean cores of `name` over samples[first:last]."""
+        values = [s[name] for s in self.samples[first:last] if name in s]
+        return round(sum(values) / len(values), 2) if values else None
 
 
 def days_ago(days: float) -> int:

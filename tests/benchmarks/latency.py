@@ -32,6 +32,7 @@ import orjson
 from common import (
     KAFKA_CONFIG,
     Config,
+    CpuSampler,
     Row,
     Section,
     Stack,
@@ -148,7 +149,16 @@ def run(cfg: Config) -> Section:
         source = Source(stack.bootstrap, topics.orders, cfg.latency_rate)
         say(f"  producing {cfg.latency_rate:,} events/s for {cfg.latency_s:.0f} s")
         source.paced(WARMUP_S, measured=False)
+        cpu = CpuSampler(
+            {
+                "worker": worker.proc.pid,
+                "broker": stack.kafka.pid,
+                "redis": stack.redis_server.pid,
+            }
+        )
+        cpu.start()
         produce_s = source.paced(cfg.latency_s, measured=True)
+        cpu.stopping.set()
         source.close()
         produced = source.produced
         deadline = time.monotonic() + DRAIN_S
@@ -158,12 +168,24 @@ def run(cfg: Config) -> Section:
         reader.join(10)
         final = worker.scrape()
         worker.stop()
-    latencies = sorted(
-        (reader.arrived[e] - ns) / 1e6 for e, ns in produced.items() if e in reader.arrived
+    # (produce ns, latency ms) in produce order: the tail of the run against its start
+    timed = sorted(
+        (ns, (reader.arrived[e] - ns) / 1e6) for e, ns in produced.items() if e in reader.arrived
     )
+    latencies = sorted(ms for _, ms in timed)
     missing = len(produced) - len(latencies)
     if not latencies:
         raise SystemExit("latency: no change arrived")
+    third = len(timed) // 3
+    first_p99 = percentile(sorted(ms for _, ms in timed[:third]), 0.99)
+    last_p99 = percentile(sorted(ms for _, ms in timed[-third:]), 0.99)
+    # cores used over the first and the last 5 s: Tansu's in-memory storage costs more per
+    # fetch as a topic grows, so its CPU climbs through the run while the worker's does not
+    edge = max(1, min(5, len(cpu.samples) // 3))
+    cores = {
+        name: {"first_5s": cpu.mean(name, 0, edge), "last_5s": cpu.mean(name, -edge, None)}
+        for name in ("worker", "broker", "redis")
+    }
     data: dict[str, Any] = {
         "rate_target": cfg.latency_rate,
         "worker_fetch_wait_max_ms": cfg.latency_fetch_wait_ms or "librdkafka default (500)",
@@ -176,6 +198,9 @@ def run(cfg: Config) -> Section:
         "p90_ms": round(percentile(latencies, 0.90), 2),
         "p99_ms": round(percentile(latencies, 0.99), 2),
         "max_ms": round(latencies[-1], 2),
+        "p99_first_third_ms": round(first_p99, 2),
+        "p99_last_third_ms": round(last_p99, 2),
+        "cores_used": cores,
         "worker_dead_lettered": final.dead_lettered if final else None,
         # consume() returns 2,000 records or what came within its timeout: the batch sizes
         # say which, and the batch time is what processing adds
@@ -200,5 +225,16 @@ def run(cfg: Config) -> Section:
         Row(f"{what}: p50", f"{data['p50_ms']:,.1f} ms"),
         Row(f"{what}: p99", f"{data['p99_ms']:,.1f} ms"),
         Row(f"{what}: max", f"{data['max_ms']:,.1f} ms"),
+        Row(
+            f"{what}: p99 of the events produced in the first / the last third of the run",
+            f"{first_p99:,.1f} / {last_p99:,.1f} ms",
+        ),
+        Row(
+            "cores used in the first / the last 5 s of that run: worker; broker (Tansu); Redis",
+            "; ".join(
+                f"{cores[n]['first_5s']} / {cores[n]['last_5s']}"
+                for n in ("worker", "broker", "redis")
+            ),
+        ),
     ]
     return section
