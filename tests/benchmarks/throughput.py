@@ -12,6 +12,10 @@
 - heavy: the same N events over 8 customers (N/8 orders each): the cost of a customer
   whose order history keeps growing, against the worker figure. Capped at
   BENCH_HEAVY_TIMEOUT_S (60 s): an unfinished run reports the rate over what it applied.
+  Its events share batches (250 per customer in each), which spreads a customer's per-batch
+  cost over them; so the same section also times, on its Redis, ONE new order alone in its
+  batch (`Store.apply_batch`, no Kafka) for a customer holding 1, 1,000 and 5,000 orders:
+  what a long history costs when its customer's events arrive one per batch.
 - scale: the worker on N events hitting a population of 10,000 and of 1,000,000 customers
   (BENCH_SCALE_SMALL, BENCH_SCALE_CUSTOMERS). Each population is pre-loaded with one order
   per customer through `Store.apply_batch` (the commit path, without Kafka), then the
@@ -53,10 +57,12 @@ from pydantic import SecretStr
 
 from worker import clients
 from worker.config import Settings
-from worker.events import Rejection, validate
-from worker.profiles import Profiles
+from worker.events import Rejection, ValidEvent, validate
+from worker.profiles import DEFAULT_TENANT, Profiles
+from worker.store import Store
 
 BATCH = 2_000  # records per consume() call, as worker.consumer.BATCH_SIZE
+HISTORIES = (1, 1_000, 5_000)  # orders held by the customer of a lone event (heavy section)
 
 
 def floor(bootstrap: str, topic: str, n: int, timeout: float = 120) -> dict[str, Any]:
@@ -166,6 +172,43 @@ def run_throughput(cfg: Config) -> Section:
     return section
 
 
+def history_cost(store: Store, profiles: Profiles, reps: int = 21) -> dict[int, float]:
+    """Median ms of `Store.apply_batch` for one new order of a customer holding k orders
+    (k in HISTORIES), alone in its batch; the customer is built in batches of BATCH."""
+    now = wall_ms()
+    first = days_ago(700)
+    out: dict[int, float] = {}
+    for k in HISTORIES:
+        customer_id = f"history-{k}-{uuid.uuid4().hex[:6]}"
+
+        def order(i: int, at: int, customer_id: str = customer_id) -> tuple[ValidEvent, int]:
+            oid = f"{customer_id}-{i}"
+            return (
+                ValidEvent(
+                    event_id=oid,
+                    type="order_placed",
+                    order_id=oid,
+                    customer_id=customer_id,
+                    tenant=DEFAULT_TENANT,
+                    amount=1_234_500,
+                    occurred_at=at,
+                ),
+                0,
+            )
+
+        step = (days_ago(2) - first) // k
+        for start in range(0, k, BATCH):
+            batch = [order(i, first + i * step) for i in range(start, min(k, start + BATCH))]
+            store.apply_batch(batch, profiles, as_of_ms=now, now_ms=now)
+        times = []
+        for i in range(k, k + reps):
+            started = time.perf_counter()
+            store.apply_batch([order(i, days_ago(1))], profiles, as_of_ms=now, now_ms=now)
+            times.append(time.perf_counter() - started)
+        out[k] = round(1000 * sorted(times)[reps // 2], 3)
+    return out
+
+
 def run_heavy(cfg: Config, worker_rate: float | None) -> Section:
     """N events over a handful of customers: their order maps grow to N/8 orders."""
     section = Section("heavy")
@@ -179,6 +222,7 @@ def run_heavy(cfg: Config, worker_rate: float | None) -> Section:
             placed_orders(n, customers, prefix="h", first_ms=days_ago(300), last_ms=days_ago(1)),
         )
         trace = worker_run(stack, topics, n, cfg.heavy_timeout_s, "heavy")
+        lone = history_cost(stack.store(), Profiles.builtin())
     s = trace.summary()
     s["timeout_s"] = cfg.heavy_timeout_s
     s["customers"] = count
@@ -204,8 +248,17 @@ def run_heavy(cfg: Config, worker_rate: float | None) -> Section:
             f"({s['orders_per_customer_reached']:,} orders each; {trend})"
         )
     figure = per_s(s["events_per_s"])
+    small, big = lone[HISTORIES[0]], lone[HISTORIES[-1]]
+    s["lone_event_ms_by_orders_held"] = lone
+    s["lone_event_ms_largest_over_smallest"] = round(big / small, 2)
     section.rows = [
-        Row(label, figure, f"{ratio(s['heavy_over_worker'])} of worker" if worker_rate else "")
+        Row(label, figure, f"{ratio(s['heavy_over_worker'])} of worker" if worker_rate else ""),
+        Row(
+            "history: one new order alone in its batch (`Store.apply_batch`, no Kafka) for a "
+            f"customer holding {' / '.join(f'{k:,}' for k in HISTORIES)} orders (median of 21)",
+            " / ".join(f"{lone[k]:.2f}" for k in HISTORIES) + " ms",
+            f"{big / small:.1f}× for {HISTORIES[-1]:,} orders",
+        ),
     ]
     return section
 
