@@ -249,7 +249,7 @@ def run_heavy(cfg: Config, worker_rate: float | None) -> Section:
         )
     figure = per_s(s["events_per_s"])
     small, big = lone[HISTORIES[0]], lone[HISTORIES[-1]]
-    s["lone_event_ms_by_orders_held"] = lone
+    s["lone_event_ms_by_orders_held"] = {str(k): ms for k, ms in lone.items()}
     s["lone_event_ms_largest_over_smallest"] = round(big / small, 2)
     section.rows = [
         Row(label, figure, f"{ratio(s['heavy_over_worker'])} of worker" if worker_rate else ""),
