@@ -4,8 +4,10 @@ Scenarios, in this order (each on its own fresh broker and Redis, one at a time:
 machine has 2 cores and the broker, Redis, the worker and this script share them):
 
     throughput  floor (consume + validate) and the real worker on the same N events
-    heavy       the same N events over 8 customers                        (throughput.py)
-    latency     produce -> rfm.changed at a steady rate                   (latency.py)
+    heavy       the same N events over 8 customers, and one event alone   (throughput.py)
+                in its batch for customers holding 1 / 1,000 / 5,000 orders
+    latency     produce -> rfm.changed at a steady rate, and the cores    (latency.py)
+                the worker, the broker and Redis use at its start and end
     memory      Redis bytes per customer and per further order            (memory.py)
     scale       the worker among 10,000 and 1,000,000 customers           (throughput.py)
     sweep       a decay sweep costs what is due, not the population       (sweep.py)
