@@ -19,7 +19,7 @@ from worker.errors import StateError
 from worker.events import ValidEvent
 from worker.keys import SHARDS, shard_of
 from worker.profiles import Profiles
-from worker.store import Store
+from worker.store import KNOWN_MIN_ORDERS, Store
 
 AS_OF = datetime(2026, 6, 1, tzinfo=UTC)
 AS_OF_MS = int(AS_OF.timestamp()) * 1000
@@ -710,3 +710,87 @@ def test_a_state_that_cannot_be_read_rejects_its_events_only(
     assert sorted(e.event_id for e, _, _ in result.rejected) == ["x1", "x2"]
     assert orders(store, "fine") == 1
     assert store.redis.get(keys.customer("default", "broken")) == b'{"o": {"x": [1]}, "s": "???"'
+
+
+# -- customers remembered between batches ---------------------------------------------------
+
+
+def test_a_state_written_elsewhere_is_read_not_remembered(
+    redis_client: redis.Redis, profiles: Profiles
+) -> None:
+    """A store remembers the long customers it decided (no decoding when the same bytes
+    come back); another worker's write in between is read, never overwritten from memory."""
+    ours, theirs = Store(redis_client), Store(redis_client)
+    many = KNOWN_MIN_ORDERS
+    history = [ev(profiles, f"e{i}", "placed", f"o{i}", "1", days_ago=30) for i in range(many)]
+    apply(ours, profiles, history)
+    apply(theirs, profiles, [ev(profiles, "theirs", "placed", "theirs", "200", days_ago=20)])
+    apply(ours, profiles, [ev(profiles, "ours", "placed", "ours", "300", days_ago=10)])
+    c = ours.get_customer("default", "c1")
+    assert c is not None and {"theirs", "ours"} <= set(c.orders) and len(c.orders) == many + 2
+    assert money(ours) == Decimal(many + 500)
+
+
+def test_a_remembered_customer_is_not_decoded_again(
+    store: Store, profiles: Profiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    many = KNOWN_MIN_ORDERS  # fewer are decoded each time: it costs less than keeping them
+    apply(store, profiles, [ev(profiles, f"e{i}", "placed", f"o{i}", "10") for i in range(many)])
+    decoded: list[bytes | None] = []
+    real = Customer.decode
+
+    def counting(tenant: str, customer_id: str, blob: bytes | None) -> Customer:
+        decoded.append(blob)
+        return real(tenant, customer_id, blob)
+
+    monkeypatch.setattr(Customer, "decode", staticmethod(counting))
+    apply(store, profiles, [ev(profiles, "last", "placed", "last", "10")])
+    assert decoded == []
+    assert orders(store) == many + 1  # get_customer decodes what Redis holds
+    assert decoded and decoded[-1] == store.redis.get(keys.customer("default", "c1"))
+
+
+def test_a_decision_that_raises_forgets_the_customer(
+    store: Store, profiles: Profiles, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The poison event is merged into the customer before the engine raises: that
+    half-changed customer must not be reused for the next batch."""
+    import worker.engine
+
+    real = worker.engine.rescore
+
+    def buggy(customer: Customer, *args: Any, **kw: Any) -> Any:
+        if kw.get("cause_event_id") == "poison":
+            raise ValueError("boom")
+        return real(customer, *args, **kw)
+
+    many = KNOWN_MIN_ORDERS  # long enough to be remembered
+    apply(store, profiles, [ev(profiles, f"e{i}", "placed", f"o{i}", "1") for i in range(many)])
+    monkeypatch.setattr(worker.engine, "rescore", buggy)
+    poison = ev(profiles, "poison", "placed", "poison", "5")
+    assert len(apply(store, profiles, [poison]).rejected) == 1
+    apply(store, profiles, [ev(profiles, "next", "placed", "next", "20")])
+    c = store.get_customer("default", "c1")
+    assert c is not None and "poison" not in c.orders and len(c.orders) == many + 1
+    assert money(store) == Decimal(many + 20)
+
+
+def test_remembered_customers_stay_within_their_order_budget() -> None:
+    from worker.store import _Known
+
+    def customer(name: str, orders: int) -> Customer:
+        return Customer("default", name, {f"o{i}": Order(i, 1) for i in range(orders)})
+
+    known = _Known(budget=10, min_orders=2)
+    known.put(b"small", b"S", customer("small", 1))  # decoding it costs less than keeping it
+    assert known.take(b"small", b"S") is None
+    known.put(b"a", b"A", customer("a", 4))
+    known.put(b"b", b"B", customer("b", 4))
+    known.put(b"huge", b"H", customer("huge", 11))  # more than the whole budget: not kept
+    assert known.take(b"huge", b"H") is None
+    known.put(b"c", b"C", customer("c", 4))  # 12 > 10: the least recently used goes
+    assert known.take(b"a", b"A") is None
+    assert known.take(b"c", b"other bytes") is None  # and it is forgotten
+    assert known.take(b"c", b"C") is None
+    b = known.take(b"b", b"B")
+    assert b is not None and b.customer_id == "b"

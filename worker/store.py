@@ -19,7 +19,7 @@ import logging
 import random
 import time
 import uuid
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.resources import files
@@ -42,6 +42,11 @@ logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 20
 CALL_CUSTOMERS = 64  # customers per commit call (single Redis) and per write to Redis
+# Decoded customers kept in memory between batches (see _Known): those with at least
+# KNOWN_MIN_ORDERS orders (below, decoding costs less than the memory and the cycle
+# collector's passes over them), KNOWN_ORDERS orders in all (~250 bytes each).
+KNOWN_MIN_ORDERS = 64
+KNOWN_ORDERS = 100_000
 T = TypeVar("T")
 # What `commit` takes: per shard, per customer key, (tenant, customer_id, the cause's item).
 Work = Mapping[int, Mapping[bytes, tuple[str, str, T]]]
@@ -103,6 +108,39 @@ class _Plan:
     call: tuple[list[bytes], list[bytes]] | None = None
 
 
+class _Known:
+    """Customers with long histories this process last decided, each with the exact state
+    blob it encodes to, least recently used first.
+
+    A customer read back as the same bytes is taken from here instead of decoded: decoding
+    costs O(orders), comparing the bytes is a memcmp. An entry never goes stale: the blob
+    is the customer's own encoding, so any other writer's state differs from it and is
+    decoded. An entry is taken out while its customer is decided (a decision that raises
+    may leave it half-changed) and put back with its new blob."""
+
+    def __init__(self, budget: int = KNOWN_ORDERS, min_orders: int = KNOWN_MIN_ORDERS) -> None:
+        self._entries: OrderedDict[bytes, tuple[bytes, Customer]] = OrderedDict()
+        self._orders = 0
+        self._budget, self._min_orders = budget, min_orders
+
+    def take(self, key: bytes, blob: bytes | None) -> Customer | None:
+        entry = self._entries.pop(key, None)
+        if entry is None:
+            return None
+        self._orders -= len(entry[1].orders)
+        return entry[1] if entry[0] == blob else None
+
+    def put(self, key: bytes, blob: bytes, customer: Customer) -> None:
+        size = len(customer.orders)
+        if not self._min_orders <= size <= self._budget:
+            return
+        self._entries[key] = (blob, customer)
+        self._orders += size
+        while self._orders > self._budget:
+            _, (_, evicted) = self._entries.popitem(last=False)
+            self._orders -= len(evicted.orders)
+
+
 class _Args:
     """KEYS and ARGV of one commit.lua call, referenced by 1-based index from its plan."""
 
@@ -131,6 +169,7 @@ class Store:
         self.cluster = isinstance(client, redis.RedisCluster)
         self._commit = client.register_script(_script("commit.lua"))
         self._clock = client.register_script(_script("clock.lua"))
+        self._known = _Known()
 
     # -- the three causes of a commit -----------------------------------------------------
 
@@ -486,11 +525,14 @@ class Store:
             for (key, (tenant, customer_id, item)), blob in zip(slot.items(), blobs, strict=True):
                 try:
                     res, was_in, before, state, values = _decide(
-                        tenant, customer_id, blob, item, decide
+                        tenant, customer_id, blob, item, decide, self._known.take(key, blob)
                     )
                 except Exception as exc:  # a bug costs this customer's item, never the batch
                     plan.failed.append((key, item, exc))
                     continue
+                encoded = blob if state is None else state
+                if encoded:
+                    self._known.put(key, encoded, res.customer)
                 plan.applied += res.applied
                 plan.duplicates += res.duplicates
                 if not res.touched:
@@ -794,12 +836,17 @@ return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 
 
 def _decide(
-    tenant: str, customer_id: str, blob: bytes | None, item: T, decide: Decide[T]
+    tenant: str,
+    customer_id: str,
+    blob: bytes | None,
+    item: T,
+    decide: Decide[T],
+    known: Customer | None = None,
 ) -> tuple[Result, int | None, Published | None, bytes | None, list[bytes]]:
-    """Decode, decide and serialise one customer: everything that can raise for it.
-    Returns (result, the partition it was in, its published score before, the new state
-    or None, change payloads)."""
-    customer = Customer.decode(tenant, customer_id, blob)
+    """Decode (unless `known` is the customer `blob` encodes), decide and serialise one
+    customer: everything that can raise for it. Returns (result, the partition it was in,
+    its published score before, the new state or None, change payloads)."""
+    customer = known or Customer.decode(tenant, customer_id, blob)
     was_in, before = customer.partition, customer.published
     res = decide(customer, item)
     state = customer.encode() if res.dirty else None
