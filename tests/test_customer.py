@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from itertools import pairwise
 from typing import Literal
 
 import orjson
@@ -10,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.customer import Customer, Published
+from worker.customer import LONG_HISTORY, Customer, Published
 from worker.events import ValidEvent
 from worker.money import to_units
 
@@ -494,3 +495,87 @@ def test_aggregates_follow_the_contract_rules(deliveries: list[ValidEvent]) -> N
     assert agg.first_order_at == times[0]
     assert agg.last_order_at == times[-1]
     assert tuple(agg.order_times) == tuple(times)
+
+
+# -- long histories: what is kept up to date instead of rebuilt ------------------------------
+
+
+@st.composite
+def long_histories(draw: st.DrawFn) -> list[tuple[ValidEvent, int]]:
+    """More orders than LONG_HISTORY, then placed (new or conflicting), refunded and
+    cancelled events on them, each with how many days the scoring instant moves on."""
+    count = LONG_HISTORY + draw(st.integers(1, 6))
+    amount = st.integers(0, 50) | st.integers(0, 500).map(lambda u: u * 100)
+    amount = amount | st.integers(0, 50).map(lambda u: u * 10_000)
+    events = [
+        ValidEvent(f"p{i}", "order_placed", f"o{i}", "c1", "default", 10_000, T0 + i * DAY)
+        for i in range(count)
+    ]
+    steps = draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(KINDS),
+                st.integers(0, count + 3),  # an existing order, or one of a few new ones
+                amount,
+                st.integers(0, 400),  # day of the event
+                st.sampled_from([0, 0, 1, 45]),  # days the scoring instant moves on
+            ),
+            max_size=30,
+        )
+    )
+    out = [(e, 0) for e in events]
+    for n, (kind, order, units, day, moves) in enumerate(steps):
+        event = ValidEvent(
+            f"s{n}",
+            kind,
+            f"o{order}",
+            "c1",
+            "default",
+            None if kind == "order_cancelled" else units,
+            T0 + day * DAY,
+        )
+        out.append((event, moves))
+    return out
+
+
+@settings(max_examples=150, database=None, deadline=None)
+@given(long_histories())
+def test_what_a_long_history_keeps_up_to_date_equals_a_rebuild(
+    history: list[tuple[ValidEvent, int]],
+) -> None:
+    """The sorted gaps (the rhythm) and the stored form of the orders are kept up to date
+    event by event; at every step they equal what a rebuild from the orders gives, and the
+    blob decodes to the same customer."""
+    c = Customer("default", "c1", scored_at=T0)
+    for event, moves in history:
+        c.apply(event)
+        assert c.scored_at is not None
+        c.scored_at += moves * DAY
+        agg = c.aggregates()
+        if agg is not None and agg.gaps is not None:
+            assert list(agg.gaps) == sorted(b - a for a, b in pairwise(agg.order_times))
+        blob = c.encode()
+        kept = (dict(c._stored or {}), c._base, c._unit)
+        rebuilt = Customer("default", "c1", dict(c.orders))
+        assert rebuilt._rebuild_stored(kept[1]) and (rebuilt._stored, rebuilt._unit) == (
+            kept[0],
+            kept[2],
+        )
+        d = Customer.decode("default", "c1", blob)
+        assert d.orders == c.orders and d.aggregates() == agg
+        assert d.encode() == blob
+
+
+def test_an_amount_replaced_by_a_conflicting_placed_event_can_coarsen_the_unit() -> None:
+    """Amounts are stored in the coarsest exact unit of the orders as they are now, not of
+    every amount ever seen: the bytes stay independent of arrival order."""
+    c = Customer("default", "c1", scored_at=T0 + 100 * DAY)
+    for i in range(LONG_HISTORY + 1):
+        c.apply(placed(f"o{i}", "7", T0 + i * DAY))
+    c.encode()
+    c.apply(placed("x", "0.0005", T0 + 50 * DAY, event_id="late"))  # a 1/10,000 amount
+    assert orjson.loads(c.encode()).get("u") is None
+    c.apply(placed("x", "0.01", T0 + 40 * DAY, event_id="early"))  # earlier: it wins
+    assert orjson.loads(c.encode())["u"] == 100
+    fresh = Customer("default", "c1", dict(c.orders), scored_at=c.scored_at)
+    assert fresh.encode() == c.encode()

@@ -14,12 +14,12 @@ from redis.crc import key_slot
 
 from tests.factories import valid_event
 from worker import keys
-from worker.customer import Customer, Order
+from worker.customer import LONG_HISTORY, Customer, Order
 from worker.errors import StateError
 from worker.events import ValidEvent
 from worker.keys import SHARDS, shard_of
 from worker.profiles import Profiles
-from worker.store import KNOWN_MIN_ORDERS, Store
+from worker.store import Store
 
 AS_OF = datetime(2026, 6, 1, tzinfo=UTC)
 AS_OF_MS = int(AS_OF.timestamp()) * 1000
@@ -721,7 +721,7 @@ def test_a_state_written_elsewhere_is_read_not_remembered(
     """A store remembers the long customers it decided (no decoding when the same bytes
     come back); another worker's write in between is read, never overwritten from memory."""
     ours, theirs = Store(redis_client), Store(redis_client)
-    many = KNOWN_MIN_ORDERS
+    many = LONG_HISTORY
     history = [ev(profiles, f"e{i}", "placed", f"o{i}", "1", days_ago=30) for i in range(many)]
     apply(ours, profiles, history)
     apply(theirs, profiles, [ev(profiles, "theirs", "placed", "theirs", "200", days_ago=20)])
@@ -734,7 +734,7 @@ def test_a_state_written_elsewhere_is_read_not_remembered(
 def test_a_remembered_customer_is_not_decoded_again(
     store: Store, profiles: Profiles, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    many = KNOWN_MIN_ORDERS  # fewer are decoded each time: it costs less than keeping them
+    many = LONG_HISTORY  # fewer are decoded each time: it costs less than keeping them
     apply(store, profiles, [ev(profiles, f"e{i}", "placed", f"o{i}", "10") for i in range(many)])
     decoded: list[bytes | None] = []
     real = Customer.decode
@@ -764,7 +764,7 @@ def test_a_decision_that_raises_forgets_the_customer(
             raise ValueError("boom")
         return real(customer, *args, **kw)
 
-    many = KNOWN_MIN_ORDERS  # long enough to be remembered
+    many = LONG_HISTORY  # long enough to be remembered
     apply(store, profiles, [ev(profiles, f"e{i}", "placed", f"o{i}", "1") for i in range(many)])
     monkeypatch.setattr(worker.engine, "rescore", buggy)
     poison = ev(profiles, "poison", "placed", "poison", "5")

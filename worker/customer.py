@@ -15,9 +15,10 @@ retries after timeouts and replays harmless without any offset bookkeeping.
 
 from __future__ import annotations
 
-from bisect import bisect_left, insort
+from bisect import bisect_left, bisect_right, insort
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Literal
 
 import orjson
@@ -101,6 +102,9 @@ class Aggregates:
     # placed_at of the counted orders, ascending; a read-only view of the customer's own
     # list (copying it would cost O(orders) per event)
     order_times: Sequence[int]
+    # The gaps between consecutive order_times, ascending (the rhythm's median), kept by
+    # customers with long histories; None: derive them from order_times when needed.
+    gaps: Sequence[int] | None = field(default=None, compare=False)
 
 
 @dataclass(slots=True)
@@ -118,6 +122,13 @@ class Customer:
     _times: list[int] | None = field(default=None, repr=False, compare=False)
     _monetary: int = field(default=0, repr=False, compare=False)
     _agg: Aggregates | None = field(default=None, repr=False, compare=False)  # until a move
+    _gaps: list[int] | None = field(default=None, repr=False, compare=False)  # see Aggregates
+    # The orders as the blob stores them (see `encode`), kept up to date by `apply`, so
+    # that encoding a long history is one orjson call rather than a pass in Python. Valid
+    # for ages from _base (None: instants) in amounts of _unit; None until built.
+    _stored: dict[str, list[object]] | None = field(default=None, repr=False, compare=False)
+    _base: int | None = field(default=None, repr=False, compare=False)
+    _unit: int = field(default=1, repr=False, compare=False)
 
     def apply(self, event: ValidEvent) -> Outcome:
         """Merge one event. Returns 'duplicate' when the event was already part of the state."""
@@ -125,27 +136,49 @@ class Customer:
         if order is None:
             if event.type == "order_placed":  # the common case, a new order: nothing to merge
                 assert event.amount is not None  # validated
-                self.orders[event.order_id] = Order(event.occurred_at, event.amount)
+                order = self.orders[event.order_id] = Order(event.occurred_at, event.amount)
                 if self._times is not None:
                     self._move(None, (event.occurred_at, event.amount))
+                self._store(event.order_id, order)
                 return "applied"
             order = self.orders[event.order_id] = Order()
-        before = order.counted_as
+        before, amount = order.counted_as, order.amount
         outcome = _merge(order, event)
-        if outcome == "applied" and self._times is not None:
-            self._move(before, order.counted_as)
+        if outcome == "applied":
+            if self._times is not None:
+                self._move(before, order.counted_as)
+            if amount is not None and order.amount != amount:
+                self._stored = None  # an amount replaced: the unit may coarsen, rebuild
+            else:
+                self._store(event.order_id, order)
         return outcome
+
+    def _store(self, order_id: str, order: Order) -> None:
+        """Keep the stored form of the orders in step with one changed order."""
+        if self._stored is not None:
+            entry = _entry(order, self._base, self._unit)
+            if entry is None:  # an amount finer than the unit: rebuild in a finer one
+                self._stored = None
+            else:
+                self._stored[order_id] = entry
 
     def _move(self, before: tuple[int, int] | None, after: tuple[int, int] | None) -> None:
         """Keep the aggregates in step with one order going from `before` to `after`
         (each (placed_at, value) while it counts, None when it does not)."""
-        assert self._times is not None
+        times, gaps = self._times, self._gaps
+        assert times is not None
         self._agg = None
         if before is not None:
-            del self._times[bisect_left(self._times, before[0])]
+            i = bisect_left(times, before[0])
+            if gaps is not None:
+                _regap(gaps, times, i, i + 1, before[0], entering=False)
+            del times[i]
             self._monetary -= before[1]
         if after is not None:
-            insort(self._times, after[0])
+            i = bisect_right(times, after[0])
+            if gaps is not None:
+                _regap(gaps, times, i, i, after[0], entering=True)
+            times.insert(i, after[0])
             self._monetary += after[1]
 
     def aggregates(self) -> Aggregates | None:
@@ -159,38 +192,40 @@ class Customer:
         times = self._times
         if not times:
             return None
-        self._agg = Aggregates(times[0], times[-1], len(times), self._monetary, times)
+        if self._gaps is None and len(times) >= LONG_HISTORY:
+            self._gaps = sorted(b - a for a, b in pairwise(times))
+        self._agg = Aggregates(times[0], times[-1], len(times), self._monetary, times, self._gaps)
         return self._agg
 
     # -- codec: a compact JSON blob, one Redis string per customer ---------------------------
 
     def encode(self) -> bytes:
         # Per order [placed_at, amount], + refunds when any, + 1 when cancelled. Once the
-        # customer has been scored, placed_at is written as its age at `t` (scored_at):
-        # 10-11 digits instead of 13 for orders of the last few years ("r" instead of "o").
+        # customer has been scored, placed_at is written as its age at a base instant:
+        # 10-11 digits instead of 13 for orders of the last few years. The base is the
+        # scored_at ("t") of the commit that last rebuilt the entries: this one ("r": ages
+        # at "t"), or for a long history an earlier one up to REBASE_MS back ("q": ages at
+        # "b"), so that its commits change only the entries of the orders they touched.
         # Amounts are written in the coarsest unit that keeps them exact ("u": 100 for
         # whole cents, 10,000 for whole currency units; absent: money units), 2-4 digits
         # fewer per amount in most shops.
         t = self.scored_at
-        u = _common_unit(self.orders.values())
-        orders: dict[str, object] = {}
-        for oid, order in self.orders.items():
-            at, amount, refunds = order.placed_at, order.amount, order.refunds
-            if t is not None and at is not None:
-                at = t - at
-            if u != 1:
-                if amount is not None:
-                    amount //= u
-                if refunds:
-                    refunds = {digest: value // u for digest, value in refunds.items()}
-            if order.cancelled:
-                orders[oid] = [at, amount, refunds or {}, 1]
-            elif refunds:
-                orders[oid] = [at, amount, refunds]
-            else:
-                orders[oid] = [at, amount]
+        stored, base = self._stored, self._base
+        if (
+            stored is None
+            or (base is None) != (t is None)
+            or (base != t and len(self.orders) < LONG_HISTORY)
+            or (t is not None and base is not None and t - base > REBASE_MS)
+        ):
+            stored, base = self._rebuild_stored(t)
         pub = self.published
-        doc: dict[str, object] = {"o" if t is None else "r": orders}
+        doc: dict[str, object] = {}
+        if base is None:
+            doc["o"] = stored
+        elif base == t:
+            doc["r"] = stored
+        else:
+            doc["q"], doc["b"] = stored, base
         if pub is not None:
             doc["s"] = [pub.r, pub.f, pub.m, pub.segment]
         if self.partition is not None:
@@ -201,19 +236,37 @@ class Customer:
             doc["a"] = self.alerted
         if self.version is not None:
             doc["v"] = self.version
-        if u != 1:
-            doc["u"] = u
+        if self._unit != 1:
+            doc["u"] = self._unit
         # Sorted keys: the bytes, not only the meaning, are independent of arrival order.
         return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+
+    def _rebuild_stored(self, base: int | None) -> tuple[dict[str, list[object]], int | None]:
+        """Every order's stored form, as ages at `base` in the coarsest exact unit."""
+        unit = _common_unit(self.orders.values())
+        stored: dict[str, list[object]] = {}
+        for oid, order in self.orders.items():
+            entry = _entry(order, base, unit)
+            assert entry is not None  # the unit divides every amount
+            stored[oid] = entry
+        self._stored, self._base, self._unit = stored, base, unit
+        return stored, base
 
     @classmethod
     def decode(cls, tenant: str, customer_id: str, blob: bytes | None) -> Customer:
         if not blob:
             return cls(tenant, customer_id)
         doc = orjson.loads(blob)
-        # Absolute instants ("o": never scored, or written before ages) or ages at "t".
-        ages = "r" in doc
-        t, raw_orders = (doc["t"], doc["r"]) if ages else (0, doc["o"])
+        # Ages at "b" ("q"), ages at "t" ("r"), or absolute instants ("o": never scored, or
+        # written before ages existed); see `encode`.
+        if "q" in doc:
+            base, raw_orders = doc["b"], doc["q"]
+        elif "r" in doc:
+            base, raw_orders = doc["t"], doc["r"]
+        else:
+            base, raw_orders = None, doc["o"]
+        ages = base is not None
+        t = base or 0
         u = doc.get("u", 1)  # the unit amounts are written in (see `encode`)
         orders: dict[str, Order] = {}
         times: list[int] = []  # the aggregates too, in the same pass (see `aggregates`)
@@ -251,7 +304,61 @@ class Customer:
         )
         times.sort()
         customer._times, customer._monetary = times, monetary
+        # The entries are as `encode` writes them, unless the blob predates "u" and its
+        # amounts have a coarser unit than money units: then rebuilt on its next commit.
+        if u != 1 or _common_unit(orders.values()) == 1:
+            customer._stored, customer._base, customer._unit = raw_orders, base, u
         return customer
+
+
+# A long history: from this many orders a customer keeps what it derives from them up to
+# date (the sorted gaps, the stored form; an event costs O(log orders), not a pass over
+# them), and the store keeps it decoded between batches. Below, rebuilding costs less.
+LONG_HISTORY = 64
+
+
+def _regap(gaps: list[int], times: list[int], i: int, j: int, at: int, entering: bool) -> None:
+    """Update the sorted gaps for the instant `at` entering or leaving the sorted `times`,
+    where its neighbours are times[i - 1] and times[j]: the gap between the neighbours
+    becomes the two gaps around `at`, or the other way round."""
+    before = times[i - 1] if i > 0 else None
+    after = times[j] if j < len(times) else None
+    around: list[int] = []
+    if before is not None:
+        around.append(at - before)
+    if after is not None:
+        around.append(after - at)
+    between = [after - before] if before is not None and after is not None else []
+    removed, added = (between, around) if entering else (around, between)
+    for gap in removed:
+        del gaps[bisect_left(gaps, gap)]
+    for gap in added:
+        insort(gaps, gap)
+
+
+REBASE_MS = 30 * 86_400_000  # entries are rebuilt as ages at a commit at most this old
+
+
+def _entry(order: Order, base: int | None, unit: int) -> list[object] | None:
+    """The order as the blob stores it (ages at `base`, amounts in `unit`), or None if an
+    amount is not a multiple of `unit`."""
+    at, amount, refunds = order.placed_at, order.amount, order.refunds
+    if base is not None and at is not None:
+        at = base - at
+    if unit != 1:
+        if amount is not None:
+            if amount % unit:
+                return None
+            amount //= unit
+        if refunds:
+            if any(value % unit for value in refunds.values()):
+                return None
+            refunds = {digest: value // unit for digest, value in refunds.items()}
+    if order.cancelled:
+        return [at, amount, refunds or {}, 1]
+    if refunds:
+        return [at, amount, refunds]
+    return [at, amount]
 
 
 def _common_unit(orders: Iterable[Order]) -> int:

@@ -44,7 +44,9 @@ def rhythm(agg: Aggregates, profile: Profile) -> Rhythm | None:
     """None when the rule does not apply (factor 0, fewer than 3 orders, no gap at all)."""
     if profile.overdue_factor <= 0 or agg.orders_lifetime < MIN_OVERDUE_ORDERS:
         return None
-    gaps = sorted(b - a for a, b in pairwise(agg.order_times))
+    gaps = agg.gaps
+    if gaps is None:
+        gaps = sorted(b - a for a, b in pairwise(agg.order_times))
     mid = len(gaps) // 2
     median = gaps[mid] if len(gaps) % 2 else (gaps[mid - 1] + gaps[mid]) / 2
     if median <= 0:  # every order at the same instant: no rhythm to be late against

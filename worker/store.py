@@ -29,7 +29,7 @@ import orjson
 import redis
 
 from worker import keys, rescore
-from worker.customer import Customer, Outcome, Published
+from worker.customer import LONG_HISTORY, Customer, Outcome, Published
 from worker.decay import next_due
 from worker.engine import Change, Result, apply_events, decay
 from worker.errors import StateError
@@ -42,10 +42,9 @@ logger = logging.getLogger(__name__)
 
 MAX_ATTEMPTS = 20
 CALL_CUSTOMERS = 64  # customers per commit call (single Redis) and per write to Redis
-# Decoded customers kept in memory between batches (see _Known): those with at least
-# KNOWN_MIN_ORDERS orders (below, decoding costs less than the memory and the cycle
-# collector's passes over them), KNOWN_ORDERS orders in all (~250 bytes each).
-KNOWN_MIN_ORDERS = 64
+# Decoded customers kept in memory between batches (see _Known): long histories only
+# (below, decoding costs less than the memory and the cycle collector's passes over
+# them), KNOWN_ORDERS orders in all (~250 bytes each).
 KNOWN_ORDERS = 100_000
 T = TypeVar("T")
 # What `commit` takes: per shard, per customer key, (tenant, customer_id, the cause's item).
@@ -118,7 +117,7 @@ class _Known:
     decoded. An entry is taken out while its customer is decided (a decision that raises
     may leave it half-changed) and put back with its new blob."""
 
-    def __init__(self, budget: int = KNOWN_ORDERS, min_orders: int = KNOWN_MIN_ORDERS) -> None:
+    def __init__(self, budget: int = KNOWN_ORDERS, min_orders: int = LONG_HISTORY) -> None:
         self._entries: OrderedDict[bytes, tuple[bytes, Customer]] = OrderedDict()
         self._orders = 0
         self._budget, self._min_orders = budget, min_orders
