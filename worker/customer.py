@@ -27,6 +27,12 @@ from worker.events import ValidEvent
 
 Outcome = Literal["applied", "duplicate"]
 
+# A long history: from this many orders a customer keeps what it derives from them up to
+# date (the sorted gaps, the stored form; an event costs O(log orders), not a pass over
+# them), and the store keeps it decoded between batches. Below, rebuilding costs less.
+LONG_HISTORY = 64
+REBASE_MS = 30 * 86_400_000  # a long history's entries are ages at a commit this recent
+
 
 @dataclass(slots=True)
 class Order:
@@ -311,12 +317,6 @@ class Customer:
         return customer
 
 
-# A long history: from this many orders a customer keeps what it derives from them up to
-# date (the sorted gaps, the stored form; an event costs O(log orders), not a pass over
-# them), and the store keeps it decoded between batches. Below, rebuilding costs less.
-LONG_HISTORY = 64
-
-
 def _regap(gaps: list[int], times: list[int], i: int, j: int, at: int, entering: bool) -> None:
     """Update the sorted gaps for the instant `at` entering or leaving the sorted `times`,
     where its neighbours are times[i - 1] and times[j]: the gap between the neighbours
@@ -334,9 +334,6 @@ def _regap(gaps: list[int], times: list[int], i: int, j: int, at: int, entering:
         del gaps[bisect_left(gaps, gap)]
     for gap in added:
         insort(gaps, gap)
-
-
-REBASE_MS = 30 * 86_400_000  # entries are rebuilt as ages at a commit at most this old
 
 
 def _entry(order: Order, base: int | None, unit: int) -> list[object] | None:
