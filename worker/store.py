@@ -44,7 +44,7 @@ MAX_ATTEMPTS = 20
 CALL_CUSTOMERS = 64  # customers per commit call (single Redis) and per write to Redis
 # Decoded customers kept in memory between batches (see _Known): long histories only
 # (below, decoding costs less than the memory and the cycle collector's passes over
-# them), KNOWN_ORDERS orders in all (~250 bytes each).
+# them), KNOWN_ORDERS orders in all (~500 bytes each with their blob: ~50 MB).
 KNOWN_ORDERS = 100_000
 T = TypeVar("T")
 # What `commit` takes: per shard, per customer key, (tenant, customer_id, the cause's item).
@@ -130,6 +130,7 @@ class _Known:
         return entry[1] if entry[0] == blob else None
 
     def put(self, key: bytes, blob: bytes, customer: Customer) -> None:
+        self.take(key, None)  # a customer is kept once
         size = len(customer.orders)
         if not self._min_orders <= size <= self._budget:
             return
