@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.customer import LONG_HISTORY, Customer, Published
+from worker.customer import LONG_HISTORY, Customer, Order, Published
 from worker.events import ValidEvent
 from worker.money import to_units
 
@@ -314,23 +314,31 @@ def test_scored_customers_store_order_ages_and_old_blobs_still_decode() -> None:
     c = customer_after([placed("o1", "100", T0), placed("o2", "5", T0 + DAY), cancelled("o3")])
     c.scored_at, c.version, c.alerted = T0 + 3 * DAY, "abcd1234", T0
     doc = orjson.loads(c.encode())
-    # Ages at scored_at (shorter than instants); an order never placed stays null.
-    assert "o" not in doc and doc["t"] == T0 + 3 * DAY
-    assert doc["r"]["o1"][0] == 3 * DAY and doc["r"]["o2"][0] == 2 * DAY
-    assert doc["r"]["o3"][0] is None
+    # Ages at scored_at (shorter than instants); an order never placed stays null. The
+    # amounts are whole currency units ("u"): "q", which older releases do not read.
+    assert "o" not in doc and "r" not in doc and doc["t"] == T0 + 3 * DAY
+    assert doc["q"]["o1"][0] == 3 * DAY and doc["q"]["o2"][0] == 2 * DAY
+    assert doc["q"]["o3"][0] is None
     d = Customer.decode("default", "c1", c.encode())
     assert (d.orders, d.scored_at, d.version, d.alerted) == (c.orders, c.scored_at, "abcd1234", T0)
     assert d.aggregates() == c.aggregates()
-    # A blob written with absolute instants ("o", before ages existed) reads the same.
-    legacy = dict(doc)
-    legacy["o"] = {
-        oid: [o.placed_at, *raw[1:]]
-        for (oid, raw), o in zip(doc.pop("r").items(), c.orders.values(), strict=True)
-    }
-    del legacy["r"]
-    old = Customer.decode("default", "c1", orjson.dumps(legacy))
-    assert old.orders == c.orders and old.aggregates() == c.aggregates()
-    assert old.encode() == c.encode()  # rewritten in the new form on its next commit
+    # Blobs written with absolute instants ("o", before ages existed) or ages at "t" in
+    # money units ("r", before units) read the same, and are rewritten on the next commit.
+    for key, base in (("o", 0), ("r", c.scored_at)):
+        legacy = {k: v for k, v in doc.items() if k not in ("q", "u")}
+        legacy[key] = {oid: _legacy_entry(o, base) for oid, o in c.orders.items()}
+        old = Customer.decode("default", "c1", orjson.dumps(legacy))
+        assert old.orders == c.orders and old.aggregates() == c.aggregates()
+        assert old.encode() == c.encode()
+
+
+def _legacy_entry(order: Order, base: int) -> list[object]:
+    """An order as releases before units wrote it: ages at `base` (0: instants)."""
+    at = order.placed_at if order.placed_at is None or not base else base - order.placed_at
+    entry: list[object] = [at, order.amount]
+    if order.cancelled:
+        return [*entry, order.refunds or {}, 1]
+    return [*entry, order.refunds] if order.refunds else entry
 
 
 @pytest.mark.parametrize(
@@ -350,20 +358,17 @@ def test_amounts_are_written_in_the_coarsest_exact_unit(
     c.scored_at = T0 + 9 * DAY
     doc = orjson.loads(c.encode())
     assert doc.get("u", 1) == unit
-    assert doc["r"]["o0"][1] * unit == to_units(Decimal(amounts[0]))
+    # Scaled amounts go under "q": a release before units fails on it, never misreads it.
+    orders = doc["q"] if unit != 1 else doc["r"]
+    assert ("r" in doc) == (unit == 1) and "o" not in doc
+    assert orders["o0"][1] * unit == to_units(Decimal(amounts[0]))
     d = Customer.decode("default", "c1", c.encode())
     assert d.orders == c.orders and d.aggregates() == c.aggregates()
     assert d.encode() == c.encode()
     # A blob written before units existed (money units, no "u") reads the same, and is
     # rewritten in the new form on its next commit.
-    old = dict(doc)
-    scale = old.pop("u", 1)
-    old["r"] = {
-        oid: [raw[0], None if raw[1] is None else raw[1] * scale]
-        + ([{k: v * scale for k, v in raw[2].items()}] if len(raw) > 2 else [])
-        + raw[3:]
-        for oid, raw in doc["r"].items()
-    }
+    old = {k: v for k, v in doc.items() if k not in ("q", "u")}
+    old["r"] = {oid: _legacy_entry(o, T0 + 9 * DAY) for oid, o in c.orders.items()}
     legacy = Customer.decode("default", "c1", orjson.dumps(old))
     assert legacy.orders == c.orders and legacy.aggregates() == c.aggregates()
     assert legacy.encode() == c.encode()

@@ -209,12 +209,16 @@ class Customer:
         # Per order [placed_at, amount], + refunds when any, + 1 when cancelled. Once the
         # customer has been scored, placed_at is written as its age at a base instant:
         # 10-11 digits instead of 13 for orders of the last few years. The base is the
-        # scored_at ("t") of the commit that last rebuilt the entries: this one ("r": ages
-        # at "t"), or for a long history an earlier one up to REBASE_MS back ("q": ages at
-        # "b"), so that its commits change only the entries of the orders they touched.
-        # Amounts are written in the coarsest unit that keeps them exact ("u": 100 for
-        # whole cents, 10,000 for whole currency units; absent: money units), 2-4 digits
-        # fewer per amount in most shops.
+        # scored_at ("t") of the commit that last rebuilt the entries: this one, or for a
+        # long history an earlier one up to REBASE_MS back ("b"), so that its commits
+        # change only the entries of the orders they touched. Amounts are written in the
+        # coarsest unit that keeps them exact ("u": 100 for whole cents, 10,000 for whole
+        # currency units; absent: money units), 2-4 digits fewer per amount in most shops.
+        #
+        # The orders go under "q", except where releases before units and bases wrote the
+        # same meaning: "o" (instants) and "r" (ages at "t"), in money units. A release
+        # that predates "q" fails on it (its events dead-lettered as internal_error, see
+        # README "Upgrading") instead of misreading scaled amounts.
         t = self.scored_at
         stored, base = self._stored, self._base
         if (
@@ -226,12 +230,12 @@ class Customer:
             stored, base = self._rebuild_stored(t)
         pub = self.published
         doc: dict[str, object] = {}
-        if base is None:
-            doc["o"] = stored
-        elif base == t:
-            doc["r"] = stored
+        if self._unit != 1 or base != t:
+            doc["q"] = stored
+            if base != t:
+                doc["b"] = base
         else:
-            doc["q"], doc["b"] = stored, base
+            doc["o" if base is None else "r"] = stored
         if pub is not None:
             doc["s"] = [pub.r, pub.f, pub.m, pub.segment]
         if self.partition is not None:
@@ -263,10 +267,10 @@ class Customer:
         if not blob:
             return cls(tenant, customer_id)
         doc = orjson.loads(blob)
-        # Ages at "b" ("q"), ages at "t" ("r"), or absolute instants ("o": never scored, or
-        # written before ages existed); see `encode`.
+        # "q": ages at "b", else at "t", else instants; "r": ages at "t"; "o": instants
+        # (never scored, or written before ages existed). See `encode`.
         if "q" in doc:
-            base, raw_orders = doc["b"], doc["q"]
+            base, raw_orders = doc.get("b", doc.get("t")), doc["q"]
         elif "r" in doc:
             base, raw_orders = doc["t"], doc["r"]
         else:
