@@ -145,7 +145,8 @@ class Customer:
                 order = self.orders[event.order_id] = Order(event.occurred_at, event.amount)
                 if self._times is not None:
                     self._move(None, (event.occurred_at, event.amount))
-                self._store(event.order_id, order)
+                if self._stored is not None:
+                    self._store(event.order_id, order)
                 return "applied"
             order = self.orders[event.order_id] = Order()
         before, amount = order.counted_as, order.amount
@@ -155,18 +156,18 @@ class Customer:
                 self._move(before, order.counted_as)
             if amount is not None and order.amount != amount:
                 self._stored = None  # an amount replaced: the unit may coarsen, rebuild
-            else:
+            elif self._stored is not None:
                 self._store(event.order_id, order)
         return outcome
 
     def _store(self, order_id: str, order: Order) -> None:
         """Keep the stored form of the orders in step with one changed order."""
-        if self._stored is not None:
-            entry = _entry(order, self._base, self._unit)
-            if entry is None:  # an amount finer than the unit: rebuild in a finer one
-                self._stored = None
-            else:
-                self._stored[order_id] = entry
+        assert self._stored is not None
+        entry = _entry(order, self._base, self._unit)
+        if entry is None:  # an amount finer than the unit: rebuild in a finer one
+            self._stored = None
+        else:
+            self._stored[order_id] = entry
 
     def _move(self, before: tuple[int, int] | None, after: tuple[int, int] | None) -> None:
         """Keep the aggregates in step with one order going from `before` to `after`
@@ -256,6 +257,11 @@ class Customer:
         unit = _common_unit(self.orders.values())
         stored: dict[str, list[object]] = {}
         for oid, order in self.orders.items():
+            at, amount = order.placed_at, order.amount
+            if order.refunds is None and not order.cancelled and amount is not None:
+                # the common case, inline: a placed order without refunds
+                stored[oid] = [at if base is None or at is None else base - at, amount // unit]
+                continue
             entry = _entry(order, base, unit)
             assert entry is not None  # the unit divides every amount
             stored[oid] = entry
@@ -314,9 +320,10 @@ class Customer:
         )
         times.sort()
         customer._times, customer._monetary = times, monetary
-        # The entries are as `encode` writes them, unless the blob predates "u" and its
-        # amounts have a coarser unit than money units: then rebuilt on its next commit.
-        if u != 1 or _common_unit(orders.values()) == 1:
+        # A long history keeps the entries as read, which are as `encode` writes them
+        # unless the blob predates "u" and its amounts have a coarser unit than money
+        # units (then rebuilt on its next commit). A short one is rebuilt at each commit.
+        if len(orders) >= LONG_HISTORY and (u != 1 or _common_unit(orders.values()) == 1):
             customer._stored, customer._base, customer._unit = raw_orders, base, u
         return customer
 
