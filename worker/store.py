@@ -130,10 +130,10 @@ class _Known:
         return entry[1] if entry[0] == blob else None
 
     def put(self, key: bytes, blob: bytes, customer: Customer) -> None:
-        self.take(key, None)  # a customer is kept once
         size = len(customer.orders)
         if not self._min_orders <= size <= self._budget:
-            return
+            return  # the common case, a short history: nothing else to do
+        self.take(key, None)  # a customer is kept once
         self._entries[key] = (blob, customer)
         self._orders += size
         while self._orders > self._budget:
@@ -846,7 +846,7 @@ def _decide(
     """Decode (unless `known` is the customer `blob` encodes), decide and serialise one
     customer: everything that can raise for it. Returns (result, the partition it was in,
     its published score before, the new state or None, change payloads)."""
-    customer = known or Customer.decode(tenant, customer_id, blob)
+    customer = known if known is not None else Customer.decode(tenant, customer_id, blob)
     was_in, before = customer.partition, customer.published
     res = decide(customer, item)
     state = customer.encode() if res.dirty else None
