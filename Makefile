@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck schemas unit bench clean
+.PHONY: demo test test-kafka test-tansu kafka lint typecheck schemas unit bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,8 +15,21 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/rfm-worker demo
 
-test: lint typecheck schemas
-	$(BIN)/python -m pytest -q
+# The whole suite on Apache Kafka (where java and mvn are on PATH; else its broker tests
+# skip, saying why), then every broker-facing test again on Tansu, the demo's broker.
+test: lint typecheck schemas test-kafka test-tansu
+
+PYTEST := $(BIN)/python -m pytest -q -n 2 -p no:cacheprovider
+
+test-kafka: $(STAMP) kafka
+	RFM_TEST_BROKER=kafka $(PYTEST)
+
+test-tansu: $(STAMP)
+	RFM_TEST_BROKER=tansu $(PYTEST) -m broker
+
+# Apache Kafka's jars, fetched with Maven into ~/.cache/rfm-worker once (then nothing).
+kafka: $(STAMP)
+	$(BIN)/python -m worker.apache_kafka
 
 lint: $(STAMP)
 	$(BIN)/ruff check worker tests
@@ -29,7 +42,7 @@ schemas: $(STAMP)
 	$(BIN)/rfm-worker schemas --check
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest -q -m "not integration"
+	$(BIN)/python -m pytest -q -n 2 -m "not integration"
 
 # Every benchmark in one run (a few minutes): a markdown table on stdout, JSON in
 # BENCH_OUT (default bench-results.json); sizes via BENCH_* (see tests/benchmarks/run.py).

@@ -1,7 +1,11 @@
-"""Shared fixtures: a real Redis and a real Kafka-protocol broker, one each per session.
+"""Shared fixtures: a real Redis and a real broker, one each per test process.
 
-Both are started by the suite on free loopback ports (worker.embedded); a suite that
-cannot start them fails loudly instead of skipping.
+Both are started by the suite on free loopback ports. The broker is the one RFM_TEST_BROKER
+names: `kafka` (Apache Kafka, worker/apache_kafka: fetched with Maven on first use) or
+`tansu` (worker/embedded.Tansu); unset, Apache Kafka where java and mvn are on PATH, else
+Tansu. A test that talks to a broker is marked `broker` here (the Makefile runs those on
+both brokers). Apache Kafka runs without java or mvn are skipped with that reason, said
+once; anything else that cannot start fails loudly instead of skipping.
 """
 
 from __future__ import annotations
@@ -17,12 +21,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from tests.cluster import EmbeddedCluster
-from worker.embedded import EmbeddedKafka, EmbeddedRedis, create_topics, free_port
+from worker.apache_kafka import missing_tools
+from worker.embedded import BrokerKind, EmbeddedRedis, create_topics, free_port, start_broker
 from worker.profiles import Profiles
 from worker.store import Store
 
@@ -47,10 +53,50 @@ def store(redis_client: redis.Redis) -> Store:
     return Store(redis_client)
 
 
+def broker_kind() -> BrokerKind:
+    kind = os.environ.get("RFM_TEST_BROKER", "").strip().lower()
+    if kind in ("kafka", "tansu"):
+        return kind  # type: ignore[return-value]
+    if kind:
+        raise pytest.UsageError(f"RFM_TEST_BROKER={kind!r}: expected kafka or tansu")
+    return "tansu" if missing_tools() else "kafka"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    kind = broker_kind()
+    if kind == "kafka":
+        reason = missing_tools()
+        return f"broker: Apache Kafka{f' (unavailable: {reason}; broker tests skip)' if reason else ''}"
+    return "broker: Tansu"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test that talks to a broker (it uses the `kafka` fixture, directly or
+    through `deployment`), so `-m broker` selects exactly those."""
+    for item in items:
+        if {"kafka", "apache_kafka"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.broker)
+
+
 @pytest.fixture(scope="session")
-def kafka() -> Iterator[EmbeddedKafka]:
-    with EmbeddedKafka() as broker:
+def kafka() -> Iterator[Any]:
+    """The suite's broker (RFM_TEST_BROKER): Tansu or Apache Kafka, one per test process."""
+    kind = broker_kind()
+    if kind == "kafka" and (reason := missing_tools()):
+        pytest.skip(reason)
+    broker = start_broker(kind)
+    try:
         yield broker
+    finally:
+        broker.__exit__(None, None, None)
+
+
+@pytest.fixture(scope="session")
+def apache_kafka(kafka: Any) -> Any:
+    """The suite's broker where it is Apache Kafka; tests of what only a real broker shows."""
+    if kafka.kind != "kafka":
+        pytest.skip("needs Apache Kafka (RFM_TEST_BROKER=kafka)")
+    return kafka
 
 
 @pytest.fixture
@@ -95,7 +141,7 @@ class WorkerProcess:
 class Deployment:
     """Fresh topics and a worker configuration on the suite's broker and Redis."""
 
-    kafka: EmbeddedKafka
+    kafka: Any  # Tansu or ApacheKafka
     redis_server: EmbeddedRedis
     tmp_path: Path
     orders: str
@@ -111,7 +157,10 @@ class Deployment:
             **os.environ,
             "RFM_KAFKA_BOOTSTRAP": self.kafka.bootstrap,
             "RFM_KAFKA_GROUP": self.group,
-            "RFM_KAFKA_CONFIG": '{"session.timeout.ms": "6000", "heartbeat.interval.ms": "500"}',
+            "RFM_KAFKA_CONFIG": orjson.dumps(
+                {"session.timeout.ms": "6000", "heartbeat.interval.ms": "500"}
+                | self.kafka.client_config
+            ).decode(),
             "RFM_ORDERS_TOPIC": self.orders,
             "RFM_ACTIONS_TOPIC": self.actions,
             "RFM_DLQ_TOPIC": self.dlq,
@@ -160,7 +209,7 @@ class Deployment:
 
 @pytest.fixture
 def deployment(
-    kafka: EmbeddedKafka, redis_server: EmbeddedRedis, redis_client: redis.Redis, tmp_path: Path
+    kafka: Any, redis_server: EmbeddedRedis, redis_client: redis.Redis, tmp_path: Path
 ) -> Iterator[Deployment]:
     suffix = uuid.uuid4().hex[:8]
     dep = Deployment(

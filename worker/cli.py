@@ -82,6 +82,13 @@ def _parser() -> argparse.ArgumentParser:
         default=2.0,
         help="how fast the live stream's clock runs, in simulated days per second",
     )
+    d.add_argument(
+        "--broker",
+        choices=["tansu", "kafka"],
+        default="tansu",
+        help="tansu: the embedded broker, starts at once (default); kafka: Apache Kafka, "
+        "fetched with Maven on first use (needs java and mvn)",
+    )
     w = sub.add_parser("sweep", help="one decay sweep; publishes its changes before exiting")
     w.add_argument("--once", action="store_true", required=True, help="one sweep, then exit")
     w.add_argument(
@@ -156,6 +163,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             rate=args.rate,
             duration=args.duration,
             days_per_second=args.days_per_second,
+            broker=args.broker,
         )
     if args.command == "rescore" and not args.dry_run:
         raise UsageError(

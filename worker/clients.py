@@ -69,12 +69,24 @@ def _extra(settings: Settings, other_kind: frozenset[str]) -> dict[str, str]:
     return {k: v for k, v in settings.kafka_properties().items() if k not in other_kind}
 
 
+def consumer_protocol(properties: Mapping[str, Any]) -> bool:
+    """The group uses the consumer rebalance protocol (KIP-848: group.protocol=consumer)."""
+    return str(properties.get("group.protocol", "classic")).lower() == "consumer"
+
+
+def incremental(properties: Mapping[str, Any]) -> bool:
+    """Rebalances hand out and take back only the partitions that move (cooperative)."""
+    strategy = str(properties.get("partition.assignment.strategy", "cooperative-sticky"))
+    return consumer_protocol(properties) or strategy.strip().lower() == "cooperative-sticky"
+
+
 def consumer(
     settings: Settings,
     overrides: Mapping[str, str] | None = None,
     *,
     error_cb: Callable[[Any], None] | None = None,
 ) -> Consumer:
+    extra = {**_extra(settings, PRODUCER_ONLY), **(overrides or {})}
     config: dict[str, Any] = {
         "bootstrap.servers": settings.kafka_bootstrap,
         "group.id": settings.kafka_group,
@@ -82,14 +94,15 @@ def consumer(
         # records are acked; never automatically.
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
-        # Brokers that hold a fetch until it times out (rather than answering as soon as
-        # data arrives) would add up to the default 500 ms to every change's latency.
-        "fetch.wait.max.ms": "20",
         "client.id": "rfm-worker",
         "logger": RDKAFKA,
-        **_extra(settings, PRODUCER_ONLY),
-        **(overrides or {}),
     }
+    if not consumer_protocol(extra):
+        # Classic protocol: a rebalance moves only the partitions that change owner; the
+        # others keep flowing. (The consumer protocol, KIP-848, is incremental by design
+        # and refuses this property, as it refuses session and heartbeat timeouts.)
+        config["partition.assignment.strategy"] = "cooperative-sticky"
+    config.update(extra)
     if error_cb is not None:
         config["error_cb"] = error_cb
     return Consumer(config)

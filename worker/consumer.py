@@ -27,7 +27,7 @@ from typing import Any, TypeVar
 import redis
 from confluent_kafka import OFFSET_INVALID, KafkaError, KafkaException, TopicPartition
 
-from worker import keys, metrics
+from worker import clients, keys, metrics
 from worker.config import Settings
 from worker.delivery import Deliveries
 from worker.dlq import dlq_headers, without_value
@@ -104,6 +104,8 @@ class Worker:
         now_ms: Callable[[], int] = wall_ms,
     ) -> None:
         self.settings = settings
+        # Cooperative rebalances (the default) add and take back partitions one by one.
+        self.incremental = clients.incremental(settings.kafka_properties())
         self.profiles = profiles
         self.store = store
         self.consumer = consumer
@@ -128,6 +130,7 @@ class Worker:
         self.dlq_ok = True
         self._last_lag = 0.0
         self._done: dict[tuple[str, int], int] = {}  # next offset per processed partition
+        self._starts: dict[int, int] = {}  # partition -> offset consumption starts from
         self.sweeper = Sweeper(
             store, profiles, interval=settings.sweep_interval, clock=self.clock, now_ms=now_ms
         )
@@ -263,8 +266,12 @@ class Worker:
         logger.info("assigned partitions %s", sorted(new))
         # Start where the state is, not where Kafka's commits say: Redis may have lost
         # writes (a failover, a restart) that the committed offsets count as applied.
-        self._retry_redis(lambda: self._reconcile(consumer, partitions))
-        consumer.assign(partitions)
+        if partitions:  # (a cooperative round, or more workers than partitions: none)
+            self._retry_redis(lambda: self._reconcile(consumer, partitions))
+        if self.incremental:
+            consumer.incremental_assign(partitions)
+        else:
+            consumer.assign(partitions)
         if self.paused:
             consumer.pause(partitions)
         # Changes a previous owner committed but did not publish go out before new ones.
@@ -285,6 +292,7 @@ class Worker:
         applied = self.store.applied_offsets(list(fields.values()))
         for tp in partitions:
             kafka = committed.get(tp.partition, OFFSET_INVALID)
+            self._starts[tp.partition] = kafka  # where consumption starts, for the lag
             state, shards = applied[fields[tp.partition]]
             if state is None:
                 if kafka > 0 and not self.store.holds_customers():
@@ -314,7 +322,7 @@ class Worker:
                         kafka,
                         state,
                     )
-                tp.offset = state
+                tp.offset = self._starts[tp.partition] = state
 
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         gone = {p.partition for p in partitions}
@@ -325,6 +333,11 @@ class Worker:
         # nothing of this worker lands after the next owner's changes.
         if not self._drain():
             self.relay.abandon()
+            # A cooperative revoke takes some partitions only: what was dropped of the
+            # partitions kept goes out again, oldest first, before their next batch.
+            kept = self.assigned - gone
+            if kept:
+                self._retry_redis(lambda: self.relay.recover(kept))
         self._commit_sync({tp: o for tp, o in self._done.items() if tp[1] in gone})
         for tp in [tp for tp in self._done if tp[1] in gone]:
             del self._done[tp]
@@ -342,6 +355,7 @@ class Worker:
         """Partitions no longer ours: their lag is another worker's to report."""
         self.assigned -= gone
         for partition in gone:
+            self._starts.pop(partition, None)
             with contextlib.suppress(KeyError):
                 metrics.CONSUMER_LAG.remove(str(partition))
 
@@ -412,10 +426,11 @@ class Worker:
             self.paused = True
             self.consumer.pause(self.consumer.assignment())
             logger.warning(
-                "%d changes are waiting for the actions topic %s: consumption paused until "
-                "they are delivered",
+                "%d changes are waiting for the actions topic %s (%s): consumption paused "
+                "until they are delivered",
                 backlog,
                 self.settings.actions_topic,
+                self._topic_problem(self.settings.actions_topic) or "not acknowledged",
             )
         elif self.paused and backlog <= self.max_backlog // 2:
             self.paused = False
@@ -478,7 +493,9 @@ class Worker:
                     "this worker may write to it); nothing is skipped",
                     self.settings.dlq_topic,
                     now - started,
-                    self.dead_letters.error or "no answer from the broker",
+                    self.dead_letters.error
+                    or self._topic_problem(self.settings.dlq_topic)
+                    or "no answer from the broker",
                 )
             self.heartbeat = now
             self.producer.poll(0.05)
@@ -518,6 +535,19 @@ class Worker:
             metrics.READY.set(1 if self.ready else 0)
             return value
 
+    def _topic_problem(self, topic: str) -> str | None:
+        """What the broker's metadata says is wrong with an output topic, if anything: a
+        missing topic is the common case (brokers in production do not auto-create)."""
+        try:
+            meta = self.consumer.list_topics(topic, timeout=2).topics.get(topic)
+        except KafkaException:
+            return None
+        if meta is None or meta.error is None:
+            return None
+        if meta.error.code() == KafkaError.UNKNOWN_TOPIC_OR_PART:
+            return f"the topic {topic} does not exist: create it"
+        return f"topic {topic}: {meta.error.str()}"
+
     def _log_consume_error(self, err: KafkaError) -> None:
         if err.code() == KafkaError._PARTITION_EOF:
             return
@@ -530,10 +560,18 @@ class Worker:
         for partition in sorted(self.assigned):
             tp = TopicPartition(self.settings.orders_topic, partition)
             try:
-                _low, high = self.consumer.get_watermark_offsets(tp, cached=True)
+                # The cached end offset comes with each fetch: a paused partition fetches
+                # nothing, so ask the broker then, or the lag would stay where it paused.
+                if self.paused:
+                    low, high = self.consumer.get_watermark_offsets(tp, timeout=1)
+                else:
+                    low, high = self.consumer.get_watermark_offsets(tp, cached=True)
                 position = self.consumer.position([tp])[0].offset
             except Exception as exc:  # lag is informative; never let it stop the loop
                 logger.debug("no lag for partition %d: %s", partition, exc)
                 continue
+            if position < 0:  # nothing consumed yet: behind by all from where it starts
+                start = self._starts.get(partition, OFFSET_INVALID)
+                position = start if start >= 0 else low
             if high >= 0 and position >= 0:
                 metrics.CONSUMER_LAG.labels(str(partition)).set(max(0, high - position))

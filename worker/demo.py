@@ -39,7 +39,7 @@ import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from worker.clients import produce
-from worker.embedded import EmbeddedKafka, EmbeddedRedis, create_topics, free_port
+from worker.embedded import BrokerKind, EmbeddedRedis, create_topics, free_port, start_broker
 
 ORDERS, ACTIONS, DLQ = "orders", "rfm.actions", "orders.dlq"
 BAD_MESSAGES = [
@@ -280,22 +280,26 @@ def run_demo(
     rate: float = 200,
     duration: float | None = None,
     days_per_second: float = DAYS_PER_SECOND,
+    broker: BrokerKind = "tansu",
 ) -> int:
     if days_per_second <= 0:
         raise ValueError("days_per_second must be positive")
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    say("starting an embedded Kafka-protocol broker (Tansu) and Redis ...")
-    with EmbeddedRedis() as redis_server, EmbeddedKafka() as broker:
-        create_topics(broker.bootstrap, {ORDERS: 4, ACTIONS: 4, DLQ: 1})
+    what = "Apache Kafka" if broker == "kafka" else "an embedded Kafka-protocol broker (Tansu)"
+    say(f"starting {what} and Redis ...")
+    with EmbeddedRedis() as redis_server, start_broker(broker) as kafka:
+        create_topics(kafka.bootstrap, {ORDERS: 4, ACTIONS: 4, DLQ: 1})
         http_port = free_port()
         env = {
             **os.environ,
-            "RFM_KAFKA_BOOTSTRAP": broker.bootstrap,
+            "RFM_KAFKA_BOOTSTRAP": kafka.bootstrap,
             "RFM_REDIS_URL": redis_server.url,
             "RFM_HTTP_PORT": str(http_port),
-            "RFM_KAFKA_CONFIG": '{"session.timeout.ms": "6000"}',
+            "RFM_KAFKA_CONFIG": orjson.dumps(
+                {"session.timeout.ms": "6000"} | kafka.client_config
+            ).decode(),
             # "now" is the latest order's occurred_at, so the fast clock drives the sweeps.
             "RFM_CLOCK": "event",
             "RFM_SWEEP_INTERVAL": str(SWEEP_INTERVAL),
@@ -310,7 +314,7 @@ def run_demo(
         )
         base = f"http://127.0.0.1:{http_port}"
         say(f"""
-  broker     {broker.bootstrap}   (topics {ORDERS}, {ACTIONS}, {DLQ})
+  broker     {kafka.bootstrap}   ({kafka.name}; topics {ORDERS}, {ACTIONS}, {DLQ})
   redis      {redis_server.url}
   page       {base}/
   metrics    {base}/metrics
@@ -324,7 +328,7 @@ Ctrl-C stops everything.
 """)
         try:
             return _stream(
-                broker.bootstrap,
+                kafka.bootstrap,
                 f"{base}/metrics",
                 OrderStream(customers),
                 rate,

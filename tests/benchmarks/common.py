@@ -1,14 +1,18 @@
 """Shared pieces of the benchmarks: knobs, a fresh broker and Redis, order events, a fast
 producer, the real worker as a child process read through its /metrics, result rows.
 
-Everything runs on the embedded Kafka-protocol broker (Tansu) and an embedded Redis
-(worker.embedded) on free loopback ports, started here and stopped after each scenario:
-never a shared broker, never a Redis on 6379. Timings on a small shared machine are noisy,
-so each scenario reports ratios against a baseline measured in the same run.
+Everything runs on a broker and a Redis started here on free loopback ports and stopped
+after each scenario: never a shared broker, never a Redis on 6379. The broker is the one
+BENCH_BROKER names: `kafka` (Apache Kafka, worker/apache_kafka: its jars fetched with Maven
+on first use) or `tansu` (worker.embedded.Tansu, in-memory); unset, Apache Kafka where java
+and mvn are on PATH, else Tansu (said in one line). Redis is worker.embedded.EmbeddedRedis.
+Timings on a small shared machine are noisy, so each scenario reports ratios against a
+baseline measured in the same run.
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import random
 import re
@@ -21,7 +25,7 @@ import urllib.error
 import urllib.request
 import uuid
 import zlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,8 +37,16 @@ import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from worker import keys
+from worker.apache_kafka import ApacheKafka, missing_tools
 from worker.clients import produce
-from worker.embedded import EmbeddedKafka, EmbeddedRedis, create_topics, free_port
+from worker.embedded import (
+    BrokerKind,
+    EmbeddedRedis,
+    Tansu,
+    create_topics,
+    free_port,
+    start_broker,
+)
 from worker.events import ValidEvent, wall_ms
 from worker.messages import iso
 from worker.profiles import DEFAULT_TENANT, Profiles
@@ -43,8 +55,9 @@ from worker.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
 PARTITIONS = 4  # of every orders topic, as in the integration tests
-# The consumer settings the integration tests give the worker (tests/conftest.py).
-KAFKA_CONFIG = '{"session.timeout.ms": "6000", "heartbeat.interval.ms": "500"}'
+# The consumer settings the integration tests give the worker (tests/conftest.py); the
+# broker's own needs (its client_config) are added over them, see Stack.kafka_config.
+KAFKA_CONFIG = {"session.timeout.ms": "6000", "heartbeat.interval.ms": "500"}
 POLL_S = 0.25  # /metrics polling period while a worker runs (a scrape costs the worker CPU)
 SETTLE_S = 0.5  # more than a loop turn of the worker (its consume() waits 0.2 s at most)
 SEED = 20_260_101
@@ -102,6 +115,37 @@ class Config:
             sweep_due=env_int("BENCH_SWEEP_DUE", 10_000),
             worker_timeout_s=env_float("BENCH_WORKER_TIMEOUT_S", 600.0),
         )
+
+
+# -- the broker -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerChoice:
+    kind: BrokerKind
+    name: str  # as the broker class names itself: "Apache Kafka", "Tansu"
+    fallback: str | None = None  # why not Apache Kafka, when BENCH_BROKER was unset
+
+    def summary(self) -> dict[str, Any]:
+        return {"kind": self.kind, "name": self.name, "fallback_reason": self.fallback}
+
+
+@functools.cache
+def broker() -> BrokerChoice:
+    """The broker of every scenario of this run: BENCH_BROKER (kafka|tansu); unset, Apache
+    Kafka where java and mvn are on PATH, else Tansu (saying why, once)."""
+    raw = os.environ.get("BENCH_BROKER", "").strip().lower()
+    if raw == "kafka":
+        return BrokerChoice("kafka", ApacheKafka.name)
+    if raw == "tansu":
+        return BrokerChoice("tansu", Tansu.name)
+    if raw:
+        raise SystemExit(f"BENCH_BROKER={raw!r}: expected kafka or tansu")
+    reason = missing_tools()
+    if reason is None:
+        return BrokerChoice("kafka", ApacheKafka.name)
+    say(f"broker: Tansu, not Apache Kafka: {reason} (BENCH_BROKER=tansu|kafka chooses)")
+    return BrokerChoice("tansu", Tansu.name, reason)
 
 
 # -- results ------------------------------------------------------------------------------
@@ -226,16 +270,24 @@ def produce_all(bootstrap: str, topic: str, records: Iterable[tuple[bytes, bytes
     return sent
 
 
-def count_records(bootstrap: str, topic: str, expected: int, idle_s: float = 5.0) -> int:
+def count_records(
+    bootstrap: str,
+    topic: str,
+    expected: int,
+    idle_s: float = 5.0,
+    config: Mapping[str, str] | None = None,
+) -> int:
     """Read a topic from its start until `expected` records were read or none came for
-    `idle_s`; returns how many. (Tansu's high watermark, what ListOffsets answers, is the
-    base offset of the partition's last record batch, not the offset after its last
-    record: watermarks undercount, so the records are read.)"""
+    `idle_s`; returns how many. `config`: the consumer properties the broker needs (its
+    client_config). (Tansu's high watermark, what ListOffsets answers, is the base offset
+    of the partition's last record batch, not the offset after its last record: its
+    watermarks undercount, so the records are read, on either broker.)"""
     consumer = Consumer(
         {
             "bootstrap.servers": bootstrap,
             "group.id": f"count-{uuid.uuid4().hex[:8]}",
             "enable.auto.commit": False,
+            **(config or {}),
         }
     )
     parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions
@@ -310,13 +362,14 @@ class Topics:
 
 
 class Stack:
-    """A fresh embedded broker and Redis for one scenario, and the workers started on them."""
+    """A fresh broker (the run's choice, `broker()`) and Redis for one scenario, and the
+    workers started on them."""
 
     def __init__(self) -> None:
         self._exit = ExitStack()
         self.workers: list[WorkerProcess] = []
         try:
-            self.kafka = self._exit.enter_context(EmbeddedKafka())
+            self.kafka: Any = self._exit.enter_context(start_broker(broker().kind))
             self.redis_server = self._exit.enter_context(EmbeddedRedis())
             self.redis: Any = redis.Redis.from_url(self.redis_server.url)
             self._exit.callback(self.redis.close)
@@ -342,15 +395,27 @@ class Stack:
     def store(self) -> Store:
         return Store(self.redis)
 
-    def worker(self, topics: Topics, *, extra_env: dict[str, str] | None = None) -> WorkerProcess:
-        """Start `python -m worker run` on fresh topics with a fresh consumer group."""
+    def kafka_config(self, overrides: Mapping[str, str] | None = None) -> dict[str, str]:
+        """The worker's RFM_KAFKA_CONFIG on this broker: KAFKA_CONFIG, then what the broker
+        needs (Tansu: fetch.wait.max.ms=20; Apache Kafka: nothing), then `overrides`."""
+        return {**KAFKA_CONFIG, **self.kafka.client_config, **(overrides or {})}
+
+    def worker(
+        self,
+        topics: Topics,
+        *,
+        kafka: Mapping[str, str] | None = None,
+        extra_env: dict[str, str] | None = None,
+    ) -> WorkerProcess:
+        """Start `python -m worker run` on fresh topics with a fresh consumer group;
+        `kafka`: consumer properties over `kafka_config()`'s."""
         port = free_port()
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("RFM_")}
         env = {
             **inherited,
             "RFM_KAFKA_BOOTSTRAP": self.bootstrap,
             "RFM_KAFKA_GROUP": f"bench-{uuid.uuid4().hex[:8]}",
-            "RFM_KAFKA_CONFIG": KAFKA_CONFIG,
+            "RFM_KAFKA_CONFIG": orjson.dumps(self.kafka_config(kafka)).decode(),
             "RFM_ORDERS_TOPIC": topics.orders,
             "RFM_ACTIONS_TOPIC": topics.actions,
             "RFM_DLQ_TOPIC": topics.dlq,

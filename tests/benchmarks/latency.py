@@ -1,21 +1,30 @@
 """Latency from producing an order event to reading its `rfm.changed` on the actions topic.
 
-The real worker (`python -m worker run`) runs on a fresh broker and Redis; once it is
-ready, this script produces order events at a steady BENCH_LATENCY_RATE (5,000 events/s)
-for BENCH_LATENCY_S (30 s), in ticks of 10 ms, each event for a new customer, so every
-event moves a score and yields exactly one change. The produce wall time (ns) is part of
-the event_id, which the change carries back as `cause_event_id`; a consumer in a thread
-reads the actions topic and notes the wall time each batch of records arrives. Latency is
-the difference: produce -> broker -> worker (validate, commit, outbox) -> relay -> broker
--> reader, the path an automation engine downstream sees. p50, p99 and max over every
-event, after a 1-second warm-up at the same rate that is not counted.
+The real worker (`python -m worker run`) runs on a fresh broker (the run's choice,
+BENCH_BROKER: Apache Kafka where it can run, else Tansu; see common.py) and Redis; once it
+is ready, this script produces order events at a steady rate for BENCH_LATENCY_S (30 s),
+in ticks of 10 ms, each event for a new customer, so every event moves a score and yields
+exactly one change. The produce wall time (ns) is part of the event_id, which the change
+carries back as `cause_event_id`; a consumer in a thread reads the actions topic and notes
+the wall time each batch of records arrives. Latency is the difference: produce -> broker
+-> worker (validate, commit, outbox) -> relay -> broker -> reader, the path an automation
+engine downstream sees. p50, p90, p99 and max over every event, after a 1-second warm-up
+at the same rate that is not counted; the p99 of the events produced in the first and the
+last third of the run; the cores the worker, the broker and Redis used at its start and
+end. At two rates, each on its own fresh broker and Redis:
+
+- BENCH_LATENCY_RATE (5,000 events/s), the same on every machine;
+- half of the worker's capacity, the events/s of the throughput scenario's worker run in
+  the same `run.py` run: the latency of a worker with room to spare. Measured only when
+  that scenario ran and succeeded (not with `--only latency`); the report says why not.
 
 The test producer lingers 1 ms (the upstream services' batching is not the worker's
-latency); the reader fetches with fetch.wait.max.ms=10 and a 5 ms consume() timeout. The
-worker keeps its own settings (tests/conftest.py), unless BENCH_LATENCY_FETCH_WAIT_MS
-gives its consumer a fetch.wait.max.ms: on Tansu a fetch with librdkafka's default (500)
-is answered ~200 ms later even when records arrive meanwhile, which a Kafka broker does
-not do (it answers as soon as fetch.min.bytes are there).
+latency); the reader fetches with fetch.wait.max.ms=10 and a 5 ms consume() timeout, on
+either broker. The worker keeps the settings it gets on this broker (tests/conftest.py's,
+plus the broker's client_config: fetch.wait.max.ms=20 on Tansu, which holds a fetch until
+that wait is over even when records arrive meanwhile; librdkafka's default of 500 ms on
+Apache Kafka, which answers a fetch as soon as fetch.min.bytes are there), unless
+BENCH_LATENCY_FETCH_WAIT_MS gives its consumer another fetch.wait.max.ms.
 
     .venv/bin/python tests/benchmarks/run.py --only latency
 """
@@ -30,7 +39,6 @@ from typing import Any
 
 import orjson
 from common import (
-    KAFKA_CONFIG,
     Config,
     CpuSampler,
     Row,
@@ -135,19 +143,26 @@ class Source:
         del self.producer  # before the broker stops (else librdkafka logs the disconnect)
 
 
-def run(cfg: Config) -> Section:
+def measure(cfg: Config, rate: int, why: str, key: str) -> tuple[dict[str, Any], list[Row]]:
+    """One run at `rate` events/s for cfg.latency_s on a fresh broker and Redis: its
+    figures, and its table rows (`why` says where the rate comes from)."""
     with Stack() as stack:
-        topics = stack.topics("lat")
-        extra: dict[str, str] = {}
-        if cfg.latency_fetch_wait_ms > 0:
-            kafka = {**orjson.loads(KAFKA_CONFIG), "fetch.wait.max.ms": cfg.latency_fetch_wait_ms}
-            extra["RFM_KAFKA_CONFIG"] = orjson.dumps(kafka).decode()
-        worker = stack.worker(topics, extra_env=extra)
+        topics = stack.topics(f"lat-{key}")
+        override = (
+            {"fetch.wait.max.ms": str(cfg.latency_fetch_wait_ms)}
+            if cfg.latency_fetch_wait_ms > 0
+            else {}
+        )
+        fetch_wait = stack.kafka_config(override).get(
+            "fetch.wait.max.ms", "librdkafka default (500)"
+        )
+        broker_name = stack.kafka.name
+        worker = stack.worker(topics, kafka=override)
         worker.wait_ready()
         reader = Reader(stack.bootstrap, topics.actions, 4)
         reader.start()
-        source = Source(stack.bootstrap, topics.orders, cfg.latency_rate)
-        say(f"  producing {cfg.latency_rate:,} events/s for {cfg.latency_s:.0f} s")
+        source = Source(stack.bootstrap, topics.orders, rate)
+        say(f"  producing {rate:,} events/s ({why}) for {cfg.latency_s:.0f} s")
         source.paced(WARMUP_S, measured=False)
         cpu = CpuSampler(
             {
@@ -175,20 +190,22 @@ def run(cfg: Config) -> Section:
     latencies = sorted(ms for _, ms in timed)
     missing = len(produced) - len(latencies)
     if not latencies:
-        raise SystemExit("latency: no change arrived")
-    third = len(timed) // 3
+        raise SystemExit(f"latency at {rate:,} events/s: no change arrived")
+    third = max(1, len(timed) // 3)
     first_p99 = percentile(sorted(ms for _, ms in timed[:third]), 0.99)
     last_p99 = percentile(sorted(ms for _, ms in timed[-third:]), 0.99)
-    # cores used over the first and the last 5 s: Tansu's in-memory storage costs more per
-    # fetch as a topic grows, so its CPU climbs through the run while the worker's does not
+    # cores used over the first and the last 5 s (fewer in a short run): on Tansu the
+    # broker's CPU climbs through the run (its in-memory storage costs more per fetch as a
+    # topic grows) while the worker's does not
     edge = max(1, min(5, len(cpu.samples) // 3))
     cores = {
         name: {"first_5s": cpu.mean(name, 0, edge), "last_5s": cpu.mean(name, -edge, None)}
         for name in ("worker", "broker", "redis")
     }
     data: dict[str, Any] = {
-        "rate_target": cfg.latency_rate,
-        "worker_fetch_wait_max_ms": cfg.latency_fetch_wait_ms or "librdkafka default (500)",
+        "rate_target": rate,
+        "rate_from": why,
+        "worker_fetch_wait_max_ms": fetch_wait,
         "duration_s": cfg.latency_s,
         "events": len(produced),
         "rate_achieved": round(len(produced) / produce_s, 1),
@@ -201,6 +218,7 @@ def run(cfg: Config) -> Section:
         "p99_first_third_ms": round(first_p99, 2),
         "p99_last_third_ms": round(last_p99, 2),
         "cores_used": cores,
+        "cores_window_s": edge,
         "worker_dead_lettered": final.dead_lettered if final else None,
         # consume() returns 2,000 records or what came within its timeout: the batch sizes
         # say which, and the batch time is what processing adds
@@ -213,15 +231,14 @@ def run(cfg: Config) -> Section:
     }
     say(f"  p50 {data['p50_ms']} ms, p99 {data['p99_ms']} ms, max {data['max_ms']} ms")
     what = (
-        f"latency at {data['rate_achieved']:,.0f} events/s for {cfg.latency_s:.0f} s, "
+        f"latency at {data['rate_achieved']:,.0f} events/s ({why}) for {cfg.latency_s:.0f} s, "
         "produce -> rfm.changed read"
     )
     if cfg.latency_fetch_wait_ms > 0:
         what += f" (worker fetch.wait.max.ms={cfg.latency_fetch_wait_ms})"
     if missing:
         what += f" ({missing:,} changes not seen within {DRAIN_S:.0f} s)"
-    section = Section("latency", data=data)
-    section.rows = [
+    rows = [
         Row(f"{what}: p50", f"{data['p50_ms']:,.1f} ms"),
         Row(f"{what}: p99", f"{data['p99_ms']:,.1f} ms"),
         Row(f"{what}: max", f"{data['max_ms']:,.1f} ms"),
@@ -230,11 +247,34 @@ def run(cfg: Config) -> Section:
             f"{first_p99:,.1f} / {last_p99:,.1f} ms",
         ),
         Row(
-            "cores used in the first / the last 5 s of that run: worker; broker (Tansu); Redis",
+            f"cores used in the first / the last {edge} s of that run: worker; "
+            f"broker ({broker_name}); Redis",
             "; ".join(
                 f"{cores[n]['first_5s']} / {cores[n]['last_5s']}"
                 for n in ("worker", "broker", "redis")
             ),
         ),
     ]
+    return data, rows
+
+
+def run(cfg: Config, capacity: float | None, absent: str = "") -> Section:
+    """Latency at BENCH_LATENCY_RATE, then at half the worker's `capacity` (events/s of the
+    throughput scenario in the same run); `absent` says why when there is no capacity."""
+    section = Section("latency")
+    data, rows = measure(cfg, cfg.latency_rate, "BENCH_LATENCY_RATE", "fixed")
+    section.data["fixed_rate"] = data
+    section.rows += rows
+    if capacity and capacity > 0:
+        half = max(1, round(capacity / 2))
+        data, rows = measure(
+            cfg, half, f"half the worker's {capacity:,.0f} events/s measured above", "half"
+        )
+        data["worker_capacity_events_per_s"] = capacity
+        section.data["half_capacity"] = data
+        section.rows += rows
+    else:
+        say(f"  no latency at half the worker's capacity: {absent}")
+        section.data["half_capacity"] = {"absent": absent}
+        section.rows.append(Row("latency at half the worker's capacity", "not measured", absent))
     return section

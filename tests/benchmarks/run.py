@@ -1,13 +1,18 @@
 """`make bench`: every benchmark in one run, a README-ready table and a JSON file.
 
 Scenarios, in this order (each on its own fresh broker and Redis, one at a time: the
-machine has 2 cores and the broker, Redis, the worker and this script share them):
+machine has 2 cores and the broker, Redis, the worker and this script share them). The
+broker is the one BENCH_BROKER names, `kafka` (Apache Kafka, its jars fetched with Maven on
+first use) or `tansu`; unset, Apache Kafka where java and mvn are on PATH, else Tansu (the
+run says why). The report names it (start, table title, last line, JSON "broker").
 
     throughput  floor (consume + validate) and the real worker on the same N events
     heavy       the same N events over 8 customers, and one event alone   (throughput.py)
                 in its batch for customers holding 1 / 1,000 / 5,000 orders
     latency     produce -> rfm.changed at a steady rate, and the cores    (latency.py)
-                the worker, the broker and Redis use at its start and end
+                the worker, the broker and Redis use at its start and end:
+                at BENCH_LATENCY_RATE, and at half the worker's events/s
+                measured by `throughput` (absent when it did not run)
     memory      Redis bytes per customer and per further order            (memory.py)
     scale       the worker among 10,000 and 1,000,000 customers           (throughput.py)
     sweep       a decay sweep costs what is due, not the population       (sweep.py)
@@ -52,7 +57,9 @@ import memory
 import orjson
 import sweep
 import throughput
-from common import ROOT, Config, Row, Section, ratio, say
+from common import ROOT, Config, Row, Section, broker, ratio, say
+
+from worker.apache_kafka import KafkaUnavailable, ensure_jars
 
 SCENARIOS = ("throughput", "heavy", "latency", "memory", "scale", "sweep")
 
@@ -134,14 +141,29 @@ def main(argv: list[str] | None = None) -> int:
     def heavy(c: Config) -> Section:
         return throughput.run_heavy(c, worker_rate[0] if worker_rate else None)
 
+    def latency_at_two_rates(c: Config) -> Section:
+        if worker_rate:
+            return latency.run(c, worker_rate[0])
+        if "throughput" in chosen:
+            return latency.run(c, None, "the throughput scenario failed")
+        return latency.run(c, None, "the throughput scenario was not run (--only)")
+
     steps: dict[str, Callable[[Config], Section]] = {
         "throughput": throughput.run_throughput,
         "heavy": heavy,
-        "latency": latency.run,
+        "latency": latency_at_two_rates,
         "memory": memory.run,
         "scale": throughput.run_scale,
         "sweep": run_sweep,
     }
+    chosen_broker = broker()
+    on_broker = f"{chosen_broker.name} (BENCH_BROKER={chosen_broker.kind})"
+    say(f"broker: {on_broker}")
+    if chosen_broker.kind == "kafka":
+        try:
+            say(f"  its jars: {ensure_jars()}")  # fetched with Maven the first time
+        except KafkaUnavailable as exc:
+            raise SystemExit(f"broker: {exc} (BENCH_BROKER=tansu runs on Tansu)") from exc
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     started = time.perf_counter()
     sections: list[Section] = []
@@ -169,6 +191,7 @@ def main(argv: list[str] | None = None) -> int:
         "started_at": started_at,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "code": code_version(),
+        "broker": chosen_broker.summary(),
         "config": dataclasses.asdict(cfg),
         "total_seconds": round(total, 1),
         "failed": failed,
@@ -181,9 +204,11 @@ def main(argv: list[str] | None = None) -> int:
     }
     out.write_bytes(orjson.dumps(report, option=orjson.OPT_INDENT_2) + b"\n")
     print()
+    print(f"Benchmarks on {on_broker}")
+    print()
     print(table(sections))
     print()
-    print(f"total {total:.0f} s; JSON written to {out}")
+    print(f"total {total:.0f} s on {on_broker}; JSON written to {out}")
     if failed:
         print(f"FAILED: {', '.join(failed)}")
     return 1 if failed else 0

@@ -1,14 +1,18 @@
-"""Throughput of the real worker process against what Kafka plus validation allows.
+"""Throughput of the real worker process against what consuming plus validation allows.
+
+Every scenario runs on a fresh broker of the run's choice (BENCH_BROKER, see common.py:
+Apache Kafka where it can run, else Tansu) and a fresh Redis.
 
 - floor: a confluent_kafka Consumer reads N pre-produced order events (4 partitions,
   batches of 2,000, as the worker consumes) and validates each with
   `worker.events.validate`, nothing else. The ceiling of a single-process Python worker on
-  this machine: what remains for the state, scoring and publishing is the gap to it.
-- worker: `python -m worker run` (env as tests/conftest.py) on the same N events, N placed
-  orders over N/4 customers, fresh consumer group and fresh Redis. events/s from the first
-  applied event to the last, read from /metrics polled every 100 ms; the run counts only
-  once the outbox is empty (every change acknowledged by the broker). Reported against the
-  floor.
+  this machine and broker: what remains for the state, scoring and publishing is the gap
+  to it.
+- worker: `python -m worker run` (env as tests/conftest.py, with the consumer properties
+  the broker needs) on the same N events, N placed orders over N/4 customers, fresh
+  consumer group and fresh Redis. events/s from the first applied event to the last, read
+  from /metrics polled every 250 ms; the run counts only once the outbox is empty (every
+  change acknowledged by the broker). Reported against the floor.
 - heavy: the same N events over 8 customers (N/8 orders each): the cost of a customer
   whose order history keeps growing, against the worker figure. Capped at
   BENCH_HEAVY_TIMEOUT_S (60 s): an unfinished run reports the rate over what it applied.
@@ -32,8 +36,8 @@ import time
 import uuid
 from typing import Any
 
+import orjson
 from common import (
-    KAFKA_CONFIG,
     SEED,
     Config,
     Row,
@@ -65,13 +69,14 @@ BATCH = 2_000  # records per consume() call, as worker.consumer.BATCH_SIZE
 HISTORIES = (1, 1_000, 5_000)  # orders held by the customer of a lone event (heavy section)
 
 
-def floor(bootstrap: str, topic: str, n: int, timeout: float = 120) -> dict[str, Any]:
+def floor(stack: Stack, topic: str, n: int, timeout: float = 120) -> dict[str, Any]:
     """Consume and validate n events from the start of `topic`, with the worker's own
-    consumer settings and a fresh group. Timed from the first batch to the last event."""
+    consumer settings on this broker and a fresh group. Timed from the first batch to the
+    last event."""
     settings = Settings(
-        kafka_bootstrap=bootstrap,
+        kafka_bootstrap=stack.bootstrap,
         kafka_group=f"floor-{uuid.uuid4().hex[:8]}",
-        kafka_config=SecretStr(KAFKA_CONFIG),
+        kafka_config=SecretStr(orjson.dumps(stack.kafka_config()).decode()),
     )
     consumer = clients.consumer(settings)
     consumer.subscribe([topic])
@@ -115,7 +120,9 @@ def worker_run(stack: Stack, topics: Topics, n: int, timeout: float, label: str)
         worker.kill()  # its state is thrown away: no need for a graceful stop
     if trace.finished:  # after the timing: every change counted is on the actions topic
         changes = trace.samples[-1].changes
-        trace.published = count_records(stack.bootstrap, topics.actions, changes)
+        trace.published = count_records(
+            stack.bootstrap, topics.actions, changes, config=stack.kafka.client_config
+        )
         if trace.published < changes:
             raise SystemExit(
                 f"{label}: {trace.published} records on the actions topic, {changes} changes"
@@ -142,9 +149,10 @@ def run_throughput(cfg: Config) -> Section:
         produce_s = time.perf_counter() - started
         del records
         say(f"  produced {n:,} events in {produce_s:.1f} s")
-        fl = floor(stack.bootstrap, topics.orders, n)
+        fl = floor(stack, topics.orders, n)
         say(f"  floor: {fl['events_per_s']:,.0f} events/s")
         trace = worker_run(stack, topics, n, cfg.worker_timeout_s, "worker")
+        broker_name = stack.kafka.name
     if not trace.finished:
         raise SystemExit("worker: did not finish within BENCH_WORKER_TIMEOUT_S")
     w = trace.summary()
@@ -159,7 +167,8 @@ def run_throughput(cfg: Config) -> Section:
     }
     section.rows = [
         Row(
-            f"floor: consume + validate, {n:,} events, 4 partitions, batches of 2,000",
+            f"floor: consume from {broker_name} + validate, {n:,} events, 4 partitions, "
+            "batches of 2,000",
             per_s(fl["events_per_s"]),
         ),
         Row(
