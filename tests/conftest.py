@@ -66,7 +66,11 @@ def pytest_report_header(config: pytest.Config) -> str:
     kind = broker_kind()
     if kind == "kafka":
         reason = missing_tools()
-        return f"broker: Apache Kafka{f' (unavailable: {reason}; broker tests skip)' if reason else ''}"
+        return (
+            f"broker: Apache Kafka ({reason}: broker tests skip)"
+            if reason
+            else "broker: Apache Kafka"
+        )
     return "broker: Tansu"
 
 

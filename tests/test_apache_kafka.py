@@ -13,7 +13,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
@@ -166,12 +165,14 @@ def test_three_brokers_losing_the_leaders_of_orders_and_actions_partitions(
             victim = kafka_cluster.node(_leader(kafka_cluster.bootstrap, topic, partition))
             victim.kill()
             _wait(
-                lambda t=topic, p=partition, v=victim: _leader(
-                    ",".join(f"127.0.0.1:{n.port}" for n in kafka_cluster.nodes if n.running),
-                    t,
-                    p,
-                )
-                not in (v.node_id, -1),
+                lambda t=topic, p=partition, v=victim: (
+                    _leader(
+                        ",".join(f"127.0.0.1:{n.port}" for n in kafka_cluster.nodes if n.running),
+                        t,
+                        p,
+                    )
+                    not in (v.node_id, -1)
+                ),
                 30,
                 f"a new leader of {topic}[{partition}]",
             )

@@ -44,7 +44,7 @@ from tests.test_consumer import (
 )
 from worker import keys
 from worker.cli import main
-from worker.embedded import Tansu, EmbeddedRedis, create_topics, free_port
+from worker.embedded import EmbeddedRedis, create_topics, free_port
 from worker.events import ValidEvent
 from worker.messages import RfmChanged
 from worker.profiles import Profiles
@@ -500,7 +500,7 @@ _APPLIED = re.compile(r'^rfm_events_total\{outcome="applied"\} ([0-9.e+]+)$', re
 
 @pytest.fixture
 def cluster_deployment(
-    kafka: Tansu,
+    kafka: Any,
     redis_cluster: EmbeddedCluster,
     cluster_client: redis.RedisCluster,
     tmp_path: Path,

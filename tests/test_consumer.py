@@ -22,7 +22,7 @@ from confluent_kafka import Producer
 from tests.conftest import Deployment
 from tests.reference import Expected, recompute
 from tests.reference import ms as reference_ms
-from worker.embedded import Tansu, EmbeddedRedis, create_topics, free_port
+from worker.embedded import EmbeddedRedis, create_topics, free_port
 from worker.events import Rejection, validate
 from worker.messages import RfmChanged, RfmOverdue
 from worker.profiles import Profiles
@@ -315,9 +315,7 @@ def test_sigterm_and_kill_mid_stream_count_nothing_twice(deployment: Deployment,
     assert third_worker.stop() == 0
 
 
-def test_redis_outage_stalls_then_catches_up_without_dead_letters(
-    kafka: Tansu, tmp_path: Path
-):
+def test_redis_outage_stalls_then_catches_up_without_dead_letters(kafka: Any, tmp_path: Path):
     """Redis frozen (SIGSTOP: every call times out) mid-stream, then back."""
     with EmbeddedRedis() as own_redis:
         dep = Deployment(

@@ -59,7 +59,7 @@ import sweep
 import throughput
 from common import ROOT, Config, Row, Section, broker, ratio, say
 
-from worker.apache_kafka import KafkaUnavailable, ensure_jars
+from worker.apache_kafka import KafkaUnavailableError, ensure_jars
 
 SCENARIOS = ("throughput", "heavy", "latency", "memory", "scale", "sweep")
 
@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     if chosen_broker.kind == "kafka":
         try:
             say(f"  its jars: {ensure_jars()}")  # fetched with Maven the first time
-        except KafkaUnavailable as exc:
+        except KafkaUnavailableError as exc:
             raise SystemExit(f"broker: {exc} (BENCH_BROKER=tansu runs on Tansu)") from exc
     started_at = datetime.now(UTC).isoformat(timespec="seconds")
     started = time.perf_counter()

@@ -8,7 +8,7 @@ loopback ports: with a fixed port Kafka opens its client listener only once it s
 "port open" means ready. Its data lives in a folder of its own, so a node can be stopped
 and started again with its log on disk; its output goes to `broker.log` there.
 
-Where java or mvn is missing, `KafkaUnavailable` says so in one line (the test suite skips
+Where java or mvn is missing, `KafkaUnavailableError` says so in one line (the test suite skips
 the Kafka runs with that reason).
 """
 
@@ -43,7 +43,7 @@ HEAP = "-Xmx512m"
 START_TIMEOUT = 90.0  # seconds: a cold JVM on a busy 2-core machine
 
 
-class KafkaUnavailable(RfmError):
+class KafkaUnavailableError(RfmError):
     """Apache Kafka cannot be run here (no java or mvn, or the jars cannot be fetched)."""
 
 
@@ -77,7 +77,7 @@ def ensure_jars(quiet: bool = True) -> Path:
         return lib
     reason = missing_tools()
     if reason:
-        raise KafkaUnavailable(reason)
+        raise KafkaUnavailableError(reason)
     lib.parent.mkdir(parents=True, exist_ok=True)
     # Several test processes may ask at once: one fetches, the others wait for it.
     with (lib.parent / ".lock").open("w") as lock:
@@ -99,7 +99,7 @@ def ensure_jars(quiet: bool = True) -> Path:
         result = subprocess.run(command, capture_output=True, text=True, check=False)
         if result.returncode != 0 or not any(lib.glob("kafka_2.13-*.jar")):
             tail = " ".join((result.stdout + result.stderr).split())[-300:]
-            raise KafkaUnavailable(f"mvn could not fetch Apache Kafka's jars: {tail}")
+            raise KafkaUnavailableError(f"mvn could not fetch Apache Kafka's jars: {tail}")
         done.touch()
     return lib
 
@@ -163,7 +163,7 @@ class KafkaNode:
         )
         if result.returncode != 0:
             tail = " ".join((result.stdout + result.stderr).split())[-300:]
-            raise KafkaUnavailable(f"formatting Apache Kafka's storage failed: {tail}")
+            raise KafkaUnavailableError(f"formatting Apache Kafka's storage failed: {tail}")
 
     def launch(self, lib: Path) -> None:
         with self.log_path.open("ab") as log:

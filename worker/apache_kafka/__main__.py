@@ -6,13 +6,13 @@ broker tests on Tansu alone.
 
 import sys
 
-from worker.apache_kafka import KafkaUnavailable, ensure_jars
+from worker.apache_kafka import KafkaUnavailableError, ensure_jars
 
 
 def main() -> int:
     try:
         lib = ensure_jars(quiet=False)
-    except KafkaUnavailable as exc:
+    except KafkaUnavailableError as exc:
         print(f"Apache Kafka is not available here ({exc}): its test runs are skipped")
         return 0
     print(f"Apache Kafka's jars: {lib}")
