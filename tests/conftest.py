@@ -182,8 +182,15 @@ class Deployment:
         self.workers.append(proc)
         return proc.start()
 
+    def producer(self, **config: Any) -> Producer:
+        """An idempotent producer: a retried batch (a fresh topic's leader not known yet on
+        Apache Kafka) never lands after a later one, so offsets follow produce order."""
+        return Producer(
+            {"bootstrap.servers": self.kafka.bootstrap, "enable.idempotence": True, **config}
+        )
+
     def produce(self, records: list[tuple[bytes | None, bytes]]) -> None:
-        producer = Producer({"bootstrap.servers": self.kafka.bootstrap, "linger.ms": 5})
+        producer = self.producer(**{"linger.ms": 5})
         for key, value in records:
             producer.produce(self.orders, key=key, value=value)
         assert producer.flush(30) == 0

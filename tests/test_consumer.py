@@ -17,7 +17,6 @@ from typing import Any
 import orjson
 import pytest
 import redis
-from confluent_kafka import Producer
 
 from tests.conftest import Deployment
 from tests.reference import Expected, recompute
@@ -444,8 +443,7 @@ def test_dead_letter_copy_too_large_for_the_topic_is_sent_without_its_value(
     huge = b'{"pad": "' + b"x" * (999_899 - 12) + b'"}'  # fits, barely
     events = generate(5, seed=21)
     records = [*_records(events[:5]), (b"huge", huge), *_records(events[5:])]
-    producer_config = {"bootstrap.servers": deployment.kafka.bootstrap}
-    producer = Producer(producer_config)
+    producer = deployment.producer()
     for key, value in records:
         producer.produce(deployment.orders, key=key, value=value, partition=0)
     assert producer.flush(30) == 0
@@ -476,7 +474,7 @@ def test_dead_letter_topic_refusing_copies_stalls_and_never_skips(
         for e in after
     ]
     records = [*_records(before), (b"bad", b"{not json"), *_records(after)]
-    producer = Producer({"bootstrap.servers": deployment.kafka.bootstrap})
+    producer = deployment.producer()
     for key, value in records:
         producer.produce(deployment.orders, key=key, value=value, partition=1)
     assert producer.flush(30) == 0
