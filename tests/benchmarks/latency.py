@@ -8,8 +8,9 @@ exactly one change. The produce wall time (ns) is part of the event_id, which th
 carries back as `cause_event_id`; a consumer in a thread reads the actions topic and notes
 the wall time each batch of records arrives. Latency is the difference: produce -> broker
 -> worker (validate, commit, outbox) -> relay -> broker -> reader, the path an automation
-engine downstream sees. p50, p90, p99 and max over every event, after a warm-up (10 s on Apache Kafka, whose JVM compiles its hot paths under the first load; 1 s on Tansu)
-at the same rate that is not counted; the p99 of the events produced in the first and the
+engine downstream sees. p50, p90, p99 and max over every event, after a warm-up at the
+same rate that is not counted (10 s on Apache Kafka, whose JVM compiles its hot paths
+under the first load; 1 s on Tansu); the p99 of the events produced in the first and the
 last third of the run; the cores the worker, the broker and Redis used at its start and
 end. At two rates, each on its own fresh broker and Redis:
 
