@@ -546,3 +546,35 @@ def test_a_worker_with_no_partition_is_ready(deployment: Deployment):
     logs = first.log() + second.log()
     assert "assigned partitions [0]" in logs and "assigned partitions []" in logs
     assert first.stop() == 0 and second.stop() == 0
+
+
+def test_a_frozen_broker_fails_readiness_within_seconds(deployment: Deployment, store: Store):
+    """The broker hangs (SIGSTOP: connections open, nothing answered): readiness follows
+    progress, not the TCP connection: /readyz fails once the broker has held the worker's
+    requests for KAFKA_SILENT_S (10 s), /healthz stays up, and both recover with it."""
+    events = generate(50, seed=25)
+    expected = _expected(events)
+    deployment.produce(_records(events))
+    worker = deployment.worker()
+    deployment.read(deployment.actions, until=_converged(expected))
+    port = deployment.http_port
+    assert _http(port, "/readyz")[0] == 200
+    broker = deployment.kafka.proc
+    assert broker is not None
+    broker.send_signal(signal.SIGSTOP)
+    frozen = time.monotonic()
+    try:
+        while _http(port, "/readyz")[0] == 200 and time.monotonic() - frozen < 40:
+            time.sleep(0.25)
+        delay = time.monotonic() - frozen
+        assert _http(port, "/readyz")[0] == 503
+        assert _http(port, "/healthz")[0] == 200
+    finally:
+        broker.send_signal(signal.SIGCONT)
+    assert delay < 16, f"readiness fell {delay:.1f} s after the broker froze"
+    assert "have not answered for 10 s" in worker.log()
+    deadline = time.monotonic() + 40
+    while _http(port, "/readyz")[0] != 200:
+        assert time.monotonic() < deadline, "not ready again after the broker came back"
+        time.sleep(0.25)
+    assert worker.stop() == 0

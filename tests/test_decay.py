@@ -7,10 +7,9 @@ which the score (R, F, M, segment) changes by time alone, or a pending overdue i
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
-from itertools import count, pairwise
+from itertools import pairwise
 
 import orjson
 import pytest
@@ -64,11 +63,6 @@ def aggregates(times: list[int] | tuple[int, ...], monetary: str = "0") -> Aggre
 
 def key(s: Score) -> tuple[int, int, int, str]:
     return (s.r, s.f, s.m, s.segment)
-
-
-def ids() -> Callable[[], str]:
-    counter: Iterator[int] = count(1)
-    return lambda: f"chg-{next(counter)}"
 
 
 def profile(
@@ -546,14 +540,14 @@ def regular_customer() -> Customer:
     """10 orders of 30 every 75 days, scored at the last one: 553 champions."""
     c = Customer("default", "c-75")
     events = [placed_event(f"o{i}", START + i * GAP) for i in range(10)]
-    result = apply_events(c, events, profile=SHOP, as_of_ms=LAST, now_ms=NOW, new_id=ids())
+    result = apply_events(c, events, profile=SHOP, as_of_ms=LAST, now_ms=NOW)
     assert c.published == Published(5, 5, 3, "champions")
     assert result.due == LAST + 31 * DAY
     return c
 
 
-def sweep(c: Customer, at: int, new_id: Callable[[], str] | None = None) -> Result:
-    return decay(c, SHOP, as_of_ms=at, now_ms=NOW, new_id=new_id or ids())
+def sweep(c: Customer, at: int) -> Result:
+    return decay(c, SHOP, as_of_ms=at, now_ms=NOW)
 
 
 def view(rfm: str, segment: str) -> dict[str, object]:
@@ -667,7 +661,6 @@ def test_a_new_order_ends_the_silence_and_the_next_one_alerts_again() -> None:
         profile=SHOP,
         as_of_ms=back,
         now_ms=NOW,
-        new_id=ids(),
     )
     [change] = result.changes
     assert change.payload["current"] == view("553", "champions")
@@ -745,7 +738,7 @@ def test_decay_with_a_zero_frequency_threshold_and_a_window() -> None:
     p = profile([15, 30], [0, 2], window=30, factor=0)
     c = Customer("default", "c0")
     c.orders = {"a": Order(T0, 10)}
-    result = decay(c, p, as_of_ms=T0, now_ms=NOW, new_id=ids())
+    result = decay(c, p, as_of_ms=T0, now_ms=NOW)
     assert c.published is not None and c.published.f == 2
     assert result.due == T0 + 16 * DAY
 
@@ -772,9 +765,8 @@ def test_following_the_due_instants_yields_something_at_each_and_one_alert(
     at = data.draw(instants(agg, p) if agg is not None else st.just(T0), label="first sweep")
     if data.draw(st.booleans(), label="committed later"):
         c.scored_at = at + data.draw(st.integers(0, 100 * DAY), label="later by")
-    new_id = ids()
     records: list[Change] = []
-    result = decay(c, p, as_of_ms=at, now_ms=NOW, new_id=new_id)
+    result = decay(c, p, as_of_ms=at, now_ms=NOW)
     for _ in range(30):
         records += result.changes
         effective = max(at, c.scored_at or at)
@@ -782,14 +774,14 @@ def test_following_the_due_instants_yields_something_at_each_and_one_alert(
         # After a sweep the customer is due after the sweep's instant, or never.
         assert result.due is None or result.due > effective >= at
         # The same instant again: nothing more.
-        again = decay(c, p, as_of_ms=at, now_ms=NOW, new_id=new_id)
+        again = decay(c, p, as_of_ms=at, now_ms=NOW)
         assert again.changes == []
         assert again.due == result.due
         if result.due is None:
             break
         # The sweeper wakes at the due instant (or a little late): something is published.
         at = result.due + data.draw(st.sampled_from([0, 0, 1, HOUR]), label="lag")
-        result = decay(c, p, as_of_ms=at, now_ms=NOW, new_id=new_id)
+        result = decay(c, p, as_of_ms=at, now_ms=NOW)
         assert result.changes, at
     else:
         pytest.fail("the due chain did not end")

@@ -794,3 +794,62 @@ def test_remembered_customers_stay_within_their_order_budget() -> None:
     assert known.take(b"c", b"C") is None
     b = known.take(b"b", b"B")
     assert b is not None and b.customer_id == "b"
+
+
+# -- Redis losing writes under a running worker: vouched offsets ------------------------------
+
+
+def _vouch(store: Store, offset: int, partition: int = 0) -> None:
+    store.mark_applied({partition: (f"orders:{partition}", offset)})
+
+
+def test_a_flushed_redis_refuses_the_next_commit_and_records_nothing(
+    store: Store, profiles: Profiles, redis_client: redis.Redis
+) -> None:
+    """Once the shards vouched for offset 10, a FLUSHALL is seen by the next commit call:
+    nothing of it is written (no customer, no outbox entry, no applied record)."""
+    from worker.errors import StateLostError
+
+    apply(store, profiles, [ev(profiles, "e1", "placed", "o1", "10")])
+    _vouch(store, 10)
+    assert store.floors == {0: ("orders:0", 10)}
+    redis_client.flushall()
+    with pytest.raises(StateLostError, match="lost writes"):
+        apply(store, profiles, [ev(profiles, "e2", "placed", "o2", "10", customer="c2")])
+    assert redis_client.keys(b"*") == []
+    with pytest.raises(StateLostError, match="64 shard"):
+        _vouch(store, 11)
+    assert redis_client.keys(b"*") == []
+
+
+def test_a_shard_rolled_back_below_its_vouched_offset_is_refused(
+    store: Store, profiles: Profiles, redis_client: redis.Redis
+) -> None:
+    """A failover to a replica that missed writes: one shard's record went back from 20
+    to 10. The commit on that shard and the next record are refused; a shard that holds
+    more than vouched (another owner went further) is never lowered."""
+    from worker.errors import StateLostError
+
+    event = ev(profiles, "e1", "placed", "o1", "10")
+    shard = shard_of("default", "c1")
+    _vouch(store, 20)
+    redis_client.hset(keys.applied(shard), "orders:0", 10)
+    with pytest.raises(StateLostError):
+        apply(store, profiles, [event])
+    assert store.get_customer("default", "c1") is None
+    with pytest.raises(StateLostError):
+        _vouch(store, 30)
+    redis_client.hset(keys.applied(shard), "orders:0", 50)  # another owner is further
+    apply(store, profiles, [event])
+    _vouch(store, 30)
+    assert int(redis_client.hget(keys.applied(shard), "orders:0")) == 50
+    assert int(redis_client.hget(keys.applied((shard + 1) % SHARDS), "orders:0")) == 30
+
+
+def test_without_vouched_offsets_nothing_is_checked(
+    store: Store, profiles: Profiles, redis_client: redis.Redis
+) -> None:
+    """A partition never recorded (floor absent or -1) commits as before."""
+    store.floors[0] = ("orders:0", -1)
+    apply(store, profiles, [ev(profiles, "e1", "placed", "o1", "10")])
+    assert store.get_customer("default", "c1") is not None

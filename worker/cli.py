@@ -359,8 +359,12 @@ def run(settings: Settings, profiles: Profiles) -> int:
     except BaseException:
         store.redis.close()
         raise
-    # librdkafka's error callback runs inside consume(), once `worker` exists.
-    consumer = clients.consumer(settings, error_cb=lambda err: worker.on_kafka_error(err))
+    # librdkafka's callbacks run inside consume(), once `worker` exists.
+    consumer = clients.consumer(
+        settings,
+        error_cb=lambda err: worker.on_kafka_error(err),
+        stats_cb=lambda stats: worker.on_kafka_stats(stats),
+    )
     worker = Worker(settings, profiles, store, consumer, clients.producer(settings))
     metrics.register_customers(store.segment_counts, profiles.names())
     api = Api(settings, profiles, store, healthy=worker.is_healthy, ready=lambda: worker.ready)

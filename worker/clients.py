@@ -43,6 +43,9 @@ PRODUCER_ONLY = frozenset(
 )  # fmt: skip
 
 
+STATS_INTERVAL_MS = 1000  # how often librdkafka reports its connections (readiness)
+
+
 class _Once(logging.Filter):
     """Drops a record whose message was already logged in the last `window` seconds."""
 
@@ -85,6 +88,7 @@ def consumer(
     overrides: Mapping[str, str] | None = None,
     *,
     error_cb: Callable[[Any], None] | None = None,
+    stats_cb: Callable[[str], None] | None = None,
 ) -> Consumer:
     extra = {**_extra(settings, PRODUCER_ONLY), **(overrides or {})}
     config: dict[str, Any] = {
@@ -105,6 +109,9 @@ def consumer(
     config.update(extra)
     if error_cb is not None:
         config["error_cb"] = error_cb
+    if stats_cb is not None:  # librdkafka's statistics (JSON), served inside consume()
+        config["stats_cb"] = stats_cb
+        config.setdefault("statistics.interval.ms", STATS_INTERVAL_MS)
     return Consumer(config)
 
 

@@ -24,14 +24,21 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import orjson
 import redis
-from confluent_kafka import OFFSET_INVALID, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_INVALID,
+    KafkaError,
+    KafkaException,
+    TopicPartition,
+)
 
 from worker import clients, keys, metrics
 from worker.config import Settings
 from worker.delivery import Deliveries
 from worker.dlq import dlq_headers, without_value
-from worker.errors import RfmError, StateError
+from worker.errors import RfmError, StateError, StateLostError
 from worker.events import Rejection, ValidEvent, validate, wall_ms
 from worker.profiles import Profiles
 from worker.relay import Relay
@@ -46,6 +53,11 @@ DRAIN_TIMEOUT = 20.0  # once stopping: all the waiting (dead letters, relay) fit
 KAFKA_DOWN = (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE)
 MAX_BACKLOG = 50_000  # unacknowledged changes before consumption pauses
 DLQ_STALL = 5.0  # seconds of unacknowledged dead letters before the worker says so
+# A broker that holds requests of this worker (a fetch, a heartbeat, a produce) unanswered
+# for this long is hung (a frozen process, a stalled disk, a network black hole): not
+# ready. A healthy broker answers a fetch within fetch.wait.max.ms (500 ms) and a
+# heartbeat within its interval (3-5 s); TCP would take minutes to notice.
+KAFKA_SILENT_S = 10.0
 # Redis conditions that pass: wait and retry (never dead-letter, never crash). OOM stalls
 # the worker rather than losing data; failover (read-only replica, cluster down) too.
 REDIS_ERRORS = (
@@ -118,6 +130,7 @@ class Worker:
         self.joined = False  # the first assignment (possibly empty) has been received
         self.kafka_ok = True
         self._kafka_check = 0.0
+        self.kafka_silent: list[str] = []  # brokers holding requests unanswered (stats)
         self._log_budget = LogBudget(logger, "record(s) dead-lettered")
         self.redis_ok = True
         self.redis_failures = 0  # Redis calls that raised, ever: tells a retried call
@@ -144,6 +157,7 @@ class Worker:
         return (
             self.redis_ok
             and self.kafka_ok
+            and not self.kafka_silent
             and self.dlq_ok
             and self.joined
             and not self.stopping.is_set()
@@ -169,6 +183,33 @@ class Worker:
             self.settings.kafka_bootstrap,
             err.str(),
         )
+
+    def on_kafka_stats(self, stats: str) -> None:
+        """librdkafka's statistics (every second, inside consume()): a broker that has
+        requests of ours in hand and has sent nothing for KAFKA_SILENT_S is hung, and
+        the worker is not ready until it answers again."""
+        try:
+            brokers = orjson.loads(stats).get("brokers", {}).values()
+            silent = sorted(
+                b["name"]
+                for b in brokers
+                if b.get("nodeid", -1) >= 0
+                and b.get("waitresp_cnt", 0) > 0
+                and b.get("rxidle", -1) > KAFKA_SILENT_S * 1_000_000
+            )
+        except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError):
+            return  # statistics are a hint; never let them stop the loop
+        if silent and not self.kafka_silent:
+            metrics.READY.set(0)
+            logger.error(
+                "Kafka broker(s) %s have not answered for %.0f s (requests waiting): not "
+                "ready until they do",
+                ", ".join(silent),
+                KAFKA_SILENT_S,
+            )
+        elif self.kafka_silent and not silent:
+            logger.info("Kafka broker(s) %s answer again", ", ".join(self.kafka_silent))
+        self.kafka_silent = silent
 
     def _check_kafka(self) -> None:
         """While Kafka is unreachable, ask it for metadata now and then: back when it answers."""
@@ -208,12 +249,15 @@ class Worker:
             while not self.stopping.is_set():
                 self.heartbeat = time.monotonic()
                 messages = self.consumer.consume(BATCH_SIZE, POLL_TIMEOUT)
-                if messages:
-                    self.process(messages)
-                if not self.paused:
-                    failures = self.redis_failures
-                    swept = self._retry_redis(lambda: self.sweeper.tick(self.assigned))
-                    self._publish(swept, self.assigned, failures)
+                try:
+                    if messages:
+                        self.process(messages)
+                    if not self.paused:
+                        failures = self.redis_failures
+                        swept = self._retry_redis(lambda: self.sweeper.tick(self.assigned))
+                        self._publish(swept, self.assigned, failures)
+                except StateLostError as exc:
+                    self._replay_lost(exc)
                 self._retry_redis(self.relay.settle)
                 self._bound_backlog()
                 self._check_kafka()
@@ -294,7 +338,15 @@ class Worker:
             kafka = committed.get(tp.partition, OFFSET_INVALID)
             self._starts[tp.partition] = kafka  # where consumption starts, for the lag
             state, shards = applied[fields[tp.partition]]
+            floor = self.store.floors.pop(tp.partition, None)
             if state is None:
+                if floor is not None and floor[1] >= 0:
+                    raise DataLossError(
+                        f"Redis lost every record of {tp.topic}[{tp.partition}] while the "
+                        "worker ran (restarted empty, flushed, or failed over to a replica "
+                        "without the data). Not consuming. Run `rfm-worker rebuild` to replay "
+                        "the orders topic into a clean state, then start the workers again."
+                    )
                 if kafka > 0 and not self.store.holds_customers():
                     raise DataLossError(
                         f"Redis holds no customer, but the consumer group "
@@ -311,6 +363,19 @@ class Worker:
                     f"{tp.topic}[{tp.partition}]: part of the state was lost (a node "
                     "restarted empty?). Not consuming. Run `rfm-worker rebuild`."
                 )
+            self.store.floors[tp.partition] = (fields[tp.partition], state)
+            if floor is not None and state < floor[1]:
+                logger.warning(
+                    "%s[%d]: Redis lost writes while the worker ran: the state holds events "
+                    "up to offset %d, not %d: replaying from %d",
+                    tp.topic,
+                    tp.partition,
+                    state,
+                    floor[1],
+                    state,
+                )
+                tp.offset = self._starts[tp.partition] = state
+                continue
             if state != kafka:
                 if kafka >= 0 and state < kafka:
                     logger.warning(
@@ -323,6 +388,24 @@ class Worker:
                         state,
                     )
                 tp.offset = self._starts[tp.partition] = state
+
+    def _replay_lost(self, exc: StateLostError) -> None:
+        """Redis lost writes under the running worker; nothing was written on the loss
+        (commit.lua and applied.lua refuse). Start every owned partition again where the
+        state still holds it (DataLossError when nothing is left: `rfm-worker rebuild`),
+        and relay what the outboxes still hold. The batch in hand is abandoned: its
+        events are consumed again, as duplicates where they were applied."""
+        logger.error("%s: replaying from what the state still holds", exc)
+        topic = self.settings.orders_topic
+        partitions = [TopicPartition(topic, p) for p in sorted(self.assigned)]
+        self._retry_redis(lambda: self._reconcile(self.consumer, partitions))
+        for tp in partitions:
+            start = tp.offset if tp.offset >= 0 else self._starts.get(tp.partition, -1)
+            # no offset anywhere: the partition's first batch was the one lost
+            start = start if start >= 0 else OFFSET_BEGINNING
+            self.consumer.seek(TopicPartition(topic, tp.partition, start))
+            self._done.pop((topic, tp.partition), None)
+        self._retry_redis(lambda: self.relay.recover(self.assigned))
 
     def _on_revoke(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         gone = {p.partition for p in partitions}
@@ -356,6 +439,7 @@ class Worker:
         self.assigned -= gone
         for partition in gone:
             self._starts.pop(partition, None)
+            self.store.floors.pop(partition, None)
             with contextlib.suppress(KeyError):
                 metrics.CONSUMER_LAG.remove(str(partition))
 
@@ -402,7 +486,7 @@ class Worker:
                     self._internal_error(source[id(event)], exc)
         self._await_dead_letters()
         # Fully done (state committed, dead letters acknowledged): say so next to the state.
-        applied = {f"{t}:{p}": o for (t, p), o in offsets.items()}
+        applied = {p: (f"{t}:{p}", o) for (t, p), o in offsets.items()}
         self._retry_redis(lambda: self.store.mark_applied(applied))
         self._done.update(offsets)
         if offsets:

@@ -17,9 +17,9 @@ result carries the customer's next due instant (worker/decay.py) for the due ind
 
 from __future__ import annotations
 
-import random
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
+from hashlib import blake2b
 from typing import Literal
 
 from worker.customer import Customer, Published
@@ -27,7 +27,7 @@ from worker.decay import next_due, overdue_pending, rhythm
 from worker.events import ValidEvent
 from worker.messages import CAUSE_OF_EVENT, Cause, rfm_changed, rfm_overdue
 from worker.profiles import Profile
-from worker.scoring import days_between, score
+from worker.scoring import Score, days_between, score
 from worker.triggers import fired, fired_overdue
 
 
@@ -57,16 +57,23 @@ class Result:
     due: int | None = None  # next due instant, see worker/decay.py
 
 
-def new_change_id() -> str:
-    """A random (version 4) UUID. `random` is reseeded on fork and, unlike uuid.uuid4,
-    does not make a getrandom() system call per id: a change id needs uniqueness, not
-    secrecy."""
-    h = f"{random.getrandbits(128) & _V4_MASK | _V4_BITS:032x}"
+def change_id(*parts: object) -> str:
+    """The id of a change: a digest of what the change is, formatted as a UUID (version 8,
+    RFC 9562's custom layout). Any recomputation of the same change (a replay after Redis
+    lost writes, a retried commit) carries the same id, so a consumer that deduplicates on
+    it sees each change once; a different change differs in one of the parts."""
+    text = "\x1f".join(str(part) for part in parts)
+    n = int.from_bytes(blake2b(text.encode(), digest_size=16).digest()) & _ID_MASK | _V8_BITS
+    h = f"{n:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
-_V4_MASK = ~(0xF000 << 64) & ~(0xC000 << 48) & (1 << 128) - 1
-_V4_BITS = (0x4000 << 64) | (0x8000 << 48)  # version 4, RFC 4122 variant
+_ID_MASK = ~(0xF000 << 64) & ~(0xC000 << 48) & (1 << 128) - 1
+_V8_BITS = (0x8000 << 64) | (0x8000 << 48)  # version 8, RFC 9562 variant
+
+
+def _state(at: Published | Score | None) -> str:
+    return "-" if at is None else f"{at.r}{at.f}{at.m}:{at.segment}"
 
 
 def apply_events(
@@ -77,7 +84,6 @@ def apply_events(
     as_of_ms: int,
     now_ms: int,
     partition: int | None = None,
-    new_id: Callable[[], str] = new_change_id,
 ) -> Result:
     result = Result(customer)
     as_of_ms = max(as_of_ms, customer.scored_at or as_of_ms)
@@ -94,7 +100,6 @@ def apply_events(
             now_ms=now_ms,
             cause=CAUSE_OF_EVENT[event.type],
             cause_event_id=event.event_id,
-            new_id=new_id,
         )
         if change is not None:
             result.changes.append(change)
@@ -114,7 +119,6 @@ def decay(
     *,
     as_of_ms: int,
     now_ms: int,
-    new_id: Callable[[], str] = new_change_id,
 ) -> Result:
     """Score the customer at the sweep's instant; alert once if its silence is overdue.
 
@@ -133,7 +137,6 @@ def decay(
         now_ms=now_ms,
         cause="rescore" if rescored else "decay",
         cause_event_id=None,
-        new_id=new_id,
     )
     if change is not None:
         result.changes.append(change)
@@ -156,7 +159,10 @@ def decay(
                 from_segment=None,
                 to_segment=None,
                 payload=rfm_overdue(
-                    change_id=new_id(),
+                    # one alert per silence: the silence is the last order's
+                    change_id=change_id(
+                        customer.tenant, customer.customer_id, "rfm.overdue", agg.last_order_at
+                    ),
                     tenant=customer.tenant,
                     customer_id=customer.customer_id,
                     as_of_ms=as_of_ms,
@@ -191,7 +197,6 @@ def rescore(
     now_ms: int,
     cause: Cause,
     cause_event_id: str | None,
-    new_id: Callable[[], str] = new_change_id,
 ) -> Change | None:
     """Score the customer at as_of; if it moved from what was published, publish it."""
     agg = customer.aggregates()
@@ -212,8 +217,24 @@ def rescore(
         None if current is None else Published(current.r, current.f, current.m, current.segment)
     )
     names = fired(profile.triggers, previous, current)
+    # What the change is: whose, why (the event, or for time and profile changes the
+    # aggregates that were rescored), under which profile version, from what to what.
+    if cause_event_id is not None:
+        origin = cause_event_id
+    elif agg is None:
+        origin = "-"
+    else:
+        origin = f"{agg.last_order_at}:{agg.orders_lifetime}:{agg.monetary}"
     payload = rfm_changed(
-        change_id=new_id(),
+        change_id=change_id(
+            customer.tenant,
+            customer.customer_id,
+            cause,
+            origin,
+            profile.version,
+            _state(previous),
+            _state(current),
+        ),
         tenant=customer.tenant,
         customer_id=customer.customer_id,
         cause=cause,

@@ -19,3 +19,8 @@ class StateError(RfmError):
 
 class UsageError(RfmError):
     """A command asked for something it must refuse (say why): one line, exit code 2."""
+
+
+class StateLostError(StateError):
+    """Redis holds less than it vouched for (writes lost while the worker ran): nothing was
+    written on it; the worker replays from what the state still holds."""

@@ -45,7 +45,7 @@ def rebuild(settings: Settings, profiles: Profiles, *, confirmed: bool) -> int:
             )
         wiped = store.wipe()
         ends, events, rejected = _replay(consumer, store, settings, profiles)
-        store.mark_applied({f"{topic}:{p}": end for p, end in ends.items()})
+        store.mark_applied({p: (f"{topic}:{p}", end) for p, end in ends.items()})
         store.mark_indexed(profiles)
         try:
             consumer.commit(

@@ -32,7 +32,7 @@ from worker import keys, rescore
 from worker.customer import LONG_HISTORY, Customer, Outcome, Published
 from worker.decay import next_due
 from worker.engine import Change, Result, apply_events, decay
-from worker.errors import StateError
+from worker.errors import StateError, StateLostError
 from worker.events import ValidEvent
 from worker.profiles import DEFAULT_TENANT, Profiles
 from worker.quantiles import Cuts
@@ -105,6 +105,7 @@ class _Plan:
     customers: int = 0
     failed: list[tuple[bytes, Any, Exception]] = field(default_factory=list)
     call: tuple[list[bytes], list[bytes]] | None = None
+    vouched: set[int] = field(default_factory=set)  # partitions whose floors it checks
 
 
 class _Known:
@@ -169,7 +170,12 @@ class Store:
         self.cluster = isinstance(client, redis.RedisCluster)
         self._commit = client.register_script(_script("commit.lua"))
         self._clock = client.register_script(_script("clock.lua"))
+        self._applied = client.register_script(_script("applied.lua"))
         self._known = _Known()
+        # Per orders-topic partition: ("<topic>:<partition>", the offset every shard's state
+        # vouched for). A commit or a record of applied offsets on a shard holding less is
+        # refused (StateLostError): Redis lost writes, the worker replays first.
+        self.floors: dict[int, tuple[str, int]] = {}
 
     # -- the three causes of a commit -----------------------------------------------------
 
@@ -398,6 +404,11 @@ class Store:
                     elif reply[0] == 0:
                         result.conflicts += 1
                         retry += shards_of_call
+                    elif reply[0] == 2:
+                        raise StateLostError(
+                            f"shards {shards_of_call} hold less than they vouched for "
+                            f"(partitions {sorted(plan.vouched)}): Redis lost writes"
+                        )
                     else:
                         self._accept(result, plan, reply[1:])
             if moved:
@@ -517,6 +528,7 @@ class Store:
         customers: list[list[int | str]] = []
         changes: list[list[int]] = []
         deltas: dict[tuple[int, str], int] = {}  # (counts hash index, cell) -> delta
+        vouched: list[list[int]] = []  # [applied hash, field, floor] per shard and partition
         for shard, blobs in group:
             counts = 0  # KEYS index of the shard's counts hash, once needed
             due_index: dict[int, int] = {}  # partition -> KEYS index of its due zset
@@ -541,6 +553,11 @@ class Store:
                 due_to = due_index.get(partition)
                 if due_to is None:
                     due_to = due_index[partition] = args.key(keys.due(shard, partition))
+                    floor = self.floors.get(partition)
+                    if floor is not None and floor[1] >= 0:
+                        applied = args.key(keys.applied(shard))
+                        vouched.append([applied, args.arg(floor[0].encode()), floor[1]])
+                        plan.vouched.add(partition)
                 if was_in is None or was_in == partition:
                     due_from = due_to
                 else:
@@ -581,25 +598,41 @@ class Store:
             return plan
         plan.customers = len(customers)
         counted = [[index, cell, delta] for (index, cell), delta in deltas.items() if delta]
-        args.argv[0] = orjson.dumps({"customers": customers, "counts": counted, "changes": changes})
+        args.argv[0] = orjson.dumps(
+            {"customers": customers, "counts": counted, "changes": changes, "vouched": vouched}
+        )
         plan.call = (args.keys, args.argv)
         return plan
 
     # -- applied offsets: detecting a Redis that lost writes ---------------------------------
 
-    def mark_applied(self, offsets: Mapping[str, int]) -> None:
-        """Record, in every shard, that the state holds each "<topic>:<partition>" up to the
-        given next offset. Called once a batch is fully done (state committed, dead letters
-        acknowledged). Each shard's record lives in the shard's hash slot, on the node of
-        the state it vouches for, and is written after it: Redis replicates and persists
-        each node's writes in order, so a record that survived a failover or a restart
-        implies the state written before it did too."""
+    def mark_applied(self, offsets: Mapping[int, tuple[str, int]]) -> None:
+        """Record, in every shard, that the state holds each partition (partition ->
+        ("<topic>:<partition>", next offset)) up to the given offset. Called once a batch is
+        fully done (state committed, dead letters acknowledged). Each shard's record lives
+        in the shard's hash slot, on the node of the state it vouches for, and is written
+        after it: Redis replicates and persists each node's writes in order, so a record
+        that survived a failover or a restart implies the state written before it did too.
+
+        Compare-and-set (worker/lua/applied.lua): a shard holding less than it vouched for
+        before (`floors`) is never written over; StateLostError says so instead."""
         if not offsets:
             return
-        pipe = self.redis.pipeline(transaction=False)
-        for shard in range(keys.SHARDS):
-            pipe.hset(keys.applied(shard), mapping=dict(offsets))
-        pipe.execute()
+        argv: list[str | int] = []
+        for partition, (name, offset) in offsets.items():
+            argv += [name, self.floors.get(partition, (name, -1))[1], offset]
+        hashes = [keys.applied(shard) for shard in range(keys.SHARDS)]
+        if self.cluster:  # a script's keys share one slot there: one call per shard
+            lost = [h for h in hashes if self._applied(keys=[h], args=argv)]
+        else:
+            lost = [hashes[i - 1] for i in self._applied(keys=hashes, args=argv)]
+        if lost:
+            raise StateLostError(
+                f"{len(lost)} shard(s) hold less than they vouched for (e.g. {lost[0]!r}): "
+                "Redis lost writes"
+            )
+        for partition, (name, offset) in offsets.items():
+            self.floors[partition] = (name, offset)
 
     def applied_offsets(self, fields: Sequence[str]) -> dict[str, tuple[int | None, int]]:
         """Per field: (the lowest offset recorded over the shards, how many shards hold a

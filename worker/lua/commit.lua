@@ -17,18 +17,36 @@
 --           or ARGV (expected, new, k, v):
 --   {"customers": [[key, expected, new, due_from, due_to, due], ...],
 --    "counts":    [[counts, field, delta], ...],
---    "changes":   [[outbox, k, v], ...]}
+--    "changes":   [[outbox, k, v], ...],
+--    "vouched":   [[applied, field, floor], ...]}
 --   expected  the value the customer key must hold ("" = absent)
 --   new       the new value, or 0 to leave the state as it is (a due-only update)
 --   due_from  the due zset the customer is in now (its previous partition's)
 --   due_to    the due zset it belongs in; due is "" (never due: removed) or epoch ms
+--   applied   a shard's applied hash, rfm:{NN}:applied ("<topic>:<partition>" -> the
+--             offset up to which its state holds that partition's events, see applied.lua)
+--   field     "<topic>:<partition>" of the customers' partition; floor (a number) the
+--             offset the shard vouched for already: holding less, it lost writes
 -- ARGV[2..] the values referenced by the plan (states, customer ids, change payloads)
 --
 -- Returns {0, i, ...}: the 1-based indexes of customers whose value differed, nothing
--- written; or {1, id, ...}: the stream ids of the appended changes, in order.
+-- written; {2, i, ...}: the indexes of "vouched" entries whose shard holds less than its
+-- floor (Redis lost writes), nothing written; or {1, id, ...}: the stream ids of the
+-- appended changes, in order.
 
 local plan = cjson.decode(ARGV[1])
 local customers = plan.customers
+
+-- A shard that lost what it vouched for is not written on: the caller replays first.
+local lost = {2}
+for i, v in ipairs(plan.vouched or {}) do
+  if tonumber(redis.call('HGET', KEYS[v[1]], ARGV[v[2]]) or '-1') < v[3] then
+    lost[#lost + 1] = i
+  end
+end
+if #lost > 1 then
+  return lost
+end
 
 -- Commands take their arguments from a Lua stack of limited size: long lists go in chunks
 -- (an even size, for ZADD's score/member pairs).
