@@ -14,6 +14,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self
@@ -263,12 +264,23 @@ class EmbeddedCluster:
         port = self.owner(slot) if port is None else port
         return int(self.admin(port).execute_command("CLUSTER", "COUNTKEYSINSLOT", slot))
 
-    def migrate_slot(self, slot: int, to_port: int, *, batch: int = 100, pause: float = 0.0) -> int:
+    def migrate_slot(
+        self,
+        slot: int,
+        to_port: int,
+        *,
+        batch: int = 100,
+        pause: float = 0.0,
+        hold: Callable[[], bool] | None = None,
+    ) -> int:
         """Move `slot` to the master on `to_port`, live, as redis-cli does: IMPORTING on the
         target, MIGRATING on the source, MIGRATE the keys `batch` at a time, then SETSLOT
         NODE on every master. `pause` (seconds) is slept once the slot is migrating and
         after each MIGRATE, to hold the slot in its migrating state for longer (clients see
-        ASK and TRYAGAIN meanwhile). Returns how many keys moved."""
+        ASK and TRYAGAIN meanwhile); `hold`, if given, keeps it there after the first
+        MIGRATE (keys on both sides) until it returns true (30 s at most), so a busy
+        machine cannot finish the move before the test's traffic meets it. Returns how
+        many keys moved."""
         source_port = self.owner(slot)
         if source_port == to_port:
             raise ValueError(f"slot {slot} is already on port {to_port}")
@@ -289,6 +301,9 @@ class EmbeddedCluster:
                 source.execute_command("MIGRATE", "127.0.0.1", to_port, "", 0, 5000, "KEYS", *found)
                 moved += len(found)
                 time.sleep(pause)
+                held_until = time.monotonic() + 30
+                while hold is not None and not hold() and time.monotonic() < held_until:
+                    time.sleep(0.02)
             # The target first (it takes the slot and bumps its epoch), then the source,
             # then every other master.
             others = [p for p in self.ports if p not in (source_port, to_port)]

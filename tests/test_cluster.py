@@ -477,8 +477,10 @@ def test_store_applies_batches_while_a_slot_migrates(
     for _ in range(5):
         run(next(rounds))
     with ThreadPoolExecutor(1) as pool:
-        migration = pool.submit(redis_cluster.migrate_slot, slot, target, batch=2, pause=0.03)
         during = 0
+        migration = pool.submit(
+            redis_cluster.migrate_slot, slot, target, batch=2, pause=0.03, hold=lambda: during >= 3
+        )
         while not migration.done() and during < 5000:
             run(next(rounds))
             during += 1
@@ -637,7 +639,9 @@ def test_three_workers_on_the_cluster_while_a_slot_migrates(
     during = 0
     with ThreadPoolExecutor(1) as pool:
         # The rest of the stream arrives in chunks while the slot is on its way.
-        migration = pool.submit(redis_cluster.migrate_slot, slot, target, batch=4, pause=0.15)
+        migration = pool.submit(
+            redis_cluster.migrate_slot, slot, target, batch=4, pause=0.15, hold=lambda: during >= 3
+        )
         while chunks and not migration.done():
             dep.produce(chunks.pop(0))
             during += 1
