@@ -584,3 +584,92 @@ def test_an_amount_replaced_by_a_conflicting_placed_event_can_coarsen_the_unit()
     assert orjson.loads(c.encode())["u"] == 100
     fresh = Customer("default", "c1", dict(c.orders), scored_at=c.scored_at)
     assert fresh.encode() == c.encode()
+
+
+# -- the per-customer bound: the oldest orders fold into the aggregates ----------------------
+
+
+@pytest.fixture
+def small_bound(monkeypatch: pytest.MonkeyPatch) -> tuple[int, int]:
+    """The bound at 50 kept orders, folded 10 at a time (the real one is 10,000 / 1,000)."""
+    import worker.customer as module
+
+    monkeypatch.setattr(module, "MAX_ORDERS", 50)
+    monkeypatch.setattr(module, "FOLD_CHUNK", 10)
+    return 50, 10
+
+
+def _history(n: int, start: int = 0) -> list[ValidEvent]:
+    """n orders a day apart, amounts 1.00 .. (cycling), a refund on every 7th."""
+    events: list[ValidEvent] = []
+    for i in range(start, start + n):
+        events.append(placed(f"o{i}", f"{1 + i % 9}.00", T0 + i * DAY))
+        if i % 7 == 3:
+            events.append(refunded(f"o{i}", "0.50", f"r{i}", T0 + i * DAY + 1))
+    return events
+
+
+def _fold_if_over(c: Customer) -> int:
+    return c.fold() if c.over_bound else 0
+
+
+def test_a_customer_beyond_the_bound_keeps_exact_aggregates(small_bound: tuple[int, int]) -> None:
+    """Folded in chunks as orders come: count, net spend, first and last order stay what
+    the whole history says; the kept orders are the newest MAX_ORDERS."""
+    bound, chunk = small_bound
+    whole = customer_after(_history(400))
+    c = Customer("default", "c1")
+    folded = 0
+    for event in _history(400):
+        c.apply(event)
+        folded += _fold_if_over(c)
+    assert c.folded is not None and folded == c.folded.orders
+    assert bound <= len(c.orders) <= bound + chunk
+    a, b = c.aggregates(), whole.aggregates()
+    assert a is not None and b is not None
+    assert (a.first_order_at, a.last_order_at, a.orders_lifetime, a.monetary) == (
+        b.first_order_at,
+        b.last_order_at,
+        b.orders_lifetime,
+        b.monetary,
+    )
+    assert list(a.order_times) == list(b.order_times)[-len(a.order_times) :]  # the newest
+    back = Customer.decode("default", "c1", c.encode())  # "z" travels with the blob
+    assert back.folded == c.folded
+    assert back.aggregates() == a
+
+
+def test_what_a_folded_customer_can_no_longer_tell_apart(small_bound: tuple[int, int]) -> None:
+    """A placed event at or before the fold's horizon for an order not kept counts as a
+    duplicate (a redelivery cannot be told from a very late new order); a refund or a
+    cancel of a folded order is not applied; a new order after the horizon is."""
+    c = Customer("default", "c1")
+    for event in _history(100):
+        c.apply(event)
+        _fold_if_over(c)
+    assert c.folded is not None
+    agg = c.aggregates()
+    assert agg is not None
+    before = (agg.orders_lifetime, agg.monetary)
+    assert c.apply(placed("o0", "1.00", T0)) == "duplicate"  # redelivered, folded
+    assert c.apply(placed("late", "5.00", T0 + DAY)) == "duplicate"  # very late, new
+    c.apply(cancelled("o1", "x-o1"))  # its order is folded: kept aside, never applied
+    c.apply(refunded("o2", "1.00", "r-o2"))
+    agg = c.aggregates()
+    assert agg is not None and (agg.orders_lifetime, agg.monetary) == before
+    assert c.apply(placed("new", "5.00", T0 + 200 * DAY)) == "applied"
+    agg = c.aggregates()
+    assert agg is not None and agg.orders_lifetime == before[0] + 1
+
+
+def test_the_state_stops_growing_at_the_bound(small_bound: tuple[int, int]) -> None:
+    bound, chunk = small_bound
+    sizes = []
+    c = Customer("default", "c1")
+    for n in range(0, 2000, 100):
+        for event in _history(100, start=n):
+            c.apply(event)
+            _fold_if_over(c)
+        sizes.append(len(c.encode()))
+    assert max(sizes[5:]) < 1.5 * min(sizes[5:])  # bounded, whatever the history
+    assert len(c.orders) <= bound + chunk

@@ -36,6 +36,7 @@ from confluent_kafka import (
 
 from worker import clients, keys, metrics
 from worker.config import Settings
+from worker.customer import MAX_ORDERS
 from worker.delivery import Deliveries
 from worker.dlq import dlq_headers, without_value
 from worker.errors import RfmError, StateError, StateLostError
@@ -478,6 +479,16 @@ class Worker:
             for outcome_name, count in result.outcomes.items():
                 metrics.EVENTS.labels(outcome_name).inc(count)
             metrics.STORE_CONFLICTS.inc(result.conflicts)
+            for tenant, customer_id, count in result.folded:
+                metrics.ORDERS_FOLDED.inc(count)
+                logger.warning(
+                    "customer %r of tenant %r holds more than %d orders: its %d oldest were "
+                    "folded into its aggregates (README Guarantees: the per-customer bound)",
+                    customer_id,
+                    tenant,
+                    MAX_ORDERS,
+                    count,
+                )
             metrics.RESCORED.labels("events").inc(result.customers)
             self._publish(result.committed, {p for _, p in valid}, failures)
             if result.rejected:

@@ -32,6 +32,11 @@ Outcome = Literal["applied", "duplicate"]
 # them), and the store keeps it decoded between batches. Below, rebuilding costs less.
 LONG_HISTORY = 64
 REBASE_MS = 30 * 86_400_000  # a long history's entries are ages at a commit this recent
+# The per-customer bound (a shared guest id, a B2B account, a bot): beyond MAX_ORDERS orders
+# kept one by one, the oldest FOLD_CHUNK at a time fold into the aggregates (`Folded`), so
+# the state and the cost of an event stop growing. See README "Guarantees".
+MAX_ORDERS = 10_000
+FOLD_CHUNK = 1_000
 
 
 @dataclass(slots=True)
@@ -114,6 +119,19 @@ class Aggregates:
 
 
 @dataclass(slots=True)
+class Folded:
+    """What a customer's folded orders still count for. Their ids are gone: an
+    order_placed at or before `horizon` for an order not kept is taken for a redelivery of
+    a folded one, and a refund or cancel of a folded order is not applied."""
+
+    orders: int  # counted orders folded
+    monetary: int  # their net spend, money units
+    first_at: int | None  # the first counted order's placed_at (None: none counted)
+    last_at: int | None  # the last counted one's
+    horizon: int  # the latest placed_at folded, counted or not
+
+
+@dataclass(slots=True)
 class Customer:
     tenant: str
     customer_id: str
@@ -123,6 +141,7 @@ class Customer:
     scored_at: int | None = None  # as_of of the last commit that scored it (epoch ms)
     alerted: int | None = None  # last_order_at of the silence last alerted as overdue
     version: str | None = None  # version of the profile that scored `published`
+    folded: Folded | None = None  # the oldest orders beyond MAX_ORDERS, see `fold`
     # Counted orders' times (sorted) and net spend, built on first use and then kept up to
     # date by `apply`, so an event costs O(log orders), not a pass over every order.
     _times: list[int] | None = field(default=None, repr=False, compare=False)
@@ -140,6 +159,13 @@ class Customer:
         """Merge one event. Returns 'duplicate' when the event was already part of the state."""
         order = self.orders.get(event.order_id)
         if order is None:
+            folded = self.folded
+            if (
+                folded is not None
+                and event.type == "order_placed"
+                and event.occurred_at <= folded.horizon
+            ):
+                return "duplicate"  # not to be told from a redelivery of a folded order
             if event.type == "order_placed":  # the common case, a new order: nothing to merge
                 assert event.amount is not None  # validated
                 order = self.orders[event.order_id] = Order(event.occurred_at, event.amount)
@@ -159,6 +185,36 @@ class Customer:
             elif self._stored is not None:
                 self._store(event.order_id, order)
         return outcome
+
+    @property
+    def over_bound(self) -> bool:
+        return len(self.orders) > MAX_ORDERS + FOLD_CHUNK
+
+    def fold(self) -> int:
+        """Fold the oldest orders (by placed_at) into `folded` until MAX_ORDERS are kept,
+        and the orders never placed (a refund or cancel whose order is unknown: most likely
+        a folded one). Returns how many orders left the map. The derived forms are rebuilt
+        on next use: a fold happens once per FOLD_CHUNK orders."""
+        placed = sorted(
+            (o.placed_at, oid) for oid, o in self.orders.items() if o.placed_at is not None
+        )
+        gone = [oid for oid, o in self.orders.items() if o.placed_at is None]
+        gone += [oid for _, oid in placed[: max(0, len(placed) - MAX_ORDERS)]]
+        f = self.folded or Folded(0, 0, None, None, 0)
+        for oid in gone:
+            order = self.orders.pop(oid)
+            if order.placed_at is None:
+                continue
+            f.horizon = max(f.horizon, order.placed_at)
+            if (counted := order.counted_as) is not None:
+                at, value = counted
+                f.orders += 1
+                f.monetary += value
+                f.first_at = at if f.first_at is None else min(f.first_at, at)
+                f.last_at = at if f.last_at is None else max(f.last_at, at)
+        self.folded = f
+        self._times = self._gaps = self._agg = self._stored = None
+        return len(gone)
 
     def _store(self, order_id: str, order: Order) -> None:
         """Keep the stored form of the orders in step with one changed order."""
@@ -197,10 +253,23 @@ class Customer:
         elif self._agg is not None:
             return self._agg
         times = self._times
-        if not times:
-            return None
         if self._gaps is None and len(times) >= LONG_HISTORY:
             self._gaps = sorted(b - a for a, b in pairwise(times))
+        f = self.folded
+        if f is not None and f.first_at is not None and f.last_at is not None:
+            # Folded orders are older than every kept one; order_times (the window, the
+            # rhythm) are the kept orders'.
+            self._agg = Aggregates(
+                f.first_at,
+                times[-1] if times else f.last_at,
+                len(times) + f.orders,
+                self._monetary + f.monetary,
+                times,
+                self._gaps,
+            )
+            return self._agg
+        if not times:
+            return None
         self._agg = Aggregates(times[0], times[-1], len(times), self._monetary, times, self._gaps)
         return self._agg
 
@@ -249,6 +318,9 @@ class Customer:
             doc["v"] = self.version
         if self._unit != 1:
             doc["u"] = self._unit
+        if self.folded is not None:
+            f = self.folded
+            doc["z"] = [f.orders, f.monetary, f.first_at, f.last_at, f.horizon]
         # Sorted keys: the bytes, not only the meaning, are independent of arrival order.
         return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
 
@@ -308,6 +380,7 @@ class Customer:
                 monetary += counted[1]
         s = doc.get("s")
         published = Published(s[0], s[1], s[2], s[3]) if s else None
+        z = doc.get("z")
         customer = cls(
             tenant,
             customer_id,
@@ -317,6 +390,7 @@ class Customer:
             doc.get("t"),
             doc.get("a"),
             doc.get("v"),
+            None if z is None else Folded(z[0], z[1], z[2], z[3], z[4]),
         )
         times.sort()
         customer._times, customer._monetary = times, monetary

@@ -55,6 +55,7 @@ class Result:
     dirty: bool = False  # whether the stored state must be rewritten
     touched: bool = False  # whether to commit at all (state and/or due index)
     due: int | None = None  # next due instant, see worker/decay.py
+    folded: int = 0  # orders folded into the aggregates (the per-customer bound)
 
 
 def change_id(*parts: object) -> str:
@@ -105,6 +106,8 @@ def apply_events(
             result.changes.append(change)
     if result.dirty:
         result.touched = True
+        if customer.over_bound:
+            result.folded = customer.fold()
         customer.scored_at = as_of_ms
         customer.version = profile.version
         if partition is not None:

@@ -63,6 +63,10 @@ BATCH_SIZE = Histogram(
 )
 STORE_CONFLICTS = Counter("rfm_store_conflicts", "Shard commits retried after a concurrent write.")
 REDIS_ERRORS = Counter("rfm_redis_errors", "Redis calls that failed and were retried.")
+ORDERS_FOLDED = Counter(
+    "rfm_orders_folded",
+    "Orders folded into their customer's aggregates (the per-customer bound: see README).",
+)
 OUTBOX_IN_FLIGHT = Gauge("rfm_outbox_in_flight", "Changes produced but not yet acknowledged.")
 OUTBOX_SIZE = Gauge(
     "rfm_outbox_size",

@@ -77,6 +77,7 @@ class BatchResult:
     # the commit, so one bad customer never blocks the rest of the batch.
     failed: list[tuple[bytes, Any, Exception]] = field(default_factory=list)  # key, item
     rejected: list[tuple[ValidEvent, int, Exception]] = field(default_factory=list)
+    folded: list[tuple[str, str, int]] = field(default_factory=list)  # tenant, id, orders
 
     def add(self, other: BatchResult) -> None:
         self.outcomes.update(other.outcomes)
@@ -84,6 +85,7 @@ class BatchResult:
         self.conflicts += other.conflicts
         self.customers += other.customers
         self.rejected += other.rejected
+        self.folded += other.folded
 
 
 @dataclass(slots=True)
@@ -106,6 +108,7 @@ class _Plan:
     failed: list[tuple[bytes, Any, Exception]] = field(default_factory=list)
     call: tuple[list[bytes], list[bytes]] | None = None
     vouched: set[int] = field(default_factory=set)  # partitions whose floors it checks
+    folded: list[tuple[str, str, int]] = field(default_factory=list)
 
 
 class _Known:
@@ -494,6 +497,7 @@ class Store:
             result.outcomes["duplicate"] += plan.duplicates
         result.customers += plan.customers
         result.failed += plan.failed
+        result.folded += plan.folded
         result.committed += [
             Committed(outbox, entry_id, key, value, change)
             for (outbox, key, value, change), entry_id in zip(plan.changes, ids, strict=True)
@@ -547,6 +551,8 @@ class Store:
                     self._known.put(key, encoded, res.customer)
                 plan.applied += res.applied
                 plan.duplicates += res.duplicates
+                if res.folded:
+                    plan.folded.append((tenant, customer_id, res.folded))
                 if not res.touched:
                     continue
                 partition = res.customer.partition or 0
