@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tracemalloc
 from collections import Counter
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -545,6 +546,48 @@ def test_segment_counts(store: Store, profiles: Profiles) -> None:
             "acme\t511\tnew_customers": 1,
         }
     )
+
+
+def test_score_counts_sum_tenants_under_their_label_as_they_read(
+    store: Store, profiles: Profiles
+) -> None:
+    """With `label`, tenants are summed under it (None: left out) while the counters are
+    read: a read of 20,000 one-customer tenants (a cell each) holds about what one tenant's
+    does, for the matrix, the population of a quantile profile and rfm_customers."""
+    apply(
+        store,
+        profiles,
+        [
+            ev(profiles, "1", "placed", "o", "1", customer="a", tenant="acme"),  # 511
+            ev(profiles, "2", "placed", "o", "1", customer="b", tenant="beta"),  # 511
+            ev(profiles, "3", "placed", "o", "1", customer="c", days_ago=400),  # 111 lost
+        ],
+    )
+    assert store.score_counts(lambda t: None if t == "beta" else "x") == Counter(
+        {("x", "511", "new_customers"): 1, ("x", "111", "lost"): 1}
+    )
+    assert store.segment_counts(lambda t: t[0]) == Counter(
+        {("a", "new_customers"): 1, ("b", "new_customers"): 1, ("d", "lost"): 1}
+    )
+    assert store.profile_population("default", profiles) == 3
+
+    def peak(tenants: list[str]) -> int:
+        store.redis.flushall()
+        pipe = store.redis.pipeline(transaction=False)
+        for i, tenant in enumerate(tenants):
+            shard = shard_of(tenant, f"c{i}")
+            pipe.hincrby(keys.counts(shard), keys.count_cell(tenant, "111", "lost"), 1)
+        pipe.execute()
+        tracemalloc.start()
+        try:
+            assert store.profile_population("default", profiles) == len(tenants)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+    one = peak(["shop"] * 20_000)
+    many = peak([f"t{i}" for i in range(20_000)])
+    assert many < one + 1_000_000, (many, one)  # ~7 MB when every tenant was gathered
 
 
 # -- concurrent writers ---------------------------------------------------------------------------

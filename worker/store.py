@@ -46,6 +46,9 @@ CALL_CUSTOMERS = 64  # customers per commit call (single Redis) and per write to
 # (below, decoding costs less than the memory and the cycle collector's passes over
 # them), KNOWN_ORDERS orders in all (~500 bytes each with their blob: ~50 MB).
 KNOWN_ORDERS = 100_000
+# Segment counter hashes read per round trip: a read of the counters holds this many
+# shards' cells at once (one per tenant, rfm and segment), not all of them.
+COUNTS_PER_READ = 8
 T = TypeVar("T")
 # What `commit` takes: per shard, per customer key, (tenant, customer_id, the cause's item).
 Work = Mapping[int, Mapping[bytes, tuple[str, str, T]]]
@@ -743,22 +746,33 @@ class Store:
             if blob
         ]
 
-    def score_counts(self) -> Counter[tuple[str, str, str]]:
-        """Customers per (tenant, rfm, segment) of their published score, over all shards."""
-        pipe = self.redis.pipeline(transaction=False)
-        for shard in range(keys.SHARDS):
-            pipe.hgetall(keys.counts(shard))
+    def score_counts(
+        self, label: Callable[[str], str | None] | None = None
+    ) -> Counter[tuple[str, str, str]]:
+        """Customers per (tenant, rfm, segment) of their published score, over all shards.
+
+        With `label`, each tenant is counted under label(tenant) instead (None: left out)
+        as the counters are read, COUNTS_PER_READ shards at a time: what the read holds
+        then follows the label values, not the tenants (one cell per tenant)."""
         totals: Counter[tuple[str, str, str]] = Counter()
-        for cells in pipe.execute():
-            for fld, count in cells.items():
-                tenant, rfm, segment = fld.decode().split("\t")
-                totals[(tenant, rfm, segment)] += int(count)
+        for first in range(0, keys.SHARDS, COUNTS_PER_READ):
+            pipe = self.redis.pipeline(transaction=False)
+            for shard in range(first, min(first + COUNTS_PER_READ, keys.SHARDS)):
+                pipe.hgetall(keys.counts(shard))
+            for cells in pipe.execute():
+                for fld, count in cells.items():
+                    tenant, rfm, segment = fld.decode().split("\t")
+                    name = tenant if label is None else label(tenant)
+                    if name is not None:
+                        totals[(name, rfm, segment)] += int(count)
         return totals
 
-    def segment_counts(self) -> Counter[tuple[str, str]]:
-        """Customers per (tenant, segment)."""
+    def segment_counts(
+        self, label: Callable[[str], str | None] | None = None
+    ) -> Counter[tuple[str, str]]:
+        """Customers per (tenant, segment); `label` as in score_counts."""
         totals: Counter[tuple[str, str]] = Counter()
-        for (tenant, _rfm, segment), count in self.score_counts().items():
+        for (tenant, _rfm, segment), count in self.score_counts(label).items():
             totals[(tenant, segment)] += count
         return totals
 
@@ -821,11 +835,10 @@ class Store:
     def profile_population(self, name: str, profiles: Profiles) -> int:
         """Customers with a published score among the tenants scored by profile `name`
         (the segment counters): the population a sample is drawn from."""
-        return sum(
-            count
-            for (tenant, _rfm, _segment), count in self.score_counts().items()
-            if profiles.for_tenant(tenant).name == name
+        counts = self.score_counts(
+            lambda tenant: name if profiles.for_tenant(tenant).name == name else None
         )
+        return sum(counts.values())
 
     def quantile_values(
         self,

@@ -59,9 +59,9 @@ def matrix(store: Store, tenant: str, as_of_ms: int) -> dict[str, object]:
     cells: Counter[tuple[int, int]] = Counter()
     cell_segments: dict[tuple[int, int], Counter[str]] = defaultdict(Counter)
     segments: Counter[str] = Counter()
-    for (t, rfm, segment), count in store.score_counts().items():
-        if t != tenant:
-            continue
+    # Only the tenant's cells are kept as the counters are read: not one per tenant.
+    counts = store.score_counts(lambda t: t if t == tenant else None)
+    for (_t, rfm, segment), count in counts.items():
         r, f = int(rfm[0]), int(rfm[1])
         cells[(r, f)] += count
         cell_segments[(r, f)][segment] += count
