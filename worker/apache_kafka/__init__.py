@@ -152,8 +152,7 @@ class KafkaNode:
                 f"{lib}/*",
                 "kafka.tools.StorageTool",
                 "format",
-                "-t",
-                cluster_id,
+                f"--cluster-id={cluster_id}",  # an id may start with "-": never a lone word
                 "-c",
                 str(path),
             ],
