@@ -8,6 +8,8 @@ the batch recomputation and every customer's changes an unbroken chain.
 
 from __future__ import annotations
 
+import random
+import signal
 import threading
 import time
 import uuid
@@ -316,3 +318,41 @@ def test_rebalances_under_both_group_protocols(
     assert_state_matches(store, expected)
     assert "revoked partitions" in first.log()
     assert first.stop() == 0
+
+
+def test_rebalance_chaos_with_three_workers(
+    apache_kafka: ApacheKafka, deployment: Deployment, store: Store
+) -> None:
+    """Three workers while the stream flows; rounds of kill -9 (then a new worker) and of
+    SIGSTOP longer than the session timeout (the group moves on without the frozen one,
+    which wakes up later): a dozen rebalances and more. The state is exact and every
+    customer's chain unbroken."""
+    rng = random.Random(157)
+    events = generate(500, seed=157)
+    expected = _expected(events)
+    records = _records(events)
+    chunks = [records[i : i + len(records) // 8] for i in range(0, len(records), len(records) // 8)]
+    workers = [deployment.worker() for _ in range(3)]
+    deployment.produce(chunks.pop(0))
+    deployment.read(deployment.actions, until=lambda m: len(m) >= 50)
+    for round_ in range(6):
+        alive = [w for w in workers if w.proc is not None and w.proc.poll() is None]
+        victim = rng.choice(alive)
+        assert victim.proc is not None
+        if round_ % 2 == 0:
+            victim.kill()
+            workers.append(deployment.worker())
+        else:
+            victim.proc.send_signal(signal.SIGSTOP)
+        if chunks:
+            deployment.produce(chunks.pop(0))
+        time.sleep(8)  # past the 6 s session timeout: the group rebalances without it
+        if round_ % 2:
+            victim.proc.send_signal(signal.SIGCONT)
+    for chunk in chunks:
+        deployment.produce(chunk)
+    actions = deployment.read(deployment.actions, until=_converged(expected), timeout=120)
+    assert_changes_consistent(actions)
+    assert_state_matches(store, expected)
+    revokes = sum(w.log().count("assigned partitions") for w in workers)
+    assert revokes >= 12, f"only {revokes} assignments"

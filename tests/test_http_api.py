@@ -7,17 +7,22 @@ from __future__ import annotations
 import hmac
 import http.client
 import ipaddress
+import itertools
 import json
 import logging
 import os
+import random
 import re
 import select
+import selectors
 import socket
+import threading
 import time
 import urllib.request
 from collections import Counter
-from collections.abc import Iterator
-from contextlib import closing, contextmanager
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import closing, contextmanager, suppress
 from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.error import HTTPError
@@ -31,7 +36,7 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
 from tests.factories import valid_event
-from worker import http_api
+from worker import http_api, views
 from worker.config import Settings
 from worker.errors import ConfigError
 from worker.events import ValidEvent, validate
@@ -809,24 +814,230 @@ def test_idle_clients_do_not_block_others(api: Api) -> None:
                 sock.close()
 
 
-def test_too_many_connections_are_refused_at_once(api: Api) -> None:
-    with running(api, timeout=5, max_connections=2) as port:
-        idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(2)]
+def _busy(port: int, path: str) -> bytes:
+    """The whole reply to a GET of `path`, read until the server closes."""
+    with closing(socket.create_connection(("127.0.0.1", port), timeout=10)) as sock:
+        sock.sendall(f"GET {path} HTTP/1.0\r\n\r\n".encode())
+        reply = b""
+        while chunk := sock.recv(4096):
+            reply += chunk
+    return reply
+
+
+def assert_refused(reply: bytes) -> None:
+    assert reply.startswith(b"HTTP/1.0 503 "), reply
+    assert json.loads(reply.partition(b"\r\n\r\n")[2])["error"] == "unavailable"
+
+
+def test_a_full_budget_refuses_at_once_and_the_other_still_serves(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Requests are served within two budgets: the read API's (max_connections) and the
+    probes' (max_probe_connections). A full one answers 503 at once; the other serves."""
+    gate, inside = threading.Event(), threading.Semaphore(0)
+    matrix, ready = views.matrix, api.ready
+
+    def held(answer: Callable[..., Any]) -> Callable[..., Any]:
+        def wait_then_answer(*args: Any) -> Any:
+            inside.release()
+            gate.wait(10)
+            return answer(*args)
+
+        return wait_then_answer
+
+    monkeypatch.setattr(views, "matrix", held(matrix))  # as http_api calls it
+    monkeypatch.setattr(api, "ready", held(ready))
+    with (
+        running(api, timeout=5, max_connections=2, max_probe_connections=1) as port,
+        ThreadPoolExecutor(3) as pool,
+    ):
+
+        def enter(path: str) -> Future[tuple[int, dict[str, str], bytes]]:
+            """GET `path` until the server takes it in and holds it: a slot comes back
+            once its last client has closed, a moment after reading its answer."""
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                future = pool.submit(http_get, port, path)
+                while not future.done():
+                    if inside.acquire(timeout=0.05):
+                        return future
+                assert future.result()[0] == 503
+            raise AssertionError(f"{path} was never taken in")
+
         try:
-            time.sleep(0.3)  # both accepted and holding their slot
-            with closing(socket.create_connection(("127.0.0.1", port), timeout=10)) as third:
-                reply = b""
-                while chunk := third.recv(4096):
-                    reply += chunk
-            assert reply.startswith(b"HTTP/1.0 503 ")
-            assert json.loads(reply.partition(b"\r\n\r\n")[2])["error"] == "unavailable"
+            served = [enter("/v1/matrix"), enter("/v1/matrix")]  # the read API's budget
+            started = time.monotonic()
+            assert_refused(_busy(port, "/v1/matrix"))
+            assert_refused(_busy(port, "/"))  # every path but the probes' shares it
+            assert time.monotonic() - started < 2
+            assert http_get(port, "/healthz")[0] == 200
+
+            served.append(enter("/readyz"))  # and now the probes' budget
+            assert_refused(_busy(port, "/healthz"))
+            assert_refused(_busy(port, "//metrics?x"))
+        finally:
+            gate.set()
+        assert [future.result()[0] for future in served] == [200, 200, 200]
+        deadline = time.monotonic() + 5  # the slots come back
+        while (http_get(port, "/healthz")[0], http_get(port, "/v1/matrix")[0]) != (200, 200):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+
+
+def test_connections_without_a_request_take_no_budget(api: Api) -> None:
+    with running(api, timeout=5, max_connections=1, max_probe_connections=1) as port:
+        idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(10)]
+        try:
+            for sock in idle[5:]:
+                sock.sendall(b"GET /healthz HTTP/1.0\r\nHost: x\r\n")  # not the end
+            time.sleep(0.3)  # all accepted
+            started = time.monotonic()
+            assert http_get(port, "/healthz")[0] == 200
+            assert http_get(port, "/v1/matrix")[0] == 200
+            assert time.monotonic() - started < 2
         finally:
             for sock in idle:
                 sock.close()
-        deadline = time.monotonic() + 5  # the slots come back
-        while http_get(port, "/healthz")[0] != 200:
+
+
+def test_the_oldest_connection_without_a_request_makes_room(api: Api) -> None:
+    with running(api, timeout=5, max_pending=2) as port:
+        first = socket.create_connection(("127.0.0.1", port), timeout=10)
+        time.sleep(0.1)
+        second = socket.create_connection(("127.0.0.1", port), timeout=10)
+        try:
+            time.sleep(0.3)  # both accepted, neither has sent anything
+            started = time.monotonic()
+            assert http_get(port, "/healthz")[0] == 200  # a third: the first makes room
+            reply = b""
+            while chunk := first.recv(4096):
+                reply += chunk
+            assert_refused(reply)
+            assert time.monotonic() - started < 2
+            second.sendall(b"GET /healthz HTTP/1.0\r\n\r\n")  # still open, and served
+            assert second.recv(1024).startswith(b"HTTP/1.0 200 ")
+        finally:
+            first.close()
+            second.close()
+
+
+# -- slowloris: probes and /metrics stay answerable ---------------------------------------------
+
+PROBES = ("/healthz", "/readyz", "/metrics")
+PROBE_TIMEOUT = 1.0  # seconds for a whole probe, connect to last byte (kubelet's default)
+SILENT, DRIPPING, HELD = 150, 150, 128  # attack connections kept open at once
+HOLD = 1.5  # seconds a HELD connection stays open after its whole request
+REOPEN = 0.25  # seconds before a connection the server closed is opened again
+PACE = 3  # connections opened at most per 10 ms: 300 a second
+
+
+def _slowloris(port: int, stop: threading.Event, opened: list[int]) -> None:
+    """Attack 127.0.0.1:port until `stop`: SILENT connections send nothing, DRIPPING ones a
+    partial /v1 request head and then a header line every 0.5 s, HELD ones a whole /v1
+    request whose answer they never read, closing only HOLD seconds later. Connections are
+    opened at a steady PACE without waiting for each other (non-blocking connects); one the
+    server closes is opened again REOPEN seconds later, as attack tools do. `opened[0]`
+    counts connections established."""
+    partial = b"GET /v1/matrix HTTP/1.1\r\nHost: x\r\n"
+    whole = b"GET /v1/matrix HTTP/1.0\r\n\r\n"
+    to_open = [b""] * SILENT + [partial] * DRIPPING + [whole] * HELD
+    random.Random(1).shuffle(to_open)  # the kinds mixed, as they reach the server
+    held: list[tuple[float, socket.socket]] = []  # (when to close, connection)
+    closed: list[tuple[float, bytes]] = []  # (when to open again, what to send)
+    with selectors.DefaultSelector() as selector:
+        next_drip = time.monotonic() + 0.5
+        while not stop.is_set():
+            for _ in range(min(len(to_open), PACE)):
+                sock = socket.socket()
+                sock.setblocking(False)
+                sock.connect_ex(("127.0.0.1", port))  # established when writable
+                selector.register(sock, selectors.EVENT_WRITE, (sock, to_open.pop()))
+            for key, events in selector.select(0.01):
+                sock, first = key.data
+                if events & selectors.EVENT_WRITE and not sock.getsockopt(
+                    socket.SOL_SOCKET, socket.SO_ERROR
+                ):
+                    opened[0] += 1
+                    with suppress(OSError):
+                        sock.send(first)
+                    if first == whole:
+                        selector.unregister(sock)
+                        held.append((time.monotonic() + HOLD, sock))
+                    else:
+                        selector.modify(sock, selectors.EVENT_READ, key.data)
+                    continue
+                selector.unregister(sock)  # refused, or closed (or answered) by the server
+                sock.close()
+                closed.append((time.monotonic() + REOPEN, first))
+            while held and held[0][0] <= time.monotonic():
+                held.pop(0)[1].close()
+                to_open.append(whole)
+            while closed and closed[0][0] <= time.monotonic():
+                to_open.append(closed.pop(0)[1])
+            if time.monotonic() >= next_drip:
+                next_drip += 0.5
+                for key in list(selector.get_map().values()):
+                    if key.data[1] == partial and key.events == selectors.EVENT_READ:
+                        with suppress(OSError):
+                            key.data[0].send(b"X-Drip: x\r\n")
+        for key in list(selector.get_map().values()):
+            key.data[0].close()
+        for _, sock in held:
+            sock.close()
+
+
+def _probe(port: int, path: str) -> bool:
+    """One probe as the kubelet makes it: a 200 within PROBE_TIMEOUT, all told."""
+    started = time.monotonic()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=PROBE_TIMEOUT)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        resp.read()
+        return resp.status == 200 and time.monotonic() - started < PROBE_TIMEOUT
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
+
+
+def test_probes_and_metrics_stay_answerable_under_slowloris(api: Api) -> None:
+    """Hundreds of half-open connections (silent, or dripping a /v1 head) and /v1 requests
+    held open, renewed as the server drops them, for several seconds: /healthz, /readyz and
+    /metrics keep answering 200 in time, and the server serves /v1 again afterwards. (With
+    one budget of 64 connections for every path, taken before the request line was read,
+    and a 10 s deadline for the head, 0-2% of these probes were answered.)"""
+    with running(api) as port:
+        stop, opened = threading.Event(), [0]
+        attacker = threading.Thread(target=_slowloris, args=(port, stop, opened), daemon=True)
+        attacker.start()
+        results: dict[str, list[bool]] = {path: [] for path in PROBES}
+        try:
+            time.sleep(2)  # the attack under way
+            attack_ends = time.monotonic() + 6
+            for path in itertools.cycle(PROBES):
+                if time.monotonic() >= attack_ends:
+                    break
+                results[path].append(_probe(port, path))
+                time.sleep(0.02)
+        finally:
+            stop.set()
+            attacker.join(10)
+        assert not attacker.is_alive()
+        made = sum(len(r) for r in results.values())
+        answered = sum(sum(r) for r in results.values())
+        summary = {path: f"{sum(r)}/{len(r)}" for path, r in results.items()}
+        print(f"slowloris: {opened[0]} attack connections, probes answered {summary}")
+        assert opened[0] >= SILENT + DRIPPING + HELD  # the attack did run
+        assert made >= 30, summary
+        assert answered >= 0.99 * made, summary
+        assert all(any(r) for r in results.values()), summary  # each path answered
+
+        deadline = time.monotonic() + 5  # and afterwards the read API is served again
+        while http_get(port, "/v1/matrix")[0] != 200:
             assert time.monotonic() < deadline
             time.sleep(0.05)
+        assert all(_probe(port, path) for path in PROBES)
 
 
 def test_request_line_too_long_is_414(api: Api) -> None:
@@ -974,7 +1185,7 @@ def test_rfm_customers_keeps_profile_tenants_and_groups_the_others() -> None:
         }
     )
     registry = CollectorRegistry()
-    registry.register(CustomersCollector(lambda: counts, ["default", "sofa-shop"]))
+    registry.register(CustomersCollector(lambda _label: counts, ["default", "sofa-shop"]))
     assert customers_samples(registry) == {
         ("default", "lost"): 2,
         ("sofa-shop", "lost"): 3,

@@ -68,8 +68,8 @@ def test_a_scrape_holds_the_label_values_not_the_tenants(
     assert many_peak < one_peak + 1_000_000, (many_peak, one_peak)
 
 
-def test_a_reader_without_labels_is_still_bounded() -> None:
-    """A reader that only returns per-tenant counts is summed after the read, as before."""
+def test_a_reader_that_ignores_the_labels_is_still_bounded() -> None:
+    """A reader that returns per-tenant counts anyway is summed after the read."""
     counts = Counter({("vip", "lost"): 1, ("t1", "lost"): 2, ("t2", "lost"): 3})
-    collector = metrics.CustomersCollector(lambda: counts, ["default", "vip"], ttl=0)
+    collector = metrics.CustomersCollector(lambda _label: counts, ["default", "vip"], ttl=0)
     assert scrape(collector) == {("vip", "lost"): 1, ("other", "lost"): 5}

@@ -1,12 +1,20 @@
 """HTTP: /metrics, /healthz, /readyz and the read API (contract section 9).
 
-A small threaded stdlib server in a daemon thread: the read API is a few Redis reads per
-request and must not share the consumer loop's thread.
+A small stdlib server in daemon threads: the read API is a few Redis reads per request and
+must not share the consumer loop's thread.
 
 What a request may cost the server is bounded: GET only (any other method is a 405 and
 no body is ever read), one request per connection, the request line and headers within
 MAX_REQUEST_LINE / MAX_HEAD bytes and received within the request timeout (a client that
-sends nothing, or drips its headers, is disconnected), at most `max_connections` at once.
+sends nothing, or drips its headers, is disconnected).
+
+Slow clients cannot starve the probes (slowloris): one thread accepts every connection and
+reads the request heads of all of them at once (a selector), so a connection costs a thread
+only once its whole head is in. At most `max_pending` connections may be that far behind;
+one more drops the oldest of them. A whole request is then served in a thread of its own
+from one of two budgets, chosen by its path: `max_probe_connections` for /metrics, /healthz
+and /readyz, `max_connections` for everything else; a full budget answers 503 at once.
+Neither half-open connections nor a flood of the read API take anything from the probes.
 
 The read API (/v1/*) requires `Authorization: Bearer <RFM_HTTP_TOKEN>` when a token is
 set; /metrics, /healthz and /readyz never do (Prometheus and probes). Path segments are
@@ -24,13 +32,15 @@ import hmac
 import io
 import logging
 import re
+import selectors
 import socket
 import socketserver
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from importlib import resources
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, unquote_to_bytes
@@ -47,8 +57,13 @@ from worker.store import Store
 
 logger = logging.getLogger(__name__)
 
-REQUEST_TIMEOUT = 10.0  # seconds to receive a whole request line and headers
-MAX_CONNECTIONS = 64  # connections served at once; more are refused (503) at once
+REQUEST_TIMEOUT = 2.0  # seconds to receive a whole request head, and to send the response
+MAX_CONNECTIONS = 64  # read API requests (any path but the probes') served at once, else 503
+MAX_PROBE_CONNECTIONS = 16  # /metrics, /healthz, /readyz requests served at once, else 503
+MAX_PENDING = 256  # connections whose request head is still arriving; more drop the oldest
+BACKLOG = 1024  # connections the kernel queues for accept() (the stdlib's default is 5)
+ACCEPTS = 16  # accepted per round of the serving loop at most: far fewer than MAX_PENDING
+REPORT_EVERY = 10.0  # seconds at least between two warnings about connections turned away
 MAX_REQUEST_LINE = 8 * 1024  # bytes; a 200-character id is at most 2,400 once encoded
 MAX_HEAD = 32 * 1024  # bytes of request line and headers together
 MAX_CUSTOMER_ID = 200  # characters, as in order events (worker/events.py)
@@ -59,6 +74,7 @@ _TARGET = re.compile(r"[\x21-\x7e]*")  # a request target is visible ASCII (RFC 
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 _TENANT_RULE = "1-100 of A-Z a-z 0-9 . _ -"
 _OPEN = frozenset({"/metrics", "/healthz", "/readyz"})  # never behind the token
+_PROBES = frozenset(path.encode() for path in _OPEN)  # served from their own budget
 _BUSY_BODY = b'{"error":"unavailable","detail":"too many open connections"}'
 _BUSY = (
     b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
@@ -208,34 +224,65 @@ def _unauthorized(challenge: str, detail: str) -> Response:
     )
 
 
-class _HeadReader(io.RawIOBase):
-    """The socket as the request parser reads it: a deadline for the whole request line and
-    headers (not per recv, so dripping bytes does not extend it) and a byte budget."""
+class _Pending:
+    """A connection whose request head is still arriving (read without blocking)."""
 
-    def __init__(self, sock: socket.socket, timeout: float, budget: int) -> None:
-        self._sock, self._budget = sock, budget
-        self._deadline = time.monotonic() + timeout
-        self.exhausted = False
+    __slots__ = ("address", "deadline", "ended", "head", "sock")
 
-    def readable(self) -> bool:
-        return True
+    def __init__(self, sock: socket.socket, address: Any, deadline: float) -> None:
+        self.sock, self.address, self.deadline = sock, address, deadline
+        self.head = bytearray()
+        self.ended = False  # the empty line that ends the headers has arrived
 
-    def readinto(self, buffer: Any) -> int:
-        if self._budget <= 0:
-            self.exhausted = True
-            return 0
-        remaining = self._deadline - time.monotonic()
-        if remaining <= 0:
-            raise TimeoutError("request line and headers not received in time")
-        self._sock.settimeout(remaining)
-        view = memoryview(buffer)[: self._budget]
-        n = self._sock.recv_into(view)
-        self._budget -= n
-        return n
+    def receive(self) -> bool | None:
+        """Read what has arrived: True when the request can be served (the head is whole,
+        or too long to ever be: a 414 or 431), False while more is awaited, None when the
+        client closed before a whole request line (nothing to answer)."""
+        try:
+            chunk = self.sock.recv(MAX_HEAD - len(self.head))
+        except BlockingIOError:
+            return False
+        except OSError:  # reset by the client
+            return None
+        if not chunk:  # the client is done sending: what came is the request, as the parser
+            # reads the end of the stream as the end of the headers
+            return True if b"\n" in self.head else None
+        seen = len(self.head)
+        self.head += chunk
+        # the head ends at its first empty line, where http.client.parse_headers stops
+        self.ended = any(self.head.find(end, max(0, seen - 2)) >= 0 for end in (b"\n\r\n", b"\n\n"))
+        too_long = len(self.head) >= MAX_HEAD or (
+            len(self.head) > MAX_REQUEST_LINE and self.head.find(b"\n", 0, MAX_REQUEST_LINE) < 0
+        )
+        return self.ended or too_long
+
+    def is_probe(self) -> bool:
+        """Whether the request line asks for /metrics, /healthz or /readyz."""
+        words = bytes(self.head).partition(b"\n")[0].split()
+        if len(words) < 2:
+            return False
+        path = words[1].partition(b"?")[0]
+        if path.startswith(b"//"):  # as BaseHTTPRequestHandler.parse_request reads it
+            path = b"/" + path.lstrip(b"/")
+        return path in _PROBES
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
+def _refuse(sock: socket.socket) -> None:
+    """Answer 503 without waiting for anything, and close."""
+    try:
+        sock.setblocking(False)
+        sock.send(_BUSY)
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    sock.close()
+
+
+class _Server(HTTPServer):
+    """Accepts connections and reads their request heads in the serving thread, all at once
+    (a selector); serves each whole request in a thread of its own, within its budget."""
+
+    request_queue_size = BACKLOG
 
     def __init__(
         self,
@@ -243,41 +290,147 @@ class _Server(ThreadingHTTPServer):
         family: socket.AddressFamily,
         api: Api,
         timeout: float,
+        *,
         max_connections: int,
+        max_probe_connections: int,
+        max_pending: int,
     ) -> None:
         self.address_family = family
-        self.api, self.request_timeout = api, timeout
+        self.api, self.request_timeout, self.max_pending = api, timeout, max_pending
         self._slots = threading.BoundedSemaphore(max_connections)
+        self._probe_slots = threading.BoundedSemaphore(max_probe_connections)
+        self._pending: dict[socket.socket, _Pending] = {}  # oldest first
+        self._selector: selectors.BaseSelector | None = None
+        self._turned_away: Counter[str] = Counter()  # since the last warning
+        self._report_at = 0.0  # when the next warning may be logged
+        self._stop, self._stopped = threading.Event(), threading.Event()
         super().__init__(address, _Handler)
+        self.socket.setblocking(False)  # accept() never waits for a client that went away
 
     def server_bind(self) -> None:
         # HTTPServer.server_bind looks the host up in DNS (getfqdn): not needed, maybe slow
         socketserver.TCPServer.server_bind(self)
         self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self._slots.acquire(blocking=False):
-            # refused in the accepting thread: no wait of any kind here
-            logger.warning("http: too many open connections, refusing one from %s", client_address)
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Until shutdown(): accept, read request heads, hand whole requests to threads."""
+        self._stopped.clear()
+        try:
+            with selectors.DefaultSelector() as self._selector:
+                self._selector.register(self.socket, selectors.EVENT_READ)
+                while not self._stop.is_set():
+                    wait = poll_interval
+                    if self._pending:  # the oldest has the nearest deadline
+                        oldest = next(iter(self._pending.values()))
+                        wait = min(wait, max(0.0, oldest.deadline - time.monotonic()))
+                    for key, _ in self._selector.select(wait):
+                        pending: _Pending | None = key.data  # None: the listening socket
+                        try:
+                            if pending is None:
+                                self._accept()
+                            elif self._pending.get(pending.sock) is pending:  # not dropped
+                                self._receive(pending)
+                        except Exception:  # never the end of the serving thread
+                            logger.exception("http: serving a connection failed")
+                    self._expire()
+                    self._report()
+        finally:
+            for pending in self._pending.values():
+                pending.sock.close()
+            self._pending.clear()
+            self._selector = None
+            self._report_at = 0.0
+            self._report()  # what was turned away since the last warning
+            self._stop.clear()
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        """Stop serve_forever and wait for it (requests in their threads run to their end)."""
+        self._stop.set()
+        self._stopped.wait()
+
+    def _accept(self) -> None:
+        assert self._selector is not None
+        for _ in range(ACCEPTS):
             try:
-                request.settimeout(0)
-                request.send(_BUSY)
-                request.shutdown(socket.SHUT_WR)
-            except OSError:
-                pass
-            self.close_request(request)
+                sock, address = self.get_request()
+            except OSError:  # none left, or out of file descriptors: try again later
+                return
+            sock.setblocking(False)
+            if len(self._pending) >= self.max_pending:
+                # the oldest makes room: clients that hold connections open without sending
+                # a request cannot lock out one that sends it at once (kubelet, Prometheus);
+                # a new one is read in the next round, before ACCEPTS newer could push it out
+                oldest = next(iter(self._pending.values()))
+                self._forget(oldest)
+                self._turn_away(oldest.sock, "connections without a whole request (the oldest)")
+            pending = _Pending(sock, address, time.monotonic() + self.request_timeout)
+            self._pending[sock] = pending
+            self._selector.register(sock, selectors.EVENT_READ, pending)
+
+    def _receive(self, pending: _Pending) -> None:
+        ready = pending.receive()
+        if ready is False:
+            return
+        self._forget(pending)
+        if ready is None:
+            pending.sock.close()
+            return
+        probe = pending.is_probe()
+        slots = self._probe_slots if probe else self._slots
+        if not slots.acquire(blocking=False):
+            self._turn_away(pending.sock, f"{'probe' if probe else 'read API'} requests")
             return
         try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self._slots.release()
-            raise
+            threading.Thread(target=self._serve, args=(pending, slots), daemon=True).start()
+        except Exception:  # no thread to be had: this request only is lost
+            slots.release()
+            self.handle_error(pending.sock, pending.address)
+            pending.sock.close()
 
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
+    def _expire(self) -> None:
+        """Close the connections whose request head did not arrive in time, oldest first."""
+        now = time.monotonic()
+        while self._pending:
+            oldest = next(iter(self._pending.values()))
+            if oldest.deadline > now:
+                return
+            logger.debug("http: no whole request from %s in time, closing", oldest.address)
+            self._forget(oldest)
+            oldest.sock.close()
+
+    def _turn_away(self, sock: socket.socket, what: str) -> None:
+        _refuse(sock)
+        self._turned_away[what] += 1
+
+    def _report(self) -> None:
+        """A warning about the connections turned away, one per REPORT_EVERY at most (not
+        one per connection: under attack that would be thousands a second)."""
+        if self._turned_away and (now := time.monotonic()) >= self._report_at:
+            logger.warning(
+                "http: too many open connections; answered 503 to %s (since the last warning)",
+                ", ".join(f"{n} {what}" for what, n in self._turned_away.items()),
+            )
+            self._turned_away.clear()
+            self._report_at = now + REPORT_EVERY
+
+    def _forget(self, pending: _Pending) -> None:
+        assert self._selector is not None
+        self._selector.unregister(pending.sock)
+        del self._pending[pending.sock]
+
+    def _serve(self, pending: _Pending, slots: threading.BoundedSemaphore) -> None:
+        """One request, in its own thread (ThreadingMixIn.process_request_thread's part)."""
         try:
-            super().process_request_thread(request, client_address)
+            pending.sock.setblocking(True)
+            head = bytes(pending.head)
+            exhausted = len(head) >= MAX_HEAD and not pending.ended
+            _Handler(pending.sock, pending.address, self, head=head, exhausted=exhausted)
+        except Exception:
+            self.handle_error(pending.sock, pending.address)
         finally:
-            self._slots.release()
+            self.shutdown_request(pending.sock)
+            slots.release()
 
     def shutdown_request(self, request: Any) -> None:
         """A lingering close: after the response, read and discard what the client still
@@ -303,14 +456,28 @@ class _Server(ThreadingHTTPServer):
 
 
 class _Handler(BaseHTTPRequestHandler):
+    """One request whose head the server has read already: `head` (nothing: no request),
+    and whether it was cut at MAX_HEAD before its end (`exhausted`: a 431)."""
+
     server: _Server
+
+    def __init__(
+        self,
+        request: Any,
+        client_address: Any,
+        server: _Server,
+        *,
+        head: bytes = b"",
+        exhausted: bool = False,
+    ) -> None:
+        self._head, self._exhausted = head, exhausted
+        super().__init__(request, client_address, server)
 
     def setup(self) -> None:
         super().setup()
-        self.connection.settimeout(self.server.request_timeout)
-        self.rfile.close()  # replaced by a reader with a deadline and a byte budget
-        self._head = _HeadReader(self.connection, self.server.request_timeout, MAX_HEAD)
-        self.rfile = io.BufferedReader(self._head)
+        self.connection.settimeout(self.server.request_timeout)  # to send the response
+        self.rfile.close()
+        self.rfile = io.BytesIO(self._head)
 
     def handle_one_request(self) -> None:
         """The stdlib's, with tighter limits, GET only, and no request body ever read."""
@@ -325,10 +492,9 @@ class _Handler(BaseHTTPRequestHandler):
                 return  # the client closed the connection mid-line (or before it)
             if not self.parse_request():
                 return  # parse_request sent the error
-            if self._head.exhausted:
+            if self._exhausted:
                 self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
                 return
-            self.connection.settimeout(self.server.request_timeout)  # to write the response
             if self.command != "GET":
                 self._send(
                     _error(405, "method_not_allowed", "only GET is served"),
@@ -341,7 +507,7 @@ class _Handler(BaseHTTPRequestHandler):
             self._get()
             self.wfile.flush()
         except TimeoutError as exc:
-            self.log_error("request timed out: %r", exc)
+            self.log_error("response timed out: %r", exc)
 
     def _has_body(self) -> bool:
         if "Transfer-Encoding" in self.headers:
@@ -392,7 +558,9 @@ def serve(
     *,
     timeout: float = REQUEST_TIMEOUT,
     max_connections: int = MAX_CONNECTIONS,
-) -> ThreadingHTTPServer:
+    max_probe_connections: int = MAX_PROBE_CONNECTIONS,
+    max_pending: int = MAX_PENDING,
+) -> HTTPServer:
     """Start serving in a daemon thread; `server.shutdown()` stops it.
 
     A host that does not resolve or is not an address of this machine is a ConfigError
@@ -405,7 +573,15 @@ def serve(
     except socket.gaierror as exc:
         raise ConfigError(f"RFM_HTTP_HOST={host}: {exc.strerror}") from None
     try:
-        server = _Server(address, family, api, timeout, max_connections)
+        server = _Server(
+            address,
+            family,
+            api,
+            timeout,
+            max_connections=max_connections,
+            max_probe_connections=max_probe_connections,
+            max_pending=max_pending,
+        )
     except OSError as exc:
         if exc.errno == errno.EADDRNOTAVAIL:
             raise ConfigError(f"RFM_HTTP_HOST={host}: {exc.strerror}") from None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import inspect
 import logging
 import time
 from collections import Counter as Tally
@@ -96,23 +95,22 @@ class CustomersCollector(Collector):
     keeps its name; every other tenant (any name the order events carry) is summed under
     the one label value OTHER.
 
-    `read` returns the customers per (tenant, segment). One that takes a `label` function
-    (Store.segment_counts) is given the tenant's label value and sums as it reads, so a
-    scrape holds one entry per label value, not one per tenant: 100,000 tenants without
-    a profile would otherwise cost every scrape ~40 MB (the worker's RSS keeps it).
+    `read(label)` returns the customers per (tenant, segment), each tenant counted under
+    label(tenant) as it reads (Store.segment_counts), so a scrape holds one entry per label
+    value, not one per tenant: 100,000 tenants without a profile would otherwise cost
+    every scrape ~40 MB (the worker's RSS keeps it).
     """
 
     OTHER = OTHER_TENANT
 
     def __init__(
         self,
-        read: Callable[..., Tally[tuple[str, str]]],
+        read: Callable[[Callable[[str], str]], Tally[tuple[str, str]]],
         tenants: list[str],
         ttl: float = 5.0,
     ) -> None:
         self._read, self._ttl = read, ttl
         self._tenants = frozenset(tenants)
-        self._labelled = "label" in inspect.signature(read).parameters
         self._cached: Tally[tuple[str, str]] = Tally()
         self._at = 0.0
 
@@ -122,7 +120,7 @@ class CustomersCollector(Collector):
         )
         if time.monotonic() - self._at > self._ttl:
             try:
-                counts = self._read(label=self._label) if self._labelled else self._read()
+                counts = self._read(self._label)
                 self._cached, self._at = self._bounded(counts), time.monotonic()
             except Exception as exc:  # a scrape must not fail because Redis is down
                 logger.debug("rfm_customers kept its last values: %s", exc)
@@ -144,7 +142,7 @@ class CustomersCollector(Collector):
 
 
 def register_customers(
-    read: Callable[..., Tally[tuple[str, str]]], tenants: list[str]
+    read: Callable[[Callable[[str], str]], Tally[tuple[str, str]]], tenants: list[str]
 ) -> CustomersCollector:
     """`tenants`: the profile names (Profiles.names()), the only tenant label values."""
     collector = CustomersCollector(read, tenants)
