@@ -1,8 +1,8 @@
-"""An independent batch recomputation of the contract's rules, for checking the worker.
+"""An independent batch recomputation of the documented rules, for checking the worker.
 
-Written from CONTRACT.md sections 3 and 4 only, deliberately naively (no shared code with
-the worker apart from the segment map, which has its own tests): distinct events by
-event_id; one order per order_id (conflicting placed events: the smallest
+Written from docs/profiles.md and docs/records-and-triggers.md only, deliberately
+naively (no shared code with the worker apart from the segment map, which has its own
+tests): distinct events by event_id; one order per order_id (conflicting placed events: the smallest
 (occurred_at, amount) wins); a cancel removes the order; an order's value is
 max(0, amount - distinct refunds); monetary sums the values of the counted orders.
 """

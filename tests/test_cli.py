@@ -1,4 +1,4 @@
-"""The command line (contract sections 7 and 8) against the suite's Redis: customer, export,
+"""The command line (docs/commands.md) against the suite's Redis: customer, export,
 matrix and schemas, through worker.cli.main."""
 
 from __future__ import annotations

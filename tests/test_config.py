@@ -1,4 +1,5 @@
-"""Configuration (contract section 2): defaults, every RFM_ variable, one-line errors, secrets."""
+"""Configuration (docs/configuration.md): defaults, every RFM_ variable, one-line errors,
+secrets."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from worker.errors import ConfigError
 
 PASSWORD = "s3cr3t-Pa55"  # must never be shown anywhere
 
-# Contract section 2, as the environment spells it; None = unset.
+# docs/configuration.md, as the environment spells it; None = unset.
 CONTRACT_DEFAULTS: dict[str, str | None] = {
     "RFM_KAFKA_BOOTSTRAP": "localhost:9092",
     "RFM_KAFKA_GROUP": "rfm-worker",
@@ -113,7 +114,7 @@ def test_every_variable_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
         "RFM_HTTP_HOST": "127.0.0.1",
         "RFM_HTTP_TOKEN": PASSWORD,
     }
-    # The contract's variables, plus the worker's own safety override.
+    # The documented variables, plus the worker's own safety override.
     assert set(values) == {*CONTRACT_DEFAULTS, "RFM_REDIS_ALLOW_EVICTION", "RFM_LOG_LEVEL"}
     for name, value in values.items():
         monkeypatch.setenv(name, value)

@@ -1,4 +1,4 @@
-"""Per-customer state (contract section 4): order-independent merge, exact sums, codec."""
+"""Per-customer state (docs/architecture.md): order-independent merge, exact sums, codec."""
 
 from __future__ import annotations
 
@@ -476,7 +476,8 @@ def one_placed_per_order(draw: st.DrawFn) -> list[ValidEvent]:
 @settings(max_examples=200, database=None, deadline=None)
 @given(one_placed_per_order())
 def test_aggregates_follow_the_contract_rules(deliveries: list[ValidEvent]) -> None:
-    # Expected values straight from contract section 4, from the set of distinct events.
+    # Expected values straight from the documented rules (docs/records-and-triggers.md),
+    # from the set of distinct events.
     distinct = {e.event_id: e for e in deliveries}.values()
     cancelled_ids = {e.order_id for e in distinct if e.type == "order_cancelled"}
     placed_by_order = {e.order_id: e for e in distinct if e.type == "order_placed"}

@@ -1,4 +1,5 @@
-"""Dead-letter headers (contract section 6): the original headers, then the reason and source."""
+"""Dead-letter headers (docs/records-and-triggers.md): the original headers, then the
+reason and source."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""The pure engine (contract section 5): which rfm.changed records a batch of events yields."""
+"""The pure engine (docs/records-and-triggers.md): which rfm.changed records a batch of
+events yields."""
 
 from __future__ import annotations
 
@@ -111,7 +112,7 @@ def test_first_order_has_no_previous() -> None:
     assert p["as_of"] == AS_OF_ISO
     assert p["emitted_at"] == NOW_ISO
     assert p["previous"] is None
-    # 1 order today worth 120: R5 F1 M2, "512" -> new_customers (contract section 3).
+    # 1 order today worth 120: R5 F1 M2, "512" -> new_customers (docs/profiles.md).
     assert p["current"] == view("512", "new_customers")
     assert p["segment_changed"] is True
     assert p["customer"] == {

@@ -1,4 +1,4 @@
-"""Input validation (contract sections 4 and 6): valid events and every rejection class."""
+"""Input validation (docs/records-and-triggers.md): valid events and every rejection class."""
 
 from __future__ import annotations
 

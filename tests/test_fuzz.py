@@ -8,7 +8,7 @@ timestamps at and beyond every edge, unknown types, bad and mismatched currencie
 fields nested 10 to 5,000 deep or huge, duplicate keys (plain and \\u-escaped), other
 encodings (BOM, UTF-16/32, Latin-1, overlong and CESU-8 sequences, lone surrogate escapes,
 raw and escaped NUL), values padded to the exact byte around the worker's 64 KiB limit,
-events the contract accepts with every value at an edge, Kafka keys null, empty, binary or
+events the documented rules accept with every value at an edge, Kafka keys null, empty, binary or
 huge, headers binary, null or spoofing the worker's own `rfm.*` ones, and tombstones. A
 few more are made by hand: values, keys and headers near the ~1 MB a Kafka client sends
 by default (the broker takes more), and 20,000 headers.
@@ -408,7 +408,7 @@ INJECTIONS = [  # bytes put into a JSON string as they are: encodings and escape
     b"\\/",
 ]
 MARK = "@@INJ@@"
-# Values the contract accepts, at their edges: events made of them reach the engine.
+# Values the documented rules accept, at their edges: events made of them reach the engine.
 EDGE_IDS = [
     "\x00",
     "a" * 200,
@@ -661,7 +661,8 @@ def hostile_records(now: datetime) -> st.SearchStrategy[Record]:
 
     @st.composite
     def edge_valid(draw: st.DrawFn) -> bytes:
-        """Accepted by the contract, every value at an edge: a few customers collect them."""
+        """Accepted by the documented rules, every value at an edge: a few customers collect
+        them."""
         kind = draw(st.sampled_from(["order_placed", "order_refunded", "order_cancelled"]))
         stamps = [*EDGE_TIMESTAMPS, *near]
         pairs = [

@@ -1,4 +1,4 @@
-"""The HTTP surface (contract section 9) against the suite's Redis: routes through Api.handle,
+"""The HTTP surface (docs/http-and-metrics.md) against the suite's Redis: routes through Api.handle,
 and over real sockets through serve(): the bearer token, path validation (no path reaches
 another tenant's customer), timeouts and limits, and the bounded rfm_customers labels."""
 

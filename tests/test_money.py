@@ -1,4 +1,4 @@
-"""Exact money (contract section 4: amounts have <= 4 decimals, summed without floats)."""
+"""Exact money (docs/records-and-triggers.md: amounts have <= 4 decimals, summed without floats)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Scoring profiles (contract section 3): TOML loading, validation, the built-in default."""
+"""Scoring profiles (docs/profiles.md): TOML loading, validation, the built-in default."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from worker.errors import ConfigError, ProfileError
 from worker.profiles import BUILTIN_DEFAULT, Profile, Profiles
 from worker.segments import STANDARD_MAP
 
-# The contract's example, without its (deliberately partial) custom segment map.
+# The documented example, without its (deliberately partial) custom segment map.
 CONTRACT_EXAMPLE = """
 [profiles.default]                 # applies to events with no tenant, or a tenant with no profile
 currency = "EUR"                   # optional; when set, other currencies are rejected
@@ -239,7 +239,7 @@ def test_negative_thresholds_are_rejected() -> None:
 
 
 def test_unmapped_triple_in_custom_map_is_named() -> None:
-    # The contract's one-rule map covers only R 4..5 x F 4..5: 111 is the first gap.
+    # The documented one-rule map covers only R 4..5 x F 4..5: 111 is the first gap.
     message = load_error(CONTRACT_EXAMPLE + CUSTOM_MAP_RULES)
     assert "sofa-shop" in message
     assert "111" in message

@@ -2,7 +2,8 @@
 
 Random events for a few tenants/customers/orders, delivered with duplicates, shuffled and
 cut into random batches, go through the real validation and Store.apply_batch. The result
-must equal a plain recomputation written here from the contract (sections 3 and 4):
+must equal a plain recomputation written here from the documented rules (docs/profiles.md,
+docs/records-and-triggers.md):
 
 - events are a set (by event_id); one order per (tenant, customer, order_id);
 - among conflicting order_placed events the smallest (occurred_at, amount) is the order;
@@ -173,7 +174,7 @@ def _segment(tenant: str, r: int, f: int, m: int) -> str:
         if r >= 2:
             return "active"
         return "repeat_lapsed" if f >= 3 else "lapsed"
-    # The standard map: the contract names it, the profile carries it (tested elsewhere).
+    # The standard map: the docs name it, the profile carries it (tested elsewhere).
     return PROFILES.default.segment_map.segment(r, f, m)
 
 

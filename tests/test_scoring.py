@@ -1,4 +1,4 @@
-"""R, F, M scores (contract section 3): every boundary of the contract's example profiles."""
+"""R, F, M scores (docs/profiles.md): every boundary of the documented example profiles."""
 
 from __future__ import annotations
 
@@ -290,7 +290,7 @@ def test_all_orders_outside_the_window_score_f1_and_keep_r_and_m() -> None:
 
 
 def test_score_combines_dimensions_and_standard_segment() -> None:
-    # 1 order today worth 120: R5 F1 M2 -> "512" -> new_customers (contract example).
+    # 1 order today worth 120: R5 F1 M2 -> "512" -> new_customers (documented example).
     s = score(one_order(0, "120"), AS_OF, PIZZERIA)
     assert (s.r, s.f, s.m) == (5, 1, 2)
     assert s.rfm == "512"

@@ -1,4 +1,4 @@
-"""Segment maps (contract section 3): the standard map and SegmentMap validation."""
+"""Segment maps (docs/profiles.md): the standard map and SegmentMap validation."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from worker.errors import ProfileError
 from worker.segments import STANDARD_MAP, STANDARD_SEGMENTS, Rule, SegmentMap
 
-# The 11 names of the contract, in the contract's order.
+# The 11 documented names, in the documented order.
 CONTRACT_SEGMENTS = (
     "champions",
     "loyal",

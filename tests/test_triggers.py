@@ -1,6 +1,6 @@
-"""Automation triggers (README "Automation triggers"): the pure evaluation, the records and
+"""Automation triggers (docs/records-and-triggers.md): the pure evaluation, the records and
 their `rfm.triggers` header, the metric, end to end with a real broker and Redis, and the
-README's automation consumer run as written."""
+documented automation consumer run as written."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from worker.relay import TRIGGERS_HEADER, Relay
 from worker.store import Committed, Store
 from worker.triggers import fired, fired_overdue
 
-README = Path(__file__).resolve().parent.parent / "README.md"
+TRIGGERS_DOC = Path(__file__).resolve().parent.parent / "docs" / "records-and-triggers.md"
 DAY_MS = 86_400_000
 
 
@@ -458,12 +458,12 @@ def test_orders_and_sweeps_publish_the_profiles_triggers(
     ]
 
 
-# -- the README's automation consumer, run as written ---------------------------------------
+# -- the documented automation consumer, run as written ---------------------------------------
 
 
 def readme_consumer() -> str:
-    """The first python block of the README's "Automation triggers" section."""
-    text = README.read_text(encoding="utf-8")
+    """The first python block of the "Automation triggers" section of the docs."""
+    text = TRIGGERS_DOC.read_text(encoding="utf-8")
     section = text.split("\n## Automation triggers\n", 1)[1].split("\n## ", 1)[0]
     match = re.search(r"```python\n(.*?)```", section, re.DOTALL)
     assert match, "no python block in the Automation triggers section"

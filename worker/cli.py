@@ -1,4 +1,4 @@
-"""The `rfm-worker` command line (contract sections 7 and 8)."""
+"""The `rfm-worker` command line (docs/commands.md)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Configuration: the only module that reads the environment (prefix RFM_, contract §2)."""
+"""Configuration: the only module that reads the environment (prefix RFM_,
+docs/configuration.md)."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     sweep_interval: float = Field(default=60, gt=0)
     http_port: int = Field(default=9400, ge=0, le=65535)
-    http_host: str = "0.0.0.0"  # noqa: S104  (the contract's default: every interface)
+    http_host: str = "0.0.0.0"  # noqa: S104  (the documented default: every interface)
     http_token: SecretStr | None = None
 
     @field_validator("kafka_config")

@@ -309,6 +309,10 @@ class Worker:
     def _on_assign(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         new = {p.partition for p in partitions}
         logger.info("assigned partitions %s", sorted(new))
+        if self.stopping.is_set():
+            # A rebalance that ends while closing: nothing more is consumed, so nothing to
+            # start from (asking the broker for offsets now may wait out the close).
+            return
         # Start where the state is, not where Kafka's commits say: Redis may have lost
         # writes (a failover, a restart) that the committed offsets count as applied.
         if partitions:  # (a cooperative round, or more workers than partitions: none)
@@ -483,7 +487,7 @@ class Worker:
                 metrics.ORDERS_FOLDED.inc(count)
                 logger.warning(
                     "customer %r of tenant %r holds more than %d orders: its %d oldest were "
-                    "folded into its aggregates (README Guarantees: the per-customer bound)",
+                    "folded into its aggregates (docs/architecture.md: the per-customer bound)",
                     customer_id,
                     tenant,
                     MAX_ORDERS,

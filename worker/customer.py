@@ -34,7 +34,7 @@ LONG_HISTORY = 64
 REBASE_MS = 30 * 86_400_000  # a long history's entries are ages at a commit this recent
 # The per-customer bound (a shared guest id, a B2B account, a bot): beyond MAX_ORDERS orders
 # kept one by one, the oldest FOLD_CHUNK at a time fold into the aggregates (`Folded`), so
-# the state and the cost of an event stop growing. See README "Guarantees".
+# the state and the cost of an event stop growing. See docs/architecture.md "Guarantees".
 MAX_ORDERS = 10_000
 FOLD_CHUNK = 1_000
 
@@ -288,7 +288,7 @@ class Customer:
         # The orders go under "q", except where releases before units and bases wrote the
         # same meaning: "o" (instants) and "r" (ages at "t"), in money units. A release
         # that predates "q" fails on it (its events dead-lettered as internal_error, see
-        # README "Upgrading") instead of misreading scaled amounts.
+        # docs/operations.md "Upgrading") instead of misreading scaled amounts.
         t = self.scored_at
         stored, base = self._stored, self._base
         if (

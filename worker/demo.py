@@ -245,7 +245,7 @@ class Tally:
         return True
 
 
-# The built-in default profile's thresholds, with the automation triggers of README's
+# The built-in default profile's thresholds, with the automation triggers of the docs'
 # "Automation triggers" section: the demo's lines show which automation each move starts.
 DEMO_PROFILES = """\
 [profiles.default]

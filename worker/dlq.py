@@ -12,7 +12,7 @@ MAX_KEPT_KEY = 4096
 
 
 def dlq_headers(message: Any, rejection: Rejection) -> Headers:
-    """Original headers, then rfm.error.* and rfm.source.* (contract section 6).
+    """Original headers, then rfm.error.* and rfm.source.* (docs/records-and-triggers.md).
 
     Original headers are kept as they are (a null header stays null: Kafka tells a null
     value from an empty one), except any that use this worker's own names: a reader of

@@ -30,7 +30,7 @@ from worker.money import to_units
 from worker.profiles import DEFAULT_TENANT, Profiles
 
 MAX_EVENT_BYTES = 64 * 1024  # an order event is a few hundred bytes; more is an accident
-MAX_FUTURE_MS = 5 * 60 * 1000  # contract: more than 5 minutes ahead of the wall clock
+MAX_FUTURE_MS = 5 * 60 * 1000  # documented: more than 5 minutes ahead of the wall clock
 EventType = Literal["order_placed", "order_refunded", "order_cancelled"]
 
 Id = Annotated[str, Strict(), Field(min_length=1, max_length=200)]
@@ -41,7 +41,7 @@ _DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?([Ee][+-]?[0-9]+)?")
 
 
 class OrderEvent(BaseModel):
-    """An order event as upstream services publish it (contract section 4)."""
+    """An order event as upstream services publish it (docs/records-and-triggers.md)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True, title="OrderEvent")
 
@@ -67,7 +67,7 @@ class OrderEvent(BaseModel):
     @classmethod
     def _rfc3339(cls, value: object) -> object:
         # The datetime parser is lenient (numbers, Unix times in strings, no seconds, "_"
-        # as the separator): the contract says RFC 3339 with an offset, so hold it to that.
+        # as the separator): the documented format is RFC 3339 with an offset, so hold it to that.
         if not isinstance(value, str) or not _RFC3339.fullmatch(value):
             raise ValueError("not an RFC 3339 timestamp with an offset")
         return value
@@ -107,7 +107,7 @@ class Rejection:
 
 
 def validate(value: bytes | None, profiles: Profiles, now_ms: int) -> ValidEvent | Rejection:
-    """Validate one Kafka record value against the contract and the tenant's profile."""
+    """Validate one Kafka record value against the documented rules and the tenant's profile."""
     if not value:
         return Rejection("empty", "the record has no value (tombstone or empty message)")
     if len(value) > MAX_EVENT_BYTES:

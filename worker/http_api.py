@@ -1,4 +1,4 @@
-"""HTTP: /metrics, /healthz, /readyz and the read API (contract section 9).
+"""HTTP: /metrics, /healthz, /readyz and the read API (docs/http-and-metrics.md).
 
 A small stdlib server in daemon threads: the read API is a few Redis reads per request and
 must not share the consumer loop's thread.

@@ -1,4 +1,4 @@
-"""Prometheus metrics (contract section 9). Names are part of the public surface."""
+"""Prometheus metrics (docs/http-and-metrics.md). Names are part of the public surface."""
 
 from __future__ import annotations
 
@@ -65,7 +65,7 @@ STORE_CONFLICTS = Counter("rfm_store_conflicts", "Shard commits retried after a 
 REDIS_ERRORS = Counter("rfm_redis_errors", "Redis calls that failed and were retried.")
 ORDERS_FOLDED = Counter(
     "rfm_orders_folded",
-    "Orders folded into their customer's aggregates (the per-customer bound: see README).",
+    "Orders folded into their customer's aggregates (the per-customer bound).",
 )
 OUTBOX_IN_FLIGHT = Gauge("rfm_outbox_in_flight", "Changes produced but not yet acknowledged.")
 OUTBOX_SIZE = Gauge(

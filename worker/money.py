@@ -2,7 +2,7 @@
 
 from decimal import Decimal
 
-SCALE = 10_000  # amounts have at most 4 decimals (contract section 4)
+SCALE = 10_000  # amounts have at most 4 decimals (docs/records-and-triggers.md)
 
 
 def to_units(amount: Decimal | int | str) -> int:

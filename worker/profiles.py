@@ -75,7 +75,7 @@ SEGMENT_KINDS = ("enters", "leaves")
 
 
 class TriggerSpec(BaseModel):
-    """One automation trigger (README "Automation triggers"; evaluated in worker/triggers.py).
+    """One automation trigger (docs/records-and-triggers.md; evaluated in worker/triggers.py).
 
     Checked against its profile (levels, segment names) by Profile, which knows both.
     """
@@ -124,7 +124,7 @@ def _trigger_specs(raw: object) -> object:
 
 
 class Profile(BaseModel):
-    """One tenant's scoring rules (contract section 3)."""
+    """One tenant's scoring rules (docs/profiles.md)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, arbitrary_types_allowed=True)
 
@@ -289,7 +289,7 @@ class Profile(BaseModel):
         return Profile.model_validate(body, context={"derived": True})
 
 
-# The built-in default: a general e-commerce shop. README documents it.
+# The built-in default: a general e-commerce shop, documented in docs/profiles.md.
 BUILTIN_DEFAULT = Profile(
     recency_days=[30, 90, 180, 365],
     frequency_orders=[2, 3, 5, 10],

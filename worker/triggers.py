@@ -3,7 +3,7 @@
 A trigger fires on a move (previous -> current), never on a state: a customer who stays at
 R=5 does not fire `r_becomes 5` again. The engine calls these once, when it builds a
 change (worker/engine.py), and the names go into the record, so a re-publication carries
-the same triggers. README "Automation triggers" documents the semantics.
+the same triggers. docs/records-and-triggers.md documents the semantics.
 """
 
 from __future__ import annotations
