@@ -273,6 +273,8 @@ class ApacheKafka:
         directory: Path | None = None,
         properties: Mapping[str, str] | None = None,
     ) -> None:
+        if shutil.which("java") is None:
+            raise KafkaUnavailableError("Apache Kafka needs java on PATH (a JDK 17+)")
         self.lib = ensure_jars()
         self._tmp = None if directory else tempfile.TemporaryDirectory(prefix="rfm-kafka-")
         root = directory or Path(self._tmp.name)  # type: ignore[union-attr]

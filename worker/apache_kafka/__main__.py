@@ -6,11 +6,13 @@ broker tests on Tansu alone.
 
 import sys
 
-from worker.apache_kafka import KafkaUnavailableError, ensure_jars
+from worker.apache_kafka import KafkaUnavailableError, ensure_jars, missing_tools
 
 
 def main() -> int:
     try:
+        if reason := missing_tools():
+            raise KafkaUnavailableError(reason)
         lib = ensure_jars(quiet=False)
     except KafkaUnavailableError as exc:
         print(f"Apache Kafka is not available here ({exc}): its test runs are skipped")
