@@ -4,8 +4,13 @@ Both are started by the suite on free loopback ports. The broker is the one RFM_
 names: `kafka` (Apache Kafka, worker/apache_kafka: fetched with Maven on first use) or
 `tansu` (worker/embedded.Tansu); unset, Apache Kafka where java and mvn are on PATH, else
 Tansu. A test that talks to a broker is marked `broker` here (the Makefile runs those on
-both brokers). Apache Kafka runs without java or mvn are skipped with that reason, said
-once; anything else that cannot start fails loudly instead of skipping.
+both brokers), and one that uses the suite's Redis or Redis Cluster is marked `redis`.
+Apache Kafka runs without java or mvn are skipped with that reason, said once; anything
+else that cannot start fails loudly instead of skipping.
+
+Shared helpers that are not fixtures: tests/factories.py (instants, profiles, events),
+tests/reference.py (the expected outcome), tests/fixtures.py (running the worker and
+checking what it did), tests/strategies.py (Hypothesis models).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -27,10 +33,22 @@ import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from tests.cluster import EmbeddedCluster
+from worker import clients
 from worker.apache_kafka import missing_tools
+from worker.config import load_settings
+from worker.consumer import Worker
 from worker.embedded import BrokerKind, EmbeddedRedis, create_topics, free_port, start_broker
 from worker.profiles import Profiles
 from worker.store import Store
+
+# The shared helper modules' asserts report their values, as the tests' own do (before
+# any test module imports them).
+pytest.register_assert_rewrite(
+    "tests.factories", "tests.fixtures", "tests.reference", "tests.strategies"
+)
+
+# Fixtures that give a test the suite's Redis (the others it needs depend on these).
+REDIS_FIXTURES = frozenset({"redis_server", "redis_cluster"})
 
 
 @pytest.fixture(scope="session")
@@ -76,10 +94,16 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark every test that talks to a broker (it uses the `kafka` fixture, directly or
-    through `deployment`), so `-m broker` selects exactly those."""
+    through `deployment`), so `-m broker` selects exactly those; and every test that uses
+    the suite's Redis or Redis Cluster (`redis_server` or `redis_cluster`, directly or
+    through `redis_client`, `store`, `cluster_client`, `deployment`, ...) `redis`.
+    `item.fixturenames` is the whole closure, autouse fixtures included."""
     for item in items:
-        if {"kafka", "apache_kafka"} & set(getattr(item, "fixturenames", ())):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if {"kafka", "apache_kafka"} & fixtures:
             item.add_marker(pytest.mark.broker)
+        if REDIS_FIXTURES & fixtures:
+            item.add_marker(pytest.mark.redis)
 
 
 @pytest.fixture(scope="session")
@@ -238,6 +262,40 @@ def deployment(
     for proc in dep.workers:
         if proc.proc is not None and proc.proc.poll() is None:
             proc.kill()
+
+
+@pytest.fixture
+def worker_in_process(
+    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., Worker]]:
+    """Start the Worker loop in a thread of the test process, configured for `deployment`:
+    `start(wrap_redis=..., wrap_producer=...)` lets a test put a fault injector between it
+    and its Redis client or producer. Every worker started is stopped afterwards."""
+    threads: list[tuple[Worker, threading.Thread]] = []
+
+    def start(wrap_redis: Any = None, wrap_producer: Any = None) -> Worker:
+        for name, value in deployment.env().items():
+            if name.startswith("RFM_"):
+                monkeypatch.setenv(name, value)
+        settings = load_settings()
+        client = clients.redis_client(settings)
+        producer = clients.producer(settings)
+        worker = Worker(
+            settings,
+            Profiles.builtin(),
+            Store(wrap_redis(client) if wrap_redis else client),
+            clients.consumer(settings),
+            wrap_producer(producer) if wrap_producer else producer,
+        )
+        thread = threading.Thread(target=worker.run, name=f"worker-{id(worker)}", daemon=True)
+        thread.start()
+        threads.append((worker, thread))
+        return worker
+
+    yield start
+    for worker, thread in threads:
+        worker.stop()
+        thread.join(30)
 
 
 # -- Redis Cluster: three masters on loopback (tests/cluster.py) --------------------------

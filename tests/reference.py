@@ -5,18 +5,29 @@ naively (no shared code with the worker apart from the segment map, which has it
 tests): distinct events by event_id; one order per order_id (conflicting placed events: the smallest
 (occurred_at, amount) wins); a cancel removes the order; an order's value is
 max(0, amount - distinct refunds); monetary sums the values of the counted orders.
+
+Also here: `expected_now` (the recomputation with the built-in thresholds, as of now) and
+`rank_score` (the quintile a value ranks in, by definition).
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
+from tests.factories import DAY_MS
 from worker.segments import STANDARD_MAP
 
-DAY_MS = 86_400_000
+# The built-in default profile's thresholds (docs/profiles.md), as recompute() takes them.
+DEFAULT = {
+    "recency": [30, 90, 180, 365],
+    "frequency": [2, 3, 5, 10],
+    "monetary": [100, 250, 500, 1000],
+}
 
 
 @dataclass(frozen=True)
@@ -103,3 +114,16 @@ def recompute(
             STANDARD_MAP.segment(r, f, m),
         )
     return result
+
+
+def expected_now(events: list[dict[str, Any]]) -> dict[tuple[str, str], Expected | None]:
+    """The recomputation with the built-in thresholds, as of the wall clock now."""
+    now = int(time.time() * 1000)
+    return recompute(events, now, DEFAULT["recency"], DEFAULT["frequency"], DEFAULT["monetary"])
+
+
+def rank_score(value: int, population: Sequence[int], *, recency: bool = False) -> int:
+    """The definition, not the implementation: ties share the lower quintile."""
+    below = sum(1 for v in population if v < value)
+    level = min(4, 5 * below // len(population))
+    return 5 - level if recency else 1 + level

@@ -22,16 +22,15 @@ from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
 
 from tests.conftest import Deployment
-from tests.test_consumer import (
-    _converged,
-    _expected,
-    _http,
-    _records,
+from tests.factories import generate
+from tests.fixtures import (
     assert_changes_consistent,
     assert_state_matches,
-    generate,
+    converged,
+    fetch,
+    records_of,
 )
-from tests.test_faults import worker_in_process  # noqa: F401  (a fixture)
+from tests.reference import expected_now
 from worker import metrics
 from worker.apache_kafka import ApacheKafka
 from worker.consumer import Worker
@@ -78,7 +77,7 @@ def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
 
 def _ready(port: int) -> int:
     try:
-        return _http(port, "/readyz")[0]
+        return fetch(port, "/readyz")[0]
     except OSError:
         return 0
 
@@ -105,8 +104,8 @@ def test_broker_restart_with_data_on_disk_mid_stream(
     dep = _deployment(own_kafka, redis_server, tmp_path)
     try:
         events = generate(300, seed=151)
-        expected = _expected(events)
-        records = _records(events)
+        expected = expected_now(events)
+        records = records_of(events)
         half = len(records) // 2
         dep.produce(records[:half])
         worker = dep.worker()
@@ -114,12 +113,12 @@ def test_broker_restart_with_data_on_disk_mid_stream(
         _wait(lambda: _ready(dep.http_port) == 200, 30, "ready before the outage")
         own_kafka.kill()
         _wait(lambda: _ready(dep.http_port) == 503, 30, "not ready while Kafka is down")
-        assert _http(dep.http_port, "/healthz")[0] == 200  # alive: nothing to restart
+        assert fetch(dep.http_port, "/healthz")[0] == 200  # alive: nothing to restart
         time.sleep(3)
         own_kafka.start()
         _wait(lambda: _ready(dep.http_port) == 200, 60, "ready once Kafka is back")
         dep.produce(records[half:])
-        actions = dep.read(dep.actions, until=_converged(expected), timeout=90)
+        actions = dep.read(dep.actions, until=converged(expected), timeout=90)
         assert_changes_consistent(actions)
         assert_state_matches(store, expected)
         assert worker.proc is not None and worker.proc.poll() is None  # no restart needed
@@ -149,8 +148,8 @@ def test_three_brokers_losing_the_leaders_of_orders_and_actions_partitions(
     dep = _deployment(kafka_cluster, redis_server, tmp_path, replication=3)
     try:
         events = generate(400, seed=152)
-        expected = _expected(events)
-        records = _records(events)
+        expected = expected_now(events)
+        records = records_of(events)
         worker = dep.worker()
         done = threading.Event()
 
@@ -182,7 +181,7 @@ def test_three_brokers_losing_the_leaders_of_orders_and_actions_partitions(
             kafka_cluster.start()  # the killed broker comes back and catches up
         producer.join(120)
         assert done.is_set()
-        actions = dep.read(dep.actions, until=_converged(expected), timeout=120)
+        actions = dep.read(dep.actions, until=converged(expected), timeout=120)
         assert_changes_consistent(actions)
         assert_state_matches(store, expected)
         assert worker.stop() == 0
@@ -203,18 +202,18 @@ def test_missing_dead_letter_topic_stalls_says_so_and_never_skips(
         {**e, "customer_id": f"late-{e['customer_id']}", "event_id": f"late-{e['event_id']}"}
         for e in after
     ]
-    records = [*_records(before), (b"bad", b"{not json"), *_records(after)]
+    records = [*records_of(before), (b"bad", b"{not json"), *records_of(after)]
     worker = deployment.worker()
     deployment.produce(records)
     _wait(lambda: "consumption is stalled" in worker.log(), 40, "the stall")
     assert f"the topic {missing} does not exist" in worker.log()
     assert _ready(deployment.http_port) == 503
-    assert "rfm_dlq_blocked 1.0" in _http(deployment.http_port, "/metrics")[1].decode()
+    assert "rfm_dlq_blocked 1.0" in fetch(deployment.http_port, "/metrics")[1].decode()
     create_topics(deployment.kafka.bootstrap, {missing: 1})
     [dead] = deployment.read(missing, until=lambda m: len(m) >= 1, timeout=90)
     assert dead.value() == b"{not json"
-    expected = _expected(before + after)
-    deployment.read(deployment.actions, until=_converged(expected), timeout=60)
+    expected = expected_now(before + after)
+    deployment.read(deployment.actions, until=converged(expected), timeout=60)
     assert_state_matches(store, expected)
     _wait(lambda: _ready(deployment.http_port) == 200, 30, "ready once the topic exists")
     assert worker.stop() == 0
@@ -239,7 +238,7 @@ def test_missing_actions_topic_pauses_with_the_true_lag_then_publishes_in_order(
     apache_kafka: ApacheKafka,
     deployment: Deployment,
     store: Store,
-    worker_in_process: Callable[..., Worker],  # noqa: F811
+    worker_in_process: Callable[..., Worker],
 ) -> None:
     """The actions topic does not exist: changes wait in the outbox, consumption pauses
     at the bound; a burst produced meanwhile shows in rfm_consumer_lag exactly as the
@@ -250,7 +249,7 @@ def test_missing_actions_topic_pauses_with_the_true_lag_then_publishes_in_order(
     events = generate(150, seed=155)
     worker = worker_in_process()
     worker.max_backlog = 40
-    records = _records(events)
+    records = records_of(events)
     deployment.produce(records[:100])
     _wait(lambda: worker.paused, 30, "consumption to pause")
     deployment.produce(records[100:])  # the burst: nobody consumes it while paused
@@ -275,8 +274,8 @@ def test_missing_actions_topic_pauses_with_the_true_lag_then_publishes_in_order(
     assert worker.paused
 
     create_topics(deployment.kafka.bootstrap, {missing: 4})
-    expected = _expected(events)
-    actions = deployment.read(missing, until=_converged(expected), timeout=120)
+    expected = expected_now(events)
+    actions = deployment.read(missing, until=converged(expected), timeout=120)
     assert_changes_consistent(actions)
     assert_state_matches(store, expected)
     _wait(lambda: sum(reported().values()) == 0, 20, "the lag to fall to 0")
@@ -298,8 +297,8 @@ def test_rebalances_under_both_group_protocols(
     RFM_KAFKA_CONFIG alone: the state is exact and every chain unbroken."""
     deployment.extra_env["RFM_KAFKA_CONFIG"] = orjson.dumps(protocol).decode()
     events = generate(400, seed=156)
-    expected = _expected(events)
-    records = _records(events)
+    expected = expected_now(events)
+    records = records_of(events)
     quarter = len(records) // 4
     first = deployment.worker()
     deployment.produce(records[:quarter])
@@ -313,7 +312,7 @@ def test_rebalances_under_both_group_protocols(
     assert second.stop() == 0  # leaves: its partitions move to the others
     third.kill()  # dies: its partitions move once its session expires
     deployment.produce(records[3 * quarter :])
-    actions = deployment.read(deployment.actions, until=_converged(expected), timeout=120)
+    actions = deployment.read(deployment.actions, until=converged(expected), timeout=120)
     assert_changes_consistent(actions)
     assert_state_matches(store, expected)
     assert "revoked partitions" in first.log()
@@ -329,8 +328,8 @@ def test_rebalance_chaos_with_three_workers(
     customer's chain unbroken."""
     rng = random.Random(157)
     events = generate(500, seed=157)
-    expected = _expected(events)
-    records = _records(events)
+    expected = expected_now(events)
+    records = records_of(events)
     chunks = [records[i : i + len(records) // 8] for i in range(0, len(records), len(records) // 8)]
     workers = [deployment.worker() for _ in range(3)]
     deployment.produce(chunks.pop(0))
@@ -351,7 +350,7 @@ def test_rebalance_chaos_with_three_workers(
             victim.proc.send_signal(signal.SIGCONT)
     for chunk in chunks:
         deployment.produce(chunk)
-    actions = deployment.read(deployment.actions, until=_converged(expected), timeout=120)
+    actions = deployment.read(deployment.actions, until=converged(expected), timeout=120)
     assert_changes_consistent(actions)
     assert_state_matches(store, expected)
     revokes = sum(w.log().count("assigned partitions") for w in workers)

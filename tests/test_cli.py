@@ -15,14 +15,14 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 import redis
 
-from tests.factories import valid_event
+from tests.factories import AS_OF, AS_OF_MS, DAY, valid_event
 from worker.cli import main
 from worker.embedded import EmbeddedRedis
 from worker.events import ValidEvent
@@ -30,9 +30,6 @@ from worker.profiles import Profiles
 from worker.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
-AS_OF = datetime(2026, 6, 1, tzinfo=UTC)
-AS_OF_MS = int(AS_OF.timestamp()) * 1000
-DAY = timedelta(days=1)
 WEIRD_ID = "we/ird:{id} ☕\nx"
 
 VIEW_FIELDS = {

@@ -19,7 +19,7 @@ import zlib
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from itertools import pairwise
 from pathlib import Path
 from typing import Any
@@ -31,17 +31,15 @@ from redis.crc import key_slot
 
 from tests.cluster import EmbeddedCluster
 from tests.conftest import Deployment, WorkerProcess
-from tests.factories import valid_event
-from tests.reference import Expected, recompute
-from tests.test_consumer import (
-    _converged,
-    _expected,
-    _http,
-    _records,
+from tests.factories import AS_OF, AS_OF_MS, CHANGED_PROFILES, DAY_MS, generate, valid_event
+from tests.fixtures import (
     assert_changes_consistent,
     assert_state_matches,
-    generate,
+    converged,
+    fetch,
+    records_of,
 )
+from tests.reference import DEFAULT, Expected, expected_now, recompute
 from worker import keys
 from worker.cli import main
 from worker.embedded import EmbeddedRedis, create_topics, free_port
@@ -66,12 +64,7 @@ def _collect_dropped_connections() -> Iterator[None]:
         gc.collect()
 
 
-AS_OF = datetime(2026, 6, 1, tzinfo=UTC)
-AS_OF_MS = int(AS_OF.timestamp()) * 1000
-DAY_MS = 86_400_000
 PARTITIONS = 4
-# The built-in profile (Profiles.builtin()), as tests/test_consumer.py spells it.
-THRESHOLDS = ([30, 90, 180, 365], [2, 3, 5, 10], [100, 250, 500, 1000])
 
 Event = dict[str, Any]
 
@@ -183,7 +176,7 @@ def apply(store: Store, profiles: Profiles, events: list[Event], at_ms: int = AS
 
 
 def expected_at(events: list[Event], at_ms: int = AS_OF_MS) -> dict[Any, Expected | None]:
-    return recompute(events, at_ms, *THRESHOLDS)
+    return recompute(events, at_ms, DEFAULT["recency"], DEFAULT["frequency"], DEFAULT["monetary"])
 
 
 def shard_slot(shard: int) -> int:
@@ -388,23 +381,21 @@ def test_sweep_on_the_cluster_publishes_the_decay(cluster_store: Store, profiles
 def test_a_changed_profile_is_applied_on_the_cluster(
     cluster_store: Store, profiles: Profiles
 ) -> None:
-    from tests.test_sweeper import NEW_PROFILES
-
     events = store_events(seed=5)
     apply(cluster_store, profiles, events)
     sweep(cluster_store, profiles, AS_OF_MS)  # up to date with the first profile
     assert cluster_store.profile_versions() == {"default": profiles.default.version}
     before = {(c.tenant, c.customer_id): c.published for c in cluster_store.scan_customers()}
 
-    _done, records = sweep(cluster_store, NEW_PROFILES, AS_OF_MS)
+    _done, records = sweep(cluster_store, CHANGED_PROFILES, AS_OF_MS)
     changes = [orjson.loads(c.value) for c in records]
     assert changes and {c["cause"] for c in changes if c["type"] == "rfm.changed"} == {"rescore"}
     after = {(c.tenant, c.customer_id): c for c in cluster_store.scan_customers()}
     moved = {k for k, c in after.items() if c.published != before[k] and c.published is not None}
     assert {(c["tenant"], c["customer_id"]) for c in changes} == moved
-    assert {c.version for c in after.values() if c.orders} == {NEW_PROFILES.default.version}
-    assert cluster_store.profile_versions() == {"default": NEW_PROFILES.default.version}
-    assert sweep(cluster_store, NEW_PROFILES, AS_OF_MS)[1] == []
+    assert {c.version for c in after.values() if c.orders} == {CHANGED_PROFILES.default.version}
+    assert cluster_store.profile_versions() == {"default": CHANGED_PROFILES.default.version}
+    assert sweep(cluster_store, CHANGED_PROFILES, AS_OF_MS)[1] == []
 
 
 def test_store_follows_a_slot_migrated_between_batches(
@@ -570,7 +561,7 @@ def _wait_for_group(workers: list[WorkerProcess], timeout: float = 45) -> None:
 
 
 def _applied(worker: WorkerProcess) -> float:
-    status, body = _http(int(worker.env["RFM_HTTP_PORT"]), "/metrics")
+    status, body = fetch(int(worker.env["RFM_HTTP_PORT"]), "/metrics")
     assert status == 200
     found = _APPLIED.search(body.decode())
     return float(found.group(1)) if found else 0.0
@@ -607,12 +598,12 @@ def test_three_workers_on_the_cluster_converge(
     dep = cluster_deployment
     events = generate(600, seed=41)
     assert len(events) >= 2000
-    expected = _expected(events)
+    expected = expected_now(events)
     workers = [dep.worker() for _ in range(3)]
     _wait_for_group(workers)
-    dep.produce(_records(events))
-    actions = dep.read(dep.actions, until=_alive_and(workers, _converged(expected)), timeout=90)
-    assert _converged(expected)(actions), "the changes did not converge in time"
+    dep.produce(records_of(events))
+    actions = dep.read(dep.actions, until=_alive_and(workers, converged(expected)), timeout=90)
+    assert converged(expected)(actions), "the changes did not converge in time"
     _check_end_state(dep, cluster_client, events, expected, actions)
 
 
@@ -624,11 +615,11 @@ def test_three_workers_on_the_cluster_while_a_slot_migrates(
 ) -> None:
     dep = cluster_deployment
     events = generate(600, seed=42)
-    expected = _expected(events)
+    expected = expected_now(events)
     per_shard = Counter(keys.shard_of("default", e["customer_id"]) for e in events)
     slot = shard_slot(per_shard.most_common(1)[0][0])
     target = other_master(redis_cluster, slot)
-    records = _records(events)
+    records = records_of(events)
     half = len(records) // 2
     workers = [dep.worker() for _ in range(3)]
     _wait_for_group(workers)
@@ -650,8 +641,8 @@ def test_three_workers_on_the_cluster_while_a_slot_migrates(
     dep.produce([r for chunk in chunks for r in chunk])
     assert moved > 0
     assert during >= 3, f"only {during} chunk(s) produced during the migration"
-    actions = dep.read(dep.actions, until=_alive_and(workers, _converged(expected)), timeout=90)
-    assert _converged(expected)(actions), "the changes did not converge in time"
+    actions = dep.read(dep.actions, until=_alive_and(workers, converged(expected)), timeout=90)
+    assert converged(expected)(actions), "the changes did not converge in time"
     assert redis_cluster.owner(slot) == target
     _check_end_state(dep, cluster_client, events, expected, actions)
 

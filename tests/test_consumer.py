@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import itertools
 import random
 import signal
 import time
 import urllib.request
 import uuid
-from collections import defaultdict
-from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -19,79 +16,23 @@ import pytest
 import redis
 
 from tests.conftest import Deployment
-from tests.reference import Expected, recompute
+from tests.factories import generate
+from tests.fixtures import (
+    assert_changes_consistent,
+    assert_state_matches,
+    converged,
+    fetch,
+    final_scores,
+    records_of,
+)
+from tests.reference import expected_now
 from tests.reference import ms as reference_ms
 from worker.embedded import EmbeddedRedis, create_topics, free_port
 from worker.events import Rejection, validate
-from worker.messages import RfmChanged, RfmOverdue
 from worker.profiles import Profiles
 from worker.store import Store
 
 pytestmark = pytest.mark.integration
-
-DEFAULT = {
-    "recency": [30, 90, 180, 365],
-    "frequency": [2, 3, 5, 10],
-    "monetary": [100, 250, 500, 1000],
-}
-
-
-def _ts(days_ago: float) -> str:
-    # Half a day off the boundaries, so scores cannot move while a test runs.
-    at = datetime.now(UTC) - timedelta(days=days_ago, hours=12)
-    return at.isoformat().replace("+00:00", "Z")
-
-
-def generate(customers: int, seed: int) -> list[dict[str, Any]]:
-    """Orders, refunds and cancels with duplicates and a few conflicting events."""
-    rng = random.Random(seed)
-    events: list[dict[str, Any]] = []
-    n = 0
-    for c in range(customers):
-        cid = f"cust-{c}" if c % 7 else f"weird {{{c}}}:*\n😀"
-        for o in range(rng.randint(1, 6)):
-            n += 1
-            oid = f"o-{c}-{o}"
-            amount = f"{rng.randint(1, 40000) / 100:.2f}"
-            placed = {
-                "event_id": f"p{n}",
-                "type": "order_placed",
-                "order_id": oid,
-                "customer_id": cid,
-                "amount": amount,
-                "occurred_at": _ts(rng.randint(0, 400)),
-            }
-            events.append(placed)
-            roll = rng.random()
-            if roll < 0.1:
-                events.append(
-                    {
-                        "event_id": f"c{n}",
-                        "type": "order_cancelled",
-                        "order_id": oid,
-                        "customer_id": cid,
-                        "occurred_at": _ts(0),
-                    }
-                )
-            elif roll < 0.25:
-                for k in range(rng.randint(1, 2)):
-                    events.append(
-                        {
-                            "event_id": f"r{n}-{k}",
-                            "type": "order_refunded",
-                            "order_id": oid,
-                            "customer_id": cid,
-                            "amount": f"{rng.randint(1, 20000) / 100:.2f}",
-                            "occurred_at": _ts(0),
-                        }
-                    )
-            elif roll < 0.3:  # the same order placed again under another event id
-                events.append({**placed, "event_id": f"p{n}-again"})
-    dups = [dict(ev) for ev in rng.sample(events, len(events) // 10)]
-    events += dups
-    rng.shuffle(events)  # cancels and refunds may arrive before their order
-    return events
-
 
 BAD: list[tuple[bytes, str]] = [
     (b"{not json", "invalid_json"),
@@ -126,105 +67,19 @@ BAD: list[tuple[bytes, str]] = [
 ]
 
 
-def _records(events: list[dict[str, Any]]) -> list[tuple[bytes | None, bytes]]:
-    return [(ev["customer_id"].encode(), orjson.dumps(ev)) for ev in events]
-
-
-def _expected(events: list[dict[str, Any]]) -> dict[tuple[str, str], Expected | None]:
-    now = int(time.time() * 1000)
-    return recompute(events, now, DEFAULT["recency"], DEFAULT["frequency"], DEFAULT["monetary"])
-
-
-def _final_scores(messages: list[Any]) -> dict[tuple[str, str], dict[str, Any] | None]:
-    """The last `current` per customer, after dropping republished copies."""
-    seen: set[str] = set()
-    last: dict[tuple[str, str], dict[str, Any] | None] = {}
-    for msg in messages:
-        change = orjson.loads(msg.value())
-        if change["type"] != "rfm.changed" or change["change_id"] in seen:
-            continue
-        seen.add(change["change_id"])
-        last[(change["tenant"], change["customer_id"])] = change["current"]
-    return last
-
-
-def _converged(expected: dict[tuple[str, str], Expected | None]) -> Any:
-    def done(messages: list[Any]) -> bool:
-        final = _final_scores(messages)
-        return all(
-            (final.get(c) or {}).get("rfm") == (e.rfm if e else None) for c, e in expected.items()
-        )
-
-    return done
-
-
-def assert_changes_consistent(messages: list[Any]) -> None:
-    """Per customer, in topic order: each change starts where the previous one ended.
-
-    A lost change would break the chain; a republished change repeats its change_id with
-    the same content and is skipped.
-    """
-    by_id: dict[str, bytes] = {}
-    chains: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for msg in messages:
-        change = orjson.loads(msg.value())
-        assert msg.key() == change["customer_id"].encode()
-        if change["type"] == "rfm.overdue":  # alerts are not links of the score chain
-            RfmOverdue.model_validate(change)
-            continue
-        RfmChanged.model_validate(change)
-        if change["change_id"] in by_id:
-            assert orjson.loads(by_id[change["change_id"]]) == change
-            continue
-        by_id[change["change_id"]] = msg.value()
-        chains[(change["tenant"], change["customer_id"])].append(change)
-    for customer, chain in chains.items():
-        assert chain[0]["previous"] is None, customer
-        for before, after in itertools.pairwise(chain):
-            assert after["previous"] == before["current"], customer
-            assert after["previous"] != after["current"], customer
-
-
-def assert_state_matches(store: Store, expected: dict[tuple[str, str], Expected | None]) -> None:
-    for (tenant, cid), exp in expected.items():
-        customer = store.get_customer(tenant, cid)
-        assert customer is not None
-        agg = customer.aggregates()
-        if exp is None:
-            assert agg is None and customer.published is None
-            continue
-        assert agg is not None
-        assert (agg.first_order_at, agg.last_order_at, agg.orders_lifetime) == (
-            exp.first_order_at,
-            exp.last_order_at,
-            exp.orders_lifetime,
-        )
-        assert Decimal(agg.monetary) / 10_000 == exp.monetary
-        assert customer.published is not None
-        assert (customer.published.rfm, customer.published.segment) == (exp.rfm, exp.segment)
-
-
-def _http(port: int, path: str) -> tuple[int, bytes]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as resp:
-            return resp.status, resp.read()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read()
-
-
 def test_orders_in_changes_out_bad_input_dead_lettered(deployment: Deployment, store: Store):
     events = generate(60, seed=1)
-    records = _records(events)
+    records = records_of(events)
     bad_at = random.Random(2).sample(range(len(records)), len(BAD))
     for i, (value, _cls) in zip(sorted(bad_at), BAD, strict=True):
         records.insert(i, (b"bad-key", value))
-    expected = _expected(events)
+    expected = expected_now(events)
     worker = deployment.worker()
     deployment.produce(records)
 
-    actions = deployment.read(deployment.actions, until=_converged(expected))
+    actions = deployment.read(deployment.actions, until=converged(expected))
     assert_changes_consistent(actions)
-    final = _final_scores(actions)
+    final = final_scores(actions)
     for customer, exp in expected.items():
         if exp is None:  # every order cancelled: never scored, or scored and then cleared
             assert final.get(customer) is None
@@ -253,7 +108,7 @@ def test_orders_in_changes_out_bad_input_dead_lettered(deployment: Deployment, s
     # The read side and metrics of the same running worker.
     port = deployment.http_port
     some = next(c for c, e in expected.items() if e is not None and "\n" in c[1])
-    status, body = _http(port, "/v1/customers/default/" + urllib.parse.quote(some[1], safe=""))
+    status, body = fetch(port, "/v1/customers/default/" + urllib.parse.quote(some[1], safe=""))
     assert status == 200
     view = orjson.loads(body)
     exp = expected[some]
@@ -264,14 +119,14 @@ def test_orders_in_changes_out_bad_input_dead_lettered(deployment: Deployment, s
         exp.segment,
         exp.monetary,
     )
-    assert _http(port, "/v1/customers/default/nobody")[0] == 404
-    assert _http(port, "/readyz")[0] == 200
-    assert _http(port, "/healthz")[0] == 200
+    assert fetch(port, "/v1/customers/default/nobody")[0] == 404
+    assert fetch(port, "/readyz")[0] == 200
+    assert fetch(port, "/healthz")[0] == 200
     deadline = time.monotonic() + 10  # lag is sampled every second
-    while 'rfm_consumer_lag{partition="0"}' not in _http(port, "/metrics")[1].decode():
+    while 'rfm_consumer_lag{partition="0"}' not in fetch(port, "/metrics")[1].decode():
         assert time.monotonic() < deadline, "no consumer lag reported"
         time.sleep(0.2)
-    metrics = _http(port, "/metrics")[1].decode()
+    metrics = fetch(port, "/metrics")[1].decode()
     for name in (
         'rfm_events_total{outcome="applied"}',
         'rfm_events_total{outcome="duplicate"}',
@@ -283,7 +138,7 @@ def test_orders_in_changes_out_bad_input_dead_lettered(deployment: Deployment, s
         "rfm_sweep_duration_seconds",
     ):
         assert name in metrics, name
-    matrix = orjson.loads(_http(port, "/v1/matrix?tenant=default")[1])
+    matrix = orjson.loads(fetch(port, "/v1/matrix?tenant=default")[1])
     assert matrix["customers"] == sum(1 for e in expected.values() if e is not None)
 
     assert worker.stop() == 0  # SIGTERM drains and exits cleanly
@@ -292,8 +147,8 @@ def test_orders_in_changes_out_bad_input_dead_lettered(deployment: Deployment, s
 def test_sigterm_and_kill_mid_stream_count_nothing_twice(deployment: Deployment, store: Store):
     """SIGTERM under load drains and exits 0; kill -9 loses nothing; the state stays exact."""
     events = generate(400, seed=3)
-    expected = _expected(events)
-    records = _records(events)
+    expected = expected_now(events)
+    records = records_of(events)
     third = len(records) // 3
     deployment.produce(records[:third])
     first = deployment.worker()
@@ -308,12 +163,13 @@ def test_sigterm_and_kill_mid_stream_count_nothing_twice(deployment: Deployment,
     second.kill()  # kill -9; the rest of the stream arrives while no worker runs
     deployment.produce(records[2 * third :])
     third_worker = deployment.worker()
-    actions = deployment.read(deployment.actions, until=_converged(expected), timeout=90)
+    actions = deployment.read(deployment.actions, until=converged(expected), timeout=90)
     assert_changes_consistent(actions)
     assert_state_matches(store, expected)
     assert third_worker.stop() == 0
 
 
+@pytest.mark.redis  # its own Redis, not the suite's: frozen mid-test
 def test_redis_outage_stalls_then_catches_up_without_dead_letters(kafka: Any, tmp_path: Path):
     """Redis frozen (SIGSTOP: every call times out) mid-stream, then back."""
     with EmbeddedRedis() as own_redis:
@@ -326,8 +182,8 @@ def test_redis_outage_stalls_then_catches_up_without_dead_letters(kafka: Any, tm
         )
         create_topics(kafka.bootstrap, {dep.orders: 4, dep.actions: 4, dep.dlq: 1})
         events = generate(150, seed=5)
-        records = _records(events)
-        expected = _expected(events)
+        records = records_of(events)
+        expected = expected_now(events)
         worker = dep.worker()
         try:
             dep.produce(records[: len(records) // 2])
@@ -337,13 +193,13 @@ def test_redis_outage_stalls_then_catches_up_without_dead_letters(kafka: Any, tm
             try:
                 dep.produce(records[len(records) // 2 :])
                 deadline = time.monotonic() + 30
-                while _http(dep.http_port, "/readyz")[0] != 503 and time.monotonic() < deadline:
+                while fetch(dep.http_port, "/readyz")[0] != 503 and time.monotonic() < deadline:
                     time.sleep(0.5)
-                assert _http(dep.http_port, "/readyz")[0] == 503  # not ready while Redis is gone
-                assert _http(dep.http_port, "/healthz")[0] == 200  # but alive: no restart needed
+                assert fetch(dep.http_port, "/readyz")[0] == 503  # not ready while Redis is gone
+                assert fetch(dep.http_port, "/healthz")[0] == 200  # but alive: no restart needed
             finally:
                 own_redis.proc.send_signal(signal.SIGCONT)
-            actions = dep.read(dep.actions, until=_converged(expected), timeout=90)
+            actions = dep.read(dep.actions, until=converged(expected), timeout=90)
             assert_changes_consistent(actions)
             client = redis.Redis.from_url(own_redis.url)
             try:
@@ -372,14 +228,14 @@ def test_event_clock_scores_history_at_its_own_time(deployment: Deployment, stor
         }
         for i in range(3)
     ]
-    deployment.produce(_records(events))
+    deployment.produce(records_of(events))
     worker = deployment.worker()
     actions = deployment.read(deployment.actions, until=lambda m: len(m) >= 3)
     last = orjson.loads(actions[-1].value())
     # As of 2021-03-10 the last order is 0 days old: R=5, 3 orders (F3), 180.00 (M2).
     assert last["as_of"] == "2021-03-10T10:00:00Z"
     assert last["current"]["rfm"] == "532"
-    status, body = _http(deployment.http_port, "/v1/customers/default/old")
+    status, body = fetch(deployment.http_port, "/v1/customers/default/old")
     assert status == 200 and orjson.loads(body)["as_of"] == "2021-03-10T10:00:00Z"
     assert store.read_clock() == reference_ms("2021-03-10T10:00:00Z")
     assert worker.stop() == 0
@@ -417,8 +273,8 @@ def test_second_worker_joining_mid_stream_moves_partitions_without_loss(
     deployment: Deployment, store: Store
 ):
     events = generate(300, seed=11)
-    expected = _expected(events)
-    records = _records(events)
+    expected = expected_now(events)
+    records = records_of(events)
     half = len(records) // 2
     first = deployment.worker()
     deployment.produce(records[:half])
@@ -429,7 +285,7 @@ def test_second_worker_joining_mid_stream_moves_partitions_without_loss(
         time.sleep(0.2)
     assert "revoked partitions" in first.log()
     deployment.produce(records[half:])  # ... and each worker applies its share of the rest
-    actions = deployment.read(deployment.actions, until=_converged(expected), timeout=90)
+    actions = deployment.read(deployment.actions, until=converged(expected), timeout=90)
     assert_changes_consistent(actions)
     assert_state_matches(store, expected)
     assert first.stop() == 0 and second.stop() == 0
@@ -442,7 +298,7 @@ def test_dead_letter_copy_too_large_for_the_topic_is_sent_without_its_value(
     longer fits, so it goes without its value, saying so; nothing else is affected."""
     huge = b'{"pad": "' + b"x" * (999_899 - 12) + b'"}'  # fits, barely
     events = generate(5, seed=21)
-    records = [*_records(events[:5]), (b"huge", huge), *_records(events[5:])]
+    records = [*records_of(events[:5]), (b"huge", huge), *records_of(events[5:])]
     producer = deployment.producer()
     for key, value in records:
         producer.produce(deployment.orders, key=key, value=value, partition=0)
@@ -455,8 +311,8 @@ def test_dead_letter_copy_too_large_for_the_topic_is_sent_without_its_value(
     assert b"(999898 bytes)" in headers["rfm.error.value_dropped"]
     assert int(headers["rfm.source.offset"]) == 5
     assert headers["rfm.source.partition"] == b"0"
-    expected = _expected(events)
-    deployment.read(deployment.actions, until=_converged(expected))
+    expected = expected_now(events)
+    deployment.read(deployment.actions, until=converged(expected))
     assert_state_matches(store, expected)
     assert worker.stop() == 0
 
@@ -473,7 +329,7 @@ def test_dead_letter_topic_refusing_copies_stalls_and_never_skips(
         {**e, "customer_id": f"late-{e['customer_id']}", "event_id": f"late-{e['event_id']}"}
         for e in after
     ]
-    records = [*_records(before), (b"bad", b"{not json"), *_records(after)]
+    records = [*records_of(before), (b"bad", b"{not json"), *records_of(after)]
     producer = deployment.producer()
     for key, value in records:
         producer.produce(deployment.orders, key=key, value=value, partition=1)
@@ -483,9 +339,9 @@ def test_dead_letter_topic_refusing_copies_stalls_and_never_skips(
     while "consumption is stalled" not in worker.log() and time.monotonic() < deadline:
         time.sleep(0.5)
     assert "Invalid topic" in worker.log()
-    assert _http(deployment.http_port, "/readyz")[0] == 503
-    assert _http(deployment.http_port, "/healthz")[0] == 200
-    assert "rfm_dlq_blocked 1.0" in _http(deployment.http_port, "/metrics")[1].decode()
+    assert fetch(deployment.http_port, "/readyz")[0] == 503
+    assert fetch(deployment.http_port, "/healthz")[0] == 200
+    assert "rfm_dlq_blocked 1.0" in fetch(deployment.http_port, "/metrics")[1].decode()
     worker.kill()
 
     # With a DLQ topic that accepts it, the record is dead-lettered: it was never skipped.
@@ -493,9 +349,9 @@ def test_dead_letter_topic_refusing_copies_stalls_and_never_skips(
     second = deployment.worker()
     [dead] = deployment.read(good_dlq, until=lambda m: len(m) >= 1)
     assert dead.value() == b"{not json"
-    assert dict(dead.headers())["rfm.source.offset"] == str(len(_records(before))).encode()
-    expected = _expected(before + after)
-    deployment.read(deployment.actions, until=_converged(expected))
+    assert dict(dead.headers())["rfm.source.offset"] == str(len(records_of(before))).encode()
+    expected = expected_now(before + after)
+    deployment.read(deployment.actions, until=converged(expected))
     assert_state_matches(store, expected)
     assert second.stop() == 0
 
@@ -506,8 +362,8 @@ def test_broker_unreachable_for_a_while_recovers_by_itself(deployment: Deploymen
     (The suite's broker keeps its data in memory, so a frozen process stands in for a
     restart: the worker sees the same dead connections and the same group rejoin.)"""
     events = generate(300, seed=24)
-    expected = _expected(events)
-    deployment.produce(_records(events))
+    expected = expected_now(events)
+    deployment.produce(records_of(events))
     worker = deployment.worker()
     deployment.read(deployment.actions, until=lambda m: len(m) >= 50)
     broker = deployment.kafka.proc
@@ -517,7 +373,7 @@ def test_broker_unreachable_for_a_while_recovers_by_itself(deployment: Deploymen
         time.sleep(8)
     finally:
         broker.send_signal(signal.SIGCONT)
-    actions = deployment.read(deployment.actions, until=_converged(expected), timeout=90)
+    actions = deployment.read(deployment.actions, until=converged(expected), timeout=90)
     assert_changes_consistent(actions)
     assert_state_matches(store, expected)
     assert worker.proc is not None and worker.proc.poll() is None  # recovered, no restart
@@ -536,7 +392,7 @@ def test_a_worker_with_no_partition_is_ready(deployment: Deployment):
     statuses: list[int] = []
     while time.monotonic() < deadline:
         try:
-            statuses = [_http(port, "/readyz")[0] for port in ports]
+            statuses = [fetch(port, "/readyz")[0] for port in ports]
         except OSError:
             statuses = []
         if statuses == [200, 200]:
@@ -553,28 +409,28 @@ def test_a_frozen_broker_fails_readiness_within_seconds(deployment: Deployment, 
     progress, not the TCP connection: /readyz fails once the broker has held the worker's
     requests for KAFKA_SILENT_S (10 s), /healthz stays up, and both recover with it."""
     events = generate(50, seed=25)
-    expected = _expected(events)
-    deployment.produce(_records(events))
+    expected = expected_now(events)
+    deployment.produce(records_of(events))
     worker = deployment.worker()
-    deployment.read(deployment.actions, until=_converged(expected))
+    deployment.read(deployment.actions, until=converged(expected))
     port = deployment.http_port
-    assert _http(port, "/readyz")[0] == 200
+    assert fetch(port, "/readyz")[0] == 200
     broker = deployment.kafka.proc
     assert broker is not None
     broker.send_signal(signal.SIGSTOP)
     frozen = time.monotonic()
     try:
-        while _http(port, "/readyz")[0] == 200 and time.monotonic() - frozen < 40:
+        while fetch(port, "/readyz")[0] == 200 and time.monotonic() - frozen < 40:
             time.sleep(0.25)
         delay = time.monotonic() - frozen
-        assert _http(port, "/readyz")[0] == 503
-        assert _http(port, "/healthz")[0] == 200
+        assert fetch(port, "/readyz")[0] == 503
+        assert fetch(port, "/healthz")[0] == 200
     finally:
         broker.send_signal(signal.SIGCONT)
     assert delay < 16, f"readiness fell {delay:.1f} s after the broker froze"
     assert "have not answered for 10 s" in worker.log()
     deadline = time.monotonic() + 40
-    while _http(port, "/readyz")[0] != 200:
+    while fetch(port, "/readyz")[0] != 200:
         assert time.monotonic() < deadline, "not ready again after the broker came back"
         time.sleep(0.25)
     assert worker.stop() == 0

@@ -16,7 +16,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.factories import valid_event
+from tests.factories import PIZZERIA, valid_event
+from tests.strategies import T0, first_change, histories, instants, key
 from worker.customer import Aggregates, Customer, Order, Published
 from worker.decay import MAX_DUE_MS, MIN_OVERDUE_ORDERS, next_due, overdue_pending, rhythm
 from worker.engine import Change, Result, apply_events, decay
@@ -24,21 +25,15 @@ from worker.events import ValidEvent
 from worker.messages import RfmChanged, RfmOverdue, iso
 from worker.money import to_units
 from worker.profiles import BUILTIN_DEFAULT, Profile, Profiles
-from worker.scoring import DAY_MS, Score, score
+from worker.scoring import DAY_MS, score
 
 DAY = DAY_MS
 HOUR = 3_600_000
 YEAR = 365 * DAY
-# Deliberately not on a day boundary: every instant below is L + whole days + some ms.
-T0 = int(datetime(2026, 11, 20, 18, 30, 12, tzinfo=UTC).timestamp()) * 1000 + 345
+# T0 (tests/strategies.py) is deliberately not on a day boundary: every instant below is
+# L + whole days + some ms. PIZZERIA is tests/factories.py's.
 MONEY = [Decimal(100), Decimal(250), Decimal(500), Decimal(1000)]
 
-PIZZERIA = Profile(
-    name="pizzeria",
-    recency_days=[15, 30, 45, 60],
-    frequency_orders=[2, 3, 5, 10],
-    monetary=MONEY,
-)
 # Recency far away, so that only the window moves F in the windowed tests.
 WINDOWED = Profile(
     recency_days=[400, 800, 1200, 1600],
@@ -59,10 +54,6 @@ SHOP = Profile(
 def aggregates(times: list[int] | tuple[int, ...], monetary: str = "0") -> Aggregates:
     ordered = tuple(sorted(times))
     return Aggregates(ordered[0], ordered[-1], len(ordered), to_units(monetary), ordered)
-
-
-def key(s: Score) -> tuple[int, int, int, str]:
-    return (s.r, s.f, s.m, s.segment)
 
 
 def profile(
@@ -157,12 +148,6 @@ def test_due_past_year_9999_is_never() -> None:
 
 # -- 2. the central property ----------------------------------------------------------------
 
-# Offsets from T0: any millisecond, or whole days and the ms before them (boundaries).
-OFFSETS = st.one_of(
-    st.integers(-500 * DAY, 5 * DAY),
-    st.integers(-500, 5).map(lambda d: d * DAY),
-    st.integers(-500, 5).map(lambda d: d * DAY - 1),
-)
 FACTORS = st.sampled_from([0.0, 0.5, 1.0, 1.5, 2.0, 3.7])
 
 
@@ -179,38 +164,6 @@ def profiles(draw: st.DrawFn) -> Profile:
         frequency_window_days=draw(st.none() | st.integers(1, 400)),
         overdue_factor=draw(FACTORS),
     )
-
-
-@st.composite
-def histories(draw: st.DrawFn) -> Aggregates:
-    offsets = draw(st.lists(OFFSETS, min_size=1, max_size=12))
-    offsets += draw(st.lists(st.sampled_from(offsets), max_size=3))  # same-instant orders
-    if draw(st.booleans()):  # a regular rhythm, for the overdue rule
-        gap = draw(st.integers(1, 90 * DAY))
-        offsets = [-i * gap for i in range(len(offsets))]
-    times = tuple(sorted(T0 + o for o in offsets))
-    return Aggregates(times[0], times[-1], len(times), draw(st.integers(0, 20_000_000)), times)
-
-
-def instants(agg: Aggregates, p: Profile) -> st.SearchStrategy[int]:
-    """Instants near the ones where something happens, and anywhere."""
-    marks = [agg.last_order_at + (t + 1) * DAY for t in p.recency_days]
-    if p.frequency_window_days is not None:
-        marks += [t + p.frequency_window_days * DAY for t in agg.order_times]
-    rh = rhythm(agg, p)
-    if rh is not None:
-        marks.append(rh.overdue_at)
-    near = st.tuples(st.sampled_from(marks), st.sampled_from([-1, 0, 1])).map(sum)
-    return near | st.integers(T0 - 510 * DAY, T0 + 900 * DAY)
-
-
-def first_change(agg: Aggregates, p: Profile, as_of: int) -> int | None:
-    """Oracle: R and F only ever fall with time, and only at these instants."""
-    marks = [agg.last_order_at + (t + 1) * DAY for t in p.recency_days]
-    if p.frequency_window_days is not None:
-        marks += [t + p.frequency_window_days * DAY for t in agg.order_times]
-    now = key(score(agg, as_of, p))
-    return min((m for m in marks if m > as_of and key(score(agg, m, p)) != now), default=None)
 
 
 @settings(max_examples=400, derandomize=True, deadline=None)

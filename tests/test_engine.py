@@ -4,12 +4,12 @@ events yields."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from decimal import Decimal
 from typing import Literal
 
 import orjson
 import pytest
 
+from tests.factories import PIZZERIA
 from worker.customer import Customer, Published
 from worker.engine import Change, Result, apply_events, rescore
 from worker.events import ValidEvent
@@ -23,12 +23,6 @@ NOW = AS_OF + 1_234  # the wall clock, a little after as_of
 AS_OF_ISO = "2026-11-20T18:30:00Z"
 NOW_ISO = "2026-11-20T18:30:01.234Z"
 
-PIZZERIA = Profile(
-    name="pizzeria",
-    recency_days=[15, 30, 45, 60],
-    frequency_orders=[2, 3, 5, 10],
-    monetary=[Decimal(100), Decimal(250), Decimal(500), Decimal(1000)],
-)
 Kind = Literal["order_placed", "order_refunded", "order_cancelled"]
 
 

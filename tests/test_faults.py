@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -18,18 +18,10 @@ import redis
 from confluent_kafka import KafkaError
 
 from tests.conftest import Deployment
-from tests.test_consumer import (
-    _converged,
-    _expected,
-    _records,
-    assert_changes_consistent,
-    assert_state_matches,
-    generate,
-)
-from worker import clients
-from worker.config import load_settings
+from tests.factories import generate
+from tests.fixtures import assert_changes_consistent, assert_state_matches, converged, records_of
+from tests.reference import expected_now
 from worker.consumer import DRAIN_TIMEOUT, Worker
-from worker.profiles import Profiles
 from worker.store import Store
 
 pytestmark = pytest.mark.integration
@@ -120,42 +112,11 @@ class RefuseDeliveries:
         return int(self._producer.flush(timeout))
 
 
-@pytest.fixture
-def worker_in_process(
-    deployment: Deployment, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Callable[..., Worker]]:
-    threads: list[tuple[Worker, threading.Thread]] = []
-
-    def start(wrap_redis: Any = None, wrap_producer: Any = None) -> Worker:
-        for name, value in deployment.env().items():
-            if name.startswith("RFM_"):
-                monkeypatch.setenv(name, value)
-        settings = load_settings()
-        client = clients.redis_client(settings)
-        producer = clients.producer(settings)
-        worker = Worker(
-            settings,
-            Profiles.builtin(),
-            Store(wrap_redis(client) if wrap_redis else client),
-            clients.consumer(settings),
-            wrap_producer(producer) if wrap_producer else producer,
-        )
-        thread = threading.Thread(target=worker.run, name=f"worker-{id(worker)}", daemon=True)
-        thread.start()
-        threads.append((worker, thread))
-        return worker
-
-    yield start
-    for worker, thread in threads:
-        worker.stop()
-        thread.join(30)
-
-
 def test_lost_commit_replies_still_publish_their_changes_now(
     deployment: Deployment, store: Store, worker_in_process: Callable[..., Worker]
 ) -> None:
     events = generate(150, seed=31)
-    expected = _expected(events)
+    expected = expected_now(events)
     lossy: list[DropReplies] = []
 
     def wrap(client: redis.Redis) -> DropReplies:
@@ -166,11 +127,11 @@ def test_lost_commit_replies_still_publish_their_changes_now(
     deadline = time.monotonic() + 30
     while not worker.assigned and time.monotonic() < deadline:
         time.sleep(0.1)
-    records = _records(events)
+    records = records_of(events)
     for i in range(0, len(records), 60):  # several batches, several commit calls
         deployment.produce(records[i : i + 60])
         time.sleep(0.2)
-    actions = deployment.read(deployment.actions, until=_converged(expected), timeout=60)
+    actions = deployment.read(deployment.actions, until=converged(expected), timeout=60)
     assert lossy[0].dropped >= 3
     assert_changes_consistent(actions)
     assert_state_matches(store, expected)
@@ -181,7 +142,7 @@ def test_a_refused_change_is_never_overtaken_by_a_later_one(
     deployment: Deployment, store: Store, worker_in_process: Callable[..., Worker]
 ) -> None:
     events = generate(80, seed=32)
-    expected = _expected(events)
+    expected = expected_now(events)
     refusing: list[RefuseDeliveries] = []
 
     def wrap(producer: Any) -> RefuseDeliveries:
@@ -189,8 +150,8 @@ def test_a_refused_change_is_never_overtaken_by_a_later_one(
         return refusing[0]
 
     worker_in_process(wrap_producer=wrap)
-    deployment.produce(_records(events))
-    actions = deployment.read(deployment.actions, until=_converged(expected), timeout=60)
+    deployment.produce(records_of(events))
+    actions = deployment.read(deployment.actions, until=converged(expected), timeout=60)
     assert refusing[0].refused >= 10
     assert_changes_consistent(actions)  # in topic order: each change starts where the last ended
     assert_state_matches(store, expected)
@@ -202,7 +163,7 @@ def test_actions_topic_unavailable_pauses_consumption_then_catches_up(
     """Every change refused for a while: the backlog is bounded (consumption pauses, the
     group membership stays), then everything is published, in order, by itself."""
     events = generate(200, seed=33)
-    expected = _expected(events)
+    expected = expected_now(events)
     refusing: list[RefuseDeliveries] = []
 
     def wrap(producer: Any) -> RefuseDeliveries:
@@ -211,7 +172,7 @@ def test_actions_topic_unavailable_pauses_consumption_then_catches_up(
 
     worker = worker_in_process(wrap_producer=wrap)
     worker.max_backlog = 40
-    records = _records(events)
+    records = records_of(events)
     for i in range(0, len(records), 50):
         deployment.produce(records[i : i + 50])
     deadline = time.monotonic() + 30
@@ -225,7 +186,7 @@ def test_actions_topic_unavailable_pauses_consumption_then_catches_up(
     assert worker.paused and max(held) == min(held) and held[0] < len(records)
 
     refusing[0].limit = refusing[0].refused  # the topic is back
-    actions = deployment.read(deployment.actions, until=_converged(expected), timeout=60)
+    actions = deployment.read(deployment.actions, until=converged(expected), timeout=60)
     assert not worker.paused
     assert_changes_consistent(actions)
     assert_state_matches(store, expected)
@@ -241,7 +202,7 @@ def test_sigterm_in_the_worst_case_stays_within_the_grace_period(
     worker = worker_in_process(
         wrap_producer=lambda p: RefuseDeliveries(p, deployment.actions, every=1, limit=10**9)
     )
-    deployment.produce([*_records(generate(30, seed=34)), (b"bad", b"{not json")])
+    deployment.produce([*records_of(generate(30, seed=34)), (b"bad", b"{not json")])
     deadline = time.monotonic() + 40
     while worker.dlq_ok and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -300,7 +261,7 @@ def test_a_revoked_worker_stops_publishing_before_the_next_owner_starts(
     rebalancing A keeps some partitions: it sends their dropped changes again, and holds
     nothing of the partitions it lost."""
     events = generate(60, seed=35)
-    expected = _expected(events)
+    expected = expected_now(events)
     holds: list[HoldDeliveries] = []
 
     def wrap(producer: Any) -> HoldDeliveries:
@@ -308,7 +269,7 @@ def test_a_revoked_worker_stops_publishing_before_the_next_owner_starts(
         return holds[0]
 
     a = worker_in_process(wrap_producer=wrap)
-    deployment.produce(_records(events))
+    deployment.produce(records_of(events))
     deadline = time.monotonic() + 30
     while a.relay.backlog < 20 and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -326,7 +287,7 @@ def test_a_revoked_worker_stops_publishing_before_the_next_owner_starts(
     assert kept != {0, 1, 2, 3}  # B has a share
     assert all(partition_of[r["key"]] in kept for r in holds[0].held)
     holds[0].release()  # A's changes of the partitions it still owns flow
-    actions = deployment.read(deployment.actions, until=_converged(expected), timeout=60)
+    actions = deployment.read(deployment.actions, until=converged(expected), timeout=60)
     assert_changes_consistent(actions)
     assert_state_matches(store, expected)
     assert b.stop() == 0

@@ -46,14 +46,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import Deployment
-from tests.test_consumer import (
-    _expected,
-    _http,
-    _records,
-    _ts,
-    assert_changes_consistent,
-    assert_state_matches,
-)
+from tests.factories import iso_days_ago
+from tests.fixtures import assert_changes_consistent, assert_state_matches, fetch, records_of
+from tests.reference import expected_now
 from worker.dlq import OWN
 from worker.events import MAX_EVENT_BYTES, Rejection, validate
 from worker.messages import RfmChanged, RfmOverdue
@@ -95,7 +90,7 @@ VALUE_DROPPED = "rfm.error.value_dropped"
 PROCESS_TIMEOUT = 60  # seconds; it takes ~5 (pytest's own timeout is 120 for everything)
 PRODUCER_MAX_BYTES = 10_000_000  # ours, so the near-limit records can be sent at all
 
-# The default profile is the built-in one (what tests/test_consumer.py `_expected` scores
+# The default profile is the built-in one (what tests/reference.py `expected_now` scores
 # with) plus a currency, and a tenant has its own: currency_mismatch is reachable.
 PROFILES_TOML = """
 [profiles.default]
@@ -806,7 +801,7 @@ def valid_events(count: int, seed: int) -> list[dict[str, Any]]:
                     "order_id": order["order_id"],
                     "customer_id": order["customer_id"],
                     "amount": f"{rng.randint(1, 5000) / 100:.2f}",
-                    "occurred_at": _ts(0),
+                    "occurred_at": iso_days_ago(0),
                 }
             )
         elif placed and roll < 0.16:
@@ -817,7 +812,7 @@ def valid_events(count: int, seed: int) -> list[dict[str, Any]]:
                     "type": "order_cancelled",
                     "order_id": order["order_id"],
                     "customer_id": order["customer_id"],
-                    "occurred_at": _ts(0),
+                    "occurred_at": iso_days_ago(0),
                 }
             )
         elif placed and roll < 0.19:  # the same order placed again: the smaller amount wins
@@ -831,7 +826,7 @@ def valid_events(count: int, seed: int) -> list[dict[str, Any]]:
                 "order_id": f"vo{n}",
                 "customer_id": f"v{rng.randrange(len(VALID_CUSTOMERS))}",
                 "amount": f"{rng.randint(1, 40000) / 100:.2f}",
-                "occurred_at": _ts(rng.randint(0, 300)),
+                "occurred_at": iso_days_ago(rng.randint(0, 300)),
             }
             if rng.random() < 0.2:
                 event["tenant"] = "default"
@@ -887,7 +882,7 @@ def _produce(deployment: Deployment, records: list[tuple[Record, bool]]) -> list
 
 
 def _events_total(port: int) -> Counter[str]:
-    body = _http(port, "/metrics")[1].decode()
+    body = fetch(port, "/metrics")[1].decode()
     return Counter(
         {
             m[1]: int(float(m[2]))
@@ -897,12 +892,12 @@ def _events_total(port: int) -> Counter[str]:
 
 
 def _metrics(port: int, *prefixes: str) -> str:
-    body = _http(port, "/metrics")[1].decode()
+    body = fetch(port, "/metrics")[1].decode()
     return "; ".join(line for line in body.splitlines() if line.startswith(prefixes))
 
 
 def _changes_total(port: int) -> int:
-    body = _http(port, "/metrics")[1].decode()
+    body = fetch(port, "/metrics")[1].decode()
     found = re.findall(r"^rfm_(?:changes|overdue)_total(?:\{[^}]*\})? (\S+)$", body, re.M)
     return sum(int(float(n)) for n in found)
 
@@ -1016,7 +1011,7 @@ def test_hostile_records_are_applied_or_dead_lettered_and_valid_ones_stay_exact(
     assert len(hostile) >= CASES
     hostile += by_hand_records(now)
     valid = valid_events(len(hostile) // VALID_EVERY, seed=7)
-    valid_records = iter(_records(valid))
+    valid_records = iter(records_of(valid))
     records: list[tuple[Record, bool]] = []
     for i, record in enumerate(hostile):
         records.append((record, True))
@@ -1119,14 +1114,14 @@ def test_hostile_records_are_applied_or_dead_lettered_and_valid_ones_stay_exact(
     )
 
     # 2. The known-valid customers are exact; what hostile events published is valid output.
-    assert_state_matches(store, _expected(valid))
+    assert_state_matches(store, expected_now(valid))
     changes = _changes_total(port)
     actions = deployment.read(deployment.actions, until=lambda m: len(m) >= changes, timeout=60)
     _check_actions(actions)
 
     # 3. Still up and healthy, then a clean stop.
     assert worker.proc.poll() is None
-    assert _http(port, "/healthz")[0] == 200
+    assert fetch(port, "/healthz")[0] == 200
     assert worker.stop() == 0
 
     # 4. No traceback for ordinary bad input: only an internal_error (an event valid in

@@ -23,7 +23,6 @@ from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import closing, contextmanager, suppress
-from datetime import UTC, datetime, timedelta
 from typing import Any
 from urllib.error import HTTPError
 from urllib.parse import quote, unquote_to_bytes
@@ -35,7 +34,7 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
-from tests.factories import valid_event
+from tests.factories import AS_OF, AS_OF_MS, DAY, placed_days_ago, valid_event
 from worker import http_api, views
 from worker.config import Settings
 from worker.errors import ConfigError
@@ -44,10 +43,6 @@ from worker.http_api import Api, serve
 from worker.metrics import CustomersCollector, register_customers
 from worker.profiles import TENANT_NAME, Profiles
 from worker.store import Store
-
-AS_OF = datetime(2026, 6, 1, tzinfo=UTC)
-AS_OF_MS = int(AS_OF.timestamp()) * 1000
-DAY = timedelta(days=1)
 
 ODD_IDS = [
     "a/b",
@@ -92,27 +87,6 @@ def api(settings: Settings, profiles: Profiles, store: Store, flags: Flags) -> A
     return Api(settings, profiles, store, healthy=lambda: flags.healthy, ready=lambda: flags.ready)
 
 
-def placed(
-    profiles: Profiles,
-    customer: str,
-    order: str,
-    amount: str,
-    days_ago: float,
-    tenant: str | None = None,
-) -> ValidEvent:
-    return valid_event(
-        profiles,
-        event_id=f"{tenant}/{customer}/{order}",
-        kind="placed",
-        order_id=order,
-        customer=customer,
-        occurred_at=(AS_OF - days_ago * DAY).isoformat(),
-        now_ms=AS_OF_MS,
-        amount=amount,
-        tenant=tenant,
-    )
-
-
 def apply(store: Store, profiles: Profiles, events: list[ValidEvent]) -> None:
     store.apply_batch([(e, 0) for e in events], profiles, as_of_ms=AS_OF_MS, now_ms=AS_OF_MS)
 
@@ -135,9 +109,9 @@ def test_customer_view(api: Api, store: Store, profiles: Profiles) -> None:
         store,
         profiles,
         [
-            placed(profiles, "67543", "o1", "200", 60),
-            placed(profiles, "67543", "o2", "150", 20),
-            placed(profiles, "67543", "o3", "0.01", 20.5),
+            placed_days_ago(profiles, "67543", "o1", "200", 60),
+            placed_days_ago(profiles, "67543", "o2", "150", 20),
+            placed_days_ago(profiles, "67543", "o3", "0.01", 20.5),
         ],
     )
     status, doc = get_json(api, "/v1/customers/default/67543")
@@ -163,7 +137,9 @@ def test_customer_view(api: Api, store: Store, profiles: Profiles) -> None:
 def test_customer_ids_with_any_character(api: Api, store: Store, profiles: Profiles) -> None:
     # each id gets its own amount, so a mix-up between two ids cannot go unnoticed
     amounts = {cid: f"{100 * (i + 1)}.00" for i, cid in enumerate(ODD_IDS)}
-    apply(store, profiles, [placed(profiles, cid, "o1", amounts[cid], 5) for cid in ODD_IDS])
+    apply(
+        store, profiles, [placed_days_ago(profiles, cid, "o1", amounts[cid], 5) for cid in ODD_IDS]
+    )
     for cid in ODD_IDS:
         status, doc = get_json(api, customer_path("default", cid))
         assert status == 200, cid
@@ -178,8 +154,8 @@ def test_customer_of_a_tenant(api: Api, store: Store, profiles: Profiles) -> Non
         store,
         profiles,
         [
-            placed(profiles, "c/1", "o1", "1200", 2, tenant="shop-b"),
-            placed(profiles, "c/1", "o1", "10", 400),
+            placed_days_ago(profiles, "c/1", "o1", "1200", 2, tenant="shop-b"),
+            placed_days_ago(profiles, "c/1", "o1", "10", 400),
         ],
     )
     status, doc = get_json(api, customer_path("shop-b", "c/1"))
@@ -201,7 +177,7 @@ def test_customer_of_a_tenant(api: Api, store: Store, profiles: Profiles) -> Non
 def test_unknown_customer_is_404_json(
     api: Api, store: Store, profiles: Profiles, path: str
 ) -> None:
-    apply(store, profiles, [placed(profiles, "67543", "o1", "10", 1)])
+    apply(store, profiles, [placed_days_ago(profiles, "67543", "o1", "10", 1)])
     status, doc = get_json(api, path)
     assert status == 404
     assert isinstance(doc, dict) and doc
@@ -224,7 +200,7 @@ def test_customer_with_every_order_cancelled_is_404(
         AS_OF_MS,
     )
     assert isinstance(cancel, ValidEvent)
-    apply(store, profiles, [placed(profiles, "gone", "o1", "10", 1), cancel])
+    apply(store, profiles, [placed_days_ago(profiles, "gone", "o1", "10", 1), cancel])
     assert get_json(api, "/v1/customers/default/gone")[0] == 404
 
 
@@ -284,11 +260,11 @@ def test_matrix(api: Api, store: Store, profiles: Profiles) -> None:
         store,
         profiles,
         [
-            placed(profiles, "a", "o1", "10", 400),  # 111 lost
-            placed(profiles, "b", "o1", "20", 500),  # 111 lost
-            placed(profiles, "c", "o1", "1000", 400),  # 115 at_risk
-            placed(profiles, "d", "o1", "120", 3),  # 512 new_customers
-            placed(profiles, "e", "o1", "120", 3, tenant="shop-b"),  # 512 new_customers
+            placed_days_ago(profiles, "a", "o1", "10", 400),  # 111 lost
+            placed_days_ago(profiles, "b", "o1", "20", 500),  # 111 lost
+            placed_days_ago(profiles, "c", "o1", "1000", 400),  # 115 at_risk
+            placed_days_ago(profiles, "d", "o1", "120", 3),  # 512 new_customers
+            placed_days_ago(profiles, "e", "o1", "120", 3, tenant="shop-b"),  # 512 new_customers
         ],
     )
     status, doc = get_json(api, "/v1/matrix?tenant=default")
@@ -317,7 +293,7 @@ def test_matrix(api: Api, store: Store, profiles: Profiles) -> None:
 
 def test_serve_over_http(api: Api, store: Store, profiles: Profiles) -> None:
     cid = "all/of {them}: \n☕"
-    apply(store, profiles, [placed(profiles, cid, "o1", "42.50", 1)])
+    apply(store, profiles, [placed_days_ago(profiles, cid, "o1", "42.50", 1)])
     server = serve(api, port=0, host="127.0.0.1")
     try:
         base = f"http://127.0.0.1:{server.server_address[1]}"
@@ -446,7 +422,7 @@ WRONG_CREDENTIALS = [
 def test_v1_with_a_wrong_token_is_401(
     secured_api: Api, store: Store, profiles: Profiles, authorization: str
 ) -> None:
-    apply(store, profiles, [placed(profiles, "67543", "o1", "10", 1)])
+    apply(store, profiles, [placed_days_ago(profiles, "67543", "o1", "10", 1)])
     status, doc, headers = response_of(secured_api, "/v1/customers/default/67543", authorization)
     assert status == 401
     assert doc["error"] == "unauthorized"
@@ -461,7 +437,7 @@ def test_v1_with_a_wrong_token_is_401(
 def test_v1_with_the_token_is_served(
     secured_api: Api, store: Store, profiles: Profiles, authorization: str
 ) -> None:
-    apply(store, profiles, [placed(profiles, "67543", "o1", "10", 1)])
+    apply(store, profiles, [placed_days_ago(profiles, "67543", "o1", "10", 1)])
     status, doc, _ = response_of(secured_api, "/v1/customers/default/67543", authorization)
     assert (status, doc["customer_id"]) == (200, "67543")
     status, doc, _ = response_of(secured_api, "/v1/matrix?tenant=default", authorization)
@@ -494,7 +470,7 @@ def test_metrics_and_probes_need_no_token(secured_api: Api, path: str) -> None:
 
 
 def test_without_a_token_v1_is_open(api: Api, store: Store, profiles: Profiles) -> None:
-    apply(store, profiles, [placed(profiles, "67543", "o1", "10", 1)])
+    apply(store, profiles, [placed_days_ago(profiles, "67543", "o1", "10", 1)])
     for authorization in (None, "Bearer anything", "garbage"):
         assert get_json(api, "/v1/customers/default/67543", authorization)[0] == 200
 
@@ -502,7 +478,7 @@ def test_without_a_token_v1_is_open(api: Api, store: Store, profiles: Profiles) 
 def test_token_over_http_and_never_in_the_logs(
     secured_api: Api, store: Store, profiles: Profiles, caplog: pytest.LogCaptureFixture
 ) -> None:
-    apply(store, profiles, [placed(profiles, "67543", "o1", "10", 1)])
+    apply(store, profiles, [placed_days_ago(profiles, "67543", "o1", "10", 1)])
     caplog.set_level(logging.DEBUG)
     path = "/v1/customers/default/67543"
     with running(secured_api) as port:
@@ -608,7 +584,7 @@ CONFUSION: list[tuple[str, tuple[str, str] | int | str]] = [
 @pytest.fixture
 def lookalikes(store: Store, profiles: Profiles) -> dict[tuple[str, str], str]:
     events = [
-        placed(profiles, cid, "o1", amount, 5, tenant=tenant)
+        placed_days_ago(profiles, cid, "o1", amount, 5, tenant=tenant)
         for (tenant, cid), amount in LOOKALIKES.items()
     ]
     apply(store, profiles, events)
@@ -1205,7 +1181,9 @@ def test_rfm_customers_labels_stay_bounded_with_many_tenants(store: Store) -> No
         """
     )
     tenants = ["vip", "default", *(f"shop-{i:03d}" for i in range(300))]
-    events = [placed(profiles, f"c{i}", "o1", "50", 5, tenant=t) for i, t in enumerate(tenants)]
+    events = [
+        placed_days_ago(profiles, f"c{i}", "o1", "50", 5, tenant=t) for i, t in enumerate(tenants)
+    ]
     apply(store, profiles, events)
     registry = CollectorRegistry()
     registry.register(CustomersCollector(store.segment_counts, profiles.names()))
@@ -1221,8 +1199,8 @@ def test_register_customers_serves_the_bounded_labels_on_metrics(
     apply(
         store,
         profiles,
-        [placed(profiles, "c", "o1", "10", 400, tenant=f"t{i}") for i in range(3)]
-        + [placed(profiles, "c", "o1", "10", 400)],
+        [placed_days_ago(profiles, "c", "o1", "10", 400, tenant=f"t{i}") for i in range(3)]
+        + [placed_days_ago(profiles, "c", "o1", "10", 400)],
     )
     collector = register_customers(store.segment_counts, profiles.names())
     try:

@@ -13,13 +13,13 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.factories import valid_event
+from tests.factories import AS_OF, AS_OF_MS, valid_event
 from worker.cli import main, use_color
 from worker.embedded import EmbeddedRedis
 from worker.profiles import Profiles
@@ -27,8 +27,6 @@ from worker.segments import STANDARD_SEGMENTS
 from worker.store import Store
 from worker.views import SEGMENT_COLORS, render_matrix, segment_color
 
-AS_OF = datetime(2026, 6, 1, tzinfo=UTC)
-AS_OF_MS = int(AS_OF.timestamp()) * 1000
 ESC = "\x1b["
 
 THREE_LEVELS = """

@@ -19,7 +19,7 @@ from urllib.error import HTTPError
 
 import pytest
 
-from tests.test_http_api import AS_OF_MS, placed
+from tests.factories import AS_OF_MS, placed_days_ago
 from worker.config import Settings
 from worker.http_api import Api, serve
 from worker.profiles import Profiles
@@ -72,17 +72,17 @@ def secured_base(
 def populate(store: Store, profiles: Profiles) -> None:
     """default: (1,1) 3 lost-dominated, (5,1) 1 new_customers, (5,3) 2 potential_loyalist."""
     events = [
-        placed(profiles, "a", "o1", "10", 400),  # 111 lost
-        placed(profiles, "b", "o1", "20", 500),  # 111 lost
-        placed(profiles, "c", "o1", "1000", 400),  # 115 at_risk
-        placed(profiles, "d", "o1", "120", 3),  # 512 new_customers
-        placed(profiles, "e", "o1", "120", 3, tenant="shop-b"),  # another tenant
+        placed_days_ago(profiles, "a", "o1", "10", 400),  # 111 lost
+        placed_days_ago(profiles, "b", "o1", "20", 500),  # 111 lost
+        placed_days_ago(profiles, "c", "o1", "1000", 400),  # 115 at_risk
+        placed_days_ago(profiles, "d", "o1", "120", 3),  # 512 new_customers
+        placed_days_ago(profiles, "e", "o1", "120", 3, tenant="shop-b"),  # another tenant
     ]
     for customer in ("p", "q"):  # 3 orders, the last 20 days ago: R5 F3
         events += [
-            placed(profiles, customer, "o1", "200", 60),
-            placed(profiles, customer, "o2", "150", 20),
-            placed(profiles, customer, "o3", "0.01", 20.5),
+            placed_days_ago(profiles, customer, "o1", "200", 60),
+            placed_days_ago(profiles, customer, "o2", "150", 20),
+            placed_days_ago(profiles, customer, "o3", "0.01", 20.5),
         ]
     store.apply_batch([(e, 0) for e in events], profiles, as_of_ms=AS_OF_MS, now_ms=AS_OF_MS)
 

@@ -24,8 +24,8 @@ import orjson
 import pytest
 
 from tests.conftest import Deployment
-from tests.reference import recompute
-from tests.test_consumer import DEFAULT
+from tests.factories import DAY
+from tests.reference import DEFAULT, recompute
 from worker import views
 from worker.cli import main
 from worker.errors import UsageError
@@ -34,8 +34,6 @@ from worker.messages import iso
 from worker.produce import Row, derived_event_id, open_source, rows
 from worker.profiles import Profiles
 from worker.store import Store
-
-DAY = timedelta(days=1)
 
 
 @pytest.fixture(autouse=True)

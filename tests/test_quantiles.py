@@ -10,7 +10,6 @@ is 5 - min(4, 5L // n) (L counting strictly fewer days).
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -19,9 +18,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tests.factories import valid_event
-from tests.test_decay import first_change, histories, instants, key
-from tests.test_sweeper import placed
+from tests.factories import placed_at, valid_event
+from tests.reference import rank_score
+from tests.strategies import first_change, histories, instants, key
 from worker import keys, metrics
 from worker.customer import Aggregates
 from worker.decay import next_due
@@ -40,13 +39,6 @@ QUANTILE_TOML = f"""
 mode = "quantiles"
 quantiles_every_minutes = 60
 """
-
-
-def rank_score(value: int, population: Sequence[int], *, recency: bool = False) -> int:
-    """The definition, not the implementation: ties share the lower quintile."""
-    below = sum(1 for v in population if v < value)
-    level = min(4, 5 * below // len(population))
-    return 5 - level if recency else 1 + level
 
 
 # -- cut points -------------------------------------------------------------------------------
@@ -295,7 +287,7 @@ def population(seed: int, size: int) -> dict[str, list[tuple[int, str]]]:
 
 def apply(store: Store, profiles: Profiles, orders: dict[str, list[tuple[int, str]]], at: int):
     items = [
-        (placed(profiles, n, cid, when, amount, tenant=TENANT), i % 4)
+        (placed_at(profiles, n, cid, when, amount, tenant=TENANT), i % 4)
         for i, (cid, history) in enumerate(orders.items())
         for n, (when, amount) in enumerate(history)
     ]

@@ -19,13 +19,9 @@ import pytest
 import redis
 
 from tests.conftest import Deployment
-from tests.test_consumer import (
-    _converged,
-    _expected,
-    _records,
-    assert_state_matches,
-    generate,
-)
+from tests.factories import generate
+from tests.fixtures import assert_state_matches, converged, records_of
+from tests.reference import expected_now
 from worker.store import Store
 
 pytestmark = pytest.mark.integration
@@ -69,13 +65,13 @@ def test_a_failover_that_lost_the_last_writes_is_replayed_from_the_state(
     first, second = generate(60, seed=41), generate(60, seed=42)
     second = [{**e, "event_id": f"2-{e['event_id']}"} for e in second]  # new events
     worker = deployment.worker()
-    deployment.produce(_records(first))
-    deployment.read(deployment.actions, until=_converged(_expected(first)))
+    deployment.produce(records_of(first))
+    deployment.read(deployment.actions, until=converged(expected_now(first)))
     older = _snapshot(redis_client)  # what a lagging replica holds
 
-    deployment.produce(_records(second))
-    expected = _expected(first + second)
-    deployment.read(deployment.actions, until=_converged(expected))
+    deployment.produce(records_of(second))
+    expected = expected_now(first + second)
+    deployment.read(deployment.actions, until=converged(expected))
     assert worker.stop() == 0  # Kafka's committed offsets are past `second` now
 
     _restore(redis_client, older)  # the failover: `second` is gone from Redis
@@ -89,10 +85,10 @@ def test_redis_restarted_empty_stops_the_worker_until_a_rebuild(
     deployment: Deployment, store: Store, redis_client: redis.Redis
 ) -> None:
     events = generate(80, seed=43)
-    expected = _expected(events)
+    expected = expected_now(events)
     worker = deployment.worker()
-    deployment.produce(_records(events))
-    deployment.read(deployment.actions, until=_converged(expected))
+    deployment.produce(records_of(events))
+    deployment.read(deployment.actions, until=converged(expected))
     assert worker.stop() == 0
 
     redis_client.flushall()  # Redis came back empty
@@ -113,9 +109,9 @@ def test_redis_restarted_empty_stops_the_worker_until_a_rebuild(
 
     later = [{**e, "event_id": f"L-{e['event_id']}"} for e in generate(30, seed=44)]
     worker = deployment.worker()  # resumes where the rebuild stopped
-    deployment.produce(_records(later))
-    both = _expected(events + later)
-    deployment.read(deployment.actions, until=_converged(both))
+    deployment.produce(records_of(later))
+    both = expected_now(events + later)
+    deployment.read(deployment.actions, until=converged(both))
     assert_state_matches(store, both)
     assert "Redis holds no" not in worker.log()
     assert worker.stop() == 0
@@ -176,16 +172,16 @@ def test_a_failover_under_the_running_worker_is_replayed_with_the_same_change_id
     second = [{**e, "customer_id": f"b-{e['customer_id']}"} for e in second]
     third = [{**e, "customer_id": f"c-{e['customer_id']}"} for e in third]
     worker = deployment.worker()
-    deployment.produce(_records(first))
-    deployment.read(deployment.actions, until=_converged(_expected(first)))
+    deployment.produce(records_of(first))
+    deployment.read(deployment.actions, until=converged(expected_now(first)))
     older = _snapshot(redis_client)  # what the lagging replica holds
-    deployment.produce(_records(second))
-    deployment.read(deployment.actions, until=_converged(_expected(first + second)))
+    deployment.produce(records_of(second))
+    deployment.read(deployment.actions, until=converged(expected_now(first + second)))
 
     _restore_at_once(redis_client, older)  # `second` is gone from Redis, not from Kafka
-    deployment.produce(_records(third))
-    expected = _expected(first + second + third)
-    actions = deployment.read(deployment.actions, until=_converged(expected), timeout=90)
+    deployment.produce(records_of(third))
+    expected = expected_now(first + second + third)
+    actions = deployment.read(deployment.actions, until=converged(expected), timeout=90)
     _eventually(lambda: assert_state_matches(store, expected))
     assert "Redis lost writes while the worker ran" in worker.log()
     assert_one_id_per_change(actions)
@@ -202,14 +198,14 @@ def test_a_redis_flushed_under_the_running_worker_stops_it_before_any_write(
     events, later = generate(60, seed=48), generate(40, seed=49)
     later = [{**e, "event_id": f"L-{e['event_id']}"} for e in later]
     worker = deployment.worker()
-    deployment.produce(_records(events))
-    deployment.read(deployment.actions, until=_converged(_expected(events)))
+    deployment.produce(records_of(events))
+    deployment.read(deployment.actions, until=converged(expected_now(events)))
     redis_client.flushall()
-    deployment.produce(_records(later))
+    deployment.produce(records_of(later))
     assert worker.proc is not None
     assert worker.proc.wait(60) == 1
     assert "Redis lost every record" in worker.log() and "rfm-worker rebuild" in worker.log()
     assert store.holds_customers() is False  # nothing written on the empty Redis
     rebuilt = _rfm(deployment, "rebuild")
     assert rebuilt.returncode == 0, rebuilt.stderr
-    assert_state_matches(store, _expected(events + later))
+    assert_state_matches(store, expected_now(events + later))

@@ -9,7 +9,7 @@ import os
 import random
 from collections import Counter
 from collections.abc import Iterator
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ import orjson
 import pytest
 import redis
 
+from tests.factories import AS_OF, AS_OF_MS, DAY_MS
 from tests.reference import recompute
 from worker.cli import main
 from worker.customer import Customer, Order, Published
@@ -26,10 +27,6 @@ from worker.money import to_units
 from worker.profiles import Profiles
 from worker.rescore import decide, dry_run_doc, render, transitions
 from worker.store import Store
-
-AS_OF = datetime(2026, 6, 1, tzinfo=UTC)
-AS_OF_MS = int(AS_OF.timestamp()) * 1000
-DAY_MS = 86_400_000
 
 NEW = """
 [profiles.default]

@@ -7,6 +7,7 @@ from decimal import Decimal
 
 import pytest
 
+from tests.factories import PIZZERIA
 from worker.customer import Aggregates
 from worker.money import to_units
 from worker.profiles import Profile
@@ -22,12 +23,6 @@ from worker.scoring import (
 HOUR_MS = 3_600_000
 AS_OF = int(datetime(2026, 11, 20, 18, 30, tzinfo=UTC).timestamp()) * 1000
 
-PIZZERIA = Profile(
-    name="pizzeria",
-    recency_days=[15, 30, 45, 60],
-    frequency_orders=[2, 3, 5, 10],
-    monetary=[Decimal(100), Decimal(250), Decimal(500), Decimal(1000)],
-)
 SOFA_SHOP = Profile(
     name="sofa-shop",
     recency_days=[30, 365, 730, 1825],

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import tracemalloc
 from collections import Counter
-from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -13,7 +12,7 @@ import pytest
 import redis
 from redis.crc import key_slot
 
-from tests.factories import valid_event
+from tests.factories import AS_OF, AS_OF_MS, DAY, valid_event
 from worker import keys
 from worker.customer import LONG_HISTORY, Customer, Order
 from worker.errors import StateError
@@ -22,9 +21,6 @@ from worker.keys import SHARDS, shard_of
 from worker.profiles import Profiles
 from worker.store import Store
 
-AS_OF = datetime(2026, 6, 1, tzinfo=UTC)
-AS_OF_MS = int(AS_OF.timestamp()) * 1000
-DAY = timedelta(days=1)
 UNIT = Decimal("0.0001")
 
 

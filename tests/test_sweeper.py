@@ -19,47 +19,17 @@ import redis
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from tests.factories import valid_event
-from tests.test_property import (
-    AS_OF_MS,
-    DAY_MS,
-    PROFILES,
-    Spec,
-    apply_batches,
-    recompute,
-    scenarios,
-)
+from tests.factories import CHANGED_PROFILES, DAY_MS, placed_at
+from tests.strategies import AS_OF_MS, PROFILES, Spec, apply_batches, recompute, scenarios
 from worker import keys
 from worker.customer import Customer, Order, Published
 from worker.embedded import EmbeddedRedis
-from worker.events import ValidEvent
 from worker.profiles import Profiles
 from worker.store import Committed, Store
 from worker.sweeper import Sweeper
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 T0_MS = int(T0.timestamp()) * 1000
-
-
-def placed(
-    profiles: Profiles,
-    n: int,
-    customer: str,
-    at_ms: int,
-    amount: str = "50",
-    tenant: str | None = None,
-) -> ValidEvent:
-    return valid_event(
-        profiles,
-        event_id=f"{customer}-e{n}",
-        kind="placed",
-        order_id=f"{customer}-o{n}",
-        customer=customer,
-        occurred_at=datetime.fromtimestamp(at_ms / 1000, UTC).isoformat(),
-        now_ms=at_ms,
-        amount=amount,
-        tenant=tenant,
-    )
 
 
 def sweep(store: Store, profiles: Profiles, at_ms: int, partitions: set[int] | None = None):
@@ -81,14 +51,14 @@ def due_of(store: Store, tenant: str, customer: str, partition: int = 0) -> floa
 def test_every_commit_indexes_the_next_change(store: Store, profiles: Profiles) -> None:
     # Built-in profile: R drops after 30, 90, 180, 365 days.
     store.apply_batch(
-        [(placed(profiles, 1, "c1", T0_MS), 2)], profiles, as_of_ms=T0_MS, now_ms=T0_MS
+        [(placed_at(profiles, 1, "c1", T0_MS), 2)], profiles, as_of_ms=T0_MS, now_ms=T0_MS
     )
     assert due_of(store, "default", "c1", 2) == T0_MS + 31 * DAY_MS
     assert due_of(store, "default", "c1", 0) is None
     # A later event on another partition moves the entry with the customer.
     later = T0_MS + 10 * DAY_MS
     store.apply_batch(
-        [(placed(profiles, 2, "c1", later), 3)], profiles, as_of_ms=later, now_ms=later
+        [(placed_at(profiles, 2, "c1", later), 3)], profiles, as_of_ms=later, now_ms=later
     )
     assert due_of(store, "default", "c1", 2) is None
     assert due_of(store, "default", "c1", 3) == later + 31 * DAY_MS
@@ -100,7 +70,7 @@ def test_sweep_reads_only_due_customers_and_reschedules_them(
     for i in range(30):  # c0..c9 ordered 40 days before the sweep, the rest 5 days before
         at = T0_MS - (40 if i < 10 else 5) * DAY_MS
         store.apply_batch(
-            [(placed(profiles, 1, f"c{i}", at), i % 4)], profiles, as_of_ms=at, now_ms=at
+            [(placed_at(profiles, 1, f"c{i}", at), i % 4)], profiles, as_of_ms=at, now_ms=at
         )
     zsets = {(s, p) for s in range(keys.SHARDS) for p in range(4)}
     assert store.due_backlog(zsets, T0_MS) == 10
@@ -125,7 +95,7 @@ def test_sweep_only_covers_the_given_partitions(store: Store, profiles: Profiles
     at = T0_MS - 40 * DAY_MS
     for i in range(8):
         store.apply_batch(
-            [(placed(profiles, 1, f"c{i}", at), i % 4)], profiles, as_of_ms=at, now_ms=at
+            [(placed_at(profiles, 1, f"c{i}", at), i % 4)], profiles, as_of_ms=at, now_ms=at
         )
     _done, records = sweep(store, profiles, T0_MS, partitions={1, 3})
     assert sorted(r["customer_id"] for r in records) == ["c1", "c3", "c5", "c7"]
@@ -146,12 +116,12 @@ def test_customer_scored_later_than_the_sweep_is_not_moved_back(
     store: Store, profiles: Profiles
 ) -> None:
     at = T0_MS - 40 * DAY_MS
-    store.apply_batch([(placed(profiles, 1, "c1", at), 0)], profiles, as_of_ms=at, now_ms=at)
+    store.apply_batch([(placed_at(profiles, 1, "c1", at), 0)], profiles, as_of_ms=at, now_ms=at)
     # The consumer scored it at T0 + 60 days (R=4 since day 31): a sweep at T0 - 1 day,
     # earlier than that, must not bring R=5 back.
     late = T0_MS + 20 * DAY_MS
     store.apply_batch(
-        [(placed(profiles, 2, "c1", at, "1"), 0)], profiles, as_of_ms=late, now_ms=late
+        [(placed_at(profiles, 2, "c1", at, "1"), 0)], profiles, as_of_ms=late, now_ms=late
     )
     before = store.get_customer("default", "c1")
     assert before is not None and before.published is not None and before.published.r == 4
@@ -173,7 +143,7 @@ def test_legacy_customers_are_indexed_then_swept(store: Store, profiles: Profile
         store.redis.set(keys.customer("default", f"old{i}"), legacy.encode())
     fresh = T0_MS - DAY_MS
     store.apply_batch(
-        [(placed(profiles, 1, "new", fresh), 0)], profiles, as_of_ms=fresh, now_ms=fresh
+        [(placed_at(profiles, 1, "new", fresh), 0)], profiles, as_of_ms=fresh, now_ms=fresh
     )
     assert not store.is_indexed(profiles)
 
@@ -193,7 +163,9 @@ def test_legacy_customers_are_indexed_then_swept(store: Store, profiles: Profile
 def test_overdue_alert_once_per_silence(store: Store, profiles: Profiles) -> None:
     times = [T0_MS + k * 75 * DAY_MS for k in range(4)]
     for n, at in enumerate(times):
-        store.apply_batch([(placed(profiles, n, "reg", at), 0)], profiles, as_of_ms=at, now_ms=at)
+        store.apply_batch(
+            [(placed_at(profiles, n, "reg", at), 0)], profiles, as_of_ms=at, now_ms=at
+        )
     last = times[-1]
     overdue_at = last + 150 * DAY_MS + 1  # silence > 2 x 75 days
     assert due_of(store, "default", "reg", 0) == last + 31 * DAY_MS
@@ -206,7 +178,7 @@ def test_overdue_alert_once_per_silence(store: Store, profiles: Profiles) -> Non
     # A new order ends the silence (R=5 again); the next silence alerts again, once.
     again = overdue_at + DAY_MS
     store.apply_batch(
-        [(placed(profiles, 9, "reg", again), 0)], profiles, as_of_ms=again, now_ms=again
+        [(placed_at(profiles, 9, "reg", again), 0)], profiles, as_of_ms=again, now_ms=again
     )
     customer = store.get_customer("default", "reg")
     assert customer is not None and customer.published is not None
@@ -325,7 +297,9 @@ def test_a_customer_whose_decay_raises_is_postponed_not_blocking(
 
     at = T0_MS - 40 * DAY_MS
     for i in range(4):
-        store.apply_batch([(placed(profiles, 1, f"c{i}", at), 0)], profiles, as_of_ms=at, now_ms=at)
+        store.apply_batch(
+            [(placed_at(profiles, 1, f"c{i}", at), 0)], profiles, as_of_ms=at, now_ms=at
+        )
     real = worker.store.decay
 
     def buggy(customer: Customer, *args: Any, **kw: Any) -> Any:
@@ -344,14 +318,7 @@ def test_a_customer_whose_decay_raises_is_postponed_not_blocking(
 
 # -- a changed profile: the marking pass, then sweeps rescore -------------------------------
 
-NEW_PROFILES = Profiles.from_toml(
-    """
-[profiles.default]
-recency_days = [10, 20, 60, 120]
-frequency_orders = [2, 3, 5, 10]
-monetary = [100, 250, 500, 1000]
-"""
-)
+# CHANGED_PROFILES (tests/factories.py): recency [10, 20, 60, 120] instead of the built-in's.
 
 
 def _history(store: Store, profiles: Profiles) -> dict[str, list[int]]:
@@ -362,7 +329,7 @@ def _history(store: Store, profiles: Profiles) -> dict[str, list[int]]:
         orders[cid] = [T0_MS - (5 + 13 * i + 40 * k) * DAY_MS for k in range(1 + i % 3)]
         for n, at in enumerate(sorted(orders[cid])):
             store.apply_batch(
-                [(placed(profiles, n, cid, at, amount="70"), i % 4)],
+                [(placed_at(profiles, n, cid, at, amount="70"), i % 4)],
                 profiles,
                 as_of_ms=at,
                 now_ms=at,
@@ -378,7 +345,7 @@ def test_a_changed_profile_is_applied_in_the_background(store: Store, profiles: 
     _history(store, profiles)
     assert store.profile_versions() == {"default": profiles.default.version}
     before = {c.customer_id: c for c in store.scan_customers()}
-    new = NEW_PROFILES.default
+    new = CHANGED_PROFILES.default
     expected_moves = {}
     for cid, c in before.items():
         agg = c.aggregates()
@@ -395,13 +362,15 @@ def test_a_changed_profile_is_applied_in_the_background(store: Store, profiles: 
 
     # The marking pass marks due now only the customers the new profile moves; the others
     # take its version and due instants at once.
-    sweeper = Sweeper(store, NEW_PROFILES, interval=60, clock=lambda: T0_MS, now_ms=lambda: T0_MS)
+    sweeper = Sweeper(
+        store, CHANGED_PROFILES, interval=60, clock=lambda: T0_MS, now_ms=lambda: T0_MS
+    )
     while sweeper.index_step():
         pass
     zsets = {(s, p) for s in range(keys.SHARDS) for p in range(4)}
     assert store.due_backlog(zsets, T0_MS) == len(expected_moves)
     # The same instant, the new profile: every move is published once, cause "rescore".
-    _done, records = sweep(store, NEW_PROFILES, T0_MS)
+    _done, records = sweep(store, CHANGED_PROFILES, T0_MS)
     assert {r["customer_id"]: (r["previous"]["rfm"], r["current"]["rfm"]) for r in records} == (
         expected_moves
     )
@@ -417,7 +386,7 @@ def test_a_changed_profile_is_applied_in_the_background(store: Store, profiles: 
         due = next_due(agg, new, T0_MS, after.alerted)
         assert due_of(store, "default", cid, after.partition or 0) == due
     # Applied: another sweep at the same instant, or a restart, publishes nothing.
-    assert sweep(store, NEW_PROFILES, T0_MS)[1] == []
+    assert sweep(store, CHANGED_PROFILES, T0_MS)[1] == []
     # Back to the old profile: every moved customer moves back, nothing else.
     _done, back = sweep(store, profiles, T0_MS)
     assert {r["customer_id"]: (r["previous"]["rfm"], r["current"]["rfm"]) for r in back} == {
@@ -432,7 +401,7 @@ def test_a_marking_pass_cut_short_resumes_without_repeating_changes(
     real_chunks = store.customer_key_chunks
     monkeypatch.setattr(store, "customer_key_chunks", lambda: real_chunks(count=5))
     # A worker with the new profile marks a first chunk and sweeps it, then dies.
-    first = Sweeper(store, NEW_PROFILES, interval=60, clock=lambda: T0_MS, now_ms=lambda: T0_MS)
+    first = Sweeper(store, CHANGED_PROFILES, interval=60, clock=lambda: T0_MS, now_ms=lambda: T0_MS)
     assert first.index_step()
     out: list[Committed] = []
     sweep_ = first.start({0, 1, 2, 3}, T0_MS)
@@ -440,8 +409,8 @@ def test_a_marking_pass_cut_short_resumes_without_repeating_changes(
         out += first.step(sweep_, {0, 1, 2, 3})
     assert len(out) > 0 and store.profile_versions() == {"default": profiles.default.version}
     # The next start runs the pass again: what was rescored is not marked again.
-    _done, records = sweep(store, NEW_PROFILES, T0_MS)
+    _done, records = sweep(store, CHANGED_PROFILES, T0_MS)
     ids = [orjson.loads(c.value)["customer_id"] for c in out] + [r["customer_id"] for r in records]
     assert len(ids) == len(set(ids))
-    assert store.profile_versions() == {"default": NEW_PROFILES.default.version}
-    assert sweep(store, NEW_PROFILES, T0_MS)[1] == []
+    assert store.profile_versions() == {"default": CHANGED_PROFILES.default.version}
+    assert sweep(store, CHANGED_PROFILES, T0_MS)[1] == []

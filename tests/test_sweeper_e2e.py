@@ -21,68 +21,31 @@ import orjson
 import pytest
 
 from tests.conftest import Deployment
-from tests.reference import recompute
-from tests.test_consumer import (
-    DEFAULT,
-    _converged,
-    _final_scores,
-    _http,
-    _records,
+from tests.factories import DAY, epoch_ms, midnight, placed_doc
+from tests.fixtures import (
     assert_changes_consistent,
     assert_state_matches,
+    converged,
+    fetch,
+    ingest,
+    records_of,
+    sweep_once,
 )
+from tests.reference import DEFAULT, rank_score, recompute
 from worker import keys, views
-from worker.config import load_settings
 from worker.events import ValidEvent, validate
 from worker.messages import RfmOverdue, iso
 from worker.profiles import Profiles
 from worker.store import Store
-from worker.sweeper import run_once
 
 pytestmark = pytest.mark.integration
 
-DAY = timedelta(days=1)
 MS = timedelta(milliseconds=1)
-
-
-def _midnight(days_ago: int) -> datetime:
-    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    return today - days_ago * DAY
-
-
-def _ms(at: datetime) -> int:
-    return int(at.timestamp() * 1000)
-
-
-def _order(cid: str, n: int, at: datetime, amount: str = "40.00") -> dict[str, Any]:
-    return {
-        "event_id": f"{cid}-p{n}",
-        "type": "order_placed",
-        "order_id": f"{cid}-o{n}",
-        "customer_id": cid,
-        "amount": amount,
-        "occurred_at": at.isoformat().replace("+00:00", "Z"),
-    }
-
-
-def _sweep(monkeypatch: pytest.MonkeyPatch, dep: Deployment, at: datetime) -> str:
-    """One `sweep --once --as-of` in process (same code as the CLI); its summary line."""
-    for name, value in dep.env().items():
-        if name.startswith("RFM_"):
-            monkeypatch.setenv(name, value)
-    settings = load_settings()
-    out: list[str] = []
-    monkeypatch.setattr("builtins.print", lambda *a, **_k: out.append(" ".join(map(str, a))))
-    try:
-        assert run_once(settings, Profiles.load(settings.profiles), _ms(at)) == 0
-    finally:
-        monkeypatch.undo()
-    return out[-1]
 
 
 def _cli_sweep(dep: Deployment, at: datetime) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "worker", "sweep", "--once", "--as-of", iso(_ms(at))],
+        [sys.executable, "-m", "worker", "sweep", "--once", "--as-of", iso(epoch_ms(at))],
         env=dep.env(),
         capture_output=True,
         text=True,
@@ -97,28 +60,15 @@ def _decay_records(dep: Deployment) -> list[dict[str, Any]]:
     return [d for d in docs if d["type"] == "rfm.overdue" or d["cause"] == "decay"]
 
 
-def _ingest(dep: Deployment, events: list[dict[str, Any]], last_rfm: dict[str, str]) -> None:
-    """Run a worker until each customer's latest change has the given rfm, then stop it."""
-    dep.produce(_records(events))
-    worker = dep.worker()
-
-    def done(messages: list[Any]) -> bool:
-        final = _final_scores(messages)
-        return all((final.get(("default", c)) or {}).get("rfm") == r for c, r in last_rfm.items())
-
-    dep.read(dep.actions, until=done, timeout=60)
-    assert worker.stop() == 0
-
-
 def test_the_silent_regular_decays_boundary_by_boundary(
     deployment: Deployment, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Orders every 75 days for two years, then silence (built-in profile: R drops after
     30, 90, 180 and 365 days; overdue past 2 x 75 days)."""
     deployment.extra_env["RFM_CLOCK"] = "event"
-    last = _midnight(400)
-    history = [_order("reg", k, last - (9 - k) * 75 * DAY) for k in range(10)]
-    _ingest(deployment, history, {"reg": "553"})  # 10 orders, 400.00: F5 M3
+    last = midnight(400)
+    history = [placed_doc("reg", k, last - (9 - k) * 75 * DAY) for k in range(10)]
+    ingest(deployment, history, {"reg": "553"})  # 10 orders, 400.00: F5 M3
 
     walk = [  # (instant, what the sweep must publish)
         (last + 30 * DAY, None),
@@ -142,7 +92,7 @@ def test_the_silent_regular_decays_boundary_by_boundary(
             assert done.returncode == 0, done.stderr
             summary = done.stdout.strip()
         else:
-            summary = _sweep(monkeypatch, deployment, at)
+            summary = sweep_once(monkeypatch, deployment, at)
         changes = 1 if expect and expect != "overdue" else 0
         assert f"{changes} change(s) and {int(expect == 'overdue')} overdue" in summary, (
             at,
@@ -161,7 +111,9 @@ def test_the_silent_regular_decays_boundary_by_boundary(
     assert seen == [e for _, e in walk if e]
     assert len({r["change_id"] for r in records}) == len(records)
     moves = [r for r in records if r["type"] == "rfm.changed"]
-    assert [r["as_of"] for r in moves] == [iso(_ms(last + d * DAY)) for d in (31, 91, 181, 366)]
+    assert [r["as_of"] for r in moves] == [
+        iso(epoch_ms(last + d * DAY)) for d in (31, 91, 181, 366)
+    ]
     assert [r["current"]["segment"] for r in moves] == [
         "loyal",
         "loyal",
@@ -170,11 +122,11 @@ def test_the_silent_regular_decays_boundary_by_boundary(
     ]
     [alert] = [r for r in records if r["type"] == "rfm.overdue"]
     RfmOverdue.model_validate(alert)
-    assert alert["as_of"] == iso(_ms(last + 150 * DAY + MS))
+    assert alert["as_of"] == iso(epoch_ms(last + 150 * DAY + MS))
     assert alert["median_gap_days"] == 75.0
     assert alert["silent_days"] == 150
-    assert alert["last_order_at"] == iso(_ms(last))
-    assert alert["expected_next_order_at"] == iso(_ms(last + 75 * DAY))
+    assert alert["last_order_at"] == iso(epoch_ms(last))
+    assert alert["expected_next_order_at"] == iso(epoch_ms(last + 75 * DAY))
     assert alert["current"]["rfm"] == "353"
 
     # The read side shows the decayed score: counters, matrix, customer view.
@@ -190,8 +142,8 @@ def test_the_silent_regular_decays_boundary_by_boundary(
     assert ahead.returncode == 2 and "ahead of the wall clock" in ahead.stderr
 
     # A new order ends the silence: R=5 again, through the worker.
-    comeback = _order("reg", 10, _midnight(1))
-    deployment.produce(_records([comeback]))
+    comeback = placed_doc("reg", 10, midnight(1))
+    deployment.produce(records_of([comeback]))
     worker = deployment.worker()
     actions = deployment.read(
         deployment.actions,
@@ -216,10 +168,10 @@ def test_orders_leaving_the_frequency_window_lower_f_on_the_right_day(
         "overdue_factor = 0\n"
     )
     deployment.extra_env.update({"RFM_CLOCK": "event", "RFM_PROFILES": str(profiles)})
-    last = _midnight(380)
+    last = midnight(380)
     ages = [300, 200, 100, 50, 0]  # 5 orders in the window: F4
-    events = [_order("win", n, last - age * DAY) for n, age in enumerate(ages)]
-    _ingest(deployment, events, {"win": "542"})  # 5 x 40.00 = 200.00: M2
+    events = [placed_doc("win", n, last - age * DAY) for n, age in enumerate(ages)]
+    ingest(deployment, events, {"win": "542"})  # 5 x 40.00 = 200.00: M2
     walk = [
         (last + 64 * DAY, 0),
         (last + 65 * DAY - MS, 0),
@@ -228,14 +180,14 @@ def test_orders_leaving_the_frequency_window_lower_f_on_the_right_day(
         (last + 265 * DAY - MS, 0),
         (last + 265 * DAY, 1),  # 2 orders: F2
     ]
-    summaries = [_sweep(monkeypatch, deployment, at) for at, _ in walk]
+    summaries = [sweep_once(monkeypatch, deployment, at) for at, _ in walk]
     for (at, changes), summary in zip(walk, summaries, strict=True):
         assert f"{changes} change(s)" in summary, (at, summary)
-    assert summaries[3].startswith(f"swept as of {iso(_ms(last + 165 * DAY))}: 0 due customer")
+    assert summaries[3].startswith(f"swept as of {iso(epoch_ms(last + 165 * DAY))}: 0 due customer")
     moves = _decay_records(deployment)
     assert [(m["as_of"], m["previous"]["f"], m["current"]["f"]) for m in moves] == [
-        (iso(_ms(last + 65 * DAY)), 4, 3),
-        (iso(_ms(last + 265 * DAY)), 3, 2),
+        (iso(epoch_ms(last + 65 * DAY)), 4, 3),
+        (iso(epoch_ms(last + 265 * DAY)), 3, 2),
     ]
     assert [m["customer"]["orders"] for m in moves] == [4, 2]
     assert all(m["customer"]["orders_lifetime"] == 5 for m in moves)
@@ -249,14 +201,14 @@ def test_sweeps_racing_the_consumer_end_at_the_batch_recomputation(
     customers. The end state is the batch recomputation at the last instant."""
     deployment.extra_env.update({"RFM_CLOCK": "event", "RFM_SWEEP_INTERVAL": "0.2"})
     rng = random.Random(11)
-    start = _midnight(900)
+    start = midnight(900)
     events: list[dict[str, Any]] = []
     for c in range(120):
         cid = f"r{c}" if c % 9 else f"r{{{c}}}:*"
         for n in range(rng.randint(1, 8)):
-            events.append(_order(cid, n, start + timedelta(minutes=rng.randint(0, 700 * 1440))))
+            events.append(placed_doc(cid, n, start + timedelta(minutes=rng.randint(0, 700 * 1440))))
     events.sort(key=lambda e: e["occurred_at"])
-    end_ms = max(_ms(datetime.fromisoformat(e["occurred_at"])) for e in events)
+    end_ms = max(epoch_ms(datetime.fromisoformat(e["occurred_at"])) for e in events)
     expected = recompute(
         events, end_ms, DEFAULT["recency"], DEFAULT["frequency"], DEFAULT["monetary"]
     )
@@ -264,23 +216,23 @@ def test_sweeps_racing_the_consumer_end_at_the_batch_recomputation(
     deadline = time.monotonic() + 30  # consuming already, so each chunk is its own batch
     while time.monotonic() < deadline:
         try:
-            if _http(deployment.http_port, "/readyz")[0] == 200:
+            if fetch(deployment.http_port, "/readyz")[0] == 200:
                 break
         except OSError:  # not listening yet
             pass
         time.sleep(0.2)
-    records = _records(events)
+    records = records_of(events)
     chunk = len(records) // 12 + 1
     for i in range(0, len(records), chunk):  # many batches, each a step of the clock
         deployment.produce(records[i : i + chunk])
         time.sleep(0.3)
-    actions = deployment.read(deployment.actions, until=_converged(expected), timeout=90)
+    actions = deployment.read(deployment.actions, until=converged(expected), timeout=90)
     assert_changes_consistent(actions)
     assert_state_matches(store, expected)
     assert store.read_clock() == end_ms
     docs = [orjson.loads(m.value()) for m in actions]
     assert any(d["type"] == "rfm.changed" and d["cause"] == "decay" for d in docs)
-    _, metrics = _http(deployment.http_port, "/metrics")
+    _, metrics = fetch(deployment.http_port, "/metrics")
     text = metrics.decode()
     assert "rfm_sweep_duration_seconds_count" in text
     assert 'rfm_rescored_total{cause="decay"}' in text
@@ -293,25 +245,25 @@ def test_two_sweepers_at_once_publish_each_change_once(
 ) -> None:
     """Two `sweep --once` processes over the same due customers at the same instant."""
     rng = random.Random(5)
-    scored = _midnight(300)
+    scored = midnight(300)
     events = [
-        _order(f"s{c}", n, scored - rng.randint(0, 200) * DAY - rng.randint(0, 86_399_999) * MS)
+        placed_doc(f"s{c}", n, scored - rng.randint(0, 200) * DAY - rng.randint(0, 86_399_999) * MS)
         for c in range(200)
         for n in range(rng.randint(1, 6))
     ]
     valid = []
     for ev in events:
-        v = validate(orjson.dumps(ev), profiles, _ms(scored))
+        v = validate(orjson.dumps(ev), profiles, epoch_ms(scored))
         assert isinstance(v, ValidEvent)
         valid.append((v, int(ev["customer_id"][1:]) % 4))
-    store.apply_batch(valid, profiles, as_of_ms=_ms(scored), now_ms=_ms(scored))
+    store.apply_batch(valid, profiles, as_of_ms=epoch_ms(scored), now_ms=epoch_ms(scored))
     for stream in list(store.redis.scan_iter(match=keys.OUTBOX_PATTERN)):
         store.redis.delete(stream)  # only what the sweeps publish matters here
 
-    at = _midnight(10)
+    at = midnight(10)
     procs = [
         subprocess.Popen(
-            [sys.executable, "-m", "worker", "sweep", "--once", "--as-of", iso(_ms(at))],
+            [sys.executable, "-m", "worker", "sweep", "--once", "--as-of", iso(epoch_ms(at))],
             env=deployment.env(),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
@@ -323,10 +275,10 @@ def test_two_sweepers_at_once_publish_each_change_once(
     assert [p.returncode for p in procs] == [0, 0], outputs
 
     before = recompute(
-        events, _ms(scored), DEFAULT["recency"], DEFAULT["frequency"], DEFAULT["monetary"]
+        events, epoch_ms(scored), DEFAULT["recency"], DEFAULT["frequency"], DEFAULT["monetary"]
     )
     after = recompute(
-        events, _ms(at), DEFAULT["recency"], DEFAULT["frequency"], DEFAULT["monetary"]
+        events, epoch_ms(at), DEFAULT["recency"], DEFAULT["frequency"], DEFAULT["monetary"]
     )
     moved = {c for c, e in after.items() if e and e.rfm != getattr(before[c], "rfm", None)}
     assert len(moved) > 100
@@ -357,16 +309,16 @@ def test_a_worker_started_with_changed_thresholds_rescores_in_the_background(
     )
     new.write_text(old.read_text().replace("[30, 90, 180, 365]", "[7, 14, 60, 120]"))
     deployment.extra_env["RFM_PROFILES"] = str(old)
-    now = _midnight(0) - 12 * timedelta(hours=1)  # in the past: accepted as an order time
+    now = midnight(0) - 12 * timedelta(hours=1)  # in the past: accepted as an order time
     ages = {f"c{i}": 3 + 11 * i for i in range(20)}  # 3 .. 212 days
-    events = [_order(c, 0, now - d * DAY) for c, d in ages.items()]
-    events.append(_order("clock", 0, now))  # the event clock stands at `now`
+    events = [placed_doc(c, 0, now - d * DAY) for c, d in ages.items()]
+    events.append(placed_doc("clock", 0, now))  # the event clock stands at `now`
     old_profiles, new_profiles = Profiles.load(old), Profiles.load(new)
 
     def rfm(profiles: Profiles, cid: str) -> str:
-        return views.lookup(store, profiles, "default", cid, _ms(now))["rfm"]  # type: ignore[index]
+        return views.lookup(store, profiles, "default", cid, epoch_ms(now))["rfm"]  # type: ignore[index]
 
-    deployment.produce(_records(events))
+    deployment.produce(records_of(events))
     first = deployment.worker()
     deadline = time.monotonic() + 60
     while True:  # until every customer is published as the old profile scores it now
@@ -399,7 +351,7 @@ def test_a_worker_started_with_changed_thresholds_rescores_in_the_background(
     got = {d["customer_id"]: (d["previous"]["rfm"], d["current"]["rfm"]) for d in rescores(actions)}
     assert got == expected and len(rescores(actions)) == len(expected)
     assert store.profile_versions() == {"default": new_profiles.default.version}
-    metrics = _http(int(worker.env["RFM_HTTP_PORT"]), "/metrics")[1].decode()
+    metrics = fetch(int(worker.env["RFM_HTTP_PORT"]), "/metrics")[1].decode()
     assert "rfm_rescore_running 0.0" in metrics
     # Marked for the sweep: only the customers the new thresholds move.
     assert f"rfm_rescore_marked_total {float(len(expected))}" in metrics
@@ -415,14 +367,13 @@ def test_a_base_switched_to_quantile_mode_moves_once_to_its_quintiles(
     """Customers scored with thresholds; `rescore --dry-run` with a quantile profile shows
     the moves; `rfm-worker run` restarted with it computes the cut points before scoring
     and publishes each customer's move once, straight to its quintile (never via 333)."""
-    from tests.test_quantiles import rank_score
     from worker.money import to_units
     from worker.segments import STANDARD_MAP
 
     deployment.extra_env["RFM_CLOCK"] = "event"
     deployment.extra_env["RFM_SWEEP_INTERVAL"] = "1"
     rng = random.Random(3)
-    end = _midnight(1)
+    end = midnight(1)
     history: dict[str, list[tuple[datetime, str]]] = {
         f"q{i}": [
             (end - rng.randrange(0, 300) * DAY, f"{rng.choice([10, 25, 60, 200, 450])}.00")
@@ -432,9 +383,12 @@ def test_a_base_switched_to_quantile_mode_moves_once_to_its_quintiles(
     }
     history["q0"].append((end, "10.00"))  # the event clock ends at `end`
     events = [
-        _order(c, n, at, amount) for c, h in history.items() for n, (at, amount) in enumerate(h)
+        placed_doc(c, n, at, amount) for c, h in history.items() for n, (at, amount) in enumerate(h)
     ]
-    days = {c: (_ms(end) - max(_ms(at) for at, _ in h)) // 86_400_000 for c, h in history.items()}
+    days = {
+        c: (epoch_ms(end) - max(epoch_ms(at) for at, _ in h)) // 86_400_000
+        for c, h in history.items()
+    }
     counts = {c: len(h) for c, h in history.items()}
     spend = {c: sum(to_units(a) for _, a in h) for c, h in history.items()}
     expected = {
@@ -457,12 +411,14 @@ def test_a_base_switched_to_quantile_mode_moves_once_to_its_quintiles(
             time.sleep(0.3)
 
     # Thresholds (the built-in profile) first, swept up to `end`.
-    deployment.produce(_records(events))
+    deployment.produce(records_of(events))
     first = deployment.worker()
     wait_for(
         lambda p: (
             len(p) == len(history)
-            and store.due_backlog({(s, q) for s in range(keys.SHARDS) for q in range(4)}, _ms(end))
+            and store.due_backlog(
+                {(s, q) for s in range(keys.SHARDS) for q in range(4)}, epoch_ms(end)
+            )
             == 0
         )
     )

@@ -22,7 +22,8 @@ import pytest
 from confluent_kafka import Producer
 
 from tests.conftest import Deployment
-from tests.test_sweeper_e2e import _ingest, _midnight, _ms, _order, _sweep
+from tests.factories import DAY_MS, epoch_ms, midnight, placed_doc
+from tests.fixtures import ingest, sweep_once
 from worker import metrics
 from worker.customer import Customer, Published
 from worker.demo import DEMO_PROFILES
@@ -36,7 +37,6 @@ from worker.store import Committed, Store
 from worker.triggers import fired, fired_overdue
 
 TRIGGERS_DOC = Path(__file__).resolve().parent.parent / "docs" / "records-and-triggers.md"
-DAY_MS = 86_400_000
 
 
 def spec(name: str, when: str, **fields: Any) -> TriggerSpec:
@@ -199,7 +199,7 @@ def test_overdue_fires_only_overdue_triggers_with_from_on_the_current_segment() 
 
 # -- the engine: computed once, in the payload and on the Change ----------------------------
 
-AS_OF = _ms(_midnight(10))
+AS_OF = epoch_ms(midnight(10))
 PIZZERIA = Profile.model_validate(
     {
         "name": "pizzeria",
@@ -412,20 +412,20 @@ def test_orders_and_sweeps_publish_the_profiles_triggers(
     profile = Profiles.load(profiles_file).default
     deployment.extra_env.update({"RFM_CLOCK": "event", "RFM_PROFILES": str(profiles_file)})
     day = timedelta(days=1)
-    last = _midnight(400)
+    last = midnight(400)
     # reg: 10 orders of 40 every 75 days (553 champions); mid: 5 every 20 days (542).
-    history = [_order("reg", k, last - (9 - k) * 75 * day) for k in range(10)]
-    history += [_order("mid", k, last - (4 - k) * 20 * day) for k in range(5)]
-    _ingest(deployment, history, {"reg": "553", "mid": "542"})
+    history = [placed_doc("reg", k, last - (9 - k) * 75 * day) for k in range(10)]
+    history += [placed_doc("mid", k, last - (4 - k) * 20 * day) for k in range(5)]
+    ingest(deployment, history, {"reg": "553", "mid": "542"})
     ingested = {
         orjson.loads(m.value())["change_id"]
         for m in deployment.read(deployment.actions, until=lambda m: False, timeout=3)
     }
 
     for days in (31, 41, 91, 151, 181):
-        _sweep(monkeypatch, deployment, last + days * day)
+        sweep_once(monkeypatch, deployment, last + days * day)
     # mid comes back, 60.00 more: 6 orders, 260.00.
-    _ingest(deployment, [_order("mid", 5, last + 200 * day, "60.00")], {"mid": "543"})
+    ingest(deployment, [placed_doc("mid", 5, last + 200 * day, "60.00")], {"mid": "543"})
 
     messages = deployment.read(deployment.actions, until=lambda m: False, timeout=3)
     docs = [check_record(profile, m) for m in messages]  # every record, ingestion included
