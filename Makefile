@@ -29,7 +29,7 @@ test-tansu: $(STAMP)
 
 # Apache Kafka's jars, fetched with Maven into ~/.cache/rfm-worker once (then nothing).
 kafka: $(STAMP)
-	$(BIN)/python -m worker.apache_kafka
+	$(BIN)/python -m worker.embedded.apache_kafka
 
 lint: $(STAMP)
 	$(BIN)/ruff check worker tests

@@ -1,7 +1,7 @@
 """Shared fixtures: a real Redis and a real broker, one each per test process.
 
 Both are started by the suite on free loopback ports. The broker is the one RFM_TEST_BROKER
-names: `kafka` (Apache Kafka, worker/apache_kafka: fetched with Maven on first use) or
+names: `kafka` (Apache Kafka, worker/embedded/apache_kafka: fetched with Maven on first use) or
 `tansu` (worker/embedded.Tansu); unset, Apache Kafka where java and mvn are on PATH, else
 Tansu. A test that talks to a broker is marked `broker` here (the Makefile runs those on
 both brokers), and one that uses the suite's Redis or Redis Cluster is marked `redis`.
@@ -33,13 +33,14 @@ import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from tests.cluster import EmbeddedCluster
-from worker import clients
-from worker.apache_kafka import missing_tools
 from worker.config import load_settings
-from worker.consumer import Worker
 from worker.embedded import BrokerKind, EmbeddedRedis, create_topics, free_port, start_broker
-from worker.profiles import Profiles
-from worker.store import Store
+from worker.embedded.apache_kafka import missing_tools
+from worker.kafka import clients
+from worker.rules.profiles import Profiles
+from worker.services.consumer import Worker
+from worker.state import connection
+from worker.state.store import Store
 
 # The shared helper modules' asserts report their values, as the tests' own do (before
 # any test module imports them).
@@ -278,7 +279,7 @@ def worker_in_process(
             if name.startswith("RFM_"):
                 monkeypatch.setenv(name, value)
         settings = load_settings()
-        client = clients.redis_client(settings)
+        client = connection.redis_client(settings)
         producer = clients.producer(settings)
         worker = Worker(
             settings,

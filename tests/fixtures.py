@@ -24,10 +24,10 @@ import pytest
 from tests.factories import epoch_ms
 from tests.reference import Expected
 from worker.config import load_settings
-from worker.messages import RfmChanged, RfmOverdue
-from worker.profiles import Profiles
-from worker.store import Store
-from worker.sweeper import run_once
+from worker.rules.messages import RfmChanged, RfmOverdue
+from worker.rules.profiles import Profiles
+from worker.services.sweeper import run_once
+from worker.state.store import Store
 
 if TYPE_CHECKING:
     from tests.conftest import Deployment

@@ -20,7 +20,7 @@ from decimal import Decimal
 from typing import Any
 
 from tests.factories import DAY_MS
-from worker.segments import STANDARD_MAP
+from worker.rules.segments import STANDARD_MAP
 
 # The built-in default profile's thresholds (docs/profiles.md), as recompute() takes them.
 DEFAULT = {

@@ -29,12 +29,12 @@ import orjson
 from hypothesis import strategies as st
 
 from tests.factories import DAY_MS
-from worker.customer import Aggregates
-from worker.decay import rhythm
-from worker.events import ValidEvent, validate
-from worker.profiles import Profile, Profiles
-from worker.scoring import Score, score
-from worker.store import Store
+from worker.rules.customer import Aggregates
+from worker.rules.decay import rhythm
+from worker.rules.events import ValidEvent, validate
+from worker.rules.profiles import Profile, Profiles
+from worker.rules.scoring import Score, score
+from worker.state.store import Store
 
 # -- deliveries -----------------------------------------------------------------------------
 

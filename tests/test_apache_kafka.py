@@ -32,10 +32,10 @@ from tests.fixtures import (
 )
 from tests.reference import expected_now
 from worker import metrics
-from worker.apache_kafka import ApacheKafka
-from worker.consumer import Worker
 from worker.embedded import EmbeddedRedis, create_topics, free_port
-from worker.store import Store
+from worker.embedded.apache_kafka import ApacheKafka
+from worker.services.consumer import Worker
+from worker.state.store import Store
 
 pytestmark = pytest.mark.integration
 

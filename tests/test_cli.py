@@ -25,9 +25,9 @@ import redis
 from tests.factories import AS_OF, AS_OF_MS, DAY, valid_event
 from worker.cli import main
 from worker.embedded import EmbeddedRedis
-from worker.events import ValidEvent
-from worker.profiles import Profiles
-from worker.store import Store
+from worker.rules.events import ValidEvent
+from worker.rules.profiles import Profiles
+from worker.state.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
 WEIRD_ID = "we/ird:{id} ☕\nx"

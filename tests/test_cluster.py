@@ -1,7 +1,7 @@
 """Redis Cluster: the embedded 3-master cluster itself, Store on it (slots migrating
 between batches and during them), and three workers end to end with RFM_REDIS_CLUSTER.
 
-Every key of a shard shares the hash tag {NN} (worker/keys.py), so a shard lives in one
+Every key of a shard shares the hash tag {NN} (worker/state/keys.py), so a shard lives in one
 slot on one master; a batch touches shards on every master. The cluster is the session's
 (tests/cluster.py, fixture `redis_cluster`); `cluster_client` empties it before each test.
 """
@@ -40,14 +40,14 @@ from tests.fixtures import (
     records_of,
 )
 from tests.reference import DEFAULT, Expected, expected_now, recompute
-from worker import keys
 from worker.cli import main
 from worker.embedded import EmbeddedRedis, create_topics, free_port
-from worker.events import ValidEvent
-from worker.messages import RfmChanged
-from worker.profiles import Profiles
-from worker.store import BatchResult, Committed, Store
-from worker.sweeper import Sweeper
+from worker.rules.events import ValidEvent
+from worker.rules.messages import RfmChanged
+from worker.rules.profiles import Profiles
+from worker.services.sweeper import Sweeper
+from worker.state import keys
+from worker.state.store import BatchResult, Committed, Store
 
 # A connection to a cluster node was once left unclosed (seen in CI, not reproduced): its
 # socket's ResourceWarning fired from the GC in an unrelated later test. Suspected source:

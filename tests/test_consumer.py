@@ -28,9 +28,9 @@ from tests.fixtures import (
 from tests.reference import expected_now
 from tests.reference import ms as reference_ms
 from worker.embedded import EmbeddedRedis, create_topics, free_port
-from worker.events import Rejection, validate
-from worker.profiles import Profiles
-from worker.store import Store
+from worker.rules.events import Rejection, validate
+from worker.rules.profiles import Profiles
+from worker.state.store import Store
 
 pytestmark = pytest.mark.integration
 

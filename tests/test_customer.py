@@ -11,9 +11,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.customer import LONG_HISTORY, Customer, Order, Published
-from worker.events import ValidEvent
-from worker.money import to_units
+from worker.rules.customer import LONG_HISTORY, Customer, Order, Published
+from worker.rules.events import ValidEvent
+from worker.rules.money import to_units
 
 T0 = 1_793_000_000_000  # epoch ms
 DAY = 86_400_000
@@ -593,7 +593,7 @@ def test_an_amount_replaced_by_a_conflicting_placed_event_can_coarsen_the_unit()
 @pytest.fixture
 def small_bound(monkeypatch: pytest.MonkeyPatch) -> tuple[int, int]:
     """The bound at 50 kept orders, folded 10 at a time (the real one is 10,000 / 1,000)."""
-    import worker.customer as module
+    import worker.rules.customer as module
 
     monkeypatch.setattr(module, "MAX_ORDERS", 50)
     monkeypatch.setattr(module, "FOLD_CHUNK", 10)

@@ -1,4 +1,5 @@
-"""Time as an input (worker/decay.py) and the per-customer sweep (worker.engine.decay). Pure.
+"""Time as an input (worker/rules/decay.py) and the per-customer sweep (rules.engine.decay).
+Pure.
 
 Exact millisecond boundaries: for every instant a score changes by itself, the ms before
 it and the ms at it. The central property: `next_due` is the first instant after as_of at
@@ -18,14 +19,14 @@ from hypothesis import strategies as st
 
 from tests.factories import PIZZERIA, valid_event
 from tests.strategies import T0, first_change, histories, instants, key
-from worker.customer import Aggregates, Customer, Order, Published
-from worker.decay import MAX_DUE_MS, MIN_OVERDUE_ORDERS, next_due, overdue_pending, rhythm
-from worker.engine import Change, Result, apply_events, decay
-from worker.events import ValidEvent
-from worker.messages import RfmChanged, RfmOverdue, iso
-from worker.money import to_units
-from worker.profiles import BUILTIN_DEFAULT, Profile, Profiles
-from worker.scoring import DAY_MS, score
+from worker.rules.customer import Aggregates, Customer, Order, Published
+from worker.rules.decay import MAX_DUE_MS, MIN_OVERDUE_ORDERS, next_due, overdue_pending, rhythm
+from worker.rules.engine import Change, Result, apply_events, decay
+from worker.rules.events import ValidEvent
+from worker.rules.messages import RfmChanged, RfmOverdue, iso
+from worker.rules.money import to_units
+from worker.rules.profiles import BUILTIN_DEFAULT, Profile, Profiles
+from worker.rules.scoring import DAY_MS, score
 
 DAY = DAY_MS
 HOUR = 3_600_000

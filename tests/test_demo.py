@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from worker.apache_kafka import missing_tools
+from worker.embedded.apache_kafka import missing_tools
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis]  # the demo starts its own Redis
 

@@ -30,10 +30,10 @@ from prometheus_client import REGISTRY
 
 from worker import metrics
 from worker.config import Settings, load_settings
-from worker.consumer import DRAIN_TIMEOUT
-from worker.http_api import Api, serve
-from worker.profiles import Profiles
-from worker.store import Store
+from worker.rules.profiles import Profiles
+from worker.services.consumer import DRAIN_TIMEOUT
+from worker.state.store import Store
+from worker.web.http_api import Api, serve
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -413,7 +413,7 @@ def test_dockerignore_sends_only_what_the_build_copies() -> None:
             rel = f.relative_to(ROOT).as_posix()
             if "__pycache__" not in rel:
                 assert not dockerignore_excludes(patterns, rel), rel
-    assert not dockerignore_excludes(patterns, "worker/lua/commit.lua")
+    assert not dockerignore_excludes(patterns, "worker/state/lua/commit.lua")
     for rel in (".git/HEAD", ".venv/bin/python", "tests/conftest.py", "worker/__pycache__/a.pyc"):
         assert dockerignore_excludes(patterns, rel), rel
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from worker.dlq import dlq_headers
-from worker.events import Rejection, validate
-from worker.profiles import Profiles
+from worker.kafka.dlq import dlq_headers
+from worker.rules.events import Rejection, validate
+from worker.rules.profiles import Profiles
 
 
 @dataclass

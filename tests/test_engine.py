@@ -10,12 +10,12 @@ import orjson
 import pytest
 
 from tests.factories import PIZZERIA
-from worker.customer import Customer, Published
-from worker.engine import Change, Result, apply_events, rescore
-from worker.events import ValidEvent
-from worker.messages import RfmChanged
-from worker.money import to_units
-from worker.profiles import Profile
+from worker.rules.customer import Customer, Published
+from worker.rules.engine import Change, Result, apply_events, rescore
+from worker.rules.events import ValidEvent
+from worker.rules.messages import RfmChanged
+from worker.rules.money import to_units
+from worker.rules.profiles import Profile
 
 DAY = 86_400_000
 AS_OF = int(datetime(2026, 11, 20, 18, 30, tzinfo=UTC).timestamp()) * 1000
@@ -391,7 +391,7 @@ def test_payload_validates_for_every_cause(cause: str) -> None:
 def test_change_ids_are_version_8_uuids_derived_from_the_change() -> None:
     import uuid
 
-    from worker.engine import change_id
+    from worker.rules.engine import change_id
 
     ids = [change_id("default", f"c{i}", "order", f"e{i}", "v", "-", "111") for i in range(20_000)]
     assert len(set(ids)) == len(ids)

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from worker.events import MAX_EVENT_BYTES, Rejection, ValidEvent, digest, validate
-from worker.profiles import Profiles
+from worker.rules.events import MAX_EVENT_BYTES, Rejection, ValidEvent, digest, validate
+from worker.rules.profiles import Profiles
 
 NOW = datetime(2026, 11, 20, 18, 30, tzinfo=UTC)
 NOW_MS = int(NOW.timestamp()) * 1000

@@ -17,7 +17,7 @@ They go to the orders topic in one go, one known-valid event after every 3 of th
 `rfm-worker run` (a currency per profile, a sweep every second) consumes them all; then:
 
 1. every record is accounted for: each hostile record is in the DLQ exactly once, with the
-   class `worker.events.validate` gives it (a documented one) and a one-line reason, with
+   class `worker.rules.events.validate` gives it (a documented one) and a one-line reason, with
    its key, value and headers (or, for a copy too large for the DLQ, without its value and
    with `rfm.error.value_dropped`), or it was applied (its customer exists); no valid
    event is dead-lettered; `rfm_events_total` adds up to what was produced;
@@ -49,11 +49,11 @@ from tests.conftest import Deployment
 from tests.factories import iso_days_ago
 from tests.fixtures import assert_changes_consistent, assert_state_matches, fetch, records_of
 from tests.reference import expected_now
-from worker.dlq import OWN
-from worker.events import MAX_EVENT_BYTES, Rejection, validate
-from worker.messages import RfmChanged, RfmOverdue
-from worker.profiles import Profiles
-from worker.store import Store
+from worker.kafka.dlq import OWN
+from worker.rules.events import MAX_EVENT_BYTES, Rejection, validate
+from worker.rules.messages import RfmChanged, RfmOverdue
+from worker.rules.profiles import Profiles
+from worker.state.store import Store
 
 pytestmark = pytest.mark.integration
 
@@ -78,7 +78,7 @@ CLASSES = frozenset(
         "internal_error",
     }
 )
-# What the worker appends to the original headers, in this order (worker/dlq.py).
+# What the worker appends to the original headers, in this order (worker/kafka/dlq.py).
 ADDED = (
     "rfm.error.class",
     "rfm.error.reason",

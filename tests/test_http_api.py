@@ -35,14 +35,14 @@ from hypothesis import strategies as st
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 
 from tests.factories import AS_OF, AS_OF_MS, DAY, placed_days_ago, valid_event
-from worker import http_api, views
 from worker.config import Settings
 from worker.errors import ConfigError
-from worker.events import ValidEvent, validate
-from worker.http_api import Api, serve
 from worker.metrics import CustomersCollector, register_customers
-from worker.profiles import TENANT_NAME, Profiles
-from worker.store import Store
+from worker.rules.events import ValidEvent, validate
+from worker.rules.profiles import TENANT_NAME, Profiles
+from worker.state.store import Store
+from worker.web import http_api, views
+from worker.web.http_api import Api, serve
 
 ODD_IDS = [
     "a/b",

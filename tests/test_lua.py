@@ -1,6 +1,6 @@
 """The Lua scripts against a real Redis, called directly (not through Store).
 
-The argument layout is the one documented at the top of worker/lua/commit.lua.
+The argument layout is the one documented at the top of worker/state/lua/commit.lua.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import orjson
 import pytest
 import redis
 
-LUA = Path(__file__).resolve().parents[1] / "worker" / "lua"
+LUA = Path(__file__).resolve().parents[1] / "worker" / "state" / "lua"
 
 COUNTS = b"rfm:{05}:counts"
 A = b"rfm:{05}:c:default:alice"

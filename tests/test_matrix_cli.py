@@ -22,10 +22,10 @@ import pytest
 from tests.factories import AS_OF, AS_OF_MS, valid_event
 from worker.cli import main, use_color
 from worker.embedded import EmbeddedRedis
-from worker.profiles import Profiles
-from worker.segments import STANDARD_SEGMENTS
-from worker.store import Store
-from worker.views import SEGMENT_COLORS, render_matrix, segment_color
+from worker.rules.profiles import Profiles
+from worker.rules.segments import STANDARD_SEGMENTS
+from worker.state.store import Store
+from worker.web.views import SEGMENT_COLORS, render_matrix, segment_color
 
 ESC = "\x1b["
 
@@ -220,7 +220,7 @@ def test_palette_is_stable_and_distinct_for_the_standard_segments() -> None:
     assert set(SEGMENT_COLORS) == set(STANDARD_SEGMENTS)
     assert len({bg for bg, _ in SEGMENT_COLORS.values()}) == len(STANDARD_SEGMENTS)
     # custom names: deterministic (not Python's per-process hash), from the palette
-    code = "from worker.views import segment_color; print(segment_color('gold_tier'))"
+    code = "from worker.web.views import segment_color; print(segment_color('gold_tier'))"
     runs = {
         subprocess.run(
             [sys.executable, "-c", code],

@@ -21,9 +21,9 @@ import pytest
 
 from tests.factories import AS_OF_MS, placed_days_ago
 from worker.config import Settings
-from worker.http_api import Api, serve
-from worker.profiles import Profiles
-from worker.store import Store
+from worker.rules.profiles import Profiles
+from worker.state.store import Store
+from worker.web.http_api import Api, serve
 
 TOKEN = "page-test-token"
 CSP = (

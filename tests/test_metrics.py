@@ -10,9 +10,10 @@ from collections.abc import Callable
 
 import redis
 
-from worker import keys, metrics
-from worker.profiles import Profiles
-from worker.store import Store
+from worker import metrics
+from worker.rules.profiles import Profiles
+from worker.state import keys
+from worker.state.store import Store
 
 TENANTS = 20_000
 

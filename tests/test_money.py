@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.money import SCALE, format_units, to_units
+from worker.rules.money import SCALE, format_units, to_units
 
 
 def test_scale_is_four_decimals() -> None:

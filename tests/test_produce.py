@@ -26,14 +26,14 @@ import pytest
 from tests.conftest import Deployment
 from tests.factories import DAY
 from tests.reference import DEFAULT, recompute
-from worker import views
 from worker.cli import main
+from worker.commands.produce import Row, derived_event_id, open_source, rows
 from worker.errors import UsageError
-from worker.events import Rejection, ValidEvent
-from worker.messages import iso
-from worker.produce import Row, derived_event_id, open_source, rows
-from worker.profiles import Profiles
-from worker.store import Store
+from worker.rules.events import Rejection, ValidEvent
+from worker.rules.messages import iso
+from worker.rules.profiles import Profiles
+from worker.state.store import Store
+from worker.web import views
 
 
 @pytest.fixture(autouse=True)

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from worker.errors import ConfigError, ProfileError
-from worker.profiles import BUILTIN_DEFAULT, Profile, Profiles
-from worker.segments import STANDARD_MAP
+from worker.rules.profiles import BUILTIN_DEFAULT, Profile, Profiles
+from worker.rules.segments import STANDARD_MAP
 
 # The documented example, without its (deliberately partial) custom segment map.
 CONTRACT_EXAMPLE = """

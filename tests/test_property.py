@@ -25,11 +25,11 @@ from tests.strategies import (
     recompute,
     scenarios,
 )
-from worker import keys
 from worker.embedded import EmbeddedRedis
-from worker.keys import SHARDS
-from worker.profiles import Profile
-from worker.store import Store
+from worker.rules.profiles import Profile
+from worker.state import keys
+from worker.state.keys import SHARDS
+from worker.state.store import Store
 
 UNIT = Decimal("0.0001")
 

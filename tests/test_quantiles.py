@@ -1,4 +1,4 @@
-"""Quantile profiles: cut points (worker/quantiles.py), the profile option, scoring and decay
+"""Quantile profiles: cut points (worker/rules/quantiles.py), the profile option, scoring and decay
 with tied cut points, and the sweeper keeping the cut points of a live base up to date
 (real Redis).
 
@@ -21,16 +21,17 @@ from hypothesis import strategies as st
 from tests.factories import placed_at, valid_event
 from tests.reference import rank_score
 from tests.strategies import first_change, histories, instants, key
-from worker import keys, metrics
-from worker.customer import Aggregates
-from worker.decay import next_due
+from worker import metrics
 from worker.errors import ProfileError
-from worker.money import to_units
-from worker.profiles import Profile, Profiles
-from worker.quantiles import Cuts, cut_points, quintile_cuts
-from worker.scoring import DAY_MS, at_least_score, recency_score, score
-from worker.store import Committed, Store
-from worker.sweeper import Sweeper, load_cuts
+from worker.rules.customer import Aggregates
+from worker.rules.decay import next_due
+from worker.rules.money import to_units
+from worker.rules.profiles import Profile, Profiles
+from worker.rules.quantiles import Cuts, cut_points, quintile_cuts
+from worker.rules.scoring import DAY_MS, at_least_score, recency_score, score
+from worker.services.sweeper import Sweeper, load_cuts
+from worker.state import keys
+from worker.state.store import Committed, Store
 
 T0 = int(datetime(2026, 3, 1, 9, 15, tzinfo=UTC).timestamp()) * 1000
 TENANT = "shop"

@@ -22,7 +22,7 @@ from tests.conftest import Deployment
 from tests.factories import generate
 from tests.fixtures import assert_state_matches, converged, records_of
 from tests.reference import expected_now
-from worker.store import Store
+from worker.state.store import Store
 
 pytestmark = pytest.mark.integration
 

@@ -20,13 +20,13 @@ import redis
 from tests.factories import AS_OF, AS_OF_MS, DAY_MS
 from tests.reference import recompute
 from worker.cli import main
-from worker.customer import Customer, Order, Published
 from worker.embedded import EmbeddedRedis
-from worker.events import ValidEvent, validate
-from worker.money import to_units
-from worker.profiles import Profiles
-from worker.rescore import decide, dry_run_doc, render, transitions
-from worker.store import Store
+from worker.rules.customer import Customer, Order, Published
+from worker.rules.events import ValidEvent, validate
+from worker.rules.money import to_units
+from worker.rules.profiles import Profiles
+from worker.rules.rescore import decide, dry_run_doc, render, transitions
+from worker.state.store import Store
 
 NEW = """
 [profiles.default]

@@ -8,10 +8,10 @@ from decimal import Decimal
 import pytest
 
 from tests.factories import PIZZERIA
-from worker.customer import Aggregates
-from worker.money import to_units
-from worker.profiles import Profile
-from worker.scoring import (
+from worker.rules.customer import Aggregates
+from worker.rules.money import to_units
+from worker.rules.profiles import Profile
+from worker.rules.scoring import (
     DAY_MS,
     at_least_score,
     days_between,
@@ -314,7 +314,7 @@ def test_sofa_shop_scores_a_three_year_old_big_buyer() -> None:
 
 
 def test_score_uses_the_profile_segment_map() -> None:
-    from worker.profiles import Profiles
+    from worker.rules.profiles import Profiles
 
     profiles = Profiles.from_toml(
         """

@@ -7,7 +7,7 @@ from itertools import product
 import pytest
 
 from worker.errors import ProfileError
-from worker.segments import STANDARD_MAP, STANDARD_SEGMENTS, Rule, SegmentMap
+from worker.rules.segments import STANDARD_MAP, STANDARD_SEGMENTS, Rule, SegmentMap
 
 # The 11 documented names, in the documented order.
 CONTRACT_SEGMENTS = (

@@ -13,13 +13,13 @@ import redis
 from redis.crc import key_slot
 
 from tests.factories import AS_OF, AS_OF_MS, DAY, valid_event
-from worker import keys
-from worker.customer import LONG_HISTORY, Customer, Order
 from worker.errors import StateError
-from worker.events import ValidEvent
-from worker.keys import SHARDS, shard_of
-from worker.profiles import Profiles
-from worker.store import Store
+from worker.rules.customer import LONG_HISTORY, Customer, Order
+from worker.rules.events import ValidEvent
+from worker.rules.profiles import Profiles
+from worker.state import keys
+from worker.state.keys import SHARDS, shard_of
+from worker.state.store import Store
 
 UNIT = Decimal("0.0001")
 
@@ -708,16 +708,16 @@ def test_an_event_that_raises_is_rejected_alone(
 ) -> None:
     """A bug triggered by one event (injected into the pure engine): the customer's other
     events and every other customer of the batch are still applied."""
-    import worker.engine
+    import worker.rules.engine
 
-    real = worker.engine.rescore
+    real = worker.rules.engine.rescore
 
     def buggy(customer: Customer, *args: Any, **kw: Any) -> Any:
         if kw.get("cause_event_id") == "poison":
             raise ValueError("year 0 is out of range")
         return real(customer, *args, **kw)
 
-    monkeypatch.setattr(worker.engine, "rescore", buggy)
+    monkeypatch.setattr(worker.rules.engine, "rescore", buggy)
     events = [
         ev(profiles, "a1", "placed", "o1", "100", customer="alice"),
         ev(profiles, "poison", "placed", "o2", "5", customer="alice"),
@@ -732,7 +732,7 @@ def test_an_event_that_raises_is_rejected_alone(
     assert orders(store, "alice") == 2 and money(store, "alice") == Decimal(120)
     assert orders(store, "bob") == 1
     # The rejected event left no trace: applying it again (fixed) is not a duplicate.
-    monkeypatch.setattr(worker.engine, "rescore", real)
+    monkeypatch.setattr(worker.rules.engine, "rescore", real)
     assert apply(store, profiles, [events[1]]).outcomes == Counter({"applied": 1})
 
 
@@ -794,9 +794,9 @@ def test_a_decision_that_raises_forgets_the_customer(
 ) -> None:
     """The poison event is merged into the customer before the engine raises: that
     half-changed customer must not be reused for the next batch."""
-    import worker.engine
+    import worker.rules.engine
 
-    real = worker.engine.rescore
+    real = worker.rules.engine.rescore
 
     def buggy(customer: Customer, *args: Any, **kw: Any) -> Any:
         if kw.get("cause_event_id") == "poison":
@@ -805,7 +805,7 @@ def test_a_decision_that_raises_forgets_the_customer(
 
     many = LONG_HISTORY  # long enough to be remembered
     apply(store, profiles, [ev(profiles, f"e{i}", "placed", f"o{i}", "1") for i in range(many)])
-    monkeypatch.setattr(worker.engine, "rescore", buggy)
+    monkeypatch.setattr(worker.rules.engine, "rescore", buggy)
     poison = ev(profiles, "poison", "placed", "poison", "5")
     assert len(apply(store, profiles, [poison]).rejected) == 1
     apply(store, profiles, [ev(profiles, "next", "placed", "next", "20")])
@@ -815,7 +815,7 @@ def test_a_decision_that_raises_forgets_the_customer(
 
 
 def test_remembered_customers_stay_within_their_order_budget() -> None:
-    from worker.store import _Known
+    from worker.state.store import _Known
 
     def customer(name: str, orders: int) -> Customer:
         return Customer("default", name, {f"o{i}": Order(i, 1) for i in range(orders)})

@@ -21,12 +21,12 @@ from hypothesis import strategies as st
 
 from tests.factories import CHANGED_PROFILES, DAY_MS, placed_at
 from tests.strategies import AS_OF_MS, PROFILES, Spec, apply_batches, recompute, scenarios
-from worker import keys
-from worker.customer import Customer, Order, Published
 from worker.embedded import EmbeddedRedis
-from worker.profiles import Profiles
-from worker.store import Committed, Store
-from worker.sweeper import Sweeper
+from worker.rules.customer import Customer, Order, Published
+from worker.rules.profiles import Profiles
+from worker.services.sweeper import Sweeper
+from worker.state import keys
+from worker.state.store import Committed, Store
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 T0_MS = int(T0.timestamp()) * 1000
@@ -293,25 +293,25 @@ def test_sweeps_publish_what_a_batch_recomputation_gives(
 def test_a_customer_whose_decay_raises_is_postponed_not_blocking(
     store: Store, profiles: Profiles, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import worker.store
+    import worker.state.store
 
     at = T0_MS - 40 * DAY_MS
     for i in range(4):
         store.apply_batch(
             [(placed_at(profiles, 1, f"c{i}", at), 0)], profiles, as_of_ms=at, now_ms=at
         )
-    real = worker.store.decay
+    real = worker.state.store.decay
 
     def buggy(customer: Customer, *args: Any, **kw: Any) -> Any:
         if customer.customer_id == "c2":
             raise RuntimeError("boom")
         return real(customer, *args, **kw)
 
-    monkeypatch.setattr(worker.store, "decay", buggy)
+    monkeypatch.setattr(worker.state.store, "decay", buggy)
     _done, records = sweep(store, profiles, T0_MS)
     assert sorted(r["customer_id"] for r in records) == ["c0", "c1", "c3"]
     assert due_of(store, "default", "c2", 0) == T0_MS + DAY_MS  # tried again tomorrow
-    monkeypatch.setattr(worker.store, "decay", real)
+    monkeypatch.setattr(worker.state.store, "decay", real)
     _done, records = sweep(store, profiles, T0_MS + DAY_MS)
     assert [r["customer_id"] for r in records] == ["c2"]
 
@@ -339,8 +339,8 @@ def _history(store: Store, profiles: Profiles) -> dict[str, list[int]]:
 
 
 def test_a_changed_profile_is_applied_in_the_background(store: Store, profiles: Profiles) -> None:
-    from worker.decay import next_due
-    from worker.scoring import score
+    from worker.rules.decay import next_due
+    from worker.rules.scoring import score
 
     _history(store, profiles)
     assert store.profile_versions() == {"default": profiles.default.version}

@@ -32,11 +32,12 @@ from tests.fixtures import (
     sweep_once,
 )
 from tests.reference import DEFAULT, rank_score, recompute
-from worker import keys, views
-from worker.events import ValidEvent, validate
-from worker.messages import RfmOverdue, iso
-from worker.profiles import Profiles
-from worker.store import Store
+from worker.rules.events import ValidEvent, validate
+from worker.rules.messages import RfmOverdue, iso
+from worker.rules.profiles import Profiles
+from worker.state import keys
+from worker.state.store import Store
+from worker.web import views
 
 pytestmark = pytest.mark.integration
 
@@ -367,8 +368,8 @@ def test_a_base_switched_to_quantile_mode_moves_once_to_its_quintiles(
     """Customers scored with thresholds; `rescore --dry-run` with a quantile profile shows
     the moves; `rfm-worker run` restarted with it computes the cut points before scoring
     and publishes each customer's move once, straight to its quintile (never via 333)."""
-    from worker.money import to_units
-    from worker.segments import STANDARD_MAP
+    from worker.rules.money import to_units
+    from worker.rules.segments import STANDARD_MAP
 
     deployment.extra_env["RFM_CLOCK"] = "event"
     deployment.extra_env["RFM_SWEEP_INTERVAL"] = "1"

@@ -25,16 +25,16 @@ from tests.conftest import Deployment
 from tests.factories import DAY_MS, epoch_ms, midnight, placed_doc
 from tests.fixtures import ingest, sweep_once
 from worker import metrics
-from worker.customer import Customer, Published
-from worker.demo import DEMO_PROFILES
-from worker.engine import Change, apply_events, decay
-from worker.events import ValidEvent
-from worker.messages import RfmChanged, RfmOverdue
-from worker.money import to_units
-from worker.profiles import Profile, Profiles, TriggerSpec
-from worker.relay import TRIGGERS_HEADER, Relay
-from worker.store import Committed, Store
-from worker.triggers import fired, fired_overdue
+from worker.commands.demo import DEMO_PROFILES
+from worker.kafka.relay import TRIGGERS_HEADER, Relay
+from worker.rules.customer import Customer, Published
+from worker.rules.engine import Change, apply_events, decay
+from worker.rules.events import ValidEvent
+from worker.rules.messages import RfmChanged, RfmOverdue
+from worker.rules.money import to_units
+from worker.rules.profiles import Profile, Profiles, TriggerSpec
+from worker.rules.triggers import fired, fired_overdue
+from worker.state.store import Committed, Store
 
 TRIGGERS_DOC = Path(__file__).resolve().parent.parent / "docs" / "records-and-triggers.md"
 
@@ -358,7 +358,7 @@ value = 3
 
 
 def expected_triggers(profile: Profile, record: dict[str, Any]) -> list[str]:
-    """The README's table, spelled independently of worker/triggers.py."""
+    """The README's table, spelled independently of worker/rules/triggers.py."""
 
     def dim(s: dict[str, Any] | None, d: str) -> Any:
         return None if s is None else s[d]

@@ -18,12 +18,15 @@ import orjson
 import redis
 from confluent_kafka import KafkaException
 
-from worker import __version__, logs, rescore, schemas, views
+from worker import __version__, logs
+from worker.commands import schemas
 from worker.config import Settings, load_settings, mask_url
 from worker.errors import ConfigError, RfmError, UsageError
-from worker.events import epoch_ms
-from worker.profiles import DEFAULT_TENANT, Profiles
-from worker.store import Store
+from worker.rules import rescore
+from worker.rules.events import epoch_ms
+from worker.rules.profiles import DEFAULT_TENANT, Profiles
+from worker.state.store import Store
+from worker.web import views
 
 logger = logging.getLogger(__name__)
 
@@ -156,7 +159,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "schemas":
         return _schemas(args.dir, args.check)
     if args.command == "demo":
-        from worker.demo import run_demo
+        from worker.commands.demo import run_demo
 
         return run_demo(
             customers=args.customers,
@@ -178,16 +181,16 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "run":
         return _redis_down(settings, lambda: run(settings, profiles))
     if args.command == "rebuild":
-        from worker.rebuild import rebuild
+        from worker.services.rebuild import rebuild
 
         _tune_gc()
         return _redis_down(settings, lambda: rebuild(settings, profiles, confirmed=args.yes))
     if args.command == "sweep":
-        from worker.sweeper import run_once
+        from worker.services.sweeper import run_once
 
         return _redis_down(settings, lambda: run_once(settings, profiles, args.as_of))
     if args.command == "produce":
-        from worker.produce import produce
+        from worker.commands.produce import produce
 
         return _redis_down(settings, lambda: produce(settings, profiles, args.file, args.errors))
     store = _store(settings)
@@ -219,7 +222,7 @@ def _redis_down(settings: Settings, command: Callable[[], int]) -> int:
 
 def _read(args: argparse.Namespace, settings: Settings, profiles: Profiles, store: Store) -> int:
     """The read-only commands: customer, export, matrix, rescore --dry-run."""
-    from worker.sweeper import load_cuts
+    from worker.services.sweeper import load_cuts
 
     load_cuts(store, profiles)  # quantile profiles score with their stored cut points
     if args.command == "customer":
@@ -255,7 +258,7 @@ def _read(args: argparse.Namespace, settings: Settings, profiles: Profiles, stor
         as_of = views.now_ms(settings, store)
         # Quantile profiles are tried with the cut points of the base as it is now (what
         # the worker's next computation gives), computed here and not stored.
-        from worker.sweeper import compute_cuts
+        from worker.services.sweeper import compute_cuts
 
         for name in profiles.quantile_names():
             profiles.use_cuts(name, compute_cuts(store, profiles, name, as_of))
@@ -285,7 +288,7 @@ def use_color(choice: str, stream: TextIO, environ: Mapping[str, str]) -> bool:
 
 
 def _store(settings: Settings) -> Store:
-    from worker.clients import redis_client
+    from worker.state.connection import redis_client
 
     return Store(redis_client(settings))
 
@@ -344,16 +347,18 @@ def _tune_gc() -> None:
 
 def run(settings: Settings, profiles: Profiles) -> int:
     """`rfm-worker run`: the worker, its HTTP server, and a graceful stop on signals."""
-    from worker import clients, metrics
-    from worker.consumer import Worker
-    from worker.http_api import Api, serve
+    from worker import metrics
+    from worker.kafka import clients
+    from worker.services.consumer import Worker
+    from worker.state import connection
+    from worker.web.http_api import Api, serve
 
     logger.info("starting rfm-worker %s with %s", __version__, settings.describe())
-    store = Store(clients.redis_client(settings))
+    store = Store(connection.redis_client(settings))
     try:
         _check_redis(store, settings)
         # Quantile profiles score with their cut points from the first batch on.
-        from worker.sweeper import load_cuts
+        from worker.services.sweeper import load_cuts
 
         load_cuts(store, profiles, compute_missing_at=views.now_ms(settings, store))
     except BaseException:

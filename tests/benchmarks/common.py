@@ -3,8 +3,8 @@ producer, the real worker as a child process read through its /metrics, result r
 
 Everything runs on a broker and a Redis started here on free loopback ports and stopped
 after each scenario: never a shared broker, never a Redis on 6379. The broker is the one
-BENCH_BROKER names: `kafka` (Apache Kafka, worker/apache_kafka: its jars fetched with Maven
-on first use) or `tansu` (worker.embedded.Tansu, in-memory); unset, Apache Kafka where java
+BENCH_BROKER names: `kafka` (Apache Kafka, worker/embedded/apache_kafka: its jars fetched with Maven
+on first use) or `tansu` (worker.embedded.local.Tansu, in-memory); unset, Apache Kafka where java
 and mvn are on PATH, else Tansu (said in one line). Redis is worker.embedded.EmbeddedRedis.
 Timings on a small shared machine are noisy, so each scenario reports ratios against a
 baseline measured in the same run.
@@ -36,9 +36,6 @@ import orjson
 import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from worker import keys
-from worker.apache_kafka import ApacheKafka, missing_tools
-from worker.clients import produce
 from worker.embedded import (
     BrokerKind,
     EmbeddedRedis,
@@ -47,11 +44,14 @@ from worker.embedded import (
     free_port,
     start_broker,
 )
-from worker.events import ValidEvent, wall_ms
-from worker.messages import iso
-from worker.profiles import DEFAULT_TENANT, Profiles
-from worker.scoring import DAY_MS
-from worker.store import Store
+from worker.embedded.apache_kafka import ApacheKafka, missing_tools
+from worker.kafka.clients import produce
+from worker.rules.events import ValidEvent, wall_ms
+from worker.rules.messages import iso
+from worker.rules.profiles import DEFAULT_TENANT, Profiles
+from worker.rules.scoring import DAY_MS
+from worker.state import keys
+from worker.state.store import Store
 
 ROOT = Path(__file__).resolve().parents[2]
 PARTITIONS = 4  # of every orders topic, as in the integration tests

@@ -53,7 +53,7 @@ from common import (
 )
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from worker.clients import produce
+from worker.kafka.clients import produce
 
 TICK_S = 0.01
 # Not counted: the first seconds at the same rate. A freshly started JVM (Apache Kafka)

@@ -24,8 +24,8 @@ from typing import Any
 
 from common import Config, Row, Section, Stack, customer_ids, days_ago, preload, say
 
-from worker import keys
-from worker.profiles import DEFAULT_TENANT, Profiles
+from worker.rules.profiles import DEFAULT_TENANT, Profiles
+from worker.state import keys
 
 SAMPLE = 1_000
 

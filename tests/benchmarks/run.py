@@ -59,7 +59,7 @@ import sweep
 import throughput
 from common import ROOT, Config, Row, Section, broker, ratio, say
 
-from worker.apache_kafka import KafkaUnavailableError, ensure_jars
+from worker.embedded.apache_kafka import KafkaUnavailableError, ensure_jars
 
 SCENARIOS = ("throughput", "heavy", "latency", "memory", "scale", "sweep")
 

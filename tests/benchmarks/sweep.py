@@ -15,7 +15,7 @@ sweep is checked to rescore every due customer once and publish one change for e
 The population is written directly (pipelined MSET/ZADD/HINCRBY, ~10,000 customers a
 pipeline), not through the engine: each customer is a realistic state blob (3-6 orders,
 scored and published at the build instant, in one of 4 partitions) filed in the due
-index under `worker.decay.next_due`. Non-due blobs are drawn from a pool of templates
+index under `worker.rules.decay.next_due`. Non-due blobs are drawn from a pool of templates
 (a blob does not contain the customer id), so building 1,000,000 takes seconds.
 
 Timing is noisy on a small shared machine, so the result is a ratio against a baseline
@@ -41,14 +41,14 @@ from typing import Any
 
 import redis
 
-from worker import keys
-from worker.customer import Customer, Order, Published
-from worker.decay import next_due, rhythm
 from worker.embedded import EmbeddedRedis
-from worker.profiles import Profile, Profiles
-from worker.scoring import DAY_MS, score
-from worker.store import Store
-from worker.sweeper import Sweep, Sweeper, zsets
+from worker.rules.customer import Customer, Order, Published
+from worker.rules.decay import next_due, rhythm
+from worker.rules.profiles import Profile, Profiles
+from worker.rules.scoring import DAY_MS, score
+from worker.services.sweeper import Sweep, Sweeper, zsets
+from worker.state import keys
+from worker.state.store import Store
 
 TENANT = "shop"
 PARTITIONS = frozenset({0, 1, 2, 3})

@@ -5,7 +5,7 @@ Apache Kafka where it can run, else Tansu) and a fresh Redis.
 
 - floor: a confluent_kafka Consumer reads N pre-produced order events (4 partitions,
   batches of 2,000, as the worker consumes) and validates each with
-  `worker.events.validate`, nothing else. The ceiling of a single-process Python worker on
+  `worker.rules.events.validate`, nothing else. The ceiling of a single-process Python worker on
   this machine and broker: what remains for the state, scoring and publishing is the gap
   to it.
 - worker: `python -m worker run` (env as tests/conftest.py, with the consumer properties
@@ -59,13 +59,13 @@ from common import (
 )
 from pydantic import SecretStr
 
-from worker import clients
 from worker.config import Settings
-from worker.events import Rejection, ValidEvent, validate
-from worker.profiles import DEFAULT_TENANT, Profiles
-from worker.store import Store
+from worker.kafka import clients
+from worker.rules.events import Rejection, ValidEvent, validate
+from worker.rules.profiles import DEFAULT_TENANT, Profiles
+from worker.state.store import Store
 
-BATCH = 2_000  # records per consume() call, as worker.consumer.BATCH_SIZE
+BATCH = 2_000  # records per consume() call, as worker.services.consumer.BATCH_SIZE
 HISTORIES = (1, 1_000, 5_000)  # orders held by the customer of a lone event (heavy section)
 
 

@@ -1,0 +1,1 @@
+"""Commands besides `run`: the demo, produce (backfill) and the JSON Schemas."""

@@ -1,0 +1,141 @@
+"""Kafka clients built from the settings, with the properties the design needs."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from confluent_kafka import Consumer, Producer
+
+from worker.config import Settings
+
+# librdkafka's own log lines go through the worker's logging (JSON, levels), and a line
+# repeated within a minute (a broker that stays unreachable) is shown once.
+RDKAFKA = logging.getLogger("worker.rdkafka")
+
+# RFM_KAFKA_CONFIG applies to every client; these only mean something to one kind, and
+# librdkafka warns at every start when the other kind is given them.
+CONSUMER_ONLY = frozenset(
+    {
+        "group.id", "group.instance.id", "group.protocol", "group.remote.assignor",
+        "session.timeout.ms", "heartbeat.interval.ms", "max.poll.interval.ms",
+        "partition.assignment.strategy", "auto.offset.reset", "enable.auto.commit",
+        "auto.commit.interval.ms", "enable.auto.offset.store", "enable.partition.eof",
+        "fetch.wait.max.ms", "fetch.min.bytes", "fetch.max.bytes", "fetch.message.max.bytes",
+        "max.partition.fetch.bytes", "fetch.error.backoff.ms", "queued.min.messages",
+        "queued.max.messages.kbytes", "isolation.level", "check.crcs",
+        "coordinator.query.interval.ms",
+    }
+)  # fmt: skip
+PRODUCER_ONLY = frozenset(
+    {
+        "acks", "request.required.acks", "enable.idempotence", "enable.gapless.guarantee",
+        "linger.ms", "queue.buffering.max.ms", "queue.buffering.max.messages",
+        "queue.buffering.max.kbytes", "batch.size", "batch.num.messages",
+        "compression.type", "compression.codec", "compression.level", "message.timeout.ms",
+        "delivery.timeout.ms", "request.timeout.ms", "retries", "message.send.max.retries",
+        "max.in.flight.requests.per.connection", "max.in.flight", "transactional.id",
+        "transaction.timeout.ms", "partitioner", "sticky.partitioning.linger.ms",
+    }
+)  # fmt: skip
+
+
+STATS_INTERVAL_MS = 1000  # how often librdkafka reports its connections (readiness)
+
+
+class _Once(logging.Filter):
+    """Drops a record whose message was already logged in the last `window` seconds."""
+
+    def __init__(self, window: float = 60.0) -> None:
+        super().__init__()
+        self._seen: dict[str, float] = {}
+        self._window = window
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        now = time.monotonic()
+        text = record.getMessage()
+        if now - self._seen.get(text, -self._window) < self._window:
+            return False
+        if len(self._seen) > 1000:
+            self._seen.clear()
+        self._seen[text] = now
+        return True
+
+
+RDKAFKA.addFilter(_Once())
+
+
+def _extra(settings: Settings, other_kind: frozenset[str]) -> dict[str, str]:
+    return {k: v for k, v in settings.kafka_properties().items() if k not in other_kind}
+
+
+def consumer_protocol(properties: Mapping[str, Any]) -> bool:
+    """The group uses the consumer rebalance protocol (KIP-848: group.protocol=consumer)."""
+    return str(properties.get("group.protocol", "classic")).lower() == "consumer"
+
+
+def incremental(properties: Mapping[str, Any]) -> bool:
+    """Rebalances hand out and take back only the partitions that move (cooperative)."""
+    strategy = str(properties.get("partition.assignment.strategy", "cooperative-sticky"))
+    return consumer_protocol(properties) or strategy.strip().lower() == "cooperative-sticky"
+
+
+def consumer(
+    settings: Settings,
+    overrides: Mapping[str, str] | None = None,
+    *,
+    error_cb: Callable[[Any], None] | None = None,
+    stats_cb: Callable[[str], None] | None = None,
+) -> Consumer:
+    extra = {**_extra(settings, PRODUCER_ONLY), **(overrides or {})}
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "group.id": settings.kafka_group,
+        # Offsets are committed by the worker after a batch is applied and its DLQ
+        # records are acked; never automatically.
+        "enable.auto.commit": False,
+        "auto.offset.reset": "earliest",
+        "client.id": "rfm-worker",
+        "logger": RDKAFKA,
+    }
+    if not consumer_protocol(extra):
+        # Classic protocol: a rebalance moves only the partitions that change owner; the
+        # others keep flowing. (The consumer protocol, KIP-848, is incremental by design
+        # and refuses this property, as it refuses session and heartbeat timeouts.)
+        config["partition.assignment.strategy"] = "cooperative-sticky"
+    config.update(extra)
+    if error_cb is not None:
+        config["error_cb"] = error_cb
+    if stats_cb is not None:  # librdkafka's statistics (JSON), served inside consume()
+        config["stats_cb"] = stats_cb
+        config.setdefault("statistics.interval.ms", STATS_INTERVAL_MS)
+    return Consumer(config)
+
+
+def producer(settings: Settings, **overrides: str) -> Producer:
+    return Producer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap,
+            # Idempotent: retries never duplicate or reorder within a partition, so changes
+            # reach the actions topic in outbox order per customer.
+            "enable.idempotence": True,
+            "acks": "all",
+            "linger.ms": 5,
+            "client.id": "rfm-worker",
+            "logger": RDKAFKA,
+            **_extra(settings, CONSUMER_ONLY),
+            **overrides,
+        }
+    )
+
+
+def produce(producer: Producer, topic: str, **record: Any) -> None:
+    """Produce, waiting out a full local queue by serving delivery reports meanwhile."""
+    while True:
+        try:
+            producer.produce(topic, **record)
+            return
+        except BufferError:
+            producer.poll(0.05)

@@ -1,0 +1,460 @@
+"""Per-customer state: the distinct orders seen, merged order-independently. Pure.
+
+The state is a function of the *set* of distinct events: applying the same events in any
+order, any number of times, gives the same orders map. That is what makes redelivery,
+retries after timeouts and replays harmless without any offset bookkeeping.
+
+- order_placed: one order per order_id. If two different placed events claim the same
+  order, the smallest (occurred_at, amount) wins, so the winner does not depend on arrival.
+- order_cancelled: the order is flagged cancelled and stops counting for F, M and R; its
+  placed and refund events are still merged (so their redeliveries are recognised as
+  duplicates) but, whenever they arrive, they change nothing a score can see.
+- order_refunded: refunds are kept per refund event (by a digest of its event_id) so the
+  same refund counts once; an order's value is max(0, amount - refunds).
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right, insort
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from itertools import pairwise
+from typing import Literal
+
+import orjson
+
+from worker.rules.events import ValidEvent
+
+Outcome = Literal["applied", "duplicate"]
+
+# A long history: from this many orders a customer keeps what it derives from them up to
+# date (the sorted gaps, the stored form; an event costs O(log orders), not a pass over
+# them), and the store keeps it decoded between batches. Below, rebuilding costs less.
+LONG_HISTORY = 64
+REBASE_MS = 30 * 86_400_000  # a long history's entries are ages at a commit this recent
+# The per-customer bound (a shared guest id, a B2B account, a bot): beyond MAX_ORDERS orders
+# kept one by one, the oldest FOLD_CHUNK at a time fold into the aggregates (`Folded`), so
+# the state and the cost of an event stop growing. See docs/architecture.md "Guarantees".
+MAX_ORDERS = 10_000
+FOLD_CHUNK = 1_000
+
+
+@dataclass(slots=True)
+class Order:
+    placed_at: int | None = None  # epoch ms of the kept order_placed
+    amount: int | None = None  # money units (worker.rules.money)
+    refunds: dict[str, int] | None = None  # refund digest -> units; None until one arrives
+    cancelled: bool = False
+
+    @property
+    def counted(self) -> bool:
+        return self.placed_at is not None and not self.cancelled
+
+    @property
+    def counted_as(self) -> tuple[int, int] | None:
+        """(placed_at, value) while the order counts; None when it does not."""
+        if self.placed_at is None or self.cancelled:
+            return None
+        return self.placed_at, self.value
+
+    @property
+    def value(self) -> int:
+        if self.refunds is None:
+            return self.amount or 0
+        return max(0, (self.amount or 0) - sum(self.refunds.values()))
+
+
+def _merge(order: Order, event: ValidEvent) -> Outcome:
+    """Merge one event into its order (the rules in the module docstring)."""
+    kind = event.type
+    if kind == "order_cancelled":
+        if order.cancelled:
+            return "duplicate"
+        order.cancelled = True
+        return "applied"
+    assert event.amount is not None  # validated for placed and refunded
+    if kind == "order_placed":
+        if order.placed_at is not None:
+            assert order.amount is not None
+            if (event.occurred_at, event.amount) >= (order.placed_at, order.amount):
+                return "duplicate"
+        order.placed_at, order.amount = event.occurred_at, event.amount
+        return "applied"
+    # order_refunded
+    digest = event.digest
+    if order.refunds is None:
+        order.refunds = {}
+    elif digest in order.refunds:
+        return "duplicate"
+    order.refunds[digest] = event.amount
+    return "applied"
+
+
+@dataclass(slots=True)  # not frozen: built per event, and frozen costs 3x
+class Published:
+    """The score last published for the customer (what `previous` of the next change is)."""
+
+    r: int
+    f: int
+    m: int
+    segment: str
+
+    @property
+    def rfm(self) -> str:
+        return f"{self.r}{self.f}{self.m}"
+
+
+@dataclass(slots=True)  # not frozen: built per event, and frozen costs 3x
+class Aggregates:
+    first_order_at: int  # epoch ms
+    last_order_at: int
+    orders_lifetime: int
+    monetary: int  # money units
+    # placed_at of the counted orders, ascending; a read-only view of the customer's own
+    # list (copying it would cost O(orders) per event)
+    order_times: Sequence[int]
+    # The gaps between consecutive order_times, ascending (the rhythm's median), kept by
+    # customers with long histories; None: derive them from order_times when needed.
+    gaps: Sequence[int] | None = field(default=None, compare=False)
+
+
+@dataclass(slots=True)
+class Folded:
+    """What a customer's folded orders still count for. Their ids are gone: an
+    order_placed at or before `horizon` for an order not kept is taken for a redelivery of
+    a folded one, and a refund or cancel of a folded order is not applied."""
+
+    orders: int  # counted orders folded
+    monetary: int  # their net spend, money units
+    first_at: int | None  # the first counted order's placed_at (None: none counted)
+    last_at: int | None  # the last counted one's
+    horizon: int  # the latest placed_at folded, counted or not
+
+
+@dataclass(slots=True)
+class Customer:
+    tenant: str
+    customer_id: str
+    orders: dict[str, Order] = field(default_factory=dict)
+    published: Published | None = None
+    partition: int | None = None  # partition of the customer's latest event
+    scored_at: int | None = None  # as_of of the last commit that scored it (epoch ms)
+    alerted: int | None = None  # last_order_at of the silence last alerted as overdue
+    version: str | None = None  # version of the profile that scored `published`
+    folded: Folded | None = None  # the oldest orders beyond MAX_ORDERS, see `fold`
+    # Counted orders' times (sorted) and net spend, built on first use and then kept up to
+    # date by `apply`, so an event costs O(log orders), not a pass over every order.
+    _times: list[int] | None = field(default=None, repr=False, compare=False)
+    _monetary: int = field(default=0, repr=False, compare=False)
+    _agg: Aggregates | None = field(default=None, repr=False, compare=False)  # until a move
+    _gaps: list[int] | None = field(default=None, repr=False, compare=False)  # see Aggregates
+    # The orders as the blob stores them (see `encode`), kept up to date by `apply`, so
+    # that encoding a long history is one orjson call rather than a pass in Python. Valid
+    # for ages from _base (None: instants) in amounts of _unit; None until built.
+    _stored: dict[str, list[object]] | None = field(default=None, repr=False, compare=False)
+    _base: int | None = field(default=None, repr=False, compare=False)
+    _unit: int = field(default=1, repr=False, compare=False)
+
+    def apply(self, event: ValidEvent) -> Outcome:
+        """Merge one event. Returns 'duplicate' when the event was already part of the state."""
+        order = self.orders.get(event.order_id)
+        if order is None:
+            folded = self.folded
+            if (
+                folded is not None
+                and event.type == "order_placed"
+                and event.occurred_at <= folded.horizon
+            ):
+                return "duplicate"  # not to be told from a redelivery of a folded order
+            if event.type == "order_placed":  # the common case, a new order: nothing to merge
+                assert event.amount is not None  # validated
+                order = self.orders[event.order_id] = Order(event.occurred_at, event.amount)
+                if self._times is not None:
+                    self._move(None, (event.occurred_at, event.amount))
+                if self._stored is not None:
+                    self._store(event.order_id, order)
+                return "applied"
+            order = self.orders[event.order_id] = Order()
+        before, amount = order.counted_as, order.amount
+        outcome = _merge(order, event)
+        if outcome == "applied":
+            if self._times is not None:
+                self._move(before, order.counted_as)
+            if amount is not None and order.amount != amount:
+                self._stored = None  # an amount replaced: the unit may coarsen, rebuild
+            elif self._stored is not None:
+                self._store(event.order_id, order)
+        return outcome
+
+    @property
+    def over_bound(self) -> bool:
+        return len(self.orders) > MAX_ORDERS + FOLD_CHUNK
+
+    def fold(self) -> int:
+        """Fold the oldest orders (by placed_at) into `folded` until MAX_ORDERS are kept,
+        and the orders never placed (a refund or cancel whose order is unknown: most likely
+        a folded one). Returns how many orders left the map. The derived forms are rebuilt
+        on next use: a fold happens once per FOLD_CHUNK orders."""
+        placed = sorted(
+            (o.placed_at, oid) for oid, o in self.orders.items() if o.placed_at is not None
+        )
+        gone = [oid for oid, o in self.orders.items() if o.placed_at is None]
+        gone += [oid for _, oid in placed[: max(0, len(placed) - MAX_ORDERS)]]
+        f = self.folded or Folded(0, 0, None, None, 0)
+        for oid in gone:
+            order = self.orders.pop(oid)
+            if order.placed_at is None:
+                continue
+            f.horizon = max(f.horizon, order.placed_at)
+            if (counted := order.counted_as) is not None:
+                at, value = counted
+                f.orders += 1
+                f.monetary += value
+                f.first_at = at if f.first_at is None else min(f.first_at, at)
+                f.last_at = at if f.last_at is None else max(f.last_at, at)
+        self.folded = f
+        self._times = self._gaps = self._agg = self._stored = None
+        return len(gone)
+
+    def _store(self, order_id: str, order: Order) -> None:
+        """Keep the stored form of the orders in step with one changed order."""
+        assert self._stored is not None
+        entry = _entry(order, self._base, self._unit)
+        if entry is None:  # an amount finer than the unit: rebuild in a finer one
+            self._stored = None
+        else:
+            self._stored[order_id] = entry
+
+    def _move(self, before: tuple[int, int] | None, after: tuple[int, int] | None) -> None:
+        """Keep the aggregates in step with one order going from `before` to `after`
+        (each (placed_at, value) while it counts, None when it does not)."""
+        times, gaps = self._times, self._gaps
+        assert times is not None
+        self._agg = None
+        if before is not None:
+            i = bisect_left(times, before[0])
+            if gaps is not None:
+                _regap(gaps, times, i, i + 1, before[0], entering=False)
+            del times[i]
+            self._monetary -= before[1]
+        if after is not None:
+            i = bisect_right(times, after[0])
+            if gaps is not None:
+                _regap(gaps, times, i, i, after[0], entering=True)
+            times.insert(i, after[0])
+            self._monetary += after[1]
+
+    def aggregates(self) -> Aggregates | None:
+        """First/last order, count and net spend over counted orders; None if there are none."""
+        if self._times is None:
+            counted = [c for o in self.orders.values() if (c := o.counted_as) is not None]
+            self._times = sorted(at for at, _ in counted)
+            self._monetary = sum(value for _, value in counted)
+        elif self._agg is not None:
+            return self._agg
+        times = self._times
+        if self._gaps is None and len(times) >= LONG_HISTORY:
+            self._gaps = sorted(b - a for a, b in pairwise(times))
+        f = self.folded
+        if f is not None and f.first_at is not None and f.last_at is not None:
+            # Folded orders are older than every kept one; order_times (the window, the
+            # rhythm) are the kept orders'.
+            self._agg = Aggregates(
+                f.first_at,
+                times[-1] if times else f.last_at,
+                len(times) + f.orders,
+                self._monetary + f.monetary,
+                times,
+                self._gaps,
+            )
+            return self._agg
+        if not times:
+            return None
+        self._agg = Aggregates(times[0], times[-1], len(times), self._monetary, times, self._gaps)
+        return self._agg
+
+    # -- codec: a compact JSON blob, one Redis string per customer ---------------------------
+
+    def encode(self) -> bytes:
+        # Per order [placed_at, amount], + refunds when any, + 1 when cancelled. Once the
+        # customer has been scored, placed_at is written as its age at a base instant:
+        # 10-11 digits instead of 13 for orders of the last few years. The base is the
+        # scored_at ("t") of the commit that last rebuilt the entries: this one, or for a
+        # long history an earlier one up to REBASE_MS back ("b"), so that its commits
+        # change only the entries of the orders they touched. Amounts are written in the
+        # coarsest unit that keeps them exact ("u": 100 for whole cents, 10,000 for whole
+        # currency units; absent: money units), 2-4 digits fewer per amount in most shops.
+        #
+        # The orders go under "q", except where releases before units and bases wrote the
+        # same meaning: "o" (instants) and "r" (ages at "t"), in money units. A release
+        # that predates "q" fails on it (its events dead-lettered as internal_error, see
+        # docs/operations.md "Upgrading") instead of misreading scaled amounts.
+        t = self.scored_at
+        stored, base = self._stored, self._base
+        if (
+            stored is None
+            or (base is None) != (t is None)
+            or (base != t and len(self.orders) < LONG_HISTORY)
+            or (t is not None and base is not None and t - base > REBASE_MS)
+        ):
+            stored, base = self._rebuild_stored(t)
+        pub = self.published
+        doc: dict[str, object] = {}
+        if self._unit != 1 or base != t:
+            doc["q"] = stored
+            if base != t:
+                doc["b"] = base
+        else:
+            doc["o" if base is None else "r"] = stored
+        if pub is not None:
+            doc["s"] = [pub.r, pub.f, pub.m, pub.segment]
+        if self.partition is not None:
+            doc["p"] = self.partition
+        if t is not None:
+            doc["t"] = t
+        if self.alerted is not None:
+            doc["a"] = self.alerted
+        if self.version is not None:
+            doc["v"] = self.version
+        if self._unit != 1:
+            doc["u"] = self._unit
+        if self.folded is not None:
+            f = self.folded
+            doc["z"] = [f.orders, f.monetary, f.first_at, f.last_at, f.horizon]
+        # Sorted keys: the bytes, not only the meaning, are independent of arrival order.
+        return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+
+    def _rebuild_stored(self, base: int | None) -> tuple[dict[str, list[object]], int | None]:
+        """Every order's stored form, as ages at `base` in the coarsest exact unit."""
+        unit = _common_unit(self.orders.values())
+        stored: dict[str, list[object]] = {}
+        for oid, order in self.orders.items():
+            at, amount = order.placed_at, order.amount
+            if order.refunds is None and not order.cancelled and amount is not None:
+                # the common case, inline: a placed order without refunds
+                stored[oid] = [at if base is None or at is None else base - at, amount // unit]
+                continue
+            entry = _entry(order, base, unit)
+            assert entry is not None  # the unit divides every amount
+            stored[oid] = entry
+        self._stored, self._base, self._unit = stored, base, unit
+        return stored, base
+
+    @classmethod
+    def decode(cls, tenant: str, customer_id: str, blob: bytes | None) -> Customer:
+        if not blob:
+            return cls(tenant, customer_id)
+        doc = orjson.loads(blob)
+        # "q": ages at "b", else at "t", else instants; "r": ages at "t"; "o": instants
+        # (never scored, or written before ages existed). See `encode`.
+        if "q" in doc:
+            base, raw_orders = doc.get("b", doc.get("t")), doc["q"]
+        elif "r" in doc:
+            base, raw_orders = doc["t"], doc["r"]
+        else:
+            base, raw_orders = None, doc["o"]
+        ages = base is not None
+        t = base or 0
+        u = doc.get("u", 1)  # the unit amounts are written in (see `encode`)
+        orders: dict[str, Order] = {}
+        times: list[int] = []  # the aggregates too, in the same pass (see `aggregates`)
+        monetary = 0
+        for oid, raw in raw_orders.items():
+            at, amount = raw[0], raw[1]
+            if at is not None and ages:
+                at = t - at
+            if len(raw) == 2 and amount is not None:  # the common case: placed, no refund
+                orders[oid] = Order(at, amount * u)
+                if at is not None:
+                    times.append(at)
+                    monetary += amount * u
+                continue
+            refunds = raw[2] or None
+            if refunds and u != 1:
+                refunds = {digest: value * u for digest, value in refunds.items()}
+            order = orders[oid] = Order(
+                at, None if amount is None else amount * u, refunds, len(raw) > 3
+            )
+            if (counted := order.counted_as) is not None:
+                times.append(counted[0])
+                monetary += counted[1]
+        s = doc.get("s")
+        published = Published(s[0], s[1], s[2], s[3]) if s else None
+        z = doc.get("z")
+        customer = cls(
+            tenant,
+            customer_id,
+            orders,
+            published,
+            doc.get("p"),
+            doc.get("t"),
+            doc.get("a"),
+            doc.get("v"),
+            None if z is None else Folded(z[0], z[1], z[2], z[3], z[4]),
+        )
+        times.sort()
+        customer._times, customer._monetary = times, monetary
+        # A long history keeps the entries as read, which are as `encode` writes them
+        # unless the blob predates "u" and its amounts have a coarser unit than money
+        # units (then rebuilt on its next commit). A short one is rebuilt at each commit.
+        if len(orders) >= LONG_HISTORY and (u != 1 or _common_unit(orders.values()) == 1):
+            customer._stored, customer._base, customer._unit = raw_orders, base, u
+        return customer
+
+
+def _regap(gaps: list[int], times: list[int], i: int, j: int, at: int, entering: bool) -> None:
+    """Update the sorted gaps for the instant `at` entering or leaving the sorted `times`,
+    where its neighbours are times[i - 1] and times[j]: the gap between the neighbours
+    becomes the two gaps around `at`, or the other way round."""
+    before = times[i - 1] if i > 0 else None
+    after = times[j] if j < len(times) else None
+    around: list[int] = []
+    if before is not None:
+        around.append(at - before)
+    if after is not None:
+        around.append(after - at)
+    between = [after - before] if before is not None and after is not None else []
+    removed, added = (between, around) if entering else (around, between)
+    for gap in removed:
+        del gaps[bisect_left(gaps, gap)]
+    for gap in added:
+        insort(gaps, gap)
+
+
+def _entry(order: Order, base: int | None, unit: int) -> list[object] | None:
+    """The order as the blob stores it (ages at `base`, amounts in `unit`), or None if an
+    amount is not a multiple of `unit`."""
+    at, amount, refunds = order.placed_at, order.amount, order.refunds
+    if base is not None and at is not None:
+        at = base - at
+    if unit != 1:
+        if amount is not None:
+            if amount % unit:
+                return None
+            amount //= unit
+        if refunds:
+            if any(value % unit for value in refunds.values()):
+                return None
+            refunds = {digest: value // unit for digest, value in refunds.items()}
+    if order.cancelled:
+        return [at, amount, refunds or {}, 1]
+    if refunds:
+        return [at, amount, refunds]
+    return [at, amount]
+
+
+def _common_unit(orders: Iterable[Order]) -> int:
+    """The coarsest of 10,000, 100 and 1 money units that divides every amount and
+    refund of these orders."""
+    u = 10_000
+    for order in orders:
+        if order.amount is not None:
+            while order.amount % u:
+                u //= 100
+        if order.refunds:
+            for value in order.refunds.values():
+                while value % u:
+                    u //= 100
+        if u == 1:
+            break
+    return u

@@ -1,0 +1,96 @@
+"""Time as an input: when a customer's score next changes by itself, and the overdue rule.
+
+Pure. With no new order, time can only lower R (a recency boundary passes) and, with a
+frequency window, lower F (an order leaves the window); M never moves by itself. So the
+instant of a customer's next visible change is known in advance: `next_due` computes it,
+the store keeps every customer in a due index under that instant, and a sweep reads only
+the customers whose instant has come.
+
+Overdue: a customer with at least 3 counted orders whose silence exceeds
+`overdue_factor` x the median gap between their orders gets one `rfm.overdue` per silence.
+The state remembers the last order the alert was for (`Customer.alerted`): a later order
+ends the silence, and the next silence may alert again.
+"""
+
+from __future__ import annotations
+
+import math
+from bisect import bisect_left, bisect_right
+from dataclasses import dataclass
+from itertools import pairwise
+
+from worker.rules.customer import Aggregates
+from worker.rules.profiles import Profile
+from worker.rules.scoring import DAY_MS
+
+MIN_OVERDUE_ORDERS = 3
+# Instants past 9999-12-31 are never reached (and would not survive a double in Redis).
+MAX_DUE_MS = 253_402_300_799_999
+
+
+@dataclass(slots=True)  # not frozen: built per event, and frozen costs 3x
+class Rhythm:
+    """A regular customer's buying rhythm and when their silence becomes overdue."""
+
+    median_gap_ms: float
+    overdue_at: int  # the first instant at which silence > factor x median gap
+
+    @property
+    def median_gap_days(self) -> float:
+        return round(self.median_gap_ms / DAY_MS, 3)
+
+
+def rhythm(agg: Aggregates, profile: Profile) -> Rhythm | None:
+    """None when the rule does not apply (factor 0, fewer than 3 orders, no gap at all)."""
+    if profile.overdue_factor <= 0 or agg.orders_lifetime < MIN_OVERDUE_ORDERS:
+        return None
+    gaps = agg.gaps
+    if gaps is None:
+        gaps = sorted(b - a for a, b in pairwise(agg.order_times))
+    mid = len(gaps) // 2
+    median = gaps[mid] if len(gaps) % 2 else (gaps[mid - 1] + gaps[mid]) / 2
+    if median <= 0:  # every order at the same instant: no rhythm to be late against
+        return None
+    return Rhythm(median, agg.last_order_at + math.floor(profile.overdue_factor * median) + 1)
+
+
+def overdue_pending(rh: Rhythm | None, agg: Aggregates, alerted: int | None) -> bool:
+    """Whether the customer has a rhythm and this silence has not been alerted yet."""
+    return rh is not None and unalerted(agg, alerted)
+
+
+def unalerted(agg: Aggregates, alerted: int | None) -> bool:
+    """Whether this silence (since the last order) has not been alerted yet."""
+    return alerted is None or agg.last_order_at > alerted
+
+
+def next_due(
+    agg: Aggregates | None, profile: Profile, as_of_ms: int, alerted: int | None
+) -> int | None:
+    """The instant of the customer's next change by time alone, scored at as_of.
+
+    Recency and frequency instants are always after as_of; a pending overdue alert's
+    instant may be at or before it (due now). None: nothing will ever change by itself.
+    """
+    if agg is None:
+        return None
+    due = MAX_DUE_MS + 1  # never
+    thresholds = profile.recency_days
+    days = (as_of_ms - agg.last_order_at) // DAY_MS
+    i = bisect_left(thresholds, days)  # the first threshold not yet passed
+    if i < len(thresholds):
+        due = agg.last_order_at + (thresholds[i] + 1) * DAY_MS
+    window = profile.frequency_window_days
+    if window is not None:
+        times = agg.order_times
+        first = bisect_right(times, as_of_ms - window * DAY_MS)  # oldest order still counted
+        count = len(times) - first
+        level = bisect_right(profile.frequency_orders, count)
+        reached = profile.frequency_orders[level - 1] if level else 0
+        if reached:  # F drops once count falls below the threshold it reached (never 0)
+            due = min(due, times[first + count - reached] + window * DAY_MS)
+    if unalerted(agg, alerted):  # the rhythm only matters then (and costs a sort)
+        rh = rhythm(agg, profile)
+        if rh is not None:
+            due = min(due, rh.overdue_at)
+    return due if due <= MAX_DUE_MS else None

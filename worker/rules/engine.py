@@ -1,0 +1,261 @@
+"""The pure heart: what happens to one customer, as new state and records to publish.
+
+No I/O. The store reads a customer, calls one of these per-customer functions and commits
+the result atomically (worker/state/store.py), whatever the cause:
+
+- `apply_events`: order events. Each applied event is scored at as_of; every event that
+  moves the customer's (R, F, M) or segment yields one `rfm.changed`, in event order.
+- `decay`: time alone (the sweeper). The customer is scored at the sweep's instant: one
+  `rfm.changed` with cause `decay` if a boundary passed (`rescore` if the customer was last
+  scored with another version of its profile), and the `rfm.overdue` alert once per
+  silence.
+
+A customer's time never moves back: it is scored at max(as_of, the instant of its last
+commit), so a sweep and a consumer racing on it cannot undo each other's decay. Every
+result carries the customer's next due instant (worker/rules/decay.py) for the due index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from hashlib import blake2b
+from typing import Literal
+
+from worker.rules.customer import Customer, Published
+from worker.rules.decay import next_due, overdue_pending, rhythm
+from worker.rules.events import ValidEvent
+from worker.rules.messages import CAUSE_OF_EVENT, Cause, rfm_changed, rfm_overdue
+from worker.rules.profiles import Profile
+from worker.rules.scoring import Score, days_between, score
+from worker.rules.triggers import fired, fired_overdue
+
+
+@dataclass(slots=True)  # not frozen: built per event, and frozen costs 3x
+class Change:
+    """One record to publish; `payload` is the rfm.changed (or rfm.overdue) record."""
+
+    tenant: str
+    customer_id: str
+    cause: Cause
+    from_segment: str | None
+    to_segment: str | None
+    payload: dict[str, object]
+    kind: Literal["rfm.changed", "rfm.overdue"] = "rfm.changed"
+    triggers: tuple[str, ...] = ()  # the names in the payload's "triggers" (rules/triggers.py)
+    profile: str | None = None  # the name of the profile that scored it (metric labels)
+
+
+@dataclass(slots=True)
+class Result:
+    customer: Customer
+    applied: int = 0  # events merged
+    duplicates: int = 0  # events already part of the state
+    changes: list[Change] = field(default_factory=list)
+    dirty: bool = False  # whether the stored state must be rewritten
+    touched: bool = False  # whether to commit at all (state and/or due index)
+    due: int | None = None  # next due instant, see worker/rules/decay.py
+    folded: int = 0  # orders folded into the aggregates (the per-customer bound)
+
+
+def change_id(*parts: object) -> str:
+    """The id of a change: a digest of what the change is, formatted as a UUID (version 8,
+    RFC 9562's custom layout). Any recomputation of the same change (a replay after Redis
+    lost writes, a retried commit) carries the same id, so a consumer that deduplicates on
+    it sees each change once; a different change differs in one of the parts."""
+    text = "\x1f".join(str(part) for part in parts)
+    n = int.from_bytes(blake2b(text.encode(), digest_size=16).digest()) & _ID_MASK | _V8_BITS
+    h = f"{n:032x}"
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+
+
+_ID_MASK = ~(0xF000 << 64) & ~(0xC000 << 48) & (1 << 128) - 1
+_V8_BITS = (0x8000 << 64) | (0x8000 << 48)  # version 8, RFC 9562 variant
+
+
+def _state(at: Published | Score | None) -> str:
+    return "-" if at is None else f"{at.r}{at.f}{at.m}:{at.segment}"
+
+
+def apply_events(
+    customer: Customer,
+    events: Sequence[ValidEvent],
+    *,
+    profile: Profile,
+    as_of_ms: int,
+    now_ms: int,
+    partition: int | None = None,
+) -> Result:
+    result = Result(customer)
+    as_of_ms = max(as_of_ms, customer.scored_at or as_of_ms)
+    for event in events:
+        if customer.apply(event) == "duplicate":
+            result.duplicates += 1
+            continue
+        result.applied += 1
+        result.dirty = True
+        change = rescore(
+            customer,
+            profile,
+            as_of_ms=as_of_ms,
+            now_ms=now_ms,
+            cause=CAUSE_OF_EVENT[event.type],
+            cause_event_id=event.event_id,
+        )
+        if change is not None:
+            result.changes.append(change)
+    if result.dirty:
+        result.touched = True
+        if customer.over_bound:
+            result.folded = customer.fold()
+        customer.scored_at = as_of_ms
+        customer.version = profile.version
+        if partition is not None:
+            customer.partition = partition
+        result.due = next_due(customer.aggregates(), profile, as_of_ms, customer.alerted)
+    return result
+
+
+def decay(
+    customer: Customer,
+    profile: Profile,
+    *,
+    as_of_ms: int,
+    now_ms: int,
+) -> Result:
+    """Score the customer at the sweep's instant; alert once if its silence is overdue.
+
+    A customer committed at a later instant since the due index was read is scored at
+    that instant instead (time never moves back for a customer), so it is always
+    rescheduled after the sweep's instant.
+    """
+    result = Result(customer, touched=True)
+    as_of_ms = max(as_of_ms, customer.scored_at or as_of_ms)
+    # Scored with another profile version: what moves now is the profile's doing.
+    rescored = customer.version is not None and customer.version != profile.version
+    change = rescore(
+        customer,
+        profile,
+        as_of_ms=as_of_ms,
+        now_ms=now_ms,
+        cause="rescore" if rescored else "decay",
+        cause_event_id=None,
+    )
+    if change is not None:
+        result.changes.append(change)
+    agg = customer.aggregates()
+    rh = None if agg is None else rhythm(agg, profile)
+    if (
+        agg is not None
+        and rh is not None
+        and as_of_ms >= rh.overdue_at
+        and overdue_pending(rh, agg, customer.alerted)
+    ):
+        customer.alerted = agg.last_order_at
+        current = score(agg, as_of_ms, profile)
+        names = fired_overdue(profile.triggers, current)
+        result.changes.append(
+            Change(
+                tenant=customer.tenant,
+                customer_id=customer.customer_id,
+                cause="decay",
+                from_segment=None,
+                to_segment=None,
+                payload=rfm_overdue(
+                    # one alert per silence: the silence is the last order's
+                    change_id=change_id(
+                        customer.tenant, customer.customer_id, "rfm.overdue", agg.last_order_at
+                    ),
+                    tenant=customer.tenant,
+                    customer_id=customer.customer_id,
+                    as_of_ms=as_of_ms,
+                    last_order_at_ms=agg.last_order_at,
+                    median_gap_ms=rh.median_gap_ms,
+                    median_gap_days=rh.median_gap_days,
+                    silent_days=days_between(agg.last_order_at, as_of_ms),
+                    current=current,
+                    emitted_at_ms=now_ms,
+                    triggers=names,
+                ),
+                kind="rfm.overdue",
+                triggers=names,
+                profile=profile.name,
+            )
+        )
+    if result.changes:
+        result.dirty = True
+        customer.scored_at = as_of_ms
+    if customer.version != profile.version and customer.orders:
+        result.dirty = True
+        customer.version = profile.version
+    result.due = next_due(agg, profile, as_of_ms, customer.alerted)
+    return result
+
+
+def rescore(
+    customer: Customer,
+    profile: Profile,
+    *,
+    as_of_ms: int,
+    now_ms: int,
+    cause: Cause,
+    cause_event_id: str | None,
+) -> Change | None:
+    """Score the customer at as_of; if it moved from what was published, publish it."""
+    agg = customer.aggregates()
+    current = score(agg, as_of_ms, profile) if agg is not None else None
+    previous = customer.published
+    if current is None and previous is None:
+        return None
+    if (
+        current is not None
+        and previous is not None
+        and current.segment == previous.segment
+        and current.r == previous.r
+        and current.f == previous.f
+        and current.m == previous.m
+    ):
+        return None
+    customer.published = (
+        None if current is None else Published(current.r, current.f, current.m, current.segment)
+    )
+    names = fired(profile.triggers, previous, current)
+    # What the change is: whose, why (the event, or for time and profile changes the
+    # aggregates that were rescored), under which profile version, from what to what.
+    if cause_event_id is not None:
+        origin = cause_event_id
+    elif agg is None:
+        origin = "-"
+    else:
+        origin = f"{agg.last_order_at}:{agg.orders_lifetime}:{agg.monetary}"
+    payload = rfm_changed(
+        change_id=change_id(
+            customer.tenant,
+            customer.customer_id,
+            cause,
+            origin,
+            profile.version,
+            _state(previous),
+            _state(current),
+        ),
+        tenant=customer.tenant,
+        customer_id=customer.customer_id,
+        cause=cause,
+        cause_event_id=cause_event_id,
+        as_of_ms=as_of_ms,
+        previous=previous,
+        current=current,
+        agg=agg,
+        emitted_at_ms=now_ms,
+        triggers=names,
+    )
+    return Change(
+        tenant=customer.tenant,
+        customer_id=customer.customer_id,
+        cause=cause,
+        from_segment=previous.segment if previous else None,
+        to_segment=current.segment if current else None,
+        payload=payload,
+        triggers=names,
+        profile=profile.name,
+    )

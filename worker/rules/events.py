@@ -1,0 +1,204 @@
+"""Input validation: raw Kafka values to valid order events or rejections. Pure.
+
+Every rejection carries a short class (the `rfm.error.class` DLQ header) and one human
+sentence (`rfm.error.reason`). Nothing here touches Kafka or Redis.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Annotated, Literal
+
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    ValidationError,
+    ValidatorFunctionWrapHandler,
+    field_validator,
+)
+
+from worker.rules.money import to_units
+from worker.rules.profiles import DEFAULT_TENANT, Profiles
+
+MAX_EVENT_BYTES = 64 * 1024  # an order event is a few hundred bytes; more is an accident
+MAX_FUTURE_MS = 5 * 60 * 1000  # documented: more than 5 minutes ahead of the wall clock
+EventType = Literal["order_placed", "order_refunded", "order_cancelled"]
+
+Id = Annotated[str, Strict(), Field(min_length=1, max_length=200)]
+_RFC3339 = re.compile(
+    r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})"
+)
+_DECIMAL = re.compile(r"-?[0-9]+(\.[0-9]+)?([Ee][+-]?[0-9]+)?")
+
+
+class OrderEvent(BaseModel):
+    """An order event as upstream services publish it (docs/records-and-triggers.md)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, title="OrderEvent")
+
+    event_id: Id = Field(description="Unique per event; the idempotency key.")
+    type: EventType
+    order_id: Id
+    customer_id: Id
+    tenant: Annotated[str, Strict()] = Field(
+        default=DEFAULT_TENANT, min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$"
+    )
+    amount: Decimal | None = Field(
+        default=None,
+        ge=0,
+        lt=10**12,
+        decimal_places=4,
+        allow_inf_nan=False,
+        description="Decimal string or number; required for order_placed and order_refunded.",
+    )
+    currency: Annotated[str, Strict()] | None = Field(default=None, pattern=r"^[A-Z]{3}$")
+    occurred_at: AwareDatetime = Field(description="RFC 3339 timestamp with an offset.")
+
+    @field_validator("occurred_at", mode="before")
+    @classmethod
+    def _rfc3339(cls, value: object) -> object:
+        # The datetime parser is lenient (numbers, Unix times in strings, no seconds, "_"
+        # as the separator): the documented format is RFC 3339 with an offset, so hold it to that.
+        if not isinstance(value, str) or not _RFC3339.fullmatch(value):
+            raise ValueError("not an RFC 3339 timestamp with an offset")
+        return value
+
+    @field_validator("amount", mode="wrap")
+    @classmethod
+    def _decimal_text(cls, value: object, handler: ValidatorFunctionWrapHandler) -> object:
+        # Decimal() also takes " 1 ", "+1", "1.", ".5", "1_000" and non-ASCII digits.
+        if isinstance(value, str) and not _DECIMAL.fullmatch(value):
+            raise ValueError("not a decimal number (ASCII digits, a point, an exponent)")
+        return handler(value)
+
+
+@dataclass(slots=True)  # not frozen: built per event, and frozen costs 3x
+class ValidEvent:
+    """A validated event in the form the core works with: ints for money and time."""
+
+    event_id: str
+    type: EventType
+    order_id: str
+    customer_id: str
+    tenant: str
+    amount: int | None  # money units
+    occurred_at: int  # epoch ms
+
+    @property
+    def digest(self) -> str:
+        """Short stable digest of event_id: refunds are deduplicated by it in little memory.
+        Computed on use (refunds only), not for every event on the hot path."""
+        return digest(self.event_id)
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    error_class: str
+    reason: str
+
+
+def validate(value: bytes | None, profiles: Profiles, now_ms: int) -> ValidEvent | Rejection:
+    """Validate one Kafka record value against the documented rules and the tenant's profile."""
+    if not value:
+        return Rejection("empty", "the record has no value (tombstone or empty message)")
+    if len(value) > MAX_EVENT_BYTES:
+        return Rejection(
+            "oversized", f"the value is {len(value)} bytes, more than the {MAX_EVENT_BYTES} allowed"
+        )
+    try:
+        ev = OrderEvent.model_validate_json(value)
+    except ValidationError as exc:
+        return _rejection(exc, value)
+    if ev.amount is None and ev.type != "order_cancelled":  # here: a model validator is slower
+        return Rejection("missing_field", f"amount is required for {ev.type}")
+    occurred = epoch_ms(ev.occurred_at)
+    if occurred < 0:  # bounded to what every later step can represent and format
+        return Rejection(
+            "invalid_timestamp",
+            f"occurred_at {ev.occurred_at.isoformat()} is before 1970-01-01T00:00:00Z",
+        )
+    if occurred - now_ms > MAX_FUTURE_MS:
+        return Rejection(
+            "future_timestamp",
+            f"occurred_at {ev.occurred_at.isoformat()} is more than 5 minutes ahead of now",
+        )
+    profile = profiles.for_tenant(ev.tenant)
+    if profile.currency and ev.currency and ev.currency != profile.currency:
+        return Rejection(
+            "currency_mismatch",
+            f"currency {ev.currency} differs from {profile.currency}, the currency of "
+            f"profile '{profile.name}'",
+        )
+    return ValidEvent(
+        event_id=ev.event_id,
+        type=ev.type,
+        order_id=ev.order_id,
+        customer_id=ev.customer_id,
+        tenant=ev.tenant,
+        amount=None if ev.amount is None else to_units(ev.amount),
+        occurred_at=occurred,
+    )
+
+
+def digest(event_id: str) -> str:
+    """64 bits of BLAKE2b in 11 characters: collisions are negligible within one order."""
+    raw = hashlib.blake2b(event_id.encode(), digest_size=8).digest()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def wall_ms() -> int:
+    """Now, by the wall clock, in epoch milliseconds (the unit of every instant here).
+    The core takes `now` as an argument; the I/O around it reads it here."""
+    return time.time_ns() // 1_000_000
+
+
+def epoch_ms(ts: datetime) -> int:
+    d = ts - _EPOCH  # exact, no float; faster than dividing by timedelta(milliseconds=1)
+    return (d.days * 86_400 + d.seconds) * 1000 + d.microseconds // 1000
+
+
+_FIELD_CLASS = {
+    "amount": "invalid_amount",
+    "occurred_at": "invalid_timestamp",
+    "type": "unknown_type",
+    "currency": "invalid_currency",
+}
+
+
+def _rejection(exc: ValidationError, value: bytes) -> Rejection:
+    err = exc.errors(include_url=False)[0]
+    kind, loc = err["type"], err["loc"]
+    field = str(loc[0]) if loc else ""
+    if kind == "json_invalid":
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError as uexc:
+            return Rejection(
+                "invalid_encoding", f"the value is not UTF-8 ({uexc.reason} at byte {uexc.start})"
+            )
+        return Rejection("invalid_json", f"the value is not JSON: {err['msg']}")
+    if kind == "model_type":
+        return Rejection("not_an_object", "the value is JSON but not an object")
+    if kind == "missing":
+        return Rejection("missing_field", f"required field {field} is missing")
+    if not loc:
+        return Rejection("invalid_field", str(err["msg"]).removeprefix("Value error, "))
+    cls = _FIELD_CLASS.get(field, "invalid_field")
+    return Rejection(cls, f"{field}: {err['msg']} (got {_preview(err.get('input'))})")
+
+
+def _preview(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."

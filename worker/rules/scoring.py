@@ -1,0 +1,59 @@
+"""R, F, M scores and the segment: a pure function of (aggregates, as_of, profile).
+
+The same function serves the consumer, the read API, export and the sweeper, so a score
+never depends on who computed it.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left, bisect_right
+from dataclasses import dataclass
+
+from worker.rules.customer import Aggregates
+from worker.rules.profiles import Profile
+
+DAY_MS = 86_400_000
+
+
+@dataclass(slots=True)  # not frozen: built per event, and frozen costs 3x
+class Score:
+    r: int
+    f: int
+    m: int
+    segment: str
+    orders: int  # counted orders inside the frequency window at as_of
+
+    @property
+    def rfm(self) -> str:
+        return f"{self.r}{self.f}{self.m}"
+
+
+def days_between(earlier_ms: int, later_ms: int) -> int:
+    """Whole days, floored: days = floor((as_of - t) / 24h), negative for future t."""
+    return (later_ms - earlier_ms) // DAY_MS
+
+
+def recency_score(days: int, thresholds: list[int]) -> int:
+    """5 if days <= t[0], 4 if <= t[1], ... 1 past the last threshold (for 4 thresholds)."""
+    return len(thresholds) + 1 - bisect_left(thresholds, days)
+
+
+def at_least_score(value: int | float, thresholds: list[int] | tuple[int, ...]) -> int:
+    """1 + the number of thresholds that value reaches (F and M)."""
+    return 1 + bisect_right(thresholds, value)
+
+
+def windowed_orders(agg: Aggregates, as_of_ms: int, window_days: int | None) -> int:
+    if window_days is None:
+        return agg.orders_lifetime
+    # An order stops counting when it is window_days days old: placed_at > as_of - window.
+    oldest = as_of_ms - window_days * DAY_MS
+    return len(agg.order_times) - bisect_right(agg.order_times, oldest)
+
+
+def score(agg: Aggregates, as_of_ms: int, profile: Profile) -> Score:
+    orders = windowed_orders(agg, as_of_ms, profile.frequency_window_days)
+    r = recency_score(days_between(agg.last_order_at, as_of_ms), profile.recency_days)
+    f = at_least_score(orders, profile.frequency_orders)
+    m = at_least_score(agg.monetary, profile.monetary_units)
+    return Score(r, f, m, profile.segment_map.segment(r, f, m), orders)

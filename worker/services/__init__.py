@@ -1,0 +1,2 @@
+"""The long-running services: the consume -> apply -> publish loop, the decay sweeper and
+the rebuild."""

@@ -1,0 +1,121 @@
+"""`rfm-worker rebuild`: replay the orders topic from its start into a clean state.
+
+For when Redis lost its data (the worker refuses to consume then, and says so). Every
+worker must be stopped. The rebuild deletes what is left of the rfm-worker keys, consumes
+every partition from its first offset up to the end offset seen at the start, applies the
+valid events through the same commit path as the worker (records the worker dead-lettered
+are skipped again, silently: their dead letters exist), records the applied offsets, and
+commits them for the consumer group, so the workers resume exactly there. It publishes
+nothing: the history's changes were published when it happened, and the next change of a
+customer starts from its rebuilt score. Exact only if the topic still holds its whole
+history (`retention.ms=-1`, no compaction).
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
+
+from worker.config import Settings
+from worker.errors import RfmError, UsageError
+from worker.kafka import clients
+from worker.rules.events import ValidEvent, validate, wall_ms
+from worker.rules.profiles import Profiles
+from worker.state import connection
+from worker.state.store import Store
+
+logger = logging.getLogger(__name__)
+
+BATCH = 2000
+
+
+def rebuild(settings: Settings, profiles: Profiles, *, confirmed: bool) -> int:
+    store = Store(connection.redis_client(settings))
+    # Read to the end of every partition: the end is where the consumer reports EOF, not
+    # a watermark asked for up front (some Kafka-protocol brokers report those loosely).
+    consumer = clients.consumer(settings, {"enable.partition.eof": "true"})
+    topic = settings.orders_topic
+    try:
+        if store.holds_customers() and not confirmed:
+            raise UsageError(
+                "Redis still holds rfm-worker state; a rebuild deletes all of it first. "
+                "Stop every worker, then run `rfm-worker rebuild --yes`"
+            )
+        wiped = store.wipe()
+        ends, events, rejected = _replay(consumer, store, settings, profiles)
+        store.mark_applied({p: (f"{topic}:{p}", end) for p, end in ends.items()})
+        store.mark_indexed(profiles)
+        try:
+            consumer.commit(
+                offsets=[TopicPartition(topic, p, end) for p, end in ends.items() if end > 0],
+                asynchronous=False,
+            )
+        except KafkaException as exc:
+            raise RfmError(
+                f"the state is rebuilt, but the offsets of group {settings.kafka_group} could "
+                f"not be committed ({exc}); is a worker still running? Stop it and rerun"
+            ) from None
+    finally:
+        consumer.close()
+        store.redis.close()
+    print(
+        f"rebuilt from {topic}: {events} event(s) replayed ({rejected} invalid, skipped), "
+        f"{wiped} old key(s) deleted; group {settings.kafka_group} resumes at "
+        + ", ".join(f"[{p}]@{end}" for p, end in sorted(ends.items()))
+    )
+    return 0
+
+
+def _partitions(consumer: Any, topic: str) -> list[int]:
+    meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+    if meta is None or meta.error is not None or not meta.partitions:
+        raise RfmError(f"cannot read the partitions of {topic} (RFM_ORDERS_TOPIC)")
+    return sorted(meta.partitions)
+
+
+def _replay(
+    consumer: Any, store: Store, settings: Settings, profiles: Profiles
+) -> tuple[dict[int, int], int, int]:
+    """Apply every partition from its start to its end; returns (next offset per
+    partition, events applied, events rejected)."""
+    topic = settings.orders_topic
+    ends = dict.fromkeys(_partitions(consumer, topic), 0)
+    remaining = set(ends)
+    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in remaining])
+    applied = rejected = 0
+    warned: set[int] = set()
+    while remaining:
+        valid: list[tuple[ValidEvent, int]] = []
+        now = wall_ms()
+        for msg in consumer.consume(BATCH, 1.0):
+            p = msg.partition()
+            if msg.error():
+                if msg.error().code() == KafkaError._PARTITION_EOF:
+                    remaining.discard(p)
+                continue
+            if ends[p] == 0 and msg.offset() > 0 and p not in warned:
+                warned.add(p)
+                print(
+                    f"warning: {topic}[{p}] starts at offset {msg.offset()}: its first events "
+                    "are gone (retention), so the rebuilt state misses them",
+                    file=sys.stderr,
+                )
+            ends[p] = msg.offset() + 1
+            outcome = validate(msg.value(), profiles, now)
+            if isinstance(outcome, ValidEvent):
+                valid.append((outcome, p))
+            else:
+                rejected += 1
+        if not valid:
+            continue
+        as_of = now
+        if settings.clock == "event":
+            as_of = store.advance_clock(max(ev.occurred_at for ev, _ in valid))
+        result = store.apply_batch(valid, profiles, as_of_ms=as_of, now_ms=now)
+        applied += len(valid) - len(result.rejected)
+        rejected += len(result.rejected)
+    store.drop_outboxes()
+    return ends, applied, rejected

@@ -1,0 +1,22 @@
+"""The Redis client built from the settings (a single Redis or a Redis Cluster)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from worker.config import Settings
+
+
+def redis_client(settings: Settings, timeout: float = 5.0) -> Any:
+    """A Redis (or Redis Cluster) client; bytes in, bytes out; hiredis parses replies."""
+    url = settings.redis_url.get_secret_value()
+    options: dict[str, Any] = {
+        "socket_timeout": timeout,
+        "socket_connect_timeout": timeout,
+        "health_check_interval": 30,
+    }
+    if settings.redis_cluster:
+        return redis.RedisCluster.from_url(url, **options)
+    return redis.Redis.from_url(url, **options)

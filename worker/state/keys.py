@@ -1,0 +1,91 @@
+"""The Redis key layout: the one module that knows how keys are spelled.
+
+Every key of one customer shard shares the hash tag {NN}, so a script call per shard is
+valid on Redis Cluster (on a single Redis a call may span shards):
+
+    rfm:{NN}:c:<tenant>:<customer_id>   string  the customer's state blob (worker/rules/customer.py)
+    rfm:{NN}:outbox:<partition>         stream  changes waiting for the relay (fields k, v)
+    rfm:{NN}:due:<partition>            zset    customer keys by the instant (epoch ms) their
+                                                score next changes by itself (the due index)
+    rfm:{NN}:counts                     hash    "<tenant>\\t<rfm>\\t<segment>" -> customers
+    rfm:{NN}:applied                    hash    "<topic>:<partition>" -> the offset up to which
+                                                the shard's state holds that partition's events
+    rfm:clock                           string  the event clock, epoch ms (RFM_CLOCK=event)
+    rfm:due-index                       string  "1" once customers stored before the due
+                                                index existed have been indexed
+    rfm:profiles                        hash    profile name -> the version whose customers
+                                                have all been marked for rescoring
+    rfm:quantiles                       hash    quantile profile name -> its current cut
+                                                points, JSON (worker/rules/quantiles.py Cuts)
+    rfm:quantiles:lock:<name>           string  held (SET NX PX) by the worker computing
+                                                that profile's cut points
+
+NN is crc32(tenant, customer_id) mod 64. <partition> is the orders-topic partition of the
+customer's latest event: a customer's changes and due entry live with the partition whose
+consumer owns it. Customer ids may contain any character: the hash tag comes first and
+tenants cannot contain ':', so keys never collide.
+"""
+
+from __future__ import annotations
+
+import zlib
+
+SHARDS = 64  # hash-tag groups; fixed for the life of a deployment (it is in every key)
+CLOCK = b"rfm:clock"
+INDEXED = b"rfm:due-index"
+PROFILES = b"rfm:profiles"
+QUANTILES = b"rfm:quantiles"
+ALL_PATTERN = b"rfm:*"
+CUSTOMER_PATTERN = b"rfm:{*}:c:*"
+OUTBOX_PATTERN = b"rfm:{*}:outbox:*"
+_PREFIX_LEN = len("rfm:{00}:c:")
+
+
+def shard_of(tenant: str, customer_id: str) -> int:
+    return zlib.crc32(f"{tenant}\x00{customer_id}".encode()) % SHARDS
+
+
+def customer(tenant: str, customer_id: str, shard: int | None = None) -> bytes:
+    if shard is None:
+        shard = shard_of(tenant, customer_id)
+    return f"rfm:{{{shard:02d}}}:c:{tenant}:{customer_id}".encode()
+
+
+def split_customer(key: bytes) -> tuple[int, str, str]:
+    """(shard, tenant, customer_id) of a customer key."""
+    tenant, _, customer_id = key[_PREFIX_LEN:].decode().partition(":")
+    return int(key[5:7]), tenant, customer_id
+
+
+def customer_pattern(tenant: str | None) -> bytes:
+    """A SCAN glob for every customer key (of one tenant: check the owner, see store)."""
+    return f"rfm:{{*}}:c:{_glob_escape(tenant) if tenant else '*'}:*".encode()
+
+
+def outbox(shard: int, partition: int) -> bytes:
+    return f"rfm:{{{shard:02d}}}:outbox:{partition}".encode()
+
+
+def due(shard: int, partition: int) -> bytes:
+    return f"rfm:{{{shard:02d}}}:due:{partition}".encode()
+
+
+def applied(shard: int) -> bytes:
+    return f"rfm:{{{shard:02d}}}:applied".encode()
+
+
+def counts(shard: int) -> bytes:
+    return f"rfm:{{{shard:02d}}}:counts".encode()
+
+
+def count_cell(tenant: str, rfm: str, segment: str) -> str:
+    """The field of a counts hash that counts the customers of one (tenant, rfm, segment)."""
+    return f"{tenant}\t{rfm}\t{segment}"
+
+
+def quantiles_lock(profile: str) -> bytes:
+    return f"rfm:quantiles:lock:{profile}".encode()
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)

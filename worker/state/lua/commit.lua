@@ -1,0 +1,126 @@
+-- commit.lua: commit a slice of a batch atomically, whatever its cause (order events, a
+-- decay sweep, the indexing of old customers).
+-- Compare-and-set every customer state, then write the new states, move each customer in
+-- the due index, append the changes to the outbox streams and adjust the segment
+-- counters. Nothing is written unless every comparison holds (Lua has no rollback: all
+-- checks come before the first write). On Redis Cluster a call carries one shard (its
+-- keys share the hash tag {NN}: one slot); on a single Redis, several shards at once.
+--
+-- Key layout (NN = shard 00..63, P = orders-topic partition; worker/state/keys.py):
+--   rfm:{NN}:c:<tenant>:<customer_id>   string, the customer's state blob
+--   rfm:{NN}:outbox:<P>                 stream of changes waiting for the relay (k, v)
+--   rfm:{NN}:due:<P>                    zset, customer key -> instant of its next change
+--   rfm:{NN}:counts                     hash "<tenant>\t<rfm>\t<segment>" -> customers
+--
+-- KEYS      every key, referenced by index from the plan
+-- ARGV[1]   the plan, JSON; every number below indexes KEYS (key, due_*, counts, outbox)
+--           or ARGV (expected, new, k, v):
+--   {"customers": [[key, expected, new, due_from, due_to, due], ...],
+--    "counts":    [[counts, field, delta], ...],
+--    "changes":   [[outbox, k, v], ...],
+--    "vouched":   [[applied, field, floor], ...]}
+--   expected  the value the customer key must hold ("" = absent)
+--   new       the new value, or 0 to leave the state as it is (a due-only update)
+--   due_from  the due zset the customer is in now (its previous partition's)
+--   due_to    the due zset it belongs in; due is "" (never due: removed) or epoch ms
+--   applied   a shard's applied hash, rfm:{NN}:applied ("<topic>:<partition>" -> the
+--             offset up to which its state holds that partition's events, see applied.lua)
+--   field     "<topic>:<partition>" of the customers' partition; floor (a number) the
+--             offset the shard vouched for already: holding less, it lost writes
+-- ARGV[2..] the values referenced by the plan (states, customer ids, change payloads)
+--
+-- Returns {0, i, ...}: the 1-based indexes of customers whose value differed, nothing
+-- written; {2, i, ...}: the indexes of "vouched" entries whose shard holds less than its
+-- floor (Redis lost writes), nothing written; or {1, id, ...}: the stream ids of the
+-- appended changes, in order.
+
+local plan = cjson.decode(ARGV[1])
+local customers = plan.customers
+
+-- A shard that lost what it vouched for is not written on: the caller replays first.
+local lost = {2}
+for i, v in ipairs(plan.vouched or {}) do
+  if tonumber(redis.call('HGET', KEYS[v[1]], ARGV[v[2]]) or '-1') < v[3] then
+    lost[#lost + 1] = i
+  end
+end
+if #lost > 1 then
+  return lost
+end
+
+-- Commands take their arguments from a Lua stack of limited size: long lists go in chunks
+-- (an even size, for ZADD's score/member pairs).
+local function each_chunk(list, call)
+  for i = 1, #list, 1000 do
+    call(unpack(list, i, math.min(i + 999, #list)))
+  end
+end
+
+-- One command per kind of write rather than per customer: a call from Lua costs more than
+-- the write itself.
+local keys, values = {}, {}
+for i, c in ipairs(customers) do
+  keys[i] = KEYS[c[1]]
+end
+for i = 1, #keys, 1000 do
+  local stored = redis.call('MGET', unpack(keys, i, math.min(i + 999, #keys)))
+  for j, value in ipairs(stored) do -- a missing key is false, not nil
+    values[i + j - 1] = value or ''
+  end
+end
+local conflicts = {0}
+for i, c in ipairs(customers) do
+  if values[i] ~= ARGV[c[2]] then
+    conflicts[#conflicts + 1] = i
+  end
+end
+if #conflicts > 1 then
+  return conflicts
+end
+
+local states = {}           -- key, value, ... for MSET
+local leave, enter = {}, {} -- due zset index -> members to remove / score, member, ... to add
+local function push(groups, index, ...)
+  local list = groups[index]
+  if not list then
+    list = {}
+    groups[index] = list
+  end
+  for _, v in ipairs({...}) do
+    list[#list + 1] = v
+  end
+end
+for _, c in ipairs(customers) do
+  local key = KEYS[c[1]]
+  if c[3] > 0 then
+    states[#states + 1] = key
+    states[#states + 1] = ARGV[c[3]]
+  end
+  if c[4] ~= c[5] then
+    push(leave, c[4], key)
+  end
+  if c[6] == '' then
+    push(leave, c[5], key)
+  else
+    push(enter, c[5], c[6], key)
+  end
+end
+each_chunk(states, function(...) redis.call('MSET', ...) end)
+for index, members in pairs(leave) do
+  each_chunk(members, function(...) redis.call('ZREM', KEYS[index], ...) end)
+end
+for index, pairs_ in pairs(enter) do
+  each_chunk(pairs_, function(...) redis.call('ZADD', KEYS[index], ...) end)
+end
+
+for _, d in ipairs(plan.counts) do
+  if redis.call('HINCRBY', KEYS[d[1]], d[2], d[3]) <= 0 then
+    redis.call('HDEL', KEYS[d[1]], d[2])
+  end
+end
+
+local ids = {1}
+for _, ch in ipairs(plan.changes) do
+  ids[#ids + 1] = redis.call('XADD', KEYS[ch[1]], '*', 'k', ARGV[ch[2]], 'v', ARGV[ch[3]])
+end
+return ids

@@ -1,0 +1,1 @@
+"""HTTP: metrics, health, readiness and the read API, and the read side's views."""

@@ -1,0 +1,596 @@
+"""HTTP: /metrics, /healthz, /readyz and the read API (docs/http-and-metrics.md).
+
+A small stdlib server in daemon threads: the read API is a few Redis reads per request and
+must not share the consumer loop's thread.
+
+What a request may cost the server is bounded: GET only (any other method is a 405 and
+no body is ever read), one request per connection, the request line and headers within
+MAX_REQUEST_LINE / MAX_HEAD bytes and received within the request timeout (a client that
+sends nothing, or drips its headers, is disconnected).
+
+Slow clients cannot starve the probes (slowloris): one thread accepts every connection and
+reads the request heads of all of them at once (a selector), so a connection costs a thread
+only once its whole head is in. At most `max_pending` connections may be that far behind;
+one more drops the oldest of them. A whole request is then served in a thread of its own
+from one of two budgets, chosen by its path: `max_probe_connections` for /metrics, /healthz
+and /readyz, `max_connections` for everything else; a full budget answers 503 at once.
+Neither half-open connections nor a flood of the read API take anything from the probes.
+
+The read API (/v1/*) requires `Authorization: Bearer <RFM_HTTP_TOKEN>` when a token is
+set; /metrics, /healthz and /readyz never do (Prometheus and probes). Path segments are
+checked before any Redis read: the tenant against the tenant grammar (which excludes ':',
+the key separator), the customer id 1..200 characters of strict UTF-8 once
+percent-decoded, so no path can address another tenant's customer.
+"""
+
+from __future__ import annotations
+
+import errno
+import functools
+import hashlib
+import hmac
+import io
+import logging
+import re
+import selectors
+import socket
+import socketserver
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, HTTPServer
+from importlib import resources
+from typing import Any, NamedTuple
+from urllib.parse import parse_qs, unquote_to_bytes
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+
+from worker import metrics as _metrics  # noqa: F401  (registers the rfm_* families)
+from worker.config import Settings
+from worker.errors import ConfigError
+from worker.rules.profiles import DEFAULT_TENANT, TENANT_NAME, Profiles
+from worker.state.store import Store
+from worker.web import views
+
+logger = logging.getLogger(__name__)
+
+REQUEST_TIMEOUT = 2.0  # seconds to receive a whole request head, and to send the response
+MAX_CONNECTIONS = 64  # read API requests (any path but the probes') served at once, else 503
+MAX_PROBE_CONNECTIONS = 16  # /metrics, /healthz, /readyz requests served at once, else 503
+MAX_PENDING = 256  # connections whose request head is still arriving; more drop the oldest
+BACKLOG = 1024  # connections the kernel queues for accept() (the stdlib's default is 5)
+ACCEPTS = 16  # accepted per round of the serving loop at most: far fewer than MAX_PENDING
+REPORT_EVERY = 10.0  # seconds at least between two warnings about connections turned away
+MAX_REQUEST_LINE = 8 * 1024  # bytes; a 200-character id is at most 2,400 once encoded
+MAX_HEAD = 32 * 1024  # bytes of request line and headers together
+MAX_CUSTOMER_ID = 200  # characters, as in order events (worker/rules/events.py)
+LINGER = 1.0  # seconds, at most, to drain what a client still sends after the response
+MAX_DRAIN = 64 * 1024  # bytes drained at most; then the connection is reset
+
+_TARGET = re.compile(r"[\x21-\x7e]*")  # a request target is visible ASCII (RFC 9112)
+_BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_TENANT_RULE = "1-100 of A-Z a-z 0-9 . _ -"
+_OPEN = frozenset({"/metrics", "/healthz", "/readyz"})  # never behind the token
+_PROBES = frozenset(path.encode() for path in _OPEN)  # served from their own budget
+_BUSY_BODY = b'{"error":"unavailable","detail":"too many open connections"}'
+_BUSY = (
+    b"HTTP/1.0 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Connection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY_BODY), _BUSY_BODY)
+)
+
+
+class Response(NamedTuple):
+    status: int
+    content_type: str
+    body: bytes
+    headers: tuple[tuple[str, str], ...] = ()
+
+
+class Api:
+    """What the routes need; `healthy` and `ready` come from the running worker."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        profiles: Profiles,
+        store: Store,
+        healthy: Callable[[], bool],
+        ready: Callable[[], bool],
+    ) -> None:
+        self.settings, self.profiles, self.store = settings, profiles, store
+        self.healthy, self.ready = healthy, ready
+        token = settings.http_token
+        # compared as digests: equal lengths, so the comparison time says nothing either
+        self._token_digest = (
+            None if token is None else hashlib.sha256(token.get_secret_value().encode()).digest()
+        )
+
+    def handle(self, target: str, authorization: str | None = None) -> Response:
+        """One GET: `target` as on the request line, `authorization` the header or None."""
+        path, _, query = target.partition("?")
+        if path in _OPEN:  # a query string selects nothing here
+            if path == "/metrics":
+                return Response(200, CONTENT_TYPE_LATEST, generate_latest(REGISTRY))
+            return self._status(self.healthy() if path == "/healthz" else self.ready())
+        if path == "/v1" or path.startswith("/v1/"):
+            denied = self._authenticate(authorization)
+            if denied is not None:
+                return denied
+        if not _TARGET.fullmatch(target):
+            return _error(400, "bad_request", "the request target must be percent-encoded ASCII")
+        if path == "/":  # the matrix page: no data in it, so never behind the token
+            return _page()
+        parts = path.split("/")
+        if len(parts) == 5 and parts[1:3] == ["v1", "customers"]:
+            return self._customer(parts[3], parts[4])
+        if path == "/v1/matrix":
+            return self._matrix(query)
+        return _error(404, "not_found", f"no route {path[:200]}")
+
+    def _customer(self, raw_tenant: str, raw_customer_id: str) -> Response:
+        tenant = _segment(raw_tenant)
+        if tenant is None or not TENANT_NAME.fullmatch(tenant):
+            return _error(400, "invalid_tenant", f"the tenant segment must be {_TENANT_RULE}")
+        customer_id = _segment(raw_customer_id)
+        if customer_id is None or not 1 <= len(customer_id) <= MAX_CUSTOMER_ID:
+            return _error(
+                400,
+                "invalid_customer_id",
+                f"the customer id segment must be 1-{MAX_CUSTOMER_ID} characters of "
+                "percent-encoded UTF-8 ('/' as %2F)",
+            )
+        as_of = views.now_ms(self.settings, self.store)
+        doc = views.lookup(self.store, self.profiles, tenant, customer_id, as_of)
+        if doc is None:
+            return _error(404, "not_found", f"no customer {customer_id!r} in tenant {tenant!r}")
+        return _json(200, doc)
+
+    def _matrix(self, query: str) -> Response:
+        given = parse_qs(query, keep_blank_values=True).get("tenant", [DEFAULT_TENANT])
+        if len(given) != 1 or not TENANT_NAME.fullmatch(given[0]):
+            return _error(
+                400, "invalid_tenant", f"the tenant parameter must be once {_TENANT_RULE}"
+            )
+        as_of = views.now_ms(self.settings, self.store)
+        return _json(200, views.matrix(self.store, given[0], as_of))
+
+    def _authenticate(self, authorization: str | None) -> Response | None:
+        """None when the request may proceed, else the 401 (RFC 6750)."""
+        if self._token_digest is None:
+            return None
+        if authorization is None:
+            return _unauthorized('Bearer realm="rfm-worker"', "a bearer token is required")
+        scheme, _, credentials = authorization.strip().partition(" ")
+        given = hashlib.sha256(credentials.strip().encode("utf-8", "replace")).digest()
+        # compare even when the scheme is wrong: the time taken does not depend on the input
+        match = hmac.compare_digest(given, self._token_digest)
+        if match and scheme.lower() == "bearer":
+            return None
+        return _unauthorized(
+            'Bearer realm="rfm-worker", error="invalid_token"', "invalid bearer token"
+        )
+
+    @staticmethod
+    def _status(ok: bool) -> Response:
+        return _json(200 if ok else 503, {"status": "ok" if ok else "unavailable"})
+
+
+PAGE_HEADERS = (
+    ("Cache-Control", "no-store"),
+    (
+        "Content-Security-Policy",
+        "default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+    ),
+    ("X-Content-Type-Options", "nosniff"),
+    ("Referrer-Policy", "no-referrer"),
+)
+
+
+@functools.cache
+def _page_body() -> bytes:
+    return resources.files("worker.web").joinpath("static/matrix.html").read_bytes()
+
+
+def _page() -> Response:
+    """GET /: the live R x F matrix page (worker/web/static/matrix.html); it reads /v1/matrix."""
+    return Response(200, "text/html; charset=utf-8", _page_body(), PAGE_HEADERS)
+
+
+def _segment(raw: str) -> str | None:
+    """A percent-decoded path segment, or None when it is not valid percent-encoded UTF-8."""
+    if _BAD_ESCAPE.search(raw):
+        return None
+    try:
+        return unquote_to_bytes(raw).decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def _json(status: int, doc: Any, headers: tuple[tuple[str, str], ...] = ()) -> Response:
+    return Response(status, "application/json", orjson.dumps(doc), headers)
+
+
+def _error(status: int, error: str, detail: str) -> Response:
+    return _json(status, {"error": error, "detail": detail})
+
+
+def _unauthorized(challenge: str, detail: str) -> Response:
+    return _json(
+        401, {"error": "unauthorized", "detail": detail}, (("WWW-Authenticate", challenge),)
+    )
+
+
+class _Pending:
+    """A connection whose request head is still arriving (read without blocking)."""
+
+    __slots__ = ("address", "deadline", "ended", "head", "sock")
+
+    def __init__(self, sock: socket.socket, address: Any, deadline: float) -> None:
+        self.sock, self.address, self.deadline = sock, address, deadline
+        self.head = bytearray()
+        self.ended = False  # the empty line that ends the headers has arrived
+
+    def receive(self) -> bool | None:
+        """Read what has arrived: True when the request can be served (the head is whole,
+        or too long to ever be: a 414 or 431), False while more is awaited, None when the
+        client closed before a whole request line (nothing to answer)."""
+        try:
+            chunk = self.sock.recv(MAX_HEAD - len(self.head))
+        except BlockingIOError:
+            return False
+        except OSError:  # reset by the client
+            return None
+        if not chunk:  # the client is done sending: what came is the request, as the parser
+            # reads the end of the stream as the end of the headers
+            return True if b"\n" in self.head else None
+        seen = len(self.head)
+        self.head += chunk
+        # the head ends at its first empty line, where http.client.parse_headers stops
+        self.ended = any(self.head.find(end, max(0, seen - 2)) >= 0 for end in (b"\n\r\n", b"\n\n"))
+        too_long = len(self.head) >= MAX_HEAD or (
+            len(self.head) > MAX_REQUEST_LINE and self.head.find(b"\n", 0, MAX_REQUEST_LINE) < 0
+        )
+        return self.ended or too_long
+
+    def is_probe(self) -> bool:
+        """Whether the request line asks for /metrics, /healthz or /readyz."""
+        words = bytes(self.head).partition(b"\n")[0].split()
+        if len(words) < 2:
+            return False
+        path = words[1].partition(b"?")[0]
+        if path.startswith(b"//"):  # as BaseHTTPRequestHandler.parse_request reads it
+            path = b"/" + path.lstrip(b"/")
+        return path in _PROBES
+
+
+def _refuse(sock: socket.socket) -> None:
+    """Answer 503 without waiting for anything, and close."""
+    try:
+        sock.setblocking(False)
+        sock.send(_BUSY)
+        sock.shutdown(socket.SHUT_WR)
+    except OSError:
+        pass
+    sock.close()
+
+
+class _Server(HTTPServer):
+    """Accepts connections and reads their request heads in the serving thread, all at once
+    (a selector); serves each whole request in a thread of its own, within its budget."""
+
+    request_queue_size = BACKLOG
+
+    def __init__(
+        self,
+        address: Any,
+        family: socket.AddressFamily,
+        api: Api,
+        timeout: float,
+        *,
+        max_connections: int,
+        max_probe_connections: int,
+        max_pending: int,
+    ) -> None:
+        self.address_family = family
+        self.api, self.request_timeout, self.max_pending = api, timeout, max_pending
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._probe_slots = threading.BoundedSemaphore(max_probe_connections)
+        self._pending: dict[socket.socket, _Pending] = {}  # oldest first
+        self._selector: selectors.BaseSelector | None = None
+        self._turned_away: Counter[str] = Counter()  # since the last warning
+        self._report_at = 0.0  # when the next warning may be logged
+        self._stop, self._stopped = threading.Event(), threading.Event()
+        super().__init__(address, _Handler)
+        self.socket.setblocking(False)  # accept() never waits for a client that went away
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind looks the host up in DNS (getfqdn): not needed, maybe slow
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = str(self.server_address[0]), self.server_address[1]
+
+    def serve_forever(self, poll_interval: float = 0.5) -> None:
+        """Until shutdown(): accept, read request heads, hand whole requests to threads."""
+        self._stopped.clear()
+        try:
+            with selectors.DefaultSelector() as self._selector:
+                self._selector.register(self.socket, selectors.EVENT_READ)
+                while not self._stop.is_set():
+                    wait = poll_interval
+                    if self._pending:  # the oldest has the nearest deadline
+                        oldest = next(iter(self._pending.values()))
+                        wait = min(wait, max(0.0, oldest.deadline - time.monotonic()))
+                    for key, _ in self._selector.select(wait):
+                        pending: _Pending | None = key.data  # None: the listening socket
+                        try:
+                            if pending is None:
+                                self._accept()
+                            elif self._pending.get(pending.sock) is pending:  # not dropped
+                                self._receive(pending)
+                        except Exception:  # never the end of the serving thread
+                            logger.exception("http: serving a connection failed")
+                    self._expire()
+                    self._report()
+        finally:
+            for pending in self._pending.values():
+                pending.sock.close()
+            self._pending.clear()
+            self._selector = None
+            self._report_at = 0.0
+            self._report()  # what was turned away since the last warning
+            self._stop.clear()
+            self._stopped.set()
+
+    def shutdown(self) -> None:
+        """Stop serve_forever and wait for it (requests in their threads run to their end)."""
+        self._stop.set()
+        self._stopped.wait()
+
+    def _accept(self) -> None:
+        assert self._selector is not None
+        for _ in range(ACCEPTS):
+            try:
+                sock, address = self.get_request()
+            except OSError:  # none left, or out of file descriptors: try again later
+                return
+            sock.setblocking(False)
+            if len(self._pending) >= self.max_pending:
+                # the oldest makes room: clients that hold connections open without sending
+                # a request cannot lock out one that sends it at once (kubelet, Prometheus);
+                # a new one is read in the next round, before ACCEPTS newer could push it out
+                oldest = next(iter(self._pending.values()))
+                self._forget(oldest)
+                self._turn_away(oldest.sock, "connections without a whole request (the oldest)")
+            pending = _Pending(sock, address, time.monotonic() + self.request_timeout)
+            self._pending[sock] = pending
+            self._selector.register(sock, selectors.EVENT_READ, pending)
+
+    def _receive(self, pending: _Pending) -> None:
+        ready = pending.receive()
+        if ready is False:
+            return
+        self._forget(pending)
+        if ready is None:
+            pending.sock.close()
+            return
+        probe = pending.is_probe()
+        slots = self._probe_slots if probe else self._slots
+        if not slots.acquire(blocking=False):
+            self._turn_away(pending.sock, f"{'probe' if probe else 'read API'} requests")
+            return
+        try:
+            threading.Thread(target=self._serve, args=(pending, slots), daemon=True).start()
+        except Exception:  # no thread to be had: this request only is lost
+            slots.release()
+            self.handle_error(pending.sock, pending.address)
+            pending.sock.close()
+
+    def _expire(self) -> None:
+        """Close the connections whose request head did not arrive in time, oldest first."""
+        now = time.monotonic()
+        while self._pending:
+            oldest = next(iter(self._pending.values()))
+            if oldest.deadline > now:
+                return
+            logger.debug("http: no whole request from %s in time, closing", oldest.address)
+            self._forget(oldest)
+            oldest.sock.close()
+
+    def _turn_away(self, sock: socket.socket, what: str) -> None:
+        _refuse(sock)
+        self._turned_away[what] += 1
+
+    def _report(self) -> None:
+        """A warning about the connections turned away, one per REPORT_EVERY at most (not
+        one per connection: under attack that would be thousands a second)."""
+        if self._turned_away and (now := time.monotonic()) >= self._report_at:
+            logger.warning(
+                "http: too many open connections; answered 503 to %s (since the last warning)",
+                ", ".join(f"{n} {what}" for what, n in self._turned_away.items()),
+            )
+            self._turned_away.clear()
+            self._report_at = now + REPORT_EVERY
+
+    def _forget(self, pending: _Pending) -> None:
+        assert self._selector is not None
+        self._selector.unregister(pending.sock)
+        del self._pending[pending.sock]
+
+    def _serve(self, pending: _Pending, slots: threading.BoundedSemaphore) -> None:
+        """One request, in its own thread (ThreadingMixIn.process_request_thread's part)."""
+        try:
+            pending.sock.setblocking(True)
+            head = bytes(pending.head)
+            exhausted = len(head) >= MAX_HEAD and not pending.ended
+            _Handler(pending.sock, pending.address, self, head=head, exhausted=exhausted)
+        except Exception:
+            self.handle_error(pending.sock, pending.address)
+        finally:
+            self.shutdown_request(pending.sock)
+            slots.release()
+
+    def shutdown_request(self, request: Any) -> None:
+        """A lingering close: after the response, read and discard what the client still
+        sends (an unread body, the rest of a too long head), within LINGER and MAX_DRAIN,
+        so that it reads the response instead of a connection reset."""
+        try:
+            request.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + min(LINGER, self.request_timeout)
+            drained = 0
+            while drained < MAX_DRAIN and (remaining := deadline - time.monotonic()) > 0:
+                request.settimeout(remaining)
+                chunk = request.recv(16 * 1024)
+                if not chunk:
+                    break
+                drained += len(chunk)
+        except OSError:  # the timeout included
+            pass
+        self.close_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # a client that went away mid-response: no traceback on stderr
+        logger.debug("http: request from %s failed", client_address, exc_info=True)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """One request whose head the server has read already: `head` (nothing: no request),
+    and whether it was cut at MAX_HEAD before its end (`exhausted`: a 431)."""
+
+    server: _Server
+
+    def __init__(
+        self,
+        request: Any,
+        client_address: Any,
+        server: _Server,
+        *,
+        head: bytes = b"",
+        exhausted: bool = False,
+    ) -> None:
+        self._head, self._exhausted = head, exhausted
+        super().__init__(request, client_address, server)
+
+    def setup(self) -> None:
+        super().setup()
+        self.connection.settimeout(self.server.request_timeout)  # to send the response
+        self.rfile.close()
+        self.rfile = io.BytesIO(self._head)
+
+    def handle_one_request(self) -> None:
+        """The stdlib's, with tighter limits, GET only, and no request body ever read."""
+        self.close_connection = True  # HTTP/1.0: one request per connection
+        try:
+            self.raw_requestline = self.rfile.readline(MAX_REQUEST_LINE + 1)
+            if len(self.raw_requestline) > MAX_REQUEST_LINE:
+                self.requestline = self.request_version = self.command = ""
+                self.send_error(HTTPStatus.REQUEST_URI_TOO_LONG)
+                return
+            if not self.raw_requestline.endswith(b"\n"):
+                return  # the client closed the connection mid-line (or before it)
+            if not self.parse_request():
+                return  # parse_request sent the error
+            if self._exhausted:
+                self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE)
+                return
+            if self.command != "GET":
+                self._send(
+                    _error(405, "method_not_allowed", "only GET is served"),
+                    (("Allow", "GET"),),
+                )
+                return
+            if self._has_body():
+                self._send(_error(400, "bad_request", "request bodies are not accepted"))
+                return
+            self._get()
+            self.wfile.flush()
+        except TimeoutError as exc:
+            self.log_error("response timed out: %r", exc)
+
+    def _has_body(self) -> bool:
+        if "Transfer-Encoding" in self.headers:
+            return True
+        length = self.headers.get_all("Content-Length") or ["0"]
+        return any(value.strip() != "0" for value in length)
+
+    def _get(self) -> None:
+        authorization = self.headers.get_all("Authorization") or []
+        try:
+            response = self.server.api.handle(
+                self.path,
+                # two Authorization headers are not a credential
+                authorization[0] if len(authorization) == 1 else ("" if authorization else None),
+            )
+        except Exception as exc:  # a broken request must not kill the server thread
+            logger.warning("GET %s failed: %s", self.path[:300], exc)
+            response = _error(503, "unavailable", str(exc))
+        self._send(response)
+
+    def _send(self, response: Response, extra: tuple[tuple[str, str], ...] = ()) -> None:
+        self.send_response(response.status)
+        self.send_header("Content-Type", response.content_type)
+        self.send_header("Content-Length", str(len(response.body)))
+        for name, value in (*response.headers, *extra):
+            self.send_header(name, value)
+        self.send_header("Connection", "close")
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(response.body)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """The stdlib's errors (bad request line, headers too large) as JSON."""
+        status = HTTPStatus(code)
+        self.log_error("code %d, message %s", code, message or status.phrase)
+        self.close_connection = True
+        name = status.phrase.lower().replace(" ", "_").replace("-", "_")
+        self._send(_error(code, name, message or status.phrase))
+
+    def log_message(self, format: str, *args: Any) -> None:
+        logger.debug("http: " + format, *args)
+
+
+def serve(
+    api: Api,
+    port: int,
+    host: str = "0.0.0.0",  # noqa: S104  (RFM_HTTP_HOST's default)
+    *,
+    timeout: float = REQUEST_TIMEOUT,
+    max_connections: int = MAX_CONNECTIONS,
+    max_probe_connections: int = MAX_PROBE_CONNECTIONS,
+    max_pending: int = MAX_PENDING,
+) -> HTTPServer:
+    """Start serving in a daemon thread; `server.shutdown()` stops it.
+
+    A host that does not resolve or is not an address of this machine is a ConfigError
+    naming RFM_HTTP_HOST; other bind errors (the port in use) are OSError.
+    """
+    try:
+        family, _, _, _, address = socket.getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )[0]
+    except socket.gaierror as exc:
+        raise ConfigError(f"RFM_HTTP_HOST={host}: {exc.strerror}") from None
+    try:
+        server = _Server(
+            address,
+            family,
+            api,
+            timeout,
+            max_connections=max_connections,
+            max_probe_connections=max_probe_connections,
+            max_pending=max_pending,
+        )
+    except OSError as exc:
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise ConfigError(f"RFM_HTTP_HOST={host}: {exc.strerror}") from None
+        raise
+    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
+    logger.info(
+        "http on %s port %d: / /metrics /healthz /readyz /v1/customers /v1/matrix (%s)",
+        host,
+        server.server_address[1],
+        "bearer token required for /v1/*" if api.settings.http_token else "no authentication",
+    )
+    return server
