@@ -34,6 +34,7 @@ from worker.rules.decay import rhythm
 from worker.rules.events import ValidEvent, validate
 from worker.rules.profiles import Profile, Profiles
 from worker.rules.scoring import Score, score
+from worker.services import causes
 from worker.state.store import Store
 
 # -- deliveries -----------------------------------------------------------------------------
@@ -280,7 +281,7 @@ def apply_batches(store: Store, batches: list[list[bytes]]) -> Counter[str]:
             valid = validate(raw, PROFILES, NOW_MS)
             assert isinstance(valid, ValidEvent), (raw, valid)
             items.append((valid, partition_of(valid.tenant, valid.customer_id)))
-        result = store.apply_batch(items, PROFILES, as_of_ms=AS_OF_MS, now_ms=AS_OF_MS)
+        result = causes.apply_batch(store, items, PROFILES, as_of_ms=AS_OF_MS, now_ms=AS_OF_MS)
         assert result.conflicts == 0
         outcomes.update(result.outcomes)
     return outcomes

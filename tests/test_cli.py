@@ -27,6 +27,7 @@ from worker.cli import main
 from worker.embedded import EmbeddedRedis
 from worker.rules.events import ValidEvent
 from worker.rules.profiles import Profiles
+from worker.services import causes
 from worker.state.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
@@ -119,7 +120,9 @@ def seed(store: Store, profiles: Profiles) -> None:
         # another tenant: 2 days, 1200 -> R5 F1 M5 = 515 new_customers
         e(profiles, "d1", "placed", "o1", "dave", ago(2), "1200", tenant="shop-b"),
     ]
-    store.apply_batch([(ev, 0) for ev in events], profiles, as_of_ms=AS_OF_MS, now_ms=AS_OF_MS)
+    causes.apply_batch(
+        store, [(ev, 0) for ev in events], profiles, as_of_ms=AS_OF_MS, now_ms=AS_OF_MS
+    )
 
 
 @pytest.fixture
@@ -229,7 +232,7 @@ def test_customer_with_the_wall_clock(
     placed = event(
         profiles, "n1", "placed", "o1", "recent", (now - 10 * DAY).isoformat(), "120", now_ms=now_ms
     )
-    store.apply_batch([(placed, 0)], profiles, as_of_ms=now_ms, now_ms=now_ms)
+    causes.apply_batch(store, [(placed, 0)], profiles, as_of_ms=now_ms, now_ms=now_ms)
     before = time.time()
     code, out, err = run(capsysbinary, "customer", "recent")
     after = time.time()
@@ -349,7 +352,8 @@ def test_export_as_of_ten_days_and_a_hundred_later(
     redis_client: redis.Redis,
     capsysbinary: pytest.CaptureFixture[bytes],
 ) -> None:
-    store.apply_batch(
+    causes.apply_batch(
+        store,
         [(event(profiles, "x1", "placed", "o1", "x", ago(10), "300"), 0)],
         profiles,
         as_of_ms=AS_OF_MS,
@@ -570,7 +574,7 @@ def test_export_into_a_closed_pipe_ends_quietly(redis_server: EmbeddedRedis) -> 
     ]
     with redis.Redis.from_url(redis_server.url) as client:
         client.flushall()
-        Store(client).apply_batch(events, profiles, as_of_ms=AS_OF_MS, now_ms=AS_OF_MS)
+        causes.apply_batch(Store(client), events, profiles, as_of_ms=AS_OF_MS, now_ms=AS_OF_MS)
     env = {**os.environ, "RFM_REDIS_URL": redis_server.url}
     done = subprocess.run(
         f"{sys.executable} -m worker export | head -1",

@@ -45,6 +45,7 @@ from worker.embedded import EmbeddedRedis, create_topics, free_port
 from worker.rules.events import ValidEvent
 from worker.rules.messages import RfmChanged
 from worker.rules.profiles import Profiles
+from worker.services import causes
 from worker.services.sweeper import Sweeper
 from worker.state import keys
 from worker.state.store import BatchResult, Committed, Store
@@ -172,7 +173,7 @@ def to_valid(profiles: Profiles, event: Event) -> ValidEvent:
 
 def apply(store: Store, profiles: Profiles, events: list[Event], at_ms: int = AS_OF_MS) -> Any:
     items = [(to_valid(profiles, ev), partition_of(ev)) for ev in events]
-    return store.apply_batch(items, profiles, as_of_ms=at_ms, now_ms=at_ms)
+    return causes.apply_batch(store, items, profiles, as_of_ms=at_ms, now_ms=at_ms)
 
 
 def expected_at(events: list[Event], at_ms: int = AS_OF_MS) -> dict[Any, Expected | None]:

@@ -30,6 +30,7 @@ from tests.reference import ms as reference_ms
 from worker.embedded import EmbeddedRedis, create_topics, free_port
 from worker.rules.events import Rejection, validate
 from worker.rules.profiles import Profiles
+from worker.services import causes
 from worker.state.store import Store
 
 pytestmark = pytest.mark.integration
@@ -252,7 +253,7 @@ def test_changes_committed_but_never_published_are_relayed_with_their_ids(
         out = validate(orjson.dumps(ev), profiles, now)
         assert not isinstance(out, Rejection)
         valid.append((out, i % 4))
-    committed = store.apply_batch(valid, profiles, as_of_ms=now, now_ms=now).committed
+    committed = causes.apply_batch(store, valid, profiles, as_of_ms=now, now_ms=now).committed
     assert committed and store.outbox_backlog() == len(committed)
     worker = deployment.worker()  # nothing on the orders topic: only the outbox to relay
 

@@ -40,6 +40,7 @@ from worker.errors import ConfigError
 from worker.metrics import CustomersCollector, register_customers
 from worker.rules.events import ValidEvent, validate
 from worker.rules.profiles import TENANT_NAME, Profiles
+from worker.services import causes
 from worker.state.store import Store
 from worker.web import http_api, views
 from worker.web.http_api import Api, serve
@@ -88,7 +89,9 @@ def api(settings: Settings, profiles: Profiles, store: Store, flags: Flags) -> A
 
 
 def apply(store: Store, profiles: Profiles, events: list[ValidEvent]) -> None:
-    store.apply_batch([(e, 0) for e in events], profiles, as_of_ms=AS_OF_MS, now_ms=AS_OF_MS)
+    causes.apply_batch(
+        store, [(e, 0) for e in events], profiles, as_of_ms=AS_OF_MS, now_ms=AS_OF_MS
+    )
 
 
 def get_json(api: Api, path: str, authorization: str | None = None) -> tuple[int, Any]:

@@ -24,6 +24,7 @@ from worker.cli import main, use_color
 from worker.embedded import EmbeddedRedis
 from worker.rules.profiles import Profiles
 from worker.rules.segments import STANDARD_SEGMENTS
+from worker.services import causes
 from worker.state.store import Store
 from worker.web.views import SEGMENT_COLORS, render_matrix, segment_color
 
@@ -291,7 +292,9 @@ def seed(store: Store, profiles: Profiles, customers: dict[str, tuple[int, int]]
                     amount="50",
                 )
             )
-    store.apply_batch([(e, 0) for e in events], profiles, as_of_ms=AS_OF_MS, now_ms=AS_OF_MS)
+    causes.apply_batch(
+        store, [(e, 0) for e in events], profiles, as_of_ms=AS_OF_MS, now_ms=AS_OF_MS
+    )
     store.advance_clock(AS_OF_MS)
 
 

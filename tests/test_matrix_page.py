@@ -22,6 +22,7 @@ import pytest
 from tests.factories import AS_OF_MS, placed_days_ago
 from worker.config import Settings
 from worker.rules.profiles import Profiles
+from worker.services import causes
 from worker.state.store import Store
 from worker.web.http_api import Api, serve
 
@@ -84,7 +85,9 @@ def populate(store: Store, profiles: Profiles) -> None:
             placed_days_ago(profiles, customer, "o2", "150", 20),
             placed_days_ago(profiles, customer, "o3", "0.01", 20.5),
         ]
-    store.apply_batch([(e, 0) for e in events], profiles, as_of_ms=AS_OF_MS, now_ms=AS_OF_MS)
+    causes.apply_batch(
+        store, [(e, 0) for e in events], profiles, as_of_ms=AS_OF_MS, now_ms=AS_OF_MS
+    )
 
 
 def fetch(url: str, authorization: str | None = None) -> tuple[int, dict[str, str], bytes]:

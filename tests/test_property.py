@@ -2,7 +2,7 @@
 
 Random events for a few tenants/customers/orders, delivered with duplicates, shuffled and
 cut into random batches (tests/strategies.py: `scenarios`), go through the real validation
-and Store.apply_batch. The result must equal `recompute` there, a plain recomputation
+and causes.apply_batch. The result must equal `recompute` there, a plain recomputation
 written from the documented rules (docs/profiles.md, docs/records-and-triggers.md).
 """
 

@@ -29,6 +29,7 @@ from worker.rules.money import to_units
 from worker.rules.profiles import Profile, Profiles
 from worker.rules.quantiles import Cuts, cut_points, quintile_cuts
 from worker.rules.scoring import DAY_MS, at_least_score, recency_score, score
+from worker.services import causes
 from worker.services.sweeper import Sweeper, load_cuts
 from worker.state import keys
 from worker.state.store import Committed, Store
@@ -292,7 +293,7 @@ def apply(store: Store, profiles: Profiles, orders: dict[str, list[tuple[int, st
         for i, (cid, history) in enumerate(orders.items())
         for n, (when, amount) in enumerate(history)
     ]
-    return store.apply_batch(items, profiles, as_of_ms=at, now_ms=at)
+    return causes.apply_batch(store, items, profiles, as_of_ms=at, now_ms=at)
 
 
 def batch_scores(orders: dict[str, list[tuple[int, str]]], at: int) -> dict[str, tuple[int, ...]]:
@@ -463,7 +464,8 @@ def test_large_bases_are_sampled_small_ones_read_whole(store: Store) -> None:
     assert cuts.population == 500 and 60 <= cuts.sampled <= 140
     # Another tenant's customers are not part of the base.
     other = Profiles.from_toml(QUANTILE_TOML)
-    store.apply_batch(
+    causes.apply_batch(
+        store,
         [
             (
                 valid_event(

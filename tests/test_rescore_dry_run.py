@@ -26,6 +26,7 @@ from worker.rules.events import ValidEvent, validate
 from worker.rules.money import to_units
 from worker.rules.profiles import Profiles
 from worker.rules.rescore import decide, dry_run_doc, render, transitions
+from worker.services import causes
 from worker.state.store import Store
 
 NEW = """
@@ -320,7 +321,7 @@ def deployed(
         ev = validate(orjson.dumps(doc), profiles, AS_OF_MS)
         assert isinstance(ev, ValidEvent), ev
         valid.append((ev, 0))
-    store.apply_batch(valid, profiles, as_of_ms=AS_OF_MS, now_ms=AS_OF_MS)
+    causes.apply_batch(store, valid, profiles, as_of_ms=AS_OF_MS, now_ms=AS_OF_MS)
     assert store.advance_clock(AS_OF_MS) == AS_OF_MS
     return events, other
 

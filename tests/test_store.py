@@ -17,6 +17,7 @@ from worker.errors import StateError
 from worker.rules.customer import LONG_HISTORY, Customer, Order
 from worker.rules.events import ValidEvent
 from worker.rules.profiles import Profiles
+from worker.services import causes
 from worker.state import keys
 from worker.state.keys import SHARDS, shard_of
 from worker.state.store import Store
@@ -49,8 +50,8 @@ def ev(
 
 
 def apply(store: Store, profiles: Profiles, events: list[ValidEvent], partition: int = 0) -> Any:
-    return store.apply_batch(
-        [(e, partition) for e in events], profiles, as_of_ms=AS_OF_MS, now_ms=AS_OF_MS
+    return causes.apply_batch(
+        store, [(e, partition) for e in events], profiles, as_of_ms=AS_OF_MS, now_ms=AS_OF_MS
     )
 
 

@@ -24,6 +24,7 @@ from tests.strategies import AS_OF_MS, PROFILES, Spec, apply_batches, recompute,
 from worker.embedded import EmbeddedRedis
 from worker.rules.customer import Customer, Order, Published
 from worker.rules.profiles import Profiles
+from worker.services import causes
 from worker.services.sweeper import Sweeper
 from worker.state import keys
 from worker.state.store import Committed, Store
@@ -50,15 +51,15 @@ def due_of(store: Store, tenant: str, customer: str, partition: int = 0) -> floa
 
 def test_every_commit_indexes_the_next_change(store: Store, profiles: Profiles) -> None:
     # Built-in profile: R drops after 30, 90, 180, 365 days.
-    store.apply_batch(
-        [(placed_at(profiles, 1, "c1", T0_MS), 2)], profiles, as_of_ms=T0_MS, now_ms=T0_MS
+    causes.apply_batch(
+        store, [(placed_at(profiles, 1, "c1", T0_MS), 2)], profiles, as_of_ms=T0_MS, now_ms=T0_MS
     )
     assert due_of(store, "default", "c1", 2) == T0_MS + 31 * DAY_MS
     assert due_of(store, "default", "c1", 0) is None
     # A later event on another partition moves the entry with the customer.
     later = T0_MS + 10 * DAY_MS
-    store.apply_batch(
-        [(placed_at(profiles, 2, "c1", later), 3)], profiles, as_of_ms=later, now_ms=later
+    causes.apply_batch(
+        store, [(placed_at(profiles, 2, "c1", later), 3)], profiles, as_of_ms=later, now_ms=later
     )
     assert due_of(store, "default", "c1", 2) is None
     assert due_of(store, "default", "c1", 3) == later + 31 * DAY_MS
@@ -69,8 +70,8 @@ def test_sweep_reads_only_due_customers_and_reschedules_them(
 ) -> None:
     for i in range(30):  # c0..c9 ordered 40 days before the sweep, the rest 5 days before
         at = T0_MS - (40 if i < 10 else 5) * DAY_MS
-        store.apply_batch(
-            [(placed_at(profiles, 1, f"c{i}", at), i % 4)], profiles, as_of_ms=at, now_ms=at
+        causes.apply_batch(
+            store, [(placed_at(profiles, 1, f"c{i}", at), i % 4)], profiles, as_of_ms=at, now_ms=at
         )
     zsets = {(s, p) for s in range(keys.SHARDS) for p in range(4)}
     assert store.due_backlog(zsets, T0_MS) == 10
@@ -94,8 +95,8 @@ def test_sweep_reads_only_due_customers_and_reschedules_them(
 def test_sweep_only_covers_the_given_partitions(store: Store, profiles: Profiles) -> None:
     at = T0_MS - 40 * DAY_MS
     for i in range(8):
-        store.apply_batch(
-            [(placed_at(profiles, 1, f"c{i}", at), i % 4)], profiles, as_of_ms=at, now_ms=at
+        causes.apply_batch(
+            store, [(placed_at(profiles, 1, f"c{i}", at), i % 4)], profiles, as_of_ms=at, now_ms=at
         )
     _done, records = sweep(store, profiles, T0_MS, partitions={1, 3})
     assert sorted(r["customer_id"] for r in records) == ["c1", "c3", "c5", "c7"]
@@ -116,12 +117,14 @@ def test_customer_scored_later_than_the_sweep_is_not_moved_back(
     store: Store, profiles: Profiles
 ) -> None:
     at = T0_MS - 40 * DAY_MS
-    store.apply_batch([(placed_at(profiles, 1, "c1", at), 0)], profiles, as_of_ms=at, now_ms=at)
+    causes.apply_batch(
+        store, [(placed_at(profiles, 1, "c1", at), 0)], profiles, as_of_ms=at, now_ms=at
+    )
     # The consumer scored it at T0 + 60 days (R=4 since day 31): a sweep at T0 - 1 day,
     # earlier than that, must not bring R=5 back.
     late = T0_MS + 20 * DAY_MS
-    store.apply_batch(
-        [(placed_at(profiles, 2, "c1", at, "1"), 0)], profiles, as_of_ms=late, now_ms=late
+    causes.apply_batch(
+        store, [(placed_at(profiles, 2, "c1", at, "1"), 0)], profiles, as_of_ms=late, now_ms=late
     )
     before = store.get_customer("default", "c1")
     assert before is not None and before.published is not None and before.published.r == 4
@@ -142,8 +145,8 @@ def test_legacy_customers_are_indexed_then_swept(store: Store, profiles: Profile
         )
         store.redis.set(keys.customer("default", f"old{i}"), legacy.encode())
     fresh = T0_MS - DAY_MS
-    store.apply_batch(
-        [(placed_at(profiles, 1, "new", fresh), 0)], profiles, as_of_ms=fresh, now_ms=fresh
+    causes.apply_batch(
+        store, [(placed_at(profiles, 1, "new", fresh), 0)], profiles, as_of_ms=fresh, now_ms=fresh
     )
     assert not store.is_indexed(profiles)
 
@@ -163,8 +166,8 @@ def test_legacy_customers_are_indexed_then_swept(store: Store, profiles: Profile
 def test_overdue_alert_once_per_silence(store: Store, profiles: Profiles) -> None:
     times = [T0_MS + k * 75 * DAY_MS for k in range(4)]
     for n, at in enumerate(times):
-        store.apply_batch(
-            [(placed_at(profiles, n, "reg", at), 0)], profiles, as_of_ms=at, now_ms=at
+        causes.apply_batch(
+            store, [(placed_at(profiles, n, "reg", at), 0)], profiles, as_of_ms=at, now_ms=at
         )
     last = times[-1]
     overdue_at = last + 150 * DAY_MS + 1  # silence > 2 x 75 days
@@ -177,8 +180,8 @@ def test_overdue_alert_once_per_silence(store: Store, profiles: Profiles) -> Non
     assert kinds == [["rfm.changed"], ["rfm.changed"], [], ["rfm.overdue"], []]
     # A new order ends the silence (R=5 again); the next silence alerts again, once.
     again = overdue_at + DAY_MS
-    store.apply_batch(
-        [(placed_at(profiles, 9, "reg", again), 0)], profiles, as_of_ms=again, now_ms=again
+    causes.apply_batch(
+        store, [(placed_at(profiles, 9, "reg", again), 0)], profiles, as_of_ms=again, now_ms=again
     )
     customer = store.get_customer("default", "reg")
     assert customer is not None and customer.published is not None
@@ -293,25 +296,25 @@ def test_sweeps_publish_what_a_batch_recomputation_gives(
 def test_a_customer_whose_decay_raises_is_postponed_not_blocking(
     store: Store, profiles: Profiles, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import worker.state.store
+    import worker.services.causes
 
     at = T0_MS - 40 * DAY_MS
     for i in range(4):
-        store.apply_batch(
-            [(placed_at(profiles, 1, f"c{i}", at), 0)], profiles, as_of_ms=at, now_ms=at
+        causes.apply_batch(
+            store, [(placed_at(profiles, 1, f"c{i}", at), 0)], profiles, as_of_ms=at, now_ms=at
         )
-    real = worker.state.store.decay
+    real = worker.services.causes.decay
 
     def buggy(customer: Customer, *args: Any, **kw: Any) -> Any:
         if customer.customer_id == "c2":
             raise RuntimeError("boom")
         return real(customer, *args, **kw)
 
-    monkeypatch.setattr(worker.state.store, "decay", buggy)
+    monkeypatch.setattr(worker.services.causes, "decay", buggy)
     _done, records = sweep(store, profiles, T0_MS)
     assert sorted(r["customer_id"] for r in records) == ["c0", "c1", "c3"]
     assert due_of(store, "default", "c2", 0) == T0_MS + DAY_MS  # tried again tomorrow
-    monkeypatch.setattr(worker.state.store, "decay", real)
+    monkeypatch.setattr(worker.services.causes, "decay", real)
     _done, records = sweep(store, profiles, T0_MS + DAY_MS)
     assert [r["customer_id"] for r in records] == ["c2"]
 
@@ -328,7 +331,8 @@ def _history(store: Store, profiles: Profiles) -> dict[str, list[int]]:
         cid = f"c{i}"
         orders[cid] = [T0_MS - (5 + 13 * i + 40 * k) * DAY_MS for k in range(1 + i % 3)]
         for n, at in enumerate(sorted(orders[cid])):
-            store.apply_batch(
+            causes.apply_batch(
+                store,
                 [(placed_at(profiles, n, cid, at, amount="70"), i % 4)],
                 profiles,
                 as_of_ms=at,

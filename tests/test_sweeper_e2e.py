@@ -35,6 +35,7 @@ from tests.reference import DEFAULT, rank_score, recompute
 from worker.rules.events import ValidEvent, validate
 from worker.rules.messages import RfmOverdue, iso
 from worker.rules.profiles import Profiles
+from worker.services import causes
 from worker.state import keys
 from worker.state.store import Store
 from worker.web import views
@@ -257,7 +258,7 @@ def test_two_sweepers_at_once_publish_each_change_once(
         v = validate(orjson.dumps(ev), profiles, epoch_ms(scored))
         assert isinstance(v, ValidEvent)
         valid.append((v, int(ev["customer_id"][1:]) % 4))
-    store.apply_batch(valid, profiles, as_of_ms=epoch_ms(scored), now_ms=epoch_ms(scored))
+    causes.apply_batch(store, valid, profiles, as_of_ms=epoch_ms(scored), now_ms=epoch_ms(scored))
     for stream in list(store.redis.scan_iter(match=keys.OUTBOX_PATTERN)):
         store.redis.delete(stream)  # only what the sweeps publish matters here
 

@@ -34,6 +34,7 @@ from worker.rules.messages import RfmChanged, RfmOverdue
 from worker.rules.money import to_units
 from worker.rules.profiles import Profile, Profiles, TriggerSpec
 from worker.rules.triggers import fired, fired_overdue
+from worker.services import causes
 from worker.state.store import Committed, Store
 
 TRIGGERS_DOC = Path(__file__).resolve().parent.parent / "docs" / "records-and-triggers.md"
@@ -511,7 +512,7 @@ def test_readme_automation_consumer_dispatches_each_change_once(
                 occurred_at=at - n * DAY_MS,
             )
             events.append((ev, c))
-    done = store.apply_batch(events, profiles, as_of_ms=now, now_ms=now).committed
+    done = causes.apply_batch(store, events, profiles, as_of_ms=now, now_ms=now).committed
     fired_names = Counter(name for c in done for name in c.change.triggers)
     assert fired_names == {"ask_testimonial": 3, "vip_invitation": 1}
 

@@ -50,6 +50,7 @@ from worker.rules.events import ValidEvent, wall_ms
 from worker.rules.messages import iso
 from worker.rules.profiles import DEFAULT_TENANT, Profiles
 from worker.rules.scoring import DAY_MS
+from worker.services import causes
 from worker.state import keys
 from worker.state.store import Store
 
@@ -320,7 +321,7 @@ def preload(
     chunk: int = 20_000,
     seed: int = SEED,
 ) -> float:
-    """Give every customer `orders_each` order_placed events through Store.apply_batch (the
+    """Give every customer `orders_each` order_placed events through causes.apply_batch (the
     worker's own commit path, without Kafka), one order per customer per round, in chunks.
     The outbox entries the commits write are deleted as they come (no relay runs), and the
     legacy indexing pass is marked done. Returns seconds."""
@@ -343,7 +344,7 @@ def preload(
                     occurred_at=first_ms + k * step + rng.randrange(max(1, step)),
                 )
                 items.append((event, partition_of(customer_id.encode())))
-            result = store.apply_batch(items, profiles, as_of_ms=now, now_ms=now)
+            result = causes.apply_batch(store, items, profiles, as_of_ms=now, now_ms=now)
             if result.failed or result.rejected:
                 raise SystemExit(f"preload: {len(result.rejected)} event(s) raised")
             store.redis.unlink(*outboxes)

@@ -1,6 +1,6 @@
 """Redis memory per customer and per further order: what sizing a deployment needs.
 
-Customers are written through `Store.apply_batch`, the worker's own commit path (state
+Customers are written through `causes.apply_batch`, the worker's own commit path (state
 blob, due index entry, segment counters), without Kafka: the worker would write the same
 keys, only slower to set up. The outbox entries the commits write are deleted (the relay
 would trim them once published), so what is measured is what stays.
@@ -49,7 +49,7 @@ def run(cfg: Config) -> Section:
     with Stack() as stack:
         client, store = stack.redis, stack.store()
         empty = used_memory(client)
-        say(f"  {count:,} customers x {orders} orders through Store.apply_batch")
+        say(f"  {count:,} customers x {orders} orders through causes.apply_batch")
         load_s = preload(
             store,
             profiles,

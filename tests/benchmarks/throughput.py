@@ -18,11 +18,11 @@ Apache Kafka where it can run, else Tansu) and a fresh Redis.
   BENCH_HEAVY_TIMEOUT_S (60 s): an unfinished run reports the rate over what it applied.
   Its events share batches (250 per customer in each), which spreads a customer's per-batch
   cost over them; so the same section also times, on its Redis, ONE new order alone in its
-  batch (`Store.apply_batch`, no Kafka) for a customer holding 1, 1,000 and 5,000 orders:
+  batch (`causes.apply_batch`, no Kafka) for a customer holding 1, 1,000 and 5,000 orders:
   what a long history costs when its customer's events arrive one per batch.
 - scale: the worker on N events hitting a population of 10,000 and of 1,000,000 customers
   (BENCH_SCALE_SMALL, BENCH_SCALE_CUSTOMERS). Each population is pre-loaded with one order
-  per customer through `Store.apply_batch` (the commit path, without Kafka), then the
+  per customer through `causes.apply_batch` (the commit path, without Kafka), then the
   worker applies N new orders: round robin over the 10,000 (N/10,000 each), a random
   sample of N of the 1,000,000 (one each). Does a large keyspace slow the worker down?
 
@@ -63,6 +63,7 @@ from worker.config import Settings
 from worker.kafka import clients
 from worker.rules.events import Rejection, ValidEvent, validate
 from worker.rules.profiles import DEFAULT_TENANT, Profiles
+from worker.services import causes
 from worker.state.store import Store
 
 BATCH = 2_000  # records per consume() call, as worker.services.consumer.BATCH_SIZE
@@ -182,7 +183,7 @@ def run_throughput(cfg: Config) -> Section:
 
 
 def history_cost(store: Store, profiles: Profiles, reps: int = 21) -> dict[int, float]:
-    """Median ms of `Store.apply_batch` for one new order of a customer holding k orders
+    """Median ms of `causes.apply_batch` for one new order of a customer holding k orders
     (k in HISTORIES), alone in its batch; the customer is built in batches of BATCH."""
     now = wall_ms()
     first = days_ago(700)
@@ -208,11 +209,11 @@ def history_cost(store: Store, profiles: Profiles, reps: int = 21) -> dict[int, 
         step = (days_ago(2) - first) // k
         for start in range(0, k, BATCH):
             batch = [order(i, first + i * step) for i in range(start, min(k, start + BATCH))]
-            store.apply_batch(batch, profiles, as_of_ms=now, now_ms=now)
+            causes.apply_batch(store, batch, profiles, as_of_ms=now, now_ms=now)
         times = []
         for i in range(k, k + reps):
             started = time.perf_counter()
-            store.apply_batch([order(i, days_ago(1))], profiles, as_of_ms=now, now_ms=now)
+            causes.apply_batch(store, [order(i, days_ago(1))], profiles, as_of_ms=now, now_ms=now)
             times.append(time.perf_counter() - started)
         out[k] = round(1000 * sorted(times)[reps // 2], 3)
     return out
@@ -263,7 +264,7 @@ def run_heavy(cfg: Config, worker_rate: float | None) -> Section:
     section.rows = [
         Row(label, figure, f"{ratio(s['heavy_over_worker'])} of worker" if worker_rate else ""),
         Row(
-            "history: one new order alone in its batch (`Store.apply_batch`, no Kafka) for a "
+            "history: one new order alone in its batch (`causes.apply_batch`, no Kafka) for a "
             f"customer holding {' / '.join(f'{k:,}' for k in HISTORIES)} orders (median of 21)",
             " / ".join(f"{lone[k]:.2f}" for k in HISTORIES) + " ms",
             f"{big / small:.1f}× for {HISTORIES[-1]:,} orders",

@@ -44,6 +44,7 @@ from worker.kafka.relay import Relay
 from worker.rules.customer import MAX_ORDERS
 from worker.rules.events import Rejection, ValidEvent, validate, wall_ms
 from worker.rules.profiles import Profiles
+from worker.services import causes
 from worker.services.sweeper import Sweeper
 from worker.state import keys
 from worker.state.store import Committed, Store
@@ -480,7 +481,9 @@ class Worker:
                 as_of = self._retry_redis(lambda: self.store.advance_clock(newest))
             failures = self.redis_failures
             result = self._retry_redis(
-                lambda: self.store.apply_batch(valid, self.profiles, as_of_ms=as_of, now_ms=now)
+                lambda: causes.apply_batch(
+                    self.store, valid, self.profiles, as_of_ms=as_of, now_ms=now
+                )
             )
             for outcome_name, count in result.outcomes.items():
                 metrics.EVENTS.labels(outcome_name).inc(count)

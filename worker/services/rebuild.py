@@ -24,6 +24,7 @@ from worker.errors import RfmError, UsageError
 from worker.kafka import clients
 from worker.rules.events import ValidEvent, validate, wall_ms
 from worker.rules.profiles import Profiles
+from worker.services import causes
 from worker.state import connection
 from worker.state.store import Store
 
@@ -114,7 +115,7 @@ def _replay(
         as_of = now
         if settings.clock == "event":
             as_of = store.advance_clock(max(ev.occurred_at for ev, _ in valid))
-        result = store.apply_batch(valid, profiles, as_of_ms=as_of, now_ms=now)
+        result = causes.apply_batch(store, valid, profiles, as_of_ms=as_of, now_ms=now)
         applied += len(valid) - len(result.rejected)
         rejected += len(result.rejected)
     store.drop_outboxes()

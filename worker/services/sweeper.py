@@ -48,6 +48,7 @@ from worker.rules.messages import iso
 from worker.rules.money import format_units
 from worker.rules.profiles import Profiles
 from worker.rules.quantiles import Cuts, cut_points
+from worker.services import causes
 from worker.state import keys
 from worker.state.store import BatchResult, Committed, Store
 
@@ -199,7 +200,8 @@ class Sweeper:
         if not owned:
             self._finish(sweep, partitions)
             return []
-        step = self.store.sweep_step(
+        step = causes.sweep_step(
+            self.store,
             owned,
             self.profiles,
             as_of_ms=sweep.as_of_ms,
@@ -266,7 +268,9 @@ class Sweeper:
             self._indexed = True
             self._pass.finish()
             return False
-        self._pass.progress(len(chunk), self.store.mark_due(chunk, self.profiles, self.clock()))
+        self._pass.progress(
+            len(chunk), causes.mark_due(self.store, chunk, self.profiles, self.clock())
+        )
         return True
 
     def recheck(self) -> None:

@@ -2,14 +2,13 @@
 
 The key layout is described once, in worker/state/keys.py (and in worker/state/lua/commit.lua).
 
-Every write goes through `commit`, whatever its cause (order events, a decay sweep, the
-indexing of customers stored before the due index existed): read the touched customers,
-run a pure per-customer function (worker/rules/engine.py), then commit them with compare-and-set
-script calls that also move the customers in the due index, append their changes to the
-outbox and adjust the segment counters. A call covers one shard on Redis Cluster (one hash
-slot) and several on a single Redis. Shards whose customers changed meanwhile (a sweep and
-the consumer at once, a second worker during a rebalance) are simply read and computed
-again.
+Every write goes through `commit`, whatever its cause (worker/services/causes.py: order
+events, a decay sweep, a changed profile's marking): read the touched customers, run the
+cause's pure per-customer function, then commit them with compare-and-set script calls
+that also move the customers in the due index, append their changes to the outbox and
+adjust the segment counters. A call covers one shard on Redis Cluster (one hash slot) and
+several on a single Redis. Shards whose customers changed meanwhile (a sweep and the
+consumer at once, a second worker during a rebalance) are simply read and computed again.
 """
 
 from __future__ import annotations
@@ -29,14 +28,12 @@ import orjson
 import redis
 
 from worker.errors import StateError, StateLostError
-from worker.rules import rescore
 from worker.rules.customer import LONG_HISTORY, Customer, Outcome, Published
-from worker.rules.decay import next_due
-from worker.rules.engine import Change, Result, apply_events, decay
+from worker.rules.engine import Change, Result
 from worker.rules.events import ValidEvent
 from worker.rules.profiles import DEFAULT_TENANT, Profiles
 from worker.rules.quantiles import Cuts
-from worker.rules.scoring import DAY_MS, days_between, windowed_orders
+from worker.rules.scoring import days_between, windowed_orders
 from worker.state import keys
 
 logger = logging.getLogger(__name__)
@@ -184,101 +181,6 @@ class Store:
         # refused (StateLostError): Redis lost writes, the worker replays first.
         self.floors: dict[int, tuple[str, int]] = {}
 
-    # -- the three causes of a commit -----------------------------------------------------
-
-    def apply_batch(
-        self,
-        items: Sequence[tuple[ValidEvent, int]],
-        profiles: Profiles,
-        *,
-        as_of_ms: int,
-        now_ms: int,
-    ) -> BatchResult:
-        """Apply validated events (with their partitions) atomically per shard.
-
-        Idempotent: calling it again with the same events (after a timeout, a crash, a
-        redelivery) finds them already merged, counts them as duplicates and emits nothing.
-        """
-        work: dict[int, dict[bytes, tuple[str, str, list[tuple[ValidEvent, int]]]]] = {}
-        for event, partition in items:
-            shard = keys.shard_of(event.tenant, event.customer_id)
-            key = keys.customer(event.tenant, event.customer_id, shard)
-            slot = work.setdefault(shard, {})
-            if key in slot:
-                slot[key][2].append((event, partition))
-            else:
-                slot[key] = (event.tenant, event.customer_id, [(event, partition)])
-
-        def decide(customer: Customer, events: list[tuple[ValidEvent, int]]) -> Result:
-            return apply_events(
-                customer,
-                [ev for ev, _ in events],
-                profile=profiles.for_tenant(customer.tenant),
-                as_of_ms=as_of_ms,
-                now_ms=now_ms,
-                partition=events[-1][1],
-            )
-
-        result = self.commit(work, decide)
-        # A customer whose events raised: apply them one at a time, so only the events
-        # that raise are rejected (dead-lettered by the consumer) and the others count.
-        failed, result.failed = result.failed, []
-        for key, events, _exc in failed:
-            shard, tenant, customer_id = keys.split_customer(key)
-            for event, partition in events:
-                one = self.commit(
-                    {shard: {key: (tenant, customer_id, [(event, partition)])}}, decide
-                )
-                result.add(one)
-                result.rejected += [(event, partition, exc) for _, _, exc in one.failed]
-        return result
-
-    def sweep_step(
-        self,
-        zsets: Iterable[tuple[int, int]],
-        profiles: Profiles,
-        *,
-        as_of_ms: int,
-        now_ms: int,
-        limit: int,
-    ) -> SweepStep:
-        """Decay up to `limit` due customers of each (shard, partition) due zset.
-
-        Each swept customer is rescheduled to its next due instant (after as_of) in the
-        same commit, so a zset that returned fewer than `limit` entries has nothing more
-        due at as_of: it is reported exhausted.
-        """
-        zsets = list(zsets)
-        pipe = self.redis.pipeline(transaction=False)
-        for shard, partition in zsets:
-            pipe.zrangebyscore(keys.due(shard, partition), b"-inf", as_of_ms, start=0, num=limit)
-        work: dict[int, dict[bytes, tuple[str, str, int]]] = {}
-        exhausted: set[tuple[int, int]] = set()
-        read = 0
-        for zset, members in zip(zsets, pipe.execute() if zsets else [], strict=True):
-            read += len(members)
-            if len(members) < limit:
-                exhausted.add(zset)
-            for key in members:
-                shard, tenant, customer_id = keys.split_customer(key)
-                work.setdefault(shard, {})[key] = (tenant, customer_id, zset[1])
-
-        def decide(customer: Customer, partition: int) -> Result:
-            if customer.partition is None:  # a stale entry, its customer gone: drop it
-                customer.partition = partition
-            profile = profiles.for_tenant(customer.tenant)
-            return decay(customer, profile, as_of_ms=as_of_ms, now_ms=now_ms)
-
-        result = self.commit(work, decide)
-        if result.failed:  # never decided: retry tomorrow rather than block every sweep
-            pipe = self.redis.pipeline(transaction=False)
-            for key, partition, exc in result.failed:
-                logger.error("decay of %r failed, retried in a day: %r", key, exc)
-                due_key = keys.due(keys.split_customer(key)[0], partition)
-                pipe.zadd(due_key, {key: as_of_ms + DAY_MS}, xx=True)
-            pipe.execute()
-        return SweepStep(result, read, exhausted)
-
     def customer_key_chunks(
         self, count: int = 500, pattern: bytes = keys.CUSTOMER_PATTERN
     ) -> Iterator[list[bytes]]:
@@ -292,39 +194,6 @@ class Store:
                 chunk = []
         if chunk:
             yield chunk
-
-    def mark_due(self, found: list[bytes], profiles: Profiles, as_of_ms: int) -> int:
-        """Put in the due index, as due now, the customers among `found` whose scores are
-        out of date: stored before the due index existed (no `scored_at`), or scored with
-        another version of their profile whose score the new one moves at as_of (see
-        worker/rules/rescore.py). Their owner's next sweep rescores them (cause `rescore` for
-        the second kind) and reschedules them. A customer the new version does not move
-        only takes the version and the due instant of its thresholds here. Publishes
-        nothing, so any worker may run it. Returns how many were marked due now."""
-        work: dict[int, dict[bytes, tuple[str, str, None]]] = {}
-        for key in found:
-            shard, tenant, customer_id = keys.split_customer(key)
-            work.setdefault(shard, {})[key] = (tenant, customer_id, None)
-        marked: set[tuple[str, str]] = set()  # a set: a conflicting shard is decided again
-
-        def decide(customer: Customer, _: None) -> Result:
-            profile = profiles.for_tenant(customer.tenant)
-            if not customer.orders or customer.version == profile.version:
-                return Result(customer)
-            if customer.scored_at is not None and customer.version is None:
-                return Result(customer)  # scored before versions existed: nothing to compare
-            move = (
-                None if customer.scored_at is None else rescore.decide(customer, profile, as_of_ms)
-            )
-            if move is None or move.changes:
-                marked.add((customer.tenant, customer.customer_id))
-                return Result(customer, touched=True, due=0)
-            customer.version = profile.version
-            due = next_due(customer.aggregates(), profile, move.as_of_ms, customer.alerted)
-            return Result(customer, dirty=True, touched=True, due=due)
-
-        self.commit(work, decide)
-        return len(marked)
 
     def is_indexed(self, profiles: Profiles) -> bool:
         """Whether every customer was checked by `mark_due` with these profiles."""
@@ -349,6 +218,23 @@ class Store:
     def profile_versions(self) -> dict[str, str]:
         """The profile versions the last completed pass applied (name -> version)."""
         return {_text(k): _text(v) for k, v in self.redis.hgetall(keys.PROFILES).items()}
+
+    def postpone(self, due: Iterable[tuple[bytes, int]], at_ms: int) -> None:
+        """Move these (customer key, partition) entries of the due index to `at_ms`, if
+        they are still there."""
+        pipe = self.redis.pipeline(transaction=False)
+        for key, partition in due:
+            pipe.zadd(keys.due(keys.split_customer(key)[0], partition), {key: at_ms}, xx=True)
+        pipe.execute()
+
+    def due_members(
+        self, zsets: list[tuple[int, int]], as_of_ms: int, limit: int
+    ) -> list[list[bytes]]:
+        """Per (shard, partition) due zset, up to `limit` customer keys due at as_of."""
+        pipe = self.redis.pipeline(transaction=False)
+        for shard, partition in zsets:
+            pipe.zrangebyscore(keys.due(shard, partition), b"-inf", as_of_ms, start=0, num=limit)
+        return list(pipe.execute()) if zsets else []
 
     def due_backlog(self, zsets: Iterable[tuple[int, int]], as_of_ms: int) -> int:
         """Customers past their due instant in these (shard, partition) due zsets."""

@@ -1,0 +1,147 @@
+"""The causes of a commit: where the rules meet the state.
+
+Every write goes through `Store.commit` (worker/state/store.py): read the customers, decide
+each with a pure function of worker/rules/engine.py, commit compare-and-set. This module
+names the three reasons to do so, each a function:
+
+- `apply_batch`: order events (the consumer, rebuild);
+- `sweep_step`: time alone, the customers the due index says are due (the sweeper);
+- `mark_due`: a changed profile, the customers it would move, marked due now (the marking
+  pass); publishes nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+
+from worker.rules import rescore
+from worker.rules.customer import Customer
+from worker.rules.decay import next_due
+from worker.rules.engine import Result, apply_events, decay
+from worker.rules.events import ValidEvent
+from worker.rules.profiles import Profiles
+from worker.rules.scoring import DAY_MS
+from worker.state import keys
+from worker.state.store import BatchResult, Store, SweepStep
+
+logger = logging.getLogger(__name__)
+
+
+def apply_batch(
+    store: Store,
+    items: Sequence[tuple[ValidEvent, int]],
+    profiles: Profiles,
+    *,
+    as_of_ms: int,
+    now_ms: int,
+) -> BatchResult:
+    """Apply validated events (with their partitions) atomically per shard.
+
+    Idempotent: calling it again with the same events (after a timeout, a crash, a
+    redelivery) finds them already merged, counts them as duplicates and emits nothing.
+    """
+    work: dict[int, dict[bytes, tuple[str, str, list[tuple[ValidEvent, int]]]]] = {}
+    for event, partition in items:
+        shard = keys.shard_of(event.tenant, event.customer_id)
+        key = keys.customer(event.tenant, event.customer_id, shard)
+        slot = work.setdefault(shard, {})
+        if key in slot:
+            slot[key][2].append((event, partition))
+        else:
+            slot[key] = (event.tenant, event.customer_id, [(event, partition)])
+
+    def decide(customer: Customer, events: list[tuple[ValidEvent, int]]) -> Result:
+        return apply_events(
+            customer,
+            [ev for ev, _ in events],
+            profile=profiles.for_tenant(customer.tenant),
+            as_of_ms=as_of_ms,
+            now_ms=now_ms,
+            partition=events[-1][1],
+        )
+
+    result = store.commit(work, decide)
+    # A customer whose events raised: apply them one at a time, so only the events
+    # that raise are rejected (dead-lettered by the consumer) and the others count.
+    failed, result.failed = result.failed, []
+    for key, events, _exc in failed:
+        shard, tenant, customer_id = keys.split_customer(key)
+        for event, partition in events:
+            one = store.commit({shard: {key: (tenant, customer_id, [(event, partition)])}}, decide)
+            result.add(one)
+            result.rejected += [(event, partition, exc) for _, _, exc in one.failed]
+    return result
+
+
+def sweep_step(
+    store: Store,
+    zsets: Iterable[tuple[int, int]],
+    profiles: Profiles,
+    *,
+    as_of_ms: int,
+    now_ms: int,
+    limit: int,
+) -> SweepStep:
+    """Decay up to `limit` due customers of each (shard, partition) due zset.
+
+    Each swept customer is rescheduled to its next due instant (after as_of) in the
+    same commit, so a zset that returned fewer than `limit` entries has nothing more
+    due at as_of: it is reported exhausted.
+    """
+    zsets = list(zsets)
+    work: dict[int, dict[bytes, tuple[str, str, int]]] = {}
+    exhausted: set[tuple[int, int]] = set()
+    read = 0
+    for zset, members in zip(zsets, store.due_members(zsets, as_of_ms, limit), strict=True):
+        read += len(members)
+        if len(members) < limit:
+            exhausted.add(zset)
+        for key in members:
+            shard, tenant, customer_id = keys.split_customer(key)
+            work.setdefault(shard, {})[key] = (tenant, customer_id, zset[1])
+
+    def decide(customer: Customer, partition: int) -> Result:
+        if customer.partition is None:  # a stale entry, its customer gone: drop it
+            customer.partition = partition
+        profile = profiles.for_tenant(customer.tenant)
+        return decay(customer, profile, as_of_ms=as_of_ms, now_ms=now_ms)
+
+    result = store.commit(work, decide)
+    if result.failed:  # never decided: retry tomorrow rather than block every sweep
+        for key, _partition, exc in result.failed:
+            logger.error("decay of %r failed, retried in a day: %r", key, exc)
+        store.postpone([(key, partition) for key, partition, _ in result.failed], as_of_ms + DAY_MS)
+    return SweepStep(result, read, exhausted)
+
+
+def mark_due(store: Store, found: list[bytes], profiles: Profiles, as_of_ms: int) -> int:
+    """Put in the due index, as due now, the customers among `found` whose scores are
+    out of date: stored before the due index existed (no `scored_at`), or scored with
+    another version of their profile whose score the new one moves at as_of (see
+    worker/rules/rescore.py). Their owner's next sweep rescores them (cause `rescore` for
+    the second kind) and reschedules them. A customer the new version does not move
+    only takes the version and the due instant of its thresholds here. Publishes
+    nothing, so any worker may run it. Returns how many were marked due now."""
+    work: dict[int, dict[bytes, tuple[str, str, None]]] = {}
+    for key in found:
+        shard, tenant, customer_id = keys.split_customer(key)
+        work.setdefault(shard, {})[key] = (tenant, customer_id, None)
+    marked: set[tuple[str, str]] = set()  # a set: a conflicting shard is decided again
+
+    def decide(customer: Customer, _: None) -> Result:
+        profile = profiles.for_tenant(customer.tenant)
+        if not customer.orders or customer.version == profile.version:
+            return Result(customer)
+        if customer.scored_at is not None and customer.version is None:
+            return Result(customer)  # scored before versions existed: nothing to compare
+        move = None if customer.scored_at is None else rescore.decide(customer, profile, as_of_ms)
+        if move is None or move.changes:
+            marked.add((customer.tenant, customer.customer_id))
+            return Result(customer, touched=True, due=0)
+        customer.version = profile.version
+        due = next_due(customer.aggregates(), profile, move.as_of_ms, customer.alerted)
+        return Result(customer, dirty=True, touched=True, due=due)
+
+    store.commit(work, decide)
+    return len(marked)
