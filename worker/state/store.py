@@ -17,7 +17,6 @@ import contextlib
 import logging
 import random
 import time
-import uuid
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -180,6 +179,7 @@ class Store:
         # vouched for). A commit or a record of applied offsets on a shard holding less is
         # refused (StateLostError): Redis lost writes, the worker replays first.
         self.floors: dict[int, tuple[str, int]] = {}
+        self._locks: dict[str, Any] = {}  # profile name -> the cut-point lock this store holds
 
     def customer_key_chunks(
         self, count: int = 500, pattern: bytes = keys.CUSTOMER_PATTERN
@@ -697,27 +697,34 @@ class Store:
     def write_cuts(self, name: str, cuts: Cuts) -> None:
         self.redis.hset(keys.QUANTILES, name, cuts.to_json())
 
-    @property
-    def lock_token(self) -> bytes:
-        """What this store writes into the locks it holds (one per process)."""
-        token: bytes | None = getattr(self, "_lock_token", None)
-        if token is None:
-            token = self._lock_token = uuid.uuid4().hex.encode()
-        return token
-
     def try_lock(self, name: str, ttl_ms: int) -> bool:
-        """Take the lock for computing profile `name`'s cut points (SET NX PX)."""
-        return bool(self.redis.set(keys.quantiles_lock(name), self.lock_token, nx=True, px=ttl_ms))
+        """Take the lock for computing profile `name`'s cut points (redis-py's Lock: SET NX
+        PX with this store's own token), for `ttl_ms` unless renewed."""
+        lock = self.redis.lock(keys.quantiles_lock(name), timeout=ttl_ms / 1000, thread_local=False)
+        if not lock.acquire(blocking=False):
+            return False
+        self._locks[name] = lock
+        return True
 
     def renew_lock(self, name: str, ttl_ms: int) -> bool:
-        """Extend the lock if this store still holds it; False if it was lost (expired)."""
-        return bool(
-            self.redis.eval(_LOCK_SCRIPT, 1, keys.quantiles_lock(name), self.lock_token, ttl_ms)
-        )
+        """Extend the lock to `ttl_ms` from now if this store still holds it; False if it
+        was lost (expired, taken by another worker)."""
+        lock = self._locks.get(name)
+        if lock is None:
+            return False
+        try:
+            lock.reacquire()
+        except redis.exceptions.LockError:
+            del self._locks[name]
+            return False
+        return True
 
     def unlock(self, name: str) -> None:
         """Release the lock if this store still holds it."""
-        self.redis.eval(_LOCK_SCRIPT, 1, keys.quantiles_lock(name), self.lock_token, 0)
+        lock = self._locks.pop(name, None)
+        if lock is not None:
+            with contextlib.suppress(redis.exceptions.LockError):
+                lock.release()
 
     def profile_population(self, name: str, profiles: Profiles) -> int:
         """Customers with a published score among the tenants scored by profile `name`
@@ -764,14 +771,6 @@ class Store:
                 for customer in self._read_customers(found, want)
                 if (agg := customer.aggregates()) is not None
             ]
-
-
-# Renew (ARGV[2] > 0: PEXPIRE) or release (0: DEL) a lock, only if ARGV[1] still holds it.
-_LOCK_SCRIPT = """
-if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
-if ARGV[2] == '0' then return redis.call('DEL', KEYS[1]) end
-return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-"""
 
 
 def _decide(
