@@ -64,7 +64,10 @@ def test_demo_shows_decay_and_overdue_and_ctrl_c_stops_every_child(broker: str) 
                 break
             lines.append(line)
             live = "".join(lines).partition("\n-- ")[2]
-            if all(p.search(live) for p in (DECAY_MOVE, OVERDUE)):
+            # every kind of line the assertions look for, however the stream interleaves
+            if all(p.search(live) for p in (DECAY_MOVE, OVERDUE)) and TRIGGERED.search(
+                "".join(lines)
+            ):
                 break
         proc.send_signal(signal.SIGINT)  # Ctrl-C
         rest, _ = proc.communicate(timeout=60)
