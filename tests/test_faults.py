@@ -21,7 +21,8 @@ from tests.conftest import Deployment
 from tests.factories import generate
 from tests.fixtures import assert_changes_consistent, assert_state_matches, converged, records_of
 from tests.reference import expected_now
-from worker.services.consumer import DRAIN_TIMEOUT, Worker
+from worker.kafka.relay import DRAIN_TIMEOUT
+from worker.services.consumer import Worker
 from worker.state.store import Store
 
 pytestmark = pytest.mark.integration

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import logging
 import os
 import signal
 import sys
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
@@ -345,43 +346,10 @@ def _tune_gc() -> None:
     gc.set_threshold(50_000, 20, 100)
 
 
-def run(settings: Settings, profiles: Profiles) -> int:
-    """`rfm-worker run`: the worker, its HTTP server, and a graceful stop on signals."""
-    from worker import metrics
-    from worker.kafka import clients
-    from worker.services.consumer import Worker
-    from worker.state import connection
-    from worker.web.http_api import Api, serve
-
-    logger.info("starting rfm-worker %s with %s", __version__, settings.describe())
-    store = Store(connection.redis_client(settings))
-    try:
-        _check_redis(store, settings)
-        # Quantile profiles score with their cut points from the first batch on.
-        from worker.services.sweeper import load_cuts
-
-        load_cuts(store, profiles, compute_missing_at=views.now_ms(settings, store))
-    except BaseException:
-        store.redis.close()
-        raise
-    # librdkafka's callbacks run inside consume(), once `worker` exists.
-    consumer = clients.consumer(
-        settings,
-        error_cb=lambda err: worker.on_kafka_error(err),
-        stats_cb=lambda stats: worker.on_kafka_stats(stats),
-    )
-    worker = Worker(settings, profiles, store, consumer, clients.producer(settings))
-    metrics.register_customers(store.segment_counts, profiles.names())
-    api = Api(settings, profiles, store, healthy=worker.is_healthy, ready=lambda: worker.ready)
-    try:
-        try:
-            server = serve(api, settings.http_port, settings.http_host)
-        except OSError as exc:
-            raise ConfigError(f"RFM_HTTP_PORT={settings.http_port}: {exc.strerror}") from None
-    except ConfigError:  # the port is taken, the host is not this machine's
-        worker.consumer.close()
-        store.redis.close()
-        raise
+@contextlib.contextmanager
+def _stop_signals(stop: Callable[[], None]) -> Iterator[None]:
+    """SIGTERM and SIGINT finish the batch in hand, then stop; a second one stops at once.
+    The handlers in place before are restored on the way out."""
     signals = 0
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -390,14 +358,52 @@ def run(settings: Settings, profiles: Profiles) -> int:
         if signals > 1:
             raise SystemExit(f"rfm-worker: {signal.Signals(signum).name} again, stopping now")
         logger.info("%s: finishing the batch in hand, then stopping", signal.Signals(signum).name)
-        worker.stop()
+        stop()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    _tune_gc()
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
     try:
-        worker.run()
+        yield
     finally:
-        server.shutdown()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def run(settings: Settings, profiles: Profiles) -> int:
+    """`rfm-worker run`: the worker, its HTTP server, and a graceful stop on signals. The
+    run's lifetime is one ExitStack: what is opened is closed, in reverse, however it ends."""
+    from worker import metrics
+    from worker.kafka import clients
+    from worker.services.consumer import Worker
+    from worker.services.sweeper import load_cuts
+    from worker.state import connection
+    from worker.web.http_api import Api, serve
+
+    logger.info("starting rfm-worker %s with %s", __version__, settings.describe())
+    with contextlib.ExitStack() as stack:
+        store = Store(connection.redis_client(settings))
+        stack.callback(store.redis.close)
+        _check_redis(store, settings)
+        # Quantile profiles score with their cut points from the first batch on.
+        load_cuts(store, profiles, compute_missing_at=views.now_ms(settings, store))
+        # librdkafka's callbacks run inside consume(), once `worker` exists.
+        consumer = clients.consumer(
+            settings,
+            error_cb=lambda err: worker.on_kafka_error(err),
+            stats_cb=lambda stats: worker.on_kafka_stats(stats),
+        )
+        worker = Worker(settings, profiles, store, consumer, clients.producer(settings))
+        metrics.register_customers(store.segment_counts, profiles.names())
+        api = Api(settings, profiles, store, healthy=worker.is_healthy, ready=lambda: worker.ready)
+        with contextlib.ExitStack() as unstarted:  # once running, the loop closes the consumer
+            unstarted.callback(consumer.close)
+            try:
+                server = serve(api, settings.http_port, settings.http_host)
+            except OSError as exc:  # the port is taken
+                raise ConfigError(f"RFM_HTTP_PORT={settings.http_port}: {exc.strerror}") from None
+            unstarted.pop_all()
+        stack.callback(server.shutdown)
+        stack.enter_context(_stop_signals(worker.stop))
+        _tune_gc()
+        worker.run()
     logger.info("stopped")
     return 0

@@ -24,6 +24,9 @@ from worker.state.store import Committed, Store
 logger = logging.getLogger(__name__)
 
 TRIM_INTERVAL_S = 0.1
+# Once stopping (SIGTERM, the end of `sweep --once`): all the waiting for acknowledgements
+# fits in this; what is not acknowledged by then stays in the outbox for the next owner.
+DRAIN_TIMEOUT = 20.0
 TRIGGERS_HEADER = "rfm.triggers"  # the record's "triggers", comma-separated (b"" if none)
 
 

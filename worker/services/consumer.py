@@ -40,7 +40,7 @@ from worker.errors import RfmError, StateError, StateLostError
 from worker.kafka import clients
 from worker.kafka.delivery import Deliveries
 from worker.kafka.dlq import dlq_headers, without_value
-from worker.kafka.relay import Relay
+from worker.kafka.relay import DRAIN_TIMEOUT, Relay
 from worker.rules.customer import MAX_ORDERS
 from worker.rules.events import Rejection, ValidEvent, validate, wall_ms
 from worker.rules.profiles import Profiles
@@ -53,7 +53,6 @@ logger = logging.getLogger(__name__)
 
 BATCH_SIZE = 2000
 POLL_TIMEOUT = 0.01  # a batch waits at most this to fill: the latency floor at low rates
-DRAIN_TIMEOUT = 20.0  # once stopping: all the waiting (dead letters, relay) fits in this
 KAFKA_DOWN = (KafkaError._ALL_BROKERS_DOWN, KafkaError._TRANSPORT, KafkaError._RESOLVE)
 MAX_BACKLOG = 50_000  # unacknowledged changes before consumption pauses
 DLQ_STALL = 5.0  # seconds of unacknowledged dead letters before the worker says so
@@ -340,7 +339,7 @@ class Worker:
         shards lost their data; refuse too.
         """
         committed = {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=30)}
-        fields = {tp.partition: f"{tp.topic}:{tp.partition}" for tp in partitions}
+        fields = {tp.partition: keys.applied_field(tp.topic, tp.partition) for tp in partitions}
         applied = self.store.applied_offsets(list(fields.values()))
         for tp in partitions:
             kafka = committed.get(tp.partition, OFFSET_INVALID)
@@ -506,7 +505,7 @@ class Worker:
                     self._internal_error(source[id(event)], exc)
         self._await_dead_letters()
         # Fully done (state committed, dead letters acknowledged): say so next to the state.
-        applied = {p: (f"{t}:{p}", o) for (t, p), o in offsets.items()}
+        applied = {p: (keys.applied_field(t, p), o) for (t, p), o in offsets.items()}
         self._retry_redis(lambda: self.store.mark_applied(applied))
         self._done.update(offsets)
         if offsets:

@@ -25,7 +25,7 @@ from worker.kafka import clients
 from worker.rules.events import ValidEvent, validate, wall_ms
 from worker.rules.profiles import Profiles
 from worker.services import causes
-from worker.state import connection
+from worker.state import connection, keys
 from worker.state.store import Store
 
 logger = logging.getLogger(__name__)
@@ -47,7 +47,7 @@ def rebuild(settings: Settings, profiles: Profiles, *, confirmed: bool) -> int:
             )
         wiped = store.wipe()
         ends, events, rejected = _replay(consumer, store, settings, profiles)
-        store.mark_applied({p: (f"{topic}:{p}", end) for p, end in ends.items()})
+        store.mark_applied({p: (keys.applied_field(topic, p), end) for p, end in ends.items()})
         store.mark_indexed(profiles)
         try:
             consumer.commit(

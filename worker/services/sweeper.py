@@ -55,7 +55,6 @@ from worker.state.store import BatchResult, Committed, Store
 logger = logging.getLogger(__name__)
 
 STEP_BUDGET = 2000  # due customers read per step: one step stays a batch-sized pause
-DRAIN_TIMEOUT = 30.0
 QUANTILE_STEP = 500  # customer keys scanned per loop turn when computing cut points
 QUANTILE_LOCK_MS = 300_000  # renewed every step: a computing worker that died frees it
 
@@ -415,7 +414,7 @@ def run_once(settings: Settings, profiles: Profiles, as_of_ms: int | None) -> in
     """`rfm-worker sweep --once [--as-of TS]`: one whole sweep of every partition, its
     changes published (and acknowledged) before returning. Usable from cron."""
     from worker.kafka import clients
-    from worker.kafka.relay import Relay
+    from worker.kafka.relay import DRAIN_TIMEOUT, Relay
     from worker.state import connection
 
     store = Store(connection.redis_client(settings))

@@ -74,6 +74,11 @@ def applied(shard: int) -> bytes:
     return f"rfm:{{{shard:02d}}}:applied".encode()
 
 
+def applied_field(topic: str, partition: int) -> str:
+    """The field of an applied hash that records one orders-topic partition."""
+    return f"{topic}:{partition}"
+
+
 def counts(shard: int) -> bytes:
     return f"rfm:{{{shard:02d}}}:counts".encode()
 
