@@ -15,6 +15,7 @@ checking what it did), tests/strategies.py (Hypothesis models).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -243,10 +244,12 @@ class Deployment:
         return messages
 
 
-@pytest.fixture
-def deployment(
-    kafka: Any, redis_server: EmbeddedRedis, redis_client: redis.Redis, tmp_path: Path
+@contextlib.contextmanager
+def deployed(
+    kafka: Any, redis_server: EmbeddedRedis, tmp_path: Path, replication: int = 1
 ) -> Iterator[Deployment]:
+    """Fresh topics (4 / 4 / 1 partitions) and a group on this broker and Redis; the
+    workers started on them are killed at the end."""
     suffix = uuid.uuid4().hex[:8]
     dep = Deployment(
         kafka,
@@ -258,11 +261,25 @@ def deployment(
         f"group-{suffix}",
         free_port(),
     )
-    create_topics(kafka.bootstrap, {dep.orders: 4, dep.actions: 4, dep.dlq: 1})
-    yield dep
-    for proc in dep.workers:
-        if proc.proc is not None and proc.proc.poll() is None:
-            proc.kill()
+    create_topics(
+        kafka.bootstrap,
+        {dep.orders: 4, dep.actions: 4, dep.dlq: 1},
+        replication_factor=replication,
+    )
+    try:
+        yield dep
+    finally:
+        for proc in dep.workers:
+            if proc.proc is not None and proc.proc.poll() is None:
+                proc.kill()
+
+
+@pytest.fixture
+def deployment(
+    kafka: Any, redis_server: EmbeddedRedis, redis_client: redis.Redis, tmp_path: Path
+) -> Iterator[Deployment]:
+    with deployed(kafka, redis_server, tmp_path) as dep:
+        yield dep
 
 
 @pytest.fixture

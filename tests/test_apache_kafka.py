@@ -12,7 +12,6 @@ import random
 import signal
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -21,7 +20,7 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
 
-from tests.conftest import Deployment
+from tests.conftest import Deployment, deployed
 from tests.factories import generate
 from tests.fixtures import (
     assert_changes_consistent,
@@ -32,40 +31,12 @@ from tests.fixtures import (
 )
 from tests.reference import expected_now
 from worker import metrics
-from worker.embedded import EmbeddedRedis, create_topics, free_port
+from worker.embedded import EmbeddedRedis, create_topics
 from worker.embedded.apache_kafka import ApacheKafka
 from worker.services.consumer import Worker
 from worker.state.store import Store
 
 pytestmark = pytest.mark.integration
-
-
-def _deployment(
-    kafka: ApacheKafka, redis_server: EmbeddedRedis, tmp_path: Path, replication: int = 1
-) -> Deployment:
-    suffix = uuid.uuid4().hex[:8]
-    dep = Deployment(
-        kafka,
-        redis_server,
-        tmp_path,
-        f"orders-{suffix}",
-        f"actions-{suffix}",
-        f"dlq-{suffix}",
-        f"group-{suffix}",
-        free_port(),
-    )
-    create_topics(
-        kafka.bootstrap,
-        {dep.orders: 4, dep.actions: 4, dep.dlq: 1},
-        replication_factor=replication,
-    )
-    return dep
-
-
-def _stop_all(dep: Deployment) -> None:
-    for proc in dep.workers:
-        if proc.proc is not None and proc.proc.poll() is None:
-            proc.kill()
 
 
 def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
@@ -101,8 +72,7 @@ def test_broker_restart_with_data_on_disk_mid_stream(
     """Kafka killed (kill -9) mid-stream and started again on the same data: the worker
     is not ready while it is gone, ready again once it is back, and the stream ends exact:
     nothing lost, nothing counted twice, every chain unbroken."""
-    dep = _deployment(own_kafka, redis_server, tmp_path)
-    try:
+    with deployed(own_kafka, redis_server, tmp_path) as dep:
         events = generate(300, seed=151)
         expected = expected_now(events)
         records = records_of(events)
@@ -124,8 +94,6 @@ def test_broker_restart_with_data_on_disk_mid_stream(
         assert worker.proc is not None and worker.proc.poll() is None  # no restart needed
         assert "unreachable" in worker.log() and "answers again" in worker.log()
         assert worker.stop() == 0
-    finally:
-        _stop_all(dep)
 
 
 @pytest.fixture
@@ -145,8 +113,7 @@ def test_three_brokers_losing_the_leaders_of_orders_and_actions_partitions(
     """During a stream, the leader of an orders partition is killed (kill -9) and started
     again, then the leader of an actions partition: the state equals the recomputation and
     each customer's published changes form an unbroken chain."""
-    dep = _deployment(kafka_cluster, redis_server, tmp_path, replication=3)
-    try:
+    with deployed(kafka_cluster, redis_server, tmp_path, replication=3) as dep:
         events = generate(400, seed=152)
         expected = expected_now(events)
         records = records_of(events)
@@ -185,8 +152,6 @@ def test_three_brokers_losing_the_leaders_of_orders_and_actions_partitions(
         assert_changes_consistent(actions)
         assert_state_matches(store, expected)
         assert worker.stop() == 0
-    finally:
-        _stop_all(dep)
 
 
 def test_missing_dead_letter_topic_stalls_says_so_and_never_skips(
