@@ -26,6 +26,7 @@ from worker.errors import ConfigError, RfmError, UsageError
 from worker.rules import rescore
 from worker.rules.events import epoch_ms
 from worker.rules.profiles import DEFAULT_TENANT, Profiles
+from worker.state.clock import scoring_now
 from worker.state.store import Store
 from worker.web import views
 
@@ -227,7 +228,7 @@ def _read(args: argparse.Namespace, settings: Settings, profiles: Profiles, stor
 
     load_cuts(store, profiles)  # quantile profiles score with their stored cut points
     if args.command == "customer":
-        as_of = views.now_ms(settings, store)
+        as_of = scoring_now(settings, store)
         doc = views.lookup(store, profiles, args.tenant, args.customer_id, as_of)
         if doc is None:
             print(f"no customer {args.customer_id!r} in tenant {args.tenant!r}", file=sys.stderr)
@@ -235,14 +236,14 @@ def _read(args: argparse.Namespace, settings: Settings, profiles: Profiles, stor
         sys.stdout.buffer.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
         return 0
     if args.command == "export":
-        as_of = args.as_of if args.as_of is not None else views.now_ms(settings, store)
+        as_of = args.as_of if args.as_of is not None else scoring_now(settings, store)
         out = sys.stdout.buffer
         for doc in views.export(store, profiles, as_of, args.tenant):
             out.write(orjson.dumps(doc) + b"\n")
         out.flush()
         return 0
     if args.command == "matrix":
-        doc = views.matrix(store, args.tenant, views.now_ms(settings, store))
+        doc = views.matrix(store, args.tenant, scoring_now(settings, store))
         if args.json:
             sys.stdout.buffer.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
         else:
@@ -256,7 +257,7 @@ def _read(args: argparse.Namespace, settings: Settings, profiles: Profiles, stor
             print(text)
         return 0
     if args.command == "rescore":
-        as_of = views.now_ms(settings, store)
+        as_of = scoring_now(settings, store)
         # Quantile profiles are tried with the cut points of the base as it is now (what
         # the worker's next computation gives), computed here and not stored.
         from worker.services.sweeper import compute_cuts
@@ -384,7 +385,7 @@ def run(settings: Settings, profiles: Profiles) -> int:
         stack.callback(store.redis.close)
         _check_redis(store, settings)
         # Quantile profiles score with their cut points from the first batch on.
-        load_cuts(store, profiles, compute_missing_at=views.now_ms(settings, store))
+        load_cuts(store, profiles, compute_missing_at=scoring_now(settings, store))
         # librdkafka's callbacks run inside consume(), once `worker` exists.
         consumer = clients.consumer(
             settings,

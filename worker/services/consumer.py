@@ -47,6 +47,7 @@ from worker.rules.profiles import Profiles
 from worker.services import causes
 from worker.services.sweeper import Sweeper
 from worker.state import keys
+from worker.state.clock import scoring_now
 from worker.state.store import Committed, Store
 
 logger = logging.getLogger(__name__)
@@ -233,10 +234,8 @@ class Worker:
         return max(0.5, self._stop_by - time.monotonic())
 
     def clock(self) -> int:
-        """Now as scores see it: the wall clock, or the event clock (RFM_CLOCK=event)."""
-        if self.settings.clock == "event":
-            return self.store.read_clock() or self.now_ms()
-        return self.now_ms()
+        """Now as scores see it (worker/state/clock.py)."""
+        return scoring_now(self.settings, self.store, self.now_ms)
 
     def run(self) -> None:
         self.consumer.subscribe(

@@ -52,6 +52,7 @@ from worker import metrics as _metrics  # noqa: F401  (registers the rfm_* famil
 from worker.config import Settings
 from worker.errors import ConfigError
 from worker.rules.profiles import DEFAULT_TENANT, TENANT_NAME, Profiles
+from worker.state.clock import scoring_now
 from worker.state.store import Store
 from worker.web import views
 
@@ -142,7 +143,7 @@ class Api:
                 f"the customer id segment must be 1-{MAX_CUSTOMER_ID} characters of "
                 "percent-encoded UTF-8 ('/' as %2F)",
             )
-        as_of = views.now_ms(self.settings, self.store)
+        as_of = scoring_now(self.settings, self.store)
         doc = views.lookup(self.store, self.profiles, tenant, customer_id, as_of)
         if doc is None:
             return _error(404, "not_found", f"no customer {customer_id!r} in tenant {tenant!r}")
@@ -154,7 +155,7 @@ class Api:
             return _error(
                 400, "invalid_tenant", f"the tenant parameter must be once {_TENANT_RULE}"
             )
-        as_of = views.now_ms(self.settings, self.store)
+        as_of = scoring_now(self.settings, self.store)
         return _json(200, views.matrix(self.store, given[0], as_of))
 
     def _authenticate(self, authorization: str | None) -> Response | None:

@@ -7,22 +7,11 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator
 from typing import Any
 
-from worker.config import Settings
 from worker.rules.customer import Customer
-from worker.rules.events import wall_ms
 from worker.rules.messages import customer_view, iso
 from worker.rules.profiles import Profiles
 from worker.rules.scoring import score
 from worker.state.store import Store
-
-
-def now_ms(settings: Settings, store: Store) -> int:
-    """`now` as the worker sees it: the wall clock, or the event clock (RFM_CLOCK=event)."""
-    if settings.clock == "event":
-        clock = store.read_clock()
-        if clock is not None:
-            return clock
-    return wall_ms()
 
 
 def view(customer: Customer, profiles: Profiles, as_of_ms: int) -> dict[str, object] | None:
