@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 import pytest
 
-from tests.factories import epoch_ms
+from tests.factories import epoch_ms, generate
 from tests.reference import Expected
 from worker.config import load_settings
 from worker.rules.messages import RfmChanged, RfmOverdue
@@ -151,3 +151,14 @@ def sweep_once(monkeypatch: pytest.MonkeyPatch, dep: Deployment, at: datetime) -
     finally:
         monkeypatch.undo()
     return out[-1]
+
+
+def around_a_bad_record(seeds: tuple[int, int]) -> tuple[list[Any], list[Any], list[Any]]:
+    """Events before and after one unparseable record (the "after" customers and events
+    renamed, so the two halves never meet): (before, after, the records in that order)."""
+    before, after = generate(20, seed=seeds[0]), generate(20, seed=seeds[1])
+    after = [
+        {**e, "customer_id": f"late-{e['customer_id']}", "event_id": f"late-{e['event_id']}"}
+        for e in after
+    ]
+    return before, after, [*records_of(before), (b"bad", b"{not json"), *records_of(after)]

@@ -23,6 +23,7 @@ from confluent_kafka.admin import AdminClient  # type: ignore[attr-defined]
 from tests.conftest import Deployment, deployed
 from tests.factories import generate
 from tests.fixtures import (
+    around_a_bad_record,
     assert_changes_consistent,
     assert_state_matches,
     converged,
@@ -162,12 +163,7 @@ def test_missing_dead_letter_topic_stalls_says_so_and_never_skips(
     the topic exists, the record is dead-lettered and the rest applied."""
     missing = f"{deployment.dlq}-missing"
     deployment.extra_env["RFM_DLQ_TOPIC"] = missing
-    before, after = generate(20, seed=153), generate(20, seed=154)
-    after = [
-        {**e, "customer_id": f"late-{e['customer_id']}", "event_id": f"late-{e['event_id']}"}
-        for e in after
-    ]
-    records = [*records_of(before), (b"bad", b"{not json"), *records_of(after)]
+    before, after, records = around_a_bad_record((153, 154))
     worker = deployment.worker()
     deployment.produce(records)
     _wait(lambda: "consumption is stalled" in worker.log(), 40, "the stall")

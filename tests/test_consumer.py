@@ -18,6 +18,7 @@ import redis
 from tests.conftest import Deployment
 from tests.factories import generate
 from tests.fixtures import (
+    around_a_bad_record,
     assert_changes_consistent,
     assert_state_matches,
     converged,
@@ -325,12 +326,7 @@ def test_dead_letter_topic_refusing_copies_stalls_and_never_skips(
     behaves the same): the partition stalls, /readyz fails and says why; nothing skipped."""
     good_dlq = deployment.dlq
     deployment.extra_env["RFM_DLQ_TOPIC"] = "refused dlq!"
-    before, after = generate(20, seed=22), generate(20, seed=23)
-    after = [
-        {**e, "customer_id": f"late-{e['customer_id']}", "event_id": f"late-{e['event_id']}"}
-        for e in after
-    ]
-    records = [*records_of(before), (b"bad", b"{not json"), *records_of(after)]
+    before, after, records = around_a_bad_record((22, 23))
     producer = deployment.producer()
     for key, value in records:
         producer.produce(deployment.orders, key=key, value=value, partition=1)

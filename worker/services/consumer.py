@@ -406,7 +406,7 @@ class Worker:
         partitions = [TopicPartition(topic, p) for p in sorted(self.assigned)]
         self._retry_redis(lambda: self._reconcile(self.consumer, partitions))
         for tp in partitions:
-            start = tp.offset if tp.offset >= 0 else self._starts.get(tp.partition, -1)
+            start = self._starts.get(tp.partition, -1)  # what _reconcile chose
             # no offset anywhere: the partition's first batch was the one lost
             start = start if start >= 0 else OFFSET_BEGINNING
             self.consumer.seek(TopicPartition(topic, tp.partition, start))
