@@ -713,7 +713,7 @@ class Store:
         if lock is None:
             return False
         try:
-            lock.reacquire()
+            lock.extend(ttl_ms / 1000, replace_ttl=True)
         except redis.exceptions.LockError:
             del self._locks[name]
             return False
