@@ -23,10 +23,11 @@ from worker.rules.customer import Aggregates, Customer, Order, Published
 from worker.rules.decay import MAX_DUE_MS, MIN_OVERDUE_ORDERS, next_due, overdue_pending, rhythm
 from worker.rules.engine import Change, Result, apply_events, decay
 from worker.rules.events import ValidEvent
-from worker.rules.messages import RfmChanged, RfmOverdue, iso
+from worker.rules.instants import DAY_MS, iso
+from worker.rules.messages import RfmChanged, RfmOverdue
 from worker.rules.money import to_units
 from worker.rules.profiles import BUILTIN_DEFAULT, Profile, Profiles
-from worker.rules.scoring import DAY_MS, score
+from worker.rules.scoring import score
 
 DAY = DAY_MS
 HOUR = 3_600_000

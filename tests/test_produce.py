@@ -30,7 +30,7 @@ from worker.cli import main
 from worker.commands.produce import Row, derived_event_id, open_source, rows
 from worker.errors import UsageError
 from worker.rules.events import Rejection, ValidEvent
-from worker.rules.messages import iso
+from worker.rules.instants import iso
 from worker.rules.profiles import Profiles
 from worker.state.store import Store
 from worker.web import views

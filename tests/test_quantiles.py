@@ -25,10 +25,11 @@ from worker import metrics
 from worker.errors import ProfileError
 from worker.rules.customer import Aggregates
 from worker.rules.decay import next_due
+from worker.rules.instants import DAY_MS
 from worker.rules.money import to_units
 from worker.rules.profiles import Profile, Profiles
 from worker.rules.quantiles import Cuts, cut_points, quintile_cuts
-from worker.rules.scoring import DAY_MS, at_least_score, recency_score, score
+from worker.rules.scoring import at_least_score, recency_score, score
 from worker.services import causes
 from worker.services.sweeper import Sweeper, load_cuts
 from worker.state import keys

@@ -33,7 +33,8 @@ from tests.fixtures import (
 )
 from tests.reference import DEFAULT, rank_score, recompute
 from worker.rules.events import ValidEvent, validate
-from worker.rules.messages import RfmOverdue, iso
+from worker.rules.instants import iso
+from worker.rules.messages import RfmOverdue
 from worker.rules.profiles import Profiles
 from worker.services import causes
 from worker.state import keys

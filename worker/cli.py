@@ -24,7 +24,7 @@ from worker.commands import schemas
 from worker.config import Settings, load_settings, mask_url
 from worker.errors import ConfigError, RfmError, UsageError
 from worker.rules import rescore
-from worker.rules.events import epoch_ms
+from worker.rules.instants import epoch_ms
 from worker.rules.profiles import DEFAULT_TENANT, Profiles
 from worker.state.clock import scoring_now
 from worker.state.store import Store

@@ -46,10 +46,9 @@ from worker.embedded import (
 )
 from worker.embedded.apache_kafka import ApacheKafka, missing_tools
 from worker.kafka.clients import produce
-from worker.rules.events import ValidEvent, wall_ms
-from worker.rules.messages import iso
+from worker.rules.events import ValidEvent
+from worker.rules.instants import DAY_MS, iso, wall_ms
 from worker.rules.profiles import DEFAULT_TENANT, Profiles
-from worker.rules.scoring import DAY_MS
 from worker.services import causes
 from worker.state import keys
 from worker.state.store import Store

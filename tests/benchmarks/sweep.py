@@ -44,8 +44,9 @@ import redis
 from worker.embedded import EmbeddedRedis
 from worker.rules.customer import Customer, Order, Published
 from worker.rules.decay import next_due, rhythm
+from worker.rules.instants import DAY_MS
 from worker.rules.profiles import Profile, Profiles
-from worker.rules.scoring import DAY_MS, score
+from worker.rules.scoring import score
 from worker.services.sweeper import Sweep, Sweeper, zsets
 from worker.state import keys
 from worker.state.store import Store

@@ -25,7 +25,8 @@ import orjson
 
 from worker.config import Settings
 from worker.errors import UsageError
-from worker.rules.events import Rejection, ValidEvent, validate, wall_ms
+from worker.rules.events import Rejection, ValidEvent, validate
+from worker.rules.instants import wall_ms
 from worker.rules.profiles import DEFAULT_TENANT, Profiles
 
 CSV_REQUIRED = ("customer_id", "order_id", "occurred_at", "amount")

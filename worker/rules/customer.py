@@ -24,6 +24,7 @@ from typing import Literal
 import orjson
 
 from worker.rules.events import ValidEvent
+from worker.rules.instants import DAY_MS
 
 Outcome = Literal["applied", "duplicate"]
 
@@ -31,7 +32,7 @@ Outcome = Literal["applied", "duplicate"]
 # date (the sorted gaps, the stored form; an event costs O(log orders), not a pass over
 # them), and the store keeps it decoded between batches. Below, rebuilding costs less.
 LONG_HISTORY = 64
-REBASE_MS = 30 * 86_400_000  # a long history's entries are ages at a commit this recent
+REBASE_MS = 30 * DAY_MS  # a long history's entries are ages at a commit this recent
 # The per-customer bound (a shared guest id, a B2B account, a bot): beyond MAX_ORDERS orders
 # kept one by one, the oldest FOLD_CHUNK at a time fold into the aggregates (`Folded`), so
 # the state and the cost of an event stop growing. See docs/architecture.md "Guarantees".

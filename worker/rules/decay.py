@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 from worker.rules.customer import Aggregates
+from worker.rules.instants import DAY_MS
 from worker.rules.profiles import Profile
-from worker.rules.scoring import DAY_MS
 
 MIN_OVERDUE_ORDERS = 3
 # Instants past 9999-12-31 are never reached (and would not survive a double in Redis).

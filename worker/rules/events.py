@@ -9,9 +9,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Annotated, Literal
 
@@ -26,11 +24,11 @@ from pydantic import (
     field_validator,
 )
 
+from worker.rules.instants import MAX_FUTURE_MS, epoch_ms
 from worker.rules.money import to_units
 from worker.rules.profiles import DEFAULT_TENANT, Profiles
 
 MAX_EVENT_BYTES = 64 * 1024  # an order event is a few hundred bytes; more is an accident
-MAX_FUTURE_MS = 5 * 60 * 1000  # documented: more than 5 minutes ahead of the wall clock
 EventType = Literal["order_placed", "order_refunded", "order_cancelled"]
 
 Id = Annotated[str, Strict(), Field(min_length=1, max_length=200)]
@@ -153,20 +151,6 @@ def digest(event_id: str) -> str:
     """64 bits of BLAKE2b in 11 characters: collisions are negligible within one order."""
     raw = hashlib.blake2b(event_id.encode(), digest_size=8).digest()
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-
-
-def wall_ms() -> int:
-    """Now, by the wall clock, in epoch milliseconds (the unit of every instant here).
-    The core takes `now` as an argument; the I/O around it reads it here."""
-    return time.time_ns() // 1_000_000
-
-
-def epoch_ms(ts: datetime) -> int:
-    d = ts - _EPOCH  # exact, no float; faster than dividing by timedelta(milliseconds=1)
-    return (d.days * 86_400 + d.seconds) * 1000 + d.microseconds // 1000
 
 
 _FIELD_CLASS = {

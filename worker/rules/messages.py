@@ -8,12 +8,12 @@ and the tests check the two agree.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from datetime import date, timedelta
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
 from worker.rules.customer import Aggregates, Published
+from worker.rules.instants import iso
 from worker.rules.money import format_units
 from worker.rules.scoring import Score
 
@@ -99,28 +99,6 @@ class CustomerView(_Model):
     rfm: str
     segment: str
     as_of: str
-
-
-def iso(ms: int) -> str:
-    """RFC 3339 in UTC with a Z; milliseconds only when there are some. From tables rather
-    than datetime: ~4x faster, and an rfm.changed carries four instants (as_of <= ms <
-    year 10000, the range validation admits)."""
-    days, ms_of_day = divmod(ms, 86_400_000)
-    seconds, milli = divmod(ms_of_day, 1000)
-    minutes, seconds = divmod(seconds, 60)
-    day = _DATES.get(days)
-    if day is None:
-        if len(_DATES) >= 100_000:  # a few years of order dates; hostile input stays bounded
-            _DATES.clear()
-        day = _DATES[days] = f"{_EPOCH_DATE + timedelta(days=days):%Y-%m-%d}T"
-    return day + _HH_MM[minutes] + _SS[seconds] + _FRACTION[milli]
-
-
-_EPOCH_DATE = date(1970, 1, 1)
-_DATES: dict[int, str] = {}  # days since the epoch -> "YYYY-MM-DDT"
-_HH_MM = [f"{h:02d}:{m:02d}:" for h in range(24) for m in range(60)]
-_SS = [f"{s:02d}" for s in range(60)]
-_FRACTION = ["Z"] + [f".{ms:03d}Z" for ms in range(1, 1000)]
 
 
 def score_view(s: Score | Published | None) -> dict[str, object] | None:

@@ -19,7 +19,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from worker.rules.customer import Customer, Published
-from worker.rules.messages import iso
+from worker.rules.instants import iso
 from worker.rules.profiles import Profile, Profiles
 from worker.rules.scoring import Score, score
 

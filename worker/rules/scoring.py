@@ -10,9 +10,8 @@ from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 
 from worker.rules.customer import Aggregates
+from worker.rules.instants import DAY_MS
 from worker.rules.profiles import Profile
-
-DAY_MS = 86_400_000
 
 
 @dataclass(slots=True)  # not frozen: built per event, and frozen costs 3x

@@ -20,8 +20,8 @@ from worker.rules.customer import Customer
 from worker.rules.decay import next_due
 from worker.rules.engine import Result, apply_events, decay
 from worker.rules.events import ValidEvent
+from worker.rules.instants import DAY_MS
 from worker.rules.profiles import Profiles
-from worker.rules.scoring import DAY_MS
 from worker.state import keys
 from worker.state.store import BatchResult, Store, SweepStep
 

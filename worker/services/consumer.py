@@ -42,7 +42,8 @@ from worker.kafka.delivery import Deliveries
 from worker.kafka.dlq import dlq_headers, without_value
 from worker.kafka.relay import DRAIN_TIMEOUT, Relay
 from worker.rules.customer import MAX_ORDERS
-from worker.rules.events import Rejection, ValidEvent, validate, wall_ms
+from worker.rules.events import Rejection, ValidEvent, validate
+from worker.rules.instants import wall_ms
 from worker.rules.profiles import Profiles
 from worker.services import causes
 from worker.services.sweeper import Sweeper

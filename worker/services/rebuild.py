@@ -22,7 +22,8 @@ from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicP
 from worker.config import Settings
 from worker.errors import RfmError, UsageError
 from worker.kafka import clients
-from worker.rules.events import ValidEvent, validate, wall_ms
+from worker.rules.events import ValidEvent, validate
+from worker.rules.instants import wall_ms
 from worker.rules.profiles import Profiles
 from worker.services import causes
 from worker.state import connection, keys

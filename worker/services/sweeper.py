@@ -43,8 +43,7 @@ from typing import Any
 from worker import metrics
 from worker.config import Settings
 from worker.errors import RfmError, UsageError
-from worker.rules.events import MAX_FUTURE_MS, wall_ms
-from worker.rules.messages import iso
+from worker.rules.instants import MAX_FUTURE_MS, iso, wall_ms
 from worker.rules.money import format_units
 from worker.rules.profiles import Profiles
 from worker.rules.quantiles import Cuts, cut_points

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from worker.config import Settings
-from worker.rules.events import wall_ms
+from worker.rules.instants import wall_ms
 from worker.state.store import Store
 
 

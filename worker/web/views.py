@@ -8,7 +8,8 @@ from collections.abc import Iterator
 from typing import Any
 
 from worker.rules.customer import Customer
-from worker.rules.messages import customer_view, iso
+from worker.rules.instants import iso
+from worker.rules.messages import customer_view
 from worker.rules.profiles import Profiles
 from worker.rules.scoring import score
 from worker.state.store import Store

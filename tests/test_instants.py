@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker.rules.messages import iso
+from worker.rules.instants import iso
 
 LAST_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z, the latest instant validation admits
 
