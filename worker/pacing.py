@@ -1,0 +1,59 @@
+"""Pacing for the loops: how long to wait before a retry, how often a chore runs.
+
+Retry policies are data (`Backoff`), so the pauses of every retrying loop read side by
+side here; periodic chores (lag report, sweeps, cut-point checks, outbox trims) ask an
+`Every` whether their turn has come instead of keeping their own timestamps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Pauses of a retrying loop: `first`, then each `factor` times longer, up to `cap`."""
+
+    first: float
+    factor: float = 2.0
+    cap: float = 5.0
+
+    def pauses(self) -> Iterator[float]:
+        pause = self.first
+        while True:
+            yield pause
+            pause = min(pause * self.factor, self.cap)
+
+
+# Redis unavailable: retry soon (a blip), then every 5 s (an outage) without hammering it.
+REDIS_RETRY = Backoff(first=0.1, factor=2.0, cap=5.0)
+# Cluster slots moving (a resharding): a migration moves keys in batches, so wait a bit.
+SLOTS_MOVING = Backoff(first=0.05, factor=1.5, cap=0.5)
+# A record the broker refused (a missing topic, a full queue): sent again after a pause.
+BROKER_REFUSED = Backoff(first=1.0, factor=1.0, cap=1.0)
+
+
+class Every:
+    """A chore's turn: `due()` is True at most once per `seconds` (monotonic time).
+
+    `due()` is True at the first call unless `first_after` says otherwise; `now()` makes
+    the next call True (something changed that the chore must see at once).
+    """
+
+    __slots__ = ("_next", "seconds")
+
+    def __init__(self, seconds: float, *, first_after: float = 0.0) -> None:
+        self.seconds = seconds
+        self._next = time.monotonic() + first_after
+
+    def due(self) -> bool:
+        now = time.monotonic()
+        if now < self._next:
+            return False
+        self._next = now + self.seconds
+        return True
+
+    def now(self) -> None:
+        self._next = 0.0
