@@ -16,7 +16,8 @@ demo: $(STAMP)
 	$(BIN)/rfm-worker demo
 
 # The whole suite on Apache Kafka (where java and mvn are on PATH; else its broker tests
-# skip, saying why), then every broker-facing test again on Tansu, the demo's broker.
+# skip, saying why), then the paths the demo takes again on Tansu, the demo's broker (every
+# broker test where there is no Apache Kafka to run them on).
 test: lint typecheck schemas test-kafka test-tansu
 
 PYTEST := $(BIN)/python -m pytest -q -n 2 -p no:cacheprovider
@@ -25,7 +26,8 @@ test-kafka: $(STAMP) kafka
 	RFM_TEST_BROKER=kafka $(PYTEST)
 
 test-tansu: $(STAMP)
-	RFM_TEST_BROKER=tansu $(PYTEST) -m broker
+	RFM_TEST_BROKER=tansu $(PYTEST) -m "$$(command -v java >/dev/null && command -v mvn \
+	    >/dev/null && echo demo_path || echo broker)"
 
 # Apache Kafka's jars, fetched with Maven into ~/.cache/rfm-worker once (then nothing).
 kafka: $(STAMP)
@@ -42,7 +44,7 @@ schemas: $(STAMP)
 	$(BIN)/rfm-worker schemas --check
 
 unit: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 -m "not integration"
+	$(PYTEST) -m unit
 
 # Every benchmark in one run (a few minutes): a markdown table on stdout, JSON in
 # BENCH_OUT (default bench-results.json); sizes via BENCH_* (see tests/benchmarks/run.py).

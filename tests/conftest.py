@@ -3,8 +3,8 @@
 Both are started by the suite on free loopback ports. The broker is the one RFM_TEST_BROKER
 names: `kafka` (Apache Kafka, worker/embedded/apache_kafka: fetched with Maven on first use) or
 `tansu` (worker/embedded.Tansu); unset, Apache Kafka where java and mvn are on PATH, else
-Tansu. A test that talks to a broker is marked `broker` here (the Makefile runs those on
-both brokers), and one that uses the suite's Redis or Redis Cluster is marked `redis`.
+Tansu. A test that talks to a broker is marked `broker` here, one that uses the suite's
+Redis or Redis Cluster `redis`, one that needs neither `unit` (docs/development.md).
 Apache Kafka runs without java or mvn are skipped with that reason, said once; anything
 else that cannot start fails loudly instead of skipping.
 
@@ -98,14 +98,19 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Mark every test that talks to a broker (it uses the `kafka` fixture, directly or
     through `deployment`), so `-m broker` selects exactly those; and every test that uses
     the suite's Redis or Redis Cluster (`redis_server` or `redis_cluster`, directly or
-    through `redis_client`, `store`, `cluster_client`, `deployment`, ...) `redis`.
-    `item.fixturenames` is the whole closure, autouse fixtures included."""
+    through `redis_client`, `store`, `cluster_client`, `deployment`, ...) `redis`; what
+    needs neither is `unit`. `item.fixturenames` is the whole closure, autouse included."""
     for item in items:
         fixtures = set(getattr(item, "fixturenames", ()))
+        needs = False
         if {"kafka", "apache_kafka"} & fixtures:
             item.add_marker(pytest.mark.broker)
+            needs = True
         if REDIS_FIXTURES & fixtures:
             item.add_marker(pytest.mark.redis)
+            needs = True
+        if not needs and item.get_closest_marker("redis") is None:
+            item.add_marker(pytest.mark.unit)
 
 
 @pytest.fixture(scope="session")

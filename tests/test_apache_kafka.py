@@ -37,8 +37,6 @@ from worker.embedded.apache_kafka import ApacheKafka
 from worker.services.consumer import Worker
 from worker.state.store import Store
 
-pytestmark = pytest.mark.integration
-
 
 def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout

@@ -592,7 +592,6 @@ def _check_end_state(
         assert worker.stop() == 0
 
 
-@pytest.mark.integration
 def test_three_workers_on_the_cluster_converge(
     cluster_deployment: Deployment, cluster_client: redis.RedisCluster
 ) -> None:
@@ -608,7 +607,6 @@ def test_three_workers_on_the_cluster_converge(
     _check_end_state(dep, cluster_client, events, expected, actions)
 
 
-@pytest.mark.integration
 def test_three_workers_on_the_cluster_while_a_slot_migrates(
     redis_cluster: EmbeddedCluster,
     cluster_deployment: Deployment,

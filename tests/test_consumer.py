@@ -34,8 +34,6 @@ from worker.rules.profiles import Profiles
 from worker.services import causes
 from worker.state.store import Store
 
-pytestmark = pytest.mark.integration
-
 BAD: list[tuple[bytes, str]] = [
     (b"{not json", "invalid_json"),
     (b"\xff\xfe\x00", "invalid_encoding"),
@@ -69,6 +67,7 @@ BAD: list[tuple[bytes, str]] = [
 ]
 
 
+@pytest.mark.demo_path
 def test_orders_in_changes_out_bad_input_dead_lettered(deployment: Deployment, store: Store):
     events = generate(60, seed=1)
     records = records_of(events)
@@ -146,6 +145,7 @@ def test_orders_in_changes_out_bad_input_dead_lettered(deployment: Deployment, s
     assert worker.stop() == 0  # SIGTERM drains and exits cleanly
 
 
+@pytest.mark.demo_path
 def test_sigterm_and_kill_mid_stream_count_nothing_twice(deployment: Deployment, store: Store):
     """SIGTERM under load drains and exits 0; kill -9 loses nothing; the state stays exact."""
     events = generate(400, seed=3)
@@ -216,6 +216,7 @@ def test_redis_outage_stalls_then_catches_up_without_dead_letters(kafka: Any, tm
                 worker.kill()
 
 
+@pytest.mark.demo_path
 def test_event_clock_scores_history_at_its_own_time(deployment: Deployment, store: Store):
     """RFM_CLOCK=event: now is the latest occurred_at seen, so old history scores fresh."""
     deployment.extra_env["RFM_CLOCK"] = "event"
@@ -243,6 +244,7 @@ def test_event_clock_scores_history_at_its_own_time(deployment: Deployment, stor
     assert worker.stop() == 0
 
 
+@pytest.mark.demo_path
 def test_changes_committed_but_never_published_are_relayed_with_their_ids(
     deployment: Deployment, store: Store, profiles: Profiles
 ):

@@ -14,7 +14,7 @@ import pytest
 
 from worker.embedded.apache_kafka import missing_tools
 
-pytestmark = [pytest.mark.integration, pytest.mark.redis]  # the demo starts its own Redis
+pytestmark = pytest.mark.redis  # the demo starts its own Redis
 
 FIRED = r"(  => [a-z_]+(, [a-z_]+)*)?"  # the automation triggers of the demo's profile
 ORDER_MOVE = re.compile(rf"^\s+c\d{{5}}\s+order\s+.+ -> .+\(\d{{3}}\){FIRED}$", re.M)

@@ -13,7 +13,6 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import pytest
 import redis
 from confluent_kafka import KafkaError
 
@@ -24,8 +23,6 @@ from tests.reference import expected_now
 from worker.kafka.relay import DRAIN_TIMEOUT
 from worker.services.consumer import Worker
 from worker.state.store import Store
-
-pytestmark = pytest.mark.integration
 
 
 class DropReplies:

@@ -55,8 +55,6 @@ from worker.rules.messages import RfmChanged, RfmOverdue
 from worker.rules.profiles import Profiles
 from worker.state.store import Store
 
-pytestmark = pytest.mark.integration
-
 CASES = 2000
 VALID_EVERY = 3  # one known-valid event after every 3 hostile records
 VALID_CUSTOMERS = frozenset(f"v{i}" for i in range(40))
@@ -989,6 +987,7 @@ def _describe(item: Sent) -> str:
     return f"key={cut(item.key)} value={cut(item.value)} headers={item.headers!r:.300}"
 
 
+@pytest.mark.demo_path
 def test_hostile_records_are_applied_or_dead_lettered_and_valid_ones_stay_exact(
     deployment: Deployment, store: Store
 ) -> None:

@@ -170,7 +170,7 @@ def _topic(dep: Deployment, count: int) -> list[tuple[int, bytes, bytes]]:
     return [(m.partition(), m.key(), m.value()) for m in messages]
 
 
-@pytest.mark.integration
+@pytest.mark.demo_path
 def test_produce_sends_the_valid_rows_reports_the_rest_and_a_rerun_is_identical(
     deployment: Deployment,
     monkeypatch: pytest.MonkeyPatch,
@@ -205,7 +205,6 @@ def test_produce_sends_the_valid_rows_reports_the_rest_and_a_rerun_is_identical(
     assert Counter(both) == Counter(dict.fromkeys(first, 2))
 
 
-@pytest.mark.integration
 def test_produce_from_standard_input_gzipped_json_lines(deployment: Deployment) -> None:
     events = [
         {
@@ -277,7 +276,6 @@ def _ev(cid: str, oid: str, kind: str, at: datetime, amount: str | None) -> dict
     return ev
 
 
-@pytest.mark.integration
 def test_backfill_recipe_produce_run_with_the_event_clock_then_sweep(
     deployment: Deployment, store: Store, tmp_path: Path
 ) -> None:

@@ -15,7 +15,6 @@ import time
 from typing import Any
 
 import orjson
-import pytest
 import redis
 
 from tests.conftest import Deployment
@@ -23,8 +22,6 @@ from tests.factories import generate
 from tests.fixtures import assert_state_matches, converged, records_of
 from tests.reference import expected_now
 from worker.state.store import Store
-
-pytestmark = pytest.mark.integration
 
 
 def _snapshot(client: redis.Redis) -> dict[bytes, bytes]:

@@ -41,8 +41,6 @@ from worker.state import keys
 from worker.state.store import Store
 from worker.web import views
 
-pytestmark = pytest.mark.integration
-
 MS = timedelta(milliseconds=1)
 
 
@@ -63,6 +61,7 @@ def _decay_records(dep: Deployment) -> list[dict[str, Any]]:
     return [d for d in docs if d["type"] == "rfm.overdue" or d["cause"] == "decay"]
 
 
+@pytest.mark.demo_path
 def test_the_silent_regular_decays_boundary_by_boundary(
     deployment: Deployment, store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -402,7 +402,7 @@ def check_record(profile: Profile, msg: Any) -> dict[str, Any]:
 # -- end to end: a worker, sweeps, the actions topic --------------------------------------
 
 
-@pytest.mark.integration
+@pytest.mark.demo_path
 def test_orders_and_sweeps_publish_the_profiles_triggers(
     deployment: Deployment, store: Store, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
@@ -489,7 +489,7 @@ segment = "champions"
 """
 
 
-@pytest.mark.integration
+@pytest.mark.demo_path
 def test_readme_automation_consumer_dispatches_each_change_once(
     deployment: Deployment, store: Store
 ) -> None:
