@@ -23,10 +23,10 @@ import pytest
 
 from tests.factories import epoch_ms, generate
 from tests.reference import Expected
+from worker.commands.sweep_once import run_once
 from worker.config import load_settings
 from worker.rules.messages import RfmChanged, RfmOverdue
 from worker.rules.profiles import Profiles
-from worker.services.sweeper import run_once
 from worker.state.store import Store
 
 if TYPE_CHECKING:

@@ -31,7 +31,8 @@ from worker.rules.profiles import Profile, Profiles
 from worker.rules.quantiles import Cuts, cut_points, quintile_cuts
 from worker.rules.scoring import at_least_score, recency_score, score
 from worker.services import causes
-from worker.services.sweeper import Sweeper, load_cuts
+from worker.services.quantile_upkeep import load_cuts
+from worker.services.sweeper import Sweeper
 from worker.state import keys
 from worker.state.store import Committed, Store
 
@@ -408,22 +409,22 @@ def test_one_worker_computes_and_the_others_follow(store: Store) -> None:
     clock = [T0]
     a, b = sweeper_at(store, first, clock), sweeper_at(store, second, clock)
     # `a` takes the lock and computes one scan step per tick; `b` may not compute meanwhile.
-    assert a.quantile_step()
-    assert not b.quantile_step()
-    while a.quantile_step():
+    assert a.quantiles.step()
+    assert not b.quantiles.step()
+    while a.quantiles.step():
         pass
     assert store.read_cuts()[TENANT].version == 1
     assert store.redis.exists(keys.quantiles_lock(TENANT)) == 0  # released
     assert second.cuts[TENANT] is None
     b.tick(set())  # the next check reads the stored version and applies it
     assert second.cuts[TENANT] == store.read_cuts()[TENANT]
-    assert b._index_chunks is not None or b._indexed  # the marking pass runs (recheck)
+    assert b.marking._chunks is not None or b.marking._done  # the marking pass runs (recheck)
     # Stale once quantiles_every_minutes have passed on the sweeper's clock: recomputed.
     clock[0] = T0 + 59 * 60_000
     b.tick(set())
     assert store.read_cuts()[TENANT].version == 1
     clock[0] = T0 + 60 * 60_000
-    while b.quantile_step():
+    while b.quantiles.step():
         pass
     assert store.read_cuts()[TENANT].version == 2
     assert store.read_cuts()[TENANT].computed_at == T0 + 60 * 60_000

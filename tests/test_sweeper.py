@@ -369,7 +369,7 @@ def test_a_changed_profile_is_applied_in_the_background(store: Store, profiles: 
     sweeper = Sweeper(
         store, CHANGED_PROFILES, interval=60, clock=lambda: T0_MS, now_ms=lambda: T0_MS
     )
-    while sweeper.index_step():
+    while sweeper.marking.step():
         pass
     zsets = {(s, p) for s in range(keys.SHARDS) for p in range(4)}
     assert store.due_backlog(zsets, T0_MS) == len(expected_moves)
@@ -406,7 +406,7 @@ def test_a_marking_pass_cut_short_resumes_without_repeating_changes(
     monkeypatch.setattr(store, "customer_key_chunks", lambda: real_chunks(count=5))
     # A worker with the new profile marks a first chunk and sweeps it, then dies.
     first = Sweeper(store, CHANGED_PROFILES, interval=60, clock=lambda: T0_MS, now_ms=lambda: T0_MS)
-    assert first.index_step()
+    assert first.marking.step()
     out: list[Committed] = []
     sweep_ = first.start({0, 1, 2, 3}, T0_MS)
     while sweep_.pending:

@@ -188,7 +188,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         _tune_gc()
         return _redis_down(settings, lambda: rebuild(settings, profiles, confirmed=args.yes))
     if args.command == "sweep":
-        from worker.services.sweeper import run_once
+        from worker.commands.sweep_once import run_once
 
         return _redis_down(settings, lambda: run_once(settings, profiles, args.as_of))
     if args.command == "produce":
@@ -224,7 +224,7 @@ def _redis_down(settings: Settings, command: Callable[[], int]) -> int:
 
 def _read(args: argparse.Namespace, settings: Settings, profiles: Profiles, store: Store) -> int:
     """The read-only commands: customer, export, matrix, rescore --dry-run."""
-    from worker.services.sweeper import load_cuts
+    from worker.services.quantile_upkeep import load_cuts
 
     load_cuts(store, profiles)  # quantile profiles score with their stored cut points
     if args.command == "customer":
@@ -260,7 +260,7 @@ def _read(args: argparse.Namespace, settings: Settings, profiles: Profiles, stor
         as_of = scoring_now(settings, store)
         # Quantile profiles are tried with the cut points of the base as it is now (what
         # the worker's next computation gives), computed here and not stored.
-        from worker.services.sweeper import compute_cuts
+        from worker.services.quantile_upkeep import compute_cuts
 
         for name in profiles.quantile_names():
             profiles.use_cuts(name, compute_cuts(store, profiles, name, as_of))
@@ -375,7 +375,7 @@ def run(settings: Settings, profiles: Profiles) -> int:
     from worker import metrics
     from worker.kafka import clients
     from worker.services.consumer import Worker
-    from worker.services.sweeper import load_cuts
+    from worker.services.quantile_upkeep import load_cuts
     from worker.state import connection
     from worker.web.http_api import Api, serve
 

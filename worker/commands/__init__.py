@@ -1,1 +1,1 @@
-"""Commands besides `run`: the demo, produce (backfill) and the JSON Schemas."""
+"""Commands besides `run`: the demo, produce (backfill), sweep --once and the JSON Schemas."""

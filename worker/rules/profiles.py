@@ -249,7 +249,7 @@ class Profile(BaseModel):
     @cached_property
     def version(self) -> str:
         """A short hash of the profile's content, stored with every customer's scores: a
-        customer whose version differs from its profile's is rescored (worker/services/sweeper.py).
+        customer whose version differs from its profile's is rescored (worker/services/marking.py).
         Only what scores depend on counts: editing a trigger rescores nobody."""
         # The mode and quantile settings are left out: a quantile profile scores with the
         # thresholds of `scored_by`, whose version follows its cut points; and a thresholds
@@ -264,7 +264,7 @@ class Profile(BaseModel):
         points (worker/rules/quantiles.py): same name, currency, window, overdue factor, segments
         and triggers; thresholds from the cuts (non-decreasing: ties make equal ones). Its
         `version` changes with the cut points, so a new computation is applied like a
-        changed profile (worker/services/sweeper.py). Without cuts (no population yet) every
+        changed profile (worker/services/marking.py). Without cuts (no population yet) every
         customer scores 333. A thresholds-mode profile is returned as it is."""
         if self.mode != "quantiles":
             return self

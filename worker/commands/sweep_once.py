@@ -1,0 +1,87 @@
+"""`rfm-worker sweep --once [--as-of TS]`: one whole decay sweep of every partition, for cron
+while no worker runs (docs/time-and-sweeps.md, When sweeps run).
+
+Its changes are published (and acknowledged) before it returns. Beside running workers it is
+safe (compare-and-set: nothing is published twice) but gives up the per-customer order of
+their changes (docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from worker.config import Settings
+from worker.errors import RfmError, UsageError
+from worker.kafka import clients
+from worker.kafka.relay import DRAIN_TIMEOUT, Relay
+from worker.rules.instants import MAX_FUTURE_MS, iso, wall_ms
+from worker.rules.profiles import Profiles
+from worker.services.sweeper import Sweeper
+from worker.state import connection
+from worker.state.store import Committed, Store
+
+
+def run_once(settings: Settings, profiles: Profiles, as_of_ms: int | None) -> int:
+    """The command: sweep, publish, wait for the broker's acknowledgements, print a summary."""
+    store = Store(connection.redis_client(settings))
+    try:
+        as_of_ms = _sweep_instant(settings, store, as_of_ms)
+        producer = clients.producer(settings)
+        partitions = _partitions(producer, settings.orders_topic)
+        relay = Relay(store, producer, settings.actions_topic)
+        relay.recover(partitions)  # a stopped worker's unpublished changes go out first
+
+        def publish(committed: list[Committed]) -> None:
+            relay.publish(committed)
+            relay.settle(trim_now=True)
+
+        sweeper = Sweeper(
+            store,
+            profiles,
+            interval=settings.sweep_interval,
+            clock=lambda: as_of_ms,
+            now_ms=wall_ms,
+        )
+        sweep = sweeper.sweep_all(partitions, as_of_ms, publish)
+        if not relay.drain(DRAIN_TIMEOUT):
+            raise RfmError(
+                f"{relay.in_flight} change(s) not acknowledged by the broker within "
+                f"{DRAIN_TIMEOUT:.0f} s; they stay in the outbox and are published by the "
+                "next sweep or worker"
+            )
+    finally:
+        store.redis.close()
+    print(
+        f"swept as of {iso(as_of_ms)}: {sweep.customers} due customer(s) rescored, "
+        f"{sweep.changes} change(s) and {sweep.overdue} overdue alert(s) published"
+    )
+    return 0
+
+
+def _sweep_instant(settings: Settings, store: Store, as_of_ms: int | None) -> int:
+    """The sweep's instant: --as-of, else now; time is never moved back, nor ahead of now."""
+    wall = wall_ms()
+    if as_of_ms is not None and as_of_ms - wall > MAX_FUTURE_MS:
+        raise UsageError(
+            f"refusing --as-of {iso(as_of_ms)}: it is ahead of the wall clock ({iso(wall)}), "
+            "and decay that has not happened yet is never published"
+        )
+    if settings.clock != "event":
+        return wall if as_of_ms is None else as_of_ms
+    clock = store.read_clock()
+    if as_of_ms is None:
+        return wall if clock is None else clock
+    if clock is not None and as_of_ms < clock:
+        raise UsageError(
+            f"refusing --as-of {iso(as_of_ms)}: the event clock is already at {iso(clock)} "
+            "and time never moves back (RFM_CLOCK=event); use a later instant or omit --as-of"
+        )
+    return store.advance_clock(as_of_ms)
+
+
+def _partitions(producer: Any, topic: str) -> set[int]:
+    meta = producer.list_topics(topic, timeout=10).topics.get(topic)
+    if meta is None or meta.error is not None or not meta.partitions:
+        reason = meta.error if meta is not None and meta.error else "no partitions"
+        raise RfmError(f"cannot read the partitions of {topic} (RFM_ORDERS_TOPIC): {reason}")
+    return set(meta.partitions)
