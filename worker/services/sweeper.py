@@ -47,7 +47,7 @@ from worker.rules.instants import MAX_FUTURE_MS, iso, wall_ms
 from worker.rules.money import format_units
 from worker.rules.profiles import Profiles
 from worker.rules.quantiles import Cuts, cut_points
-from worker.services import causes
+from worker.services import causes, sampling
 from worker.state import keys
 from worker.state.store import BatchResult, Committed, Store
 
@@ -93,8 +93,10 @@ class QuantileRun:
     @classmethod
     def start(cls, store: Store, profiles: Profiles, name: str, as_of_ms: int) -> QuantileRun:
         sample = profiles.configured[name].quantiles_sample
-        population = store.profile_population(name, profiles)
-        chunks = store.quantile_values(name, profiles, as_of_ms, sample=sample, count=QUANTILE_STEP)
+        population = sampling.population(store.reads, name, profiles)
+        chunks = sampling.ranked_values(
+            store.reads, name, profiles, as_of_ms, sample=sample, count=QUANTILE_STEP
+        )
         return cls(name, as_of_ms, population <= sample, population, chunks)
 
     def cuts(self, stored: Cuts | None) -> Cuts | None:
@@ -116,7 +118,7 @@ def compute_cuts(store: Store, profiles: Profiles, name: str, as_of_ms: int) -> 
     run = QuantileRun.start(store, profiles, name, as_of_ms)
     for chunk in run.chunks:
         run.values += chunk
-    return run.cuts(store.read_cuts().get(name))
+    return run.cuts(store.cut_points.read().get(name))
 
 
 def load_cuts(
@@ -126,18 +128,18 @@ def load_cuts(
     (a worker's start), a quantile profile with none yet and customers to rank gets its
     first ones computed and stored now, before anything is scored: a base switched to
     quantile mode moves once, to its quintiles, never through the 333 placeholder."""
-    stored = store.read_cuts() if profiles.quantile_names() else {}
+    stored = store.cut_points.read() if profiles.quantile_names() else {}
     for name in profiles.quantile_names():
         missing = name not in stored and compute_missing_at is not None
-        if missing and store.try_lock(name, QUANTILE_LOCK_MS):
+        if missing and store.cut_points.try_lock(name, QUANTILE_LOCK_MS):
             assert compute_missing_at is not None
             try:
                 cuts = compute_cuts(store, profiles, name, compute_missing_at)
                 if cuts is not None:
-                    store.write_cuts(name, cuts)
+                    store.cut_points.write(name, cuts)
                     stored[name] = cuts
             finally:
-                store.unlock(name)
+                store.cut_points.unlock(name)
         if name in stored:
             profiles.use_cuts(name, stored[name])
             metrics.QUANTILE_CUTS_VERSION.labels(name).set(stored[name].version)
@@ -189,7 +191,7 @@ class Sweeper:
 
     def start(self, partitions: Iterable[int], as_of_ms: int) -> Sweep:
         sweep = Sweep(as_of_ms, zsets(partitions))
-        metrics.SWEEP_DUE.set(self.store.due_backlog(sweep.pending, as_of_ms))
+        metrics.SWEEP_DUE.set(self.store.due.backlog(sweep.pending, as_of_ms))
         return sweep
 
     def step(self, sweep: Sweep, partitions: set[int]) -> list[Committed]:
@@ -216,7 +218,7 @@ class Sweeper:
     def _finish(self, sweep: Sweep, partitions: set[int]) -> None:
         elapsed = time.perf_counter() - sweep.started
         metrics.SWEEP_DURATION.observe(elapsed)
-        metrics.SWEEP_DUE.set(self.store.due_backlog(zsets(partitions), self.clock()))
+        metrics.SWEEP_DUE.set(self.store.due.backlog(zsets(partitions), self.clock()))
         if sweep is self.current:
             self.current = None
         if sweep.customers:
@@ -251,18 +253,18 @@ class Sweeper:
         if self._index_chunks is None:
             if self._runs:  # new cut points coming: mark against them, not the old ones
                 return False
-            if self.store.is_indexed(self.profiles):
+            if self.store.marking.is_done(self.profiles.versions()):
                 self._indexed = True
                 return False
-            self._index_chunks = self.store.customer_key_chunks()
-            self._pass = MarkingPass(self.store.profile_versions(), self.profiles)
+            self._index_chunks = self.store.reads.key_chunks()
+            self._pass = MarkingPass(self.store.marking.versions(), self.profiles)
         try:
             chunk = next(self._index_chunks, None)
         except Exception:  # the scan broke off (Redis error): start the pass again later
             self._index_chunks = None
             raise
         if chunk is None:
-            self.store.mark_indexed(self.profiles)
+            self.store.marking.record_done(self.profiles.versions())
             self._indexed = True
             self._pass.finish()
             return False
@@ -300,7 +302,7 @@ class Sweeper:
             self._finish_cuts(run)
         else:
             run.values += chunk
-            if not self.store.renew_lock(run.name, QUANTILE_LOCK_MS):
+            if not self.store.cut_points.renew_lock(run.name, QUANTILE_LOCK_MS):
                 logger.warning(
                     "lost the quantile lock of profile %s: another worker took over", run.name
                 )
@@ -308,7 +310,7 @@ class Sweeper:
         return bool(self._runs)
 
     def _check_cuts(self, names: list[str]) -> None:
-        stored = self.store.read_cuts()
+        stored = self.store.cut_points.read()
         changed = False
         for name in names:
             cuts = stored.get(name)
@@ -319,7 +321,7 @@ class Sweeper:
             if (
                 name not in self._runs
                 and self._stale(name, cuts)
-                and self.store.try_lock(name, QUANTILE_LOCK_MS)
+                and self.store.cut_points.try_lock(name, QUANTILE_LOCK_MS)
             ):
                 self._runs[name] = self._start_cuts(name)
         if changed:
@@ -336,12 +338,12 @@ class Sweeper:
 
     def _finish_cuts(self, run: QuantileRun) -> None:
         try:
-            cuts = run.cuts(self.store.read_cuts().get(run.name))
+            cuts = run.cuts(self.store.cut_points.read().get(run.name))
             if cuts is None:  # no customer yet: 333 for now, tried again next interval
                 return
-            self.store.write_cuts(run.name, cuts)
+            self.store.cut_points.write(run.name, cuts)
         finally:
-            self.store.unlock(run.name)
+            self.store.cut_points.unlock(run.name)
         self._use(run.name, cuts)
         self.recheck()
         logger.info(
@@ -461,7 +463,7 @@ def _sweep_instant(settings: Settings, store: Store, as_of_ms: int | None) -> in
         )
     if settings.clock != "event":
         return wall if as_of_ms is None else as_of_ms
-    clock = store.read_clock()
+    clock = store.clock.read()
     if as_of_ms is None:
         return wall if clock is None else clock
     if clock is not None and as_of_ms < clock:
@@ -469,7 +471,7 @@ def _sweep_instant(settings: Settings, store: Store, as_of_ms: int | None) -> in
             f"refusing --as-of {iso(as_of_ms)}: the event clock is already at {iso(clock)} "
             "and time never moves back (RFM_CLOCK=event); use a later instant or omit --as-of"
         )
-    return store.advance_clock(as_of_ms)
+    return store.clock.advance(as_of_ms)
 
 
 def _partitions(producer: Any, topic: str) -> set[int]:
