@@ -96,7 +96,7 @@ def assert_changes_consistent(messages: list[Any]) -> None:
 def assert_state_matches(store: Store, expected: dict[tuple[str, str], Expected | None]) -> None:
     """Each customer's aggregates and published score in Redis are the expected ones."""
     for (tenant, cid), exp in expected.items():
-        customer = store.get_customer(tenant, cid)
+        customer = store.reads.customer(tenant, cid)
         assert customer is not None
         agg = customer.aggregates()
         if exp is None:

@@ -135,7 +135,7 @@ def seeded(store: Store, profiles: Profiles) -> Store:
 def event_clock(monkeypatch: pytest.MonkeyPatch, seeded: Store) -> Store:
     """RFM_CLOCK=event with the clock at AS_OF: commands score at a known instant."""
     monkeypatch.setenv("RFM_CLOCK", "event")
-    assert seeded.advance_clock(AS_OF_MS) == AS_OF_MS
+    assert seeded.clock.advance(AS_OF_MS) == AS_OF_MS
     return seeded
 
 

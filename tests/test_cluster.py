@@ -195,7 +195,7 @@ def other_master(cluster: EmbeddedCluster, slot: int) -> int:
 
 
 def outbox(store: Store) -> list[tuple[bytes, bytes, bytes, bytes]]:
-    return [e for p in range(PARTITIONS) for e in store.outbox_entries(p)]
+    return [e for p in range(PARTITIONS) for e in store.outbox.entries(p)]
 
 
 def assert_outbox_consistent(
@@ -237,7 +237,7 @@ def assert_outbox_consistent(
 
 
 def assert_counts_consistent(store: Store, expected: dict[Any, Expected | None]) -> None:
-    assert store.segment_counts() == Counter(
+    assert store.reads.segment_counts() == Counter(
         (tenant, e.segment) for (tenant, _cid), e in expected.items() if e is not None
     )
 
@@ -335,13 +335,13 @@ def test_store_same_batch_twice_on_the_cluster_is_only_duplicates(
     first = apply(cluster_store, profiles, events)
     expected = expected_at(events)
     assert_store_matches(cluster_store, expected, first.committed)
-    entries, counts = outbox(cluster_store), cluster_store.segment_counts()
+    entries, counts = outbox(cluster_store), cluster_store.reads.segment_counts()
 
     again = apply(cluster_store, profiles, list(reversed(events)))
     assert again.outcomes == Counter({"duplicate": len(events)})
     assert (again.committed, again.conflicts, again.customers) == ([], 0, 0)
     assert outbox(cluster_store) == entries
-    assert cluster_store.segment_counts() == counts
+    assert cluster_store.reads.segment_counts() == counts
     assert_state_matches(cluster_store, expected)
 
 
@@ -385,17 +385,17 @@ def test_a_changed_profile_is_applied_on_the_cluster(
     events = store_events(seed=5)
     apply(cluster_store, profiles, events)
     sweep(cluster_store, profiles, AS_OF_MS)  # up to date with the first profile
-    assert cluster_store.profile_versions() == {"default": profiles.default.version}
-    before = {(c.tenant, c.customer_id): c.published for c in cluster_store.scan_customers()}
+    assert cluster_store.marking.versions() == {"default": profiles.default.version}
+    before = {(c.tenant, c.customer_id): c.published for c in cluster_store.reads.customers()}
 
     _done, records = sweep(cluster_store, CHANGED_PROFILES, AS_OF_MS)
     changes = [orjson.loads(c.value) for c in records]
     assert changes and {c["cause"] for c in changes if c["type"] == "rfm.changed"} == {"rescore"}
-    after = {(c.tenant, c.customer_id): c for c in cluster_store.scan_customers()}
+    after = {(c.tenant, c.customer_id): c for c in cluster_store.reads.customers()}
     moved = {k for k, c in after.items() if c.published != before[k] and c.published is not None}
     assert {(c["tenant"], c["customer_id"]) for c in changes} == moved
     assert {c.version for c in after.values() if c.orders} == {CHANGED_PROFILES.default.version}
-    assert cluster_store.profile_versions() == {"default": CHANGED_PROFILES.default.version}
+    assert cluster_store.marking.versions() == {"default": CHANGED_PROFILES.default.version}
     assert sweep(cluster_store, CHANGED_PROFILES, AS_OF_MS)[1] == []
 
 

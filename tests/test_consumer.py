@@ -240,7 +240,7 @@ def test_event_clock_scores_history_at_its_own_time(deployment: Deployment, stor
     assert last["current"]["rfm"] == "532"
     status, body = fetch(deployment.http_port, "/v1/customers/default/old")
     assert status == 200 and orjson.loads(body)["as_of"] == "2021-03-10T10:00:00Z"
-    assert store.read_clock() == reference_ms("2021-03-10T10:00:00Z")
+    assert store.clock.read() == reference_ms("2021-03-10T10:00:00Z")
     assert worker.stop() == 0
 
 
@@ -257,7 +257,7 @@ def test_changes_committed_but_never_published_are_relayed_with_their_ids(
         assert not isinstance(out, Rejection)
         valid.append((out, i % 4))
     committed = causes.apply_batch(store, valid, profiles, as_of_ms=now, now_ms=now).committed
-    assert committed and store.outbox_backlog() == len(committed)
+    assert committed and store.outbox.backlog() == len(committed)
     worker = deployment.worker()  # nothing on the orders topic: only the outbox to relay
 
     def changes(messages: list[Any]) -> list[bytes]:  # the worker's sweep may add alerts
@@ -267,9 +267,9 @@ def test_changes_committed_but_never_published_are_relayed_with_their_ids(
     assert sorted(changes(actions)) == sorted(c.value for c in committed)
     assert_changes_consistent(actions)
     deadline = time.monotonic() + 10
-    while store.outbox_backlog() and time.monotonic() < deadline:
+    while store.outbox.backlog() and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert store.outbox_backlog() == 0  # trimmed once the broker acknowledged them
+    assert store.outbox.backlog() == 0  # trimmed once the broker acknowledged them
     assert worker.stop() == 0
 
 

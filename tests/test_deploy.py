@@ -223,7 +223,7 @@ def running_api(store: Store, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple
     flags = Flags()
     api = Api(Settings(), profiles, store, healthy=lambda: flags.healthy, ready=lambda: flags.ready)
     try:
-        collector = metrics.register_customers(store.segment_counts, profiles.names())
+        collector = metrics.register_customers(store.reads.segment_counts, profiles.names())
     except ValueError:  # already registered in this process
         collector = None
     server = serve(api, port=0, host="127.0.0.1")

@@ -1100,7 +1100,7 @@ def test_hostile_records_are_applied_or_dead_lettered_and_valid_ones_stay_exact(
                 mismatched.append(f"valid in process, dead-lettered {got}: {_describe(item)}")
         else:
             applied += 1
-            assert store.get_customer(out.tenant, out.customer_id) is not None, _describe(item)
+            assert store.reads.customer(out.tenant, out.customer_id) is not None, _describe(item)
     if mismatched:
         pytest.fail(
             "\n".join(mismatched[:20])

@@ -84,7 +84,7 @@ def flags() -> Flags:
 
 @pytest.fixture
 def api(settings: Settings, profiles: Profiles, store: Store, flags: Flags) -> Api:
-    store.advance_clock(AS_OF_MS)
+    store.clock.advance(AS_OF_MS)
     return Api(settings, profiles, store, healthy=lambda: flags.healthy, ready=lambda: flags.ready)
 
 
@@ -333,7 +333,7 @@ def secured_api(
 ) -> Api:
     """The api with RFM_HTTP_TOKEN set."""
     monkeypatch.setenv("RFM_HTTP_TOKEN", TOKEN)
-    store.advance_clock(AS_OF_MS)
+    store.clock.advance(AS_OF_MS)
     return Api(Settings(), profiles, store, healthy=lambda: True, ready=lambda: True)
 
 
@@ -1189,7 +1189,7 @@ def test_rfm_customers_labels_stay_bounded_with_many_tenants(store: Store) -> No
     ]
     apply(store, profiles, events)
     registry = CollectorRegistry()
-    registry.register(CustomersCollector(store.segment_counts, profiles.names()))
+    registry.register(CustomersCollector(store.reads.segment_counts, profiles.names()))
     samples = customers_samples(registry)
     assert {tenant for tenant, _ in samples} == {"vip", "default", "other"}
     assert sum(v for (t, _), v in samples.items() if t == "other") == 300
@@ -1205,7 +1205,7 @@ def test_register_customers_serves_the_bounded_labels_on_metrics(
         [placed_days_ago(profiles, "c", "o1", "10", 400, tenant=f"t{i}") for i in range(3)]
         + [placed_days_ago(profiles, "c", "o1", "10", 400)],
     )
-    collector = register_customers(store.segment_counts, profiles.names())
+    collector = register_customers(store.reads.segment_counts, profiles.names())
     try:
         status, _ctype, body, _ = api.handle("/metrics")
         assert status == 200

@@ -295,7 +295,7 @@ def seed(store: Store, profiles: Profiles, customers: dict[str, tuple[int, int]]
     causes.apply_batch(
         store, [(e, 0) for e in events], profiles, as_of_ms=AS_OF_MS, now_ms=AS_OF_MS
     )
-    store.advance_clock(AS_OF_MS)
+    store.clock.advance(AS_OF_MS)
 
 
 def run(capsysbinary: pytest.CaptureFixture[bytes], *argv: str) -> tuple[int, str, str]:

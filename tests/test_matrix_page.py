@@ -56,7 +56,7 @@ def _server(api: Api) -> Iterator[str]:
 
 @pytest.fixture
 def base(monkeypatch: pytest.MonkeyPatch, profiles: Profiles, store: Store) -> Iterator[str]:
-    store.advance_clock(AS_OF_MS)
+    store.clock.advance(AS_OF_MS)
     api = Api(_settings(monkeypatch, None), profiles, store, lambda: True, lambda: True)
     yield from _server(api)
 
@@ -65,7 +65,7 @@ def base(monkeypatch: pytest.MonkeyPatch, profiles: Profiles, store: Store) -> I
 def secured_base(
     monkeypatch: pytest.MonkeyPatch, profiles: Profiles, store: Store
 ) -> Iterator[str]:
-    store.advance_clock(AS_OF_MS)
+    store.clock.advance(AS_OF_MS)
     api = Api(_settings(monkeypatch, TOKEN), profiles, store, lambda: True, lambda: True)
     yield from _server(api)
 

@@ -55,7 +55,7 @@ def test_a_scrape_holds_the_label_values_not_the_tenants(
     scrape about what 20,000 customers of one tenant do: the tenants are summed under
     `other` as the counters are read, a few shards at a time, not gathered first."""
     profiles = Profiles.builtin()
-    collector = metrics.CustomersCollector(store.segment_counts, profiles.names(), ttl=0)
+    collector = metrics.CustomersCollector(store.reads.segment_counts, profiles.names(), ttl=0)
 
     count_customers(redis_client, [("shop", f"c{i}") for i in range(TENANTS)])
     one_peak, one = peak_bytes(lambda: scrape(collector))

@@ -302,7 +302,7 @@ def test_backfill_recipe_produce_run_with_the_event_clock_then_sweep(
     profiles = Profiles.builtin()
 
     def applied() -> bool:
-        if store.read_clock() != end_ms:
+        if store.clock.read() != end_ms:
             return False
         for (tenant, cid), e in expected.items():
             doc = views.lookup(store, profiles, tenant, cid, end_ms)
@@ -333,7 +333,7 @@ def test_backfill_recipe_produce_run_with_the_event_clock_then_sweep(
     # After the sweep, the segment counters are those of the batch recomputation at the
     # history's last moment.
     want = Counter(("default", e.segment) for e in expected.values() if e is not None)
-    assert store.segment_counts() == dict(want)
+    assert store.reads.segment_counts() == dict(want)
 
     for cid in ["cust-1", "cust-2", "cust-50", 'we,ird "17"', "cust-299"]:
         shown = subprocess.run(

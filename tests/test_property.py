@@ -71,7 +71,7 @@ def check(store: Store, events: dict[str, Spec], batches: list[list[bytes]]) -> 
     counted: Counter[tuple[str, str]] = Counter()
     cells: Counter[str] = Counter()
     for (tenant, customer), exp in expected.items():
-        stored = store.get_customer(tenant, customer)
+        stored = store.reads.customer(tenant, customer)
         assert stored is not None
         agg = stored.aggregates()
         if exp is None:
@@ -90,8 +90,8 @@ def check(store: Store, events: dict[str, Spec], batches: list[list[bytes]]) -> 
             cells[f"{tenant}\t{exp.r}{exp.f}{exp.m}\t{exp.segment}"] += 1
         check_changes(store, events, tenant, customer, exp)
 
-    assert {(c.tenant, c.customer_id) for c in store.scan_customers()} == set(expected)
-    segments = store.segment_counts()
+    assert {(c.tenant, c.customer_id) for c in store.reads.customers()} == set(expected)
+    segments = store.reads.segment_counts()
     assert segments == counted
     # The raw counter hashes: exactly the expected cells, no field left at zero or below.
     raw: Counter[str] = Counter()
@@ -109,7 +109,7 @@ def check_changes(
     """The customer's changes, in outbox order, chain from nothing to the expected score."""
     docs = [
         doc
-        for _, _, key, value in store.outbox_entries(partition_of(tenant, customer))
+        for _, _, key, value in store.outbox.entries(partition_of(tenant, customer))
         if key == customer.encode() and (doc := orjson.loads(value))["tenant"] == tenant
     ]
     final = None

@@ -30,7 +30,7 @@ from worker.rules.money import to_units
 from worker.rules.profiles import Profile, Profiles
 from worker.rules.quantiles import Cuts, cut_points, quintile_cuts
 from worker.rules.scoring import at_least_score, recency_score, score
-from worker.services import causes
+from worker.services import causes, sampling
 from worker.services.quantile_upkeep import load_cuts
 from worker.services.sweeper import Sweeper
 from worker.state import keys
@@ -315,7 +315,7 @@ def batch_scores(orders: dict[str, list[tuple[int, str]]], at: int) -> dict[str,
 
 def published(store: Store) -> dict[str, tuple[int, ...]]:
     out = {}
-    for c in store.scan_customers(TENANT):
+    for c in store.reads.customers(TENANT):
         assert c.published is not None
         out[c.customer_id] = (c.published.r, c.published.f, c.published.m)
     return out
@@ -341,7 +341,7 @@ def test_a_live_base_is_scored_by_quintiles_and_recomputed(store: Store) -> None
 
     # First computation, then the marking pass and a sweep: every score is the quintile.
     records = run_sweep(sweeper, T0)
-    stored = store.read_cuts()[TENANT]
+    stored = store.cut_points.read()[TENANT]
     assert (stored.version, stored.computed_at, stored.population, stored.sampled) == (
         1,
         T0,
@@ -356,7 +356,7 @@ def test_a_live_base_is_scored_by_quintiles_and_recomputed(store: Store) -> None
     assert {r["cause"] for r in records} == {"rescore"}
     assert metrics.QUANTILE_CUTS_VERSION.labels(TENANT)._value.get() == 1
     assert run_sweep(sweeper, T0) == []  # applied: nothing more, no recomputation
-    assert store.read_cuts()[TENANT].version == 1
+    assert store.cut_points.read()[TENANT].version == 1
 
     # Ten days later, 60 customers ordered again (scored with the version-1 cut points).
     t1 = T0 + 10 * DAY_MS
@@ -373,13 +373,13 @@ def test_a_live_base_is_scored_by_quintiles_and_recomputed(store: Store) -> None
     assert 0 < len(moves) < len(expected)
 
     records = run_sweep(sweeper, t1)
-    stored = store.read_cuts()[TENANT]
+    stored = store.cut_points.read()[TENANT]
     assert (stored.version, stored.computed_at) == (2, t1)
     assert {r["customer_id"] for r in records} == moves
     assert {r["cause"] for r in records} == {"rescore"}
     assert len(records) == len(moves)
     assert published(store) == expected
-    assert store.profile_versions() == {
+    assert store.marking.versions() == {
         "default": profiles.default.version,
         TENANT: profiles.for_tenant(TENANT).version,
     }
@@ -387,7 +387,7 @@ def test_a_live_base_is_scored_by_quintiles_and_recomputed(store: Store) -> None
     # A second worker picks the stored cut points up: no recomputation, nothing to publish.
     other = Profiles.from_toml(QUANTILE_TOML)
     assert run_sweep(sweeper_at(store, other, clock), t1) == []
-    assert other.cuts[TENANT] == stored and store.read_cuts()[TENANT] == stored
+    assert other.cuts[TENANT] == stored and store.cut_points.read()[TENANT] == stored
     assert other.for_tenant(TENANT).version == profiles.for_tenant(TENANT).version
     # Read-side commands load them too.
     reader = Profiles.from_toml(QUANTILE_TOML)
@@ -413,56 +413,62 @@ def test_one_worker_computes_and_the_others_follow(store: Store) -> None:
     assert not b.quantiles.step()
     while a.quantiles.step():
         pass
-    assert store.read_cuts()[TENANT].version == 1
+    assert store.cut_points.read()[TENANT].version == 1
     assert store.redis.exists(keys.quantiles_lock(TENANT)) == 0  # released
     assert second.cuts[TENANT] is None
     b.tick(set())  # the next check reads the stored version and applies it
-    assert second.cuts[TENANT] == store.read_cuts()[TENANT]
-    assert b.marking._chunks is not None or b.marking._done  # the marking pass runs (recheck)
+    assert second.cuts[TENANT] == store.cut_points.read()[TENANT]
+    assert b.marking._chunks is not None or b.marking._done  # the marking pass runs again
     # Stale once quantiles_every_minutes have passed on the sweeper's clock: recomputed.
     clock[0] = T0 + 59 * 60_000
     b.tick(set())
-    assert store.read_cuts()[TENANT].version == 1
+    assert store.cut_points.read()[TENANT].version == 1
     clock[0] = T0 + 60 * 60_000
     while b.quantiles.step():
         pass
-    assert store.read_cuts()[TENANT].version == 2
-    assert store.read_cuts()[TENANT].computed_at == T0 + 60 * 60_000
+    assert store.cut_points.read()[TENANT].version == 2
+    assert store.cut_points.read()[TENANT].computed_at == T0 + 60 * 60_000
     a.tick(set())
-    assert first.cuts[TENANT] == second.cuts[TENANT] == store.read_cuts()[TENANT]
+    assert first.cuts[TENANT] == second.cuts[TENANT] == store.cut_points.read()[TENANT]
 
 
 def test_a_held_lock_is_not_taken(store: Store) -> None:
     profiles = Profiles.from_toml(QUANTILE_TOML)
     apply(store, profiles, population(4, 20), T0)
-    assert store.try_lock(TENANT, 60_000)
+    assert store.cut_points.try_lock(TENANT, 60_000)
     other = Store(store.redis)
-    assert not other.try_lock(TENANT, 60_000)
-    assert not other.renew_lock(TENANT, 60_000)
-    other.unlock(TENANT)  # not its lock: kept
+    assert not other.cut_points.try_lock(TENANT, 60_000)
+    assert not other.cut_points.renew_lock(TENANT, 60_000)
+    other.cut_points.unlock(TENANT)  # not its lock: kept
     assert store.redis.exists(keys.quantiles_lock(TENANT)) == 1
     sweeper = Sweeper(other, profiles, interval=0, clock=lambda: T0, now_ms=lambda: T0)
     assert run_sweep(sweeper, T0) == []
-    assert store.read_cuts() == {}
-    store.unlock(TENANT)
-    assert len(run_sweep(sweeper, T0)) > 0 and store.read_cuts()[TENANT].version == 1
+    assert store.cut_points.read() == {}
+    store.cut_points.unlock(TENANT)
+    assert len(run_sweep(sweeper, T0)) > 0 and store.cut_points.read()[TENANT].version == 1
 
 
 def test_large_bases_are_sampled_small_ones_read_whole(store: Store) -> None:
     profiles = Profiles.from_toml(QUANTILE_TOML.replace("= 60", "= 60\nquantiles_sample = 100"))
     orders = population(8, 500)
     apply(store, profiles, orders, T0)
-    assert store.profile_population(TENANT, profiles) == 500
+    assert sampling.population(store.reads, TENANT, profiles) == 500
     values = [
         v
-        for chunk in store.quantile_values(TENANT, profiles, T0, sample=100, rng=random.Random(1))
+        for chunk in sampling.ranked_values(
+            store.reads, TENANT, profiles, T0, sample=100, rng=random.Random(1)
+        )
         for v in chunk
     ]
     assert 60 <= len(values) <= 140
-    exact = [v for chunk in store.quantile_values(TENANT, profiles, T0, sample=500) for v in chunk]
+    exact = [
+        v
+        for chunk in sampling.ranked_values(store.reads, TENANT, profiles, T0, sample=500)
+        for v in chunk
+    ]
     assert len(exact) == 500
     run_sweep(sweeper_at(store, profiles, [T0]), T0)
-    cuts = store.read_cuts()[TENANT]
+    cuts = store.cut_points.read()[TENANT]
     assert cuts.population == 500 and 60 <= cuts.sampled <= 140
     # Another tenant's customers are not part of the base.
     other = Profiles.from_toml(QUANTILE_TOML)
@@ -487,12 +493,25 @@ def test_large_bases_are_sampled_small_ones_read_whole(store: Store) -> None:
         as_of_ms=T0,
         now_ms=T0,
     )
-    assert store.profile_population(TENANT, other) == 500
+    assert sampling.population(store.reads, TENANT, other) == 500
     assert (
-        len([v for ch in store.quantile_values(TENANT, other, T0, sample=10**6) for v in ch]) == 500
+        len(
+            [
+                v
+                for ch in sampling.ranked_values(store.reads, TENANT, other, T0, sample=10**6)
+                for v in ch
+            ]
+        )
+        == 500
     )
     assert (
-        len([v for ch in store.quantile_values("default", other, T0, sample=10**6) for v in ch])
+        len(
+            [
+                v
+                for ch in sampling.ranked_values(store.reads, "default", other, T0, sample=10**6)
+                for v in ch
+            ]
+        )
         == 1
     )
 
@@ -500,5 +519,5 @@ def test_large_bases_are_sampled_small_ones_read_whole(store: Store) -> None:
 def test_no_customer_yet_means_no_cut_points(store: Store) -> None:
     profiles = Profiles.from_toml(QUANTILE_TOML)
     assert run_sweep(sweeper_at(store, profiles, [T0]), T0) == []
-    assert store.read_cuts() == {} and store.redis.exists(keys.quantiles_lock(TENANT)) == 0
+    assert store.cut_points.read() == {} and store.redis.exists(keys.quantiles_lock(TENANT)) == 0
     assert profiles.cuts[TENANT] is None

@@ -94,7 +94,7 @@ def test_redis_restarted_empty_stops_the_worker_until_a_rebuild(
     assert refused.proc.wait(60) == 1
     assert "Redis holds no customer" in refused.log()
     assert "rfm-worker rebuild" in refused.log()
-    assert store.holds_customers() is False  # it wrote no customer
+    assert store.reads.holds_customers() is False  # it wrote no customer
 
     rebuilt = _rfm(deployment, "rebuild")
     assert rebuilt.returncode == 0, rebuilt.stderr
@@ -202,7 +202,7 @@ def test_a_redis_flushed_under_the_running_worker_stops_it_before_any_write(
     assert worker.proc is not None
     assert worker.proc.wait(60) == 1
     assert "Redis lost every record" in worker.log() and "rfm-worker rebuild" in worker.log()
-    assert store.holds_customers() is False  # nothing written on the empty Redis
+    assert store.reads.holds_customers() is False  # nothing written on the empty Redis
     rebuilt = _rfm(deployment, "rebuild")
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert_state_matches(store, expected_now(events + later))

@@ -322,7 +322,7 @@ def deployed(
         assert isinstance(ev, ValidEvent), ev
         valid.append((ev, 0))
     causes.apply_batch(store, valid, profiles, as_of_ms=AS_OF_MS, now_ms=AS_OF_MS)
-    assert store.advance_clock(AS_OF_MS) == AS_OF_MS
+    assert store.clock.advance(AS_OF_MS) == AS_OF_MS
     return events, other
 
 

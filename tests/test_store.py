@@ -17,7 +17,7 @@ from worker.errors import StateError
 from worker.rules.customer import LONG_HISTORY, Customer, Order
 from worker.rules.events import ValidEvent
 from worker.rules.profiles import Profiles
-from worker.services import causes
+from worker.services import causes, sampling
 from worker.state import keys
 from worker.state.keys import SHARDS, shard_of
 from worker.state.store import Store
@@ -56,19 +56,19 @@ def apply(store: Store, profiles: Profiles, events: list[ValidEvent], partition:
 
 
 def money(store: Store, customer: str = "c1", tenant: str = "default") -> Decimal | None:
-    c = store.get_customer(tenant, customer)
+    c = store.reads.customer(tenant, customer)
     agg = c.aggregates() if c else None
     return None if agg is None else Decimal(agg.monetary) * UNIT
 
 
 def orders(store: Store, customer: str = "c1", tenant: str = "default") -> int:
-    c = store.get_customer(tenant, customer)
+    c = store.reads.customer(tenant, customer)
     agg = c.aggregates() if c else None
     return 0 if agg is None else agg.orders_lifetime
 
 
 def payloads(store: Store, partition: int = 0) -> list[dict[str, Any]]:
-    return [orjson.loads(v) for _, _, _, v in store.outbox_entries(partition)]
+    return [orjson.loads(v) for _, _, _, v in store.outbox.entries(partition)]
 
 
 def rfm_of(p: dict[str, Any] | None) -> str | None:
@@ -96,16 +96,16 @@ def test_same_events_again_in_a_later_batch(store: Store, profiles: Profiles) ->
     first = apply(store, profiles, batch)
     assert first.outcomes == Counter({"applied": 3})
     blob = store.redis.get(keys.customer("default", "c1"))
-    backlog = store.outbox_backlog()
-    counts = store.segment_counts()
+    backlog = store.outbox.backlog()
+    counts = store.reads.segment_counts()
 
     again = apply(store, profiles, list(reversed(batch)))
     assert again.outcomes == Counter({"duplicate": 3})
     assert again.committed == []
     assert again.conflicts == 0
     assert store.redis.get(keys.customer("default", "c1")) == blob  # not even rewritten
-    assert store.outbox_backlog() == backlog
-    assert store.segment_counts() == counts
+    assert store.outbox.backlog() == backlog
+    assert store.reads.segment_counts() == counts
     assert money(store) == Decimal("105")
 
 
@@ -127,7 +127,7 @@ def test_segment_counters_move_once_per_customer_and_batch(
     score before the batch to the score after (none when it ends without counted orders)."""
     first = apply(store, profiles, [ev(profiles, "p1", "placed", "o1", "120")])
     assert len(first.committed) == 1
-    assert store.score_counts() == Counter({("default", "512", "new_customers"): 1})
+    assert store.reads.score_counts() == Counter({("default", "512", "new_customers"): 1})
     moves = [
         ev(profiles, "p2", "placed", "o2", "120"),
         ev(profiles, "p3", "placed", "o3", "900"),
@@ -135,12 +135,12 @@ def test_segment_counters_move_once_per_customer_and_batch(
     ]
     second = apply(store, profiles, moves)
     assert len(second.committed) == 3
-    after = store.score_counts()
+    after = store.reads.score_counts()
     assert sum(after.values()) == 2
     assert ("default", "512", "new_customers") not in after  # c1 left it (c2 entered 513)
     gone = apply(store, profiles, [ev(profiles, f"x{i}", "cancelled", f"o{i}") for i in (1, 2, 3)])
     assert len(gone.committed) == 3  # every move published, the last with no score left
-    assert sum(store.score_counts().values()) == 1  # c2 only
+    assert sum(store.reads.score_counts().values()) == 1  # c2 only
 
 
 @pytest.mark.parametrize("first_wins", [True, False])
@@ -152,7 +152,7 @@ def test_conflicting_placed_events_are_order_independent(
     late = ev(profiles, "p-late", "placed", "o1", "20", days_ago=2)
     for e in [early, late] if first_wins else [late, early]:
         apply(store, profiles, [e])
-    c = store.get_customer("default", "c1")
+    c = store.reads.customer("default", "c1")
     assert c is not None
     agg = c.aggregates()
     assert agg is not None
@@ -188,10 +188,10 @@ def test_cancel_before_place(store: Store, profiles: Profiles) -> None:
     assert res.committed == []
     assert orders(store) == 0
     assert money(store) is None
-    assert store.segment_counts() == Counter()
-    c = store.get_customer("default", "c1")
+    assert store.reads.segment_counts() == Counter()
+    c = store.reads.customer("default", "c1")
     assert c is not None and c.published is None
-    assert store.outbox_backlog() == 0
+    assert store.outbox.backlog() == 0
 
 
 def test_cancel_after_place_removes_the_order(store: Store, profiles: Profiles) -> None:
@@ -200,7 +200,7 @@ def test_cancel_after_place_removes_the_order(store: Store, profiles: Profiles) 
         profiles,
         [ev(profiles, "p1", "placed", "o1", "500"), ev(profiles, "p2", "placed", "o2", "50")],
     )
-    assert store.segment_counts() == Counter({("default", "potential_loyalist"): 1})  # 524
+    assert store.reads.segment_counts() == Counter({("default", "potential_loyalist"): 1})  # 524
     res = apply(store, profiles, [ev(profiles, "x1", "cancelled", "o1")])
     assert [rfm_of(c.change.payload["current"]) for c in res.committed] == ["511"]
     assert orders(store) == 1
@@ -209,7 +209,7 @@ def test_cancel_after_place_removes_the_order(store: Store, profiles: Profiles) 
     assert len(res.committed) == 1
     assert res.committed[0].change.payload["current"] is None
     assert orders(store) == 0
-    assert store.segment_counts() == Counter()
+    assert store.reads.segment_counts() == Counter()
     assert store.redis.hgetall(keys.counts(shard_of("default", "c1"))) == {}
     # Cancelling again is a duplicate.
     again = apply(store, profiles, [ev(profiles, "x3", "cancelled", "o2")])
@@ -292,9 +292,9 @@ def test_largest_amounts_summed_exactly(store: Store, profiles: Profiles) -> Non
     assert money(store) == Decimal(biggest) * n  # 299999999999999.9700, far beyond 2**53
     apply(store, profiles, [ev(profiles, "r", "refunded", "o0", "0.0001")])
     assert money(store) == Decimal(biggest) * n - UNIT
-    last = list(store.outbox_entries(0))
+    last = list(store.outbox.entries(0))
     assert last, "the score changes were published"
-    c = store.get_customer("default", "c1")
+    c = store.reads.customer("default", "c1")
     assert c is not None and c.published is not None
     assert c.published.rfm == "555"
 
@@ -319,9 +319,9 @@ def test_tenants_are_isolated(store: Store, profiles: Profiles) -> None:
     assert orders(store, "42", "acme") == 2
     assert money(store, "42", "acme") == Decimal("2001")
     assert keys.customer("default", "42") != keys.customer("acme", "42")
-    assert store.segment_counts() == Counter({("acme", "potential_loyalist"): 1})  # 525
-    assert [c.tenant for c in store.scan_customers("acme")] == ["acme"]
-    assert {(c.tenant, c.customer_id) for c in store.scan_customers()} == {
+    assert store.reads.segment_counts() == Counter({("acme", "potential_loyalist"): 1})  # 525
+    assert [c.tenant for c in store.reads.customers("acme")] == ["acme"]
+    assert {(c.tenant, c.customer_id) for c in store.reads.customers()} == {
         ("default", "42"),
         ("acme", "42"),
     }
@@ -349,8 +349,8 @@ def test_tenant_with_its_own_profile(store: Store) -> None:
             ev(profiles, "d1", "placed", "o1", "1600", days_ago=200),
         ],
     )
-    sofa = store.get_customer("sofa-shop", "c1")
-    dflt = store.get_customer("default", "c1")
+    sofa = store.reads.customer("sofa-shop", "c1")
+    dflt = store.reads.customer("default", "c1")
     assert sofa is not None and sofa.published is not None
     assert dflt is not None and dflt.published is not None
     assert sofa.published.rfm == "413"  # 200 days <= 365, 1 order, 1600 >= 1500
@@ -381,13 +381,13 @@ def test_score_boundaries_to_the_millisecond(store: Store) -> None:
             ev(profiles, "b", "placed", "o1", "99.9999", customer="r5", days_ago=31 - ms),
         ],
     )
-    win = store.get_customer("default", "win")
+    win = store.reads.customer("default", "win")
     assert win is not None and win.published is not None
     assert win.published.rfm == "521"  # 2 orders in the window, 3 in a lifetime
     [last] = [d for d in payloads(store) if d["customer_id"] == "win"][-1:]
     assert (last["customer"]["orders"], last["customer"]["orders_lifetime"]) == (2, 3)
-    r4 = store.get_customer("default", "r4")
-    r5 = store.get_customer("default", "r5")
+    r4 = store.reads.customer("default", "r4")
+    r5 = store.reads.customer("default", "r5")
     assert r4 is not None and r4.published is not None and r4.published.rfm == "412"
     assert r5 is not None and r5.published is not None and r5.published.rfm == "511"
 
@@ -427,20 +427,20 @@ def test_customer_ids_round_trip_through_keys(store: Store, profiles: Profiles) 
             == key_slot(keys.outbox(shard, 0))
             == key_slot(keys.due(shard, 0))
         )
-        c = store.get_customer("default", cid)
+        c = store.reads.customer("default", cid)
         assert c is not None and c.customer_id == cid
         assert money(store, cid) == Decimal(i + 1)
     assert keys.split_customer(keys.customer("t.2", "x:y:z"))[1:] == ("t.2", "x:y:z")
-    scanned = {(c.tenant, c.customer_id): c for c in store.scan_customers()}
+    scanned = {(c.tenant, c.customer_id): c for c in store.reads.customers()}
     assert set(scanned) == {("default", cid) for cid in WEIRD_IDS} | {("t.2", "x:y:z")}
-    assert {c.customer_id for c in store.scan_customers("t.2")} == {"x:y:z"}
-    assert {c.customer_id for c in store.scan_customers("default")} == set(WEIRD_IDS)
+    assert {c.customer_id for c in store.reads.customers("t.2")} == {"x:y:z"}
+    assert {c.customer_id for c in store.reads.customers("default")} == set(WEIRD_IDS)
     for (tenant, cid), c in scanned.items():
-        fetched = store.get_customer(tenant, cid)
+        fetched = store.reads.customer(tenant, cid)
         assert fetched is not None
         assert c.aggregates() == fetched.aggregates()
     # The outbox carries the exact id as the Kafka key.
-    assert {k.decode() for _, _, k, _ in store.outbox_entries(0)} == {*WEIRD_IDS}
+    assert {k.decode() for _, _, k, _ in store.outbox.entries(0)} == {*WEIRD_IDS}
 
 
 def test_shards_spread_customers() -> None:
@@ -462,9 +462,9 @@ def test_outbox_per_partition(store: Store, profiles: Profiles) -> None:
         partition=3,
     )
     r2 = apply(store, profiles, [ev(profiles, "b1", "placed", "o1", "5", customer="bob")], 7)
-    assert list(store.outbox_entries(0)) == []
-    on3 = list(store.outbox_entries(3))
-    on7 = list(store.outbox_entries(7))
+    assert list(store.outbox.entries(0)) == []
+    on3 = list(store.outbox.entries(3))
+    on7 = list(store.outbox.entries(7))
     assert [k for _, _, k, _ in on3] == [b"alice", b"alice"]
     assert [k for _, _, k, _ in on7] == [b"bob"]
     assert {s for s, _, _, _ in on3} == {keys.outbox(shard_of("default", "alice"), 3)}
@@ -482,13 +482,13 @@ def test_outbox_per_partition(store: Store, profiles: Profiles) -> None:
     assert docs[1]["customer"]["monetary"] == "350.00"
     assert docs[1]["customer"]["orders"] == 2
     assert len({d["change_id"] for d in docs}) == 2
-    assert store.outbox_backlog() == 3
+    assert store.outbox.backlog() == 3
 
-    store.delete_outbox({on3[0][0]: [on3[0][1]]})
-    assert [e[1] for e in store.outbox_entries(3)] == [on3[1][1]]
-    store.delete_outbox({on3[0][0]: [on3[1][1]], on7[0][0]: [on7[0][1]]})
-    assert list(store.outbox_entries(3)) == list(store.outbox_entries(7)) == []
-    assert store.outbox_backlog() == 0
+    store.outbox.delete({on3[0][0]: [on3[0][1]]})
+    assert [e[1] for e in store.outbox.entries(3)] == [on3[1][1]]
+    store.outbox.delete({on3[0][0]: [on3[1][1]], on7[0][0]: [on7[0][1]]})
+    assert list(store.outbox.entries(3)) == list(store.outbox.entries(7)) == []
+    assert store.outbox.backlog() == 0
 
 
 def test_outbox_entries_pages_through_long_streams(store: Store, profiles: Profiles) -> None:
@@ -499,7 +499,7 @@ def test_outbox_entries_pages_through_long_streams(store: Store, profiles: Profi
         events.append(ev(profiles, f"x{i}", "cancelled", f"o{i}"))
     res = apply(store, profiles, events, partition=2)
     assert len(res.committed) == 50
-    paged = list(store.outbox_entries(2, count=7))
+    paged = list(store.outbox.entries(2, count=7))
     assert [e[1] for e in paged] == [c.entry_id for c in res.committed]
 
 
@@ -515,7 +515,7 @@ def test_segment_counts(store: Store, profiles: Profiles) -> None:
             ev(profiles, "5", "placed", "o", "1", customer="t", tenant="acme"),  # 511
         ],
     )
-    assert store.segment_counts() == Counter(
+    assert store.reads.segment_counts() == Counter(
         {
             ("default", "new_customers"): 3,
             ("default", "lost"): 1,
@@ -524,7 +524,7 @@ def test_segment_counts(store: Store, profiles: Profiles) -> None:
     )
     # "old" orders again: leaves lost for new_customers (512 with two orders).
     apply(store, profiles, [ev(profiles, "6", "placed", "o2", "1", customer="old")])
-    assert store.segment_counts() == Counter(
+    assert store.reads.segment_counts() == Counter(
         {
             ("default", "new_customers"): 3,
             ("default", "potential_loyalist"): 1,
@@ -560,13 +560,13 @@ def test_score_counts_sum_tenants_under_their_label_as_they_read(
             ev(profiles, "3", "placed", "o", "1", customer="c", days_ago=400),  # 111 lost
         ],
     )
-    assert store.score_counts(lambda t: None if t == "beta" else "x") == Counter(
+    assert store.reads.score_counts(lambda t: None if t == "beta" else "x") == Counter(
         {("x", "511", "new_customers"): 1, ("x", "111", "lost"): 1}
     )
-    assert store.segment_counts(lambda t: t[0]) == Counter(
+    assert store.reads.segment_counts(lambda t: t[0]) == Counter(
         {("a", "new_customers"): 1, ("b", "new_customers"): 1, ("d", "lost"): 1}
     )
-    assert store.profile_population("default", profiles) == 3
+    assert sampling.population(store.reads, "default", profiles) == 3
 
     def peak(tenants: list[str]) -> int:
         store.redis.flushall()
@@ -577,7 +577,7 @@ def test_score_counts_sum_tenants_under_their_label_as_they_read(
         pipe.execute()
         tracemalloc.start()
         try:
-            assert store.profile_population("default", profiles) == len(tenants)
+            assert sampling.population(store.reads, "default", profiles) == len(tenants)
             return tracemalloc.get_traced_memory()[1]
         finally:
             tracemalloc.stop()
@@ -614,7 +614,7 @@ def test_conflict_is_retried(redis_client: redis.Redis, profiles: Profiles) -> N
     result = apply(store, profiles, [ours])
     assert result.conflicts >= 1
     assert result.outcomes == Counter({"applied": 1})
-    c = store.get_customer("default", "c1")
+    c = store.reads.customer("default", "c1")
     assert c is not None
     agg = c.aggregates()
     assert agg is not None
@@ -625,7 +625,7 @@ def test_conflict_is_retried(redis_client: redis.Redis, profiles: Profiles) -> N
     assert docs[1]["previous"] == docs[0]["current"]
     assert [c.change.payload["cause_event_id"] for c in result.committed] == ["ours"]
     assert rfm_of(docs[1]["current"]) == "523"
-    assert store.segment_counts() == Counter({("default", "potential_loyalist"): 1})
+    assert store.reads.segment_counts() == Counter({("default", "potential_loyalist"): 1})
 
 
 def test_conflict_with_the_same_event_ends_as_duplicate(
@@ -653,7 +653,7 @@ def test_raw_overwrite_between_read_and_commit(
     result = apply(store, profiles, [ev(profiles, "p", "placed", "ext", "10")])
     assert result.conflicts == 1
     assert result.committed == []  # the order was cancelled: nothing to count
-    c = store.get_customer("default", "c1")
+    c = store.reads.customer("default", "c1")
     assert c is not None and c.aggregates() is None
 
 
@@ -669,8 +669,8 @@ def test_endless_conflicts_give_up_without_writing(
     )
     with pytest.raises(StateError):
         apply(store, profiles, [ev(profiles, "p", "placed", "o", "10")])
-    assert store.outbox_backlog() == 0
-    assert store.segment_counts() == Counter()
+    assert store.outbox.backlog() == 0
+    assert store.reads.segment_counts() == Counter()
 
 
 def test_empty_batch(store: Store, profiles: Profiles) -> None:
@@ -683,12 +683,12 @@ def test_empty_batch(store: Store, profiles: Profiles) -> None:
 
 
 def test_event_clock(store: Store) -> None:
-    assert store.read_clock() is None
-    assert store.advance_clock(AS_OF_MS) == AS_OF_MS
-    assert store.advance_clock(AS_OF_MS - 1) == AS_OF_MS
-    assert store.read_clock() == AS_OF_MS
-    assert store.advance_clock(AS_OF_MS + 86_400_000) == AS_OF_MS + 86_400_000
-    assert store.ping()
+    assert store.clock.read() is None
+    assert store.clock.advance(AS_OF_MS) == AS_OF_MS
+    assert store.clock.advance(AS_OF_MS - 1) == AS_OF_MS
+    assert store.clock.read() == AS_OF_MS
+    assert store.clock.advance(AS_OF_MS + 86_400_000) == AS_OF_MS + 86_400_000
+    assert store.server.ping()
 
 
 def test_scan_of_one_tenant_ignores_ids_that_look_like_its_keys(
@@ -697,8 +697,8 @@ def test_scan_of_one_tenant_ignores_ids_that_look_like_its_keys(
     """An id of tenant "u" containing "}:c:t:" matches the key glob of tenant "t"."""
     sneaky = ev(profiles, "e1", "placed", "o", "5", customer="x}:c:t:y", tenant="u")
     apply(store, profiles, [sneaky])
-    assert [c.customer_id for c in store.scan_customers("t")] == []
-    assert [(c.tenant, c.customer_id) for c in store.scan_customers("u")] == [("u", "x}:c:t:y")]
+    assert [c.customer_id for c in store.reads.customers("t")] == []
+    assert [(c.tenant, c.customer_id) for c in store.reads.customers("u")] == [("u", "x}:c:t:y")]
 
 
 # -- a bug costs one event, never the batch ---------------------------------------------------
@@ -766,7 +766,7 @@ def test_a_state_written_elsewhere_is_read_not_remembered(
     apply(ours, profiles, history)
     apply(theirs, profiles, [ev(profiles, "theirs", "placed", "theirs", "200", days_ago=20)])
     apply(ours, profiles, [ev(profiles, "ours", "placed", "ours", "300", days_ago=10)])
-    c = ours.get_customer("default", "c1")
+    c = ours.reads.customer("default", "c1")
     assert c is not None and {"theirs", "ours"} <= set(c.orders) and len(c.orders) == many + 2
     assert money(ours) == Decimal(many + 500)
 
@@ -810,7 +810,7 @@ def test_a_decision_that_raises_forgets_the_customer(
     poison = ev(profiles, "poison", "placed", "poison", "5")
     assert len(apply(store, profiles, [poison]).rejected) == 1
     apply(store, profiles, [ev(profiles, "next", "placed", "next", "20")])
-    c = store.get_customer("default", "c1")
+    c = store.reads.customer("default", "c1")
     assert c is not None and "poison" not in c.orders and len(c.orders) == many + 1
     assert money(store) == Decimal(many + 20)
 
@@ -840,7 +840,7 @@ def test_remembered_customers_stay_within_their_order_budget() -> None:
 
 
 def _vouch(store: Store, offset: int, partition: int = 0) -> None:
-    store.mark_applied({partition: (f"orders:{partition}", offset)})
+    store.applied.mark({partition: (f"orders:{partition}", offset)})
 
 
 def test_a_flushed_redis_refuses_the_next_commit_and_records_nothing(
@@ -852,7 +852,7 @@ def test_a_flushed_redis_refuses_the_next_commit_and_records_nothing(
 
     apply(store, profiles, [ev(profiles, "e1", "placed", "o1", "10")])
     _vouch(store, 10)
-    assert store.floors == {0: ("orders:0", 10)}
+    assert store.applied.floors == {0: ("orders:0", 10)}
     redis_client.flushall()
     with pytest.raises(StateLostError, match="lost writes"):
         apply(store, profiles, [ev(profiles, "e2", "placed", "o2", "10", customer="c2")])
@@ -876,7 +876,7 @@ def test_a_shard_rolled_back_below_its_vouched_offset_is_refused(
     redis_client.hset(keys.applied(shard), "orders:0", 10)
     with pytest.raises(StateLostError):
         apply(store, profiles, [event])
-    assert store.get_customer("default", "c1") is None
+    assert store.reads.customer("default", "c1") is None
     with pytest.raises(StateLostError):
         _vouch(store, 30)
     redis_client.hset(keys.applied(shard), "orders:0", 50)  # another owner is further
@@ -890,6 +890,6 @@ def test_without_vouched_offsets_nothing_is_checked(
     store: Store, profiles: Profiles, redis_client: redis.Redis
 ) -> None:
     """A partition never recorded (floor absent or -1) commits as before."""
-    store.floors[0] = ("orders:0", -1)
+    store.applied.floors[0] = ("orders:0", -1)
     apply(store, profiles, [ev(profiles, "e1", "placed", "o1", "10")])
-    assert store.get_customer("default", "c1") is not None
+    assert store.reads.customer("default", "c1") is not None

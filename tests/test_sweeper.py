@@ -74,7 +74,7 @@ def test_sweep_reads_only_due_customers_and_reschedules_them(
             store, [(placed_at(profiles, 1, f"c{i}", at), i % 4)], profiles, as_of_ms=at, now_ms=at
         )
     zsets = {(s, p) for s in range(keys.SHARDS) for p in range(4)}
-    assert store.due_backlog(zsets, T0_MS) == 10
+    assert store.due.backlog(zsets, T0_MS) == 10
 
     done, records = sweep(store, profiles, T0_MS)
     assert done.customers == 10 and done.changes == 10 and done.overdue == 0
@@ -83,10 +83,10 @@ def test_sweep_reads_only_due_customers_and_reschedules_them(
         assert (r["cause"], r["cause_event_id"]) == ("decay", None)
         assert (r["previous"]["r"], r["current"]["r"]) == (5, 4)
         assert r["as_of"] == "2026-01-01T00:00:00Z"
-    assert store.due_backlog(zsets, T0_MS) == 0
+    assert store.due.backlog(zsets, T0_MS) == 0
     assert due_of(store, "default", "c0", 0) == T0_MS - 40 * DAY_MS + 91 * DAY_MS
     # The segment counters follow the decayed scores.
-    assert store.segment_counts()[("default", "promising")] == 10
+    assert store.reads.segment_counts()[("default", "promising")] == 10
 
     again, records = sweep(store, profiles, T0_MS)  # the same instant: nothing is due
     assert (again.customers, records) == (0, [])
@@ -126,10 +126,10 @@ def test_customer_scored_later_than_the_sweep_is_not_moved_back(
     causes.apply_batch(
         store, [(placed_at(profiles, 2, "c1", at, "1"), 0)], profiles, as_of_ms=late, now_ms=late
     )
-    before = store.get_customer("default", "c1")
+    before = store.reads.customer("default", "c1")
     assert before is not None and before.published is not None and before.published.r == 4
     _done, records = sweep(store, profiles, T0_MS - DAY_MS)
-    after = store.get_customer("default", "c1")
+    after = store.reads.customer("default", "c1")
     assert records == [] and after is not None and after.published == before.published
 
 
@@ -148,10 +148,10 @@ def test_legacy_customers_are_indexed_then_swept(store: Store, profiles: Profile
     causes.apply_batch(
         store, [(placed_at(profiles, 1, "new", fresh), 0)], profiles, as_of_ms=fresh, now_ms=fresh
     )
-    assert not store.is_indexed(profiles)
+    assert not store.marking.is_done(profiles.versions())
 
     _done, records = sweep(store, profiles, T0_MS)
-    assert store.is_indexed(profiles)
+    assert store.marking.is_done(profiles.versions())
     # Each old customer was due now: scored at T0 (100 days: R=3), published, rescheduled.
     assert sorted(r["customer_id"] for r in records) == [f"old{i}" for i in range(5)]
     assert {(r["previous"]["rfm"], r["current"]["rfm"]) for r in records} == {("411", "311")}
@@ -183,7 +183,7 @@ def test_overdue_alert_once_per_silence(store: Store, profiles: Profiles) -> Non
     causes.apply_batch(
         store, [(placed_at(profiles, 9, "reg", again), 0)], profiles, as_of_ms=again, now_ms=again
     )
-    customer = store.get_customer("default", "reg")
+    customer = store.reads.customer("default", "reg")
     assert customer is not None and customer.published is not None
     assert customer.published.r == 5
     gaps = [b - a for a, b in itertools.pairwise([*times, again])]
@@ -263,7 +263,7 @@ def test_sweeps_publish_what_a_batch_recomputation_gives(
                     changes[who].append(r)
             for who, exp in expected.items():
                 now = _score(exp)
-                stored = store.get_customer(*who)
+                stored = store.reads.customer(*who)
                 assert stored is not None
                 pub = stored.published
                 assert (None if pub is None else (pub.r, pub.f, pub.m, pub.segment)) == (
@@ -347,8 +347,8 @@ def test_a_changed_profile_is_applied_in_the_background(store: Store, profiles: 
     from worker.rules.scoring import score
 
     _history(store, profiles)
-    assert store.profile_versions() == {"default": profiles.default.version}
-    before = {c.customer_id: c for c in store.scan_customers()}
+    assert store.marking.versions() == {"default": profiles.default.version}
+    before = {c.customer_id: c for c in store.reads.customers()}
     new = CHANGED_PROFILES.default
     expected_moves = {}
     for cid, c in before.items():
@@ -372,7 +372,7 @@ def test_a_changed_profile_is_applied_in_the_background(store: Store, profiles: 
     while sweeper.marking.step():
         pass
     zsets = {(s, p) for s in range(keys.SHARDS) for p in range(4)}
-    assert store.due_backlog(zsets, T0_MS) == len(expected_moves)
+    assert store.due.backlog(zsets, T0_MS) == len(expected_moves)
     # The same instant, the new profile: every move is published once, cause "rescore".
     _done, records = sweep(store, CHANGED_PROFILES, T0_MS)
     assert {r["customer_id"]: (r["previous"]["rfm"], r["current"]["rfm"]) for r in records} == (
@@ -380,9 +380,9 @@ def test_a_changed_profile_is_applied_in_the_background(store: Store, profiles: 
     )
     assert len(records) == len(expected_moves)
     assert {r["cause"] for r in records} == {"rescore"}
-    assert store.profile_versions() == {"default": new.version}
+    assert store.marking.versions() == {"default": new.version}
     for cid in before:
-        after = store.get_customer("default", cid)
+        after = store.reads.customer("default", cid)
         assert after is not None and after.version == new.version
         agg = after.aggregates()
         assert agg is not None
@@ -402,8 +402,8 @@ def test_a_marking_pass_cut_short_resumes_without_repeating_changes(
     store: Store, profiles: Profiles, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _history(store, profiles)
-    real_chunks = store.customer_key_chunks
-    monkeypatch.setattr(store, "customer_key_chunks", lambda: real_chunks(count=5))
+    real_chunks = store.reads.key_chunks
+    monkeypatch.setattr(store.reads, "key_chunks", lambda: real_chunks(count=5))
     # A worker with the new profile marks a first chunk and sweeps it, then dies.
     first = Sweeper(store, CHANGED_PROFILES, interval=60, clock=lambda: T0_MS, now_ms=lambda: T0_MS)
     assert first.marking.step()
@@ -411,10 +411,10 @@ def test_a_marking_pass_cut_short_resumes_without_repeating_changes(
     sweep_ = first.start({0, 1, 2, 3}, T0_MS)
     while sweep_.pending:
         out += first.step(sweep_, {0, 1, 2, 3})
-    assert len(out) > 0 and store.profile_versions() == {"default": profiles.default.version}
+    assert len(out) > 0 and store.marking.versions() == {"default": profiles.default.version}
     # The next start runs the pass again: what was rescored is not marked again.
     _done, records = sweep(store, CHANGED_PROFILES, T0_MS)
     ids = [orjson.loads(c.value)["customer_id"] for c in out] + [r["customer_id"] for r in records]
     assert len(ids) == len(set(ids))
-    assert store.profile_versions() == {"default": CHANGED_PROFILES.default.version}
+    assert store.marking.versions() == {"default": CHANGED_PROFILES.default.version}
     assert sweep(store, CHANGED_PROFILES, T0_MS)[1] == []

@@ -132,8 +132,8 @@ def test_the_silent_regular_decays_boundary_by_boundary(
     assert alert["current"]["rfm"] == "353"
 
     # The read side shows the decayed score: counters, matrix, customer view.
-    assert store.segment_counts() == {("default", "cant_lose_them"): 1}
-    matrix = views.matrix(store, "default", store.read_clock() or 0)
+    assert store.reads.segment_counts() == {("default", "cant_lose_them"): 1}
+    matrix = views.matrix(store, "default", store.clock.read() or 0)
     assert matrix["cells"] == [{"r": 1, "f": 5, "customers": 1, "segment": "cant_lose_them"}]
 
     # Time never moves back with the event clock: a refusal, in one line, exit 2.
@@ -231,7 +231,7 @@ def test_sweeps_racing_the_consumer_end_at_the_batch_recomputation(
     actions = deployment.read(deployment.actions, until=converged(expected), timeout=90)
     assert_changes_consistent(actions)
     assert_state_matches(store, expected)
-    assert store.read_clock() == end_ms
+    assert store.clock.read() == end_ms
     docs = [orjson.loads(m.value()) for m in actions]
     assert any(d["type"] == "rfm.changed" and d["cause"] == "decay" for d in docs)
     _, metrics = fetch(deployment.http_port, "/metrics")
@@ -324,7 +324,7 @@ def test_a_worker_started_with_changed_thresholds_rescores_in_the_background(
     first = deployment.worker()
     deadline = time.monotonic() + 60
     while True:  # until every customer is published as the old profile scores it now
-        stored = {c: store.get_customer("default", c) for c in ages}
+        stored = {c: store.reads.customer("default", c) for c in ages}
         before = {c: rfm(old_profiles, c) for c in ages if stored[c] is not None}
         published = {c: s.published.rfm for c, s in stored.items() if s and s.published}
         if len(before) == len(ages) and published == before:
@@ -352,7 +352,7 @@ def test_a_worker_started_with_changed_thresholds_rescores_in_the_background(
     actions = deployment.read(deployment.actions, until=lambda m: False, timeout=2)
     got = {d["customer_id"]: (d["previous"]["rfm"], d["current"]["rfm"]) for d in rescores(actions)}
     assert got == expected and len(rescores(actions)) == len(expected)
-    assert store.profile_versions() == {"default": new_profiles.default.version}
+    assert store.marking.versions() == {"default": new_profiles.default.version}
     metrics = fetch(int(worker.env["RFM_HTTP_PORT"]), "/metrics")[1].decode()
     assert "rfm_rescore_running 0.0" in metrics
     # Marked for the sweep: only the customers the new thresholds move.
@@ -403,7 +403,7 @@ def test_a_base_switched_to_quantile_mode_moves_once_to_its_quintiles(
     }
 
     def published() -> dict[str, tuple[int, int, int, str]]:
-        stored = {c.customer_id: c.published for c in store.scan_customers("default")}
+        stored = {c.customer_id: c.published for c in store.reads.customers("default")}
         return {c: (p.r, p.f, p.m, p.segment) for c, p in stored.items() if p is not None}
 
     def wait_for(check: Callable[[dict[str, tuple[int, int, int, str]]], bool]) -> None:
@@ -418,7 +418,7 @@ def test_a_base_switched_to_quantile_mode_moves_once_to_its_quintiles(
     wait_for(
         lambda p: (
             len(p) == len(history)
-            and store.due_backlog(
+            and store.due.backlog(
                 {(s, q) for s in range(keys.SHARDS) for q in range(4)}, epoch_ms(end)
             )
             == 0
@@ -454,12 +454,12 @@ def test_a_base_switched_to_quantile_mode_moves_once_to_its_quintiles(
     assert dry.returncode == 0, dry.stderr
     doc = orjson.loads(dry.stdout)
     assert {(m["from"], m["to"]): m["customers"] for m in doc["moves"]} == moves
-    assert published() == before and store.read_cuts() == {}
+    assert published() == before and store.cut_points.read() == {}
 
     deployment.extra_env["RFM_PROFILES"] = str(profile)
     worker = deployment.worker()
     wait_for(lambda p: {c: t[:3] for c, t in p.items()} == expected)
-    cuts = store.read_cuts()["default"]
+    cuts = store.cut_points.read()["default"]
     assert (cuts.version, cuts.population, cuts.sampled) == (1, 150, 150)
     actions = deployment.read(deployment.actions, until=lambda m: False, timeout=2)
     rescored = [

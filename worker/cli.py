@@ -228,7 +228,7 @@ def _read(args: argparse.Namespace, settings: Settings, profiles: Profiles, stor
 
     load_cuts(store, profiles)  # quantile profiles score with their stored cut points
     if args.command == "customer":
-        as_of = scoring_now(settings, store)
+        as_of = scoring_now(settings, store.clock)
         doc = views.lookup(store, profiles, args.tenant, args.customer_id, as_of)
         if doc is None:
             print(f"no customer {args.customer_id!r} in tenant {args.tenant!r}", file=sys.stderr)
@@ -236,14 +236,14 @@ def _read(args: argparse.Namespace, settings: Settings, profiles: Profiles, stor
         sys.stdout.buffer.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
         return 0
     if args.command == "export":
-        as_of = args.as_of if args.as_of is not None else scoring_now(settings, store)
+        as_of = args.as_of if args.as_of is not None else scoring_now(settings, store.clock)
         out = sys.stdout.buffer
         for doc in views.export(store, profiles, as_of, args.tenant):
             out.write(orjson.dumps(doc) + b"\n")
         out.flush()
         return 0
     if args.command == "matrix":
-        doc = views.matrix(store, args.tenant, scoring_now(settings, store))
+        doc = views.matrix(store, args.tenant, scoring_now(settings, store.clock))
         if args.json:
             sys.stdout.buffer.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
         else:
@@ -257,14 +257,14 @@ def _read(args: argparse.Namespace, settings: Settings, profiles: Profiles, stor
             print(text)
         return 0
     if args.command == "rescore":
-        as_of = scoring_now(settings, store)
+        as_of = scoring_now(settings, store.clock)
         # Quantile profiles are tried with the cut points of the base as it is now (what
         # the worker's next computation gives), computed here and not stored.
         from worker.services.quantile_upkeep import compute_cuts
 
         for name in profiles.quantile_names():
             profiles.use_cuts(name, compute_cuts(store, profiles, name, as_of))
-        customers = store.scan_customers(args.tenant)
+        customers = store.reads.customers(args.tenant)
         tally = rescore.transitions(customers, profiles, as_of, args.tenant)
         if args.json:
             doc = rescore.dry_run_doc(tally, args.tenant, as_of)
@@ -315,12 +315,12 @@ def _check_redis(store: Store, settings: Settings) -> None:
     """Refuse a Redis that would evict customers, or a cluster addressed as a single Redis
     (its commit calls span shards, which a cluster refuses); warn when it keeps nothing on
     disk."""
-    if not settings.redis_cluster and store.in_cluster_mode():
+    if not settings.redis_cluster and store.server.in_cluster_mode():
         raise ConfigError(
             "Redis runs in cluster mode but RFM_REDIS_CLUSTER is false: set "
             "RFM_REDIS_CLUSTER=true (the URL of any master)"
         )
-    conf = store.server_config("maxmemory-policy", "appendonly", "save")
+    conf = store.server.config("maxmemory-policy", "appendonly", "save")
     policy = conf["maxmemory-policy"]
     if policy is None:
         logger.warning("cannot read Redis's maxmemory-policy: make sure it is noeviction")
@@ -385,7 +385,7 @@ def run(settings: Settings, profiles: Profiles) -> int:
         stack.callback(store.redis.close)
         _check_redis(store, settings)
         # Quantile profiles score with their cut points from the first batch on.
-        load_cuts(store, profiles, compute_missing_at=scoring_now(settings, store))
+        load_cuts(store, profiles, compute_missing_at=scoring_now(settings, store.clock))
         # librdkafka's callbacks run inside consume(), once `worker` exists.
         consumer = clients.consumer(
             settings,
@@ -393,7 +393,7 @@ def run(settings: Settings, profiles: Profiles) -> int:
             stats_cb=lambda stats: worker.on_kafka_stats(stats),
         )
         worker = Worker(settings, profiles, store, consumer, clients.producer(settings))
-        metrics.register_customers(store.segment_counts, profiles.names())
+        metrics.register_customers(store.reads.segment_counts, profiles.names())
         api = Api(settings, profiles, store, healthy=worker.is_healthy, ready=lambda: worker.ready)
         with contextlib.ExitStack() as unstarted:  # once running, the loop closes the consumer
             unstarted.callback(consumer.close)

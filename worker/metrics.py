@@ -96,7 +96,7 @@ class CustomersCollector(Collector):
     the one label value OTHER.
 
     `read(label)` returns the customers per (tenant, segment), each tenant counted under
-    label(tenant) as it reads (Store.segment_counts), so a scrape holds one entry per label
+    label(tenant) as it reads (Store.reads.segment_counts), so a scrape holds one entry per label
     value, not one per tenant: 100,000 tenants without a profile would otherwise cost
     every scrape ~40 MB (the worker's RSS keeps it).
     """

@@ -347,7 +347,7 @@ def preload(
             if result.failed or result.rejected:
                 raise SystemExit(f"preload: {len(result.rejected)} event(s) raised")
             store.redis.unlink(*outboxes)
-    store.mark_indexed(profiles)
+    store.marking.record_done(profiles.versions())
     return time.perf_counter() - started
 
 

@@ -182,7 +182,7 @@ def populate(
     scenario.empty_memory = int(client.info("memory")["used_memory"])
     started = time.perf_counter()
     # No marking pass (it would SCAN everything): the stored customers are up to date.
-    Store(client).mark_indexed(Profiles.builtin())
+    Store(client).marking.record_done(Profiles.builtin().versions())
     for start in range(0, len(due), CHUNK):
         write(client, due[start : start + CHUNK])
     for start in range(len(due), scenario.population, CHUNK):
@@ -238,14 +238,14 @@ def timed_sweep(scenario: Scenario, profiles: Profiles, expected: int) -> float:
     """One full sweep at T; checks it rescored every due customer once. Seconds."""
     store = scenario.store
     due_zsets = zsets(PARTITIONS)
-    backlog = store.due_backlog(due_zsets, SWEEP_AT)
+    backlog = store.due.backlog(due_zsets, SWEEP_AT)
     if backlog != expected:
         raise SystemExit(f"{scenario.name}: {backlog} customers due at T, expected {expected}")
     sweeper = Sweeper(store, profiles, interval=60, clock=lambda: SWEEP_AT, now_ms=lambda: SWEEP_AT)
     started = time.perf_counter()
     sweep: Sweep = sweeper.sweep_all(set(PARTITIONS), SWEEP_AT, publish=lambda committed: None)
     elapsed = time.perf_counter() - started
-    left = store.due_backlog(due_zsets, SWEEP_AT)
+    left = store.due.backlog(due_zsets, SWEEP_AT)
     if (sweep.customers, sweep.changes, sweep.overdue, left) != (expected, expected, 0, 0):
         raise SystemExit(
             f"{scenario.name}: sweep rescored {sweep.customers} customer(s), published "

@@ -68,7 +68,7 @@ def _sweep_instant(settings: Settings, store: Store, as_of_ms: int | None) -> in
         )
     if settings.clock != "event":
         return wall if as_of_ms is None else as_of_ms
-    clock = store.read_clock()
+    clock = store.clock.read()
     if as_of_ms is None:
         return wall if clock is None else clock
     if clock is not None and as_of_ms < clock:
@@ -76,7 +76,7 @@ def _sweep_instant(settings: Settings, store: Store, as_of_ms: int | None) -> in
             f"refusing --as-of {iso(as_of_ms)}: the event clock is already at {iso(clock)} "
             "and time never moves back (RFM_CLOCK=event); use a later instant or omit --as-of"
         )
-    return store.advance_clock(as_of_ms)
+    return store.clock.advance(as_of_ms)
 
 
 def _partitions(producer: Any, topic: str) -> set[int]:

@@ -103,7 +103,7 @@ class Relay:
         """Publish every change left in the outboxes of these partitions (oldest first)."""
         count = 0
         for partition in partitions:
-            for stream, entry_id, key, value in self._store.outbox_entries(partition):
+            for stream, entry_id, key, value in self._store.outbox.entries(partition):
                 self._deliveries.send(key, value, (stream, entry_id), stored_triggers_header(value))
                 count += 1
         if count:
@@ -120,7 +120,7 @@ class Relay:
             self._trim[stream].append(entry_id)
         now = time.monotonic()
         if self._trim and (trim_now or now >= self._trim_at):
-            self._store.delete_outbox(self._trim)  # if Redis fails, kept for the next try
+            self._store.outbox.delete(self._trim)  # if Redis fails, kept for the next try
             self._trim = defaultdict(list)
             self._trim_at = now + TRIM_INTERVAL_S
         metrics.OUTBOX_IN_FLIGHT.set(self.in_flight)

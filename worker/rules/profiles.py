@@ -315,6 +315,10 @@ class Profiles:
     def names(self) -> list[str]:
         return sorted(self._profiles)
 
+    def versions(self) -> dict[str, str]:
+        """Each profile's version (name -> version): what the marking pass checks against."""
+        return {name: self.for_tenant(name).version for name in self.names()}
+
     def quantile_names(self) -> list[str]:
         """The profiles with mode = "quantiles"."""
         return sorted(n for n, p in self.configured.items() if p.mode == "quantiles")

@@ -93,7 +93,7 @@ def sweep_step(
     work: dict[int, dict[bytes, tuple[str, str, int]]] = {}
     exhausted: set[tuple[int, int]] = set()
     read = 0
-    for zset, members in zip(zsets, store.due_members(zsets, as_of_ms, limit), strict=True):
+    for zset, members in zip(zsets, store.due.members(zsets, as_of_ms, limit), strict=True):
         read += len(members)
         if len(members) < limit:
             exhausted.add(zset)
@@ -111,7 +111,9 @@ def sweep_step(
     if result.failed:  # never decided: retry tomorrow rather than block every sweep
         for key, _partition, exc in result.failed:
             logger.error("decay of %r failed, retried in a day: %r", key, exc)
-        store.postpone([(key, partition) for key, partition, _ in result.failed], as_of_ms + DAY_MS)
+        store.due.postpone(
+            [(key, partition) for key, partition, _ in result.failed], as_of_ms + DAY_MS
+        )
     return SweepStep(result, read, exhausted)
 
 

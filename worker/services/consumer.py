@@ -236,7 +236,7 @@ class Worker:
 
     def clock(self) -> int:
         """Now as scores see it (worker/state/clock.py)."""
-        return scoring_now(self.settings, self.store, self.now_ms)
+        return scoring_now(self.settings, self.store.clock, self.now_ms)
 
     def run(self) -> None:
         self.consumer.subscribe(
@@ -340,12 +340,12 @@ class Worker:
         """
         committed = {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=30)}
         fields = {tp.partition: keys.applied_field(tp.topic, tp.partition) for tp in partitions}
-        applied = self.store.applied_offsets(list(fields.values()))
+        applied = self.store.applied.read(list(fields.values()))
         for tp in partitions:
             kafka = committed.get(tp.partition, OFFSET_INVALID)
             self._starts[tp.partition] = kafka  # where consumption starts, for the lag
             state, shards = applied[fields[tp.partition]]
-            floor = self.store.floors.pop(tp.partition, None)
+            floor = self.store.applied.floors.pop(tp.partition, None)
             if state is None:
                 if floor is not None and floor[1] >= 0:
                     raise DataLossError(
@@ -354,7 +354,7 @@ class Worker:
                         "without the data). Not consuming. Run `rfm-worker rebuild` to replay "
                         "the orders topic into a clean state, then start the workers again."
                     )
-                if kafka > 0 and not self.store.holds_customers():
+                if kafka > 0 and not self.store.reads.holds_customers():
                     raise DataLossError(
                         f"Redis holds no customer, but the consumer group "
                         f"{self.settings.kafka_group} has committed offset {kafka} of "
@@ -370,7 +370,7 @@ class Worker:
                     f"{tp.topic}[{tp.partition}]: part of the state was lost (a node "
                     "restarted empty?). Not consuming. Run `rfm-worker rebuild`."
                 )
-            self.store.floors[tp.partition] = (fields[tp.partition], state)
+            self.store.applied.floors[tp.partition] = (fields[tp.partition], state)
             if floor is not None and state < floor[1]:
                 logger.warning(
                     "%s[%d]: Redis lost writes while the worker ran: the state holds events "
@@ -446,7 +446,7 @@ class Worker:
         self.assigned -= gone
         for partition in gone:
             self._starts.pop(partition, None)
-            self.store.floors.pop(partition, None)
+            self.store.applied.floors.pop(partition, None)
             with contextlib.suppress(KeyError):
                 metrics.CONSUMER_LAG.remove(str(partition))
 
@@ -477,7 +477,7 @@ class Worker:
             as_of = now
             if self.settings.clock == "event":
                 newest = max(event.occurred_at for event, _ in valid)
-                as_of = self._retry_redis(lambda: self.store.advance_clock(newest))
+                as_of = self._retry_redis(lambda: self.store.clock.advance(newest))
             failures = self.redis_failures
             result = self._retry_redis(
                 lambda: causes.apply_batch(
@@ -506,7 +506,7 @@ class Worker:
         self._await_dead_letters()
         # Fully done (state committed, dead letters acknowledged): say so next to the state.
         applied = {p: (keys.applied_field(t, p), o) for (t, p), o in offsets.items()}
-        self._retry_redis(lambda: self.store.mark_applied(applied))
+        self._retry_redis(lambda: self.store.applied.mark(applied))
         self._done.update(offsets)
         if offsets:
             try:  # asynchronous: the state, not the commit, protects against redelivery

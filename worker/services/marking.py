@@ -48,18 +48,18 @@ class MarkingPass:
         if self._chunks is None:
             if cuts_pending:
                 return False
-            if self.store.is_indexed(self.profiles):
+            if self.store.marking.is_done(self.profiles.versions()):
                 self._done = True
                 return False
-            self._chunks = self.store.customer_key_chunks()
-            self._progress = _Progress(self.store.profile_versions(), self.profiles)
+            self._chunks = self.store.reads.key_chunks()
+            self._progress = _Progress(self.store.marking.versions(), self.profiles)
         try:
             chunk = next(self._chunks, None)
         except Exception:  # the scan broke off (Redis error): start the pass again later
             self._chunks = None
             raise
         if chunk is None:
-            self.store.mark_indexed(self.profiles)
+            self.store.marking.record_done(self.profiles.versions())
             self._done = True
             self._progress.finish()
             return False

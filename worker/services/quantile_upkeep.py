@@ -24,6 +24,7 @@ from worker.rules.instants import iso
 from worker.rules.money import format_units
 from worker.rules.profiles import Profiles
 from worker.rules.quantiles import Cuts, cut_points
+from worker.services import sampling
 from worker.state.store import Store
 
 logger = logging.getLogger(__name__)
@@ -47,8 +48,10 @@ class QuantileRun:
     @classmethod
     def start(cls, store: Store, profiles: Profiles, name: str, as_of_ms: int) -> QuantileRun:
         sample = profiles.configured[name].quantiles_sample
-        population = store.profile_population(name, profiles)
-        chunks = store.quantile_values(name, profiles, as_of_ms, sample=sample, count=QUANTILE_STEP)
+        population = sampling.population(store.reads, name, profiles)
+        chunks = sampling.ranked_values(
+            store.reads, name, profiles, as_of_ms, sample=sample, count=QUANTILE_STEP
+        )
         return cls(name, as_of_ms, population <= sample, population, chunks)
 
     def cuts(self, stored: Cuts | None) -> Cuts | None:
@@ -70,7 +73,7 @@ def compute_cuts(store: Store, profiles: Profiles, name: str, as_of_ms: int) -> 
     run = QuantileRun.start(store, profiles, name, as_of_ms)
     for chunk in run.chunks:
         run.values += chunk
-    return run.cuts(store.read_cuts().get(name))
+    return run.cuts(store.cut_points.read().get(name))
 
 
 def load_cuts(
@@ -80,18 +83,18 @@ def load_cuts(
     (a worker's start), a quantile profile with none yet and customers to rank gets its
     first ones computed and stored now, before anything is scored: a base switched to
     quantile mode moves once, to its quintiles, never through the 333 placeholder."""
-    stored = store.read_cuts() if profiles.quantile_names() else {}
+    stored = store.cut_points.read() if profiles.quantile_names() else {}
     for name in profiles.quantile_names():
         missing = name not in stored and compute_missing_at is not None
-        if missing and store.try_lock(name, QUANTILE_LOCK_MS):
+        if missing and store.cut_points.try_lock(name, QUANTILE_LOCK_MS):
             assert compute_missing_at is not None
             try:
                 cuts = compute_cuts(store, profiles, name, compute_missing_at)
                 if cuts is not None:
-                    store.write_cuts(name, cuts)
+                    store.cut_points.write(name, cuts)
                     stored[name] = cuts
             finally:
-                store.unlock(name)
+                store.cut_points.unlock(name)
         if name in stored:
             profiles.use_cuts(name, stored[name])
             metrics.QUANTILE_CUTS_VERSION.labels(name).set(stored[name].version)
@@ -147,7 +150,7 @@ class QuantileUpkeep:
             self._finish(run)
         else:
             run.values += chunk
-            if not self.store.renew_lock(run.name, QUANTILE_LOCK_MS):
+            if not self.store.cut_points.renew_lock(run.name, QUANTILE_LOCK_MS):
                 logger.warning(
                     "lost the quantile lock of profile %s: another worker took over", run.name
                 )
@@ -155,7 +158,7 @@ class QuantileUpkeep:
         return bool(self._runs)
 
     def _check(self, names: list[str]) -> None:
-        stored = self.store.read_cuts()
+        stored = self.store.cut_points.read()
         changed = False
         for name in names:
             cuts = stored.get(name)
@@ -166,7 +169,7 @@ class QuantileUpkeep:
             if (
                 name not in self._runs
                 and self._stale(name, cuts)
-                and self.store.try_lock(name, QUANTILE_LOCK_MS)
+                and self.store.cut_points.try_lock(name, QUANTILE_LOCK_MS)
             ):
                 self._runs[name] = QuantileRun.start(self.store, self.profiles, name, self.clock())
         if changed:
@@ -180,12 +183,12 @@ class QuantileUpkeep:
 
     def _finish(self, run: QuantileRun) -> None:
         try:
-            cuts = run.cuts(self.store.read_cuts().get(run.name))
+            cuts = run.cuts(self.store.cut_points.read().get(run.name))
             if cuts is None:  # no customer yet: 333 for now, tried again next interval
                 return
-            self.store.write_cuts(run.name, cuts)
+            self.store.cut_points.write(run.name, cuts)
         finally:
-            self.store.unlock(run.name)
+            self.store.cut_points.unlock(run.name)
         self._use(run.name, cuts)
         self._on_new_cuts()
         logger.info(

@@ -41,15 +41,15 @@ def rebuild(settings: Settings, profiles: Profiles, *, confirmed: bool) -> int:
     consumer = clients.consumer(settings, {"enable.partition.eof": "true"})
     topic = settings.orders_topic
     try:
-        if store.holds_customers() and not confirmed:
+        if store.reads.holds_customers() and not confirmed:
             raise UsageError(
                 "Redis still holds rfm-worker state; a rebuild deletes all of it first. "
                 "Stop every worker, then run `rfm-worker rebuild --yes`"
             )
-        wiped = store.wipe()
+        wiped = store.server.wipe()
         ends, events, rejected = _replay(consumer, store, settings, profiles)
-        store.mark_applied({p: (keys.applied_field(topic, p), end) for p, end in ends.items()})
-        store.mark_indexed(profiles)
+        store.applied.mark({p: (keys.applied_field(topic, p), end) for p, end in ends.items()})
+        store.marking.record_done(profiles.versions())
         try:
             consumer.commit(
                 offsets=[TopicPartition(topic, p, end) for p, end in ends.items() if end > 0],
@@ -115,9 +115,9 @@ def _replay(
             continue
         as_of = now
         if settings.clock == "event":
-            as_of = store.advance_clock(max(ev.occurred_at for ev, _ in valid))
+            as_of = store.clock.advance(max(ev.occurred_at for ev, _ in valid))
         result = causes.apply_batch(store, valid, profiles, as_of_ms=as_of, now_ms=now)
         applied += len(valid) - len(result.rejected)
         rejected += len(result.rejected)
-    store.drop_outboxes()
+    store.outbox.drop_all()
     return ends, applied, rejected

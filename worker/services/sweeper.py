@@ -101,7 +101,7 @@ class Sweeper:
 
     def start(self, partitions: Iterable[int], as_of_ms: int) -> Sweep:
         sweep = Sweep(as_of_ms, zsets(partitions))
-        metrics.SWEEP_DUE.set(self.store.due_backlog(sweep.pending, as_of_ms))
+        metrics.SWEEP_DUE.set(self.store.due.backlog(sweep.pending, as_of_ms))
         return sweep
 
     def step(self, sweep: Sweep, partitions: set[int]) -> list[Committed]:
@@ -128,7 +128,7 @@ class Sweeper:
     def _finish(self, sweep: Sweep, partitions: set[int]) -> None:
         elapsed = time.perf_counter() - sweep.started
         metrics.SWEEP_DURATION.observe(elapsed)
-        metrics.SWEEP_DUE.set(self.store.due_backlog(zsets(partitions), self.clock()))
+        metrics.SWEEP_DUE.set(self.store.due.backlog(zsets(partitions), self.clock()))
         if sweep is self.current:
             self.current = None
         if sweep.customers:

@@ -1,6 +1,10 @@
-"""The state in Redis: one atomic commit path, the due index, reads for the read side.
+"""The state in Redis and its one write path.
 
 The key layout is described once, in worker/state/keys.py (and in worker/state/lua/commit.lua).
+`Store` is the write path; the other jobs on the same connection are its parts, each in its
+own module: applied offsets (applied.py), the due index and the marking record
+(due_index.py), the event clock (clock.py), the outbox (outbox.py), the read side
+(reads.py), quantile cut points (cut_points.py) and the server itself (admin.py).
 
 Every write goes through `commit`, whatever its cause (worker/services/causes.py: order
 events, a decay sweep, a changed profile's marking): read the touched customers, run the
@@ -15,12 +19,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import random
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from importlib.resources import files
 from typing import Any, TypeVar
 
 import orjson
@@ -30,10 +32,15 @@ from worker.errors import StateError, StateLostError
 from worker.rules.customer import LONG_HISTORY, Customer, Outcome, Published
 from worker.rules.engine import Change, Result
 from worker.rules.events import ValidEvent
-from worker.rules.profiles import DEFAULT_TENANT, Profiles
-from worker.rules.quantiles import Cuts
-from worker.rules.scoring import days_between, windowed_orders
 from worker.state import keys
+from worker.state.admin import Server
+from worker.state.applied import AppliedOffsets
+from worker.state.clock import EventClock
+from worker.state.cut_points import CutPoints
+from worker.state.due_index import DueIndex, MarkingRecord
+from worker.state.outbox import Outbox
+from worker.state.reads import Reads
+from worker.state.scripts import script
 
 logger = logging.getLogger(__name__)
 
@@ -43,17 +50,10 @@ CALL_CUSTOMERS = 64  # customers per commit call (single Redis) and per write to
 # (below, decoding costs less than the memory and the cycle collector's passes over
 # them), KNOWN_ORDERS orders in all (~500 bytes each with their blob: ~50 MB).
 KNOWN_ORDERS = 100_000
-# Segment counter hashes read per round trip: a read of the counters holds this many
-# shards' cells at once (one per tenant, rfm and segment), not all of them.
-COUNTS_PER_READ = 8
 T = TypeVar("T")
 # What `commit` takes: per shard, per customer key, (tenant, customer_id, the cause's item).
 Work = Mapping[int, Mapping[bytes, tuple[str, str, T]]]
 Decide = Callable[[Customer, T], Result]
-
-
-def _script(name: str) -> str:
-    return files("worker.state").joinpath("lua", name).read_text(encoding="utf-8")
 
 
 @dataclass(slots=True)  # not frozen: built per event, and frozen costs 3x
@@ -171,78 +171,17 @@ class Store:
         # help here, so the client is used untyped behind this small, tested surface.
         self.redis: Any = client
         self.cluster = isinstance(client, redis.RedisCluster)
-        self._commit = client.register_script(_script("commit.lua"))
-        self._clock = client.register_script(_script("clock.lua"))
-        self._applied = client.register_script(_script("applied.lua"))
+        self._commit = client.register_script(script("commit.lua"))
         self._known = _Known()
-        # Per orders-topic partition: ("<topic>:<partition>", the offset every shard's state
-        # vouched for). A commit or a record of applied offsets on a shard holding less is
-        # refused (StateLostError): Redis lost writes, the worker replays first.
-        self.floors: dict[int, tuple[str, int]] = {}
-        self._locks: dict[str, Any] = {}  # profile name -> the cut-point lock this store holds
-
-    def customer_key_chunks(
-        self, count: int = 500, pattern: bytes = keys.CUSTOMER_PATTERN
-    ) -> Iterator[list[bytes]]:
-        """Every customer key (matching `pattern`), in chunks (SCAN, every master of a
-        cluster)."""
-        chunk: list[bytes] = []
-        for key in self.redis.scan_iter(match=pattern, count=count):
-            chunk.append(key)
-            if len(chunk) >= count:
-                yield chunk
-                chunk = []
-        if chunk:
-            yield chunk
-
-    def is_indexed(self, profiles: Profiles) -> bool:
-        """Whether every customer was checked by `mark_due` with these profiles."""
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.exists(keys.INDEXED)
-        pipe.hgetall(keys.PROFILES)
-        indexed, stored = pipe.execute()
-        return bool(indexed) and stored == _versions(profiles)
-
-    def mark_indexed(self, profiles: Profiles) -> None:
-        # Two keys in two hash slots (no transaction on a cluster): a crash in between
-        # leaves is_indexed false, so the next start only runs the pass again.
-        versions = _versions(profiles)
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.hset(keys.PROFILES, mapping=versions)
-        stale = set(self.redis.hkeys(keys.PROFILES)) - set(versions)
-        if stale:
-            pipe.hdel(keys.PROFILES, *stale)
-        pipe.set(keys.INDEXED, b"1")
-        pipe.execute()
-
-    def profile_versions(self) -> dict[str, str]:
-        """The profile versions the last completed pass applied (name -> version)."""
-        return {_text(k): _text(v) for k, v in self.redis.hgetall(keys.PROFILES).items()}
-
-    def postpone(self, due: Iterable[tuple[bytes, int]], at_ms: int) -> None:
-        """Move these (customer key, partition) entries of the due index to `at_ms`, if
-        they are still there."""
-        pipe = self.redis.pipeline(transaction=False)
-        for key, partition in due:
-            pipe.zadd(keys.due(keys.split_customer(key)[0], partition), {key: at_ms}, xx=True)
-        pipe.execute()
-
-    def due_members(
-        self, zsets: list[tuple[int, int]], as_of_ms: int, limit: int
-    ) -> list[list[bytes]]:
-        """Per (shard, partition) due zset, up to `limit` customer keys due at as_of."""
-        pipe = self.redis.pipeline(transaction=False)
-        for shard, partition in zsets:
-            pipe.zrangebyscore(keys.due(shard, partition), b"-inf", as_of_ms, start=0, num=limit)
-        return list(pipe.execute()) if zsets else []
-
-    def due_backlog(self, zsets: Iterable[tuple[int, int]], as_of_ms: int) -> int:
-        """Customers past their due instant in these (shard, partition) due zsets."""
-        zsets = list(zsets)
-        pipe = self.redis.pipeline(transaction=False)
-        for shard, partition in zsets:
-            pipe.zcount(keys.due(shard, partition), b"-inf", as_of_ms)
-        return sum(pipe.execute()) if zsets else 0
+        # The other jobs on the same connection, each in its own module.
+        self.applied = AppliedOffsets(client)  # its floors guard every commit too
+        self.due = DueIndex(client)
+        self.marking = MarkingRecord(client)
+        self.clock = EventClock(client)
+        self.outbox = Outbox(client)
+        self.reads = Reads(client)
+        self.cut_points = CutPoints(client)
+        self.server = Server(client)
 
     # -- the one write path -----------------------------------------------------------------
 
@@ -449,7 +388,7 @@ class Store:
                 due_to = due_index.get(partition)
                 if due_to is None:
                     due_to = due_index[partition] = args.key(keys.due(shard, partition))
-                    floor = self.floors.get(partition)
+                    floor = self.applied.floors.get(partition)
                     if floor is not None and floor[1] >= 0:
                         applied = args.key(keys.applied(shard))
                         vouched.append([applied, args.arg(floor[0].encode()), floor[1]])
@@ -500,278 +439,6 @@ class Store:
         plan.call = (args.keys, args.argv)
         return plan
 
-    # -- applied offsets: detecting a Redis that lost writes ---------------------------------
-
-    def mark_applied(self, offsets: Mapping[int, tuple[str, int]]) -> None:
-        """Record, in every shard, that the state holds each partition (partition ->
-        ("<topic>:<partition>", next offset)) up to the given offset. Called once a batch is
-        fully done (state committed, dead letters acknowledged). Each shard's record lives
-        in the shard's hash slot, on the node of the state it vouches for, and is written
-        after it: Redis replicates and persists each node's writes in order, so a record
-        that survived a failover or a restart implies the state written before it did too.
-
-        Compare-and-set (worker/state/lua/applied.lua): a shard holding less than it vouched for
-        before (`floors`) is never written over; StateLostError says so instead."""
-        if not offsets:
-            return
-        argv: list[str | int] = []
-        for partition, (name, offset) in offsets.items():
-            argv += [name, self.floors.get(partition, (name, -1))[1], offset]
-        hashes = [keys.applied(shard) for shard in range(keys.SHARDS)]
-        if self.cluster:  # a script's keys share one slot there: one call per shard
-            lost = [h for h in hashes if self._applied(keys=[h], args=argv)]
-        else:
-            lost = [hashes[i - 1] for i in self._applied(keys=hashes, args=argv)]
-        if lost:
-            raise StateLostError(
-                f"{len(lost)} shard(s) hold less than they vouched for (e.g. {lost[0]!r}): "
-                "Redis lost writes"
-            )
-        for partition, (name, offset) in offsets.items():
-            self.floors[partition] = (name, offset)
-
-    def applied_offsets(self, fields: Sequence[str]) -> dict[str, tuple[int | None, int]]:
-        """Per field: (the lowest offset recorded over the shards, how many shards hold a
-        record). Fewer than all shards means some shard lost its data."""
-        pipe = self.redis.pipeline(transaction=False)
-        for shard in range(keys.SHARDS):
-            pipe.hmget(keys.applied(shard), list(fields))
-        rows = pipe.execute() if fields else []
-        out: dict[str, tuple[int | None, int]] = {}
-        for i, name in enumerate(fields):
-            seen = [int(row[i]) for row in rows if row[i] is not None]
-            out[name] = (min(seen) if seen else None, len(seen))
-        return out
-
-    def holds_customers(self) -> bool:
-        """Whether Redis holds any customer at all (a rare check: it may SCAN)."""
-        return next(self.customer_key_chunks(count=1000), None) is not None
-
-    def wipe(self) -> int:
-        """Delete every rfm-worker key (`rebuild` only); returns how many."""
-        return self._unlink(keys.ALL_PATTERN)
-
-    def drop_outboxes(self) -> int:
-        return self._unlink(keys.OUTBOX_PATTERN)
-
-    def _unlink(self, pattern: bytes) -> int:
-        deleted = 0
-        batch: list[bytes] = []
-        for key in self.redis.scan_iter(match=pattern, count=1000):
-            batch.append(key)
-            if len(batch) >= 1000:
-                deleted += int(self.redis.unlink(*batch))
-                batch = []
-        return deleted + (int(self.redis.unlink(*batch)) if batch else 0)
-
-    # -- event clock ----------------------------------------------------------------------
-
-    def advance_clock(self, candidate_ms: int) -> int:
-        return int(self._clock(keys=[keys.CLOCK], args=[candidate_ms]))
-
-    def read_clock(self) -> int | None:
-        raw = self.redis.get(keys.CLOCK)
-        return int(raw) if raw else None
-
-    # -- outbox ---------------------------------------------------------------------------
-
-    def outbox_entries(
-        self, partition: int, count: int = 1000
-    ) -> Iterator[tuple[bytes, bytes, bytes, bytes]]:
-        """(stream, entry id, key, value) of every change waiting in a partition's outboxes."""
-        for shard in range(keys.SHARDS):
-            stream = keys.outbox(shard, partition)
-            start = b"-"
-            while True:
-                entries = self.redis.xrange(stream, min=start, count=count)
-                for entry_id, fields in entries:
-                    yield stream, entry_id, fields[b"k"], fields[b"v"]
-                if len(entries) < count:
-                    break
-                start = b"(" + entries[-1][0]
-
-    def delete_outbox(self, done: dict[bytes, list[bytes]]) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        for stream, ids in done.items():
-            pipe.xdel(stream, *ids)
-        pipe.execute()
-
-    def outbox_backlog(self) -> int:
-        total = 0
-        for key in self.redis.scan_iter(match=keys.OUTBOX_PATTERN, count=1000):
-            total += int(self.redis.xlen(key))
-        return total
-
-    # -- read side ------------------------------------------------------------------------
-
-    def get_customer(self, tenant: str, customer_id: str) -> Customer | None:
-        blob = self.redis.get(keys.customer(tenant, customer_id))
-        return Customer.decode(tenant, customer_id, blob) if blob else None
-
-    def scan_customers(self, tenant: str | None = None, chunk: int = 500) -> Iterator[Customer]:
-        """Every stored customer (of one tenant), read in chunks: for export, not hot paths."""
-        for found in self.customer_key_chunks(chunk, keys.customer_pattern(tenant)):
-            yield from self._read_customers(found, lambda owner: tenant in (None, owner))
-
-    def _read_customers(self, found: list[bytes], want: Callable[[str], bool]) -> list[Customer]:
-        """The customers of `found` whose tenant `want` accepts (checked before reading).
-        The tenant of a key is checked, not trusted to the glob: a pattern can also match
-        an id that contains "}:c:<tenant>:"."""
-        kept: list[tuple[bytes, str, str]] = []
-        for key in found:
-            _shard, tenant, customer_id = keys.split_customer(key)
-            if want(tenant):
-                kept.append((key, tenant, customer_id))
-        pipe = self.redis.pipeline(transaction=False)  # GETs, not MGET: keys span slots
-        for key, _tenant, _customer_id in kept:
-            pipe.get(key)
-        return [
-            Customer.decode(tenant, customer_id, blob)
-            for (_key, tenant, customer_id), blob in zip(
-                kept, pipe.execute() if kept else [], strict=True
-            )
-            if blob
-        ]
-
-    def score_counts(
-        self, label: Callable[[str], str | None] | None = None
-    ) -> Counter[tuple[str, str, str]]:
-        """Customers per (tenant, rfm, segment) of their published score, over all shards.
-
-        With `label`, each tenant is counted under label(tenant) instead (None: left out)
-        as the counters are read, COUNTS_PER_READ shards at a time: what the read holds
-        then follows the label values, not the tenants (one cell per tenant)."""
-        totals: Counter[tuple[str, str, str]] = Counter()
-        for first in range(0, keys.SHARDS, COUNTS_PER_READ):
-            pipe = self.redis.pipeline(transaction=False)
-            for shard in range(first, min(first + COUNTS_PER_READ, keys.SHARDS)):
-                pipe.hgetall(keys.counts(shard))
-            for cells in pipe.execute():
-                for fld, count in cells.items():
-                    tenant, rfm, segment = fld.decode().split("\t")
-                    name = tenant if label is None else label(tenant)
-                    if name is not None:
-                        totals[(name, rfm, segment)] += int(count)
-        return totals
-
-    def segment_counts(
-        self, label: Callable[[str], str | None] | None = None
-    ) -> Counter[tuple[str, str]]:
-        """Customers per (tenant, segment); `label` as in score_counts."""
-        totals: Counter[tuple[str, str]] = Counter()
-        for (tenant, _rfm, segment), count in self.score_counts(label).items():
-            totals[(tenant, segment)] += count
-        return totals
-
-    def server_config(self, *names: str) -> dict[str, str | None]:
-        """CONFIG GET of some server settings; None where the server does not tell (managed
-        services often disable CONFIG)."""
-        out: dict[str, str | None] = dict.fromkeys(names)
-        try:
-            for name in names:
-                for key, value in self.redis.config_get(name).items():
-                    out[_text(key)] = _text(value)
-        except redis.ResponseError:
-            pass
-        return out
-
-    def in_cluster_mode(self) -> bool:
-        """Whether the server says it is a Redis Cluster node (False if it does not say)."""
-        try:
-            return bool(self.redis.info("cluster").get("cluster_enabled"))
-        except redis.ResponseError:  # INFO disabled (some managed services)
-            return False
-
-    def ping(self) -> bool:
-        return bool(self.redis.ping())
-
-    # -- quantile cut points (worker/rules/quantiles.py) ------------------------------------
-
-    def read_cuts(self) -> dict[str, Cuts]:
-        """The current cut points of every quantile profile that has some (name -> Cuts)."""
-        return {
-            _text(name): Cuts.from_json(raw)
-            for name, raw in self.redis.hgetall(keys.QUANTILES).items()
-        }
-
-    def write_cuts(self, name: str, cuts: Cuts) -> None:
-        self.redis.hset(keys.QUANTILES, name, cuts.to_json())
-
-    def try_lock(self, name: str, ttl_ms: int) -> bool:
-        """Take the lock for computing profile `name`'s cut points (redis-py's Lock: SET NX
-        PX with this store's own token), for `ttl_ms` unless renewed."""
-        lock = self.redis.lock(keys.quantiles_lock(name), timeout=ttl_ms / 1000, thread_local=False)
-        if not lock.acquire(blocking=False):
-            return False
-        self._locks[name] = lock
-        return True
-
-    def renew_lock(self, name: str, ttl_ms: int) -> bool:
-        """Extend the lock to `ttl_ms` from now if this store still holds it; False if it
-        was lost (expired, taken by another worker)."""
-        lock = self._locks.get(name)
-        if lock is None:
-            return False
-        try:
-            lock.extend(ttl_ms / 1000, replace_ttl=True)
-        except redis.exceptions.LockError:
-            del self._locks[name]
-            return False
-        return True
-
-    def unlock(self, name: str) -> None:
-        """Release the lock if this store still holds it."""
-        lock = self._locks.pop(name, None)
-        if lock is not None:
-            with contextlib.suppress(redis.exceptions.LockError):
-                lock.release()
-
-    def profile_population(self, name: str, profiles: Profiles) -> int:
-        """Customers with a published score among the tenants scored by profile `name`
-        (the segment counters): the population a sample is drawn from."""
-        counts = self.score_counts(
-            lambda tenant: name if profiles.for_tenant(tenant).name == name else None
-        )
-        return sum(counts.values())
-
-    def quantile_values(
-        self,
-        name: str,
-        profiles: Profiles,
-        as_of_ms: int,
-        *,
-        sample: int,
-        count: int = 500,
-        rng: random.Random | None = None,
-    ) -> Iterator[list[tuple[int, int, int]]]:
-        """(days since the last order at as_of, orders as F counts them, net spend in money
-        units) of the customers of the tenants scored by profile `name` that have a
-        counted order, one list per SCAN chunk of `count` keys (a list may be empty).
-
-        Sampled: each key is kept with probability min(1, sample / population), the
-        population being the profile's customers in the segment counters; every customer
-        is read when that is <= sample or unknown (0), so small bases are exact."""
-        population = self.profile_population(name, profiles)
-        keep = 1.0 if population <= sample else sample / population
-        draw = (rng or random.Random()).random
-        # A tenant's own profile is named after it; `default` scores every other tenant.
-        pattern = keys.CUSTOMER_PATTERN if name == DEFAULT_TENANT else keys.customer_pattern(name)
-        window = profiles.for_tenant(name).frequency_window_days
-
-        def want(tenant: str) -> bool:
-            return profiles.for_tenant(tenant).name == name and (keep >= 1.0 or draw() < keep)
-
-        for found in self.customer_key_chunks(count, pattern):
-            yield [
-                (
-                    days_between(agg.last_order_at, as_of_ms),
-                    windowed_orders(agg, as_of_ms, window),
-                    agg.monetary,
-                )
-                for customer in self._read_customers(found, want)
-                if (agg := customer.aggregates()) is not None
-            ]
-
 
 def _decide(
     tenant: str,
@@ -789,14 +456,6 @@ def _decide(
     res = decide(customer, item)
     state = customer.encode() if res.dirty else None
     return res, was_in, before, state, [orjson.dumps(c.payload) for c in res.changes]
-
-
-def _versions(profiles: Profiles) -> dict[bytes, bytes]:
-    return {n.encode(): profiles.for_tenant(n).version.encode() for n in profiles.names()}
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 _MOVING = (

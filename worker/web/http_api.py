@@ -143,7 +143,7 @@ class Api:
                 f"the customer id segment must be 1-{MAX_CUSTOMER_ID} characters of "
                 "percent-encoded UTF-8 ('/' as %2F)",
             )
-        as_of = scoring_now(self.settings, self.store)
+        as_of = scoring_now(self.settings, self.store.clock)
         doc = views.lookup(self.store, self.profiles, tenant, customer_id, as_of)
         if doc is None:
             return _error(404, "not_found", f"no customer {customer_id!r} in tenant {tenant!r}")
@@ -155,7 +155,7 @@ class Api:
             return _error(
                 400, "invalid_tenant", f"the tenant parameter must be once {_TENANT_RULE}"
             )
-        as_of = scoring_now(self.settings, self.store)
+        as_of = scoring_now(self.settings, self.store.clock)
         return _json(200, views.matrix(self.store, given[0], as_of))
 
     def _authenticate(self, authorization: str | None) -> Response | None:

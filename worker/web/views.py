@@ -27,7 +27,7 @@ def view(customer: Customer, profiles: Profiles, as_of_ms: int) -> dict[str, obj
 def lookup(
     store: Store, profiles: Profiles, tenant: str, customer_id: str, as_of_ms: int
 ) -> dict[str, object] | None:
-    customer = store.get_customer(tenant, customer_id)
+    customer = store.reads.customer(tenant, customer_id)
     return None if customer is None else view(customer, profiles, as_of_ms)
 
 
@@ -35,7 +35,7 @@ def export(
     store: Store, profiles: Profiles, as_of_ms: int, tenant: str | None = None
 ) -> Iterator[dict[str, object]]:
     """Every customer with at least one counted order, scored at as_of (changes nothing)."""
-    for customer in store.scan_customers(tenant):
+    for customer in store.reads.customers(tenant):
         doc = view(customer, profiles, as_of_ms)
         if doc is not None:
             yield doc
@@ -50,7 +50,7 @@ def matrix(store: Store, tenant: str, as_of_ms: int) -> dict[str, object]:
     cell_segments: dict[tuple[int, int], Counter[str]] = defaultdict(Counter)
     segments: Counter[str] = Counter()
     # Only the tenant's cells are kept as the counters are read: not one per tenant.
-    counts = store.score_counts(lambda t: t if t == tenant else None)
+    counts = store.reads.score_counts(lambda t: t if t == tenant else None)
     for (_t, rfm, segment), count in counts.items():
         r, f = int(rfm[0]), int(rfm[1])
         cells[(r, f)] += count

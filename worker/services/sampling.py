@@ -1,0 +1,60 @@
+"""The customer base a quantile profile's cut points are computed from, sampled as read
+(docs/profiles.md, "Quantile mode")."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterator
+
+from worker.rules.profiles import DEFAULT_TENANT, Profiles
+from worker.rules.scoring import days_between, windowed_orders
+from worker.state import keys
+from worker.state.reads import Reads
+
+
+def population(reads: Reads, name: str, profiles: Profiles) -> int:
+    """Customers with a published score among the tenants scored by profile `name` (the
+    segment counters): the population a sample is drawn from."""
+    counts = reads.score_counts(
+        lambda tenant: name if profiles.for_tenant(tenant).name == name else None
+    )
+    return sum(counts.values())
+
+
+def ranked_values(
+    reads: Reads,
+    name: str,
+    profiles: Profiles,
+    as_of_ms: int,
+    *,
+    sample: int,
+    count: int = 500,
+    rng: random.Random | None = None,
+) -> Iterator[list[tuple[int, int, int]]]:
+    """(days since the last order at as_of, orders as F counts them, net spend in money
+    units) of the customers of the tenants scored by profile `name` that have a counted
+    order, one list per SCAN chunk of `count` keys (a list may be empty).
+
+    Sampled: each key is kept with probability min(1, sample / population), the population
+    being the profile's customers in the segment counters; every customer is read when that
+    is <= sample or unknown (0), so small bases are exact."""
+    base = population(reads, name, profiles)
+    keep = 1.0 if base <= sample else sample / base
+    draw = (rng or random.Random()).random
+    # A tenant's own profile is named after it; `default` scores every other tenant.
+    pattern = keys.CUSTOMER_PATTERN if name == DEFAULT_TENANT else keys.customer_pattern(name)
+    window = profiles.for_tenant(name).frequency_window_days
+
+    def want(tenant: str) -> bool:
+        return profiles.for_tenant(tenant).name == name and (keep >= 1.0 or draw() < keep)
+
+    for found in reads.key_chunks(count, pattern):
+        yield [
+            (
+                days_between(agg.last_order_at, as_of_ms),
+                windowed_orders(agg, as_of_ms, window),
+                agg.monetary,
+            )
+            for customer in reads.decoded(found, want)
+            if (agg := customer.aggregates()) is not None
+        ]

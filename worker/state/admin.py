@@ -1,0 +1,56 @@
+"""What the commands ask of the Redis server itself: its settings, its mode, a wipe."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from worker.state import keys
+
+
+class Server:
+    def __init__(self, client: Any) -> None:
+        self.redis = client
+
+    def config(self, *names: str) -> dict[str, str | None]:
+        """CONFIG GET of some server settings; None where the server does not tell (managed
+        services often disable CONFIG)."""
+        out: dict[str, str | None] = dict.fromkeys(names)
+        try:
+            for name in names:
+                for key, value in self.redis.config_get(name).items():
+                    out[text(key)] = text(value)
+        except redis.ResponseError:
+            pass
+        return out
+
+    def in_cluster_mode(self) -> bool:
+        """Whether the server says it is a Redis Cluster node (False if it does not say)."""
+        try:
+            return bool(self.redis.info("cluster").get("cluster_enabled"))
+        except redis.ResponseError:  # INFO disabled (some managed services)
+            return False
+
+    def ping(self) -> bool:
+        return bool(self.redis.ping())
+
+    def wipe(self) -> int:
+        """Delete every rfm-worker key (`rebuild` only); returns how many."""
+        return unlink(self.redis, keys.ALL_PATTERN)
+
+
+def unlink(client: Any, pattern: bytes) -> int:
+    """Delete every key matching `pattern`, a thousand per UNLINK; returns how many."""
+    deleted = 0
+    batch: list[bytes] = []
+    for key in client.scan_iter(match=pattern, count=1000):
+        batch.append(key)
+        if len(batch) >= 1000:
+            deleted += int(client.unlink(*batch))
+            batch = []
+    return deleted + (int(client.unlink(*batch)) if batch else 0)
+
+
+def text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

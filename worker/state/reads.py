@@ -1,0 +1,97 @@
+"""The read side: customers and segment counters as stored, for the HTTP API, `export`,
+the matrix and the metrics. Nothing here writes."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from worker.rules.customer import Customer
+from worker.state import keys
+
+# Segment counter hashes read per round trip: a read of the counters holds this many
+# shards' cells at once (one per tenant, rfm and segment), not all of them.
+COUNTS_PER_READ = 8
+
+
+class Reads:
+    def __init__(self, client: Any) -> None:
+        self.redis = client
+
+    def customer(self, tenant: str, customer_id: str) -> Customer | None:
+        blob = self.redis.get(keys.customer(tenant, customer_id))
+        return Customer.decode(tenant, customer_id, blob) if blob else None
+
+    def customers(self, tenant: str | None = None, chunk: int = 500) -> Iterator[Customer]:
+        """Every stored customer (of one tenant), read in chunks: for export, not hot paths."""
+        for found in self.key_chunks(chunk, keys.customer_pattern(tenant)):
+            yield from self.decoded(found, lambda owner: tenant in (None, owner))
+
+    def key_chunks(
+        self, count: int = 500, pattern: bytes = keys.CUSTOMER_PATTERN
+    ) -> Iterator[list[bytes]]:
+        """Every customer key (matching `pattern`), in chunks (SCAN, every master of a
+        cluster)."""
+        chunk: list[bytes] = []
+        for key in self.redis.scan_iter(match=pattern, count=count):
+            chunk.append(key)
+            if len(chunk) >= count:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
+
+    def holds_customers(self) -> bool:
+        """Whether Redis holds any customer at all (a rare check: it may SCAN)."""
+        return next(self.key_chunks(count=1000), None) is not None
+
+    def decoded(self, found: list[bytes], want: Callable[[str], bool]) -> list[Customer]:
+        """The customers of `found` whose tenant `want` accepts (checked before reading).
+        The tenant of a key is checked, not trusted to the glob: a pattern can also match
+        an id that contains "}:c:<tenant>:"."""
+        kept: list[tuple[bytes, str, str]] = []
+        for key in found:
+            _shard, tenant, customer_id = keys.split_customer(key)
+            if want(tenant):
+                kept.append((key, tenant, customer_id))
+        pipe = self.redis.pipeline(transaction=False)  # GETs, not MGET: keys span slots
+        for key, _tenant, _customer_id in kept:
+            pipe.get(key)
+        return [
+            Customer.decode(tenant, customer_id, blob)
+            for (_key, tenant, customer_id), blob in zip(
+                kept, pipe.execute() if kept else [], strict=True
+            )
+            if blob
+        ]
+
+    def score_counts(
+        self, label: Callable[[str], str | None] | None = None
+    ) -> Counter[tuple[str, str, str]]:
+        """Customers per (tenant, rfm, segment) of their published score, over all shards.
+
+        With `label`, each tenant is counted under label(tenant) instead (None: left out)
+        as the counters are read, COUNTS_PER_READ shards at a time: what the read holds
+        then follows the label values, not the tenants (one cell per tenant)."""
+        totals: Counter[tuple[str, str, str]] = Counter()
+        for first in range(0, keys.SHARDS, COUNTS_PER_READ):
+            pipe = self.redis.pipeline(transaction=False)
+            for shard in range(first, min(first + COUNTS_PER_READ, keys.SHARDS)):
+                pipe.hgetall(keys.counts(shard))
+            for cells in pipe.execute():
+                for fld, count in cells.items():
+                    tenant, rfm, segment = fld.decode().split("\t")
+                    name = tenant if label is None else label(tenant)
+                    if name is not None:
+                        totals[(name, rfm, segment)] += int(count)
+        return totals
+
+    def segment_counts(
+        self, label: Callable[[str], str | None] | None = None
+    ) -> Counter[tuple[str, str]]:
+        """Customers per (tenant, segment); `label` as in score_counts."""
+        totals: Counter[tuple[str, str]] = Counter()
+        for (tenant, _rfm, segment), count in self.score_counts(label).items():
+            totals[(tenant, segment)] += count
+        return totals
