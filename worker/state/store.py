@@ -29,6 +29,7 @@ import orjson
 import redis
 
 from worker.errors import StateError, StateLostError
+from worker.pacing import SLOTS_MOVING
 from worker.rules.customer import LONG_HISTORY, Customer, Outcome, Published
 from worker.rules.engine import Change, Result
 from worker.rules.events import ValidEvent
@@ -208,7 +209,8 @@ class Store:
     def _commit_all(self, work: Work[T], decide: Decide[T]) -> BatchResult:
         result = BatchResult()
         pending = sorted(shard for shard, slot in work.items() if slot)
-        for attempt in range(MAX_ATTEMPTS):
+        pauses = SLOTS_MOVING.pauses()
+        for _attempt in range(MAX_ATTEMPTS):
             if not pending:
                 return result
             retry: list[int] = []
@@ -244,7 +246,7 @@ class Store:
                     else:
                         self._accept(result, plan, reply[1:])
             if moved:
-                self._refresh_slots(attempt)
+                self._refresh_slots(next(pauses))
             pending = sorted(retry)
         if pending and moved:  # slots still moving: transient, the worker waits and retries
             raise redis.exceptions.TryAgainError(f"shards {pending}: their slots kept moving")
@@ -343,10 +345,10 @@ class Store:
             group[0].append(shard)
         return list(groups.values())
 
-    def _refresh_slots(self, attempt: int) -> None:
+    def _refresh_slots(self, pause: float) -> None:
         if self.cluster:
             self.redis.nodes_manager.initialize()
-        time.sleep(min(0.05 * (attempt + 1), 0.5))  # a migration moves keys in batches
+        time.sleep(pause)
 
     def _plan(
         self,
