@@ -25,11 +25,12 @@ from confluent_kafka import KafkaError, KafkaException
 
 from worker import metrics
 from worker.kafka.clients import produce
+from worker.kafka.records import HeaderValue
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Headers = list[tuple[str, bytes | None]]
+Headers = list[tuple[str, HeaderValue]]
 Record = tuple[bytes | None, bytes | None, Headers | None]
 RETRY_PAUSE = 1.0  # seconds before a refused record is sent again
 
