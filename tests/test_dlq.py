@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from worker.kafka.dlq import dlq_headers
+from worker.kafka.dead_letters import dlq_headers
 from worker.rules.events import Rejection, validate
 from worker.rules.profiles import Profiles
 

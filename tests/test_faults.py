@@ -123,7 +123,7 @@ def test_lost_commit_replies_still_publish_their_changes_now(
 
     worker = worker_in_process(wrap_redis=wrap)
     deadline = time.monotonic() + 30
-    while not worker.assigned and time.monotonic() < deadline:
+    while not worker.checkpoint.assigned and time.monotonic() < deadline:
         time.sleep(0.1)
     records = records_of(events)
     for i in range(0, len(records), 60):  # several batches, several commit calls
@@ -133,7 +133,7 @@ def test_lost_commit_replies_still_publish_their_changes_now(
     assert lossy[0].dropped >= 3
     assert_changes_consistent(actions)
     assert_state_matches(store, expected)
-    assert worker.assigned  # no restart, no rebalance was needed
+    assert worker.checkpoint.assigned  # no restart, no rebalance was needed
 
 
 def test_a_refused_change_is_never_overtaken_by_a_later_one(
@@ -202,9 +202,9 @@ def test_sigterm_in_the_worst_case_stays_within_the_grace_period(
     )
     deployment.produce([*records_of(generate(30, seed=34)), (b"bad", b"{not json")])
     deadline = time.monotonic() + 40
-    while worker.dlq_ok and time.monotonic() < deadline:
+    while worker.health.dlq_ok and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert not worker.dlq_ok and worker.relay.backlog > 0
+    assert not worker.health.dlq_ok and worker.relay.backlog > 0
     started = time.monotonic()
     worker.stop()
     [loop] = [t for t in threading.enumerate() if t.name == f"worker-{id(worker)}"]
@@ -281,7 +281,7 @@ def test_a_revoked_worker_stops_publishing_before_the_next_owner_starts(
         m.key(): m.partition()
         for m in deployment.read(deployment.orders, until=lambda m: len(m) >= len(events))
     }
-    kept = set(a.assigned)
+    kept = set(a.checkpoint.assigned)
     assert kept != {0, 1, 2, 3}  # B has a share
     assert all(partition_of[r["key"]] in kept for r in holds[0].held)
     holds[0].release()  # A's changes of the partitions it still owns flow

@@ -49,7 +49,7 @@ from tests.conftest import Deployment
 from tests.factories import iso_days_ago
 from tests.fixtures import assert_changes_consistent, assert_state_matches, fetch, records_of
 from tests.reference import expected_now
-from worker.kafka.dlq import OWN
+from worker.kafka.dead_letters import OWN
 from worker.rules.events import MAX_EVENT_BYTES, Rejection, validate
 from worker.rules.messages import RfmChanged, RfmOverdue
 from worker.rules.profiles import Profiles
@@ -76,7 +76,7 @@ CLASSES = frozenset(
         "internal_error",
     }
 )
-# What the worker appends to the original headers, in this order (worker/kafka/dlq.py).
+# What the worker appends to the original headers, in this order (worker/kafka/dead_letters.py).
 ADDED = (
     "rfm.error.class",
     "rfm.error.reason",

@@ -389,12 +389,13 @@ def run(settings: Settings, profiles: Profiles) -> int:
         # librdkafka's callbacks run inside consume(), once `worker` exists.
         consumer = clients.consumer(
             settings,
-            error_cb=lambda err: worker.on_kafka_error(err),
-            stats_cb=lambda stats: worker.on_kafka_stats(stats),
+            error_cb=lambda err: worker.health.on_kafka_error(err),
+            stats_cb=lambda stats: worker.health.on_kafka_stats(stats),
         )
         worker = Worker(settings, profiles, store, consumer, clients.producer(settings))
         metrics.register_customers(store.reads.segment_counts, profiles.names())
-        api = Api(settings, profiles, store, healthy=worker.is_healthy, ready=lambda: worker.ready)
+        health = worker.health
+        api = Api(settings, profiles, store, healthy=health.is_healthy, ready=lambda: health.ready)
         with contextlib.ExitStack() as unstarted:  # once running, the loop closes the consumer
             unstarted.callback(consumer.close)
             try:

@@ -24,3 +24,7 @@ class UsageError(RfmError):
 class StateLostError(StateError):
     """Redis holds less than it vouched for (writes lost while the worker ran): nothing was
     written on it; the worker replays from what the state still holds."""
+
+
+class DataLossError(StateError):
+    """Redis lost state that Kafka's committed offsets count as applied."""

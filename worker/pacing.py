@@ -31,7 +31,8 @@ class Backoff:
 REDIS_RETRY = Backoff(first=0.1, factor=2.0, cap=5.0)
 # Cluster slots moving (a resharding): a migration moves keys in batches, so wait a bit.
 SLOTS_MOVING = Backoff(first=0.05, factor=1.5, cap=0.5)
-# A record the broker refused (a missing topic, a full queue): sent again after a pause.
+# A record the broker refused (a missing topic, a full queue): sent again after a pause,
+# always the same (the relay and the dead letters keep their order, so they wait anyway).
 BROKER_REFUSED = Backoff(first=1.0, factor=1.0, cap=1.0)
 
 

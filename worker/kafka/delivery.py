@@ -25,13 +25,14 @@ from confluent_kafka import KafkaError, KafkaException
 
 from worker import metrics
 from worker.kafka.clients import produce
+from worker.kafka.records import HeaderValue
+from worker.pacing import BROKER_REFUSED
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
-Headers = list[tuple[str, bytes | None]]
+Headers = list[tuple[str, HeaderValue]]
 Record = tuple[bytes | None, bytes | None, Headers | None]
-RETRY_PAUSE = 1.0  # seconds before a refused record is sent again
 
 
 class Deliveries(Generic[T]):
@@ -125,7 +126,7 @@ class Deliveries(Generic[T]):
             logger.warning("delivery to %s failed, retrying: %s", self.topic, err)
         self.error = str(err)
         self._failed.append((record, token))
-        self._retry_at = time.monotonic() + RETRY_PAUSE
+        self._retry_at = time.monotonic() + BROKER_REFUSED.first
 
     def _can_shrink(self, err: Any, shrunk: bool) -> bool:
         return (

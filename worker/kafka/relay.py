@@ -19,6 +19,7 @@ import orjson
 
 from worker import metrics
 from worker.kafka.delivery import Deliveries, Headers
+from worker.pacing import Every
 from worker.state.store import Committed, Store
 
 logger = logging.getLogger(__name__)
@@ -56,7 +57,7 @@ class Relay:
             producer, topic, ordered=True
         )
         self._trim: dict[bytes, list[bytes]] = defaultdict(list)  # acked, not yet deleted
-        self._trim_at = 0.0  # monotonic instant of the next trim
+        self._trims = Every(TRIM_INTERVAL_S)
 
     @property
     def in_flight(self) -> int:
@@ -118,11 +119,9 @@ class Relay:
         self._producer.poll(0)
         for stream, entry_id in self._deliveries.collect():
             self._trim[stream].append(entry_id)
-        now = time.monotonic()
-        if self._trim and (trim_now or now >= self._trim_at):
+        if self._trim and (trim_now or self._trims.due()):
             self._store.outbox.delete(self._trim)  # if Redis fails, kept for the next try
             self._trim = defaultdict(list)
-            self._trim_at = now + TRIM_INTERVAL_S
         metrics.OUTBOX_IN_FLIGHT.set(self.in_flight)
 
     def drain(self, timeout: float) -> bool:

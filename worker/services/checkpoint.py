@@ -1,0 +1,281 @@
+"""Offsets and rebalances of the consumer loop: which partitions this worker owns, where
+each starts, what was processed, and the commits that say so.
+
+Where a partition starts is the offset the state holds it up to (the applied offsets
+stored with it, worker/state/store.py), not Kafka's committed offset: Redis may have lost
+writes that the commits count as applied (docs/architecture.md, Guarantees). A batch is
+done once its state is committed and its dead letters acknowledged: its offsets are then
+recorded next to the state and committed to Kafka asynchronously; on a revoke and at the
+stop, what was processed is committed synchronously, so the next owner redelivers less.
+The rebalance callbacks run inside consume(), between batches.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Callable
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_INVALID,
+    Consumer,
+    KafkaException,
+    TopicPartition,
+)
+
+from worker import metrics
+from worker.config import Settings
+from worker.errors import DataLossError, StateLostError
+from worker.health import Health
+from worker.kafka import clients
+from worker.kafka.relay import Relay
+from worker.pacing import Every
+from worker.services.redis_retry import RedisRetry
+from worker.state import keys
+from worker.state.store import Store
+
+logger = logging.getLogger(__name__)
+
+LAG_REPORT_S = 1.0  # how often rfm_consumer_lag is refreshed
+
+
+class Checkpoint:
+    """The offsets of the orders topic for the worker that owns this; its `on_assign`,
+    `on_revoke` and `on_lost` are the consumer's rebalance callbacks.
+
+    `drain` waits for the relay to publish what it holds (True when all was
+    acknowledged); `paused` says whether consumption is paused (backpressure), so a
+    partition assigned meanwhile is paused too.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        store: Store,
+        consumer: Consumer,
+        relay: Relay,
+        retry_redis: RedisRetry,
+        health: Health,
+        stopping: threading.Event,
+        *,
+        drain: Callable[[], bool],
+        paused: Callable[[], bool],
+    ) -> None:
+        self._settings = settings
+        self._store = store
+        self._consumer = consumer
+        self._relay = relay
+        self._retry_redis = retry_redis
+        self._health = health
+        self._stopping = stopping
+        self._drain = drain
+        self._paused = paused
+        # Cooperative rebalances (the default) add and take back partitions one by one.
+        self.incremental = clients.incremental(settings.kafka_properties())
+        self.assigned: set[int] = set()
+        self._done: dict[tuple[str, int], int] = {}  # next offset per processed partition
+        self._starts: dict[int, int] = {}  # partition -> offset consumption starts from
+        self._lag = Every(LAG_REPORT_S)
+
+    # -- a processed batch, and the stop ------------------------------------------------
+
+    def commit(self, offsets: dict[tuple[str, int], int]) -> None:
+        """A batch fully done (state committed, dead letters acknowledged): say so next to
+        the state, then to Kafka."""
+        applied = {p: (keys.applied_field(t, p), o) for (t, p), o in offsets.items()}
+        self._retry_redis(lambda: self._store.applied.mark(applied))
+        self._done.update(offsets)
+        if offsets:
+            try:  # asynchronous: the state, not the commit, protects against redelivery
+                self._consumer.commit(
+                    offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                    asynchronous=True,
+                )
+            except KafkaException as exc:
+                logger.warning("offset commit failed (events will be redelivered): %s", exc)
+
+    def commit_processed(self) -> None:
+        """Stopping: commit every processed offset synchronously."""
+        self._commit_sync(self._done)
+
+    def _commit_sync(self, offsets: dict[tuple[str, int], int]) -> None:
+        """Commit processed offsets synchronously (revoke, stop): less to redeliver."""
+        if not offsets:
+            return
+        try:
+            self._consumer.commit(
+                offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
+                asynchronous=False,
+            )
+        except KafkaException as exc:  # harmless: those events are redelivered as duplicates
+            logger.warning("offset commit failed: %s", exc)
+
+    # -- rebalance callbacks (run inside consume()) -------------------------------------
+
+    def on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        new = {p.partition for p in partitions}
+        logger.info("assigned partitions %s", sorted(new))
+        if self._stopping.is_set():
+            # A rebalance that ends while closing: nothing more is consumed, so nothing to
+            # start from (asking the broker for offsets now may wait out the close).
+            return
+        # Start where the state is, not where Kafka's commits say: Redis may have lost
+        # writes (a failover, a restart) that the committed offsets count as applied.
+        if partitions:  # (a cooperative round, or more workers than partitions: none)
+            self._retry_redis(lambda: self._reconcile(consumer, partitions))
+        if self.incremental:
+            consumer.incremental_assign(partitions)
+        else:
+            consumer.assign(partitions)
+        if self._paused():
+            consumer.pause(partitions)
+        # Changes a previous owner committed but did not publish go out before new ones.
+        self._retry_redis(lambda: self._relay.recover(new))
+        self.assigned |= new
+        self._health.joined = True
+
+    def _reconcile(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Set each partition's start offset from the applied offsets stored with the state.
+
+        Behind Kafka's committed offset: seek back (replay is harmless). No record at all
+        while Kafka says events were applied and Redis holds nothing: Redis lost its data;
+        refuse to go on (DataLossError). A record missing from some shards only: those
+        shards lost their data; refuse too.
+        """
+        committed = {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=30)}
+        fields = {tp.partition: keys.applied_field(tp.topic, tp.partition) for tp in partitions}
+        applied = self._store.applied.read(list(fields.values()))
+        for tp in partitions:
+            kafka = committed.get(tp.partition, OFFSET_INVALID)
+            self._starts[tp.partition] = kafka  # where consumption starts, for the lag
+            state, shards = applied[fields[tp.partition]]
+            floor = self._store.applied.floors.pop(tp.partition, None)
+            if state is None:
+                if floor is not None and floor[1] >= 0:
+                    raise DataLossError(
+                        f"Redis lost every record of {tp.topic}[{tp.partition}] while the "
+                        "worker ran (restarted empty, flushed, or failed over to a replica "
+                        "without the data). Not consuming. Run `rfm-worker rebuild` to replay "
+                        "the orders topic into a clean state, then start the workers again."
+                    )
+                if kafka > 0 and not self._store.reads.holds_customers():
+                    raise DataLossError(
+                        f"Redis holds no customer, but the consumer group "
+                        f"{self._settings.kafka_group} has committed offset {kafka} of "
+                        f"{tp.topic}[{tp.partition}]: Redis was restarted empty or failed "
+                        "over to a replica without the data. Not consuming. Run "
+                        "`rfm-worker rebuild` to replay the orders topic into a clean state "
+                        "(it needs the topic's whole history), then start the workers again."
+                    )
+                continue  # a new partition, or state written before offsets were recorded
+            if shards < keys.SHARDS:
+                raise DataLossError(
+                    f"{keys.SHARDS - shards} of {keys.SHARDS} Redis shards hold no record of "
+                    f"{tp.topic}[{tp.partition}]: part of the state was lost (a node "
+                    "restarted empty?). Not consuming. Run `rfm-worker rebuild`."
+                )
+            self._store.applied.floors[tp.partition] = (fields[tp.partition], state)
+            if floor is not None and state < floor[1]:
+                logger.warning(
+                    "%s[%d]: Redis lost writes while the worker ran: the state holds events "
+                    "up to offset %d, not %d: replaying from %d",
+                    tp.topic,
+                    tp.partition,
+                    state,
+                    floor[1],
+                    state,
+                )
+                tp.offset = self._starts[tp.partition] = state
+                continue
+            if state != kafka:
+                if kafka >= 0 and state < kafka:
+                    logger.warning(
+                        "%s[%d]: the state holds events up to offset %d, Kafka's commit says "
+                        "%d (Redis lost writes): replaying from %d",
+                        tp.topic,
+                        tp.partition,
+                        state,
+                        kafka,
+                        state,
+                    )
+                tp.offset = self._starts[tp.partition] = state
+
+    def replay_lost(self, exc: StateLostError) -> None:
+        """Redis lost writes under the running worker; nothing was written on the loss
+        (commit.lua and applied.lua refuse). Start every owned partition again where the
+        state still holds it (DataLossError when nothing is left: `rfm-worker rebuild`),
+        and relay what the outboxes still hold. The batch in hand is abandoned: its
+        events are consumed again, as duplicates where they were applied."""
+        logger.error("%s: replaying from what the state still holds", exc)
+        topic = self._settings.orders_topic
+        partitions = [TopicPartition(topic, p) for p in sorted(self.assigned)]
+        self._retry_redis(lambda: self._reconcile(self._consumer, partitions))
+        for tp in partitions:
+            start = self._starts.get(tp.partition, -1)  # what _reconcile chose
+            # no offset anywhere: the partition's first batch was the one lost
+            start = start if start >= 0 else OFFSET_BEGINNING
+            self._consumer.seek(TopicPartition(topic, tp.partition, start))
+            self._done.pop((topic, tp.partition), None)
+        self._retry_redis(lambda: self._relay.recover(self.assigned))
+
+    def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        gone = {p.partition for p in partitions}
+        logger.info("revoked partitions %s", sorted(gone))
+        # The batch in hand is done (callbacks run between batches): publish what it made,
+        # commit what was processed, so the next owner starts where this one stopped. What
+        # cannot be published in time is abandoned here: the next owner relays it, and
+        # nothing of this worker lands after the next owner's changes.
+        if not self._drain():
+            self._relay.abandon()
+            # A cooperative revoke takes some partitions only: what was dropped of the
+            # partitions kept goes out again, oldest first, before their next batch.
+            kept = self.assigned - gone
+            if kept:
+                self._retry_redis(lambda: self._relay.recover(kept))
+        self._commit_sync({tp: o for tp, o in self._done.items() if tp[1] in gone})
+        for tp in [tp for tp in self._done if tp[1] in gone]:
+            del self._done[tp]
+        self._forget(gone)
+
+    def on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        # Lost, not revoked: another member may own them already. Commit nothing.
+        gone = {p.partition for p in partitions}
+        logger.warning("lost partitions %s", sorted(gone))
+        for tp in [tp for tp in self._done if tp[1] in gone]:
+            del self._done[tp]
+        self._forget(gone)
+
+    def _forget(self, gone: set[int]) -> None:
+        """Partitions no longer ours: their lag is another worker's to report."""
+        self.assigned -= gone
+        for partition in gone:
+            self._starts.pop(partition, None)
+            self._store.applied.floors.pop(partition, None)
+            with contextlib.suppress(KeyError):
+                metrics.CONSUMER_LAG.remove(str(partition))
+
+    # -- lag ----------------------------------------------------------------------------
+
+    def report_lag(self) -> None:
+        if not self._lag.due():
+            return
+        for partition in sorted(self.assigned):
+            tp = TopicPartition(self._settings.orders_topic, partition)
+            try:
+                # The cached end offset comes with each fetch: a paused partition fetches
+                # nothing, so ask the broker then, or the lag would stay where it paused.
+                if self._paused():
+                    low, high = self._consumer.get_watermark_offsets(tp, timeout=1)
+                else:
+                    low, high = self._consumer.get_watermark_offsets(tp, cached=True)
+                position = self._consumer.position([tp])[0].offset
+            except Exception as exc:  # lag is informative; never let it stop the loop
+                logger.debug("no lag for partition %d: %s", partition, exc)
+                continue
+            if position < 0:  # nothing consumed yet: behind by all from where it starts
+                start = self._starts.get(partition, OFFSET_INVALID)
+                position = start if start >= 0 else low
+            if high >= 0 and position >= 0:
+                metrics.CONSUMER_LAG.labels(str(partition)).set(max(0, high - position))
