@@ -1,6 +1,6 @@
 """Hypothesis models shared by the property tests, each with the oracle that judges it.
 
-- Deliveries (tests/test_property.py, tests/test_sweeper.py): random events for a few
+- Deliveries (tests/rules/test_property.py, tests/services/test_sweeper.py): random events for a few
   tenants, customers and orders, delivered with duplicates, shuffled and cut into random
   batches (`scenarios`); `recompute` is a plain recomputation of them written from the
   documented rules (docs/profiles.md, docs/records-and-triggers.md):
@@ -11,7 +11,7 @@
     order's value is max(0, amount - refunds); monetary is the sum of the values;
   - days = floor((as_of - last_order_at) / 24h); R/F/M from the profile thresholds.
 
-- Histories (tests/test_decay.py, tests/test_quantiles.py): a customer's order times
+- Histories (tests/rules/test_decay.py, tests/rules/test_quantiles.py): a customer's order times
   around T0 (`histories`), instants near the ones where its score may change
   (`instants`), and `first_change`, the first instant time alone changes the score.
 """

@@ -2,7 +2,7 @@
 property that a sequence of sweeps publishes what a batch recomputation says.
 
 The end-to-end sweeper tests (real broker, `rfm-worker run` and `sweep --once`) are in
-tests/test_sweeper_e2e.py.
+tests/services/test_sweeper_e2e.py.
 """
 
 from __future__ import annotations

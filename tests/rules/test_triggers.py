@@ -37,7 +37,7 @@ from worker.rules.triggers import fired, fired_overdue
 from worker.services import causes
 from worker.state.store import Committed, Store
 
-TRIGGERS_DOC = Path(__file__).resolve().parent.parent / "docs" / "records-and-triggers.md"
+TRIGGERS_DOC = Path(__file__).resolve().parents[2] / "docs" / "records-and-triggers.md"
 
 
 def spec(name: str, when: str, **fields: Any) -> TriggerSpec:

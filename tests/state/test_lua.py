@@ -12,7 +12,7 @@ import orjson
 import pytest
 import redis
 
-LUA = Path(__file__).resolve().parents[1] / "worker" / "state" / "lua"
+LUA = Path(__file__).resolve().parents[2] / "worker" / "state" / "lua"
 
 COUNTS = b"rfm:{05}:counts"
 A = b"rfm:{05}:c:default:alice"

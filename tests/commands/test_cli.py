@@ -30,7 +30,7 @@ from worker.rules.profiles import Profiles
 from worker.services import causes
 from worker.state.store import Store
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 WEIRD_ID = "we/ird:{id} ☕\nx"
 
 VIEW_FIELDS = {
