@@ -433,3 +433,40 @@ def test_a_frozen_broker_fails_readiness_within_seconds(deployment: Deployment, 
         assert time.monotonic() < deadline, "not ready again after the broker came back"
         time.sleep(0.25)
     assert worker.stop() == 0
+
+
+def test_small_batches_share_one_record_of_their_offsets_per_100_ms(
+    deployment: Deployment, store: Store, worker_in_process: Any
+) -> None:
+    """A record of applied offsets costs a script call on every shard: batches of one
+    event share one record per APPLIED_EVERY_S (0.1 s) instead of paying one each, and
+    the stop records the last offset, so a restart replays nothing it need not."""
+    from prometheus_client import REGISTRY
+
+    from worker.state import keys
+
+    worker = worker_in_process()
+    deadline = time.monotonic() + 30
+    while not worker.checkpoint.assigned and time.monotonic() < deadline:
+        time.sleep(0.05)
+    events = generate(40, seed=8)[:40]
+    hsets = store.redis.info("commandstats").get("cmdstat_hset", {}).get("calls", 0)
+    batches = REGISTRY.get_sample_value("rfm_batch_size_count") or 0.0
+    producer = deployment.producer(**{"linger.ms": 0})
+    for _key, value in records_of(events):  # one partition: one field per record
+        producer.produce(deployment.orders, key=b"one", value=value, partition=0)
+        producer.flush(10)
+        time.sleep(0.02)
+    expected = expected_now(events)
+    deployment.read(deployment.actions, until=converged(expected), timeout=60)
+    worker.stop()
+    field = keys.applied_field(deployment.orders, 0)
+    while store.applied.read([field])[field][0] != len(events) and time.monotonic() < deadline + 60:
+        time.sleep(0.05)
+    assert store.applied.read([field])[field] == (len(events), keys.SHARDS)
+    batches = (REGISTRY.get_sample_value("rfm_batch_size_count") or 0.0) - batches
+    hset_calls = store.redis.info("commandstats")["cmdstat_hset"]["calls"] - hsets
+    records = hset_calls / keys.SHARDS  # applied.lua: one HSET per shard and field
+    assert batches >= 20, batches  # the events came in small batches
+    assert records * 2 <= batches, (records, batches)
+    assert_state_matches(store, expected)

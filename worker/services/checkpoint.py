@@ -5,8 +5,11 @@ Where a partition starts is the offset the state holds it up to (the applied off
 stored with it, worker/state/store.py), not Kafka's committed offset: Redis may have lost
 writes that the commits count as applied (docs/architecture.md, Guarantees). A batch is
 done once its state is committed and its dead letters acknowledged: its offsets are then
-recorded next to the state and committed to Kafka asynchronously; on a revoke and at the
-stop, what was processed is committed synchronously, so the next owner redelivers less.
+recorded next to the state and committed to Kafka asynchronously, at most every
+APPLIED_EVERY_S (one record for many small batches: a record costs a script call on every
+shard); on a revoke and at the stop, what was processed is recorded and committed
+synchronously, so the next owner redelivers less. Kafka's commit never runs ahead of the
+record: a restart then replays at most APPLIED_EVERY_S of events, as duplicates.
 The rebalance callbacks run inside consume(), between batches.
 """
 
@@ -39,6 +42,7 @@ from worker.state.store import Store
 logger = logging.getLogger(__name__)
 
 LAG_REPORT_S = 1.0  # how often rfm_consumer_lag is refreshed
+APPLIED_EVERY_S = 0.1  # how often processed offsets are recorded next to the state
 
 
 class Checkpoint:
@@ -76,18 +80,25 @@ class Checkpoint:
         self.incremental = clients.incremental(settings.kafka_properties())
         self.assigned: set[int] = set()
         self._done: dict[tuple[str, int], int] = {}  # next offset per processed partition
+        self._unrecorded: dict[tuple[str, int], int] = {}  # processed, not yet recorded
+        self._records = Every(APPLIED_EVERY_S)
         self._starts: dict[int, int] = {}  # partition -> offset consumption starts from
         self._lag = Every(LAG_REPORT_S)
 
     # -- a processed batch, and the stop ------------------------------------------------
 
     def commit(self, offsets: dict[tuple[str, int], int]) -> None:
-        """A batch fully done (state committed, dead letters acknowledged): say so next to
-        the state, then to Kafka."""
-        applied = {p: (keys.applied_field(t, p), o) for (t, p), o in offsets.items()}
-        self._retry_redis(lambda: self._store.applied.mark(applied))
+        """A batch fully done (state committed, dead letters acknowledged): record it next
+        to the state and commit it to Kafka now, or with the next batches (`tick`)."""
         self._done.update(offsets)
-        if offsets:
+        self._unrecorded.update(offsets)
+        self.tick()
+
+    def tick(self) -> None:
+        """Record and commit what was processed, if APPLIED_EVERY_S has passed (a turn of
+        the loop; StateLostError when Redis lost writes, see `replay_lost`)."""
+        if self._unrecorded and self._records.due():
+            offsets = self._record()
             try:  # asynchronous: the state, not the commit, protects against redelivery
                 self._consumer.commit(
                     offsets=[TopicPartition(t, p, o) for (t, p), o in offsets.items()],
@@ -96,8 +107,27 @@ class Checkpoint:
             except KafkaException as exc:
                 logger.warning("offset commit failed (events will be redelivered): %s", exc)
 
+    def _record(self, partitions: set[int] | None = None) -> dict[tuple[str, int], int]:
+        """Record processed offsets (of `partitions`, default all) next to the state;
+        returns them. Kafka's commit of an offset follows its record, never precedes it."""
+        offsets = {
+            tp: o for tp, o in self._unrecorded.items() if partitions is None or tp[1] in partitions
+        }
+        if not offsets:
+            return offsets
+        applied = {p: (keys.applied_field(t, p), o) for (t, p), o in offsets.items()}
+        self._retry_redis(lambda: self._store.applied.mark(applied))
+        for tp in offsets:
+            del self._unrecorded[tp]
+        return offsets
+
     def commit_processed(self) -> None:
-        """Stopping: commit every processed offset synchronously."""
+        """Stopping: record and commit every processed offset synchronously."""
+        try:
+            self._record()
+        except StateLostError as exc:  # the next start replays from what the state holds
+            logger.error("%s: offsets not committed", exc)
+            return
         self._commit_sync(self._done)
 
     def _commit_sync(self, offsets: dict[tuple[str, int], int]) -> None:
@@ -218,6 +248,7 @@ class Checkpoint:
             start = start if start >= 0 else OFFSET_BEGINNING
             self._consumer.seek(TopicPartition(topic, tp.partition, start))
             self._done.pop((topic, tp.partition), None)
+            self._unrecorded.pop((topic, tp.partition), None)
         self._retry_redis(lambda: self._relay.recover(self.assigned))
 
     def on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -234,21 +265,24 @@ class Checkpoint:
             kept = self.assigned - gone
             if kept:
                 self._retry_redis(lambda: self._relay.recover(kept))
-        self._commit_sync({tp: o for tp, o in self._done.items() if tp[1] in gone})
-        for tp in [tp for tp in self._done if tp[1] in gone]:
-            del self._done[tp]
+        try:
+            self._record(gone)
+            self._commit_sync({tp: o for tp, o in self._done.items() if tp[1] in gone})
+        except StateLostError as exc:  # the next owner replays from what the state holds
+            logger.error("%s: offsets of the revoked partitions not committed", exc)
         self._forget(gone)
 
     def on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         # Lost, not revoked: another member may own them already. Commit nothing.
         gone = {p.partition for p in partitions}
         logger.warning("lost partitions %s", sorted(gone))
-        for tp in [tp for tp in self._done if tp[1] in gone]:
-            del self._done[tp]
         self._forget(gone)
 
     def _forget(self, gone: set[int]) -> None:
-        """Partitions no longer ours: their lag is another worker's to report."""
+        """Partitions no longer ours: their offsets and lag are another worker's."""
+        for tp in [tp for tp in self._done if tp[1] in gone]:
+            del self._done[tp]
+            self._unrecorded.pop(tp, None)
         self.assigned -= gone
         for partition in gone:
             self._starts.pop(partition, None)

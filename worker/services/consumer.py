@@ -137,6 +137,7 @@ class Worker:
                             lambda: self.sweeper.tick(self.checkpoint.assigned)
                         )
                         self._publish(swept, self.checkpoint.assigned, failures)
+                    self.checkpoint.tick()  # offsets of the batches since the last record
                 except StateLostError as exc:
                     self.checkpoint.replay_lost(exc)
                 self.retry_redis(self.relay.settle)
