@@ -40,7 +40,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=f"rfm-worker {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    sub.add_parser("run", help="consume, score, publish and serve HTTP until SIGTERM/SIGINT")
+    r = sub.add_parser("run", help="consume, score, publish and serve HTTP until SIGTERM/SIGINT")
+    r.add_argument(
+        "--processes",
+        type=_positive,
+        help="consuming processes sharing the partitions (default RFM_PROCESSES, 1); "
+        "process i serves HTTP on RFM_HTTP_PORT + i",
+    )
     c = sub.add_parser("customer", help="one customer's aggregates and scores, as JSON")
     c.add_argument("customer_id")
     c.add_argument("--tenant", default=DEFAULT_TENANT)
@@ -128,6 +134,16 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"not a whole number of at least 1: {text!r}")
+    return value
+
+
 def _instant(text: str) -> int:
     try:
         ts = datetime.fromisoformat(text)
@@ -181,6 +197,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "rescore" and args.profiles is not None:
         profiles = Profiles.load(args.profiles)  # the candidate profiles, checked before Redis
     if args.command == "run":
+        processes = args.processes or settings.processes
+        if processes > 1:
+            from worker.services.supervisor import supervise
+
+            return supervise(settings, processes)
         return _redis_down(settings, lambda: run(settings, profiles))
     if args.command == "rebuild":
         from worker.services.rebuild import rebuild

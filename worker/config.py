@@ -41,6 +41,7 @@ class Settings(BaseSettings):
     http_port: int = Field(default=9400, ge=0, le=65535)
     http_host: str = "0.0.0.0"  # noqa: S104  (the documented default: every interface)
     http_token: SecretStr | None = None
+    processes: int = Field(default=1, ge=1, le=64)  # `run`: consuming processes (supervisor.py)
 
     @field_validator("kafka_config")
     @classmethod
