@@ -91,6 +91,7 @@ def test_describe_of_the_defaults_shows_every_setting() -> None:
         "http_port": 9400,
         "http_host": "0.0.0.0",
         "http_token": None,
+        "processes": 1,
     }
 
 
@@ -113,9 +114,15 @@ def test_every_variable_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
         "RFM_HTTP_PORT": "9555",
         "RFM_HTTP_HOST": "127.0.0.1",
         "RFM_HTTP_TOKEN": PASSWORD,
+        "RFM_PROCESSES": "3",
     }
-    # The documented variables, plus the worker's own safety override.
-    assert set(values) == {*CONTRACT_DEFAULTS, "RFM_REDIS_ALLOW_EVICTION", "RFM_LOG_LEVEL"}
+    # The documented variables, plus the worker's own safety override and process count.
+    assert set(values) == {
+        *CONTRACT_DEFAULTS,
+        "RFM_REDIS_ALLOW_EVICTION",
+        "RFM_LOG_LEVEL",
+        "RFM_PROCESSES",
+    }
     for name, value in values.items():
         monkeypatch.setenv(name, value)
     s = load_settings()
@@ -133,6 +140,7 @@ def test_every_variable_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     assert s.clock == "event"
     assert s.log_level == "warning"
     assert s.sweep_interval == 2.5
+    assert s.processes == 3
     assert s.http_port == 9555
     assert s.http_host == "127.0.0.1"
     assert s.http_token is not None
