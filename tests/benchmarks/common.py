@@ -12,10 +12,12 @@ baseline measured in the same run.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import random
 import re
+import socket
 import subprocess
 import sys
 import tempfile
@@ -406,10 +408,12 @@ class Stack:
         *,
         kafka: Mapping[str, str] | None = None,
         extra_env: dict[str, str] | None = None,
+        processes: int = 1,
     ) -> WorkerProcess:
         """Start `python -m worker run` on fresh topics with a fresh consumer group;
-        `kafka`: consumer properties over `kafka_config()`'s."""
-        port = free_port()
+        `kafka`: consumer properties over `kafka_config()`'s; `processes`: `--processes`,
+        serving HTTP on consecutive ports."""
+        port = free_port_run(processes)
         inherited = {k: v for k, v in os.environ.items() if not k.startswith("RFM_")}
         env = {
             **inherited,
@@ -425,7 +429,7 @@ class Stack:
             **(extra_env or {}),
         }
         log = self.logs / f"worker-{len(self.workers)}.log"
-        proc = WorkerProcess(env, port, log)
+        proc = WorkerProcess(env, port, log, processes)
         self.workers.append(proc)
         return proc
 
@@ -469,6 +473,7 @@ class Metrics:
     batches: int  # consumed batches (rfm_batch_size_count)
     batch_records: int  # records in them (rfm_batch_size_sum)
     batch_seconds: float  # time spent on them (rfm_batch_duration_seconds_sum)
+    cpu_seconds: float = 0.0  # the worker process's CPU (process_cpu_seconds_total)
 
     @property
     def processed(self) -> int:
@@ -491,6 +496,18 @@ class Metrics:
             batches=int(samples.get("rfm_batch_size_count", 0)),
             batch_records=int(samples.get("rfm_batch_size_sum", 0)),
             batch_seconds=samples.get("rfm_batch_duration_seconds_sum", 0.0),
+            cpu_seconds=samples.get("process_cpu_seconds_total", 0.0),
+        )
+
+    def __add__(self, other: Metrics) -> Metrics:
+        """Two processes' scrapes as one (`run --processes N`)."""
+        return Metrics(
+            at=max(self.at, other.at),
+            **{
+                f.name: getattr(self, f.name) + getattr(other, f.name)
+                for f in dataclasses.fields(self)
+                if f.name != "at"
+            },
         )
 
 
@@ -525,6 +542,15 @@ class Trace:
             return float("nan")
         return rate(last.processed - first.processed, last.at - first.at)
 
+    @property
+    def cpu_us_per_event(self) -> float:
+        """The worker's CPU per event from the first to the last scrape of the run (its
+        start-up before the first event is left out)."""
+        first, last = self.first, self.last
+        if first is None or last is None or last.processed <= first.processed:
+            return float("nan")
+        return (last.cpu_seconds - first.cpu_seconds) * 1e6 / (last.processed - first.processed)
+
     def window_rate(self, start: float, end: float) -> float:
         """events/s between two fractions (0..1) of the run's duration: how it evolves."""
         first, last = self.first, self.last
@@ -550,17 +576,18 @@ class Trace:
             "finished": self.finished,
             "seconds_first_to_last_applied": round(self.seconds, 3),
             "events_per_s": round(self.events_per_s, 1),
+            "cpu_us_per_event": round(self.cpu_us_per_event, 1),
         }
 
 
 class WorkerProcess:
     """`python -m worker run` as a child process, as an operator would run it."""
 
-    def __init__(self, env: dict[str, str], port: int, log_path: Path) -> None:
-        self.env, self.port, self.log_path = env, port, log_path
+    def __init__(self, env: dict[str, str], port: int, log_path: Path, processes: int = 1) -> None:
+        self.env, self.port, self.log_path, self.processes = env, port, log_path, processes
         log = log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker", "run"],
+            [sys.executable, "-m", "worker", "run", "--processes", str(processes)],
             env=env,
             cwd=ROOT,
             stdout=log,
@@ -568,16 +595,21 @@ class WorkerProcess:
         )
         log.close()
 
-    def url(self, path: str) -> str:
-        return f"http://127.0.0.1:{self.port}{path}"
+    def url(self, path: str, process: int = 0) -> str:
+        return f"http://127.0.0.1:{self.port + process}{path}"
 
     def scrape(self) -> Metrics | None:
-        at = time.monotonic()
-        try:
-            with urllib.request.urlopen(self.url("/metrics"), timeout=5) as resp:
-                return Metrics.parse(at, resp.read().decode())
-        except (urllib.error.URLError, ConnectionError, TimeoutError):
-            return None
+        """Every process's /metrics, added up (process i serves on port + i)."""
+        total: Metrics | None = None
+        for i in range(self.processes):
+            at = time.monotonic()
+            try:
+                with urllib.request.urlopen(self.url("/metrics", i), timeout=5) as resp:
+                    one = Metrics.parse(at, resp.read().decode())
+            except (urllib.error.URLError, ConnectionError, TimeoutError):
+                return None
+            total = one if total is None else total + one
+        return total
 
     def wait_ready(self, timeout: float = 60) -> None:
         """Until /readyz answers 200: partitions assigned, Redis answering."""
@@ -585,9 +617,12 @@ class WorkerProcess:
         while time.monotonic() < deadline:
             self._check_alive()
             try:
-                with urllib.request.urlopen(self.url("/readyz"), timeout=2) as resp:
-                    if resp.status == 200:
-                        return
+                statuses = []
+                for i in range(self.processes):
+                    with urllib.request.urlopen(self.url("/readyz", i), timeout=2) as resp:
+                        statuses.append(resp.status)
+                if all(s == 200 for s in statuses):
+                    return
             except (urllib.error.URLError, ConnectionError, TimeoutError):
                 pass
             time.sleep(0.1)
@@ -685,6 +720,21 @@ class CpuSampler(threading.Thread):
         """Mean cores of `name` over samples[first:last]."""
         values = [s[name] for s in self.samples[first:last] if name in s]
         return round(sum(values) / len(values), 2) if values else None
+
+
+def free_port_run(count: int) -> int:
+    """A free loopback port followed by count - 1 free ones."""
+    while True:
+        port = free_port()
+        taken = False
+        for successor in range(port + 1, port + count):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", successor))
+                except OSError:
+                    taken = True
+        if not taken:
+            return port
 
 
 def days_ago(days: float) -> int:

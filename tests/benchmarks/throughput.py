@@ -110,11 +110,13 @@ def floor(stack: Stack, topic: str, n: int, timeout: float = 120) -> dict[str, A
     }
 
 
-def worker_run(stack: Stack, topics: Topics, n: int, timeout: float, label: str) -> Trace:
+def worker_run(
+    stack: Stack, topics: Topics, n: int, timeout: float, label: str, processes: int = 1
+) -> Trace:
     """The real worker on a fresh group, followed until every event is applied and every
     change published (or `timeout`), then stopped."""
     say(f"  {label}: worker consuming {n:,} events")
-    worker = stack.worker(topics)
+    worker = stack.worker(topics, processes=processes)
     try:
         trace = worker.follow(n, timeout)
     finally:
@@ -129,7 +131,8 @@ def worker_run(stack: Stack, topics: Topics, n: int, timeout: float, label: str)
                 f"{label}: {trace.published} records on the actions topic, {changes} changes"
             )
     say(
-        f"  {label}: {trace.events_per_s:,.0f} events/s over {trace.seconds:.1f} s"
+        f"  {label}: {trace.events_per_s:,.0f} events/s over {trace.seconds:.1f} s, "
+        f"{trace.cpu_us_per_event:.1f} µs of worker CPU per event"
         + ("" if trace.finished else " (did not finish)")
     )
     return trace
@@ -153,10 +156,13 @@ def run_throughput(cfg: Config) -> Section:
         fl = floor(stack, topics.orders, n)
         say(f"  floor: {fl['events_per_s']:,.0f} events/s")
         trace = worker_run(stack, topics, n, cfg.worker_timeout_s, "worker")
+        stack.redis.flushall()  # the same events again, into an empty state
+        two = worker_run(stack, topics, n, cfg.worker_timeout_s, "worker x2", processes=2)
         broker_name = stack.kafka.name
-    if not trace.finished:
+    if not trace.finished or not two.finished:
         raise SystemExit("worker: did not finish within BENCH_WORKER_TIMEOUT_S")
     w = trace.summary()
+    w2 = two.summary()
     section.data = {
         "events": n,
         "customers": len(customers),
@@ -164,6 +170,8 @@ def run_throughput(cfg: Config) -> Section:
         "floor": fl,
         "worker": w,
         "worker_over_floor": round(w["events_per_s"] / fl["events_per_s"], 3),
+        "worker_2_processes": w2,
+        "two_over_one": round(w2["events_per_s"] / w["events_per_s"], 3),
         "changes_per_event": round(w["changes_published"] / n, 3),
     }
     section.rows = [
@@ -177,6 +185,15 @@ def run_throughput(cfg: Config) -> Section:
             f"({section.data['changes_per_event']:.2f} changes per event)",
             per_s(w["events_per_s"]),
             f"{ratio(section.data['worker_over_floor'])} of floor",
+        ),
+        Row(
+            "worker CPU per event (the worker process's CPU seconds over the run / events)",
+            f"{w['cpu_us_per_event']:.1f} µs",
+        ),
+        Row(
+            "worker, `run --processes 2`: the same events into an empty state",
+            per_s(w2["events_per_s"]),
+            f"{ratio(section.data['two_over_one'])} of 1 process",
         ),
     ]
     return section

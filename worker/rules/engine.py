@@ -63,14 +63,11 @@ def change_id(*parts: object) -> str:
     RFC 9562's custom layout). Any recomputation of the same change (a replay after Redis
     lost writes, a retried commit) carries the same id, so a consumer that deduplicates on
     it sees each change once; a different change differs in one of the parts."""
-    text = "\x1f".join(str(part) for part in parts)
-    n = int.from_bytes(blake2b(text.encode(), digest_size=16).digest()) & _ID_MASK | _V8_BITS
-    h = f"{n:032x}"
+    d = bytearray(blake2b("\x1f".join(map(str, parts)).encode(), digest_size=16).digest())
+    d[6] = d[6] & 0x0F | 0x80  # version 8
+    d[8] = d[8] & 0x3F | 0x80  # RFC 9562 variant
+    h = d.hex()
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-_ID_MASK = ~(0xF000 << 64) & ~(0xC000 << 48) & (1 << 128) - 1
-_V8_BITS = (0x8000 << 64) | (0x8000 << 48)  # version 8, RFC 9562 variant
 
 
 def _state(at: Published | Score | None) -> str:

@@ -102,9 +102,20 @@ class CustomerView(_Model):
 
 
 def score_view(s: Score | Published | None) -> dict[str, object] | None:
+    """The score as records show it. One dict per distinct score, shared: records are
+    serialised, never changed, and a base has a few hundred distinct scores at most."""
     if s is None:
         return None
-    return {"r": s.r, "f": s.f, "m": s.m, "rfm": s.rfm, "segment": s.segment}
+    key = (s.r, s.f, s.m, s.segment)
+    view = _VIEWS.get(key)
+    if view is None:
+        if len(_VIEWS) >= 10_000:  # segment names come from profiles: bounded anyway
+            _VIEWS.clear()
+        view = _VIEWS[key] = {"r": s.r, "f": s.f, "m": s.m, "rfm": s.rfm, "segment": s.segment}
+    return view
+
+
+_VIEWS: dict[tuple[int, int, int, str], dict[str, object]] = {}
 
 
 def customer_summary(agg: Aggregates | None, score: Score | None) -> dict[str, object]:
