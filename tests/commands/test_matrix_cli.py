@@ -26,7 +26,13 @@ from worker.rules.profiles import Profiles
 from worker.rules.segments import STANDARD_SEGMENTS
 from worker.services import causes
 from worker.state.store import Store
-from worker.web.views import SEGMENT_COLORS, render_matrix, segment_color
+from worker.web.views import (
+    SEGMENT_COLORS,
+    render_matrix,
+    segment_color,
+    segment_style,
+    xterm_256,
+)
 
 ESC = "\x1b["
 
@@ -233,6 +239,19 @@ def test_palette_is_stable_and_distinct_for_the_standard_segments() -> None:
         for seed in ("1", "2", "3")
     }
     assert runs == {f"{segment_color('gold_tier')}\n"}
+
+
+def test_the_terminal_and_the_page_share_one_palette() -> None:
+    """The grid's 256 colours are the nearest to the page's (views.segment_style), so the
+    two cannot drift apart; xterm's cube and grey ramp, as documented."""
+    for name in (*STANDARD_SEGMENTS, "gold_tier", "vip_regulars"):
+        style = segment_style(name)
+        bg, fg = segment_color(name)
+        assert bg == xterm_256(style.colour), name
+        assert fg == (231 if style.text == "#ffffff" else 16), name
+    assert xterm_256("#000000") == 16 and xterm_256("#ffffff") == 231
+    assert xterm_256("#ff0000") == 196 and xterm_256("#87af5f") == 107  # cube
+    assert xterm_256("#222222") == 235 and xterm_256("#eeeeee") == 255  # grey ramp
 
 
 class _Stream(io.StringIO):

@@ -388,6 +388,8 @@ V1_PATHS = [
     "/v1/matrix",
     "/v1/matrix?tenant=default",
     "/v1/matrix?tenant=bad:tenant",  # 401 before 400: no probing without the token
+    "/v1/segments?tenant=default",
+    "/v1/segments?tenant=bad:tenant",
     "/v1/customers/default:x/y",
     "/v1/nope",
     "/v1",

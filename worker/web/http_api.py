@@ -129,6 +129,8 @@ class Api:
             return self._customer(parts[3], parts[4])
         if path == "/v1/matrix":
             return self._matrix(query)
+        if path == "/v1/segments":
+            return self._segments(query)
         return _error(404, "not_found", f"no route {path[:200]}")
 
     def _customer(self, raw_tenant: str, raw_customer_id: str) -> Response:
@@ -150,13 +152,19 @@ class Api:
         return _json(200, doc)
 
     def _matrix(self, query: str) -> Response:
-        given = parse_qs(query, keep_blank_values=True).get("tenant", [DEFAULT_TENANT])
-        if len(given) != 1 or not TENANT_NAME.fullmatch(given[0]):
-            return _error(
-                400, "invalid_tenant", f"the tenant parameter must be once {_TENANT_RULE}"
-            )
+        tenant = _tenant_parameter(query)
+        if isinstance(tenant, Response):
+            return tenant
         as_of = scoring_now(self.settings, self.store.clock)
-        return _json(200, views.matrix(self.store, given[0], as_of))
+        return _json(200, views.matrix(self.store, tenant, as_of))
+
+    def _segments(self, query: str) -> Response:
+        """The page's slower data: segment names and colours, sizes over time, flows."""
+        tenant = _tenant_parameter(query)
+        if isinstance(tenant, Response):
+            return tenant
+        as_of = scoring_now(self.settings, self.store.clock)
+        return _json(200, views.segments(self.store, self.profiles, tenant, as_of))
 
     def _authenticate(self, authorization: str | None) -> Response | None:
         """None when the request may proceed, else the 401 (RFC 6750)."""
@@ -197,8 +205,17 @@ def _page_body() -> bytes:
 
 
 def _page() -> Response:
-    """GET /: the live R x F matrix page (worker/web/static/matrix.html); it reads /v1/matrix."""
+    """GET /: the live R x F matrix page (worker/web/static/matrix.html); it reads /v1/matrix
+    and /v1/segments."""
     return Response(200, "text/html; charset=utf-8", _page_body(), PAGE_HEADERS)
+
+
+def _tenant_parameter(query: str) -> str | Response:
+    """?tenant= of /v1/matrix and /v1/segments (the default tenant when absent), or the 400."""
+    given = parse_qs(query, keep_blank_values=True).get("tenant", [DEFAULT_TENANT])
+    if len(given) != 1 or not TENANT_NAME.fullmatch(given[0]):
+        return _error(400, "invalid_tenant", f"the tenant parameter must be once {_TENANT_RULE}")
+    return given[0]
 
 
 def _segment(raw: str) -> str | None:
@@ -589,7 +606,8 @@ def serve(
         raise
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     logger.info(
-        "http on %s port %d: / /metrics /healthz /readyz /v1/customers /v1/matrix (%s)",
+        "http on %s port %d: / /metrics /healthz /readyz /v1/customers /v1/matrix "
+        "/v1/segments (%s)",
         host,
         server.server_address[1],
         "bearer token required for /v1/*" if api.settings.http_token else "no authentication",

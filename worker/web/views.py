@@ -5,7 +5,7 @@ from __future__ import annotations
 import zlib
 from collections import Counter, defaultdict
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, NamedTuple
 
 from worker.rules.customer import Customer
 from worker.rules.instants import iso
@@ -13,6 +13,7 @@ from worker.rules.messages import customer_view
 from worker.rules.profiles import Profiles
 from worker.rules.scoring import score
 from worker.state.store import Store
+from worker.web import flows
 
 
 def view(customer: Customer, profiles: Profiles, as_of_ms: int) -> dict[str, object] | None:
@@ -73,50 +74,186 @@ def matrix(store: Store, tenant: str, as_of_ms: int) -> dict[str, object]:
     }
 
 
+def segments(store: Store, profiles: Profiles, tenant: str, as_of_ms: int) -> dict[str, object]:
+    """The tenant's segments for the page (GET /v1/segments): each with its label and
+    colours, in its profile's order, then any other name its customers or moves carry (a
+    segment of an earlier profile); its size now and hourly over the last day; and the
+    moves between segments over the last hour and day (worker/web/flows.py)."""
+    profile = profiles.for_tenant(tenant)
+    snap = flows.read(store.redis, tenant, as_of_ms, cluster=store.cluster)
+    instants, sizes = snap.sizes_over_time()
+    windows = {name: snap.window(name) for name, _span, _length in flows.WINDOWS}
+    mentioned = set(sizes) | {
+        s for _since, moves in windows.values() for move in moves for s in move if s is not None
+    }
+    names = list(profile.segment_map.names)
+    names += sorted(mentioned - set(names))
+    r_levels, f_levels, m_levels = profile.segment_map.levels
+    recorded = snap.recorded_since
+    return {
+        "tenant": tenant,
+        "profile": profile.name,
+        "as_of": iso(as_of_ms),
+        "levels": {"r": r_levels, "f": f_levels, "m": m_levels},
+        "segments": [
+            {
+                "name": name,
+                **segment_style(name)._asdict(),
+                "in_profile": name in profile.segment_map.names,
+                "customers": snap.sizes[name],
+            }
+            for name in names
+        ],
+        "flows": {
+            "recorded_since": None if recorded is None else iso(recorded),
+            **{
+                name: {
+                    "since": iso(since),
+                    "until": iso(as_of_ms),
+                    "complete": recorded is not None and recorded <= since,
+                    "moves": [
+                        {"from": before, "to": after, "customers": n}
+                        for (before, after), n in sorted(
+                            moves.items(), key=lambda item: (-item[1], _order(item[0]))
+                        )
+                        if n
+                    ],
+                }
+                for name, (since, moves) in windows.items()
+            },
+        },
+        "sizes": {
+            "at": [iso(t) for t in instants],
+            "segments": {name: sizes.get(name, [0] * len(instants)) for name in names},
+        },
+    }
+
+
+def _order(move: flows.Move) -> tuple[str, str]:
+    return move[0] or "", move[1] or ""
+
+
+# -- segment names and colours: the one definition the page (GET /v1/segments) and the
+# terminal grid share ------------------------------------------------------------------------
+
+
+class SegmentStyle(NamedTuple):
+    label: str  # the name people read: "Can't lose them", not cant_lose_them
+    colour: str  # "#rrggbb", the page's; the terminal's is the nearest of xterm's 256
+    text: str  # "#000000" or "#ffffff", whichever reads better on `colour`
+
+
+# The standard segments, in Paul Tol's "muted" scheme plus two greys: colours that stay
+# apart for the common colour-vision deficiencies (tests/test_matrix_page.py checks every
+# pair, simulated). Greens for the best customers, blues for the new, sand and purple for
+# those slipping, rose and wine for the valuable ones going quiet, greys for the gone: lost
+# (near black) never looks like at risk (rose), in any vision. The page prints each cell's
+# segment too, so colour is never the only cue.
+STANDARD_COLOURS: dict[str, tuple[str, str]] = {
+    "champions": ("Champions", "#117733"),
+    "loyal": ("Loyal", "#44AA99"),
+    "potential_loyalist": ("Potential loyalists", "#999933"),
+    "new_customers": ("New customers", "#88CCEE"),
+    "promising": ("Promising", "#332288"),
+    "need_attention": ("Need attention", "#DDCC77"),
+    "about_to_sleep": ("About to sleep", "#AA4499"),
+    "at_risk": ("At risk", "#CC6677"),
+    "cant_lose_them": ("Can't lose them", "#882255"),
+    "hibernating": ("Hibernating", "#DDDDDD"),
+    "lost": ("Lost", "#222222"),
+}
+# Custom segment names (a profile's own map): a colour from Paul Tol's "bright" and "light"
+# schemes, chosen by a stable hash of the name (crc32, not hash(), which changes from one
+# process to the next), so the page and the terminal agree.
+CUSTOM_PALETTE: tuple[str, ...] = (
+    "#4477AA",
+    "#66CCEE",
+    "#228833",
+    "#CCBB44",
+    "#EE6677",
+    "#AA3377",
+    "#77AADD",
+    "#EE8866",
+    "#EEDD88",
+    "#FFAABB",
+    "#44BB99",
+    "#BBCC33",
+)
+
+
+def segment_style(segment: str) -> SegmentStyle:
+    """The label and colours of a segment: fixed for the 11 standard segments, for any other
+    name its words capitalised and a deterministic pick from CUSTOM_PALETTE."""
+    known = STANDARD_COLOURS.get(segment)
+    if known is not None:
+        label, colour = known
+    else:
+        words = segment.replace("_", " ").strip() or segment
+        label = words[0].upper() + words[1:]
+        colour = CUSTOM_PALETTE[zlib.crc32(segment.encode()) % len(CUSTOM_PALETTE)]
+    return SegmentStyle(label, colour, _text_on(colour))
+
+
+def _rgb(colour: str) -> tuple[int, int, int]:
+    return int(colour[1:3], 16), int(colour[3:5], 16), int(colour[5:7], 16)
+
+
+def _luminance(colour: str) -> float:
+    """WCAG 2 relative luminance."""
+
+    def linear(c: int) -> float:
+        v = c / 255
+        return v / 12.92 if v <= 0.03928 else ((v + 0.055) / 1.055) ** 2.4
+
+    r, g, b = _rgb(colour)
+    return 0.2126 * linear(r) + 0.7152 * linear(g) + 0.0722 * linear(b)
+
+
+def _text_on(colour: str) -> str:
+    """Black or white text, whichever has the higher WCAG contrast on `colour`."""
+    lum = _luminance(colour)
+    return "#ffffff" if 1.05 / (lum + 0.05) > (lum + 0.05) / 0.05 else "#000000"
+
+
+_CUBE = (0, 95, 135, 175, 215, 255)  # xterm's 6x6x6 colour cube levels
+
+
+def xterm_256(colour: str) -> int:
+    """The nearest of xterm's 256 colours (its colour cube or grey ramp) to `colour`."""
+    rgb = _rgb(colour)
+    steps = [min(range(6), key=lambda i: abs(_CUBE[i] - v)) for v in rgb]
+    cube = 16 + 36 * steps[0] + 6 * steps[1] + steps[2]
+    grey = min(range(24), key=lambda i: abs(8 + 10 * i - sum(rgb) / 3))
+
+    def distance(other: tuple[int, ...]) -> int:
+        return sum((a - b) ** 2 for a, b in zip(other, rgb, strict=True))
+
+    if distance(tuple(_CUBE[s] for s in steps)) <= distance((8 + 10 * grey,) * 3):
+        return cube
+    return 232 + grey
+
+
+def _terminal(colour: str) -> tuple[int, int]:
+    return xterm_256(colour), 231 if _text_on(colour) == "#ffffff" else 16
+
+
+# (background, foreground) 256-colour codes, from the colours above. A terminal without 256
+# colours maps them to the nearest.
+SEGMENT_COLORS: dict[str, tuple[int, int]] = {
+    name: _terminal(colour) for name, (_label, colour) in STANDARD_COLOURS.items()
+}
+CUSTOM_COLORS: tuple[tuple[int, int], ...] = tuple(_terminal(c) for c in CUSTOM_PALETTE)
+
+
 # -- the matrix as text ---------------------------------------------------------------------
 
-# 256-colour (background, foreground) per standard segment: greens for the best customers,
-# blues for the new, yellows and oranges for those slipping away, reds for the valuable ones
-# going quiet, greys for the gone. A terminal without 256 colours maps them to the nearest.
-SEGMENT_COLORS: dict[str, tuple[int, int]] = {
-    "champions": (22, 231),
-    "loyal": (34, 16),
-    "potential_loyalist": (114, 16),
-    "new_customers": (39, 16),
-    "promising": (117, 16),
-    "need_attention": (221, 16),
-    "about_to_sleep": (180, 16),
-    "at_risk": (208, 16),
-    "cant_lose_them": (160, 231),
-    "hibernating": (103, 16),
-    "lost": (240, 231),
-}
-# Custom segment names: a colour from this palette, chosen by a stable hash of the name
-# (crc32, not hash(), which changes from one process to the next).
-CUSTOM_COLORS: tuple[tuple[int, int], ...] = (
-    (25, 231),
-    (30, 231),
-    (61, 231),
-    (96, 231),
-    (130, 231),
-    (137, 16),
-    (142, 16),
-    (169, 16),
-    (173, 16),
-    (79, 16),
-    (147, 16),
-    (186, 16),
-)
 _RESET = "\x1b[0m"
 
 
 def segment_color(segment: str) -> tuple[int, int]:
-    """(background, foreground) 256-colour codes of a segment: fixed for the 11 standard
-    segments, a deterministic pick from CUSTOM_COLORS for any other name."""
-    known = SEGMENT_COLORS.get(segment)
-    if known is not None:
-        return known
-    return CUSTOM_COLORS[zlib.crc32(segment.encode()) % len(CUSTOM_COLORS)]
+    """(background, foreground) 256-colour codes of a segment: its colour's (segment_style)
+    nearest in xterm's palette."""
+    return _terminal(segment_style(segment).colour)
 
 
 def _paint(text: str, segment: str) -> str:
