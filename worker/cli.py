@@ -397,7 +397,7 @@ def run(settings: Settings, profiles: Profiles) -> int:
     from worker.kafka import clients
     from worker.services.consumer import Worker
     from worker.services.quantile_upkeep import load_cuts
-    from worker.state import connection
+    from worker.state import connection, flows
     from worker.web.http_api import Api, serve
 
     logger.info("starting rfm-worker %s with %s", __version__, settings.describe())
@@ -407,6 +407,7 @@ def run(settings: Settings, profiles: Profiles) -> int:
         _check_redis(store, settings)
         # Quantile profiles score with their cut points from the first batch on.
         load_cuts(store, profiles, compute_missing_at=scoring_now(settings, store.clock))
+        flows.start_recording(store.redis, scoring_now(settings, store.clock))
         # librdkafka's callbacks run inside consume(), once `worker` exists.
         consumer = clients.consumer(
             settings,

@@ -1,7 +1,7 @@
 """GET /: the live page of the matrix, over a real HTTP server on the suite's Redis: its
 headers, that it is self-contained (no external URL) and holds no segment table of its own,
 that it is served without the token while /v1/* still asks for it; /v1/segments (names,
-colours, sizes over time, flows between segments, worker/web/flows.py); the palette in
+colours, sizes over time, flows between segments, worker/state/flows.py); the palette in
 simulated colour-vision deficiencies; and, where Debian's chromium is installed, that a
 headless browser running the page's script renders what the API returns, and nothing but
 how to give the token when one is needed and none was given."""
@@ -22,7 +22,6 @@ import sys
 import time
 import urllib.request
 from collections.abc import Iterator
-from datetime import datetime
 from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
@@ -33,13 +32,12 @@ import pytest
 from tests.factories import AS_OF_MS, placed_days_ago, valid_event
 from worker.config import Settings
 from worker.rules.events import ValidEvent
-from worker.rules.instants import epoch_ms, iso
+from worker.rules.instants import iso
 from worker.rules.profiles import Profiles
 from worker.rules.segments import STANDARD_SEGMENTS
 from worker.services import causes
-from worker.state import keys
+from worker.state import flows, keys
 from worker.state.store import BatchResult, Store
-from worker.web import flows
 from worker.web.http_api import Api, serve
 from worker.web.views import STANDARD_COLOURS, segment_style
 
@@ -389,25 +387,6 @@ FIRST = AS_OF_MS - 20 * HOUR_MS + 10 * MINUTE_MS  # within the day, not the hour
 LAST = AS_OF_MS - 30 * MINUTE_MS  # within the hour
 
 
-def record_flows(store: Store, result: BatchResult) -> None:
-    """Write what the commit path is to write for each change it committed (the layout of
-    worker/web/flows.py): HINCRBY and PEXPIRE of `flow_writes`. The commit path does not
-    write them yet (see test_the_commit_path_records_flows); here they follow the commit."""
-    pipe = store.redis.pipeline(transaction=True)
-    for committed in result.committed:
-        change = committed.change
-        if change.kind != "rfm.changed":
-            continue
-        at = epoch_ms(datetime.fromisoformat(str(change.payload["as_of"])))
-        shard = keys.shard_of(change.tenant, change.customer_id)
-        for write in flows.flow_writes(
-            shard, change.tenant, at, change.from_segment, change.to_segment
-        ):
-            pipe.hincrby(write.key, write.field, 1)
-            pipe.pexpire(write.key, write.ttl_ms)
-    pipe.execute()
-
-
 def apply_at(store: Store, profiles: Profiles, at_ms: int, events: list[ValidEvent]) -> BatchResult:
     return causes.apply_batch(
         store, [(e, 0) for e in events], profiles, as_of_ms=at_ms, now_ms=AS_OF_MS
@@ -426,12 +405,12 @@ def cancelled(profiles: Profiles, customer: str, order: str, at_ms: int) -> Vali
     )
 
 
-def moves_of_a_day(store: Store, profiles: Profiles, *, record: bool = True) -> None:
+def moves_of_a_day(store: Store, profiles: Profiles) -> None:
     """f lost before moves were recorded; a, b lost, c at risk, d new at FIRST; at LAST d's
     only order cancelled (new_customers -> none), e lost, and a customer of shop-b."""
     apply_at(store, profiles, BEFORE, [placed_days_ago(profiles, "f", "o1", "10", 600)])
     store.redis.set(flows.RECORDED_SINCE, RECORDED_SINCE)  # as the worker does at start
-    first = apply_at(
+    apply_at(
         store,
         profiles,
         FIRST,
@@ -442,7 +421,7 @@ def moves_of_a_day(store: Store, profiles: Profiles, *, record: bool = True) -> 
             placed_days_ago(profiles, "d", "o1", "120", 3),  # 512 new_customers
         ],
     )
-    last = apply_at(
+    apply_at(
         store,
         profiles,
         LAST,
@@ -452,9 +431,6 @@ def moves_of_a_day(store: Store, profiles: Profiles, *, record: bool = True) -> 
             placed_days_ago(profiles, "g", "o1", "120", 3, tenant="shop-b"),
         ],
     )
-    if record:
-        record_flows(store, first)
-        record_flows(store, last)
 
 
 def moves(doc: dict[str, Any], window: str) -> list[tuple[str | None, str | None, int]]:
@@ -536,20 +512,14 @@ def test_the_flow_layout_is_the_documented_one() -> None:
     assert flows.flow_writes(5, "t", at, None, "lost")[0].field == "\tlost"
     assert flows.flow_writes(5, "t", at, "lost", "lost") == []  # not a move between segments
     assert flows.RECORDED_SINCE == b"rfm:flows:since"
-    docs = (Path(__file__).parents[1] / "docs" / "http-and-metrics.md").read_text()
+    docs = (Path(__file__).parents[2] / "docs" / "http-and-metrics.md").read_text()
     assert "`rfm:{NN}:flows:<tenant>:<span>:<start>`" in docs and "`rfm:flows:since`" in docs
     # the keys are not customer keys to the scans of the read side
     assert not fnmatch.fnmatchcase(writes[0].key.decode(), keys.CUSTOMER_PATTERN.decode())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the commit path does not record flows yet: worker/state/store.py and "
-    "worker/state/lua/commit.lua must write worker/web/flows.flow_writes with each change "
-    "(HINCRBY, PEXPIRE) and the worker must SET rfm:flows:since NX at start",
-)
 def test_the_commit_path_records_flows(base: str, store: Store, profiles: Profiles) -> None:
-    moves_of_a_day(store, profiles, record=False)
+    moves_of_a_day(store, profiles)
     doc = get_over_http(base, "segments")
     assert moves(doc, "hour") == HOUR_MOVES
     assert moves(doc, "day") == DAY_MOVES

@@ -10,6 +10,10 @@ valid on Redis Cluster (on a single Redis a call may span shards):
     rfm:{NN}:counts                     hash    "<tenant>\\t<rfm>\\t<segment>" -> customers
     rfm:{NN}:applied                    hash    "<topic>:<partition>" -> the offset up to which
                                                 the shard's state holds that partition's events
+    rfm:{NN}:flows:<tenant>:<span>:<t>  hash    "<from>\t<to>" -> customers who moved between
+                                                those segments in the bucket starting at t
+                                                (span 5m or 1h; they expire; state/flows.py)
+    rfm:flows:since                     string  epoch ms from which flows are recorded
     rfm:clock                           string  the event clock, epoch ms (RFM_CLOCK=event)
     rfm:due-index                       string  "1" once customers stored before the due
                                                 index existed have been indexed
@@ -35,6 +39,7 @@ CLOCK = b"rfm:clock"
 INDEXED = b"rfm:due-index"
 PROFILES = b"rfm:profiles"
 QUANTILES = b"rfm:quantiles"
+FLOWS_SINCE = b"rfm:flows:since"
 ALL_PATTERN = b"rfm:*"
 CUSTOMER_PATTERN = b"rfm:{*}:c:*"
 OUTBOX_PATTERN = b"rfm:{*}:outbox:*"
@@ -94,3 +99,8 @@ def quantiles_lock(profile: str) -> bytes:
 
 def _glob_escape(text: str) -> str:
     return "".join("\\" + ch if ch in "*?[]\\" else ch for ch in text)
+
+
+def flows(shard: int, tenant: str, span: str, start_ms: int) -> bytes:
+    """A tenant's moves between segments in the `span` bucket starting at `start_ms`."""
+    return f"rfm:{{{shard:02d}}}:flows:{tenant}:{span}:{start_ms}".encode()

@@ -33,7 +33,7 @@ from worker.pacing import SLOTS_MOVING
 from worker.rules.customer import LONG_HISTORY, Customer, Outcome, Published
 from worker.rules.engine import Change, Result
 from worker.rules.events import ValidEvent
-from worker.state import keys
+from worker.state import flows, keys
 from worker.state.admin import Server
 from worker.state.applied import AppliedOffsets
 from worker.state.clock import EventClock
@@ -364,6 +364,7 @@ class Store:
         changes: list[list[int]] = []
         deltas: dict[tuple[int, str], int] = {}  # (counts hash index, cell) -> delta
         vouched: list[list[int]] = []  # [applied hash, field, floor] per shard and partition
+        expire: dict[int, int] = {}  # KEYS index of a flows hash -> its TTL (ms)
         for shard, blobs in group:
             counts = 0  # KEYS index of the shard's counts hash, once needed
             due_index: dict[int, int] = {}  # partition -> KEYS index of its due zset
@@ -422,6 +423,17 @@ class Store:
                     if after is not None:
                         cell = (counts, keys.count_cell(tenant, after.rfm, after.segment))
                         deltas[cell] = deltas.get(cell, 0) + 1
+                # The flows between segments (state/flows.py), counted like the counters.
+                at = res.customer.scored_at or 0
+                for change in res.changes:
+                    if change.kind != "rfm.changed":
+                        continue
+                    for write in flows.flow_writes(
+                        shard, tenant, at, change.from_segment, change.to_segment
+                    ):
+                        cell = (args.key(write.key), write.field)
+                        deltas[cell] = deltas.get(cell, 0) + 1
+                        expire[cell[0]] = write.ttl_ms
                 outbox = outbox_index.get(partition)
                 if outbox is None:
                     stream = keys.outbox(shard, partition)
@@ -435,8 +447,15 @@ class Store:
             return plan
         plan.customers = len(customers)
         counted = [[index, cell, delta] for (index, cell), delta in deltas.items() if delta]
+        expiring = [[index, ttl] for index, ttl in expire.items()]
         args.argv[0] = orjson.dumps(
-            {"customers": customers, "counts": counted, "changes": changes, "vouched": vouched}
+            {
+                "customers": customers,
+                "counts": counted,
+                "changes": changes,
+                "vouched": vouched,
+                "expire": expiring,
+            }
         )
         plan.call = (args.keys, args.argv)
         return plan

@@ -12,8 +12,8 @@ from worker.rules.instants import iso
 from worker.rules.messages import customer_view
 from worker.rules.profiles import Profiles
 from worker.rules.scoring import score
+from worker.state import flows
 from worker.state.store import Store
-from worker.web import flows
 
 
 def view(customer: Customer, profiles: Profiles, as_of_ms: int) -> dict[str, object] | None:
@@ -78,7 +78,7 @@ def segments(store: Store, profiles: Profiles, tenant: str, as_of_ms: int) -> di
     """The tenant's segments for the page (GET /v1/segments): each with its label and
     colours, in its profile's order, then any other name its customers or moves carry (a
     segment of an earlier profile); its size now and hourly over the last day; and the
-    moves between segments over the last hour and day (worker/web/flows.py)."""
+    moves between segments over the last hour and day (worker/state/flows.py)."""
     profile = profiles.for_tenant(tenant)
     snap = flows.read(store.redis, tenant, as_of_ms, cluster=store.cluster)
     instants, sizes = snap.sizes_over_time()

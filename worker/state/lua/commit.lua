@@ -11,6 +11,7 @@
 --   rfm:{NN}:outbox:<P>                 stream of changes waiting for the relay (k, v)
 --   rfm:{NN}:due:<P>                    zset, customer key -> instant of its next change
 --   rfm:{NN}:counts                     hash "<tenant>\t<rfm>\t<segment>" -> customers
+--   rfm:{NN}:flows:<tenant>:<span>:<t>  hash "<from>\t<to>" -> moves (worker/state/flows.py)
 --
 -- KEYS      every key, referenced by index from the plan
 -- ARGV[1]   the plan, JSON; every number below indexes KEYS (key, due_*, counts, outbox)
@@ -18,7 +19,8 @@
 --   {"customers": [[key, expected, new, due_from, due_to, due], ...],
 --    "counts":    [[counts, field, delta], ...],
 --    "changes":   [[outbox, k, v], ...],
---    "vouched":   [[applied, field, floor], ...]}
+--    "vouched":   [[applied, field, floor], ...],
+--    "expire":    [[flows, ttl], ...]}
 --   expected  the value the customer key must hold ("" = absent)
 --   new       the new value, or 0 to leave the state as it is (a due-only update)
 --   due_from  the due zset the customer is in now (its previous partition's)
@@ -27,6 +29,8 @@
 --             offset up to which its state holds that partition's events, see applied.lua)
 --   field     "<topic>:<partition>" of the customers' partition; floor (a number) the
 --             offset the shard vouched for already: holding less, it lost writes
+--   counts    also a flows hash (moves between segments in a time bucket, always + deltas)
+--   flows     a flows hash the counts touched, set to expire ttl ms from now
 -- ARGV[2..] the values referenced by the plan (states, customer ids, change payloads)
 --
 -- Returns {0, i, ...}: the 1-based indexes of customers whose value differed, nothing
@@ -117,6 +121,10 @@ for _, d in ipairs(plan.counts) do
   if redis.call('HINCRBY', KEYS[d[1]], d[2], d[3]) <= 0 then
     redis.call('HDEL', KEYS[d[1]], d[2])
   end
+end
+
+for _, e in ipairs(plan.expire or {}) do
+  redis.call('PEXPIRE', KEYS[e[1]], e[2])
 end
 
 local ids = {1}

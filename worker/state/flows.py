@@ -1,9 +1,10 @@
 """Segment flows: how many customers moved from which segment to which, per time bucket, and
-each segment's size over time derived from them. The read side, and the Redis layout the
-commit path is to write (spelled here until that writer is wired; then the spelling moves to
-worker/state/keys.py and `read` to worker/state/reads.py).
+each segment's size over time derived from them. What the commit path writes
+(`flow_writes`, in the commit.lua call of the customer: worker/state/store.py) and the read
+side of it.
 
-The layout (NN = the customer's shard, as in every key of its commit call):
+The layout (NN = the customer's shard, as in every key of its commit call; the keys are
+spelled in worker/state/keys.py):
 
     rfm:{NN}:flows:<tenant>:<span>:<start>   hash    "<from>\t<to>" -> customers
     rfm:flows:since                          string  epoch ms from which moves are recorded
@@ -20,7 +21,8 @@ What the writer does (`flow_writes` spells it):
   exact and idempotent like the segment counters: a retried or replayed commit finds its
   events applied and emits no change, hence no flow; a Redis that lost writes lost the
   flows with the states, and the replay counts them again once.
-- At start, before its first commit, the worker does SET rfm:flows:since <scoring now> NX.
+- At start, before its first commit, the worker does SET rfm:flows:since <scoring now> NX
+  (`start_recording`).
 
 Why buckets of moves rather than snapshots of the sizes: the size of a segment at an instant
 t is its size now (the counters, `rfm:{NN}:counts`) minus what flowed in since t plus what
@@ -50,7 +52,7 @@ SPANS: dict[str, int] = {"5m": 5 * MINUTE_MS, "1h": HOUR_MS}
 # A bucket must outlive the widest window that reads it (an hour of 5m buckets, a day of
 # 1h buckets, plus a bucket either side); the margins allow for a lagging event clock.
 TTL_MS: dict[str, int] = {"5m": 3 * HOUR_MS, "1h": 48 * HOUR_MS}
-RECORDED_SINCE = b"rfm:flows:since"
+RECORDED_SINCE = keys.FLOWS_SINCE
 # The windows the API reports: (name, the span of the buckets it sums, its length).
 WINDOWS: tuple[tuple[str, str, int], ...] = (("hour", "5m", HOUR_MS), ("day", "1h", DAY_MS))
 SIZES_SPAN = "1h"  # sizes over time: one point per hour of the day window
@@ -66,7 +68,7 @@ def bucket(span: str, at_ms: int) -> int:
 
 def flow_key(shard: int, tenant: str, span: str, at_ms: int) -> bytes:
     """The hash counting one tenant's moves in the `span` bucket holding `at_ms`."""
-    return f"rfm:{{{shard:02d}}}:flows:{tenant}:{span}:{bucket(span, at_ms)}".encode()
+    return keys.flows(shard, tenant, span, bucket(span, at_ms))
 
 
 def flow_field(from_segment: str | None, to_segment: str | None) -> str:
@@ -166,6 +168,12 @@ def _buckets(as_of_ms: int) -> Iterator[tuple[str, int]]:
         last = bucket(span, as_of_ms) + step
         for start in range(bucket(span, as_of_ms - length), last + 1, step):
             yield span, start
+
+
+def start_recording(client: Any, now_ms: int) -> None:
+    """At a worker's start, before its first commit: flows are recorded from now on, unless
+    an earlier worker said so already (sizes before that instant are not derivable)."""
+    client.set(RECORDED_SINCE, now_ms, nx=True)
 
 
 def read(client: Any, tenant: str, as_of_ms: int, *, cluster: bool) -> Snapshot:
