@@ -414,7 +414,9 @@ def run(settings: Settings, profiles: Profiles) -> int:
             error_cb=lambda err: worker.health.on_kafka_error(err),
             stats_cb=lambda stats: worker.health.on_kafka_stats(stats),
         )
-        worker = Worker(settings, profiles, store, consumer, clients.producer(settings))
+        producer = clients.producer(settings)
+        stack.callback(producer.close)  # after the loop's drain: nothing left to send
+        worker = Worker(settings, profiles, store, consumer, producer)
         metrics.register_customers(store.reads.segment_counts, profiles.names())
         health = worker.health
         api = Api(settings, profiles, store, healthy=health.is_healthy, ready=lambda: health.ready)

@@ -876,6 +876,7 @@ def _produce(deployment: Deployment, records: list[tuple[Record, bool]]) -> list
                 producer.poll(0.05)
         sent.append(item)
     assert producer.flush(60) == 0
+    producer.close()
     return sent
 
 
