@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import gc
 import logging
+import math
 import os
 import signal
 import sys
@@ -31,6 +32,9 @@ from worker.state.store import Store
 from worker.web import views
 
 logger = logging.getLogger(__name__)
+
+# The demo builds its order history in memory: ~2 GB at this many customers.
+DEMO_MAX_CUSTOMERS = 100_000
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -78,14 +82,19 @@ def _parser() -> argparse.ArgumentParser:
     )
     q.add_argument("--json", action="store_true", help="print JSON instead of a table")
     d = sub.add_parser("demo", help="embedded broker and Redis, the worker, a live order stream")
-    d.add_argument("--customers", type=int, default=3000)
-    d.add_argument("--rate", type=float, default=200, help="orders per second")
-    d.add_argument("--duration", type=float, default=None, help="stop after N seconds")
+    d.add_argument(
+        "--customers",
+        type=_count(DEMO_MAX_CUSTOMERS),
+        default=3000,
+        help=f"customers in the order history (1 to {DEMO_MAX_CUSTOMERS}; default 3000)",
+    )
+    d.add_argument("--rate", type=_positive, default=200, help="orders per second (default 200)")
+    d.add_argument("--duration", type=_positive, default=None, help="stop after N seconds")
     d.add_argument(
         "--days-per-second",
-        type=float,
+        type=_positive,
         default=2.0,
-        help="how fast the live stream's clock runs, in simulated days per second",
+        help="how fast the live stream's clock runs, in simulated days per second (default 2)",
     )
     d.add_argument(
         "--broker",
@@ -126,6 +135,32 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--check", action="store_true", help="fail if a file differs")
     s.add_argument("--dir", type=Path, default=Path("schemas"))
     return p
+
+
+def _positive(text: str) -> float:
+    """A number > 0 and finite: a rate of 0 divides by zero, a negative one never advances."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (0 < value < math.inf):
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text!r}")
+    return value
+
+
+def _count(limit: int) -> Callable[[str], int]:
+    """An integer from 1 to `limit`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if not 1 <= value <= limit:
+            raise argparse.ArgumentTypeError(f"must be from 1 to {limit}, not {text!r}")
+        return value
+
+    return parse
 
 
 def _instant(text: str) -> int:
