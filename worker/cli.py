@@ -103,6 +103,22 @@ def _parser() -> argparse.ArgumentParser:
         help="tansu: the embedded broker, starts at once (default); kafka: Apache Kafka, "
         "fetched with Maven on first use (needs java and mvn)",
     )
+    lo = sub.add_parser(
+        "local",
+        help="the demo's broker and Redis with the three topics, until Ctrl-C: prints the "
+        "RFM_* settings for run, produce, sweep --once",
+        description="Start the embedded broker and Redis (as `rfm-worker demo` does, without "
+        "its worker and order stream), create the topics orders, rfm.actions and orders.dlq, "
+        "print the `export RFM_...` lines that point the other commands at them, and keep "
+        "them running until Ctrl-C or SIGTERM, which stops both. Everything is in memory.",
+    )
+    lo.add_argument(
+        "--broker",
+        choices=["tansu", "kafka"],
+        default="tansu",
+        help="tansu: the embedded broker, starts at once (default); kafka: Apache Kafka, "
+        "fetched with Maven on first use (needs java and mvn)",
+    )
     w = sub.add_parser("sweep", help="one decay sweep; publishes its changes before exiting")
     w.add_argument("--once", action="store_true", required=True, help="one sweep, then exit")
     w.add_argument(
@@ -205,6 +221,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             days_per_second=args.days_per_second,
             broker=args.broker,
         )
+    if args.command == "local":
+        from worker.commands.local import run_local
+
+        return run_local(broker=args.broker)
     if args.command == "rescore" and not args.dry_run:
         raise UsageError(
             "rescore needs --dry-run: a changed profile is applied by the worker itself when "
