@@ -154,6 +154,26 @@ def test_accepted_http_hosts(monkeypatch: pytest.MonkeyPatch, host: str) -> None
 
 
 @pytest.mark.parametrize(
+    "bootstrap",
+    [
+        "localhost:9092",
+        "localhost",  # librdkafka's default port, 9092
+        "k1:9093,k2:9093",
+        "10.0.0.1:9092, 10.0.0.2:9092",
+        "kafka_1:9092",  # Docker service names have underscores
+        "kafka.acme.internal:9092",
+        "SASL_SSL://broker:9094,ssl://other:9093",
+        "[::1]:9092",
+        "[fe80::1%eth0]:9092",
+        "127.0.0.1:65535",
+    ],
+)
+def test_accepted_kafka_bootstraps(monkeypatch: pytest.MonkeyPatch, bootstrap: str) -> None:
+    monkeypatch.setenv("RFM_KAFKA_BOOTSTRAP", bootstrap)
+    assert load_settings().kafka_bootstrap == bootstrap
+
+
+@pytest.mark.parametrize(
     "token", ["t", "s3cr3t-Pa55", "abc.DEF_123~+/==", "x" * 512, "!#$%&'()*,:;<>?@[]^`{|}"]
 )
 def test_accepted_http_tokens(monkeypatch: pytest.MonkeyPatch, token: str) -> None:
@@ -183,6 +203,14 @@ INVALID = [
     ("RFM_SWEEP_INTERVAL", "soon"),
     ("RFM_SWEEP_INTERVAL", "0"),
     ("RFM_KAFKA_BOOTSTRAP", ""),
+    ("RFM_KAFKA_BOOTSTRAP", " , "),
+    ("RFM_KAFKA_BOOTSTRAP", "localhost:notaport"),
+    ("RFM_KAFKA_BOOTSTRAP", "localhost:"),
+    ("RFM_KAFKA_BOOTSTRAP", "localhost:0"),
+    ("RFM_KAFKA_BOOTSTRAP", "k1:9092,k2:70000"),
+    ("RFM_KAFKA_BOOTSTRAP", "::1:9092"),  # IPv6 needs brackets
+    ("RFM_KAFKA_BOOTSTRAP", "http://kafka:9092"),
+    ("RFM_KAFKA_BOOTSTRAP", "kafka 9092"),
     ("RFM_HTTP_TOKEN", ""),  # empty is an error, not "authentication disabled"
     ("RFM_HTTP_TOKEN", f"two {PASSWORD}"),  # a header cannot carry inner spaces intact
     ("RFM_HTTP_TOKEN", f" {PASSWORD}"),
@@ -380,6 +408,17 @@ def test_cli_with_invalid_http_host_is_one_line_naming_the_variable() -> None:
     env = clean_environ(RFM_HTTP_HOST="http://0.0.0.0:9400")
     line = assert_one_clean_line(run_cli(env, "customer", "x"))
     assert "RFM_HTTP_HOST" in line
+
+
+def test_cli_with_a_bootstrap_port_that_is_not_a_number_is_a_configuration_error() -> None:
+    """librdkafka would take it and retry it forever; the start says it in one line."""
+    env = clean_environ(RFM_KAFKA_BOOTSTRAP="localhost:notaport")
+    line = assert_one_clean_line(run_cli(env, "sweep", "--once"))
+    assert line == (
+        "rfm-worker: configuration error: invalid RFM_KAFKA_BOOTSTRAP: 'localhost:notaport' "
+        "is not host:port with a port from 1 to 65535 (IPv6 in brackets: [::1]:9092); "
+        "expected a comma-separated list such as kafka-1:9092,kafka-2:9092"
+    )
 
 
 def test_cli_with_bad_kafka_config_is_one_line_without_the_secret() -> None:

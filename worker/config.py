@@ -20,6 +20,14 @@ _SECRET_HINTS = ("password", "secret", "key", "token", "jaas", "oauthbearer")
 _HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
 # RFM_HTTP_TOKEN: what an Authorization header can carry intact (visible ASCII, no space).
 _TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
+# RFM_KAFKA_BOOTSTRAP entries as librdkafka reads them: an optional security protocol
+# (SASL_SSL://), a host (a name, an IPv4 address, or an IPv6 one in brackets), an optional
+# port (librdkafka's default: 9092).
+_BROKER = re.compile(
+    r"(?:(?i:plaintext|ssl|sasl_plaintext|sasl_ssl)://)?"
+    r"(?P<host>\[[0-9A-Fa-f:.%\w]+\]|[^\s:/\[\],]+)(?::(?P<port>[0-9]+))?",
+    re.ASCII,
+)
 
 
 class Settings(BaseSettings):
@@ -41,6 +49,23 @@ class Settings(BaseSettings):
     http_port: int = Field(default=9400, ge=0, le=65535)
     http_host: str = "0.0.0.0"  # noqa: S104  (the documented default: every interface)
     http_token: SecretStr | None = None
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _broker_list(cls, value: str) -> str:
+        entries = [entry.strip() for entry in value.split(",")]
+        if not any(entries):
+            raise ValueError("names no broker: expected host:port, e.g. kafka-1:9092")
+        for entry in filter(None, entries):
+            match = _BROKER.fullmatch(entry)
+            if match is None or not 0 < int(match["port"] or 9092) < 65536:
+                # librdkafka would take it and retry it forever, saying only that it fails
+                raise ValueError(
+                    f"{entry!r} is not host:port with a port from 1 to 65535 (IPv6 in "
+                    "brackets: [::1]:9092); expected a comma-separated list such as "
+                    "kafka-1:9092,kafka-2:9092"
+                )
+        return value
 
     @field_validator("kafka_config")
     @classmethod
