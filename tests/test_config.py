@@ -4,6 +4,7 @@ secrets."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -263,6 +264,69 @@ def test_the_first_invalid_variable_is_named_even_with_others_valid(
     monkeypatch.setenv("RFM_CLOCK", "sometimes")
     with pytest.raises(ConfigError, match="RFM_CLOCK"):
         load_settings()
+
+
+# -- unknown variables: a warning naming them ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "line"),
+    [
+        (
+            "RFM_CLOKC",
+            "RFM_CLOKC is not a setting of rfm-worker: ignored (did you mean RFM_CLOCK?)",
+        ),
+        (
+            "RFM_HTTP_PROT",
+            "RFM_HTTP_PROT is not a setting of rfm-worker: ignored (did you mean RFM_HTTP_PORT?)",
+        ),
+        (
+            "rfm_profile",  # read whatever the case, so checked whatever the case
+            "rfm_profile is not a setting of rfm-worker: ignored (did you mean RFM_PROFILES?)",
+        ),
+        ("RFM_SOMETHING_ELSE", "RFM_SOMETHING_ELSE is not a setting of rfm-worker: ignored"),
+    ],
+)
+def test_an_unknown_variable_is_a_warning_naming_it(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, name: str, line: str
+) -> None:
+    monkeypatch.setenv(name, "event")
+    with caplog.at_level(logging.WARNING, logger="worker.config"):
+        assert load_settings().clock == "wall"  # ignored: the default stays
+    assert [r.getMessage() for r in caplog.records] == [line]
+    assert caplog.records[0].levelno == logging.WARNING
+
+
+def test_known_variables_and_the_suites_own_give_no_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    values = {
+        **{name: value or "x" for name, value in CONTRACT_DEFAULTS.items()},
+        "RFM_REDIS_ALLOW_EVICTION": "false",
+        "RFM_LOG_LEVEL": "info",
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("RFM_CLOCK")
+    monkeypatch.setenv("rfm_clock", "wall")  # any case
+    monkeypatch.setenv("RFM_TEST_BROKER", "tansu")  # read by the suite
+    monkeypatch.setenv("RFM_KAFKA_CACHE", "/tmp/kafka-jars")  # read by worker/embedded
+    with caplog.at_level(logging.WARNING, logger="worker.config"):
+        load_settings()
+    assert caplog.records == []
+
+
+def test_cli_warns_of_an_unknown_variable_at_start() -> None:
+    env = clean_environ(RFM_CLOKC="event", RFM_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    proc = run_cli(env, "customer", "x")
+    assert proc.returncode == 2  # Redis is not there; the warning came first
+    first, last = proc.stderr.decode().splitlines()
+    warning = json.loads(first)  # a log line (JSON lines when not on a terminal)
+    assert (warning["level"], warning["msg"]) == (
+        "warning",
+        "RFM_CLOKC is not a setting of rfm-worker: ignored (did you mean RFM_CLOCK?)",
+    )
+    assert last.startswith("rfm-worker: Redis at ")
 
 
 # -- secrets ------------------------------------------------------------------------------------

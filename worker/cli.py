@@ -4,17 +4,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
+import difflib
 import gc
 import logging
 import math
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 import orjson
 import redis
@@ -26,6 +28,7 @@ from worker.config import Settings, load_settings, mask_url
 from worker.errors import ConfigError, RfmError, UsageError
 from worker.rules import rescore
 from worker.rules.instants import epoch_ms
+from worker.rules.messages import CustomerView
 from worker.rules.profiles import DEFAULT_TENANT, Profiles
 from worker.state.clock import scoring_now
 from worker.state.store import Store
@@ -50,7 +53,17 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--tenant", default=DEFAULT_TENANT)
     e = sub.add_parser("export", help="every customer with a counted order, as JSON lines")
     e.add_argument("--tenant")
-    e.add_argument("--as-of", type=_instant, help="score at this RFC 3339 instant (read-only)")
+    e.add_argument(
+        "--as-of",
+        type=_instant,
+        help="score at this RFC 3339 instant or date (midnight UTC) (read-only)",
+    )
+    e.add_argument(
+        "--format",
+        choices=("json", "csv"),
+        default="json",
+        help="json: JSON lines (default); csv: a header and one row per customer, the same fields",
+    )
     m = sub.add_parser("matrix", help="the R x F grid of customer counts and segment counts")
     m.add_argument("--tenant", default=DEFAULT_TENANT)
     m.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -124,8 +137,8 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument(
         "--as-of",
         type=_instant,
-        help="sweep at this RFC 3339 instant (never ahead of now; with RFM_CLOCK=event, "
-        "never before the event clock, which it moves forward)",
+        help="sweep at this RFC 3339 instant, or date (2026-03-01: midnight UTC) (never ahead "
+        "of now; with RFM_CLOCK=event, never before the event clock, which it moves forward)",
     )
     r = sub.add_parser("rebuild", help="replay the orders topic from the start into a clean state")
     r.add_argument(
@@ -180,10 +193,14 @@ def _count(limit: int) -> Callable[[str], int]:
 
 
 def _instant(text: str) -> int:
+    """An RFC 3339 instant, or a date: midnight UTC of that day, as `produce` reads it."""
+    from worker.commands.produce import csv_instant
+
+    text = csv_instant(text)
     try:
         ts = datetime.fromisoformat(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not an RFC 3339 instant: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not an RFC 3339 instant or a date: {text!r}") from None
     if ts.tzinfo is None:
         raise argparse.ArgumentTypeError(f"{text!r} needs an offset, e.g. Z or +02:00")
     return epoch_ms(ts)
@@ -293,12 +310,22 @@ def _read(args: argparse.Namespace, settings: Settings, profiles: Profiles, stor
     if args.command == "export":
         as_of = args.as_of if args.as_of is not None else scoring_now(settings, store.clock)
         out = sys.stdout.buffer
-        for doc in views.export(store, profiles, as_of, args.tenant):
-            out.write(orjson.dumps(doc) + b"\n")
+        docs = views.export(store, profiles, as_of, args.tenant)
+        if args.format == "csv":
+            _export_csv(docs, out)
+        else:
+            for doc in docs:
+                out.write(orjson.dumps(doc) + b"\n")
         out.flush()
         return 0
     if args.command == "matrix":
         doc = views.matrix(store, args.tenant, scoring_now(settings, store.clock))
+        if not doc["customers"]:  # an empty grid would look like an answer: a typo is likelier
+            print(
+                f"tenant {args.tenant!r} has no customers{_tenants_hint(store, args.tenant)}",
+                file=sys.stderr,
+            )
+            return 1
         if args.json:
             sys.stdout.buffer.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
         else:
@@ -329,6 +356,37 @@ def _read(args: argparse.Namespace, settings: Settings, profiles: Profiles, stor
             print(rescore.render(tally, args.tenant, as_of, source))
         return 0
     raise AssertionError(args.command)
+
+
+def _tenants_hint(store: Store, tenant: str) -> str:
+    """The closest tenant that has customers, or the few there are, or nothing."""
+    tenants = sorted({t for t, _rfm, _segment in store.reads.score_counts()})
+    close = difflib.get_close_matches(tenant, tenants, n=1)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    if 0 < len(tenants) <= 10:
+        return f" (tenants with customers: {', '.join(tenants)})"
+    return ""
+
+
+class _Utf8Lines:
+    """What csv.writer writes to: text, encoded onto a binary stream as it comes."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+
+    def write(self, text: str) -> int:
+        return self.out.write(text.encode())
+
+
+def _export_csv(docs: Iterable[dict[str, object]], out: BinaryIO) -> None:
+    """A header of the customer view's fields, then a row per customer (RFC 4180: CRLF,
+    fields with a comma, a quote or a line break quoted); numbers as in the JSON lines."""
+    fields = list(CustomerView.model_fields)
+    writer = csv.writer(_Utf8Lines(out))
+    writer.writerow(fields)
+    for doc in docs:
+        writer.writerow([doc[name] for name in fields])
 
 
 def use_color(choice: str, stream: TextIO, environ: Mapping[str, str]) -> bool:

@@ -3,9 +3,13 @@ docs/configuration.md)."""
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
+import logging
+import os
 import re
+from collections.abc import Mapping
 from typing import Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -13,6 +17,8 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.errors import ConfigError
+
+logger = logging.getLogger(__name__)
 
 # librdkafka properties whose values are secrets: masked wherever settings are shown.
 _SECRET_HINTS = ("password", "secret", "key", "token", "jaas", "oauthbearer")
@@ -159,12 +165,37 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
+# RFM_* variables read by other parts than the worker (docs/configuration.md): known, not
+# settings. The test suite's broker, and where Apache Kafka's jars are kept.
+OTHER_VARIABLES = frozenset({"RFM_TEST_BROKER", "RFM_KAFKA_CACHE"})
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A line per RFM_* variable nothing reads (a typo is otherwise silently ignored: the
+    setting keeps its default), naming the closest known one when one is close."""
+    known = sorted({f"RFM_{name.upper()}" for name in Settings.model_fields} | OTHER_VARIABLES)
+    lines = []
+    for name in sorted(environ):
+        upper = name.upper()  # the settings are read whatever the case
+        if not upper.startswith("RFM_") or upper in known:
+            continue
+        close = difflib.get_close_matches(upper, known, n=1, cutoff=0.75)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        lines.append(f"{name} is not a setting of rfm-worker: ignored{hint}")
+    return lines
+
+
 def load_settings() -> Settings:
-    """Read RFM_* once; invalid values raise ConfigError with one clear line."""
+    """Read RFM_* once; invalid values raise ConfigError with one clear line; an unknown
+    RFM_* variable is a warning."""
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         name = "RFM_" + "_".join(str(p) for p in err["loc"]).upper()
         msg = str(err["msg"]).removeprefix("Value error, ")
         raise ConfigError(f"invalid {name}: {msg}") from None
+    if settings.log_level != "error":  # said before the command applies RFM_LOG_LEVEL
+        for line in unknown_variables(os.environ):
+            logger.warning("%s", line)
+    return settings
