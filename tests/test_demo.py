@@ -225,3 +225,23 @@ def test_demo_keeps_to_its_duration_at_any_rate_and_leaves_no_file(tmp_path: Pat
     profiles = re.search(r"profiles\s+(\S+)", done.stdout).group(1)  # type: ignore[union-attr]
     assert profiles.startswith(str(scratch))  # where the demo wrote it: TMPDIR
     assert list(scratch.iterdir()) == []
+
+
+def test_a_worker_that_stopped_early_has_its_log_shown_before_it_is_removed(
+    tmp_path: Path,
+) -> None:
+    """Its log is in the demo's folder, removed at exit: its end is printed instead."""
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", "demo", "--customers", "50", "--duration", "4"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        # the demo passes its environment on: this address is not the machine's (TEST-NET-1)
+        env={**os.environ, "RFM_HTTP_HOST": "192.0.2.1", "TMPDIR": str(tmp_path)},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    tail = done.stdout.partition("the worker exited early (code 2); the end of its log:")[2]
+    assert tail, done.stdout
+    assert "rfm-worker: configuration error: RFM_HTTP_HOST=192.0.2.1: " in tail
+    assert tail.rstrip().endswith("stopped the worker, the broker and Redis")
+    assert list(tmp_path.iterdir()) == []

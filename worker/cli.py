@@ -196,9 +196,8 @@ def _instant(text: str) -> int:
     """An RFC 3339 instant, or a date: midnight UTC of that day, as `produce` reads it."""
     from worker.commands.produce import csv_instant
 
-    text = csv_instant(text)
     try:
-        ts = datetime.fromisoformat(text)
+        ts = datetime.fromisoformat(csv_instant(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"not an RFC 3339 instant or a date: {text!r}") from None
     if ts.tzinfo is None:

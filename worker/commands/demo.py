@@ -368,7 +368,7 @@ Ctrl-C stops everything.
                 stop,
             )
         finally:
-            crashed = worker.poll()  # before our SIGTERM: it stopped by itself
+            exited_early = worker.poll()  # before our SIGTERM: it stopped by itself
             worker.send_signal(signal.SIGTERM)
             try:
                 worker.wait(30)
@@ -376,9 +376,9 @@ Ctrl-C stops everything.
                 worker.kill()
                 worker.wait(10)
             log.close()
-            if crashed is not None:  # its log goes with the folder: show its end now
+            if exited_early is not None:  # its log goes with the folder: show its end now
                 tail = log_path.read_text(errors="replace").splitlines()[-20:]
-                say(f"the worker exited early (code {crashed}); the end of its log:")
+                say(f"the worker exited early (code {exited_early}); the end of its log:")
                 say("\n".join(tail))
             say("stopped the worker, the broker and Redis")
 

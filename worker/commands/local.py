@@ -59,7 +59,7 @@ def exports(kafka: Any, redis_server: EmbeddedRedis) -> dict[str, str]:
     there too, so that a stale RFM_*_TOPIC in the shell cannot point elsewhere."""
     return {
         "RFM_KAFKA_BOOTSTRAP": kafka.bootstrap,
-        # what the broker needs of its clients (Tansu: a short fetch wait, see local.py)
+        # what the broker needs of its clients (Tansu: a short fetch wait, embedded/local.py)
         "RFM_KAFKA_CONFIG": orjson.dumps(dict(kafka.client_config)).decode(),
         "RFM_REDIS_URL": redis_server.url,
         **TOPIC_SETTINGS,
