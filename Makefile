@@ -6,10 +6,14 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test test-kafka test-tansu kafka lint typecheck schemas unit bench clean
 
+# setuptools tells of every editable install in a large boxed warning ("Editable
+# installation", about folders named like the package), which pip shows even with
+# --quiet: filtered by its text alone (PYTHONWARNINGS reaches the build backend's process),
+# so that any other warning and every error still show.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
