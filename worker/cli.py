@@ -499,7 +499,7 @@ def run(settings: Settings, profiles: Profiles) -> int:
     from worker.kafka import clients
     from worker.services.consumer import Worker
     from worker.services.quantile_upkeep import load_cuts
-    from worker.state import connection, flows
+    from worker.state import connection
     from worker.web.http_api import Api, serve
 
     logger.info("starting rfm-worker %s with %s", __version__, settings.describe())
@@ -507,9 +507,9 @@ def run(settings: Settings, profiles: Profiles) -> int:
         store = Store(connection.redis_client(settings))
         stack.callback(store.redis.close)
         _check_redis(store, settings)
-        # Quantile profiles score with their cut points from the first batch on.
-        load_cuts(store, profiles, compute_missing_at=scoring_now(settings, store.clock))
-        flows.start_recording(store.redis, scoring_now(settings, store.clock))
+        # Quantile profiles score with their stored cut points; missing ones are computed
+        # once the worker is in its group (Worker._first_join).
+        load_cuts(store, profiles)
         # librdkafka's callbacks run inside consume(), once `worker` exists.
         consumer = clients.consumer(
             settings,
@@ -521,7 +521,7 @@ def run(settings: Settings, profiles: Profiles) -> int:
         worker = Worker(settings, profiles, store, consumer, producer)
         metrics.register_customers(store.reads.segment_counts, profiles.names())
         health = worker.health
-        api = Api(settings, profiles, store, healthy=health.is_healthy, ready=lambda: health.ready)
+        api = Api(settings, profiles, store, healthy=health.is_healthy, not_ready=health.not_ready)
         with contextlib.ExitStack() as unstarted:  # once running, the loop closes the consumer
             unstarted.callback(consumer.close)
             try:

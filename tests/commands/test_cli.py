@@ -656,10 +656,27 @@ def test_export_into_a_closed_pipe_ends_quietly(redis_server: EmbeddedRedis) -> 
 
 
 def test_run_with_kafka_unreachable_says_so_once_and_is_not_ready(
-    redis_server: EmbeddedRedis, tmp_path: Path
+    redis_server: EmbeddedRedis, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
+    """Misconfigured (no Kafka, and the built-in profile beside a base another worker
+    scores with other thresholds): it says why it is not ready and writes nothing at all
+    to the shared Redis, since it never joins its group (no marking pass, no sweep)."""
+    from tests.factories import CHANGED_PROFILES, generate
     from worker.embedded import free_port
+    from worker.rules.events import validate
 
+    store = Store(redis_client)
+    events = [validate(json.dumps(e).encode(), CHANGED_PROFILES, AS_OF_MS) for e in generate(40, 3)]
+    causes.apply_batch(
+        store,
+        [(e, 0) for e in events if isinstance(e, ValidEvent)],
+        CHANGED_PROFILES,
+        as_of_ms=AS_OF_MS,
+        now_ms=AS_OF_MS,
+    )
+    store.marking.record_done(CHANGED_PROFILES.versions())
+    before = {key: redis_client.dump(key) for key in redis_client.scan_iter(count=1000)}
+    assert len(before) > 40
     port = free_port()
     env = {
         **os.environ,
@@ -681,10 +698,17 @@ def test_run_with_kafka_unreachable_says_so_once_and_is_not_ready(
         with pytest.raises(urllib.error.HTTPError) as not_ready:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5)
         assert not_ready.value.code == 503
+        reasons = json.loads(not_ready.value.read())["reasons"]
         not_ready.value.close()
+        assert reasons == [
+            "Kafka at 127.0.0.1:1 (RFM_KAFKA_BOOTSTRAP) is unreachable",
+            "not yet a member of the consumer group rfm-worker",
+        ]
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+    after = {key: redis_client.dump(key) for key in redis_client.scan_iter(count=1000)}
+    assert after == before  # not one key written, changed or deleted
     text = log.read_text()
     assert text.count("Kafka at 127.0.0.1:1 (RFM_KAFKA_BOOTSTRAP) is unreachable") == 1
     assert "%3|" not in text  # librdkafka's raw lines go through the worker's logging

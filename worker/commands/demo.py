@@ -455,6 +455,7 @@ def _stream(
                 say(_status(metrics_url, tally, clock.now(), now - started))
     finally:
         producer.flush(10)
+        producer.close()
         actions.close()
     say(_status(metrics_url, tally, clock.now(), time.monotonic() - started))
     return 0

@@ -345,6 +345,7 @@ def _produce(
     producer = clients.producer(settings, **{"linger.ms": "20", "client.id": "rfm-worker-produce"})
     meta = producer.list_topics(settings.orders_topic, timeout=10).topics.get(settings.orders_topic)
     if meta is None or meta.error is not None:
+        producer.close()
         reason = meta.error.str() if meta is not None and meta.error is not None else "unknown"
         raise UsageError(f"topic {settings.orders_topic} (RFM_ORDERS_TOPIC): {reason}")
 
@@ -402,6 +403,7 @@ def _produce(
                 continue
     finally:
         progress.close(read, acked, sum(per_class.values()))
+        producer.close()
         if errors_out is not None:
             errors_out.close()
 

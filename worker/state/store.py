@@ -39,6 +39,7 @@ from worker.state.applied import AppliedOffsets
 from worker.state.clock import EventClock
 from worker.state.cut_points import CutPoints
 from worker.state.due_index import DueIndex, MarkingRecord
+from worker.state.members import Members
 from worker.state.outbox import Outbox
 from worker.state.reads import Reads
 from worker.state.scripts import script
@@ -183,6 +184,7 @@ class Store:
         self.reads = Reads(client)
         self.cut_points = CutPoints(client)
         self.server = Server(client)
+        self.members = Members(client)
 
     # -- the one write path -----------------------------------------------------------------
 
