@@ -5,7 +5,7 @@ amount, currency EUR, occurred_at with milliseconds and Z, as the worker benchma
 them) go through:
 
 - frozen: `validate` before the lean path, the frozen copy the differential test keeps
-  (tests/rules/test_events.py, `frozen_validate`);
+  (tests/frozen_validation.py, `frozen_validate`);
 - validate: today's `worker.rules.events.validate`, one call per record;
 - validate_batch: `worker.rules.events.validate_batch`, one call per batch of 2,000 (the
   worker's batch size).
@@ -33,9 +33,9 @@ from typing import Any
 
 from common import ROOT, customer_ids, days_ago, placed_orders, wall_ms
 
-sys.path.insert(0, str(ROOT))  # the frozen reference lives in the test module
+sys.path.insert(0, str(ROOT))  # the frozen reference lives in tests/
 
-from tests.rules.test_events import frozen_validate
+from tests.frozen_validation import frozen_validate
 from worker.rules.events import validate, validate_batch
 from worker.rules.profiles import Profiles
 
