@@ -24,7 +24,7 @@ demo: $(STAMP)
 # broker test where there is no Apache Kafka to run them on).
 test: lint typecheck schemas test-kafka test-tansu
 
-PYTEST := $(BIN)/python -m pytest -q -n 2 -p no:cacheprovider
+PYTEST := $(BIN)/python -m pytest -q -n 3 -p no:cacheprovider
 
 test-kafka: $(STAMP) kafka
 	RFM_TEST_BROKER=kafka $(PYTEST)

@@ -710,7 +710,7 @@ def near_valid_values(draw: st.DrawFn) -> bytes:
 TABLES = st.sampled_from([BUILTIN, EUR_PROFILES])
 
 
-@settings(max_examples=1500, database=None, deadline=None)
+@settings(max_examples=400, database=None, deadline=None)
 @given(value=near_valid_values(), table=TABLES)
 def test_lean_path_equals_the_frozen_validate_on_nearly_valid_events(
     value: bytes, table: Profiles
