@@ -277,11 +277,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from worker.commands.produce import produce
 
         return _redis_down(settings, lambda: produce(settings, profiles, args.file, args.errors))
-    store = _store(settings)
-    try:
+    from worker.state.connection import opened_store
+
+    with opened_store(settings) as store:
         return _redis_down(settings, lambda: _read(args, settings, profiles, store))
-    finally:
-        store.redis.close()
 
 
 def _redis_down(settings: Settings, command: Callable[[], int]) -> int:
@@ -412,12 +411,6 @@ def use_color(choice: str, stream: TextIO, environ: Mapping[str, str]) -> bool:
         return False
 
 
-def _store(settings: Settings) -> Store:
-    from worker.state.connection import redis_client
-
-    return Store(redis_client(settings))
-
-
 def _schemas(directory: Path, check: bool) -> int:
     if check:
         stale = schemas.check(directory)
@@ -504,8 +497,7 @@ def run(settings: Settings, profiles: Profiles) -> int:
 
     logger.info("starting rfm-worker %s with %s", __version__, settings.describe())
     with contextlib.ExitStack() as stack:
-        store = Store(connection.redis_client(settings))
-        stack.callback(store.redis.close)
+        store = stack.enter_context(connection.opened_store(settings))
         _check_redis(store, settings)
         # Quantile profiles score with their stored cut points; missing ones are computed
         # once the worker is in its group (Worker._first_join).

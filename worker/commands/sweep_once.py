@@ -25,8 +25,7 @@ from worker.state.store import Committed, Store
 def run_once(settings: Settings, profiles: Profiles, as_of_ms: int | None) -> int:
     """The command: sweep, publish, wait for the broker's acknowledgements, print a summary."""
     with contextlib.ExitStack() as stack:
-        store = Store(connection.redis_client(settings))
-        stack.callback(store.redis.close)
+        store = stack.enter_context(connection.opened_store(settings))
         as_of_ms = _sweep_instant(settings, store, as_of_ms)
         producer = clients.producer(settings)
         stack.callback(producer.close)

@@ -35,7 +35,11 @@ BATCH = 2000
 
 
 def rebuild(settings: Settings, profiles: Profiles, *, confirmed: bool) -> int:
-    store = Store(connection.redis_client(settings))
+    with connection.opened_store(settings) as store:
+        return _rebuild(store, settings, profiles, confirmed=confirmed)
+
+
+def _rebuild(store: Store, settings: Settings, profiles: Profiles, *, confirmed: bool) -> int:
     # Read to the end of every partition: the end is where the consumer reports EOF, not
     # a watermark asked for up front (some Kafka-protocol brokers report those loosely).
     consumer = clients.consumer(settings, {"enable.partition.eof": "true"})
@@ -62,7 +66,6 @@ def rebuild(settings: Settings, profiles: Profiles, *, confirmed: bool) -> int:
             ) from None
     finally:
         consumer.close()
-        store.redis.close()
     print(
         f"rebuilt from {topic}: {events} event(s) replayed ({rejected} invalid, skipped), "
         f"{wiped} old key(s) deleted; group {settings.kafka_group} resumes at "

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import redis
 
 from worker.config import Settings
+
+if TYPE_CHECKING:
+    from worker.state.store import Store
 
 
 def redis_client(settings: Settings, timeout: float = 5.0) -> Any:
@@ -20,3 +25,15 @@ def redis_client(settings: Settings, timeout: float = 5.0) -> Any:
     if settings.redis_cluster:
         return redis.RedisCluster.from_url(url, **options)
     return redis.Redis.from_url(url, **options)
+
+
+@contextlib.contextmanager
+def opened_store(settings: Settings) -> Iterator[Store]:
+    """The state over a client of its own, closed however the block ends."""
+    from worker.state.store import Store  # the store imports the rules: only when used
+
+    store = Store(redis_client(settings))
+    try:
+        yield store
+    finally:
+        store.redis.close()
