@@ -5,6 +5,7 @@ the CDNOW sample, which the `lifetimes` wheel ships (nothing is downloaded).
 
 from __future__ import annotations
 
+import itertools
 import math
 import warnings
 from datetime import UTC, datetime
@@ -200,5 +201,5 @@ def test_day_below_is_the_first_whole_day_below(model: str) -> None:
 def test_p_alive_falls_with_age() -> None:
     params = Params(0.243, 0.63, 0.793, 2.426)
     values = [churn.p_alive("bgnbd", params, Summary(3, 30, t)) for t in range(30, 400, 7)]
-    assert all(b < a for a, b in zip(values, values[1:], strict=False))
+    assert all(b < a for a, b in itertools.pairwise(values))
     assert math.isclose(churn.p_alive("bgnbd", params, Summary(0, 0, 50)), 1.0)
