@@ -245,9 +245,11 @@ def _redis_down(settings: Settings, command: Callable[[], int]) -> int:
 
 def _read(args: argparse.Namespace, settings: Settings, profiles: Profiles, store: Store) -> int:
     """The read-only commands: customer, export, matrix, rescore --dry-run."""
+    from worker.services.churn_upkeep import load_fits
     from worker.services.quantile_upkeep import load_cuts
 
     load_cuts(store, profiles)  # quantile profiles score with their stored cut points
+    load_fits(store, profiles)  # and churn models with their stored fits
     if args.command == "customer":
         as_of = scoring_now(settings, store.clock)
         doc = views.lookup(store, profiles, args.tenant, args.customer_id, as_of)
@@ -395,6 +397,7 @@ def run(settings: Settings, profiles: Profiles) -> int:
     run's lifetime is one ExitStack: what is opened is closed, in reverse, however it ends."""
     from worker import metrics
     from worker.kafka import clients
+    from worker.services.churn_upkeep import load_fits
     from worker.services.consumer import Worker
     from worker.services.quantile_upkeep import load_cuts
     from worker.state import connection, flows
@@ -407,6 +410,8 @@ def run(settings: Settings, profiles: Profiles) -> int:
         _check_redis(store, settings)
         # Quantile profiles score with their cut points from the first batch on.
         load_cuts(store, profiles, compute_missing_at=scoring_now(settings, store.clock))
+        # Churn models score P(alive) with their fit from the first batch on.
+        load_fits(store, profiles, compute_missing_at=scoring_now(settings, store.clock))
         flows.start_recording(store.redis, scoring_now(settings, store.clock))
         # librdkafka's callbacks run inside consume(), once `worker` exists.
         consumer = clients.consumer(

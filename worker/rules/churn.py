@@ -27,9 +27,11 @@ import orjson
 
 from worker.rules.instants import DAY_MS
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # customer.py imports the profiles, which import this module
     import numpy as np
     from numpy.typing import NDArray
+
+    from worker.rules.customer import Aggregates
 
     Array = NDArray[np.float64]
 
@@ -147,6 +149,15 @@ def summary(
     days += folded
     as_of_day = max(as_of_ms // DAY_MS, last_day)  # an order slightly in the future: T = t_x
     return Summary(days - 1, last_day - first_day, as_of_day - first_day)
+
+
+def summary_of(agg: Aggregates, as_of_ms: int) -> Summary | None:
+    """`summary` of a customer's aggregates: its kept orders' times, and the folded ones
+    (those beyond the per-customer bound) by count and first instant."""
+    folded = agg.orders_lifetime - len(agg.order_times)
+    if not folded:
+        return summary(agg.order_times, as_of_ms)
+    return summary(agg.order_times, as_of_ms, folded=folded, first_at=agg.first_order_at)
 
 
 # -- likelihood and fit ---------------------------------------------------------------------

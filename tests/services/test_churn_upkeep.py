@@ -1,0 +1,200 @@
+"""Churn upkeep (worker/services/churn_upkeep.py): fits of a live base stored versioned in
+Redis by one worker under a lock, applied by every worker, kept when a refit fails (real
+Redis)."""
+
+from __future__ import annotations
+
+import random
+from datetime import UTC, datetime
+from typing import Any
+
+import orjson
+import pytest
+
+from tests.factories import placed_at
+from worker import metrics
+from worker.rules import churn
+from worker.rules.instants import DAY_MS
+from worker.rules.profiles import Profiles
+from worker.services import causes, sampling
+from worker.services.churn_upkeep import load_fits
+from worker.services.sweeper import Sweeper
+from worker.state import keys
+from worker.state.store import Committed, Store
+
+T0 = int(datetime(2026, 3, 1, 9, 15, tzinfo=UTC).timestamp()) * 1000
+TENANT = "shop"
+CHURN_TOML = f"""
+[profiles.{TENANT}]
+recency_days = [15, 30, 45, 60]
+frequency_orders = [2, 3, 5, 10]
+monetary = [100, 250, 500, 1000]
+churn_model = "bgnbd"
+churn_refit_minutes = 60
+"""
+
+
+def population(seed: int, size: int) -> dict[str, list[int]]:
+    """Order instants per customer: a BG/NBD-like base (a buying rate, a dropout chance after
+    each purchase), first orders over the last 300 days."""
+    rng = random.Random(seed)
+    out: dict[str, list[int]] = {}
+    for i in range(size):
+        rate = rng.gammavariate(0.8, 1 / 20)  # purchases per day
+        p = rng.betavariate(1.0, 3.0)
+        t = T0 - rng.randrange(10, 300) * DAY_MS - rng.randrange(DAY_MS)
+        times = [t]
+        while True:
+            t += int(rng.expovariate(rate) * DAY_MS) if rate > 0 else T0
+            if t >= T0:
+                break
+            times.append(t)
+            if rng.random() < p:
+                break
+        out[f"c{i}"] = times
+    return out
+
+
+def apply(store: Store, profiles: Profiles, orders: dict[str, list[int]], at: int) -> Any:
+    items = [
+        (placed_at(profiles, n, cid, when, "20", tenant=TENANT), i % 4)
+        for i, (cid, history) in enumerate(orders.items())
+        for n, when in enumerate(history)
+    ]
+    return causes.apply_batch(store, items, profiles, as_of_ms=at, now_ms=at)
+
+
+def run_sweep(sweeper: Sweeper, at: int) -> list[dict[str, Any]]:
+    out: list[Committed] = []
+    sweeper.sweep_all({0, 1, 2, 3}, at, out.extend)
+    return [orjson.loads(c.value) for c in out if c.change.kind == "rfm.changed"]
+
+
+def sweeper_at(store: Store, profiles: Profiles, clock: list[int]) -> Sweeper:
+    return Sweeper(store, profiles, interval=0, clock=lambda: clock[0], now_ms=lambda: clock[0])
+
+
+def expected_fit(orders: dict[str, list[int]], at: int) -> churn.Estimate:
+    """The fit computed independently of the store: the summaries of the order lists."""
+    rows = [churn.summary(sorted(h), at) for h in orders.values()]
+    est = churn.fit("bgnbd", *zip(*[(s.x, s.t_x, s.T) for s in rows if s], strict=True))
+    assert isinstance(est, churn.Estimate)
+    return est
+
+
+def test_the_fit_is_stored_versioned_and_followed(store: Store) -> None:
+    profiles = Profiles.from_toml(CHURN_TOML)
+    orders = population(1, 400)
+    apply(store, profiles, orders, T0)
+    clock = [T0]
+    sweeper = sweeper_at(store, profiles, clock)
+    run_sweep(sweeper, T0)
+    fit = store.churn_fits.read()[TENANT]
+    assert (fit.model, fit.version, fit.fitted_at, fit.population, fit.sampled) == (
+        "bgnbd",
+        1,
+        T0,
+        400,
+        400,
+    )
+    want = expected_fit(orders, T0)
+    got, exp = fit.params, want.params
+    assert [got.r, got.alpha, got.a, got.b] == pytest.approx(
+        [exp.r, exp.alpha, exp.a, exp.b], rel=1e-9
+    )
+    assert fit.log_likelihood == pytest.approx(want.log_likelihood)
+    assert profiles.fits[TENANT] == fit
+    assert profiles.for_tenant(TENANT).churn_fit == fit
+    assert metrics.CHURN_FIT_VERSION.labels(TENANT)._value.get() == 1
+    assert store.redis.exists(keys.churn_lock(TENANT)) == 0  # released
+    run_sweep(sweeper, T0)
+    assert store.churn_fits.read()[TENANT].version == 1  # not stale yet: no refit
+
+    # Stale after churn_refit_minutes on the sweeper's clock: refitted as version 2.
+    clock[0] = T0 + 60 * 60_000
+    run_sweep(sweeper, clock[0])
+    assert store.churn_fits.read()[TENANT].version == 2
+    assert store.churn_fits.read()[TENANT].fitted_at == clock[0]
+
+    # Another worker and the read-side commands pick the stored fit up, fitting nothing.
+    other = Profiles.from_toml(CHURN_TOML)
+    sweeper_at(store, other, clock).churn.step()
+    assert other.fits[TENANT] == store.churn_fits.read()[TENANT]
+    assert other.for_tenant(TENANT).version == profiles.for_tenant(TENANT).version
+    reader = Profiles.from_toml(CHURN_TOML)
+    assert load_fits(store, reader) == {TENANT: store.churn_fits.read()[TENANT]}
+
+
+def test_one_worker_fits_under_the_lock(store: Store) -> None:
+    first, second = Profiles.from_toml(CHURN_TOML), Profiles.from_toml(CHURN_TOML)
+    apply(store, first, population(2, 120), T0)
+    clock = [T0]
+    a, b = sweeper_at(store, first, clock), sweeper_at(store, second, clock)
+    assert a.churn.step()  # `a` holds the lock, one scan step per tick
+    assert store.redis.exists(keys.churn_lock(TENANT)) == 1
+    assert not b.churn.step()  # `b` may not fit meanwhile
+    while a.churn.step():
+        pass
+    assert store.churn_fits.read()[TENANT].version == 1
+    assert second.fits[TENANT] is None
+    b.tick(set())
+    assert second.fits[TENANT] == store.churn_fits.read()[TENANT]
+
+
+def test_a_failed_fit_keeps_the_previous_one_and_says_why(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    profiles = Profiles.from_toml(CHURN_TOML)
+    # Only one-time buyers: the dropout cannot be estimated.
+    apply(store, profiles, {f"c{i}": [T0 - i * DAY_MS] for i in range(30)}, T0)
+    clock = [T0]
+    sweeper = sweeper_at(store, profiles, clock)
+    before = metrics.CHURN_FIT_FAILURES.labels(TENANT)._value.get()
+    run_sweep(sweeper, T0)
+    assert store.churn_fits.read() == {}
+    assert profiles.fits[TENANT] is None
+    assert metrics.CHURN_FIT_FAILURES.labels(TENANT)._value.get() == before + 1
+    assert "no customer with a repeat purchase" in caplog.text
+    assert store.redis.exists(keys.churn_lock(TENANT)) == 0
+    # Not tried again before churn_refit_minutes
+    run_sweep(sweeper, T0)
+    assert metrics.CHURN_FIT_FAILURES.labels(TENANT)._value.get() == before + 1
+
+    # A previous fit stays when a refit fails.
+    good = churn.Fit("bgnbd", churn.Params(0.3, 20.0, 0.9, 2.0), -1.0, 30, 30, 4, T0)
+    store.churn_fits.write(TENANT, good)
+    clock[0] = T0 + 61 * 60_000
+    run_sweep(sweeper, clock[0])
+    assert store.churn_fits.read()[TENANT] == good
+    assert profiles.fits[TENANT] == good
+
+
+def test_the_sample_reads_the_profiles_customers(store: Store) -> None:
+    profiles = Profiles.from_toml(CHURN_TOML)
+    orders = population(3, 300)
+    apply(store, profiles, orders, T0)
+    rows = [
+        r
+        for chunk in sampling.churn_summaries(store.reads, TENANT, profiles, T0, sample=100_000)
+        for r in chunk
+    ]
+    want = [churn.summary(sorted(h), T0) for h in orders.values()]
+    assert sorted(rows) == sorted((s.x, s.t_x, s.T) for s in want if s)
+    sampled = [
+        r
+        for chunk in sampling.churn_summaries(
+            store.reads, TENANT, profiles, T0, sample=100, rng=random.Random(1)
+        )
+        for r in chunk
+    ]
+    assert 50 <= len(sampled) <= 150
+
+
+def test_profiles_without_a_model_fit_nothing(store: Store) -> None:
+    profiles = Profiles.from_toml(
+        CHURN_TOML.replace('churn_model = "bgnbd"\n', "").replace("churn_refit_minutes = 60\n", "")
+    )
+    apply(store, profiles, population(4, 50), T0)
+    run_sweep(sweeper_at(store, profiles, [T0]), T0)
+    assert store.churn_fits.read() == {}
+    assert store.redis.exists(keys.CHURN) == 0
