@@ -12,10 +12,19 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 
 from worker.rules import churn
 from worker.rules.churn import Params, Summary
+from worker.rules.customer import Customer
+from worker.rules.decay import p_alive_band_due
+from worker.rules.engine import apply_events, decay
+from worker.rules.events import ValidEvent
+from worker.rules.messages import RfmChanged
+from worker.rules.money import to_units
+from worker.rules.profiles import Profiles
+from worker.rules.scoring import score
 
 with warnings.catch_warnings():  # the reference's own imports warn on today's pandas
     warnings.simplefilter("ignore")
@@ -203,3 +212,173 @@ def test_p_alive_falls_with_age() -> None:
     values = [churn.p_alive("bgnbd", params, Summary(3, 30, t)) for t in range(30, 400, 7)]
     assert all(b < a for a, b in itertools.pairwise(values))
     assert math.isclose(churn.p_alive("bgnbd", params, Summary(0, 0, 50)), 1.0)
+
+
+# -- per customer: scores, records, triggers and the due instant -------------------------------
+
+DAY_MS = 86_400_000
+T_START = 20_400 * DAY_MS  # a UTC midnight (2025-11-08)
+FIT = churn.Fit("bgnbd", Params(0.243, 4.414 * 7, 0.793, 2.426), -1.0, 100, 100, 1, T_START)
+
+
+def churn_profiles(model: str = "bgnbd", triggers: str = "") -> Profiles:
+    return Profiles.from_toml(
+        f"""
+[profiles.default]
+recency_days = [15, 30, 45, 60]
+frequency_orders = [2, 3, 5, 10]
+monetary = [100, 250, 500, 1000]
+churn_model = "{model}"
+p_alive_bands = [0.2, 0.5, 0.8]
+{triggers}
+"""
+    )
+
+
+def order(n: int, at: int) -> ValidEvent:
+    return ValidEvent(
+        event_id=f"e{n}",
+        type="order_placed",
+        order_id=f"o{n}",
+        customer_id="c1",
+        tenant="default",
+        amount=to_units("30"),
+        occurred_at=at,
+    )
+
+
+def test_score_carries_p_alive_band_and_expected_orders() -> None:
+    profiles = churn_profiles()
+    unfitted = profiles.for_tenant("default")
+    c = Customer("default", "c1")
+    for n, day in enumerate((0, 10, 30)):
+        c.apply(order(n, T_START + day * DAY_MS + 3_600_000))
+    agg = c.aggregates()
+    assert agg is not None
+    at = T_START + 60 * DAY_MS + 5
+    s = score(agg, at, unfitted)
+    assert (s.p_alive, s.band, s.expected_orders) == (None, None, None)  # no fit yet
+    profile = profiles.use_fit("default", FIT)
+    s = score(agg, at, profile)
+    summ = Summary(2, 30, 60)
+    assert s.p_alive == churn.p_alive("bgnbd", FIT.params, summ)
+    assert s.band == churn.band(s.p_alive, [0.2, 0.5, 0.8])
+    assert s.expected_orders == churn.expected_orders("bgnbd", FIT.params, 90, summ)
+    # whole days: the same all day long
+    assert score(agg, T_START + 61 * DAY_MS - 1, profile).p_alive == s.p_alive
+
+
+def test_a_band_move_is_a_change_and_its_instant_is_due() -> None:
+    profiles = churn_profiles(
+        triggers='[[profiles.default.triggers]]\nname = "slipping"\n'
+        'when = "p_alive_below"\nvalue = 0.5\n'
+    )
+    profile = profiles.use_fit("default", FIT)
+    c = Customer("default", "c1")
+    first = apply_events(
+        c,
+        [order(0, T_START + 1000), order(1, T_START + 7 * DAY_MS)],
+        profile=profile,
+        as_of_ms=T_START + 7 * DAY_MS,
+        now_ms=T_START + 7 * DAY_MS,
+    )
+    record = first.changes[-1].payload
+    RfmChanged.model_validate(record)
+    summ = Summary(1, 7, 7)
+    assert record["p_alive"] == churn.p_alive("bgnbd", FIT.params, summ)
+    assert record["p_alive_band"] == 3  # 1 / (1 + a / b) = 0.754: between 0.5 and 0.8
+    assert record["expected_orders"] == churn.expected_orders("bgnbd", FIT.params, 90, summ)
+    assert c.published is not None and c.published.band == 3
+    assert orjson.loads(c.encode())["s"][-1] == 3  # the band is part of the state
+    # The due instant is the first midnight at which the band drops (unless R drops first).
+    day = churn.day_below("bgnbd", FIT.params, summ, 0.5)
+    assert day is not None
+    band_due = T_START + day * DAY_MS
+    r_due = T_START + 7 * DAY_MS + 16 * DAY_MS
+    assert first.due == min(band_due, r_due)
+    agg = c.aggregates()
+    assert agg is not None
+    assert p_alive_band_due(agg, profile, T_START + 7 * DAY_MS) == band_due
+    # Decay walks the bands down, one change per band, at their midnights.
+    at, bands, fired_names = T_START + 7 * DAY_MS, [], []
+    for _ in range(20):
+        result = decay(c, profile, as_of_ms=at, now_ms=at)
+        for ch in result.changes:
+            if ch.kind == "rfm.changed" and [ch.payload["p_alive_band"]] != (bands or [3])[-1:]:
+                bands.append(ch.payload["p_alive_band"])
+                fired_names += list(ch.triggers)
+        if result.due is None:
+            break
+        at = result.due
+    assert bands == [2, 1]
+    assert fired_names == ["slipping"]  # once, when it fell below 0.5
+    assert c.published is not None and c.published.band == 1
+
+
+def test_p_alive_below_fires_on_the_crossing_only() -> None:
+    from worker.rules.customer import Published
+    from worker.rules.triggers import fired
+
+    profile = churn_profiles(
+        triggers='[[profiles.default.triggers]]\nname = "w"\nwhen = "p_alive_below"\nvalue = 0.5\n'
+    ).for_tenant("default")
+    bands = [0.2, 0.5, 0.8]
+
+    def moved(was: int | None, now: int | None) -> tuple[str, ...]:
+        return fired(
+            profile.triggers,
+            Published(5, 1, 1, "new_customers", was),
+            Published(5, 1, 1, "new_customers", now),
+            bands,
+        )
+
+    assert moved(3, 2) == ("w",)
+    assert moved(4, 1) == ("w",)
+    assert moved(2, 1) == ()  # already below
+    assert moved(2, 3) == ()  # up
+    assert moved(None, 1) == ()  # no P(alive) before (no fit yet): not a crossing
+    assert moved(3, None) == ()
+
+
+def test_profiles_without_a_model_stay_as_they_were() -> None:
+    from tests.factories import PIZZERIA
+
+    c = Customer("default", "c1")
+    result = apply_events(
+        c,
+        [order(0, T_START), order(1, T_START + DAY_MS)],
+        profile=PIZZERIA,
+        as_of_ms=T_START + DAY_MS,
+        now_ms=T_START + DAY_MS,
+    )
+    record = result.changes[-1].payload
+    assert not {"p_alive", "p_alive_band", "expected_orders"} & set(record)
+    assert len(orjson.loads(c.encode())["s"]) == 4
+    # a model without a fit yet: null values, no band in the state
+    unfitted = churn_profiles().for_tenant("default")
+    c = Customer("default", "c2")
+    result = apply_events(
+        c, [order(0, T_START)], profile=unfitted, as_of_ms=T_START, now_ms=T_START
+    )
+    record = result.changes[-1].payload
+    assert (record["p_alive"], record["p_alive_band"], record["expected_orders"]) == (
+        None,
+        None,
+        None,
+    )
+    assert len(orjson.loads(c.encode())["s"]) == 4
+
+
+def test_mbgnbd_one_time_buyers_fall_too() -> None:
+    fit = churn.Fit("mbgnbd", Params(0.5, 40.0, 0.9, 1.6), -1.0, 10, 10, 1, T_START)
+    profile = churn_profiles("mbgnbd").use_fit("default", fit)
+    c = Customer("default", "c1")
+    result = apply_events(
+        c, [order(0, T_START + 5)], profile=profile, as_of_ms=T_START + 5, now_ms=T_START + 5
+    )
+    p = result.changes[-1].payload["p_alive"]
+    assert isinstance(p, float) and p < 1
+    agg = c.aggregates()
+    assert agg is not None
+    due = p_alive_band_due(agg, profile, T_START + 5)
+    assert due is not None and due % DAY_MS == 0 and due > T_START
