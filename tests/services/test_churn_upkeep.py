@@ -198,3 +198,65 @@ def test_profiles_without_a_model_fit_nothing(store: Store) -> None:
     run_sweep(sweeper_at(store, profiles, [T0]), T0)
     assert store.churn_fits.read() == {}
     assert store.redis.exists(keys.CHURN) == 0
+
+
+def test_a_new_fit_publishes_bands_and_the_sweeper_walks_them_down(store: Store) -> None:
+    """Through the real commit path: the first fit rescores every customer (a band is
+    published, cause rescore); then sweeps at the due instants publish each band drop
+    (cause decay) at the UTC midnight P(alive) crosses, and p_alive_below fires."""
+    # no refit during the test (a new fit rescores, cause rescore): 100 days between fits
+    toml = CHURN_TOML.replace("churn_refit_minutes = 60", "churn_refit_minutes = 144000") + (
+        f'[[profiles.{TENANT}.triggers]]\nname = "slipping"\nwhen = "p_alive_below"\nvalue = 0.5\n'
+    )
+    profiles = Profiles.from_toml(toml)
+    orders = population(5, 300)
+    apply(store, profiles, orders, T0)
+    clock = [T0]
+    sweeper = sweeper_at(store, profiles, clock)
+    records = run_sweep(sweeper, T0)
+    fit = store.churn_fits.read()[TENANT]
+    profile = profiles.for_tenant(TENANT)
+    assert profile.churn_fit == fit
+    assert records and {r["cause"] for r in records} == {"rescore"}
+    for r in records:
+        history = sorted(orders[r["customer_id"]])
+        s = churn.summary(history, T0)
+        assert s is not None
+        assert r["p_alive"] == churn.p_alive("bgnbd", fit.params, s)
+        assert r["p_alive_band"] == churn.band(r["p_alive"], [0.2, 0.5, 0.8])
+        assert r["expected_orders"] == churn.expected_orders("bgnbd", fit.params, 90, s)
+    assert {r["customer_id"] for r in records} == set(orders)  # every band is new
+    bands = {r["customer_id"]: r["p_alive_band"] for r in records}
+
+    # The next midnights: each band drop is published at the midnight it happens.
+    day0 = T0 // DAY_MS * DAY_MS
+    drops = slipping = 0
+    for d in range(1, 31):
+        at = day0 + d * DAY_MS
+        clock[0] = at
+        for r in run_sweep(sweeper, at):
+            assert r["cause"] == "decay"
+            if r["p_alive_band"] != bands[r["customer_id"]]:
+                s = churn.summary(sorted(orders[r["customer_id"]]), at)
+                assert s is not None
+                assert r["p_alive_band"] == churn.band(
+                    churn.p_alive("bgnbd", fit.params, s), [0.2, 0.5, 0.8]
+                )
+                yesterday = churn.summary(sorted(orders[r["customer_id"]]), at - 1)
+                assert yesterday is not None  # it had not dropped the day before
+                assert (
+                    churn.band(churn.p_alive("bgnbd", fit.params, yesterday), [0.2, 0.5, 0.8])
+                    == bands[r["customer_id"]]
+                )
+                drops += 1
+                slipping += "slipping" in r["triggers"]
+                bands[r["customer_id"]] = r["p_alive_band"]
+    assert drops > 0 and slipping > 0
+    # Nobody was missed: every customer's published band is its band now.
+    at = clock[0]
+    for c in store.reads.customers(TENANT):
+        s = churn.summary(sorted(orders[c.customer_id]), at)
+        assert s is not None and c.published is not None
+        assert c.published.band == churn.band(
+            churn.p_alive("bgnbd", fit.params, s), [0.2, 0.5, 0.8]
+        )
