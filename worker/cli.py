@@ -128,6 +128,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     o.add_argument("file", help="the input file, or - for standard input")
     o.add_argument("--errors", metavar="FILE", help="write every rejected row here as a JSON line")
+    k = sub.add_parser(
+        "model",
+        help="a profile's churn-model fit and a calibration/holdout check",
+        description="Print the stored churn-model fit of a profile (parameters in days, "
+        "log-likelihood, population, version, when) and a calibration/holdout check like the "
+        "BG/NBD paper's Figure 2: the model fitted on the orders before a split, its expected "
+        "repeat purchases per week against the actual ones (docs/churn.md). Read-only. "
+        "Exit 1 when the profile has no fit yet.",
+    )
+    k.add_argument("--profile", required=True, help="the profile (tenant) name")
+    k.add_argument("--json", action="store_true", help="print JSON instead of text")
+    k.add_argument(
+        "--holdout-days",
+        type=_positive,
+        help="days before now held out of the check's fit (default: churn_horizon_days)",
+    )
     s = sub.add_parser("schemas", help="write (or verify) schemas/*.json")
     s.add_argument("--check", action="store_true", help="fail if a file differs")
     s.add_argument("--dir", type=Path, default=Path("schemas"))
@@ -244,7 +260,7 @@ def _redis_down(settings: Settings, command: Callable[[], int]) -> int:
 
 
 def _read(args: argparse.Namespace, settings: Settings, profiles: Profiles, store: Store) -> int:
-    """The read-only commands: customer, export, matrix, rescore --dry-run."""
+    """The read-only commands: customer, export, matrix, rescore --dry-run, model."""
     from worker.services.churn_upkeep import load_fits
     from worker.services.quantile_upkeep import load_cuts
 
@@ -296,6 +312,17 @@ def _read(args: argparse.Namespace, settings: Settings, profiles: Profiles, stor
             source = args.profiles or settings.profiles
             print(rescore.render(tally, args.tenant, as_of, source))
         return 0
+    if args.command == "model":
+        from worker.commands.model import run_model
+
+        return run_model(
+            store,
+            profiles,
+            args.profile,
+            scoring_now(settings, store.clock),
+            as_json=args.json,
+            holdout_days=args.holdout_days,
+        )
     raise AssertionError(args.command)
 
 

@@ -11,7 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
-from tests.factories import placed_at
+from tests.factories import bgnbd_orders, placed_at
 from worker import metrics
 from worker.rules import churn
 from worker.rules.instants import DAY_MS
@@ -35,24 +35,7 @@ churn_refit_minutes = 60
 
 
 def population(seed: int, size: int) -> dict[str, list[int]]:
-    """Order instants per customer: a BG/NBD-like base (a buying rate, a dropout chance after
-    each purchase), first orders over the last 300 days."""
-    rng = random.Random(seed)
-    out: dict[str, list[int]] = {}
-    for i in range(size):
-        rate = rng.gammavariate(0.8, 1 / 20)  # purchases per day
-        p = rng.betavariate(1.0, 3.0)
-        t = T0 - rng.randrange(10, 300) * DAY_MS - rng.randrange(DAY_MS)
-        times = [t]
-        while True:
-            t += int(rng.expovariate(rate) * DAY_MS) if rate > 0 else T0
-            if t >= T0:
-                break
-            times.append(t)
-            if rng.random() < p:
-                break
-        out[f"c{i}"] = times
-    return out
+    return bgnbd_orders(seed, size, T0)
 
 
 def apply(store: Store, profiles: Profiles, orders: dict[str, list[int]], at: int) -> Any:

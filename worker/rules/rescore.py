@@ -8,8 +8,9 @@ customers: `rfm-worker rescore --dry-run` prints that tally; it reads and never 
 The instant follows the engine's rule (worker/rules/engine.py): a customer's time never moves
 back, so one committed at a later instant than as_of is scored at that instant. The
 comparison is the engine's too: the worker publishes a change when (R, F, M), the
-segment or the P(alive) band (docs/churn.md) differ. So the tally also counts decay the sweeper has not published yet, which
-applying the profile now would publish along with the profile's own moves.
+segment or the P(alive) band (docs/churn.md) differ. So the tally also counts decay the
+sweeper has not published yet, which applying the profile now would publish along with the
+profile's own moves.
 """
 
 from __future__ import annotations
