@@ -40,6 +40,10 @@ if TYPE_CHECKING:  # customer.py imports the profiles, which import this module
 
 ChurnModel = Literal["bgnbd", "mbgnbd"]
 CHURN_MODELS: tuple[ChurnModel, ...] = ("bgnbd", "mbgnbd")
+# BFGS stops on "precision loss" when the mean log-likelihood no longer changes in double
+# precision: at an optimum that is where it ends, so a gradient this small (per customer,
+# in log-parameters) is accepted as converged.
+GRADIENT_OK = 1e-5
 MAX_DAYS = 3_000_000  # ~8,000 years: a P(alive) crossing later than this is never
 
 
@@ -273,8 +277,7 @@ def fit(
     if not np.all(np.isfinite(log_p)) or not math.isfinite(float(result.fun)):
         return Failed(f"the likelihood did not stay finite ({result.message})")
     grad_norm = float(np.max(np.abs(result.jac)))
-    # BFGS may stop on precision loss right at the optimum: accept a vanishing gradient.
-    if not result.success and grad_norm > 1e-7:
+    if not result.success and grad_norm > GRADIENT_OK:
         return Failed(f"did not converge: {result.message} (gradient {grad_norm:.2e})")
     r, alpha, a, b = (float(v) for v in np.exp(log_p))
     if max(r, alpha, a, b) > 1e8 or min(r, alpha, a, b) < 1e-8:
@@ -366,7 +369,9 @@ def band(p: float, bounds: Sequence[float]) -> int:
     return 1 + bisect_right(bounds, p)
 
 
-def day_below(model: ChurnModel, params: Params, s: Summary, bound: float) -> int | None:
+def day_below(
+    model: ChurnModel, params: Params, s: Summary, bound: float, *, now: float | None = None
+) -> int | None:
     """The first whole day T' > T at which P(alive) < bound with no new order; None when
     that never happens (BG/NBD with x = 0 stays at 1) or it is below already.
 
@@ -374,10 +379,11 @@ def day_below(model: ChurnModel, params: Params, s: Summary, bound: float) -> in
     (MBG/NBD), falls strictly as T grows, so P(alive) = bound has one root in T, in closed
     form: T* = (α+t_x) (((1-bound)/bound) / q)^(1/(r+x)) - α. The day is then the first
     whole T' past it, checked against P(alive) itself (float rounding at the edge).
+    `now`: P(alive) at T when the caller has it already.
     """
     if model == "bgnbd" and s.x == 0:
         return None
-    if p_alive(model, params, s) < bound:
+    if (p_alive(model, params, s) if now is None else now) < bound:
         return None
     r, alpha, a, b = params.r, params.alpha, params.a, params.b
     q = a / (b + s.x - 1) if model == "bgnbd" else a / (b + s.x)

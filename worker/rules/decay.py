@@ -112,10 +112,11 @@ def p_alive_band_due(agg: Aggregates, profile: Profile, as_of_ms: int) -> int | 
     if s is None:
         return None
     bounds = profile.p_alive_bands
-    level = churn.band(churn.p_alive(fit.model, fit.params, s), bounds)
+    p = churn.p_alive(fit.model, fit.params, s)
+    level = churn.band(p, bounds)
     if level == 1:
         return None  # the lowest band: nothing below to cross into
-    day = churn.day_below(fit.model, fit.params, s, bounds[level - 2])
+    day = churn.day_below(fit.model, fit.params, s, bounds[level - 2], now=p)
     if day is None:
         return None
     return (agg.first_order_at // DAY_MS + day) * DAY_MS  # day: days after the first
