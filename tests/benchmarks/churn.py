@@ -3,8 +3,8 @@ path, and per fit.
 
     .venv/bin/python tests/benchmarks/churn.py
 
-The same placed orders (BENCH_CHURN_EVENTS, default 100,000, over BENCH_CHURN_CUSTOMERS,
-default 20,000 customers, BG/NBD-like histories) go through `causes.apply_batch` (the
+The same placed orders (the BG/NBD histories of BENCH_CHURN_CUSTOMERS customers, default
+20,000: ~100,000 orders) go through `causes.apply_batch` (the
 commit path: engine, commit.lua, outbox; no broker) in batches of 2,000 into a fresh
 embedded Redis, once per profile: without a model, with a model not fitted yet, with a
 fitted BG/NBD model. Reported: this process's CPU per event (the worker's share; Redis is
@@ -28,10 +28,11 @@ import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from tests.factories import bgnbd_orders
 from worker.embedded import EmbeddedRedis
 from worker.rules import churn
 from worker.rules.events import ValidEvent
-from worker.rules.instants import DAY_MS, wall_ms
+from worker.rules.instants import wall_ms
 from worker.rules.profiles import Profiles
 from worker.services import causes
 from worker.state.store import Store
@@ -46,17 +47,16 @@ monetary = [100, 250, 500, 1000]
 MODEL = BASE + 'churn_model = "bgnbd"\n'
 
 
-def histories(customers: int, events: int, end_ms: int) -> list[tuple[str, int]]:
-    """(customer id, instant) of `events` placed orders over `customers`, in time order."""
-    rng = random.Random(7)
-    per = max(1, events // customers)
-    out: list[tuple[str, int]] = []
-    for i in range(customers):
-        first = end_ms - rng.randrange(30, 700) * DAY_MS
-        gaps = sorted(rng.randrange(0, end_ms - first) for _ in range(per - 1))
-        out += [(f"c{i}", first)] + [(f"c{i}", first + g) for g in gaps]
-    out.sort(key=lambda e: e[1])
-    return out[:events]
+def histories(customers: int, end_ms: int) -> list[tuple[str, int]]:
+    """(customer id, instant) of the placed orders of `customers` with BG/NBD histories
+    over the last 700 days (tests/factories.py), in time order."""
+    orders = [
+        (cid, at)
+        for cid, times in bgnbd_orders(7, customers, end_ms, days=700).items()
+        for at in times
+    ]
+    orders.sort(key=lambda e: e[1])
+    return orders
 
 
 def run(profiles: Profiles, orders: list[tuple[str, int]], now: int, url: str) -> dict[str, float]:
@@ -101,11 +101,10 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    n_events = int(os.environ.get("BENCH_CHURN_EVENTS", "100000"))
     n_customers = int(os.environ.get("BENCH_CHURN_CUSTOMERS", "20000"))
     repeats = int(os.environ.get("BENCH_CHURN_REPEATS", "3"))
     now = wall_ms()
-    orders = histories(n_customers, n_events, now)
+    orders = histories(n_customers, now)
     by_customer: dict[str, list[int]] = {}
     for cid, at in orders:
         by_customer.setdefault(cid, []).append(at)
@@ -135,7 +134,7 @@ def main() -> int:
     big = [rows[rng.randrange(len(rows))] for _ in range(100_000)]
     fits = {
         f"{len(rows):,} customers (this base)": fit_seconds(rows),
-        "2,357 customers (CDNOW-sized)": fit_seconds(rows[:2357]),
+        "2,357 customers (CDNOW-sized)": fit_seconds(rng.sample(rows, 2357)),
         "100,000 customers (the sample size)": fit_seconds(big),
     }
     doc = {

@@ -382,3 +382,17 @@ def test_mbgnbd_one_time_buyers_fall_too() -> None:
     assert agg is not None
     due = p_alive_band_due(agg, profile, T_START + 5)
     assert due is not None and due % DAY_MS == 0 and due > T_START
+
+
+def test_the_documented_profile_loads() -> None:
+    """docs/churn.md's example is a valid profile with the defaults it states."""
+    doc = (Path(__file__).parents[2] / "docs" / "churn.md").read_text()
+    toml = doc.split("```toml\n", 1)[1].split("```", 1)[0]
+    p = Profiles.from_toml(toml).for_tenant("pizzeria")
+    assert (p.churn_model, p.churn_horizon_days, p.p_alive_bands, p.churn_refit_minutes) == (
+        "bgnbd",
+        90,
+        [0.2, 0.5, 0.8],
+        60,
+    )
+    assert [(t.when, t.value) for t in p.triggers] == [("p_alive_below", 0.5)]
