@@ -396,3 +396,27 @@ def test_the_documented_profile_loads() -> None:
         60,
     )
     assert [(t.when, t.value) for t in p.triggers] == [("p_alive_below", 0.5)]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_per_customer_values_never_raise(model: str) -> None:
+    """Scoring runs on every event: extreme (accepted) parameters and histories give a
+    probability, a finite number or NaN (shown as null), never an exception."""
+    extremes = [
+        Params(1e-8, 1e-8, 1e-8, 1e-8),
+        Params(1e8, 1e8, 1e8, 1e8),
+        Params(1e8, 1e-8, 1e8, 1e-8),
+        Params(5.0, 0.01, 50.0, 0.01),
+    ]
+    histories = [(0, 0, 0), (0, 0, 10_000), (5000, 9999, 10_000), (1, 0, 3_000_000), (3, 2, 3)]
+    for params in extremes:
+        for x, t_x, big_t in histories:
+            s = Summary(x, t_x, big_t)
+            p = churn.p_alive(model, params, s)  # type: ignore[arg-type]
+            assert 0.0 <= p <= 1.0
+            for t in (1, 90, 3650):
+                e = churn.expected_orders(model, params, t, s)  # type: ignore[arg-type]
+                assert math.isnan(e) or math.isfinite(e)
+            for bound in (0.01, 0.5, 0.99):
+                day = churn.day_below(model, params, s, bound)  # type: ignore[arg-type]
+                assert day is None or day > big_t

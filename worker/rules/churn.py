@@ -315,7 +315,17 @@ def _expit(v: float) -> float:
 
 
 def expected_orders(model: ChurnModel, params: Params, t: float, s: Summary) -> float:
-    """E[purchases in (T, T + t] | x, t_x, T] (Fader et al. 2005 eq. 10; Batislam et al.)."""
+    """E[purchases in (T, T + t] | x, t_x, T] (Fader et al. 2005 eq. 10; Batislam et al.);
+    NaN where double precision cannot represent it (extreme parameters): a scorer must
+    never raise on a customer."""
+    try:
+        value = _expected_orders(model, params, t, s)
+    except (ValueError, OverflowError, ZeroDivisionError):
+        return math.nan
+    return value if math.isfinite(value) else math.nan
+
+
+def _expected_orders(model: ChurnModel, params: Params, t: float, s: Summary) -> float:
     r, alpha, a, b = params.r, params.alpha, params.a, params.b
     x, T = s.x, s.T
     z = t / (alpha + T + t)
@@ -395,9 +405,14 @@ def day_below(
     def below(days: int) -> bool:
         return p_alive(model, params, Summary(s.x, s.t_x, days)) < bound
 
-    while not below(day):
+    # The closed form is exact up to rounding: a step or two at most (bounded regardless).
+    for _ in range(64):
+        if below(day):
+            break
         day += 1
-    while day - 1 > s.T and below(day - 1):
+    for _ in range(64):
+        if day - 1 <= s.T or not below(day - 1):
+            break
         day -= 1
     return day
 

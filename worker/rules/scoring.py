@@ -6,6 +6,7 @@ never depends on who computed it.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 
@@ -67,7 +68,6 @@ def score(agg: Aggregates, as_of_ms: int, profile: Profile) -> Score:
         if summary is not None:
             s.p_alive = p = churn.p_alive(fit.model, fit.params, summary)
             s.band = churn.band(p, profile.p_alive_bands)
-            s.expected_orders = churn.expected_orders(
-                fit.model, fit.params, profile.churn_horizon_days, summary
-            )
+            e = churn.expected_orders(fit.model, fit.params, profile.churn_horizon_days, summary)
+            s.expected_orders = None if math.isnan(e) else e
     return s
