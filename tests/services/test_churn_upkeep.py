@@ -243,3 +243,14 @@ def test_a_new_fit_publishes_bands_and_the_sweeper_walks_them_down(store: Store)
         assert c.published.band == churn.band(
             churn.p_alive("bgnbd", fit.params, s), [0.2, 0.5, 0.8]
         )
+
+
+def test_an_empty_base_is_tried_again_at_the_next_check(store: Store) -> None:
+    profiles = Profiles.from_toml(CHURN_TOML)
+    clock = [T0]
+    sweeper = sweeper_at(store, profiles, clock)
+    run_sweep(sweeper, T0)  # no customer: nothing fitted
+    assert store.churn_fits.read() == {}
+    apply(store, profiles, population(6, 100), T0)
+    run_sweep(sweeper, T0)  # the same instant: tried again, fitted
+    assert store.churn_fits.read()[TENANT].version == 1

@@ -8,7 +8,8 @@ model, or older than its `churn_refit_minutes` (on the sweeper's clock), the wor
 takes the profile's lock (`rfm:churn:lock:<name>`) fits it: a SCAN of the profile's
 customers (sampled, 500 keys per loop turn), then maximum likelihood on their (x, t_x, T),
 version + 1 stored and applied. A fit that fails keeps the previous one, says why in the
-log, and is tried again `churn_refit_minutes` later.
+log, and is tried again `churn_refit_minutes` later (at the next check when the profile had
+no customer yet).
 """
 
 from __future__ import annotations
@@ -207,7 +208,10 @@ class ChurnUpkeep:
         try:
             fit = run.fit(self.profiles, self.store.churn_fits.read().get(run.name))
             if isinstance(fit, churn.Failed):
-                self._failed_at[run.name] = run.as_of_ms
+                # Not tried again before churn_refit_minutes (a scan of a large base each
+                # check would be wasted), unless the base was empty: that scan was free.
+                if run.rows:
+                    self._failed_at[run.name] = run.as_of_ms
                 metrics.CHURN_FIT_FAILURES.labels(run.name).inc()
                 logger.warning(
                     "churn model of profile %s not fitted (%d customer(s) read), the previous "
