@@ -1,7 +1,7 @@
 """What the churn model costs (docs/churn.md, docs/performance.md): per event on the commit
 path, and per fit.
 
-    .venv/bin/python tests/benchmarks/churn.py
+    .venv/bin/python tests/benchmarks/churn_cost.py      (or run.py --only churn)
 
 The same placed orders (the BG/NBD histories of BENCH_CHURN_CUSTOMERS customers, default
 20,000: ~100,000 orders) go through `causes.apply_batch` (the
@@ -97,12 +97,8 @@ def fit_seconds(rows: list[tuple[int, int, int]], repeats: int = 3) -> float:
     return best
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--json", action="store_true")
-    args = parser.parse_args()
-    n_customers = int(os.environ.get("BENCH_CHURN_CUSTOMERS", "20000"))
-    repeats = int(os.environ.get("BENCH_CHURN_REPEATS", "3"))
+def measure(n_customers: int, repeats: int) -> dict[str, Any]:
+    """The figures (see the module docstring), as one JSON-able document."""
     now = wall_ms()
     orders = histories(n_customers, now)
     by_customer: dict[str, list[int]] = {}
@@ -114,7 +110,7 @@ def main() -> int:
         assert s is not None
         rows.append((s.x, s.t_x, s.T))
     est = churn.fit("bgnbd", *[list(c) for c in zip(*rows, strict=True)])
-    assert isinstance(est, churn.Estimate)
+    assert isinstance(est, churn.Estimate), est
     fitted = Profiles.from_toml(MODEL)
     fitted.use_fit("default", churn.Fit("bgnbd", est.params, est.log_likelihood, 1, 1, 1, now))
     cases = {
@@ -137,17 +133,30 @@ def main() -> int:
         "2,357 customers (CDNOW-sized)": fit_seconds(rng.sample(rows, 2357)),
         "100,000 customers (the sample size)": fit_seconds(big),
     }
-    doc = {
+    return {
         "events": len(orders),
         "customers": len(by_customer),
         "per_event": results,
         "fit_seconds": fits,
     }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    doc = measure(
+        int(os.environ.get("BENCH_CHURN_CUSTOMERS", "20000")),
+        int(os.environ.get("BENCH_CHURN_REPEATS", "3")),
+    )
     if args.json:
         print(orjson.dumps(doc, option=orjson.OPT_INDENT_2).decode())
         return 0
+    results, fits = doc["per_event"], doc["fit_seconds"]
     base = results["no model"]["cpu_us"]
-    print(f"{len(orders):,} placed orders over {len(by_customer):,} customers, batches of {BATCH}")
+    print(
+        f"{doc['events']:,} placed orders over {doc['customers']:,} customers, batches of {BATCH}"
+    )
     print("| profile | worker CPU per event | wall per event | CPU vs no model |")
     print("|---|---:|---:|---:|")
     for name, r in results.items():
@@ -155,8 +164,8 @@ def main() -> int:
             f"| {name} | {r['cpu_us']:.1f} µs | {r['wall_us']:.1f} µs | {r['cpu_us'] / base:.2f}× |"
         )
     print("\n| fit (BG/NBD, scipy BFGS) | seconds |\n|---|---:|")
-    for name, s in fits.items():
-        print(f"| {name} | {s:.3f} |")
+    for name, sec in fits.items():
+        print(f"| {name} | {sec:.3f} |")
     return 0
 
 
