@@ -254,3 +254,39 @@ def test_an_empty_base_is_tried_again_at_the_next_check(store: Store) -> None:
     apply(store, profiles, population(6, 100), T0)
     run_sweep(sweeper, T0)  # the same instant: tried again, fitted
     assert store.churn_fits.read()[TENANT].version == 1
+
+
+def test_the_customer_view_and_export_carry_p_alive(store: Store) -> None:
+    from worker.rules.messages import CustomerView
+    from worker.web import views
+
+    profiles = Profiles.from_toml(CHURN_TOML)
+    orders = population(7, 50)
+    apply(store, profiles, orders, T0)
+    cid = next(iter(orders))
+    unfitted = views.lookup(store, profiles, TENANT, cid, T0)
+    assert unfitted is not None
+    assert (unfitted["p_alive"], unfitted["p_alive_band"], unfitted["expected_orders"]) == (
+        None,
+        None,
+        None,
+    )
+    load_fits(store, profiles, compute_missing_at=T0)
+    fit = profiles.fits[TENANT]
+    assert fit is not None
+    at = T0 + 3 * DAY_MS
+    for doc in views.export(store, profiles, at, TENANT):
+        CustomerView.model_validate(doc)
+        s = churn.summary(sorted(orders[str(doc["customer_id"])]), at)
+        assert s is not None
+        assert doc["p_alive"] == churn.p_alive("bgnbd", fit.params, s)
+        assert doc["p_alive_band"] == churn.band(
+            churn.p_alive("bgnbd", fit.params, s), [0.2, 0.5, 0.8]
+        )
+        assert doc["expected_orders"] == churn.expected_orders("bgnbd", fit.params, 90, s)
+    # a profile without a model: the view as it always was, no P(alive) keys
+    plain = Profiles.from_toml(
+        CHURN_TOML.replace('churn_model = "bgnbd"\n', "").replace("churn_refit_minutes = 60\n", "")
+    )
+    doc = views.lookup(store, plain, TENANT, cid, T0)
+    assert doc is not None and "p_alive" not in doc
