@@ -6,10 +6,14 @@ STAMP  := $(VENV)/.installed
 
 .PHONY: demo test test-kafka test-tansu kafka lint typecheck schemas unit bench clean
 
+# setuptools tells of every editable install in a large boxed warning ("Editable
+# installation", about folders named like the package), which pip shows even with
+# --quiet: filtered by its text alone (PYTHONWARNINGS reaches the build backend's process),
+# so that any other warning and every error still show.
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	PYTHONWARNINGS="ignore:Editable installation" $(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -20,7 +24,7 @@ demo: $(STAMP)
 # broker test where there is no Apache Kafka to run them on).
 test: lint typecheck schemas test-kafka test-tansu
 
-PYTEST := $(BIN)/python -m pytest -q -n 2 -p no:cacheprovider
+PYTEST := $(BIN)/python -m pytest -q -n 3 -p no:cacheprovider
 
 test-kafka: $(STAMP) kafka
 	RFM_TEST_BROKER=kafka $(PYTEST)

@@ -94,6 +94,14 @@ def pytest_report_header(config: pytest.Config) -> str:
     return "broker: Tansu"
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Run in the background (`make test &`, nohup, some CI runners), the suite inherits
+    SIGINT ignored, and so would every child it starts: tests that stop a child with
+    SIGINT (as Ctrl-C does) would wait forever. Children get the default disposition."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Mark every test that talks to a broker (it uses the `kafka` fixture, directly or
     through `deployment`), so `-m broker` selects exactly those; and every test that uses
@@ -222,9 +230,12 @@ class Deployment:
 
     def produce(self, records: list[tuple[bytes | None, bytes]]) -> None:
         producer = self.producer(**{"linger.ms": 5})
-        for key, value in records:
-            producer.produce(self.orders, key=key, value=value)
-        assert producer.flush(30) == 0
+        try:
+            for key, value in records:
+                producer.produce(self.orders, key=key, value=value)
+            assert producer.flush(30) == 0
+        finally:
+            producer.close()
 
     def read(
         self, topic: str, *, until: Callable[[list[Any]], bool], timeout: float = 60
@@ -295,6 +306,7 @@ def worker_in_process(
     `start(wrap_redis=..., wrap_producer=...)` lets a test put a fault injector between it
     and its Redis client or producer. Every worker started is stopped afterwards."""
     threads: list[tuple[Worker, threading.Thread]] = []
+    closing: list[Callable[[], object]] = []  # what each worker opened
 
     def start(wrap_redis: Any = None, wrap_producer: Any = None) -> Worker:
         for name, value in deployment.env().items():
@@ -303,6 +315,7 @@ def worker_in_process(
         settings = load_settings()
         client = connection.redis_client(settings)
         producer = clients.producer(settings)
+        closing.extend([producer.close, client.close])
         worker = Worker(
             settings,
             Profiles.builtin(),
@@ -319,6 +332,8 @@ def worker_in_process(
     for worker, thread in threads:
         worker.stop()
         thread.join(30)
+    for close in closing:
+        close()
 
 
 # -- Redis Cluster: three masters on loopback (tests/cluster.py) --------------------------

@@ -4,6 +4,7 @@ secrets."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import subprocess
@@ -162,6 +163,26 @@ def test_accepted_http_hosts(monkeypatch: pytest.MonkeyPatch, host: str) -> None
 
 
 @pytest.mark.parametrize(
+    "bootstrap",
+    [
+        "localhost:9092",
+        "localhost",  # librdkafka's default port, 9092
+        "k1:9093,k2:9093",
+        "10.0.0.1:9092, 10.0.0.2:9092",
+        "kafka_1:9092",  # Docker service names have underscores
+        "kafka.acme.internal:9092",
+        "SASL_SSL://broker:9094,ssl://other:9093",
+        "[::1]:9092",
+        "[fe80::1%eth0]:9092",
+        "127.0.0.1:65535",
+    ],
+)
+def test_accepted_kafka_bootstraps(monkeypatch: pytest.MonkeyPatch, bootstrap: str) -> None:
+    monkeypatch.setenv("RFM_KAFKA_BOOTSTRAP", bootstrap)
+    assert load_settings().kafka_bootstrap == bootstrap
+
+
+@pytest.mark.parametrize(
     "token", ["t", "s3cr3t-Pa55", "abc.DEF_123~+/==", "x" * 512, "!#$%&'()*,:;<>?@[]^`{|}"]
 )
 def test_accepted_http_tokens(monkeypatch: pytest.MonkeyPatch, token: str) -> None:
@@ -191,6 +212,14 @@ INVALID = [
     ("RFM_SWEEP_INTERVAL", "soon"),
     ("RFM_SWEEP_INTERVAL", "0"),
     ("RFM_KAFKA_BOOTSTRAP", ""),
+    ("RFM_KAFKA_BOOTSTRAP", " , "),
+    ("RFM_KAFKA_BOOTSTRAP", "localhost:notaport"),
+    ("RFM_KAFKA_BOOTSTRAP", "localhost:"),
+    ("RFM_KAFKA_BOOTSTRAP", "localhost:0"),
+    ("RFM_KAFKA_BOOTSTRAP", "k1:9092,k2:70000"),
+    ("RFM_KAFKA_BOOTSTRAP", "::1:9092"),  # IPv6 needs brackets
+    ("RFM_KAFKA_BOOTSTRAP", "http://kafka:9092"),
+    ("RFM_KAFKA_BOOTSTRAP", "kafka 9092"),
     ("RFM_HTTP_TOKEN", ""),  # empty is an error, not "authentication disabled"
     ("RFM_HTTP_TOKEN", f"two {PASSWORD}"),  # a header cannot carry inner spaces intact
     ("RFM_HTTP_TOKEN", f" {PASSWORD}"),
@@ -243,6 +272,69 @@ def test_the_first_invalid_variable_is_named_even_with_others_valid(
     monkeypatch.setenv("RFM_CLOCK", "sometimes")
     with pytest.raises(ConfigError, match="RFM_CLOCK"):
         load_settings()
+
+
+# -- unknown variables: a warning naming them ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("name", "line"),
+    [
+        (
+            "RFM_CLOKC",
+            "RFM_CLOKC is not a setting of rfm-worker: ignored (did you mean RFM_CLOCK?)",
+        ),
+        (
+            "RFM_HTTP_PROT",
+            "RFM_HTTP_PROT is not a setting of rfm-worker: ignored (did you mean RFM_HTTP_PORT?)",
+        ),
+        (
+            "rfm_profile",  # read whatever the case, so checked whatever the case
+            "rfm_profile is not a setting of rfm-worker: ignored (did you mean RFM_PROFILES?)",
+        ),
+        ("RFM_SOMETHING_ELSE", "RFM_SOMETHING_ELSE is not a setting of rfm-worker: ignored"),
+    ],
+)
+def test_an_unknown_variable_is_a_warning_naming_it(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, name: str, line: str
+) -> None:
+    monkeypatch.setenv(name, "event")
+    with caplog.at_level(logging.WARNING, logger="worker.config"):
+        assert load_settings().clock == "wall"  # ignored: the default stays
+    assert [r.getMessage() for r in caplog.records] == [line]
+    assert caplog.records[0].levelno == logging.WARNING
+
+
+def test_known_variables_and_the_suites_own_give_no_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    values = {
+        **{name: value or "x" for name, value in CONTRACT_DEFAULTS.items()},
+        "RFM_REDIS_ALLOW_EVICTION": "false",
+        "RFM_LOG_LEVEL": "info",
+    }
+    for name, value in values.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("RFM_CLOCK")
+    monkeypatch.setenv("rfm_clock", "wall")  # any case
+    monkeypatch.setenv("RFM_TEST_BROKER", "tansu")  # read by the suite
+    monkeypatch.setenv("RFM_KAFKA_CACHE", "/tmp/kafka-jars")  # read by worker/embedded
+    with caplog.at_level(logging.WARNING, logger="worker.config"):
+        load_settings()
+    assert caplog.records == []
+
+
+def test_cli_warns_of_an_unknown_variable_at_start() -> None:
+    env = clean_environ(RFM_CLOKC="event", RFM_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0")
+    proc = run_cli(env, "customer", "x")
+    assert proc.returncode == 2  # Redis is not there; the warning came first
+    first, last = proc.stderr.decode().splitlines()
+    warning = json.loads(first)  # a log line (JSON lines when not on a terminal)
+    assert (warning["level"], warning["msg"]) == (
+        "warning",
+        "RFM_CLOKC is not a setting of rfm-worker: ignored (did you mean RFM_CLOCK?)",
+    )
+    assert last.startswith("rfm-worker: Redis at ")
 
 
 # -- secrets ------------------------------------------------------------------------------------
@@ -388,6 +480,17 @@ def test_cli_with_invalid_http_host_is_one_line_naming_the_variable() -> None:
     env = clean_environ(RFM_HTTP_HOST="http://0.0.0.0:9400")
     line = assert_one_clean_line(run_cli(env, "customer", "x"))
     assert "RFM_HTTP_HOST" in line
+
+
+def test_cli_with_a_bootstrap_port_that_is_not_a_number_is_a_configuration_error() -> None:
+    """librdkafka would take it and retry it forever; the start says it in one line."""
+    env = clean_environ(RFM_KAFKA_BOOTSTRAP="localhost:notaport")
+    line = assert_one_clean_line(run_cli(env, "sweep", "--once"))
+    assert line == (
+        "rfm-worker: configuration error: invalid RFM_KAFKA_BOOTSTRAP: 'localhost:notaport' "
+        "is not host:port with a port from 1 to 65535 (IPv6 in brackets: [::1]:9092); "
+        "expected a comma-separated list such as kafka-1:9092,kafka-2:9092"
+    )
 
 
 def test_cli_with_bad_kafka_config_is_one_line_without_the_secret() -> None:

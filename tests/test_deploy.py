@@ -212,6 +212,9 @@ class Flags:
         self.healthy = True
         self.ready = True
 
+    def not_ready(self) -> list[str]:
+        return [] if self.ready else ["the test says so"]
+
 
 @pytest.fixture
 def running_api(store: Store, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Flags]]:
@@ -221,7 +224,7 @@ def running_api(store: Store, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple
         monkeypatch.delenv(name)
     profiles = Profiles.builtin()
     flags = Flags()
-    api = Api(Settings(), profiles, store, healthy=lambda: flags.healthy, ready=lambda: flags.ready)
+    api = Api(Settings(), profiles, store, healthy=lambda: flags.healthy, not_ready=flags.not_ready)
     try:
         collector = metrics.register_customers(store.reads.segment_counts, profiles.names())
     except ValueError:  # already registered in this process

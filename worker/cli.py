@@ -4,16 +4,19 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import csv
+import difflib
 import gc
 import logging
+import math
 import os
 import signal
 import sys
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
 from types import FrameType
-from typing import TextIO
+from typing import BinaryIO, TextIO
 
 import orjson
 import redis
@@ -25,12 +28,16 @@ from worker.config import Settings, load_settings, mask_url
 from worker.errors import ConfigError, RfmError, UsageError
 from worker.rules import rescore
 from worker.rules.instants import epoch_ms
+from worker.rules.messages import CHURN_FIELDS, CustomerView
 from worker.rules.profiles import DEFAULT_TENANT, Profiles
 from worker.state.clock import scoring_now
 from worker.state.store import Store
 from worker.web import views
 
 logger = logging.getLogger(__name__)
+
+# The demo builds its order history in memory: ~2 GB at this many customers.
+DEMO_MAX_CUSTOMERS = 100_000
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -43,7 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="consume, score, publish and serve HTTP until SIGTERM/SIGINT")
     r.add_argument(
         "--processes",
-        type=_positive,
+        type=_count(64),
         help="consuming processes sharing the partitions (default RFM_PROCESSES, 1); "
         "process i serves HTTP on RFM_HTTP_PORT + i",
     )
@@ -52,7 +59,17 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--tenant", default=DEFAULT_TENANT)
     e = sub.add_parser("export", help="every customer with a counted order, as JSON lines")
     e.add_argument("--tenant")
-    e.add_argument("--as-of", type=_instant, help="score at this RFC 3339 instant (read-only)")
+    e.add_argument(
+        "--as-of",
+        type=_instant,
+        help="score at this RFC 3339 instant or date (midnight UTC) (read-only)",
+    )
+    e.add_argument(
+        "--format",
+        choices=("json", "csv"),
+        default="json",
+        help="json: JSON lines (default); csv: a header and one row per customer, the same fields",
+    )
     m = sub.add_parser("matrix", help="the R x F grid of customer counts and segment counts")
     m.add_argument("--tenant", default=DEFAULT_TENANT)
     m.add_argument("--json", action="store_true", help="print JSON instead of a table")
@@ -84,16 +101,37 @@ def _parser() -> argparse.ArgumentParser:
     )
     q.add_argument("--json", action="store_true", help="print JSON instead of a table")
     d = sub.add_parser("demo", help="embedded broker and Redis, the worker, a live order stream")
-    d.add_argument("--customers", type=int, default=3000)
-    d.add_argument("--rate", type=float, default=200, help="orders per second")
-    d.add_argument("--duration", type=float, default=None, help="stop after N seconds")
+    d.add_argument(
+        "--customers",
+        type=_count(DEMO_MAX_CUSTOMERS),
+        default=3000,
+        help=f"customers in the order history (1 to {DEMO_MAX_CUSTOMERS}; default 3000)",
+    )
+    d.add_argument("--rate", type=_positive, default=200, help="orders per second (default 200)")
+    d.add_argument("--duration", type=_positive, default=None, help="stop after N seconds")
     d.add_argument(
         "--days-per-second",
-        type=float,
+        type=_positive,
         default=2.0,
-        help="how fast the live stream's clock runs, in simulated days per second",
+        help="how fast the live stream's clock runs, in simulated days per second (default 2)",
     )
     d.add_argument(
+        "--broker",
+        choices=["tansu", "kafka"],
+        default="tansu",
+        help="tansu: the embedded broker, starts at once (default); kafka: Apache Kafka, "
+        "fetched with Maven on first use (needs java and mvn)",
+    )
+    lo = sub.add_parser(
+        "local",
+        help="the demo's broker and Redis with the three topics, until Ctrl-C: prints the "
+        "RFM_* settings for run, produce, sweep --once",
+        description="Start the embedded broker and Redis (as `rfm-worker demo` does, without "
+        "its worker and order stream), create the topics orders, rfm.actions and orders.dlq, "
+        "print the `export RFM_...` lines that point the other commands at them, and keep "
+        "them running until Ctrl-C or SIGTERM, which stops both. Everything is in memory.",
+    )
+    lo.add_argument(
         "--broker",
         choices=["tansu", "kafka"],
         default="tansu",
@@ -105,8 +143,8 @@ def _parser() -> argparse.ArgumentParser:
     w.add_argument(
         "--as-of",
         type=_instant,
-        help="sweep at this RFC 3339 instant (never ahead of now; with RFM_CLOCK=event, "
-        "never before the event clock, which it moves forward)",
+        help="sweep at this RFC 3339 instant, or date (2026-03-01: midnight UTC) (never ahead "
+        "of now; with RFM_CLOCK=event, never before the event clock, which it moves forward)",
     )
     r = sub.add_parser("rebuild", help="replay the orders topic from the start into a clean state")
     r.add_argument(
@@ -150,21 +188,40 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
-def _positive(text: str) -> int:
+def _positive(text: str) -> float:
+    """A number > 0 and finite: a rate of 0 divides by zero, a negative one never advances."""
     try:
-        value = int(text)
+        value = float(text)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"not a whole number of at least 1: {text!r}")
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not (0 < value < math.inf):
+        raise argparse.ArgumentTypeError(f"must be a positive number, not {text!r}")
     return value
 
 
+def _count(limit: int) -> Callable[[str], int]:
+    """An integer from 1 to `limit`."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+        if not 1 <= value <= limit:
+            raise argparse.ArgumentTypeError(f"must be from 1 to {limit}, not {text!r}")
+        return value
+
+    return parse
+
+
 def _instant(text: str) -> int:
+    """An RFC 3339 instant, or a date: midnight UTC of that day, as `produce` reads it."""
+    from worker.commands.produce import csv_instant
+
     try:
-        ts = datetime.fromisoformat(text)
+        ts = datetime.fromisoformat(csv_instant(text))
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not an RFC 3339 instant: {text!r}") from None
+        raise argparse.ArgumentTypeError(f"not an RFC 3339 instant or a date: {text!r}") from None
     if ts.tzinfo is None:
         raise argparse.ArgumentTypeError(f"{text!r} needs an offset, e.g. Z or +02:00")
     return epoch_ms(ts)
@@ -202,6 +259,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             days_per_second=args.days_per_second,
             broker=args.broker,
         )
+    if args.command == "local":
+        from worker.commands.local import run_local
+
+        return run_local(broker=args.broker)
     if args.command == "rescore" and not args.dry_run:
         raise UsageError(
             "rescore needs --dry-run: a changed profile is applied by the worker itself when "
@@ -277,12 +338,23 @@ def _read(args: argparse.Namespace, settings: Settings, profiles: Profiles, stor
     if args.command == "export":
         as_of = args.as_of if args.as_of is not None else scoring_now(settings, store.clock)
         out = sys.stdout.buffer
-        for doc in views.export(store, profiles, as_of, args.tenant):
-            out.write(orjson.dumps(doc) + b"\n")
+        docs = views.export(store, profiles, as_of, args.tenant)
+        if args.format == "csv":
+            # P(alive) columns only when a profile has a churn model (docs/churn.md)
+            _export_csv(docs, out, churn=bool(profiles.churn_names()))
+        else:
+            for doc in docs:
+                out.write(orjson.dumps(doc) + b"\n")
         out.flush()
         return 0
     if args.command == "matrix":
         doc = views.matrix(store, args.tenant, scoring_now(settings, store.clock))
+        if not doc["customers"]:  # an empty grid would look like an answer: a typo is likelier
+            print(
+                f"tenant {args.tenant!r} has no customers{_tenants_hint(store, args.tenant)}",
+                file=sys.stderr,
+            )
+            return 1
         if args.json:
             sys.stdout.buffer.write(orjson.dumps(doc, option=orjson.OPT_INDENT_2) + b"\n")
         else:
@@ -324,6 +396,39 @@ def _read(args: argparse.Namespace, settings: Settings, profiles: Profiles, stor
             holdout_days=args.holdout_days,
         )
     raise AssertionError(args.command)
+
+
+def _tenants_hint(store: Store, tenant: str) -> str:
+    """The closest tenant that has customers, or the few there are, or nothing."""
+    tenants = sorted({t for t, _rfm, _segment in store.reads.score_counts()})
+    close = difflib.get_close_matches(tenant, tenants, n=1)
+    if close:
+        return f" (did you mean {close[0]!r}?)"
+    if 0 < len(tenants) <= 10:
+        return f" (tenants with customers: {', '.join(tenants)})"
+    return ""
+
+
+class _Utf8Lines:
+    """What csv.writer writes to: text, encoded onto a binary stream as it comes."""
+
+    def __init__(self, out: BinaryIO) -> None:
+        self.out = out
+
+    def write(self, text: str) -> int:
+        return self.out.write(text.encode())
+
+
+def _export_csv(docs: Iterable[dict[str, object]], out: BinaryIO, *, churn: bool = False) -> None:
+    """A header of the customer view's fields, then a row per customer (RFC 4180: CRLF,
+    fields with a comma, a quote or a line break quoted); numbers as in the JSON lines.
+    `churn`: with the P(alive) columns (empty for customers of profiles without a model,
+    and while a model has no fit)."""
+    fields = [f for f in CustomerView.model_fields if churn or f not in CHURN_FIELDS]
+    writer = csv.writer(_Utf8Lines(out))
+    writer.writerow(fields)
+    for doc in docs:
+        writer.writerow([doc.get(name) for name in fields])
 
 
 def use_color(choice: str, stream: TextIO, environ: Mapping[str, str]) -> bool:
@@ -427,7 +532,7 @@ def run(settings: Settings, profiles: Profiles) -> int:
     from worker.services.churn_upkeep import load_fits
     from worker.services.consumer import Worker
     from worker.services.quantile_upkeep import load_cuts
-    from worker.state import connection, flows
+    from worker.state import connection
     from worker.web.http_api import Api, serve
 
     logger.info("starting rfm-worker %s with %s", __version__, settings.describe())
@@ -435,21 +540,23 @@ def run(settings: Settings, profiles: Profiles) -> int:
         store = Store(connection.redis_client(settings))
         stack.callback(store.redis.close)
         _check_redis(store, settings)
-        # Quantile profiles score with their cut points from the first batch on.
-        load_cuts(store, profiles, compute_missing_at=scoring_now(settings, store.clock))
-        # Churn models score P(alive) with their fit from the first batch on.
-        load_fits(store, profiles, compute_missing_at=scoring_now(settings, store.clock))
-        flows.start_recording(store.redis, scoring_now(settings, store.clock))
+        # Quantile profiles score with their stored cut points, churn models with their
+        # stored fit; missing ones are computed once the worker is in its group
+        # (Worker._first_join).
+        load_cuts(store, profiles)
+        load_fits(store, profiles)
         # librdkafka's callbacks run inside consume(), once `worker` exists.
         consumer = clients.consumer(
             settings,
             error_cb=lambda err: worker.health.on_kafka_error(err),
             stats_cb=lambda stats: worker.health.on_kafka_stats(stats),
         )
-        worker = Worker(settings, profiles, store, consumer, clients.producer(settings))
+        producer = clients.producer(settings)
+        stack.callback(producer.close)  # after the loop's drain: nothing left to send
+        worker = Worker(settings, profiles, store, consumer, producer)
         metrics.register_customers(store.reads.segment_counts, profiles.names())
         health = worker.health
-        api = Api(settings, profiles, store, healthy=health.is_healthy, ready=lambda: health.ready)
+        api = Api(settings, profiles, store, healthy=health.is_healthy, not_ready=health.not_ready)
         with contextlib.ExitStack() as unstarted:  # once running, the loop closes the consumer
             unstarted.callback(consumer.close)
             try:

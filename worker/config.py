@@ -3,9 +3,13 @@ docs/configuration.md)."""
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import json
+import logging
+import os
 import re
+from collections.abc import Mapping
 from typing import Literal
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -14,12 +18,22 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.errors import ConfigError
 
+logger = logging.getLogger(__name__)
+
 # librdkafka properties whose values are secrets: masked wherever settings are shown.
 _SECRET_HINTS = ("password", "secret", "key", "token", "jaas", "oauthbearer")
 # RFM_HTTP_HOST: an IP address or a host name (RFC 1123 labels), never a URL or host:port.
 _HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
 # RFM_HTTP_TOKEN: what an Authorization header can carry intact (visible ASCII, no space).
 _TOKEN_CHARS = re.compile(r"[\x21-\x7e]+")
+# RFM_KAFKA_BOOTSTRAP entries as librdkafka reads them: an optional security protocol
+# (SASL_SSL://), a host (a name, an IPv4 address, or an IPv6 one in brackets), an optional
+# port (librdkafka's default: 9092).
+_BROKER = re.compile(
+    r"(?:(?i:plaintext|ssl|sasl_plaintext|sasl_ssl)://)?"
+    r"(?P<host>\[[0-9A-Fa-f:.%\w]+\]|[^\s:/\[\],]+)(?::(?P<port>[0-9]+))?",
+    re.ASCII,
+)
 
 
 class Settings(BaseSettings):
@@ -42,6 +56,23 @@ class Settings(BaseSettings):
     http_host: str = "0.0.0.0"  # noqa: S104  (the documented default: every interface)
     http_token: SecretStr | None = None
     processes: int = Field(default=1, ge=1, le=64)  # `run`: consuming processes (supervisor.py)
+
+    @field_validator("kafka_bootstrap")
+    @classmethod
+    def _broker_list(cls, value: str) -> str:
+        entries = [entry.strip() for entry in value.split(",")]
+        if not any(entries):
+            raise ValueError("names no broker: expected host:port, e.g. kafka-1:9092")
+        for entry in filter(None, entries):
+            match = _BROKER.fullmatch(entry)
+            if match is None or not 0 < int(match["port"] or 9092) < 65536:
+                # librdkafka would take it and retry it forever, saying only that it fails
+                raise ValueError(
+                    f"{entry!r} is not host:port with a port from 1 to 65535 (IPv6 in "
+                    "brackets: [::1]:9092); expected a comma-separated list such as "
+                    "kafka-1:9092,kafka-2:9092"
+                )
+        return value
 
     @field_validator("kafka_config")
     @classmethod
@@ -135,12 +166,37 @@ def mask_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=netloc, query=query))
 
 
+# RFM_* variables read by other parts than the worker (docs/configuration.md): known, not
+# settings. The test suite's broker, and where Apache Kafka's jars are kept.
+OTHER_VARIABLES = frozenset({"RFM_TEST_BROKER", "RFM_KAFKA_CACHE"})
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """A line per RFM_* variable nothing reads (a typo is otherwise silently ignored: the
+    setting keeps its default), naming the closest known one when one is close."""
+    known = sorted({f"RFM_{name.upper()}" for name in Settings.model_fields} | OTHER_VARIABLES)
+    lines = []
+    for name in sorted(environ):
+        upper = name.upper()  # the settings are read whatever the case
+        if not upper.startswith("RFM_") or upper in known:
+            continue
+        close = difflib.get_close_matches(upper, known, n=1, cutoff=0.75)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        lines.append(f"{name} is not a setting of rfm-worker: ignored{hint}")
+    return lines
+
+
 def load_settings() -> Settings:
-    """Read RFM_* once; invalid values raise ConfigError with one clear line."""
+    """Read RFM_* once; invalid values raise ConfigError with one clear line; an unknown
+    RFM_* variable is a warning."""
     try:
-        return Settings()
+        settings = Settings()
     except ValidationError as exc:
         err = exc.errors(include_url=False)[0]
         name = "RFM_" + "_".join(str(p) for p in err["loc"]).upper()
         msg = str(err["msg"]).removeprefix("Value error, ")
         raise ConfigError(f"invalid {name}: {msg}") from None
+    if settings.log_level != "error":  # said before the command applies RFM_LOG_LEVEL
+        for line in unknown_variables(os.environ):
+            logger.warning("%s", line)
+    return settings

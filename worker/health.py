@@ -48,16 +48,30 @@ class Health:
 
     @property
     def ready(self) -> bool:
-        # Able to work: in the group (a member with no partition, when there are more
-        # workers than partitions, is ready too, or a rollout would never complete).
-        return (
-            self.redis_ok
-            and self.kafka_ok
-            and not self.kafka_silent
-            and self.dlq_ok
-            and self.joined
-            and not self._stopping.is_set()
-        )
+        return not self.not_ready()
+
+    def not_ready(self) -> list[str]:
+        """Why the worker is not able to work, in words (/readyz says them); empty: ready.
+        A member with no partition (more workers than partitions) is ready, or a rollout
+        would never complete."""
+        s = self._settings
+        reasons = []
+        if self._stopping.is_set():
+            reasons.append("stopping")
+        if not self.kafka_ok:
+            reasons.append(f"Kafka at {s.kafka_bootstrap} (RFM_KAFKA_BOOTSTRAP) is unreachable")
+        if self.kafka_silent:
+            reasons.append(
+                f"Kafka broker(s) {', '.join(self.kafka_silent)} have not answered for "
+                f"{KAFKA_SILENT_S:.0f} s"
+            )
+        if not self.joined:
+            reasons.append(f"not yet a member of the consumer group {s.kafka_group}")
+        if not self.redis_ok:
+            reasons.append("Redis (RFM_REDIS_URL) is unavailable")
+        if not self.dlq_ok:
+            reasons.append(f"dead letters to {s.dlq_topic} are not acknowledged")
+        return reasons
 
     def is_healthy(self) -> bool:
         """The loop is turning (a Redis outage keeps it turning: not ready, still alive)."""

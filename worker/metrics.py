@@ -48,6 +48,10 @@ RESCORE_EXAMINED = Counter(
 RESCORE_MARKED = Counter(
     "rfm_rescore_marked", "Customers marked due for rescoring (changed profile, legacy)."
 )
+PROFILE_DISAGREEMENTS = Gauge(
+    "rfm_profile_versions_disagree",
+    "Profiles whose version differs among the workers running on this Redis (0: they agree).",
+)
 QUANTILE_CUTS_VERSION = Gauge(
     "rfm_quantile_cuts_version",
     "Version of the quantile cut points a quantile-mode profile scores with (0: none yet).",

@@ -223,6 +223,10 @@ def measure(cfg: Config, rate: int, why: str, key: str) -> tuple[dict[str, Any],
         "cores_used": cores,
         "cores_window_s": edge,
         "worker_dead_lettered": final.dead_lettered if final else None,
+        # what the worker's process spent per event at this rate, in its (smaller) batches
+        "worker_cpu_us_per_event": round(
+            (cpu.mean("worker", 0, None) or 0.0) * 1e6 / (len(produced) / produce_s), 1
+        ),
         # consume() returns 2,000 records or what came within its timeout: the batch sizes
         # say which, and the batch time is what processing adds
         "worker_mean_batch_records": round(final.batch_records / final.batches, 1)
@@ -250,6 +254,11 @@ def measure(cfg: Config, rate: int, why: str, key: str) -> tuple[dict[str, Any],
             f"{first_p99:,.1f} / {last_p99:,.1f} ms",
         ),
         Row(
+            f"worker CPU per event in that run (batches of {data['worker_mean_batch_records']} "
+            "records on average)",
+            f"{data['worker_cpu_us_per_event']:.1f} µs",
+        ),
+        Row(
             f"cores used in the first / the last {edge} s of that run: worker; "
             f"broker ({broker_name}); Redis",
             "; ".join(
@@ -261,13 +270,31 @@ def measure(cfg: Config, rate: int, why: str, key: str) -> tuple[dict[str, Any],
     return data, rows
 
 
-def run(cfg: Config, capacity: float | None, absent: str = "") -> Section:
+def run(
+    cfg: Config,
+    capacity: float | None,
+    absent: str = "",
+    *,
+    full_batch_cpu_us: float | None = None,
+) -> Section:
     """Latency at BENCH_LATENCY_RATE, then at half the worker's `capacity` (events/s of the
-    throughput scenario in the same run); `absent` says why when there is no capacity."""
+    throughput scenario in the same run); `absent` says why when there is no capacity.
+    With `full_batch_cpu_us` (the worker's CPU per event in batches of 2,000, same run),
+    what small batches cost per event against it."""
     section = Section("latency")
     data, rows = measure(cfg, cfg.latency_rate, "BENCH_LATENCY_RATE", "fixed")
     section.data["fixed_rate"] = data
     section.rows += rows
+    if full_batch_cpu_us:
+        small = data["worker_cpu_us_per_event"] / full_batch_cpu_us
+        data["small_over_full_batch_cpu"] = round(small, 2)
+        section.rows.append(
+            Row(
+                "worker CPU per event: batches at BENCH_LATENCY_RATE / batches of 2,000",
+                f"{data['worker_cpu_us_per_event']:.1f} / {full_batch_cpu_us:.1f} µs",
+                f"{small:.2f}x",
+            )
+        )
     if capacity and capacity > 0:
         half = max(1, round(capacity / 2))
         data, rows = measure(

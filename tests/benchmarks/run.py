@@ -164,13 +164,14 @@ def main(argv: list[str] | None = None) -> int:
     cfg = Config.from_env()
     out = Path(os.environ.get("BENCH_OUT", "bench-results.json"))
     worker_rate: list[float] = []  # the worker figure, for heavy / worker
+    worker_cpu: list[float] = []  # its CPU per event in batches of 2,000, for latency
 
     def heavy(c: Config) -> Section:
         return throughput.run_heavy(c, worker_rate[0] if worker_rate else None)
 
     def latency_at_two_rates(c: Config) -> Section:
         if worker_rate:
-            return latency.run(c, worker_rate[0])
+            return latency.run(c, worker_rate[0], full_batch_cpu_us=worker_cpu[0])
         if "throughput" in chosen:
             return latency.run(c, None, "the throughput scenario failed")
         return latency.run(c, None, "the throughput scenario was not run (--only)")
@@ -210,6 +211,7 @@ def main(argv: list[str] | None = None) -> int:
         say(f"   {name} took {section.seconds:.0f} s")
         if name == "throughput" and "worker" in section.data:
             worker_rate.append(section.data["worker"]["events_per_s"])
+            worker_cpu.append(section.data["worker"]["cpu_us_per_event"])
         sections.append(section)
     total = time.perf_counter() - started
     if any(s.name == "sweep" and s.data.get("ratio", 0) > s.data.get("limit", 2) for s in sections):

@@ -3,6 +3,8 @@ matrix and schemas, through worker.cli.main."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import logging
 import os
@@ -22,6 +24,7 @@ from typing import Any
 import pytest
 import redis
 
+from tests.conftest import Deployment
 from tests.factories import AS_OF, AS_OF_MS, DAY, valid_event
 from worker.cli import main
 from worker.embedded import EmbeddedRedis
@@ -298,6 +301,30 @@ def test_export_every_customer_with_a_counted_order(
     assert {d["as_of"] for d in docs.values()} == {"2026-06-01T00:00:00Z"}
 
 
+def test_export_as_csv_has_the_json_lines_fields_and_rfc_4180_quoting(
+    event_clock: Store, redis_server: EmbeddedRedis
+) -> None:
+    env = {**os.environ, "RFM_REDIS_URL": redis_server.url, "RFM_CLOCK": "event"}
+    as_json = _cli(env, "export")
+    as_csv = _cli(env, "export", "--format", "csv")
+    assert as_json.returncode == as_csv.returncode == 0, as_csv.stderr
+    text = as_csv.stdout.decode()
+    header = text.partition("\r\n")[0]  # RFC 4180: CRLF line breaks
+    assert header.split(",") == list(ALICE_AT_AS_OF)  # the view's fields, in its order
+    rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    expected = export_lines(as_json.stdout)
+    assert {(r["tenant"], r["customer_id"]): r for r in rows} == {
+        key: {name: str(value) for name, value in doc.items()} for key, doc in expected.items()
+    }
+    assert len(rows) == len(expected) == 7
+    # the id with a newline, a colon, braces and a slash is one quoted field
+    assert f'"{WEIRD_ID}"' in text
+
+    empty = _cli(env, "export", "--format", "csv", "--tenant", "nobody-here")
+    assert empty.returncode == 0
+    assert empty.stdout.decode() == header + "\r\n"  # the header alone
+
+
 def test_export_tenant_filter(
     event_clock: Store, capsysbinary: pytest.CaptureFixture[bytes]
 ) -> None:
@@ -387,7 +414,26 @@ def test_read_commands_change_nothing(
     assert snapshot(redis_client) == before
 
 
-@pytest.mark.parametrize("bad", ["yesterday", "2026-06-01T00:00:00", "2026-13-01T00:00:00Z"])
+def test_export_as_of_a_date_is_midnight_utc(
+    seeded: Store, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    code, out, err = run(capsysbinary, "export", "--tenant", "default", "--as-of", "2026-06-28")
+    assert code == 0, err
+    alice = export_lines(out)[("default", "alice")]
+    assert alice["as_of"] == "2026-06-28T00:00:00Z"
+    assert alice["rfm"] == "433"  # last order 2026-05-27T10:30Z: 31 whole days -> R4
+
+
+def test_sweep_once_as_of_a_date_sweeps_at_midnight_utc(deployment: Deployment) -> None:
+    day = (datetime.now(UTC) - DAY).date()  # never ahead of the wall clock
+    done = _cli(deployment.env(), "sweep", "--once", "--as-of", day.isoformat())
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.decode().startswith(f"swept as of {day.isoformat()}T00:00:00Z: ")
+
+
+@pytest.mark.parametrize(
+    "bad", ["yesterday", "2026-06-01T00:00:00", "2026-13-01T00:00:00Z", "2026-13-01", "2026-6-1"]
+)
 def test_export_rejects_an_instant_without_offset_or_invalid(
     seeded: Store, capsysbinary: pytest.CaptureFixture[bytes], bad: str
 ) -> None:
@@ -438,10 +484,31 @@ def test_matrix_json_of_a_tenant(
     assert doc["customers"] == 1
     assert doc["cells"] == [{"r": 5, "f": 1, "customers": 1, "segment": "new_customers"}]
     assert doc["segments"] == {"new_customers": 1}
-    code, out, _ = run(capsysbinary, "matrix", "--json", "--tenant", "empty")
-    assert code == 0
-    doc = json.loads(out)
-    assert (doc["customers"], doc["cells"], doc["segments"]) == (0, [], {})
+
+
+def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[bytes]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *args], env=env, capture_output=True, timeout=60
+    )
+
+
+@pytest.mark.parametrize(
+    ("tenant", "hint"),
+    [
+        ("nosuch", " (tenants with customers: default, shop-b)"),
+        ("shop-c", " (did you mean 'shop-b'?)"),
+    ],
+)
+@pytest.mark.parametrize("as_json", [False, True])
+def test_matrix_of_a_tenant_without_customers_says_so_and_exits_1(
+    event_clock: Store, redis_server: EmbeddedRedis, tenant: str, hint: str, as_json: bool
+) -> None:
+    """Not an empty grid and exit 0, which looks like an answer (a typo is likelier)."""
+    env = {**os.environ, "RFM_REDIS_URL": redis_server.url, "RFM_CLOCK": "event"}
+    done = _cli(env, "matrix", "--tenant", tenant, *(["--json"] if as_json else []))
+    assert done.returncode == 1
+    assert done.stdout == b""
+    assert done.stderr.decode().splitlines() == [f"tenant {tenant!r} has no customers{hint}"]
 
 
 def test_matrix_table(event_clock: Store, capsysbinary: pytest.CaptureFixture[bytes]) -> None:
@@ -589,10 +656,27 @@ def test_export_into_a_closed_pipe_ends_quietly(redis_server: EmbeddedRedis) -> 
 
 
 def test_run_with_kafka_unreachable_says_so_once_and_is_not_ready(
-    redis_server: EmbeddedRedis, tmp_path: Path
+    redis_server: EmbeddedRedis, redis_client: redis.Redis, tmp_path: Path
 ) -> None:
+    """Misconfigured (no Kafka, and the built-in profile beside a base another worker
+    scores with other thresholds): it says why it is not ready and writes nothing at all
+    to the shared Redis, since it never joins its group (no marking pass, no sweep)."""
+    from tests.factories import CHANGED_PROFILES, generate
     from worker.embedded import free_port
+    from worker.rules.events import validate
 
+    store = Store(redis_client)
+    events = [validate(json.dumps(e).encode(), CHANGED_PROFILES, AS_OF_MS) for e in generate(40, 3)]
+    causes.apply_batch(
+        store,
+        [(e, 0) for e in events if isinstance(e, ValidEvent)],
+        CHANGED_PROFILES,
+        as_of_ms=AS_OF_MS,
+        now_ms=AS_OF_MS,
+    )
+    store.marking.record_done(CHANGED_PROFILES.versions())
+    before = {key: redis_client.dump(key) for key in redis_client.scan_iter(count=1000)}
+    assert len(before) > 40
     port = free_port()
     env = {
         **os.environ,
@@ -614,10 +698,17 @@ def test_run_with_kafka_unreachable_says_so_once_and_is_not_ready(
         with pytest.raises(urllib.error.HTTPError) as not_ready:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5)
         assert not_ready.value.code == 503
+        reasons = json.loads(not_ready.value.read())["reasons"]
         not_ready.value.close()
+        assert reasons == [
+            "Kafka at 127.0.0.1:1 (RFM_KAFKA_BOOTSTRAP) is unreachable",
+            "not yet a member of the consumer group rfm-worker",
+        ]
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(30) == 0
+    after = {key: redis_client.dump(key) for key in redis_client.scan_iter(count=1000)}
+    assert after == before  # not one key written, changed or deleted
     text = log.read_text()
     assert text.count("Kafka at 127.0.0.1:1 (RFM_KAFKA_BOOTSTRAP) is unreachable") == 1
     assert "%3|" not in text  # librdkafka's raw lines go through the worker's logging

@@ -3,12 +3,14 @@ customers decay and silent regulars raise overdue alerts, Ctrl-C stops everythin
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -94,3 +96,152 @@ def test_demo_shows_decay_and_overdue_and_ctrl_c_stops_every_child(broker: str) 
     http = int(re.search(r"metrics\s+http://127\.0\.0\.1:(\d+)", output).group(1))  # type: ignore[union-attr]
     for port in (broker, redis_port, http):
         assert not _listening(port), f"port {port} still open after Ctrl-C"
+
+
+# -- arguments, children, temporary files ---------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "option"),
+    [
+        (["--rate", "0"], "--rate"),  # was a ZeroDivisionError traceback
+        (["--rate", "-5"], "--rate"),  # was a loop at full CPU deaf to signals
+        (["--rate", "inf"], "--rate"),
+        (["--rate", "nan"], "--rate"),
+        (["--rate", "fast"], "--rate"),
+        (["--customers", "0"], "--customers"),
+        (["--customers", "1000001"], "--customers"),
+        (["--customers", "2.5"], "--customers"),
+        (["--duration", "0"], "--duration"),
+        (["--duration", "-1"], "--duration"),
+        (["--days-per-second", "0"], "--days-per-second"),
+        (["--days-per-second", "-2"], "--days-per-second"),
+    ],
+)
+def test_demo_refuses_bad_numbers_with_a_usage_error(args: list[str], option: str) -> None:
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", "demo", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert time.monotonic() - started < 20  # refused before any broker starts
+    assert "Traceback" not in done.stderr and done.stdout == ""
+    assert f"rfm-worker demo: error: argument {option}: " in done.stderr.splitlines()[-1]
+
+
+def _children(pid: int) -> set[int]:
+    """The processes whose parent is `pid` (Linux /proc)."""
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rpartition(")")[2].split()
+        except OSError:  # gone meanwhile
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie waiting for init to reap it."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+    except OSError:
+        return True
+    return state == "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="PR_SET_PDEATHSIG is Linux's")
+@pytest.mark.parametrize("broker", ["tansu", "kafka"])
+def test_a_sigkilled_demo_takes_its_broker_redis_and_worker_with_it(
+    broker: str, tmp_path: Path
+) -> None:
+    """No cleanup code runs on SIGKILL: the children die because the kernel tells them to."""
+    if broker == "kafka" and (reason := missing_tools()):
+        pytest.skip(reason)
+    proc = subprocess.Popen(
+        [
+            *(sys.executable, "-m", "worker", "demo", "--customers", "50", "--rate", "20"),
+            *("--broker", broker),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    try:
+        while not lines or lines[-1] != "Ctrl-C stops everything.\n":  # the worker is started
+            line = proc.stdout.readline()
+            assert line, "".join(lines)
+            lines.append(line)
+        children = _children(proc.pid)
+        assert len(children) == 3, children  # Redis, the broker, the worker
+    finally:
+        proc.kill()
+        proc.wait(10)
+        proc.stdout.close()
+    output = "".join(lines)
+    ports = [
+        int(re.search(pattern, output).group(1))  # type: ignore[union-attr]
+        for pattern in (
+            r"broker\s+127\.0\.0\.1:(\d+)",
+            r"redis\s+redis://127\.0\.0\.1:(\d+)",
+            r"metrics\s+http://127\.0\.0\.1:(\d+)",
+        )
+    ]
+    # A JVM's main thread shows as a zombie while its other threads are still exiting.
+    deadline = time.monotonic() + 15
+    while alive := [f"pid {pid}" for pid in children if not _gone(pid)] + [
+        f"port {port}" for port in ports if _listening(port)
+    ]:
+        assert time.monotonic() < deadline, f"still there after the demo was killed: {alive}"
+        time.sleep(0.1)
+
+
+def test_demo_keeps_to_its_duration_at_any_rate_and_leaves_no_file(tmp_path: Path) -> None:
+    """A rate far beyond what the stream can send still stops at --duration; the profiles
+    file and the worker log were in a folder of the demo's own, removed at exit."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    started = time.monotonic()
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "worker", "demo", "--customers", "50"),
+            *("--rate", "1000000", "--duration", "3"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        env={**os.environ, "TMPDIR": str(scratch)},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert time.monotonic() - started < 60
+    assert "stopped the worker, the broker and Redis" in done.stdout
+    profiles = re.search(r"profiles\s+(\S+)", done.stdout).group(1)  # type: ignore[union-attr]
+    assert profiles.startswith(str(scratch))  # where the demo wrote it: TMPDIR
+    assert list(scratch.iterdir()) == []
+
+
+def test_a_worker_that_stopped_early_has_its_log_shown_before_it_is_removed(
+    tmp_path: Path,
+) -> None:
+    """Its log is in the demo's folder, removed at exit: its end is printed instead."""
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", "demo", "--customers", "50", "--duration", "4"],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        # the demo passes its environment on: this address is not the machine's (TEST-NET-1)
+        env={**os.environ, "RFM_HTTP_HOST": "192.0.2.1", "TMPDIR": str(tmp_path)},
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    tail = done.stdout.partition("the worker exited early (code 2); the end of its log:")[2]
+    assert tail, done.stdout
+    assert "rfm-worker: configuration error: RFM_HTTP_HOST=192.0.2.1: " in tail
+    assert tail.rstrip().endswith("stopped the worker, the broker and Redis")
+    assert list(tmp_path.iterdir()) == []

@@ -394,6 +394,20 @@ def test_matrix_of_a_tenant_uses_its_own_profile(
     path = tmp_path / "profiles.toml"
     path.write_text(THREE_LEVELS.replace("profiles.default", "profiles.small"))
     monkeypatch.setenv("RFM_PROFILES", str(path))
+    profiles = Profiles.load(str(path))
+    seed(store, profiles, {"a": (10, 1)})  # a customer each: no customers is exit 1
+    small = valid_event(
+        profiles,
+        event_id="s-1",
+        kind="placed",
+        order_id="o1",
+        customer="s",
+        occurred_at=(AS_OF - timedelta(days=10)).isoformat(),
+        now_ms=AS_OF_MS,
+        amount="50",
+        tenant="small",
+    )
+    causes.apply_batch(store, [(small, 0)], profiles, as_of_ms=AS_OF_MS, now_ms=AS_OF_MS)
     code, out, _ = run(capsysbinary, "matrix", "--tenant", "small")
     assert code == 0 and rows_and_columns(out) == ([1, 2, 3], [3, 2, 1])
     code, out, _ = run(capsysbinary, "matrix")  # the built-in default: 5 levels

@@ -4,14 +4,19 @@ the worker's rules, with deterministic event ids; and the backfill recipe end to
 from __future__ import annotations
 
 import csv
+import fcntl
 import gzip
 import io
 import json
 import logging
 import os
+import pty
 import random
+import re
+import struct
 import subprocess
 import sys
+import termios
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -28,6 +33,7 @@ from tests.factories import DAY
 from tests.reference import DEFAULT, recompute
 from worker.cli import main
 from worker.commands.produce import Row, derived_event_id, open_source, rows
+from worker.embedded import free_port
 from worker.errors import UsageError
 from worker.rules.events import Rejection, ValidEvent
 from worker.rules.instants import iso
@@ -109,6 +115,73 @@ def test_csv_header_without_a_required_column_is_a_usage_error(tmp_path: Path) -
     path.write_text("customer_id,order_id,amount\nc1,o1,1\n")
     with pytest.raises(UsageError, match="occurred_at"):
         _rows(path)
+
+
+@pytest.mark.parametrize(
+    ("text", "hint"),
+    [
+        (
+            "customer_id;order_id;occurred_at;amount\nc1;o1;2024-03-01;40,00\n",
+            "its fields are separated by semicolons: produce reads comma-separated CSV",
+        ),
+        (
+            "customer_id\torder_id\toccurred_at\tamount\nc1\to1\t2024-03-01\t40.00\n",
+            "its fields are separated by tabs: produce reads comma-separated CSV",
+        ),
+        (
+            '{"type":"order_placed","order_id":"o1","customer_id":"c1","amount":"1",'
+            '"occurred_at":"2024-01-02T00:00:00Z"}\n',
+            "it looks like JSON lines: name the file .jsonl",
+        ),
+    ],
+)
+def test_a_header_that_is_not_comma_separated_gets_a_hint(
+    tmp_path: Path, text: str, hint: str
+) -> None:
+    path = tmp_path / "orders.csv"
+    path.write_text(text)
+    with pytest.raises(UsageError) as info:
+        _rows(path)
+    message = str(info.value)
+    assert message.startswith("the CSV header lacks column(s) ") and hint in message
+    assert "\n" not in message
+
+
+def test_a_comma_separated_header_lacking_a_column_gets_no_hint(tmp_path: Path) -> None:
+    path = tmp_path / "orders.csv"
+    path.write_text("customer_id,order_id,date;time,amount\nc1,o1,2024-03-01,1\n")
+    with pytest.raises(UsageError) as info:
+        _rows(path)
+    assert str(info.value) == (
+        "the CSV header lacks column(s) occurred_at (expected customer_id, order_id, "
+        "occurred_at, amount, optional type, currency, tenant, event_id)"
+    )
+
+
+@pytest.mark.parametrize(
+    "header", ["customer,order,date,amount", "customer_id;order_id;occurred_at;amount"]
+)
+def test_a_wrong_header_is_one_line_at_once_without_asking_kafka(
+    tmp_path: Path, header: str
+) -> None:
+    """The file is checked before the broker is contacted: nothing listens on the port, and
+    the header is still what is said, at once (it was 10 s, then "Kafka unavailable")."""
+    path = tmp_path / "orders.csv"
+    path.write_text(f"{header}\nc1,o1,2024-03-01,40.00\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RFM_")}
+    env["RFM_KAFKA_BOOTSTRAP"] = f"127.0.0.1:{free_port()}"
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "worker", "produce", str(path)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert time.monotonic() - started < 8  # a Python start, not a broker timeout
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.startswith("rfm-worker: the CSV header lacks column(s) ")
+    assert len(done.stderr.splitlines()) == 1, done.stderr
 
 
 def test_json_lines_gzip_and_stdin_detection(tmp_path: Path) -> None:
@@ -228,6 +301,46 @@ def test_produce_from_standard_input_gzipped_json_lines(deployment: Deployment) 
     assert done.stdout.decode().startswith("sent 5, rejected 0, ")
     values = [orjson.loads(v) for _, _, v in _topic(deployment, 5)]
     assert sorted(v["event_id"] for v in values) == sorted(derived_event_id(e) for e in events)
+
+
+def _on_a_terminal(argv: list[str], env: dict[str, str]) -> tuple[int, str]:
+    """Run with standard error on a pseudo-terminal (what makes produce draw its bar):
+    the exit code and what was drawn there."""
+    controller, terminal = pty.openpty()
+    # a new terminal is 0 columns wide, where tqdm draws nothing
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 160, 0, 0))
+    proc = subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=terminal)
+    os.close(terminal)
+    drawn = b""
+    try:
+        while True:
+            try:
+                chunk = os.read(controller, 65536)
+            except OSError:  # EIO: the terminal's last writer is gone
+                break
+            if not chunk:
+                break
+            drawn += chunk
+    finally:
+        os.close(controller)
+    return proc.wait(60), drawn.decode(errors="replace")
+
+
+def test_the_progress_bar_counts_rows(deployment: Deployment, tmp_path: Path) -> None:
+    path = tmp_path / "orders.csv"
+    day = (datetime.now(UTC) - 10 * DAY).date()
+    with path.open("w", newline="") as f:
+        out = csv.writer(f)
+        out.writerow(["customer_id", "order_id", "occurred_at", "amount"])
+        out.writerows([f"c{n % 97}", f"o{n}", day.isoformat(), "12.50"] for n in range(2500))
+    code, drawn = _on_a_terminal(
+        [sys.executable, "-m", "worker", "produce", str(path)], deployment.env()
+    )
+    assert code == 0, drawn
+    final = drawn.replace("\r", "\n").strip().splitlines()[-1]
+    assert re.match(r"produce: 2\.50k rows \[", final), drawn  # rows, not bytes
+    assert "sent=2500, rejected=0, file=100%" in final, drawn
+    assert "B/s" not in drawn and "kB" not in drawn, drawn
 
 
 # -- the backfill recipe ------------------------------------------------------------------

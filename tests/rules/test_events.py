@@ -3,13 +3,36 @@
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any
 
+import hypothesis
+import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import (
+    ValidationError,
+)
 
-from worker.rules.events import MAX_EVENT_BYTES, Rejection, ValidEvent, digest, validate
+from tests import strategies
+from tests.frozen_validation import frozen_validate
+from tests.hostile import hostile_records
+from worker.rules.events import (
+    _LEAN,
+    MAX_EVENT_BYTES,
+    Rejection,
+    ValidEvent,
+    _accept,
+    digest,
+    validate,
+    validate_batch,
+)
+from worker.rules.instants import MAX_FUTURE_MS
 from worker.rules.profiles import Profiles
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 NOW = datetime(2026, 11, 20, 18, 30, tzinfo=UTC)
 NOW_MS = int(NOW.timestamp()) * 1000
@@ -450,3 +473,317 @@ def test_occurred_at_must_be_rfc3339_text(timestamp: str) -> None:
 @pytest.mark.parametrize("amount", [" 1 ", "+1", "1.", ".5", "1_000", "٣", "１", "0x10", ""])
 def test_amount_strings_must_be_plain_decimals(amount: str) -> None:
     reject(raw(event(amount=amount)), "invalid_amount")
+
+
+# -- the lean path: the same outcomes as the former validate ------------------------------
+#
+# `validate` first tries a lean schema that only ever accepts (worker/rules/events.py,
+# `_LEAN` then `_accept`) and hands everything else to OrderEvent. `frozen_validate`
+# (tests/frozen_validation.py) is `validate` as it was before the lean path, verbatim,
+# with its own copies of the model and helpers: every input must give exactly the same
+# ValidEvent, or the same Rejection (class and reason: the DLQ headers are a public
+# contract). tests/benchmarks/validation.py times it against the lean path.
+
+
+def same_as_frozen(value: bytes | None, profiles: Profiles, now_ms: int) -> ValidEvent | Rejection:
+    got = validate(value, profiles, now_ms)
+    want = frozen_validate(value, profiles, now_ms)
+    assert type(got) is type(want), (value, got, want)
+    assert got == want, (value, got, want)
+    return got
+
+
+def _lean(value: bytes, profiles: Profiles, now_ms: int) -> ValidEvent | None:
+    """What the lean path alone says: the event, or None when OrderEvent decides."""
+    try:
+        doc = _LEAN.validate_json(value)
+    except ValidationError:
+        return None
+    return _accept(doc, profiles, now_ms)
+
+
+def lean(**changes: Any) -> bytes:
+    """A benchmark-like event (tests/benchmarks/common.py) with some fields changed."""
+    return orjson.dumps(
+        event(**{"currency": "EUR", "occurred_at": "2026-11-01T10:00:00.555Z", **changes})
+    )
+
+
+# Each pair: just inside what the lean schema accepts, and just outside it, where OrderEvent
+# decides (accepting or rejecting). Both must give the former outcome.
+_AHEAD = _at(timedelta(minutes=5))
+_AHEAD_1MS = _at(timedelta(minutes=5, milliseconds=1))
+BOUNDARIES = [
+    ({"amount": "999999999999.9999"}, {"amount": "0999999999999.9999"}),  # 13 digits: valid
+    ({"amount": "999999999999.9999"}, {"amount": "1000000000000"}),
+    ({"amount": "1.2345"}, {"amount": "1.23450"}),  # 5 decimals, the last 0: valid
+    ({"amount": "1.2345"}, {"amount": "1.23456"}),
+    ({"amount": "0"}, {"amount": "-0"}),
+    ({"amount": "1"}, {"amount": "1\n"}),  # `$` ends the text in Rust's regex, not in re's
+    ({"amount": "0.5"}, {"amount": ".5"}),
+    ({"amount": "120"}, {"amount": "1.2E+2"}),
+    ({"amount": 999_999_999_999}, {"amount": 10**12}),
+    ({"amount": 0}, {"amount": -1}),
+    ({"amount": 120}, {"amount": 120.0}),  # a JSON float: OrderEvent reads it
+    ({"amount": 120}, {"amount": True}),
+    ({"type": "order_cancelled", "amount": _DROP}, {"type": "order_placed", "amount": _DROP}),
+    ({"type": "order_cancelled", "amount": None}, {"type": "order_refunded", "amount": None}),
+    (
+        {"occurred_at": "2026-11-01T10:00:00.123456Z"},
+        {"occurred_at": "2026-11-01T10:00:00.1234567Z"},
+    ),
+    ({"occurred_at": "2026-11-01T10:00:00.1Z"}, {"occurred_at": "2026-11-01T10:00:00.Z"}),
+    ({"occurred_at": "2026-11-01T10:00:00Z"}, {"occurred_at": "2026-11-01t10:00:00Z"}),
+    ({"occurred_at": "2026-11-01T10:00:00Z"}, {"occurred_at": "2026-11-01T10:00:00Z\n"}),
+    ({"occurred_at": "2026-11-01T10:00:00Z"}, {"occurred_at": "2026-11-01T10:00:00z"}),
+    ({"occurred_at": "2026-11-01T10:00:00+23:59"}, {"occurred_at": "2026-11-01T10:00:00+24:00"}),
+    ({"occurred_at": "2026-11-01T10:00:00-23:59"}, {"occurred_at": "2026-11-01T10:00:00-23:60"}),
+    ({"occurred_at": "2026-11-01T10:00:00-00:00"}, {"occurred_at": "2026-11-01T10:00:00-0000"}),
+    ({"occurred_at": "2016-12-31T23:59:59Z"}, {"occurred_at": "2016-12-31T23:59:60Z"}),
+    ({"occurred_at": "2024-02-29T00:00:00Z"}, {"occurred_at": "2023-02-29T00:00:00Z"}),
+    ({"occurred_at": "2026-04-30T00:00:00Z"}, {"occurred_at": "2026-04-31T00:00:00Z"}),
+    ({"occurred_at": "2025-12-31T23:59:59Z"}, {"occurred_at": "2025-13-01T00:00:00Z"}),
+    ({"occurred_at": "1970-01-01T00:00:00Z"}, {"occurred_at": "1969-12-31T23:59:59.999Z"}),
+    ({"occurred_at": "1970-01-01T01:00:00+01:00"}, {"occurred_at": "1970-01-01T00:59:59+01:00"}),
+    ({"occurred_at": "2026-11-01T10:00:00Z"}, {"occurred_at": "0000-01-01T00:00:00Z"}),
+    ({"occurred_at": _AHEAD}, {"occurred_at": _AHEAD_1MS}),
+    ({"currency": "EUR"}, {"currency": "USD"}),
+    ({"currency": None}, {"currency": "usd"}),
+    ({"tenant": "anything", "currency": "JPY"}, {"tenant": "us-shop", "currency": "JPY"}),
+    ({"tenant": "a" * 100}, {"tenant": "a" * 101}),
+    ({"customer_id": "x" * 200}, {"customer_id": "x" * 201}),
+    ({"event_id": "e"}, {"event_id": ""}),
+    ({"order_id": "o"}, {"order_id": 7}),
+]
+
+
+@pytest.mark.parametrize(("inside", "outside"), BOUNDARIES)
+def test_lean_path_boundaries_from_both_sides(
+    inside: dict[str, Any], outside: dict[str, Any]
+) -> None:
+    value = lean(**inside)
+    assert _lean(value, EUR_PROFILES, NOW_MS) is not None, "the lean path accepts it"
+    assert isinstance(same_as_frozen(value, EUR_PROFILES, NOW_MS), ValidEvent)
+    value = lean(**outside)
+    assert _lean(value, EUR_PROFILES, NOW_MS) is None, "OrderEvent decides"
+    same_as_frozen(value, EUR_PROFILES, NOW_MS)
+
+
+def test_lean_path_takes_the_benchmark_event() -> None:
+    value = lean()
+    ev = _lean(value, EUR_PROFILES, NOW_MS)
+    assert ev == frozen_validate(value, EUR_PROFILES, NOW_MS)
+    assert ev is not None
+    assert (ev.amount, ev.occurred_at) == (1_205_000, PAST_MS + 555)
+
+
+def test_lean_path_leaves_oversized_values_to_the_full_path() -> None:
+    doc = raw(event())
+    padded = doc[:-1] + b" " * (MAX_EVENT_BYTES + 1 - len(doc)) + b"}"
+    assert isinstance(same_as_frozen(padded, BUILTIN, NOW_MS), Rejection)
+    assert validate_batch([padded], BUILTIN, NOW_MS) == [frozen_validate(padded, BUILTIN, NOW_MS)]
+
+
+# -- generated inputs: valid, nearly valid, hostile ----------------------------------------
+
+_TENANT_NAMES = ["default", "us-shop", "anything", "other", "", "a b", "é", "a" * 100, "a" * 101]
+_DIGITS = "0123456789"
+
+
+@st.composite
+def amount_texts(draw: st.DrawFn) -> str:
+    """Decimal texts around the lean pattern: signs, digits, points, exponents, lengths."""
+    sign = draw(st.sampled_from(["", "", "", "-", "+", " "]))
+    whole = draw(st.text(_DIGITS, min_size=0, max_size=14))
+    point = draw(st.sampled_from(["", "", "."]))
+    frac = draw(st.text(_DIGITS, max_size=6)) if point else ""
+    exp = draw(st.sampled_from(["", "", "", "", "e3", "E+2", "e-4", "E12", "e"]))
+    return sign + whole + point + frac + exp
+
+
+AMOUNTS_JSON = st.one_of(
+    amount_texts().map(json.dumps),
+    st.decimals(min_value=0, max_value=10**12, places=4, allow_nan=False).map(
+        lambda d: json.dumps(str(d))
+    ),
+    st.integers(-5, 10**12 + 5).map(str),
+    st.sampled_from(
+        [str(10**12 - 1), str(10**12), "-0", "0", "1.5", "1e3", "-0.0", "1E+2", "1" * 30]
+    ),
+    st.sampled_from(["true", "null", '"NaN"', "NaN", "Infinity", "[]", '"١"', '"1_0"']),
+)
+
+
+def _offset(minutes: int, zulu: str) -> str:
+    if minutes == 0 and zulu:
+        return zulu
+    sign = "-" if minutes < 0 else "+"
+    return f"{sign}{abs(minutes) // 60:02d}:{abs(minutes) % 60:02d}"
+
+
+@st.composite
+def timestamp_texts(draw: st.DrawFn) -> str:
+    """RFC 3339 texts, near the 5-minute limit and the epoch, or from random fields (some
+    out of range: month 13, hour 24, second 60, offset +24:00...)."""
+    fraction = draw(st.one_of(st.just(""), st.text(_DIGITS, min_size=0, max_size=10)))
+    fraction = "." + fraction if fraction or draw(st.booleans()) else ""
+    zone_minutes = draw(st.one_of(st.just(0), st.integers(-1440, 1440)))
+    zone = draw(st.sampled_from(["Z", "Z", "z", ""]))
+    sep = draw(st.sampled_from(["T", "T", "T", "t", " "]))
+    how = draw(st.sampled_from(["near now", "near the epoch", "fields"]))
+    if how != "fields":
+        center = NOW_MS + MAX_FUTURE_MS if how == "near now" else 0
+        ms = center + draw(st.sampled_from([-1, 0, 1, draw(st.integers(-3_600_000, 3_600_000))]))
+        tz = timezone(timedelta(minutes=max(-1439, min(1439, zone_minutes))))
+        at = (EPOCH + timedelta(milliseconds=ms)).astimezone(tz)
+        if at.year < 1:
+            at = datetime(1, 1, 1, tzinfo=tz)
+        micro = f"{at.microsecond:06d}"
+        fraction = "." + (micro + fraction[1:])[: draw(st.integers(1, 12))] if fraction else ""
+        minutes = int(tz.utcoffset(None).total_seconds()) // 60
+        return at.strftime(f"%Y-%m-%d{sep}%H:%M:%S") + fraction + _offset(minutes, zone)
+    year = draw(
+        st.one_of(st.sampled_from([0, 1, 1969, 1970, 2000, 2024, 9999]), st.integers(0, 9999))
+    )
+    fields = [draw(st.integers(lo, hi)) for lo, hi in [(0, 13), (0, 32), (0, 24), (0, 60), (0, 61)]]
+    month, day, hour, minute, second = fields
+    hh, mm = divmod(abs(zone_minutes), 60)
+    off = f"{'-' if zone_minutes < 0 else '+'}{hh:02d}:{mm:02d}" if zone_minutes else zone
+    return (
+        f"{year:04d}-{month:02d}-{day:02d}{sep}{hour:02d}:{minute:02d}:{second:02d}{fraction}{off}"
+    )
+
+
+def _id_json(text: str) -> str:
+    return json.dumps(text, ensure_ascii=False)
+
+
+IDS_JSON = st.one_of(
+    st.text(min_size=1, max_size=12).map(_id_json),
+    st.text(max_size=202).map(_id_json),
+    st.sampled_from(["x" * 200, "x" * 201, "😀" * 200, "\x00", "\ud800"]).map(json.dumps),
+    st.sampled_from(["1", "null", "[]", '"\\ud800"', '"\\u0041"']),
+)
+FIELDS_JSON: dict[str, st.SearchStrategy[str]] = {
+    "event_id": IDS_JSON,
+    "order_id": IDS_JSON,
+    "customer_id": IDS_JSON,
+    "type": st.sampled_from(
+        ["order_placed"] * 4 + ["order_refunded", "order_cancelled", "ORDER_PLACED", ""]
+    ).map(json.dumps)
+    | st.just("null"),
+    "tenant": st.sampled_from(_TENANT_NAMES).map(json.dumps) | st.just("null"),
+    "amount": AMOUNTS_JSON,
+    "currency": st.sampled_from(["EUR", "EUR", "USD", "JPY", "eur", "", "EURO"]).map(json.dumps)
+    | st.sampled_from(["null", "978"]),
+    "occurred_at": timestamp_texts().map(json.dumps) | st.sampled_from(["1700000000", "null"]),
+}
+_DEFAULTS_JSON = {
+    "event_id": '"e-1"',
+    "type": '"order_placed"',
+    "order_id": '"o-1"',
+    "customer_id": '"c-1"',
+    "amount": '"120.50"',
+    "occurred_at": '"2026-11-01T10:00:00.555Z"',
+}
+
+
+@st.composite
+def near_valid_values(draw: st.DrawFn) -> bytes:
+    """A valid event with a few fields drawn from their strategies, some dropped, some
+    spelled twice (the last spelling counts, as for OrderEvent), unknown ones added."""
+    pairs = [(json.dumps(k), v) for k, v in _DEFAULTS_JSON.items()]
+    for name in draw(st.lists(st.sampled_from(sorted(FIELDS_JSON)), max_size=4)):
+        pairs = [p for p in pairs if p[0] != json.dumps(name)]
+        pairs.append((json.dumps(name), draw(FIELDS_JSON[name])))
+    gone = draw(st.sets(st.sampled_from(sorted(_DEFAULTS_JSON)), max_size=1))
+    pairs = [p for p in pairs if json.loads(p[0]) not in gone or draw(st.booleans())]
+    if draw(st.integers(0, 9)) == 0:
+        name = draw(st.sampled_from(sorted(FIELDS_JSON)))
+        pairs.insert(draw(st.integers(0, len(pairs))), (json.dumps(name), draw(FIELDS_JSON[name])))
+    if draw(st.integers(0, 9)) == 0:
+        pairs.append((json.dumps(draw(st.text(max_size=8))), draw(IDS_JSON)))
+    pairs = draw(st.permutations(pairs))
+    return ("{" + ",".join(f"{k}:{v}" for k, v in pairs) + "}").encode("utf-8", "surrogatepass")
+
+
+TABLES = st.sampled_from([BUILTIN, EUR_PROFILES])
+
+
+@settings(max_examples=400, database=None, deadline=None)
+@given(value=near_valid_values(), table=TABLES)
+def test_lean_path_equals_the_frozen_validate_on_nearly_valid_events(
+    value: bytes, table: Profiles
+) -> None:
+    hypothesis.event("lean" if _lean(value, table, NOW_MS) else "full")
+    same_as_frozen(value, table, NOW_MS)
+
+
+@settings(max_examples=200, database=None, deadline=None)
+@given(scenario=strategies.scenarios())
+def test_lean_path_equals_the_frozen_validate_on_valid_deliveries(
+    scenario: tuple[dict[str, strategies.Spec], list[list[bytes]]],
+) -> None:
+    values = [value for batch in scenario[1] for value in batch]
+    for value in values:
+        assert isinstance(same_as_frozen(value, strategies.PROFILES, strategies.NOW_MS), ValidEvent)
+    got = validate_batch(values, strategies.PROFILES, strategies.NOW_MS)
+    assert got == [frozen_validate(v, strategies.PROFILES, strategies.NOW_MS) for v in values]
+
+
+@settings(max_examples=600, database=None, deadline=None, suppress_health_check=list(HealthCheck))
+@given(record=hostile_records(NOW))
+def test_lean_path_equals_the_frozen_validate_on_hostile_records(
+    record: tuple[bytes | None, bytes | None, Any],
+) -> None:
+    same_as_frozen(record[1], EUR_PROFILES, NOW_MS)
+
+
+@settings(max_examples=200, database=None, deadline=None)
+@given(
+    values=st.lists(
+        near_valid_values() | st.sampled_from([None, b"", b"{}", b"\xff", b"[1]"]), max_size=20
+    ),
+    table=TABLES,
+)
+def test_validate_batch_equals_the_frozen_validate_record_by_record(
+    values: list[bytes | None], table: Profiles
+) -> None:
+    got = validate_batch(values, table, NOW_MS)
+    assert got == [frozen_validate(v, table, NOW_MS) for v in values]
+
+
+_YEAR_10000_MS = 253_402_300_800_000  # as `now`: no instant up to year 9999 is in the future
+
+
+@settings(max_examples=500, database=None, deadline=None)
+@given(
+    at=st.datetimes(min_value=datetime(1, 1, 1), max_value=datetime(9999, 12, 31, 23, 59, 59)),
+    zone_minutes=st.integers(-1439, 1439),
+    digits=st.integers(0, 8),
+    zulu=st.booleans(),
+)
+def test_lean_timestamps_convert_as_the_frozen_validate(
+    at: datetime, zone_minutes: int, digits: int, zulu: bool
+) -> None:
+    micro = f"{at.microsecond:06d}77"
+    text = at.strftime("%Y-%m-%dT%H:%M:%S") + ("." + micro[:digits] if digits else "")
+    text += "Z" if zulu else _offset(zone_minutes, "")
+    value = lean(occurred_at=text)
+    got = same_as_frozen(value, BUILTIN, _YEAR_10000_MS)
+    if digits <= 6 and isinstance(got, ValidEvent):
+        assert _lean(value, BUILTIN, _YEAR_10000_MS) == got
+
+
+@settings(max_examples=500, database=None, deadline=None)
+@given(
+    amount=st.decimals(min_value=0, max_value=10**12, places=4, allow_nan=False)
+    | st.integers(0, 10**12),
+    as_text=st.booleans(),
+)
+def test_lean_amounts_convert_as_the_frozen_validate(amount: Decimal | int, as_text: bool) -> None:
+    literal = f"{amount:f}" if isinstance(amount, Decimal) else str(amount)
+    value = lean(amount=literal if as_text or isinstance(amount, Decimal) else amount)
+    got = same_as_frozen(value, BUILTIN, NOW_MS)
+    if isinstance(got, ValidEvent):
+        assert _lean(value, BUILTIN, NOW_MS) == got

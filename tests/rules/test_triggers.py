@@ -517,13 +517,17 @@ def test_readme_automation_consumer_dispatches_each_change_once(
     assert fired_names == {"ask_testimonial": 3, "vip_invitation": 1}
 
     producer = Producer({"bootstrap.servers": deployment.kafka.bootstrap})
-    first = Relay(store, producer, deployment.actions)
-    first.publish(done)
-    assert producer.flush(30) == 0  # acknowledged, not yet trimmed: still in the outbox
     again_producer = Producer({"bootstrap.servers": deployment.kafka.bootstrap})
-    again = Relay(store, again_producer, deployment.actions)
-    assert again.recover(range(4)) == len(done)
-    assert again.drain(30) and first.drain(30)
+    try:
+        first = Relay(store, producer, deployment.actions)
+        first.publish(done)
+        assert producer.flush(30) == 0  # acknowledged, not yet trimmed: still in the outbox
+        again = Relay(store, again_producer, deployment.actions)
+        assert again.recover(range(4)) == len(done)
+        assert again.drain(30) and first.drain(30)
+    finally:
+        producer.close()
+        again_producer.close()
 
     messages = deployment.read(deployment.actions, until=lambda m: len(m) >= 2 * len(done))
     assert len(messages) == 2 * len(done)
@@ -544,17 +548,26 @@ def test_readme_automation_consumer_dispatches_each_change_once(
         text=True,
     )
     lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")))  # type: ignore[union-attr]
+    # A daemon: a reader left waiting on a child must never keep the test run alive.
+    reader = threading.Thread(
+        target=lambda: lines.extend(iter(proc.stdout.readline, "")),  # type: ignore[union-attr]
+        daemon=True,
+    )
     reader.start()
     expected = sorted(
         f"{name} pizzeria {c.change.customer_id}" for c in done for name in c.change.triggers
     )
-    deadline = time.monotonic() + 60
-    while len(lines) < len(expected) and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.2)
-    time.sleep(2)  # room for a second action, if a copy were acted on again
-    proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=30)
-    reader.join(10)
+    try:
+        deadline = time.monotonic() + 60
+        while len(lines) < len(expected) and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+        time.sleep(2)  # room for a second action, if a copy were acted on again
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        reader.join(10)
+    finally:
+        if proc.poll() is None:  # reaped whatever happened above
+            proc.kill()
+            proc.wait(10)
     assert proc.returncode == 0, err
     assert sorted(line.strip() for line in lines) == expected, err

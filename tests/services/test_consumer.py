@@ -307,6 +307,7 @@ def test_dead_letter_copy_too_large_for_the_topic_is_sent_without_its_value(
     for key, value in records:
         producer.produce(deployment.orders, key=key, value=value, partition=0)
     assert producer.flush(30) == 0
+    producer.close()
     worker = deployment.worker()
     [dead] = deployment.read(deployment.dlq, until=lambda m: len(m) >= 1)
     headers = dict(dead.headers())
@@ -333,6 +334,7 @@ def test_dead_letter_topic_refusing_copies_stalls_and_never_skips(
     for key, value in records:
         producer.produce(deployment.orders, key=key, value=value, partition=1)
     assert producer.flush(30) == 0
+    producer.close()
     worker = deployment.worker()
     deadline = time.monotonic() + 40
     while "consumption is stalled" not in worker.log() and time.monotonic() < deadline:
@@ -457,6 +459,7 @@ def test_small_batches_share_one_record_of_their_offsets_per_100_ms(
         producer.produce(deployment.orders, key=b"one", value=value, partition=0)
         producer.flush(10)
         time.sleep(0.02)
+    producer.close()
     expected = expected_now(events)
     deployment.read(deployment.actions, until=converged(expected), timeout=60)
     worker.stop()

@@ -66,6 +66,9 @@ class Flags:
         self.healthy = True
         self.ready = True
 
+    def not_ready(self) -> list[str]:
+        return [] if self.ready else ["the test says so"]
+
 
 @pytest.fixture
 def settings(monkeypatch: pytest.MonkeyPatch) -> Settings:
@@ -85,7 +88,7 @@ def flags() -> Flags:
 @pytest.fixture
 def api(settings: Settings, profiles: Profiles, store: Store, flags: Flags) -> Api:
     store.clock.advance(AS_OF_MS)
-    return Api(settings, profiles, store, healthy=lambda: flags.healthy, ready=lambda: flags.ready)
+    return Api(settings, profiles, store, healthy=lambda: flags.healthy, not_ready=flags.not_ready)
 
 
 def apply(store: Store, profiles: Profiles, events: list[ValidEvent]) -> None:
@@ -224,7 +227,10 @@ def test_healthz_and_readyz_follow_the_callables(api: Api, flags: Flags) -> None
     assert get_json(api, "/readyz")[0] == 200
     flags.ready = False
     assert get_json(api, "/healthz")[0] == 200
-    assert get_json(api, "/readyz")[0] == 503
+    assert get_json(api, "/readyz") == (
+        503,
+        {"status": "unavailable", "reasons": ["the test says so"]},
+    )
     flags.healthy = False
     assert get_json(api, "/healthz")[0] == 503
     assert get_json(api, "/readyz")[0] == 503
@@ -334,7 +340,7 @@ def secured_api(
     """The api with RFM_HTTP_TOKEN set."""
     monkeypatch.setenv("RFM_HTTP_TOKEN", TOKEN)
     store.clock.advance(AS_OF_MS)
-    return Api(Settings(), profiles, store, healthy=lambda: True, ready=lambda: True)
+    return Api(Settings(), profiles, store, healthy=lambda: True, not_ready=list)
 
 
 @contextmanager
@@ -816,7 +822,7 @@ def test_a_full_budget_refuses_at_once_and_the_other_still_serves(
     """Requests are served within two budgets: the read API's (max_connections) and the
     probes' (max_probe_connections). A full one answers 503 at once; the other serves."""
     gate, inside = threading.Event(), threading.Semaphore(0)
-    matrix, ready = views.matrix, api.ready
+    matrix, not_ready = views.matrix, api.not_ready
 
     def held(answer: Callable[..., Any]) -> Callable[..., Any]:
         def wait_then_answer(*args: Any) -> Any:
@@ -827,7 +833,7 @@ def test_a_full_budget_refuses_at_once_and_the_other_still_serves(
         return wait_then_answer
 
     monkeypatch.setattr(views, "matrix", held(matrix))  # as http_api calls it
-    monkeypatch.setattr(api, "ready", held(ready))
+    monkeypatch.setattr(api, "not_ready", held(not_ready))
     with (
         running(api, timeout=5, max_connections=2, max_probe_connections=1) as port,
         ThreadPoolExecutor(3) as pool,

@@ -11,7 +11,8 @@ orders carry a simulated `occurred_at` that starts there and advances `days_per_
 simulated days per real second (never past the wall clock; then it runs in real time).
 The worker runs with RFM_CLOCK=event and a one-second sweep, so its "now" follows the live
 orders: recency boundaries pass and regulars fall silent while you watch. Ctrl-C stops
-every child process.
+every child process; none outlives the demo, even a SIGKILLed one (worker/embedded/
+processes.py), and its temporary folder (profiles, worker log) is removed at exit.
 """
 
 from __future__ import annotations
@@ -38,7 +39,14 @@ from typing import Any
 import orjson
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
-from worker.embedded import BrokerKind, EmbeddedRedis, create_topics, free_port, start_broker
+from worker.embedded import (
+    BrokerKind,
+    EmbeddedRedis,
+    create_topics,
+    die_with_parent,
+    free_port,
+    start_broker,
+)
 from worker.kafka.clients import produce
 
 ORDERS, ACTIONS, DLQ = "orders", "rfm.actions", "orders.dlq"
@@ -57,6 +65,9 @@ DAYS_PER_SECOND = 2.0
 SWEEP_INTERVAL = 1.0  # seconds: with the fast clock, one sweep per two simulated days
 LINES_PER_SECOND = 8  # readable, still live
 LINES_PER_KIND = 4  # so the flood of order moves cannot crowd out decay and overdue lines
+# Orders sent in one turn of the loop at most: a rate the generator cannot keep up with
+# lowers the rate actually sent, never the loop's turns (Ctrl-C, --duration, the tail).
+MAX_BURST = 1000
 # Personas: (weight, mean days between orders, mean basket). Silent regulars order on a
 # steady rhythm, then stop; lapsed customers went quiet long before the history ends.
 PERSONAS: dict[str, tuple[int, float, float]] = {
@@ -88,8 +99,12 @@ class FastClock:
         self.started = time.monotonic()
 
     def now(self) -> datetime:
-        elapsed = timedelta(days=(time.monotonic() - self.started) * self.days_per_second)
-        return min(self.start + elapsed, datetime.now(UTC))
+        wall = datetime.now(UTC)
+        days = (time.monotonic() - self.started) * self.days_per_second
+        # compared before adding: a fast clock would overflow datetime long before year 10000
+        if days >= (wall - self.start) / timedelta(days=1):
+            return wall
+        return self.start + timedelta(days=days)
 
 
 class OrderStream:
@@ -282,14 +297,24 @@ def run_demo(
     days_per_second: float = DAYS_PER_SECOND,
     broker: BrokerKind = "tansu",
 ) -> int:
-    if days_per_second <= 0:
-        raise ValueError("days_per_second must be positive")
+    # The command line refuses these with a usage message (worker/cli.py); this is for callers.
+    if customers < 1:
+        raise ValueError("customers must be at least 1")
+    for name, value in (("rate", rate), ("days_per_second", days_per_second)):
+        if not (0 < value < math.inf):
+            raise ValueError(f"{name} must be a positive number")
+    if duration is not None and not (0 < duration < math.inf):
+        raise ValueError("duration must be a positive number of seconds")
     stop = threading.Event()
     signal.signal(signal.SIGINT, lambda *_: stop.set())
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     what = "Apache Kafka" if broker == "kafka" else "an embedded Kafka-protocol broker (Tansu)"
     say(f"starting {what} and Redis ...")
-    with EmbeddedRedis() as redis_server, start_broker(broker) as kafka:
+    with (
+        tempfile.TemporaryDirectory(prefix="rfm-demo-") as scratch,
+        EmbeddedRedis() as redis_server,
+        start_broker(broker) as kafka,
+    ):
         create_topics(kafka.bootstrap, {ORDERS: 4, ACTIONS: 4, DLQ: 1})
         http_port = free_port()
         env = {
@@ -304,13 +329,18 @@ def run_demo(
             "RFM_CLOCK": "event",
             "RFM_SWEEP_INTERVAL": str(SWEEP_INTERVAL),
         }
-        profiles_path = Path(tempfile.gettempdir()) / f"rfm-demo-profiles-{os.getpid()}.toml"
+        # Both files live in the demo's own folder, removed when it stops.
+        profiles_path = Path(scratch) / "profiles.toml"
         profiles_path.write_text(DEMO_PROFILES, encoding="utf-8")
         env["RFM_PROFILES"] = str(profiles_path)
-        log_path = Path(tempfile.gettempdir()) / f"rfm-demo-worker-{os.getpid()}.log"
+        log_path = Path(scratch) / "worker.log"
         log = log_path.open("wb")
         worker = subprocess.Popen(
-            [sys.executable, "-m", "worker", "run"], env=env, stdout=log, stderr=log
+            [sys.executable, "-m", "worker", "run"],
+            env=env,
+            stdout=log,
+            stderr=log,
+            preexec_fn=die_with_parent(),
         )
         base = f"http://127.0.0.1:{http_port}"
         say(f"""
@@ -324,6 +354,7 @@ def run_demo(
   CLI        RFM_REDIS_URL={redis_server.url} RFM_CLOCK=event RFM_PROFILES={profiles_path} \\
                {_cli()} matrix
   worker log {log_path}
+(profiles and worker log are removed when the demo stops)
 Ctrl-C stops everything.
 """)
         try:
@@ -337,12 +368,18 @@ Ctrl-C stops everything.
                 stop,
             )
         finally:
+            exited_early = worker.poll()  # before our SIGTERM: it stopped by itself
             worker.send_signal(signal.SIGTERM)
             try:
                 worker.wait(30)
             except subprocess.TimeoutExpired:
                 worker.kill()
+                worker.wait(10)
             log.close()
+            if exited_early is not None:  # its log goes with the folder: show its end now
+                tail = log_path.read_text(errors="replace").splitlines()[-20:]
+                say(f"the worker exited early (code {exited_early}); the end of its log:")
+                say("\n".join(tail))
             say("stopped the worker, the broker and Redis")
 
 
@@ -367,7 +404,9 @@ def _stream(
     )
     history_end = datetime.now(UTC) - HISTORY_ENDS_AGO
     history = gen.history(history_end)
-    for key, value in history:
+    for n, (key, value) in enumerate(history):
+        if n % 10_000 == 0 and stop.is_set():
+            break
         _produce(producer, key, value)
     producer.flush(30)
     say(
@@ -390,12 +429,15 @@ def _stream(
             now = time.monotonic()
             if duration is not None and now - started > duration:
                 break
-            while next_send <= now:
+            burst = 0
+            while next_send <= now and burst < MAX_BURST:
                 sim_now = clock.now()
                 days_in = (sim_now - history_end) / timedelta(days=1)
                 for key, value in gen.live(sim_now, days_in):
                     _produce(producer, key, value)
                 next_send += 1 / rate
+                burst += 1
+            next_send = max(next_send, now - 1)  # behind by a second at most: no catch-up flood
             producer.poll(0)
             if int(now) != second:
                 second = int(now)
@@ -413,6 +455,7 @@ def _stream(
                 say(_status(metrics_url, tally, clock.now(), now - started))
     finally:
         producer.flush(10)
+        producer.close()
         actions.close()
     say(_status(metrics_url, tally, clock.now(), time.monotonic() - started))
     return 0

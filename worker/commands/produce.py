@@ -12,6 +12,7 @@ import csv
 import gzip
 import hashlib
 import io
+import itertools
 import re
 import sys
 import time
@@ -219,6 +220,7 @@ def _csv_events(lines: Iterable[bytes]) -> Iterator[tuple[int, bytes | Rejection
                 raise UsageError(
                     f"the CSV header lacks column(s) {', '.join(missing)} "
                     f"(expected {', '.join(CSV_REQUIRED)}, optional {', '.join(CSV_OPTIONAL)})"
+                    + _header_hint(header)
                 )
             continue
         if len(cells) != len(header):
@@ -244,11 +246,28 @@ def _csv_events(lines: Iterable[bytes]) -> Iterator[tuple[int, bytes | Rejection
         yield source.rejected.pop(0)
 
 
+def _header_hint(header: list[str]) -> str:
+    """Why a header may lack the columns: another delimiter (a spreadsheet's export in many
+    locales uses ';'), or a JSON lines file named .csv. Empty when nothing stands out."""
+    if len(header) == 1:
+        for delimiter, name in ((";", "semicolons"), ("\t", "tabs"), ("|", "'|'")):
+            if delimiter in header[0]:
+                return (
+                    f"; its fields are separated by {name}: produce reads comma-separated "
+                    "CSV (RFC 4180), save or convert the file with commas"
+                )
+    if header and header[0].startswith("{"):
+        return "; it looks like JSON lines: name the file .jsonl (or .ndjson)"
+    return ""
+
+
 # -- sending ------------------------------------------------------------------------------
 
 
 class _Progress:
-    """tqdm on a terminal; otherwise a plain line on stderr every few seconds."""
+    """Rows read, sent and rejected (and how much of the file is read, when its size is
+    known): tqdm on a terminal; otherwise a plain line on stderr every few seconds. Rows,
+    not bytes: the number of rows a file holds is not known before it is read."""
 
     def __init__(self, source: Source) -> None:
         self.source = source
@@ -258,28 +277,29 @@ class _Progress:
         if sys.stderr.isatty():
             from tqdm import tqdm  # type: ignore[import-untyped]
 
-            if source.size:
-                self.bar = tqdm(
-                    total=source.size, unit="B", unit_scale=True, desc="produce", file=sys.stderr
-                )
-            else:
-                self.bar = tqdm(unit=" rows", desc="produce", file=sys.stderr)
+            self.bar = tqdm(unit=" rows", unit_scale=True, desc="produce", file=sys.stderr)
+
+    def _file_done(self) -> float | None:
+        """The share of the file read (compressed bytes for gzip), when its size is known."""
+        if not self.source.size:
+            return None
+        return min(1.0, self.source.position() / self.source.size)
 
     def update(self, read: int, sent: int, rejected: int) -> None:
         if self.bar is not None:
-            if self.source.size:
-                self.bar.update(self.source.position() - self.bar.n)
-            else:
-                self.bar.update(read - self.bar.n)
-            self.bar.set_postfix(sent=sent, rejected=rejected, refresh=False)
+            self.bar.update(read - self.bar.n)
+            postfix: dict[str, object] = {"sent": sent, "rejected": rejected}
+            if (share := self._file_done()) is not None:
+                postfix["file"] = f"{100 * share:.0f}%"
+            self.bar.set_postfix(postfix, refresh=False)
             return
         now = time.monotonic()
         if now - self.last_line >= PLAIN_PROGRESS_EVERY:
             self.last_line = now
             rate = read / max(now - self.started, 1e-9)
             done = ""
-            if self.source.size:
-                done = f" ({100 * self.source.position() / self.source.size:.0f}% of the file)"
+            if (part := self._file_done()) is not None:
+                done = f" ({100 * part:.0f}% of the file)"
             print(
                 f"produce: {read} rows read{done}, {sent} acknowledged, {rejected} rejected, "
                 f"{rate:.0f} rows/s",
@@ -287,26 +307,32 @@ class _Progress:
                 flush=True,
             )
 
-    def close(self) -> None:
+    def close(self, read: int, sent: int, rejected: int) -> None:
         if self.bar is not None:
-            if self.source.size:
-                self.bar.update(self.source.size - self.bar.n)
+            self.update(read, sent, rejected)
             self.bar.close()
 
 
 def produce(
     settings: Settings, profiles: Profiles, path: str, errors_path: str | None = None
 ) -> int:
-    """Publish FILE's valid rows to RFM_ORDERS_TOPIC keyed by customer id; exit code."""
+    """Publish FILE's valid rows to RFM_ORDERS_TOPIC keyed by customer id; exit code.
+
+    The file is opened and its header and first row read before Kafka is contacted: a
+    wrong file is said at once, whether a broker answers or not."""
     source = open_source(path)
     try:
-        return _produce(settings, profiles, source, errors_path)
+        items = rows(source, profiles)
+        first = next(items, None)  # raises UsageError on a CSV header that will not do
+        if first is not None:
+            items = itertools.chain([first], items)
+        return _produce(settings, source, items, errors_path)
     finally:
         source.close()
 
 
 def _produce(
-    settings: Settings, profiles: Profiles, source: Source, errors_path: str | None
+    settings: Settings, source: Source, items: Iterator[Row], errors_path: str | None
 ) -> int:
     from confluent_kafka import KafkaError
 
@@ -319,6 +345,7 @@ def _produce(
     producer = clients.producer(settings, **{"linger.ms": "20", "client.id": "rfm-worker-produce"})
     meta = producer.list_topics(settings.orders_topic, timeout=10).topics.get(settings.orders_topic)
     if meta is None or meta.error is not None:
+        producer.close()
         reason = meta.error.str() if meta is not None and meta.error is not None else "unknown"
         raise UsageError(f"topic {settings.orders_topic} (RFM_ORDERS_TOPIC): {reason}")
 
@@ -338,7 +365,7 @@ def _produce(
     per_class: Counter[str] = Counter()
     shown: list[str] = []
     try:
-        for item in rows(source, profiles):
+        for item in items:
             read += 1
             if isinstance(item.result, Rejection):
                 per_class[item.result.error_class] += 1
@@ -375,7 +402,8 @@ def _produce(
             if failed:  # the broker refuses: wait out the rest, no point pretending
                 continue
     finally:
-        progress.close()
+        progress.close(read, acked, sum(per_class.values()))
+        producer.close()
         if errors_out is not None:
             errors_out.close()
 

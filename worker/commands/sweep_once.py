@@ -8,6 +8,7 @@ their changes (docs/architecture.md).
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 from worker.config import Settings
@@ -23,10 +24,12 @@ from worker.state.store import Committed, Store
 
 def run_once(settings: Settings, profiles: Profiles, as_of_ms: int | None) -> int:
     """The command: sweep, publish, wait for the broker's acknowledgements, print a summary."""
-    store = Store(connection.redis_client(settings))
-    try:
+    with contextlib.ExitStack() as stack:
+        store = Store(connection.redis_client(settings))
+        stack.callback(store.redis.close)
         as_of_ms = _sweep_instant(settings, store, as_of_ms)
         producer = clients.producer(settings)
+        stack.callback(producer.close)
         partitions = _partitions(producer, settings.orders_topic)
         relay = Relay(store, producer, settings.actions_topic)
         relay.recover(partitions)  # a stopped worker's unpublished changes go out first
@@ -49,8 +52,6 @@ def run_once(settings: Settings, profiles: Profiles, as_of_ms: int | None) -> in
                 f"{DRAIN_TIMEOUT:.0f} s; they stay in the outbox and are published by the "
                 "next sweep or worker"
             )
-    finally:
-        store.redis.close()
     print(
         f"swept as of {iso(as_of_ms)}: {sweep.customers} due customer(s) rescored, "
         f"{sweep.changes} change(s) and {sweep.overdue} overdue alert(s) published"

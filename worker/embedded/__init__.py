@@ -7,13 +7,14 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from worker.embedded.local import EmbeddedRedis, Tansu, create_topics
-from worker.embedded.processes import free_port, wait_for_port
+from worker.embedded.processes import die_with_parent, free_port, wait_for_port
 
 __all__ = [
     "BrokerKind",
     "EmbeddedRedis",
     "Tansu",
     "create_topics",
+    "die_with_parent",
     "free_port",
     "start_broker",
     "wait_for_port",

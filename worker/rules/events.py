@@ -9,9 +9,11 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NotRequired
 
 from pydantic import (
     AwareDatetime,
@@ -19,19 +21,24 @@ from pydantic import (
     ConfigDict,
     Field,
     Strict,
+    TypeAdapter,
     ValidationError,
     ValidatorFunctionWrapHandler,
     field_validator,
 )
+from pydantic_core import CoreConfig, SchemaValidator
+from typing_extensions import TypedDict  # pydantic needs this one before Python 3.12
 
 from worker.rules.instants import MAX_FUTURE_MS, epoch_ms
-from worker.rules.money import to_units
+from worker.rules.money import SCALE, plain_units, to_units
 from worker.rules.profiles import DEFAULT_TENANT, Profiles
 
 MAX_EVENT_BYTES = 64 * 1024  # an order event is a few hundred bytes; more is an accident
 EventType = Literal["order_placed", "order_refunded", "order_cancelled"]
 
 Id = Annotated[str, Strict(), Field(min_length=1, max_length=200)]
+Tenant = Annotated[str, Strict(), Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$")]
+Currency = Annotated[str, Strict(), Field(pattern=r"^[A-Z]{3}$")]
 _RFC3339 = re.compile(
     r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt][0-9]{2}:[0-9]{2}:[0-9]{2}(\.[0-9]+)?([Zz]|[+-][0-9]{2}:[0-9]{2})"
 )
@@ -47,9 +54,7 @@ class OrderEvent(BaseModel):
     type: EventType
     order_id: Id
     customer_id: Id
-    tenant: Annotated[str, Strict()] = Field(
-        default=DEFAULT_TENANT, min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$"
-    )
+    tenant: Tenant = DEFAULT_TENANT
     amount: Decimal | None = Field(
         default=None,
         ge=0,
@@ -58,7 +63,7 @@ class OrderEvent(BaseModel):
         allow_inf_nan=False,
         description="Decimal string or number; required for order_placed and order_refunded.",
     )
-    currency: Annotated[str, Strict()] | None = Field(default=None, pattern=r"^[A-Z]{3}$")
+    currency: Currency | None = None
     occurred_at: AwareDatetime = Field(description="RFC 3339 timestamp with an offset.")
 
     @field_validator("occurred_at", mode="before")
@@ -106,6 +111,107 @@ class Rejection:
 
 def validate(value: bytes | None, profiles: Profiles, now_ms: int) -> ValidEvent | Rejection:
     """Validate one Kafka record value against the documented rules and the tenant's profile."""
+    if value and len(value) <= MAX_EVENT_BYTES:
+        try:
+            doc = _LEAN.validate_json(value)
+        except ValidationError:
+            pass
+        else:
+            event = _accept(doc, profiles, now_ms)
+            if event is not None:
+                return event
+    return _validate_model(value, profiles, now_ms)
+
+
+def validate_batch(
+    values: Sequence[bytes | None], profiles: Profiles, now_ms: int
+) -> list[ValidEvent | Rejection]:
+    """`validate` of each value, in order. Not cheaper per record than `validate` (one
+    pydantic call for the whole batch measured no better: tests/benchmarks/validation.py);
+    one call for a consumer that holds the values of a batch."""
+    return [validate(value, profiles, now_ms) for value in values]
+
+
+# -- the lean path --------------------------------------------------------------------------
+# Most records are plain events: amount a plain decimal string (or a JSON integer),
+# occurred_at in the usual RFC 3339 form. One schema with every check in it (constraints
+# and patterns; no Python validator, no Decimal, no pydantic datetime) and a few checks
+# after it accept exactly those. Anything else goes through OrderEvent (the full path),
+# which alone words rejections: the lean path only ever ACCEPTS, a subset of what
+# OrderEvent accepts, with the same ValidEvent. The differential test in
+# tests/rules/test_events.py proves it against a frozen copy of the former `validate`;
+# tests/benchmarks/validation.py measures it (0.4-0.5x the CPU per common event).
+
+# Narrower than _RFC3339: upper-case T and Z, fields in their ranges (seconds 00-59: no
+# leap second), at most 6 decimals: where datetime.fromisoformat reads exactly what the
+# pydantic parser reads. Days past the month's end and year 0 are left to fromisoformat.
+_LEAN_TIMESTAMP = (
+    r"^[0-9]{4}-(0[1-9]|1[0-2])-(0[1-9]|[12][0-9]|3[01])"
+    r"T([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9](\.[0-9]{1,6})?"
+    r"(Z|[+-]([01][0-9]|2[0-3]):[0-5][0-9])$"
+)
+# Valid whatever its digits: >= 0, < 10^12, at most 4 decimals (money.plain_units' form).
+_LEAN_AMOUNT = r"^[0-9]{1,12}(\.[0-9]{1,4})?$"
+
+
+class _LeanEvent(TypedDict):
+    event_id: Id
+    type: EventType
+    order_id: Id
+    customer_id: Id
+    tenant: NotRequired[Tenant]
+    amount: NotRequired[
+        Annotated[str, Strict(), Field(pattern=_LEAN_AMOUNT)]
+        | Annotated[int, Strict(), Field(ge=0, lt=10**12)]
+        | None
+    ]
+    currency: NotRequired[Currency | None]
+    occurred_at: Annotated[str, Strict(), Field(pattern=_LEAN_TIMESTAMP)]
+
+
+# The validator alone (no TypeAdapter layer per call). Only keys are worth caching: ids and
+# instants are unique.
+_LEAN = SchemaValidator(TypeAdapter(_LeanEvent).core_schema, CoreConfig(cache_strings="keys"))
+_fromisoformat = datetime.fromisoformat
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def _accept(doc: _LeanEvent, profiles: Profiles, now_ms: int) -> ValidEvent | None:
+    """The event the lean schema read, if the checks after it pass; None: the full path
+    decides (and words the rejection)."""
+    kind = doc["type"]
+    amount = doc.get("amount")
+    if amount is None:
+        if kind != "order_cancelled":
+            return None  # missing_field
+        units = None
+    elif isinstance(amount, str):
+        units = plain_units(amount)
+    else:
+        units = amount * SCALE
+    try:
+        since = _fromisoformat(doc["occurred_at"]) - _EPOCH
+    except ValueError:  # a day its month does not have, year 0
+        return None
+    # instants.epoch_ms, inlined (hot path): exact, microseconds truncated as there
+    occurred = (since.days * 86_400 + since.seconds) * 1000 + since.microseconds // 1000
+    if occurred < 0 or occurred - now_ms > MAX_FUTURE_MS:
+        return None  # rejected, with the datetime OrderEvent parses in the reason
+    tenant = doc.get("tenant", DEFAULT_TENANT)
+    currency = doc.get("currency")
+    if currency:
+        expected = profiles.for_tenant(tenant).currency
+        if expected and currency != expected:
+            return None  # currency_mismatch
+    return ValidEvent(
+        doc["event_id"], kind, doc["order_id"], doc["customer_id"], tenant, units, occurred
+    )
+
+
+# -- the full path: every record the lean path does not accept ------------------------------
+
+
+def _validate_model(value: bytes | None, profiles: Profiles, now_ms: int) -> ValidEvent | Rejection:
     if not value:
         return Rejection("empty", "the record has no value (tombstone or empty message)")
     if len(value) > MAX_EVENT_BYTES:

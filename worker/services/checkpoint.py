@@ -51,7 +51,8 @@ class Checkpoint:
 
     `drain` waits for the relay to publish what it holds (True when all was
     acknowledged); `paused` says whether consumption is paused (backpressure), so a
-    partition assigned meanwhile is paused too.
+    partition assigned meanwhile is paused too; `first_join` runs at the first assignment,
+    before anything is consumed.
     """
 
     def __init__(
@@ -66,6 +67,7 @@ class Checkpoint:
         *,
         drain: Callable[[], bool],
         paused: Callable[[], bool],
+        first_join: Callable[[], None] = lambda: None,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -76,6 +78,7 @@ class Checkpoint:
         self._stopping = stopping
         self._drain = drain
         self._paused = paused
+        self._first_join = first_join
         # Cooperative rebalances (the default) add and take back partitions one by one.
         self.incremental = clients.incremental(settings.kafka_properties())
         self.assigned: set[int] = set()
@@ -151,6 +154,8 @@ class Checkpoint:
             # A rebalance that ends while closing: nothing more is consumed, so nothing to
             # start from (asking the broker for offsets now may wait out the close).
             return
+        if not self._health.joined:
+            self._first_join()  # a working member now: what it writes is shared state
         # Start where the state is, not where Kafka's commits say: Redis may have lost
         # writes (a failover, a restart) that the committed offsets count as applied.
         if partitions:  # (a cooperative round, or more workers than partitions: none)

@@ -21,6 +21,7 @@ ready, worker/health.py); nothing is dead-lettered because of them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -41,8 +42,12 @@ from worker.rules.instants import wall_ms
 from worker.rules.profiles import Profiles
 from worker.services import causes
 from worker.services.checkpoint import Checkpoint
+from worker.services.churn_upkeep import load_fits
+from worker.services.quantile_upkeep import load_cuts
 from worker.services.redis_retry import REDIS_ERRORS, RedisRetry
+from worker.services.roster import Roster
 from worker.services.sweeper import Sweeper
+from worker.state import flows
 from worker.state.clock import scoring_now
 from worker.state.store import Committed, Store
 
@@ -89,12 +94,26 @@ class Worker:
             self.stopping,
             drain=self._drain,
             paused=lambda: self.paused,
+            first_join=self._first_join,
         )
         self.sweeper = Sweeper(
             store, profiles, interval=settings.sweep_interval, clock=self.clock, now_ms=now_ms
         )
+        self.roster = Roster(store, profiles, now_ms)
 
     # -- lifecycle ----------------------------------------------------------------------
+
+    def _first_join(self) -> None:
+        """Shared state is written by working members of the group only: a worker that
+        cannot reach Kafka, or is misconfigured, never joins and never writes (nor sweeps,
+        nor runs the marking pass, see `run`). At the first assignment, before the first
+        batch: the cut points of quantile profiles that have none yet (so a base switched
+        to quantile mode moves once, to its quintiles), the first fit of churn models that
+        have none, and the start of flow recording."""
+        now = self.clock()
+        self.retry_redis(lambda: load_cuts(self.store, self.profiles, compute_missing_at=now))
+        self.retry_redis(lambda: load_fits(self.store, self.profiles, compute_missing_at=now))
+        self.retry_redis(lambda: flows.start_recording(self.store.redis, now))
 
     def stop(self) -> None:
         self._stop_by = time.monotonic() + DRAIN_TIMEOUT
@@ -131,12 +150,13 @@ class Worker:
                 try:
                     if messages:
                         self.process(messages)
-                    if not self.paused:
+                    if not self.paused and self.health.joined:  # see _first_join
                         failures = self.retry_redis.failures
                         swept = self.retry_redis(
                             lambda: self.sweeper.tick(self.checkpoint.assigned)
                         )
                         self._publish(swept, self.checkpoint.assigned, failures)
+                        self.retry_redis(self.roster.tick)
                     self.checkpoint.tick()  # offsets of the batches since the last record
                 except StateLostError as exc:
                     self.checkpoint.replay_lost(exc)
@@ -163,6 +183,8 @@ class Worker:
                 "outbox and are relayed at the next start"
             )
         self.checkpoint.commit_processed()
+        with contextlib.suppress(*REDIS_ERRORS):  # else it ages out of rfm:members
+            self.roster.leave()
         self.consumer.close()
         metrics.READY.set(0)
 

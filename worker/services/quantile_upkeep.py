@@ -80,9 +80,9 @@ def load_cuts(
     store: Store, profiles: Profiles, *, compute_missing_at: int | None = None
 ) -> dict[str, Cuts]:
     """Score every quantile profile with its stored cut points. With `compute_missing_at`
-    (a worker's start), a quantile profile with none yet and customers to rank gets its
-    first ones computed and stored now, before anything is scored: a base switched to
-    quantile mode moves once, to its quintiles, never through the 333 placeholder."""
+    (a worker joining its group), a quantile profile with none yet and customers to rank
+    gets its first ones computed and stored now, before anything is scored: a base switched
+    to quantile mode moves once, to its quintiles, never through the 333 placeholder."""
     stored = store.cut_points.read() if profiles.quantile_names() else {}
     for name in profiles.quantile_names():
         missing = name not in stored and compute_missing_at is not None

@@ -16,7 +16,6 @@ it is killed when the parent dies (Linux's parent-death signal).
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
@@ -26,17 +25,11 @@ import threading
 from types import FrameType
 
 from worker.config import Settings
+from worker.embedded.processes import die_with_parent
 
 logger = logging.getLogger(__name__)
 
-_PR_SET_PDEATHSIG = 1
 GRACE_S = 60.0  # a child's graceful stop (it drains within the relay's 20 s) before SIGKILL
-
-
-def _die_with_parent() -> None:
-    """In the child, before exec: SIGKILL when the parent dies, however it dies."""
-    if sys.platform == "linux":
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def supervise(settings: Settings, processes: int) -> int:
@@ -59,7 +52,7 @@ def supervise(settings: Settings, processes: int) -> int:
                 subprocess.Popen(
                     [sys.executable, "-m", "worker", "run"],
                     env=env,
-                    preexec_fn=_die_with_parent,
+                    preexec_fn=die_with_parent(),
                 )
             )
         logger.info("started %d worker process(es): pids %s", processes, [c.pid for c in children])

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 
 from worker import metrics
 from worker.pacing import Every
+from worker.rules.instants import iso
 from worker.rules.profiles import Profiles
 from worker.services import causes
 from worker.services.churn_upkeep import ChurnUpkeep
@@ -139,9 +140,9 @@ class Sweeper:
             self.current = None
         if sweep.customers:
             logger.info(
-                "sweep as of %d: %d customer(s) rescored, %d change(s), %d overdue alert(s) "
+                "sweep as of %s: %d customer(s) rescored, %d change(s), %d overdue alert(s) "
                 "in %.3f s",
-                sweep.as_of_ms,
+                iso(sweep.as_of_ms),
                 sweep.customers,
                 sweep.changes,
                 sweep.overdue,

@@ -14,6 +14,9 @@ valid on Redis Cluster (on a single Redis a call may span shards):
                                                 those segments in the bucket starting at t
                                                 (span 5m or 1h; they expire; state/flows.py)
     rfm:flows:since                     string  epoch ms from which flows are recorded
+    rfm:members                         hash    "<host>:<pid>" of a running worker -> JSON
+                                                {at, versions}: the profile versions it
+                                                scores with (worker/services/roster.py)
     rfm:clock                           string  the event clock, epoch ms (RFM_CLOCK=event)
     rfm:due-index                       string  "1" once customers stored before the due
                                                 index existed have been indexed
@@ -45,6 +48,7 @@ PROFILES = b"rfm:profiles"
 QUANTILES = b"rfm:quantiles"
 CHURN = b"rfm:churn"
 FLOWS_SINCE = b"rfm:flows:since"
+MEMBERS = b"rfm:members"
 ALL_PATTERN = b"rfm:*"
 CUSTOMER_PATTERN = b"rfm:{*}:c:*"
 OUTBOX_PATTERN = b"rfm:{*}:outbox:*"

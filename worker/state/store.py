@@ -41,6 +41,7 @@ from worker.state.churn_fits import ChurnFits
 from worker.state.clock import EventClock
 from worker.state.cut_points import CutPoints
 from worker.state.due_index import DueIndex, MarkingRecord
+from worker.state.members import Members
 from worker.state.outbox import Outbox
 from worker.state.reads import Reads
 from worker.state.scripts import script
@@ -186,6 +187,7 @@ class Store:
         self.cut_points = CutPoints(client)
         self.churn_fits = ChurnFits(client)
         self.server = Server(client)
+        self.members = Members(client)
 
     # -- the one write path -----------------------------------------------------------------
 

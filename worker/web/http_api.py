@@ -91,7 +91,8 @@ class Response(NamedTuple):
 
 
 class Api:
-    """What the routes need; `healthy` and `ready` come from the running worker."""
+    """What the routes need; `healthy` and `not_ready` (the reasons) come from the running
+    worker."""
 
     def __init__(
         self,
@@ -99,10 +100,10 @@ class Api:
         profiles: Profiles,
         store: Store,
         healthy: Callable[[], bool],
-        ready: Callable[[], bool],
+        not_ready: Callable[[], list[str]],
     ) -> None:
         self.settings, self.profiles, self.store = settings, profiles, store
-        self.healthy, self.ready = healthy, ready
+        self.healthy, self.not_ready = healthy, not_ready
         token = settings.http_token
         # compared as digests: equal lengths, so the comparison time says nothing either
         self._token_digest = (
@@ -115,7 +116,12 @@ class Api:
         if path in _OPEN:  # a query string selects nothing here
             if path == "/metrics":
                 return Response(200, CONTENT_TYPE_LATEST, generate_latest(REGISTRY))
-            return self._status(self.healthy() if path == "/healthz" else self.ready())
+            if path == "/healthz":
+                return self._status(self.healthy())
+            reasons = self.not_ready()
+            if reasons:  # what an operator reads first when a probe fails
+                return _json(503, {"status": "unavailable", "reasons": reasons})
+            return self._status(True)
         if path == "/v1" or path.startswith("/v1/"):
             denied = self._authenticate(authorization)
             if denied is not None:

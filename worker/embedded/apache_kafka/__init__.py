@@ -31,7 +31,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import ClassVar, Self
 
-from worker.embedded.processes import free_port, wait_for_port
+from worker.embedded.processes import die_with_parent, free_port, wait_for_port
 from worker.errors import RfmError
 
 logger = logging.getLogger(__name__)
@@ -182,6 +182,7 @@ class KafkaNode:
                 stdout=log,
                 stderr=log,
                 start_new_session=True,
+                preexec_fn=die_with_parent(),  # never outlives the demo or test that started it
             )
 
     def wait_ready(self, timeout: float = START_TIMEOUT) -> None:
