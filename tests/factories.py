@@ -203,3 +203,25 @@ def generate(customers: int, seed: int) -> list[dict[str, Any]]:
     events += dups
     rng.shuffle(events)  # cancels and refunds may arrive before their order
     return events
+
+
+def bgnbd_orders(seed: int, size: int, end_ms: int, days: int = 300) -> dict[str, list[int]]:
+    """Order instants (epoch ms) per customer drawn from BG/NBD's story (the churn model,
+    docs/churn.md): a Poisson buying rate λ ~ Gamma(0.8, 1/20 per day), a dropout chance
+    p ~ Beta(1, 3) after each purchase; first orders over the `days` before `end_ms`."""
+    rng = random.Random(seed)
+    out: dict[str, list[int]] = {}
+    for i in range(size):
+        rate = rng.gammavariate(0.8, 1 / 20)  # purchases per day
+        p = rng.betavariate(1.0, 3.0)
+        t = end_ms - rng.randrange(10, days) * DAY_MS - rng.randrange(DAY_MS)
+        times = [t]
+        while rate > 0:
+            t += int(rng.expovariate(rate) * DAY_MS)
+            if t >= end_ms:
+                break
+            times.append(t)
+            if rng.random() < p:
+                break
+        out[f"c{i}"] = times
+    return out

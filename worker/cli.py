@@ -28,7 +28,7 @@ from worker.config import Settings, load_settings, mask_url
 from worker.errors import ConfigError, RfmError, UsageError
 from worker.rules import rescore
 from worker.rules.instants import epoch_ms
-from worker.rules.messages import CustomerView
+from worker.rules.messages import CHURN_FIELDS, CustomerView
 from worker.rules.profiles import DEFAULT_TENANT, Profiles
 from worker.state.clock import scoring_now
 from worker.state.store import Store
@@ -166,6 +166,22 @@ def _parser() -> argparse.ArgumentParser:
     )
     o.add_argument("file", help="the input file, or - for standard input")
     o.add_argument("--errors", metavar="FILE", help="write every rejected row here as a JSON line")
+    k = sub.add_parser(
+        "model",
+        help="a profile's churn-model fit and a calibration/holdout check",
+        description="Print the stored churn-model fit of a profile (parameters in days, "
+        "log-likelihood, population, version, when) and a calibration/holdout check like the "
+        "BG/NBD paper's Figure 2: the model fitted on the orders before a split, its expected "
+        "repeat purchases per week against the actual ones (docs/churn.md). Read-only. "
+        "Exit 1 when the profile has no fit yet.",
+    )
+    k.add_argument("--profile", required=True, help="the profile (tenant) name")
+    k.add_argument("--json", action="store_true", help="print JSON instead of text")
+    k.add_argument(
+        "--holdout-days",
+        type=_positive,
+        help="days before now held out of the check's fit (default: churn_horizon_days)",
+    )
     s = sub.add_parser("schemas", help="write (or verify) schemas/*.json")
     s.add_argument("--check", action="store_true", help="fail if a file differs")
     s.add_argument("--dir", type=Path, default=Path("schemas"))
@@ -304,10 +320,12 @@ def _redis_down(settings: Settings, command: Callable[[], int]) -> int:
 
 
 def _read(args: argparse.Namespace, settings: Settings, profiles: Profiles, store: Store) -> int:
-    """The read-only commands: customer, export, matrix, rescore --dry-run."""
+    """The read-only commands: customer, export, matrix, rescore --dry-run, model."""
+    from worker.services.churn_upkeep import load_fits
     from worker.services.quantile_upkeep import load_cuts
 
     load_cuts(store, profiles)  # quantile profiles score with their stored cut points
+    load_fits(store, profiles)  # and churn models with their stored fits
     if args.command == "customer":
         as_of = scoring_now(settings, store.clock)
         doc = views.lookup(store, profiles, args.tenant, args.customer_id, as_of)
@@ -321,7 +339,8 @@ def _read(args: argparse.Namespace, settings: Settings, profiles: Profiles, stor
         out = sys.stdout.buffer
         docs = views.export(store, profiles, as_of, args.tenant)
         if args.format == "csv":
-            _export_csv(docs, out)
+            # P(alive) columns only when a profile has a churn model (docs/churn.md)
+            _export_csv(docs, out, churn=bool(profiles.churn_names()))
         else:
             for doc in docs:
                 out.write(orjson.dumps(doc) + b"\n")
@@ -364,6 +383,17 @@ def _read(args: argparse.Namespace, settings: Settings, profiles: Profiles, stor
             source = args.profiles or settings.profiles
             print(rescore.render(tally, args.tenant, as_of, source))
         return 0
+    if args.command == "model":
+        from worker.commands.model import run_model
+
+        return run_model(
+            store,
+            profiles,
+            args.profile,
+            scoring_now(settings, store.clock),
+            as_json=args.json,
+            holdout_days=args.holdout_days,
+        )
     raise AssertionError(args.command)
 
 
@@ -388,14 +418,16 @@ class _Utf8Lines:
         return self.out.write(text.encode())
 
 
-def _export_csv(docs: Iterable[dict[str, object]], out: BinaryIO) -> None:
+def _export_csv(docs: Iterable[dict[str, object]], out: BinaryIO, *, churn: bool = False) -> None:
     """A header of the customer view's fields, then a row per customer (RFC 4180: CRLF,
-    fields with a comma, a quote or a line break quoted); numbers as in the JSON lines."""
-    fields = list(CustomerView.model_fields)
+    fields with a comma, a quote or a line break quoted); numbers as in the JSON lines.
+    `churn`: with the P(alive) columns (empty for customers of profiles without a model,
+    and while a model has no fit)."""
+    fields = [f for f in CustomerView.model_fields if churn or f not in CHURN_FIELDS]
     writer = csv.writer(_Utf8Lines(out))
     writer.writerow(fields)
     for doc in docs:
-        writer.writerow([doc[name] for name in fields])
+        writer.writerow([doc.get(name) for name in fields])
 
 
 def use_color(choice: str, stream: TextIO, environ: Mapping[str, str]) -> bool:
@@ -490,6 +522,7 @@ def run(settings: Settings, profiles: Profiles) -> int:
     run's lifetime is one ExitStack: what is opened is closed, in reverse, however it ends."""
     from worker import metrics
     from worker.kafka import clients
+    from worker.services.churn_upkeep import load_fits
     from worker.services.consumer import Worker
     from worker.services.quantile_upkeep import load_cuts
     from worker.state import connection
@@ -499,9 +532,11 @@ def run(settings: Settings, profiles: Profiles) -> int:
     with contextlib.ExitStack() as stack:
         store = stack.enter_context(connection.opened_store(settings))
         _check_redis(store, settings)
-        # Quantile profiles score with their stored cut points; missing ones are computed
-        # once the worker is in its group (Worker._first_join).
+        # Quantile profiles score with their stored cut points, churn models with their
+        # stored fit; missing ones are computed once the worker is in its group
+        # (Worker._first_join).
         load_cuts(store, profiles)
+        load_fits(store, profiles)
         # librdkafka's callbacks run inside consume(), once `worker` exists.
         consumer = clients.consumer(
             settings,

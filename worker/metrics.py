@@ -57,6 +57,16 @@ QUANTILE_CUTS_VERSION = Gauge(
     "Version of the quantile cut points a quantile-mode profile scores with (0: none yet).",
     ["profile"],
 )
+CHURN_FIT_VERSION = Gauge(
+    "rfm_churn_fit_version",
+    "Version of the churn-model fit a profile scores P(alive) with (0: none yet).",
+    ["profile"],
+)
+CHURN_FIT_FAILURES = Counter(
+    "rfm_churn_fit_failures_total",
+    "Churn-model fits that failed or did not converge (the previous fit stays).",
+    ["profile"],
+)
 BATCH_DURATION = Histogram(
     "rfm_batch_duration_seconds",
     "Time to validate, apply and commit one consumed batch.",

@@ -96,6 +96,7 @@ class Config:
     scale_big: int
     sweep_population: int
     sweep_due: int
+    churn_customers: int
     worker_timeout_s: float  # a worker run that has not finished by then is a failure
 
     @classmethod
@@ -115,6 +116,7 @@ class Config:
             scale_big=env_int("BENCH_SCALE_CUSTOMERS", 1_000_000),
             sweep_population=env_int("BENCH_SWEEP_POPULATION", 1_000_000),
             sweep_due=env_int("BENCH_SWEEP_DUE", 10_000),
+            churn_customers=env_int("BENCH_CHURN_CUSTOMERS", 20_000),
             worker_timeout_s=env_float("BENCH_WORKER_TIMEOUT_S", 600.0),
         )
 

@@ -16,6 +16,7 @@ run says why). The report names it (start, table title, last line, JSON "broker"
     memory      Redis bytes per customer and per further order            (memory.py)
     scale       the worker among 10,000 and 1,000,000 customers           (throughput.py)
     sweep       a decay sweep costs what is due, not the population       (sweep.py)
+    churn       what a churn model costs per event, and a fit         (churn_cost.py)
 
 Ratios compare figures measured in the same run (worker / floor, heavy / worker,
 1,000,000 / 10,000 customers, sweep B / A), so they travel better than the absolute rates.
@@ -24,9 +25,10 @@ Sizes (environment, defaults): BENCH_N=200000 events; BENCH_HEAVY_CUSTOMERS=8,
 BENCH_HEAVY_TIMEOUT_S=60; BENCH_LATENCY_RATE=5000 events/s for BENCH_LATENCY_S=30;
 BENCH_MEMORY_CUSTOMERS=100000 x BENCH_MEMORY_ORDERS=5, then BENCH_GROW_CUSTOMERS=10000
 grow to BENCH_GROW_ORDERS=25; BENCH_SCALE_SMALL=10000, BENCH_SCALE_CUSTOMERS=1000000;
-BENCH_SWEEP_POPULATION=1000000, BENCH_SWEEP_DUE=10000; BENCH_WORKER_TIMEOUT_S=600 (a
-worker run that takes longer fails); BENCH_LATENCY_FETCH_WAIT_MS unset (set it to give the
-worker's consumer that fetch.wait.max.ms, see latency.py). The JSON (every figure, the
+BENCH_SWEEP_POPULATION=1000000, BENCH_SWEEP_DUE=10000; BENCH_CHURN_CUSTOMERS=20000;
+BENCH_WORKER_TIMEOUT_S=600 (a worker run that takes longer fails);
+BENCH_LATENCY_FETCH_WAIT_MS unset (set it to give the worker's consumer that
+fetch.wait.max.ms, see latency.py). The JSON (every figure, the
 sizes, the commit measured) goes to BENCH_OUT, default bench-results.json in the current
 directory.
 
@@ -52,6 +54,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import churn_cost
 import latency
 import memory
 import orjson
@@ -61,7 +64,7 @@ from common import ROOT, Config, Row, Section, broker, ratio, say
 
 from worker.embedded.apache_kafka import KafkaUnavailableError, ensure_jars
 
-SCENARIOS = ("throughput", "heavy", "latency", "memory", "scale", "sweep")
+SCENARIOS = ("throughput", "heavy", "latency", "memory", "scale", "sweep", "churn")
 
 
 def run_sweep(cfg: Config) -> Section:
@@ -82,6 +85,30 @@ def run_sweep(cfg: Config) -> Section:
             f"sweep B: the same {cfg.sweep_due:,} due among {cfg.sweep_population:,} customers",
             f"{b['median_s']:.3f} s ({b['due_per_s']:,.0f} due/s)",
             f"{ratio(figures['ratio'])} of A (limit {figures['limit']:.1f})",
+        ),
+    ]
+    return section
+
+
+def run_churn(cfg: Config) -> Section:
+    """tests/benchmarks/churn_cost.py's measurement, in process, with its own Redis."""
+    doc = churn_cost.measure(cfg.churn_customers, 3)
+    section = Section("churn", data=doc)
+    per = doc["per_event"]
+    base = per["no model"]["cpu_us"]
+    fits = doc["fit_seconds"]
+    section.rows = [
+        Row(
+            f"churn model: worker CPU per event, {doc['events']:,} placed orders over "
+            f"{doc['customers']:,} customers (`causes.apply_batch`, no broker): no model / "
+            "model not fitted / fitted",
+            " / ".join(f"{per[k]['cpu_us']:.1f}" for k in per) + " µs",
+            f"{ratio(per['model, fitted']['cpu_us'] / base)} of no model",
+        ),
+        Row(
+            "churn model: one BG/NBD fit of 2,357 / 100,000 customers",
+            f"{fits['2,357 customers (CDNOW-sized)']:.2f} / "
+            f"{fits['100,000 customers (the sample size)']:.2f} s",
         ),
     ]
     return section
@@ -156,6 +183,7 @@ def main(argv: list[str] | None = None) -> int:
         "memory": memory.run,
         "scale": throughput.run_scale,
         "sweep": run_sweep,
+        "churn": run_churn,
     }
     chosen_broker = broker()
     on_broker = f"{chosen_broker.name} (BENCH_BROKER={chosen_broker.kind})"

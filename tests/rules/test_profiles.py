@@ -623,3 +623,137 @@ def test_first_trigger_error_of_the_readme_typo() -> None:
 def test_triggers_must_be_a_list_of_tables() -> None:
     err = load_error(one_profile(VALID_BODY + "triggers = 3\n", "pizzeria"))
     assert "profile 'pizzeria': triggers: Input should be a valid list" in err
+
+
+# -- the churn model's keys (docs/churn.md) ------------------------------------------------------
+
+CHURN_BODY = VALID_BODY + 'churn_model = "bgnbd"\n'
+
+
+def test_churn_keys_load_with_their_defaults() -> None:
+    p = Profiles.from_toml(one_profile(CHURN_BODY)).for_tenant("x")
+    assert (p.churn_model, p.churn_horizon_days, p.p_alive_bands, p.churn_refit_minutes) == (
+        "bgnbd",
+        90,
+        [0.2, 0.5, 0.8],
+        60,
+    )
+    assert p.churn_fit is None
+    body = CHURN_BODY.replace("bgnbd", "mbgnbd") + (
+        "churn_horizon_days = 30\np_alive_bands = [0.1, 0.9]\nchurn_refit_minutes = 5\n"
+    )
+    p = Profiles.from_toml(one_profile(body)).for_tenant("x")
+    assert (p.churn_model, p.churn_horizon_days, p.p_alive_bands, p.churn_refit_minutes) == (
+        "mbgnbd",
+        30,
+        [0.1, 0.9],
+        5,
+    )
+
+
+def test_a_profile_without_a_model_keeps_its_version() -> None:
+    """The versions of profiles without churn_model are what they were before the model
+    (computed on the release before it): their customers are not rescored on upgrade."""
+    from tests.factories import PIZZERIA
+
+    quantiles = Profiles.from_toml(one_profile('mode = "quantiles"')).for_tenant("x")
+    assert (BUILTIN_DEFAULT.version, PIZZERIA.version, quantiles.version) == (
+        "871c3f4b",
+        "3caf6316",
+        "e3ed2fde",
+    )
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        'churn_model = "mbgnbd"\n',
+        "churn_horizon_days = 30\n",
+        "p_alive_bands = [0.3, 0.6]\n",
+    ],
+)
+def test_the_churn_keys_change_the_version(extra: str) -> None:
+    base = Profiles.from_toml(one_profile(CHURN_BODY)).for_tenant("x")
+    body = VALID_BODY + extra if "churn_model" in extra else CHURN_BODY + extra
+    changed = Profiles.from_toml(one_profile(body)).for_tenant("x")
+    assert changed.version != base.version
+    no_model = Profiles.from_toml(one_profile(VALID_BODY)).for_tenant("x")
+    assert base.version != no_model.version
+
+
+def test_a_new_fit_changes_the_version_the_refit_cadence_does_not() -> None:
+    from worker.rules.churn import Fit, Params
+
+    profiles = Profiles.from_toml(one_profile(CHURN_BODY))
+    before = profiles.for_tenant("x").version
+    fit = Fit("bgnbd", Params(0.2, 30.0, 0.8, 2.4), -10.0, 100, 100, 1, 0)
+    after = profiles.use_fit("default", fit)
+    assert after.churn_fit == fit and after.version != before
+    assert profiles.for_tenant("x") is after
+    refit = Profiles.from_toml(one_profile(CHURN_BODY + "churn_refit_minutes = 5\n"))
+    assert refit.for_tenant("x").version == before
+    # a fit of another model (the profile changed model since) is not used
+    other = Fit("mbgnbd", Params(0.2, 30.0, 0.8, 2.4), -10.0, 100, 100, 1, 0)
+    assert profiles.use_fit("default", other).churn_fit is None
+
+
+def test_a_quantile_profile_keeps_its_fit_with_new_cut_points() -> None:
+    from worker.rules.churn import Fit, Params
+
+    profiles = Profiles.from_toml(one_profile('mode = "quantiles"\nchurn_model = "mbgnbd"\n'))
+    fit = Fit("mbgnbd", Params(0.2, 30.0, 0.8, 2.4), -10.0, 100, 100, 1, 0)
+    profiles.use_fit("default", fit)
+    assert profiles.use_cuts("default", None).churn_fit == fit
+    assert profiles.for_tenant("x").churn_model == "mbgnbd"
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ('churn_model = "pareto"\n', "churn_model: Input should be 'bgnbd' or 'mbgnbd'"),
+        ("churn_horizon_days = 30\n", 'churn_horizon_days need(s) churn_model = "bgnbd"'),
+        ("p_alive_bands = [0.5]\n", "p_alive_bands need(s) churn_model"),
+        ("churn_refit_minutes = 5\n", "churn_refit_minutes need(s) churn_model"),
+        ('churn_model = "bgnbd"\nchurn_horizon_days = 0\n', "churn_horizon_days: Input should"),
+        ('churn_model = "bgnbd"\nchurn_refit_minutes = 0\n', "churn_refit_minutes: Input should"),
+        (
+            'churn_model = "bgnbd"\np_alive_bands = [0.5, 0.5]\n',
+            "p_alive_bands must be strictly increasing, got [0.5, 0.5]",
+        ),
+        (
+            'churn_model = "bgnbd"\np_alive_bands = [0.0, 0.5]\n',
+            "p_alive_bands must be between 0 and 1 (exclusive), got [0.0, 0.5]",
+        ),
+        (
+            'churn_model = "bgnbd"\np_alive_bands = [0.5, 1]\n',
+            "p_alive_bands must be between 0 and 1 (exclusive)",
+        ),
+        ('churn_model = "bgnbd"\np_alive_bands = []\n', "p_alive_bands: List should have"),
+        ('churn_model = "bgnbd"\nchurn_fit = 1\n', "churn_fit is not a profile key"),
+    ],
+)
+def test_bad_churn_keys_are_rejected_and_named(body: str, message: str) -> None:
+    err = load_error(one_profile(VALID_BODY + body))
+    assert err.startswith("profiles.toml: profile 'default': ")
+    assert message in err
+
+
+def test_p_alive_below_triggers() -> None:
+    body = CHURN_BODY
+    ok = Profiles.from_toml(
+        with_triggers('name = "slipping"\nwhen = "p_alive_below"\nvalue = 0.5', body=body)
+    )
+    (t,) = ok.for_tenant("pizzeria").triggers
+    assert (t.when, t.value) == ("p_alive_below", 0.5)
+    for trigger, message in [
+        ('name = "w"\nwhen = "p_alive_below"', "'p_alive_below' needs a value"),
+        (
+            'name = "w"\nwhen = "p_alive_below"\nvalue = 0.3',
+            "value 0.3 is not one of p_alive_bands",
+        ),
+        ('name = "w"\nwhen = "r_becomes"\nvalue = 0.5', "'r_becomes' needs an integer value"),
+        ('name = "w"\nwhen = "p_alive_below"\nvalue = "0.5"', "value: Input should be a valid"),
+    ]:
+        assert message in load_error(with_triggers(trigger, body=body))
+    no_model = with_triggers('name = "w"\nwhen = "p_alive_below"\nvalue = 0.5')
+    assert 'p_alive_below needs churn_model = "bgnbd" or "mbgnbd"' in load_error(no_model)

@@ -99,6 +99,7 @@ class Published:
     f: int
     m: int
     segment: str
+    band: int | None = None  # the P(alive) band published (churn model with a fit only)
 
     @property
     def rfm(self) -> str:
@@ -308,7 +309,12 @@ class Customer:
         else:
             doc["o" if base is None else "r"] = stored
         if pub is not None:
-            doc["s"] = [pub.r, pub.f, pub.m, pub.segment]
+            # the band only when there is one: other blobs stay as they were
+            doc["s"] = (
+                [pub.r, pub.f, pub.m, pub.segment]
+                if pub.band is None
+                else [pub.r, pub.f, pub.m, pub.segment, pub.band]
+            )
         if self.partition is not None:
             doc["p"] = self.partition
         if t is not None:
@@ -380,7 +386,9 @@ class Customer:
                 times.append(counted[0])
                 monetary += counted[1]
         s = doc.get("s")
-        published = Published(s[0], s[1], s[2], s[3]) if s else None
+        published = (
+            None if not s else Published(s[0], s[1], s[2], s[3], s[4] if len(s) > 4 else None)
+        )
         z = doc.get("z")
         customer = cls(
             tenant,

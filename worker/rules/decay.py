@@ -1,7 +1,9 @@
 """Time as an input: when a customer's score next changes by itself, and the overdue rule.
 
 Pure. With no new order, time can only lower R (a recency boundary passes) and, with a
-frequency window, lower F (an order leaves the window); M never moves by itself. So the
+frequency window, lower F (an order leaves the window); M never moves by itself. With a
+churn model, P(alive) falls as the customer's silence grows: its band drops at a UTC
+midnight computed from the fit (worker/rules/churn.py `day_below`). So the
 instant of a customer's next visible change is known in advance: `next_due` computes it,
 the store keeps every customer in a due index under that instant, and a sweep reads only
 the customers whose instant has come.
@@ -19,6 +21,7 @@ from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 from itertools import pairwise
 
+from worker.rules import churn
 from worker.rules.customer import Aggregates
 from worker.rules.instants import DAY_MS
 from worker.rules.profiles import Profile
@@ -93,4 +96,27 @@ def next_due(
         rh = rhythm(agg, profile)
         if rh is not None:
             due = min(due, rh.overdue_at)
+    if profile.churn_fit is not None:  # only profiles with a model and a fit pay for it
+        at = p_alive_band_due(agg, profile, as_of_ms)
+        if at is not None:
+            due = min(due, at)
     return due if due <= MAX_DUE_MS else None
+
+
+def p_alive_band_due(agg: Aggregates, profile: Profile, as_of_ms: int) -> int | None:
+    """The UTC midnight at which P(alive) falls below the current band's lower bound with
+    no new order (T counts whole days, so P(alive) only moves at midnights); None: never."""
+    fit = profile.churn_fit
+    assert fit is not None
+    s = churn.summary_of(agg, as_of_ms)
+    if s is None:
+        return None
+    bounds = profile.p_alive_bands
+    p = churn.p_alive(fit.model, fit.params, s)
+    level = churn.band(p, bounds)
+    if level == 1:
+        return None  # the lowest band: nothing below to cross into
+    day = churn.day_below(fit.model, fit.params, s, bounds[level - 2], now=p)
+    if day is None:
+        return None
+    return (agg.first_order_at // DAY_MS + day) * DAY_MS  # day: days after the first

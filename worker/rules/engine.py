@@ -71,7 +71,11 @@ def change_id(*parts: object) -> str:
 
 
 def _state(at: Published | Score | None) -> str:
-    return "-" if at is None else f"{at.r}{at.f}{at.m}:{at.segment}"
+    if at is None:
+        return "-"
+    if at.band is None:
+        return f"{at.r}{at.f}{at.m}:{at.segment}"
+    return f"{at.r}{at.f}{at.m}:{at.segment}:{at.band}"
 
 
 def apply_events(
@@ -211,12 +215,15 @@ def rescore(
         and current.r == previous.r
         and current.f == previous.f
         and current.m == previous.m
+        and current.band == previous.band  # a P(alive) band move is a change too
     ):
         return None
     customer.published = (
-        None if current is None else Published(current.r, current.f, current.m, current.segment)
+        None
+        if current is None
+        else Published(current.r, current.f, current.m, current.segment, current.band)
     )
-    names = fired(profile.triggers, previous, current)
+    names = fired(profile.triggers, previous, current, profile.p_alive_bands)
     # What the change is: whose, why (the event, or for time and profile changes the
     # aggregates that were rescored), under which profile version, from what to what.
     if cause_event_id is not None:
@@ -245,6 +252,7 @@ def rescore(
         agg=agg,
         emitted_at_ms=now_ms,
         triggers=names,
+        churn=profile.churn_model is not None,
     )
     return Change(
         tenant=customer.tenant,

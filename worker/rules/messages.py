@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
 
 from worker.rules.customer import Aggregates, Published
 from worker.rules.instants import iso
@@ -62,6 +62,14 @@ class RfmChanged(_Model):
     triggers: list[str]
     customer: CustomerSummary
     emitted_at: str
+    # Profiles with a churn model only (docs/churn.md): null until the model's first fit.
+    p_alive: float | None = None
+    p_alive_band: int | None = None
+    expected_orders: float | None = None
+
+    @model_serializer(mode="wrap")
+    def _churn_when_given(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        return _without_unset_churn(self, handler(self))
 
 
 class RfmOverdue(_Model):
@@ -99,6 +107,26 @@ class CustomerView(_Model):
     rfm: str
     segment: str
     as_of: str
+    # Profiles with a churn model only (docs/churn.md): null until the model's first fit.
+    p_alive: float | None = None
+    p_alive_band: int | None = None
+    expected_orders: float | None = None
+
+    @model_serializer(mode="wrap")
+    def _churn_when_given(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
+        return _without_unset_churn(self, handler(self))
+
+
+CHURN_FIELDS = ("p_alive", "p_alive_band", "expected_orders")
+
+
+def _without_unset_churn(model: BaseModel, doc: dict[str, object]) -> dict[str, object]:
+    """Records of profiles without a churn model have no P(alive) keys at all (they are as
+    before the model existed); with one, they are there, null until the first fit."""
+    for key in CHURN_FIELDS:
+        if key not in model.model_fields_set:
+            doc.pop(key, None)
+    return doc
 
 
 def score_view(s: Score | Published | None) -> dict[str, object] | None:
@@ -151,9 +179,11 @@ def rfm_changed(
     agg: Aggregates | None,
     emitted_at_ms: int,
     triggers: Sequence[str] = (),
+    churn: bool = False,
 ) -> dict[str, object]:
+    """`churn`: the profile has a churn model, so the record carries P(alive)."""
     as_of = iso(as_of_ms)
-    return {
+    doc: dict[str, object] = {
         "type": "rfm.changed",
         "change_id": change_id,
         "tenant": tenant,
@@ -169,12 +199,33 @@ def rfm_changed(
         "customer": customer_summary(agg, current),
         "emitted_at": as_of if emitted_at_ms == as_of_ms else iso(emitted_at_ms),
     }
+    if churn:
+        doc.update(churn_values(current))
+    return doc
+
+
+def churn_values(current: Score | None) -> dict[str, object]:
+    """P(alive), its band and the expected orders, as records show them (null: no fit)."""
+    if current is None:
+        return {"p_alive": None, "p_alive_band": None, "expected_orders": None}
+    return {
+        "p_alive": current.p_alive,
+        "p_alive_band": current.band,
+        "expected_orders": current.expected_orders,
+    }
 
 
 def customer_view(
-    tenant: str, customer_id: str, agg: Aggregates, score: Score, as_of_ms: int
+    tenant: str,
+    customer_id: str,
+    agg: Aggregates,
+    score: Score,
+    as_of_ms: int,
+    *,
+    churn: bool = False,
 ) -> dict[str, object]:
-    return {
+    """`churn`: the profile has a churn model, so the view carries P(alive)."""
+    doc: dict[str, object] = {
         "tenant": tenant,
         "customer_id": customer_id,
         **customer_summary(agg, score),
@@ -185,6 +236,9 @@ def customer_view(
         "segment": score.segment,
         "as_of": iso(as_of_ms),
     }
+    if churn:
+        doc.update(churn_values(score))
+    return doc
 
 
 def rfm_overdue(

@@ -19,10 +19,12 @@ from pydantic import (
     StrictInt,
     ValidationError,
     ValidationInfo,
+    field_validator,
     model_validator,
 )
 
 from worker.errors import ProfileError
+from worker.rules.churn import ChurnModel, Fit
 from worker.rules.money import to_units
 from worker.rules.quantiles import QUINTILES, Cuts
 from worker.rules.segments import STANDARD_MAP, Rule, SegmentMap
@@ -32,6 +34,9 @@ TENANT_NAME = re.compile(r"[A-Za-z0-9._-]{1,100}")
 MAX_LEVELS = 9  # scores stay single digits, so "rfm" is a plain concatenation
 THRESHOLD_KEYS = ("recency_days", "frequency_orders", "monetary")
 QUANTILE_KEYS = ("quantiles_every_minutes", "quantiles_sample")
+# The churn model's settings besides churn_model itself (docs/churn.md).
+CHURN_KEYS = ("churn_horizon_days", "p_alive_bands", "churn_refit_minutes")
+DEFAULT_P_ALIVE_BANDS = (0.2, 0.5, 0.8)
 # Before a quantile profile's first cut points, every customer scores 333: R, F and M
 # thresholds that no value passes on one side and every value reaches on the other.
 NEVER = 10**18  # days, orders, money units no customer reaches (decay: never due by R)
@@ -64,7 +69,9 @@ class RuleSpec(BaseModel):
         return Rule(self.name, pair(self.r), pair(self.f), pair(self.m))
 
 
-TriggerKind = Literal["r_becomes", "f_reaches", "m_reaches", "enters", "leaves", "overdue"]
+TriggerKind = Literal[
+    "r_becomes", "f_reaches", "m_reaches", "enters", "leaves", "overdue", "p_alive_below"
+]
 # Which score dimension a `value` trigger watches, and which threshold list sets its levels.
 VALUE_KINDS: dict[str, tuple[str, str]] = {
     "r_becomes": ("r", "recency_days"),
@@ -85,16 +92,27 @@ class TriggerSpec(BaseModel):
     # No commas: the names travel comma-separated in the `rfm.triggers` header.
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     when: TriggerKind
-    value: StrictInt | None = None
+    value: int | float | None = None  # an integer level; a float for p_alive_below only
     segment: str | None = None
     from_: list[str] | None = Field(default=None, alias="from")
 
+    @field_validator("value", mode="before")
+    @classmethod
+    def _a_number(cls, value: object) -> object:
+        # strict: TOML's "5" or true is a mistake, not a 5 or a 1
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise ValueError("Input should be a valid number")
+        return value
+
     @model_validator(mode="after")
     def _fields_fit_the_kind(self) -> Self:
-        if self.when in VALUE_KINDS and self.value is None:
+        valued = self.when in VALUE_KINDS or self.when == "p_alive_below"
+        if valued and self.value is None:
             raise ValueError(f"'{self.when}' needs a value")
-        if self.when not in VALUE_KINDS and self.value is not None:
+        if not valued and self.value is not None:
             raise ValueError(f"'{self.when}' takes no value")
+        if self.when in VALUE_KINDS and not isinstance(self.value, int):
+            raise ValueError(f"'{self.when}' needs an integer value (a score level)")
         if self.when in SEGMENT_KINDS and self.segment is None:
             raise ValueError(f"'{self.when}' needs a segment")
         if self.when not in SEGMENT_KINDS and self.segment is not None:
@@ -143,6 +161,15 @@ class Profile(BaseModel):
     quantiles_every_minutes: StrictInt = Field(default=60, gt=0)
     quantiles_sample: StrictInt = Field(default=100_000, ge=100)
     overdue_factor: float = Field(default=2.0, ge=0)
+    # The churn model (worker/rules/churn.py, docs/churn.md): none unless named.
+    churn_model: ChurnModel | None = None
+    churn_horizon_days: StrictInt = Field(default=90, gt=0)
+    p_alive_bands: list[float] = Field(
+        default_factory=lambda: list(DEFAULT_P_ALIVE_BANDS), min_length=1, max_length=MAX_LEVELS - 1
+    )
+    churn_refit_minutes: StrictInt = Field(default=60, gt=0)
+    # The fit the profile scores P(alive) with (`with_fit`); never read from TOML.
+    churn_fit: Fit | None = Field(default=None, exclude=True)
     segments: list[RuleSpec] | None = None
     triggers: list[TriggerSpec] = Field(default_factory=list)
     segment_map: SegmentMap = Field(default=STANDARD_MAP, exclude=True)
@@ -150,6 +177,8 @@ class Profile(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _triggers_one_by_one(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "churn_fit" in data:
+            raise ValueError("churn_fit is not a profile key (fits are computed and stored)")
         if isinstance(data, dict) and "triggers" in data:
             return {**data, "triggers": _trigger_specs(data["triggers"])}
         return data
@@ -159,6 +188,7 @@ class Profile(BaseModel):
         # `scored_by` builds the thresholds of quantile cut points: equal cut points (ties)
         # and negative days (orders slightly in the future) are valid there, and only there.
         derived = bool(info.context and info.context.get("derived"))
+        self._check_churn(derived)
         if self.mode == "quantiles":
             given = [k for k in THRESHOLD_KEYS if k in self.model_fields_set]
             if given:
@@ -213,6 +243,20 @@ class Profile(BaseModel):
         self._check_triggers(levels)
         return self
 
+    def _check_churn(self, derived: bool) -> None:
+        if derived:
+            return
+        if self.churn_model is None:
+            given = [k for k in CHURN_KEYS if k in self.model_fields_set]
+            if given:
+                raise ValueError(f'{", ".join(given)} need(s) churn_model = "bgnbd" or "mbgnbd"')
+            return
+        bands = self.p_alive_bands
+        if any(not 0 < v < 1 for v in bands):
+            raise ValueError(f"p_alive_bands must be between 0 and 1 (exclusive), got {bands}")
+        if any(b <= a for a, b in pairwise(bands)):
+            raise ValueError(f"p_alive_bands must be strictly increasing, got {bands}")
+
     def _check_triggers(self, levels: tuple[int, int, int]) -> None:
         """What a trigger can only be checked against: levels and segment names."""
         seen: set[str] = set()
@@ -221,6 +265,19 @@ class Profile(BaseModel):
             if t.name in seen:
                 raise ValueError(f"{label}: duplicate trigger name")
             seen.add(t.name)
+            if t.when == "p_alive_below":
+                if self.churn_model is None:
+                    raise ValueError(
+                        f'{label}: p_alive_below needs churn_model = "bgnbd" or "mbgnbd"'
+                    )
+                # P(alive) is watched at the band bounds (the sweeper wakes a customer
+                # there), so a crossing is only seen at one of them.
+                if t.value not in self.p_alive_bands:
+                    raise ValueError(
+                        f"{label}: value {t.value} is not one of p_alive_bands "
+                        f"{self.p_alive_bands} (P(alive) is watched at the band bounds)"
+                    )
+                continue
             if t.value is not None:
                 dim, key = VALUE_KINDS[t.when]
                 top = levels["rfm".index(dim)]
@@ -253,11 +310,40 @@ class Profile(BaseModel):
         Only what scores depend on counts: editing a trigger rescores nobody."""
         # The mode and quantile settings are left out: a quantile profile scores with the
         # thresholds of `scored_by`, whose version follows its cut points; and a thresholds
-        # profile keeps the version it had before quantile mode existed.
+        # profile keeps the version it had before quantile mode existed. Likewise a profile
+        # without a churn model keeps the version it had before churn models existed; with
+        # one, the model, horizon, bands and fit version count (a new fit is applied like
+        # a changed profile), the refit cadence does not (no score depends on it).
         body = self.model_dump_json(
-            exclude={"name", "currency", "triggers", "mode", *QUANTILE_KEYS}
+            exclude={
+                "name",
+                "currency",
+                "triggers",
+                "mode",
+                *QUANTILE_KEYS,
+                "churn_model",
+                *CHURN_KEYS,
+            }
         ).encode()
+        if self.churn_model is not None:
+            fit = self.churn_fit
+            body += (
+                f"|churn:{self.churn_model}:{self.churn_horizon_days}:{self.p_alive_bands}:"
+                f"{0 if fit is None else fit.version}"
+            ).encode()
         return hashlib.sha256(body).hexdigest()[:8]
+
+    def with_fit(self, fit: Fit | None) -> Profile:
+        """This profile scoring P(alive) with `fit` (None: no fit yet, P(alive) null); its
+        `version` follows the fit's. A fit of another model than the profile's is ignored."""
+        if self.churn_model is None:
+            return self
+        if fit is not None and fit.model != self.churn_model:
+            fit = None
+        copy = self.model_copy()
+        copy.__dict__.pop("version", None)  # a cached_property: computed again with the fit
+        object.__setattr__(copy, "churn_fit", fit)
+        return copy
 
     def scored_by(self, cuts: Cuts | None) -> Profile:
         """The thresholds-mode profile a quantile profile scores with, given its current cut
@@ -281,12 +367,15 @@ class Profile(BaseModel):
         body = self.model_dump(
             exclude={"mode", "segment_map", *THRESHOLD_KEYS, *QUANTILE_KEYS}, by_alias=True
         )
+        if self.churn_model is None:  # a profile without a model stays as it was
+            for key in ("churn_model", *CHURN_KEYS):
+                body.pop(key, None)
         body.update(
             recency_days=recency,
             frequency_orders=frequency,
             monetary=[Decimal(u).scaleb(-4) for u in monetary_units],
         )
-        return Profile.model_validate(body, context={"derived": True})
+        return Profile.model_validate(body, context={"derived": True}).with_fit(self.churn_fit)
 
 
 # The built-in default: a general e-commerce shop, documented in docs/profiles.md.
@@ -304,6 +393,7 @@ class Profiles:
         self.configured = dict(profiles)  # as loaded: quantile profiles without thresholds
         self.configured.setdefault(DEFAULT_TENANT, BUILTIN_DEFAULT)
         self.cuts: dict[str, Cuts | None] = dict.fromkeys(self.quantile_names())
+        self.fits: dict[str, Fit | None] = dict.fromkeys(self.churn_names())
         # What scoring uses: quantile profiles replaced by the thresholds of their cuts.
         self._profiles = {name: p.scored_by(None) for name, p in self.configured.items()}
         self.default = self._profiles[DEFAULT_TENANT]
@@ -323,6 +413,10 @@ class Profiles:
         """The profiles with mode = "quantiles"."""
         return sorted(n for n, p in self.configured.items() if p.mode == "quantiles")
 
+    def churn_names(self) -> list[str]:
+        """The profiles with a churn model."""
+        return sorted(n for n, p in self.configured.items() if p.churn_model is not None)
+
     def use_cuts(self, name: str, cuts: Cuts | None) -> Profile:
         """Score quantile profile `name` with these cut points from now on; returns the
         profile now used."""
@@ -330,7 +424,20 @@ class Profiles:
         if profile.mode != "quantiles":
             raise ValueError(f"profile {name!r} is not in quantiles mode")
         self.cuts[name] = cuts
-        self._profiles[name] = scored = profile.scored_by(cuts)
+        return self._rebuild(name)
+
+    def use_fit(self, name: str, fit: Fit | None) -> Profile:
+        """Score P(alive) of profile `name` with this fit from now on; returns the profile
+        now used."""
+        if self.configured[name].churn_model is None:
+            raise ValueError(f"profile {name!r} has no churn model")
+        self.fits[name] = fit
+        return self._rebuild(name)
+
+    def _rebuild(self, name: str) -> Profile:
+        profile = self.configured[name]
+        scored = profile.scored_by(self.cuts.get(name)) if profile.mode == "quantiles" else profile
+        self._profiles[name] = scored = scored.with_fit(self.fits.get(name))
         if name == DEFAULT_TENANT:
             self.default = scored
         return scored

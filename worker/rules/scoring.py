@@ -6,9 +6,11 @@ never depends on who computed it.
 
 from __future__ import annotations
 
+import math
 from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 
+from worker.rules import churn
 from worker.rules.customer import Aggregates
 from worker.rules.instants import DAY_MS
 from worker.rules.profiles import Profile
@@ -21,6 +23,10 @@ class Score:
     m: int
     segment: str
     orders: int  # counted orders inside the frequency window at as_of
+    # With a churn model and its fit (docs/churn.md); None otherwise.
+    p_alive: float | None = None
+    band: int | None = None  # the P(alive) band, 1 + the bounds at or below p_alive
+    expected_orders: float | None = None  # in the next churn_horizon_days
 
     @property
     def rfm(self) -> str:
@@ -55,4 +61,13 @@ def score(agg: Aggregates, as_of_ms: int, profile: Profile) -> Score:
     r = recency_score(days_between(agg.last_order_at, as_of_ms), profile.recency_days)
     f = at_least_score(orders, profile.frequency_orders)
     m = at_least_score(agg.monetary, profile.monetary_units)
-    return Score(r, f, m, profile.segment_map.segment(r, f, m), orders)
+    s = Score(r, f, m, profile.segment_map.segment(r, f, m), orders)
+    if profile.churn_fit is not None:  # only profiles with a model and a fit pay for it
+        fit = profile.churn_fit
+        summary = churn.summary_of(agg, as_of_ms)
+        if summary is not None:
+            s.p_alive = p = churn.p_alive(fit.model, fit.params, summary)
+            s.band = churn.band(p, profile.p_alive_bands)
+            e = churn.expected_orders(fit.model, fit.params, profile.churn_horizon_days, summary)
+            s.expected_orders = None if math.isnan(e) else e
+    return s

@@ -25,14 +25,20 @@ class Scored(Protocol):
     def m(self) -> int: ...
     @property
     def segment(self) -> str: ...
+    @property
+    def band(self) -> int | None: ...
 
 
 def fired(
-    triggers: Sequence[TriggerSpec], previous: Scored | None, current: Scored | None
+    triggers: Sequence[TriggerSpec],
+    previous: Scored | None,
+    current: Scored | None,
+    p_alive_bands: Sequence[float] = (),
 ) -> tuple[str, ...]:
     """The names of the triggers an `rfm.changed` move fires, in profile order.
 
     `previous` is None for a new customer, `current` None when no counted order is left.
+    `p_alive_bands`: the profile's band bounds (p_alive_below triggers).
     """
     if not triggers:
         return ()
@@ -40,7 +46,7 @@ def fired(
     return tuple(
         t.name
         for t in triggers
-        if _moves(t, previous, current) and (t.from_ is None or before in t.from_)
+        if _moves(t, previous, current, p_alive_bands) and (t.from_ is None or before in t.from_)
     )
 
 
@@ -54,9 +60,23 @@ def fired_overdue(triggers: Sequence[TriggerSpec], current: Scored) -> tuple[str
     )
 
 
-def _moves(t: TriggerSpec, previous: Scored | None, current: Scored | None) -> bool:
+def _moves(
+    t: TriggerSpec,
+    previous: Scored | None,
+    current: Scored | None,
+    p_alive_bands: Sequence[float],
+) -> bool:
     if t.when == "overdue":
         return False  # only on rfm.overdue records (fired_overdue)
+    if t.when == "p_alive_below":
+        # The value is one of the bounds (checked by the profile): P(alive) < bounds[j]
+        # exactly when the band is at most j + 1. A crossing needs a known band before.
+        band_was = None if previous is None else previous.band
+        band_now = None if current is None else current.band
+        if band_was is None or band_now is None or t.value not in p_alive_bands:
+            return False
+        top = p_alive_bands.index(t.value) + 1  # the highest band below the value
+        return band_now <= top < band_was
     if t.when in ("enters", "leaves"):
         before = previous.segment if previous is not None else None
         after = current.segment if current is not None else None

@@ -42,6 +42,7 @@ from worker.rules.instants import wall_ms
 from worker.rules.profiles import Profiles
 from worker.services import causes
 from worker.services.checkpoint import Checkpoint
+from worker.services.churn_upkeep import load_fits
 from worker.services.quantile_upkeep import load_cuts
 from worker.services.redis_retry import REDIS_ERRORS, RedisRetry
 from worker.services.roster import Roster
@@ -107,9 +108,11 @@ class Worker:
         cannot reach Kafka, or is misconfigured, never joins and never writes (nor sweeps,
         nor runs the marking pass, see `run`). At the first assignment, before the first
         batch: the cut points of quantile profiles that have none yet (so a base switched
-        to quantile mode moves once, to its quintiles) and the start of flow recording."""
+        to quantile mode moves once, to its quintiles), the first fit of churn models that
+        have none, and the start of flow recording."""
         now = self.clock()
         self.retry_redis(lambda: load_cuts(self.store, self.profiles, compute_missing_at=now))
+        self.retry_redis(lambda: load_fits(self.store, self.profiles, compute_missing_at=now))
         self.retry_redis(lambda: flows.start_recording(self.store.redis, now))
 
     def stop(self) -> None:

@@ -1,11 +1,13 @@
-"""The customer base a quantile profile's cut points are computed from, sampled as read
-(docs/profiles.md, "Quantile mode")."""
+"""The customer base a quantile profile's cut points (docs/profiles.md, "Quantile mode") and a
+churn model's fit (docs/churn.md) are computed from, sampled as read."""
 
 from __future__ import annotations
 
 import random
 from collections.abc import Iterator
 
+from worker.rules import churn
+from worker.rules.customer import Aggregates
 from worker.rules.profiles import DEFAULT_TENANT, Profiles
 from worker.rules.scoring import days_between, windowed_orders
 from worker.state import keys
@@ -33,7 +35,51 @@ def ranked_values(
 ) -> Iterator[list[tuple[int, int, int]]]:
     """(days since the last order at as_of, orders as F counts them, net spend in money
     units) of the customers of the tenants scored by profile `name` that have a counted
-    order, one list per SCAN chunk of `count` keys (a list may be empty).
+    order, one list per SCAN chunk (`sampled_aggregates`)."""
+    window = profiles.for_tenant(name).frequency_window_days
+    for chunk in sampled_aggregates(reads, name, profiles, sample=sample, count=count, rng=rng):
+        yield [
+            (
+                days_between(agg.last_order_at, as_of_ms),
+                windowed_orders(agg, as_of_ms, window),
+                agg.monetary,
+            )
+            for agg in chunk
+        ]
+
+
+def churn_summaries(
+    reads: Reads,
+    name: str,
+    profiles: Profiles,
+    as_of_ms: int,
+    *,
+    sample: int,
+    count: int = 500,
+    rng: random.Random | None = None,
+) -> Iterator[list[tuple[int, int, int]]]:
+    """(x, t_x, T) at as_of (worker/rules/churn.py `summary`) of the customers of profile
+    `name` with a counted order, sampled like `ranked_values`."""
+    for chunk in sampled_aggregates(reads, name, profiles, sample=sample, count=count, rng=rng):
+        rows: list[tuple[int, int, int]] = []
+        for agg in chunk:
+            s = churn.summary_of(agg, as_of_ms)
+            if s is not None:
+                rows.append((s.x, s.t_x, s.T))
+        yield rows
+
+
+def sampled_aggregates(
+    reads: Reads,
+    name: str,
+    profiles: Profiles,
+    *,
+    sample: int,
+    count: int = 500,
+    rng: random.Random | None = None,
+) -> Iterator[list[Aggregates]]:
+    """The aggregates of the customers of the tenants scored by profile `name` that have a
+    counted order, one list per SCAN chunk of `count` keys (a list may be empty).
 
     Sampled: each key is kept with probability min(1, sample / population), the population
     being the profile's customers in the segment counters; every customer is read when that
@@ -43,18 +89,13 @@ def ranked_values(
     draw = (rng or random.Random()).random
     # A tenant's own profile is named after it; `default` scores every other tenant.
     pattern = keys.CUSTOMER_PATTERN if name == DEFAULT_TENANT else keys.customer_pattern(name)
-    window = profiles.for_tenant(name).frequency_window_days
 
     def want(tenant: str) -> bool:
         return profiles.for_tenant(tenant).name == name and (keep >= 1.0 or draw() < keep)
 
     for found in reads.key_chunks(count, pattern):
         yield [
-            (
-                days_between(agg.last_order_at, as_of_ms),
-                windowed_orders(agg, as_of_ms, window),
-                agg.monetary,
-            )
+            agg
             for customer in reads.decoded(found, want)
             if (agg := customer.aggregates()) is not None
         ]

@@ -15,9 +15,10 @@ sweeps the partitions it consumes, so one producer publishes all of a customer's
 it beside workers is safe (compare-and-set: nothing is published twice) but gives up that
 ordering guarantee.
 
-A loop turn (`Sweeper.tick`) also gives a step to the two chores that decide what is due
-besides time: quantile upkeep (worker/services/quantile_upkeep.py) and the marking pass
-(worker/services/marking.py), which new cut points restart.
+A loop turn (`Sweeper.tick`) also gives a step to the chores that decide what is due
+besides time: quantile upkeep (worker/services/quantile_upkeep.py), churn upkeep
+(worker/services/churn_upkeep.py) and the marking pass (worker/services/marking.py), which
+new cut points and new fits restart.
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from worker.pacing import Every
 from worker.rules.instants import iso
 from worker.rules.profiles import Profiles
 from worker.services import causes
+from worker.services.churn_upkeep import ChurnUpkeep
 from worker.services.marking import MarkingPass
 from worker.services.quantile_upkeep import QuantileUpkeep
 from worker.state import keys
@@ -87,13 +89,17 @@ class Sweeper:
         self.quantiles = QuantileUpkeep(
             store, profiles, interval=interval, clock=clock, on_new_cuts=self.marking.restart
         )
+        self.churn = ChurnUpkeep(
+            store, profiles, interval=interval, clock=clock, on_new_fit=self.marking.restart
+        )
 
     def tick(self, partitions: set[int]) -> list[Committed]:
-        """One step of the loop: a step of quantile upkeep and a chunk of the marking pass
-        if either runs, then one step of the sweep in progress, starting one every
+        """One step of the loop: a step of quantile and churn upkeep and a chunk of the
+        marking pass if any runs, then one step of the sweep in progress, starting one every
         `interval` seconds."""
         self.quantiles.step()
-        self.marking.step(cuts_pending=self.quantiles.computing)
+        self.churn.step()
+        self.marking.step(cuts_pending=self.quantiles.computing or self.churn.computing)
         if self.current is None:
             if not partitions or not self._starts.due():
                 return []
@@ -147,10 +153,13 @@ class Sweeper:
         self, partitions: set[int], as_of_ms: int, publish: Callable[[list[Committed]], None]
     ) -> Sweep:
         """A whole sweep at once (`rfm-worker sweep --once`), publishing as it goes."""
-        # Cut points first, then the whole marking pass: the sweep rescores what it marked.
+        # Cut points and fits first, then the whole marking pass: the sweep rescores what
+        # it marked.
         while self.quantiles.step():
             pass
-        while self.marking.step(cuts_pending=self.quantiles.computing):
+        while self.churn.step():
+            pass
+        while self.marking.step(cuts_pending=self.quantiles.computing or self.churn.computing):
             pass
         sweep = self.start(partitions, as_of_ms)
         while sweep.pending:

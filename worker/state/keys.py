@@ -26,6 +26,10 @@ valid on Redis Cluster (on a single Redis a call may span shards):
                                                 points, JSON (worker/rules/quantiles.py Cuts)
     rfm:quantiles:lock:<name>           string  held (SET NX PX) by the worker computing
                                                 that profile's cut points
+    rfm:churn                           hash    churn-model profile name -> its current fit,
+                                                JSON (worker/rules/churn.py Fit)
+    rfm:churn:lock:<name>               string  held (SET NX PX) by the worker fitting that
+                                                profile's model
 
 NN is crc32(tenant, customer_id) mod 64. <partition> is the orders-topic partition of the
 customer's latest event: a customer's changes and due entry live with the partition whose
@@ -42,6 +46,7 @@ CLOCK = b"rfm:clock"
 INDEXED = b"rfm:due-index"
 PROFILES = b"rfm:profiles"
 QUANTILES = b"rfm:quantiles"
+CHURN = b"rfm:churn"
 FLOWS_SINCE = b"rfm:flows:since"
 MEMBERS = b"rfm:members"
 ALL_PATTERN = b"rfm:*"
@@ -99,6 +104,10 @@ def count_cell(tenant: str, rfm: str, segment: str) -> str:
 
 def quantiles_lock(profile: str) -> bytes:
     return f"rfm:quantiles:lock:{profile}".encode()
+
+
+def churn_lock(profile: str) -> bytes:
+    return f"rfm:churn:lock:{profile}".encode()
 
 
 def _glob_escape(text: str) -> str:

@@ -4,7 +4,8 @@ The key layout is described once, in worker/state/keys.py (and in worker/state/l
 `Store` is the write path; the other jobs on the same connection are its parts, each in its
 own module: applied offsets (applied.py), the due index and the marking record
 (due_index.py), the event clock (clock.py), the outbox (outbox.py), the read side
-(reads.py), quantile cut points (cut_points.py) and the server itself (admin.py).
+(reads.py), quantile cut points (cut_points.py), churn-model fits (churn_fits.py) and
+the server itself (admin.py).
 
 Every write goes through `commit`, whatever its cause (worker/services/causes.py: order
 events, a decay sweep, a changed profile's marking): read the touched customers, run the
@@ -36,6 +37,7 @@ from worker.rules.events import ValidEvent
 from worker.state import flows, keys
 from worker.state.admin import Server
 from worker.state.applied import AppliedOffsets
+from worker.state.churn_fits import ChurnFits
 from worker.state.clock import EventClock
 from worker.state.cut_points import CutPoints
 from worker.state.due_index import DueIndex, MarkingRecord
@@ -183,6 +185,7 @@ class Store:
         self.outbox = Outbox(client)
         self.reads = Reads(client)
         self.cut_points = CutPoints(client)
+        self.churn_fits = ChurnFits(client)
         self.server = Server(client)
         self.members = Members(client)
 

@@ -21,8 +21,16 @@ def view(customer: Customer, profiles: Profiles, as_of_ms: int) -> dict[str, obj
     agg = customer.aggregates()
     if agg is None:
         return None
-    sc = score(agg, as_of_ms, profiles.for_tenant(customer.tenant))
-    return customer_view(customer.tenant, customer.customer_id, agg, sc, as_of_ms)
+    profile = profiles.for_tenant(customer.tenant)
+    sc = score(agg, as_of_ms, profile)
+    return customer_view(
+        customer.tenant,
+        customer.customer_id,
+        agg,
+        sc,
+        as_of_ms,
+        churn=profile.churn_model is not None,
+    )
 
 
 def lookup(

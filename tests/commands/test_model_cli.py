@@ -1,0 +1,179 @@
+"""`rfm-worker model --profile NAME [--json]`: the stored fit and the calibration/holdout
+check (the paper's Figure 2), through the pure weekly check and the command on the suite's
+Redis."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import orjson
+import pytest
+
+from tests.factories import bgnbd_orders, placed_at
+from worker.cli import main
+from worker.embedded import EmbeddedRedis
+from worker.rules import churn
+from worker.rules.churn import Params
+from worker.rules.instants import DAY_MS
+from worker.rules.profiles import Profiles
+from worker.services import causes
+from worker.services.churn_upkeep import load_fits
+from worker.state.store import Store
+
+T0 = int(datetime(2026, 3, 1, 9, 15, tzinfo=UTC).timestamp()) * 1000
+TOML = """
+[profiles.shop]
+recency_days = [15, 30, 45, 60]
+frequency_orders = [2, 3, 5, 10]
+monetary = [100, 250, 500, 1000]
+churn_model = "bgnbd"
+churn_horizon_days = 91
+"""
+
+
+def test_weekly_check_sums_the_cohorts_expectations() -> None:
+    params = Params(0.5, 20.0, 0.8, 2.5)
+    # two customers: first days 0 and 3; repeats on days 5, 9 and (after the split) 15
+    histories = [[0, 5, 15], [3, 9], []]
+    weeks = churn.weekly_check("bgnbd", params, histories, split_day=14, end_day=21)
+    assert [(w.start_day, w.holdout, w.actual, w.actual_cumulative) for w in weeks] == [
+        (0, False, 1, 1),
+        (7, False, 1, 2),
+        (14, True, 1, 3),
+    ]
+    for w, end in zip(weeks, (7, 14, 21), strict=True):
+        want = churn.expected_repeat("bgnbd", params, end) + churn.expected_repeat(
+            "bgnbd", params, end - 3
+        )
+        assert w.expected_cumulative == pytest.approx(want)
+    assert sum(w.expected for w in weeks) == pytest.approx(weeks[-1].expected_cumulative)
+    # a customer who first bought after the split is not in the cohort
+    late = churn.weekly_check("bgnbd", params, [[20, 21]], split_day=14, end_day=28)
+    assert late == []
+
+
+@pytest.fixture(autouse=True)
+def env(monkeypatch: pytest.MonkeyPatch, redis_server: EmbeddedRedis) -> Iterator[None]:
+    for name in list(os.environ):
+        if name.upper().startswith("RFM_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("RFM_REDIS_URL", redis_server.url)
+    monkeypatch.setenv("RFM_CLOCK", "event")
+    yield
+
+
+def seed(store: Store, profiles: Profiles, orders: dict[str, list[int]]) -> None:
+    items = [
+        (placed_at(profiles, n, cid, when, "20", tenant="shop"), 0)
+        for cid, history in orders.items()
+        for n, when in enumerate(history)
+    ]
+    causes.apply_batch(store, items, profiles, as_of_ms=T0, now_ms=T0)
+    store.clock.advance(T0)
+
+
+def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(["model", *args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_model_prints_the_fit_and_a_holdout_check_that_holds(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    store: Store,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "profiles.toml"
+    path.write_text(TOML)
+    monkeypatch.setenv("RFM_PROFILES", str(path))
+    profiles = Profiles.load(path)
+    orders = bgnbd_orders(11, 1500, T0, days=400)
+    seed(store, profiles, orders)
+
+    code, out, err = run(capsys, "--profile", "shop")
+    assert code == 1 and "no fit stored yet" in out and "has no fit yet" in err
+
+    load_fits(store, profiles, compute_missing_at=T0)
+    fit = store.churn_fits.read()["shop"]
+    code, out, err = run(capsys, "--profile", "shop", "--json")
+    assert code == 0, err
+    doc = orjson.loads(out)
+    assert doc["fit"] == {
+        "r": fit.params.r,
+        "alpha": fit.params.alpha,
+        "a": fit.params.a,
+        "b": fit.params.b,
+        "time_unit": "days",
+        "log_likelihood": fit.log_likelihood,
+        "population": 1500,
+        "sampled": 1500,
+        "version": 1,
+        "fitted_at": "2026-03-01T09:15:00Z",
+    }
+    check = doc["check"]
+    assert check["holdout_days"] == 91  # the profile's horizon
+    split = (T0 // DAY_MS + 1 - 91) * DAY_MS
+    assert check["split_at"] == datetime.fromtimestamp(split / 1000, UTC).strftime(
+        "%Y-%m-%dT%H:%M:%SZ"
+    )
+    # actual repeat purchases: brute force over the order lists
+    cohort = [churn.purchase_days(h) for h in orders.values()]
+    cohort = [d for d in cohort if d[0] < split // DAY_MS]
+    assert check["customers"] == len(cohort)
+    weeks = check["weeks"]
+    assert weeks[-1]["actual_cumulative"] == sum(len(d) - 1 for d in cohort)
+    holdout = [w for w in weeks if w["period"] == "holdout"]
+    assert 12 <= len(holdout) <= 14
+    # The data follow BG/NBD: what the calibration fit expects of the holdout weeks is
+    # close to what the cohort bought (the point of the paper's Figure 2).
+    actual = sum(w["actual"] for w in holdout)
+    expected = sum(w["expected"] for w in holdout)
+    assert actual > 100
+    assert expected == pytest.approx(actual, rel=0.15)
+
+    code, text, err = run(capsys, "--profile", "shop")
+    assert code == 0, err
+    assert "fit version 1 at 2026-03-01T09:15:00Z" in text
+    assert "population 1500" in text
+    assert "holdout" in text and "calibration" in text
+    assert any(line.split()[:2] == ["week", "starts"] for line in text.splitlines() if line)
+
+
+def test_model_refuses_profiles_without_a_model(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "profiles.toml"
+    path.write_text(TOML.replace('churn_model = "bgnbd"\nchurn_horizon_days = 91\n', ""))
+    monkeypatch.setenv("RFM_PROFILES", str(path))
+    code, _, err = run(capsys, "--profile", "shop")
+    assert code == 2 and "profile 'shop' has no churn model" in err
+    code, _, err = run(capsys, "--profile", "nope")
+    assert code == 2 and "no profile 'nope'" in err
+
+
+def test_export_csv_has_p_alive_columns_only_with_a_churn_model() -> None:
+    import csv
+    import io
+
+    from worker.cli import _export_csv
+    from worker.rules.messages import CHURN_FIELDS, CustomerView
+
+    base = dict.fromkeys(f for f in CustomerView.model_fields if f not in CHURN_FIELDS)
+    plain = {**base, "customer_id": "a"}
+    modelled = {**base, "customer_id": "b", "p_alive": 0.25, "p_alive_band": 2}
+    modelled["expected_orders"] = 1.5
+    out = io.BytesIO()
+    _export_csv([plain], out)
+    assert out.getvalue().decode().partition("\r\n")[0].split(",") == list(base)
+    out = io.BytesIO()
+    _export_csv([plain, modelled], out, churn=True)
+    rows = list(csv.DictReader(io.StringIO(out.getvalue().decode(), newline="")))
+    assert list(rows[0])[-3:] == list(CHURN_FIELDS)
+    assert [(r["p_alive"], r["p_alive_band"], r["expected_orders"]) for r in rows] == [
+        ("", "", ""),
+        ("0.25", "2", "1.5"),
+    ]

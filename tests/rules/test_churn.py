@@ -1,0 +1,427 @@
+"""The churn model (worker/rules/churn.py) against an independent implementation, the
+`lifetimes` package, and against the published estimates of Fader, Hardie & Lee (2005) on
+the CDNOW sample, which the `lifetimes` wheel ships (nothing is downloaded).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import orjson
+import pytest
+
+from worker.rules import churn
+from worker.rules.churn import Params, Summary
+from worker.rules.customer import Customer
+from worker.rules.decay import p_alive_band_due
+from worker.rules.engine import apply_events, decay
+from worker.rules.events import ValidEvent
+from worker.rules.messages import RfmChanged
+from worker.rules.money import to_units
+from worker.rules.profiles import Profiles
+from worker.rules.scoring import score
+
+with warnings.catch_warnings():  # the reference's own imports warn on today's pandas
+    warnings.simplefilter("ignore")
+    import lifetimes
+    import pandas as pd
+    from lifetimes import BetaGeoFitter, ModifiedBetaGeoFitter
+    from lifetimes.utils import summary_data_from_transaction_data
+
+DATASETS = Path(lifetimes.__file__).parent / "datasets"
+REFERENCE = {"bgnbd": BetaGeoFitter, "mbgnbd": ModifiedBetaGeoFitter}
+MODELS = ("bgnbd", "mbgnbd")
+REL = 1e-6
+
+
+def cdnow() -> pd.DataFrame:
+    """The CDNOW calibration period: 2,357 customers, 39 weeks (x, t_x, T in weeks)."""
+    return pd.read_csv(DATASETS / "cdnow_customers_summary.csv", index_col=0)
+
+
+# The reference's optimiser tolerance: tighter than its default (1e-7), so that its own
+# stopping point is within 1e-7 of the optimum (tighter still, it reports no convergence).
+REFERENCE_TOL = {"bgnbd": 1e-9, "mbgnbd": 1e-8}
+
+
+def reference_fit(model: str, data: pd.DataFrame) -> object:
+    fitter = REFERENCE[model]()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        fitter.fit(data["frequency"], data["recency"], data["T"], tol=REFERENCE_TOL[model])
+    return fitter
+
+
+def as_array(p: Params) -> np.ndarray:
+    return np.array([p.r, p.alpha, p.a, p.b])
+
+
+def test_cdnow_reproduces_the_papers_estimates() -> None:
+    data = cdnow()
+    assert len(data) == 2357
+    est = churn.fit("bgnbd", data["frequency"], data["recency"], data["T"])
+    assert isinstance(est, churn.Estimate)
+    p = est.params
+    # Fader, Hardie & Lee (2005), section 4: r = 0.243, α = 4.414, a = 0.793, b = 2.426
+    assert (round(p.r, 3), round(p.alpha, 3), round(p.a, 3), round(p.b, 3)) == (
+        0.243,
+        4.414,
+        0.793,
+        2.426,
+    )
+    # ... and the log-likelihood the paper prints, -9582.4
+    assert round(est.log_likelihood, 1) == -9582.4
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_fit_equals_lifetimes(model: str) -> None:
+    data = cdnow()
+    est = churn.fit(model, data["frequency"], data["recency"], data["T"])
+    assert isinstance(est, churn.Estimate)
+    ref = reference_fit(model, data)
+    expected = ref.params_[["r", "alpha", "a", "b"]].to_numpy()  # type: ignore[attr-defined]
+    np.testing.assert_allclose(as_array(est.params), expected, rtol=REL)
+    # the log-likelihood: the reference's own formula at our parameters
+    nll = ref._negative_log_likelihood(  # type: ignore[attr-defined]
+        np.log(as_array(est.params)),
+        data["frequency"].to_numpy(),
+        data["recency"].to_numpy(),
+        data["T"].to_numpy(),
+        np.ones(len(data)),
+        0.0,
+    )
+    assert est.log_likelihood == pytest.approx(-nll * len(data), rel=1e-12)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_per_customer_values_equal_lifetimes(model: str) -> None:
+    data = cdnow()
+    est = churn.fit(model, data["frequency"], data["recency"], data["T"])
+    assert isinstance(est, churn.Estimate)
+    ref = REFERENCE[model]()
+    ref.params_ = pd.Series(as_array(est.params), index=["r", "alpha", "a", "b"])
+    f, rec, t = (data[c].to_numpy() for c in ("frequency", "recency", "T"))
+    want_alive = ref.conditional_probability_alive(f, rec, t)
+    want_orders = ref.conditional_expected_number_of_purchases_up_to_time(13.0, f, rec, t)
+    got_alive, got_orders = [], []
+    for x, tx, big_t in zip(f, rec, t, strict=True):
+        s = Summary(int(x), tx, big_t)  # type: ignore[arg-type]  # weeks, with decimals
+        got_alive.append(churn.p_alive(model, est.params, s))
+        got_orders.append(churn.expected_orders(model, est.params, 13.0, s))
+    np.testing.assert_allclose(got_alive, want_alive, rtol=REL)
+    np.testing.assert_allclose(got_orders, want_orders, rtol=REL)
+    for t_ in (1.0, 13.0, 39.0, 78.0):
+        assert churn.expected_repeat(model, est.params, t_) == pytest.approx(
+            ref.expected_number_of_purchases_up_to_time(t_), rel=REL
+        )
+
+
+def test_summary_equals_lifetimes_daily_summary() -> None:
+    """x, t_x, T from order instants (epoch ms) as lifetimes summarises daily periods."""
+    tx = pd.read_csv(DATASETS / "example_transactions.csv", parse_dates=["date"])
+    # orders at several times of day, two on some days: only UTC days count
+    rng = np.random.default_rng(7)
+    tx["date"] = tx["date"] + pd.to_timedelta(rng.integers(0, 86_400_000, len(tx)), unit="ms")
+    end = datetime(2015, 1, 1, 15, 30, tzinfo=UTC)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        want = summary_data_from_transaction_data(
+            tx, "id", "date", freq="D", observation_period_end=end.replace(tzinfo=None)
+        )
+    as_of_ms = int(end.timestamp() * 1000)
+    for cid, group in list(tx.groupby("id"))[:2000]:
+        times = sorted(int(ts.value // 1_000_000) for ts in group["date"])
+        s = churn.summary(times, as_of_ms)
+        assert s is not None
+        row = want.loc[cid]
+        assert (s.x, s.t_x, s.T) == (row["frequency"], row["recency"], row["T"]), cid
+
+
+def test_summary_days() -> None:
+    day = 86_400_000
+    t0 = 20_000 * day
+    assert churn.summary([], t0) is None
+    assert churn.summary([t0 + 5], t0 + 3 * day - 1) == Summary(0, 0, 2)
+    # two orders on one UTC day are one purchase day; the instant of scoring counts by day
+    assert churn.summary([t0 + 1, t0 + 2, t0 + day + 9], t0 + 10 * day) == Summary(1, 1, 10)
+    # folded orders: each its own day, from the first one's instant
+    assert churn.summary([t0 + 5 * day], t0 + 9 * day, folded=3, first_at=t0) == Summary(3, 5, 9)
+
+
+def test_failures_say_why() -> None:
+    assert churn.fit("bgnbd", [], [], []) == churn.Failed("no customer to fit")
+    failed = churn.fit("bgnbd", [0, 0], [0, 0], [5, 9])
+    assert isinstance(failed, churn.Failed)
+    assert "repeat purchase" in failed.reason
+    assert isinstance(churn.fit("mbgnbd", [1], [3], [2]), churn.Failed)  # t_x > T
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_fit_in_days_matches_weeks(model: str) -> None:
+    """The unit is the data's: the same customers in days give α x 7 and the rest equal."""
+    data = cdnow()
+    weeks = churn.fit(model, data["frequency"], data["recency"], data["T"])
+    days = churn.fit(model, data["frequency"], data["recency"] * 7, data["T"] * 7)
+    assert isinstance(weeks, churn.Estimate)
+    assert isinstance(days, churn.Estimate)
+    w, d = weeks.params, days.params
+    np.testing.assert_allclose([d.r, d.alpha / 7, d.a, d.b], [w.r, w.alpha, w.a, w.b], rtol=REL)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_fit_round_trips_through_json(model: str) -> None:
+    fit = churn.Fit(model, Params(0.25, 30.5, 0.8, 2.5), -123.5, 1000, 900, 3, 1_700_000_000_000)  # type: ignore[arg-type]
+    assert churn.Fit.from_json(fit.to_json()) == fit
+
+
+def test_band() -> None:
+    bounds = [0.2, 0.5, 0.8]
+    assert [churn.band(p, bounds) for p in (0.0, 0.19, 0.2, 0.5, 0.79, 0.8, 1.0)] == [
+        1,
+        1,
+        2,
+        3,
+        3,
+        4,
+        4,
+    ]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_day_below_is_the_first_whole_day_below(model: str) -> None:
+    params = Params(0.243, 4.414 / 7, 0.793, 2.426)  # CDNOW, per day
+    for x, t_x, big_t in [(1, 3, 10), (5, 100, 120), (20, 300, 300), (0, 0, 4), (2, 0, 1)]:
+        s = Summary(x, t_x, big_t)
+        for bound in (0.2, 0.5, 0.8, 0.95):
+            day = churn.day_below(model, params, s, bound)  # type: ignore[arg-type]
+            now = churn.p_alive(model, params, s)  # type: ignore[arg-type]
+            if model == "bgnbd" and x == 0:
+                assert day is None  # stays alive until a repeat purchase
+                continue
+            if now < bound:
+                assert day is None
+                continue
+            assert day is not None and day > big_t
+            at = churn.p_alive(model, params, Summary(x, t_x, day))  # type: ignore[arg-type]
+            before = churn.p_alive(model, params, Summary(x, t_x, day - 1))  # type: ignore[arg-type]
+            assert at < bound <= before
+
+
+def test_p_alive_falls_with_age() -> None:
+    params = Params(0.243, 0.63, 0.793, 2.426)
+    values = [churn.p_alive("bgnbd", params, Summary(3, 30, t)) for t in range(30, 400, 7)]
+    assert all(b < a for a, b in itertools.pairwise(values))
+    assert math.isclose(churn.p_alive("bgnbd", params, Summary(0, 0, 50)), 1.0)
+
+
+# -- per customer: scores, records, triggers and the due instant -------------------------------
+
+DAY_MS = 86_400_000
+T_START = 20_400 * DAY_MS  # a UTC midnight (2025-11-08)
+FIT = churn.Fit("bgnbd", Params(0.243, 4.414 * 7, 0.793, 2.426), -1.0, 100, 100, 1, T_START)
+
+
+def churn_profiles(model: str = "bgnbd", triggers: str = "") -> Profiles:
+    return Profiles.from_toml(
+        f"""
+[profiles.default]
+recency_days = [15, 30, 45, 60]
+frequency_orders = [2, 3, 5, 10]
+monetary = [100, 250, 500, 1000]
+churn_model = "{model}"
+p_alive_bands = [0.2, 0.5, 0.8]
+{triggers}
+"""
+    )
+
+
+def order(n: int, at: int) -> ValidEvent:
+    return ValidEvent(
+        event_id=f"e{n}",
+        type="order_placed",
+        order_id=f"o{n}",
+        customer_id="c1",
+        tenant="default",
+        amount=to_units("30"),
+        occurred_at=at,
+    )
+
+
+def test_score_carries_p_alive_band_and_expected_orders() -> None:
+    profiles = churn_profiles()
+    unfitted = profiles.for_tenant("default")
+    c = Customer("default", "c1")
+    for n, day in enumerate((0, 10, 30)):
+        c.apply(order(n, T_START + day * DAY_MS + 3_600_000))
+    agg = c.aggregates()
+    assert agg is not None
+    at = T_START + 60 * DAY_MS + 5
+    s = score(agg, at, unfitted)
+    assert (s.p_alive, s.band, s.expected_orders) == (None, None, None)  # no fit yet
+    profile = profiles.use_fit("default", FIT)
+    s = score(agg, at, profile)
+    summ = Summary(2, 30, 60)
+    assert s.p_alive == churn.p_alive("bgnbd", FIT.params, summ)
+    assert s.band == churn.band(s.p_alive, [0.2, 0.5, 0.8])
+    assert s.expected_orders == churn.expected_orders("bgnbd", FIT.params, 90, summ)
+    # whole days: the same all day long
+    assert score(agg, T_START + 61 * DAY_MS - 1, profile).p_alive == s.p_alive
+
+
+def test_a_band_move_is_a_change_and_its_instant_is_due() -> None:
+    profiles = churn_profiles(
+        triggers='[[profiles.default.triggers]]\nname = "slipping"\n'
+        'when = "p_alive_below"\nvalue = 0.5\n'
+    )
+    profile = profiles.use_fit("default", FIT)
+    c = Customer("default", "c1")
+    first = apply_events(
+        c,
+        [order(0, T_START + 1000), order(1, T_START + 7 * DAY_MS)],
+        profile=profile,
+        as_of_ms=T_START + 7 * DAY_MS,
+        now_ms=T_START + 7 * DAY_MS,
+    )
+    record = first.changes[-1].payload
+    RfmChanged.model_validate(record)
+    summ = Summary(1, 7, 7)
+    assert record["p_alive"] == churn.p_alive("bgnbd", FIT.params, summ)
+    assert record["p_alive_band"] == 3  # 1 / (1 + a / b) = 0.754: between 0.5 and 0.8
+    assert record["expected_orders"] == churn.expected_orders("bgnbd", FIT.params, 90, summ)
+    assert c.published is not None and c.published.band == 3
+    assert orjson.loads(c.encode())["s"][-1] == 3  # the band is part of the state
+    # The due instant is the first midnight at which the band drops (unless R drops first).
+    day = churn.day_below("bgnbd", FIT.params, summ, 0.5)
+    assert day is not None
+    band_due = T_START + day * DAY_MS
+    r_due = T_START + 7 * DAY_MS + 16 * DAY_MS
+    assert first.due == min(band_due, r_due)
+    agg = c.aggregates()
+    assert agg is not None
+    assert p_alive_band_due(agg, profile, T_START + 7 * DAY_MS) == band_due
+    # Decay walks the bands down, one change per band, at their midnights.
+    at, bands, fired_names = T_START + 7 * DAY_MS, [], []
+    for _ in range(20):
+        result = decay(c, profile, as_of_ms=at, now_ms=at)
+        for ch in result.changes:
+            if ch.kind == "rfm.changed" and [ch.payload["p_alive_band"]] != (bands or [3])[-1:]:
+                bands.append(ch.payload["p_alive_band"])
+                fired_names += list(ch.triggers)
+        if result.due is None:
+            break
+        at = result.due
+    assert bands == [2, 1]
+    assert fired_names == ["slipping"]  # once, when it fell below 0.5
+    assert c.published is not None and c.published.band == 1
+
+
+def test_p_alive_below_fires_on_the_crossing_only() -> None:
+    from worker.rules.customer import Published
+    from worker.rules.triggers import fired
+
+    profile = churn_profiles(
+        triggers='[[profiles.default.triggers]]\nname = "w"\nwhen = "p_alive_below"\nvalue = 0.5\n'
+    ).for_tenant("default")
+    bands = [0.2, 0.5, 0.8]
+
+    def moved(was: int | None, now: int | None) -> tuple[str, ...]:
+        return fired(
+            profile.triggers,
+            Published(5, 1, 1, "new_customers", was),
+            Published(5, 1, 1, "new_customers", now),
+            bands,
+        )
+
+    assert moved(3, 2) == ("w",)
+    assert moved(4, 1) == ("w",)
+    assert moved(2, 1) == ()  # already below
+    assert moved(2, 3) == ()  # up
+    assert moved(None, 1) == ()  # no P(alive) before (no fit yet): not a crossing
+    assert moved(3, None) == ()
+
+
+def test_profiles_without_a_model_stay_as_they_were() -> None:
+    from tests.factories import PIZZERIA
+
+    c = Customer("default", "c1")
+    result = apply_events(
+        c,
+        [order(0, T_START), order(1, T_START + DAY_MS)],
+        profile=PIZZERIA,
+        as_of_ms=T_START + DAY_MS,
+        now_ms=T_START + DAY_MS,
+    )
+    record = result.changes[-1].payload
+    assert not {"p_alive", "p_alive_band", "expected_orders"} & set(record)
+    assert len(orjson.loads(c.encode())["s"]) == 4
+    # a model without a fit yet: null values, no band in the state
+    unfitted = churn_profiles().for_tenant("default")
+    c = Customer("default", "c2")
+    result = apply_events(
+        c, [order(0, T_START)], profile=unfitted, as_of_ms=T_START, now_ms=T_START
+    )
+    record = result.changes[-1].payload
+    assert (record["p_alive"], record["p_alive_band"], record["expected_orders"]) == (
+        None,
+        None,
+        None,
+    )
+    assert len(orjson.loads(c.encode())["s"]) == 4
+
+
+def test_mbgnbd_one_time_buyers_fall_too() -> None:
+    fit = churn.Fit("mbgnbd", Params(0.5, 40.0, 0.9, 1.6), -1.0, 10, 10, 1, T_START)
+    profile = churn_profiles("mbgnbd").use_fit("default", fit)
+    c = Customer("default", "c1")
+    result = apply_events(
+        c, [order(0, T_START + 5)], profile=profile, as_of_ms=T_START + 5, now_ms=T_START + 5
+    )
+    p = result.changes[-1].payload["p_alive"]
+    assert isinstance(p, float) and p < 1
+    agg = c.aggregates()
+    assert agg is not None
+    due = p_alive_band_due(agg, profile, T_START + 5)
+    assert due is not None and due % DAY_MS == 0 and due > T_START
+
+
+def test_the_documented_profile_loads() -> None:
+    """docs/churn.md's example is a valid profile with the defaults it states."""
+    doc = (Path(__file__).parents[2] / "docs" / "churn.md").read_text()
+    toml = doc.split("```toml\n", 1)[1].split("```", 1)[0]
+    p = Profiles.from_toml(toml).for_tenant("pizzeria")
+    assert (p.churn_model, p.churn_horizon_days, p.p_alive_bands, p.churn_refit_minutes) == (
+        "bgnbd",
+        90,
+        [0.2, 0.5, 0.8],
+        60,
+    )
+    assert [(t.when, t.value) for t in p.triggers] == [("p_alive_below", 0.5)]
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_per_customer_values_never_raise(model: str) -> None:
+    """Scoring runs on every event: extreme (accepted) parameters and histories give a
+    probability, a finite number or NaN (shown as null), never an exception."""
+    extremes = [
+        Params(1e-8, 1e-8, 1e-8, 1e-8),
+        Params(1e8, 1e8, 1e8, 1e8),
+        Params(1e8, 1e-8, 1e8, 1e-8),
+        Params(5.0, 0.01, 50.0, 0.01),
+    ]
+    histories = [(0, 0, 0), (0, 0, 10_000), (5000, 9999, 10_000), (1, 0, 3_000_000), (3, 2, 3)]
+    for params in extremes:
+        for x, t_x, big_t in histories:
+            s = Summary(x, t_x, big_t)
+            p = churn.p_alive(model, params, s)  # type: ignore[arg-type]
+            assert 0.0 <= p <= 1.0
+            for t in (1, 90, 3650):
+                e = churn.expected_orders(model, params, t, s)  # type: ignore[arg-type]
+                assert math.isnan(e) or math.isfinite(e)
+            for bound in (0.01, 0.5, 0.99):
+                day = churn.day_below(model, params, s, bound)  # type: ignore[arg-type]
+                assert day is None or day > big_t
