@@ -28,7 +28,7 @@ from worker.config import Settings, load_settings, mask_url
 from worker.errors import ConfigError, RfmError, UsageError
 from worker.rules import rescore
 from worker.rules.instants import epoch_ms
-from worker.rules.messages import CHURN_FIELDS, CustomerView
+from worker.rules.messages import CustomerView
 from worker.rules.profiles import DEFAULT_TENANT, Profiles
 from worker.state.clock import scoring_now
 from worker.state.store import Store
@@ -339,8 +339,7 @@ def _read(args: argparse.Namespace, settings: Settings, profiles: Profiles, stor
         out = sys.stdout.buffer
         docs = views.export(store, profiles, as_of, args.tenant)
         if args.format == "csv":
-            # P(alive) columns only when a profile has a churn model (docs/churn.md)
-            _export_csv(docs, out, churn=bool(profiles.churn_names()))
+            _export_csv(docs, out)
         else:
             for doc in docs:
                 out.write(orjson.dumps(doc) + b"\n")
@@ -418,12 +417,11 @@ class _Utf8Lines:
         return self.out.write(text.encode())
 
 
-def _export_csv(docs: Iterable[dict[str, object]], out: BinaryIO, *, churn: bool = False) -> None:
+def _export_csv(docs: Iterable[dict[str, object]], out: BinaryIO) -> None:
     """A header of the customer view's fields, then a row per customer (RFC 4180: CRLF,
-    fields with a comma, a quote or a line break quoted); numbers as in the JSON lines.
-    `churn`: with the P(alive) columns (empty for customers of profiles without a model,
-    and while a model has no fit)."""
-    fields = [f for f in CustomerView.model_fields if churn or f not in CHURN_FIELDS]
+    fields with a comma, a quote or a line break quoted); numbers as in the JSON lines
+    (the P(alive) columns empty where the profile has no churn model or no fit yet)."""
+    fields = list(CustomerView.model_fields)
     writer = csv.writer(_Utf8Lines(out))
     writer.writerow(fields)
     for doc in docs:

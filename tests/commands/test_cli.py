@@ -50,6 +50,9 @@ VIEW_FIELDS = {
     "rfm",
     "segment",
     "as_of",
+    "p_alive",  # null: the profile has no churn model
+    "p_alive_band",
+    "expected_orders",
 }
 
 
@@ -166,6 +169,9 @@ ALICE_AT_AS_OF = {
     "rfm": "533",
     "segment": "potential_loyalist",
     "as_of": "2026-06-01T00:00:00Z",
+    "p_alive": None,
+    "p_alive_band": None,
+    "expected_orders": None,
 }
 
 
@@ -314,7 +320,8 @@ def test_export_as_csv_has_the_json_lines_fields_and_rfc_4180_quoting(
     rows = list(csv.DictReader(io.StringIO(text, newline="")))
     expected = export_lines(as_json.stdout)
     assert {(r["tenant"], r["customer_id"]): r for r in rows} == {
-        key: {name: str(value) for name, value in doc.items()} for key, doc in expected.items()
+        key: {name: "" if value is None else str(value) for name, value in doc.items()}
+        for key, doc in expected.items()
     }
     assert len(rows) == len(expected) == 7
     # the id with a newline, a colon, braces and a slash is one quoted field

@@ -155,24 +155,22 @@ def test_model_refuses_profiles_without_a_model(
     assert code == 2 and "no profile 'nope'" in err
 
 
-def test_export_csv_has_p_alive_columns_only_with_a_churn_model() -> None:
+def test_export_csv_has_the_p_alive_columns_empty_without_a_value() -> None:
     import csv
     import io
 
     from worker.cli import _export_csv
-    from worker.rules.messages import CHURN_FIELDS, CustomerView
+    from worker.rules.messages import CustomerView
 
-    base = dict.fromkeys(f for f in CustomerView.model_fields if f not in CHURN_FIELDS)
-    plain = {**base, "customer_id": "a"}
+    base = dict.fromkeys(CustomerView.model_fields)
+    plain = {**base, "customer_id": "a"}  # no churn model, or no fit yet: null
     modelled = {**base, "customer_id": "b", "p_alive": 0.25, "p_alive_band": 2}
     modelled["expected_orders"] = 1.5
     out = io.BytesIO()
-    _export_csv([plain], out)
-    assert out.getvalue().decode().partition("\r\n")[0].split(",") == list(base)
-    out = io.BytesIO()
-    _export_csv([plain, modelled], out, churn=True)
+    _export_csv([plain, modelled], out)
     rows = list(csv.DictReader(io.StringIO(out.getvalue().decode(), newline="")))
-    assert list(rows[0])[-3:] == list(CHURN_FIELDS)
+    assert list(rows[0]) == list(CustomerView.model_fields)
+    assert list(rows[0])[-3:] == ["p_alive", "p_alive_band", "expected_orders"]
     assert [(r["p_alive"], r["p_alive_band"], r["expected_orders"]) for r in rows] == [
         ("", "", ""),
         ("0.25", "2", "1.5"),

@@ -345,7 +345,7 @@ def test_p_alive_below_fires_on_the_crossing_only() -> None:
     assert moved(3, None) == ()
 
 
-def test_profiles_without_a_model_stay_as_they_were() -> None:
+def test_profiles_without_a_model_say_null_and_store_as_before() -> None:
     from tests.factories import PIZZERIA
 
     c = Customer("default", "c1")
@@ -357,8 +357,12 @@ def test_profiles_without_a_model_stay_as_they_were() -> None:
         now_ms=T_START + DAY_MS,
     )
     record = result.changes[-1].payload
-    assert not {"p_alive", "p_alive_band", "expected_orders"} & set(record)
-    assert len(orjson.loads(c.encode())["s"]) == 4
+    assert (record["p_alive"], record["p_alive_band"], record["expected_orders"]) == (
+        None,
+        None,
+        None,
+    )
+    assert len(orjson.loads(c.encode())["s"]) == 4  # the state blob as before the model
     # a model without a fit yet: null values, no band in the state
     unfitted = churn_profiles().for_tenant("default")
     c = Customer("default", "c2")

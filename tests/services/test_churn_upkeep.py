@@ -284,9 +284,10 @@ def test_the_customer_view_and_export_carry_p_alive(store: Store) -> None:
             churn.p_alive("bgnbd", fit.params, s), [0.2, 0.5, 0.8]
         )
         assert doc["expected_orders"] == churn.expected_orders("bgnbd", fit.params, 90, s)
-    # a profile without a model: the view as it always was, no P(alive) keys
+    # a profile without a model: the P(alive) keys, null
     plain = Profiles.from_toml(
         CHURN_TOML.replace('churn_model = "bgnbd"\n', "").replace("churn_refit_minutes = 60\n", "")
     )
     doc = views.lookup(store, plain, TENANT, cid, T0)
-    assert doc is not None and "p_alive" not in doc
+    assert doc is not None
+    assert (doc["p_alive"], doc["p_alive_band"], doc["expected_orders"]) == (None, None, None)

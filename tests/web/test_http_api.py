@@ -137,6 +137,9 @@ def test_customer_view(api: Api, store: Store, profiles: Profiles) -> None:
         "rfm": "533",
         "segment": "potential_loyalist",
         "as_of": "2026-06-01T00:00:00Z",
+        "p_alive": None,  # the profile has no churn model
+        "p_alive_band": None,
+        "expected_orders": None,
     }
 
 

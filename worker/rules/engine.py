@@ -252,7 +252,6 @@ def rescore(
         agg=agg,
         emitted_at_ms=now_ms,
         triggers=names,
-        churn=profile.churn_model is not None,
     )
     return Change(
         tenant=customer.tenant,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, SerializerFunctionWrapHandler, model_serializer
+from pydantic import BaseModel, ConfigDict
 
 from worker.rules.customer import Aggregates, Published
 from worker.rules.instants import iso
@@ -62,14 +62,10 @@ class RfmChanged(_Model):
     triggers: list[str]
     customer: CustomerSummary
     emitted_at: str
-    # Profiles with a churn model only (docs/churn.md): null until the model's first fit.
-    p_alive: float | None = None
-    p_alive_band: int | None = None
-    expected_orders: float | None = None
-
-    @model_serializer(mode="wrap")
-    def _churn_when_given(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
-        return _without_unset_churn(self, handler(self))
+    # docs/churn.md: null when the profile has no churn model, or before its first fit.
+    p_alive: float | None
+    p_alive_band: int | None
+    expected_orders: float | None
 
 
 class RfmOverdue(_Model):
@@ -107,26 +103,10 @@ class CustomerView(_Model):
     rfm: str
     segment: str
     as_of: str
-    # Profiles with a churn model only (docs/churn.md): null until the model's first fit.
-    p_alive: float | None = None
-    p_alive_band: int | None = None
-    expected_orders: float | None = None
-
-    @model_serializer(mode="wrap")
-    def _churn_when_given(self, handler: SerializerFunctionWrapHandler) -> dict[str, object]:
-        return _without_unset_churn(self, handler(self))
-
-
-CHURN_FIELDS = ("p_alive", "p_alive_band", "expected_orders")
-
-
-def _without_unset_churn(model: BaseModel, doc: dict[str, object]) -> dict[str, object]:
-    """Records of profiles without a churn model have no P(alive) keys at all (they are as
-    before the model existed); with one, they are there, null until the first fit."""
-    for key in CHURN_FIELDS:
-        if key not in model.model_fields_set:
-            doc.pop(key, None)
-    return doc
+    # docs/churn.md: null when the profile has no churn model, or before its first fit.
+    p_alive: float | None
+    p_alive_band: int | None
+    expected_orders: float | None
 
 
 def score_view(s: Score | Published | None) -> dict[str, object] | None:
@@ -179,7 +159,6 @@ def rfm_changed(
     agg: Aggregates | None,
     emitted_at_ms: int,
     triggers: Sequence[str] = (),
-    churn: bool = False,
 ) -> dict[str, object]:
     """`churn`: the profile has a churn model, so the record carries P(alive)."""
     as_of = iso(as_of_ms)
@@ -199,13 +178,13 @@ def rfm_changed(
         "customer": customer_summary(agg, current),
         "emitted_at": as_of if emitted_at_ms == as_of_ms else iso(emitted_at_ms),
     }
-    if churn:
-        doc.update(churn_values(current))
+    doc.update(churn_values(current))
     return doc
 
 
 def churn_values(current: Score | None) -> dict[str, object]:
-    """P(alive), its band and the expected orders, as records show them (null: no fit)."""
+    """P(alive), its band and the expected orders, as records show them (null: no churn
+    model, or no fit yet)."""
     if current is None:
         return {"p_alive": None, "p_alive_band": None, "expected_orders": None}
     return {
@@ -221,10 +200,7 @@ def customer_view(
     agg: Aggregates,
     score: Score,
     as_of_ms: int,
-    *,
-    churn: bool = False,
 ) -> dict[str, object]:
-    """`churn`: the profile has a churn model, so the view carries P(alive)."""
     doc: dict[str, object] = {
         "tenant": tenant,
         "customer_id": customer_id,
@@ -236,8 +212,7 @@ def customer_view(
         "segment": score.segment,
         "as_of": iso(as_of_ms),
     }
-    if churn:
-        doc.update(churn_values(score))
+    doc.update(churn_values(score))
     return doc
 
 

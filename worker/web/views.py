@@ -29,7 +29,6 @@ def view(customer: Customer, profiles: Profiles, as_of_ms: int) -> dict[str, obj
         agg,
         sc,
         as_of_ms,
-        churn=profile.churn_model is not None,
     )
 
 
