@@ -49,7 +49,7 @@ def rhythm(agg: Aggregates, profile: Profile) -> Rhythm | None:
         return None
     gaps = agg.gaps
     if gaps is None:
-        gaps = sorted(b - a for a, b in pairwise(agg.order_times))
+        gaps = sorted([b - a for a, b in pairwise(agg.order_times)])  # a list: no generator
     mid = len(gaps) // 2
     median = gaps[mid] if len(gaps) % 2 else (gaps[mid - 1] + gaps[mid]) / 2
     if median <= 0:  # every order at the same instant: no rhythm to be late against
