@@ -6,12 +6,11 @@ them) go through:
 
 - frozen: `validate` before the lean path, the frozen copy the differential test keeps
   (tests/frozen_validation.py, `frozen_validate`);
-- validate: today's `worker.rules.events.validate`, one call per record;
-- validate_batch: `worker.rules.events.validate_batch`, one call per batch of 2,000 (the
-  worker's batch size).
+- validate: today's `worker.rules.events.validate`, one call per record, as the worker
+  calls it.
 
 Each round runs every variant over all the events REPS times, the variants taking turns
-(frozen, validate, validate_batch, frozen, ...), timed with time.process_time (CPU of this
+(frozen, validate, frozen, ...), timed with time.process_time (CPU of this
 process: other processes matter less than for wall time, but on a shared machine they still
 slow it down). Reported: the median over ROUNDS rounds of the CPU µs per event, its ratio to
 frozen, and the median of the per-round ratios (steadier when the machine's load moves).
@@ -36,10 +35,8 @@ from common import ROOT, customer_ids, days_ago, placed_orders, wall_ms
 sys.path.insert(0, str(ROOT))  # the frozen reference lives in tests/
 
 from tests.frozen_validation import frozen_validate
-from worker.rules.events import validate, validate_batch
+from worker.rules.events import validate
 from worker.rules.profiles import Profiles
-
-BATCH = 2_000  # records per consumed batch in the worker
 
 
 def one_round(variants: dict[str, Callable[[], Any]], events: int, reps: int) -> dict[str, float]:
@@ -70,18 +67,15 @@ def main(argv: Sequence[str] | None = None) -> None:
             last_ms=days_ago(1),
         )
     ]
-    batches = [values[i : i + BATCH] for i in range(0, len(values), BATCH)]
     profiles = Profiles.builtin()
     now = wall_ms()
 
     expected = [frozen_validate(v, profiles, now) for v in values]
     assert [validate(v, profiles, now) for v in values] == expected
-    assert [o for b in batches for o in validate_batch(b, profiles, now)] == expected
 
     variants: dict[str, Callable[[], Any]] = {
         "frozen": lambda: [frozen_validate(v, profiles, now) for v in values],
         "validate": lambda: [validate(v, profiles, now) for v in values],
-        "validate_batch": lambda: [validate_batch(b, profiles, now) for b in batches],
     }
     rounds = [one_round(variants, len(values), args.reps) for _ in range(args.rounds)]
 

@@ -27,7 +27,6 @@ from worker.rules.events import (
     _accept,
     digest,
     validate,
-    validate_batch,
 )
 from worker.rules.instants import MAX_FUTURE_MS
 from worker.rules.profiles import Profiles
@@ -581,7 +580,7 @@ def test_lean_path_leaves_oversized_values_to_the_full_path() -> None:
     doc = raw(event())
     padded = doc[:-1] + b" " * (MAX_EVENT_BYTES + 1 - len(doc)) + b"}"
     assert isinstance(same_as_frozen(padded, BUILTIN, NOW_MS), Rejection)
-    assert validate_batch([padded], BUILTIN, NOW_MS) == [frozen_validate(padded, BUILTIN, NOW_MS)]
+    assert validate(padded, BUILTIN, NOW_MS) == frozen_validate(padded, BUILTIN, NOW_MS)
 
 
 # -- generated inputs: valid, nearly valid, hostile ----------------------------------------
@@ -727,7 +726,7 @@ def test_lean_path_equals_the_frozen_validate_on_valid_deliveries(
     values = [value for batch in scenario[1] for value in batch]
     for value in values:
         assert isinstance(same_as_frozen(value, strategies.PROFILES, strategies.NOW_MS), ValidEvent)
-    got = validate_batch(values, strategies.PROFILES, strategies.NOW_MS)
+    got = [validate(v, strategies.PROFILES, strategies.NOW_MS) for v in values]
     assert got == [frozen_validate(v, strategies.PROFILES, strategies.NOW_MS) for v in values]
 
 
@@ -746,10 +745,10 @@ def test_lean_path_equals_the_frozen_validate_on_hostile_records(
     ),
     table=TABLES,
 )
-def test_validate_batch_equals_the_frozen_validate_record_by_record(
+def test_validate_equals_the_frozen_validate_on_mixed_good_and_bad_values(
     values: list[bytes | None], table: Profiles
 ) -> None:
-    got = validate_batch(values, table, NOW_MS)
+    got = [validate(v, table, NOW_MS) for v in values]
     assert got == [frozen_validate(v, table, NOW_MS) for v in values]
 
 

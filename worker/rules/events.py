@@ -9,7 +9,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -121,15 +120,6 @@ def validate(value: bytes | None, profiles: Profiles, now_ms: int) -> ValidEvent
             if event is not None:
                 return event
     return _validate_model(value, profiles, now_ms)
-
-
-def validate_batch(
-    values: Sequence[bytes | None], profiles: Profiles, now_ms: int
-) -> list[ValidEvent | Rejection]:
-    """`validate` of each value, in order. Not cheaper per record than `validate` (one
-    pydantic call for the whole batch measured no better: tests/benchmarks/validation.py);
-    one call for a consumer that holds the values of a batch."""
-    return [validate(value, profiles, now_ms) for value in values]
 
 
 # -- the lean path --------------------------------------------------------------------------
