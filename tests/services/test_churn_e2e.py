@@ -4,6 +4,8 @@ later midnights publishes the band drops and the p_alive_below trigger (RFM_CLOC
 
 from __future__ import annotations
 
+import re
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -13,12 +15,18 @@ import pytest
 
 from tests.conftest import Deployment
 from tests.factories import DAY, bgnbd_orders, epoch_ms, midnight, placed_doc
-from tests.fixtures import records_of, sweep_once
+from tests.fixtures import fetch, records_of, sweep_once
 from worker.rules import churn
 from worker.rules.messages import RfmChanged
 from worker.state.store import Store
 
 BANDS = [0.2, 0.5, 0.8]
+WITHOUT_MODEL = """
+[profiles.default]
+recency_days = [30, 90, 180, 365]
+frequency_orders = [2, 3, 5, 10]
+monetary = [100, 250, 500, 1000]
+"""
 PROFILES = """
 [profiles.default]
 recency_days = [30, 90, 180, 365]
@@ -46,6 +54,16 @@ def changes(dep: Deployment, until: Any, timeout: float = 90) -> list[dict[str, 
     return out
 
 
+def applied(port: int) -> float:
+    """Events the worker serving `port` applied (rfm_events_total), 0 before it answers."""
+    try:
+        body = fetch(port, "/metrics")[1].decode()
+    except OSError:
+        return 0.0
+    found = re.search(r'^rfm_events_total\{outcome="applied"\} (\S+)$', body, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
 def p_alive_at(fit: churn.Fit, history: list[int], as_of: str) -> float:
     at = epoch_ms(datetime.fromisoformat(as_of))
     s = churn.summary(sorted(h for h in history if h <= at), at)
@@ -68,6 +86,17 @@ def test_the_worker_fits_publishes_bands_and_sweeps_walk_them_down(
         for n, at in enumerate(history)
     ]
     deployment.produce(records_of(docs))
+    # The base first, scored without a model (its records carry nulls); then the model:
+    # its first fit, at the first assignment, sees the whole base, and rescores it.
+    path.write_text(WITHOUT_MODEL)
+    first = deployment.worker()
+
+    deadline = time.monotonic() + 90
+    while applied(deployment.http_port) < len(docs) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert applied(deployment.http_port) == len(docs)
+    assert first.stop() == 0
+    path.write_text(PROFILES)
     worker = deployment.worker()
 
     def banded(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
