@@ -1,27 +1,23 @@
 """Churn-model fits as stored: one versioned JSON per profile with a model (`rfm:churn`)
-and the lock one worker holds while it fits (redis-py's Lock: SET NX PX with its own
-token). The same layout and lock as quantile cut points (cut_points.py); what a fit is:
-docs/churn.md."""
+and the lock one worker holds while it fits (worker/state/locks.py), as for quantile cut
+points (cut_points.py); what a fit is: docs/churn.md."""
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from typing import Any
-
-import redis
 
 from worker.rules.churn import Fit
 from worker.state import keys
 from worker.state.admin import text
+from worker.state.locks import ProfileLocks
 
 logger = logging.getLogger(__name__)
 
 
-class ChurnFits:
+class ChurnFits(ProfileLocks):
     def __init__(self, client: Any) -> None:
-        self.redis = client
-        self._locks: dict[str, Any] = {}  # profile name -> the lock this process holds
+        super().__init__(client, keys.churn_lock)
 
     def read(self) -> dict[str, Fit]:
         """The current fit of every profile that has one (name -> Fit); an entry this
@@ -36,31 +32,3 @@ class ChurnFits:
 
     def write(self, name: str, fit: Fit) -> None:
         self.redis.hset(keys.CHURN, name, fit.to_json())
-
-    def try_lock(self, name: str, ttl_ms: int) -> bool:
-        """Take the lock for fitting profile `name`'s model, for `ttl_ms` unless renewed."""
-        lock = self.redis.lock(keys.churn_lock(name), timeout=ttl_ms / 1000, thread_local=False)
-        if not lock.acquire(blocking=False):
-            return False
-        self._locks[name] = lock
-        return True
-
-    def renew_lock(self, name: str, ttl_ms: int) -> bool:
-        """Extend the lock to `ttl_ms` from now if this process still holds it; False if it
-        was lost (expired, taken by another worker)."""
-        lock = self._locks.get(name)
-        if lock is None:
-            return False
-        try:
-            lock.extend(ttl_ms / 1000, replace_ttl=True)
-        except redis.exceptions.LockError:
-            del self._locks[name]
-            return False
-        return True
-
-    def unlock(self, name: str) -> None:
-        """Release the lock if this process still holds it."""
-        lock = self._locks.pop(name, None)
-        if lock is not None:
-            with contextlib.suppress(redis.exceptions.LockError):
-                lock.release()
