@@ -151,24 +151,9 @@ class ChurnUpkeep:
             return False
         if self._checks.due():
             self._check(names)
-        run = next(iter(self._runs.values()), None)
-        if run is None:
-            return False
-        try:
-            chunk = next(run.chunks, None)
-        except Exception:  # the scan broke off (Redis error): the next check starts again
-            del self._runs[run.name]
-            raise
-        if chunk is None:
-            del self._runs[run.name]
-            self._finish(run)
-        else:
-            run.rows += chunk
-            if not self.store.churn_fits.renew_lock(run.name, CHURN_LOCK_MS):
-                logger.warning(
-                    "lost the churn lock of profile %s: another worker took over", run.name
-                )
-                del self._runs[run.name]
+        done = sampling.scan_step(self._runs, self.store.churn_fits, CHURN_LOCK_MS, "churn")
+        if done is not None:
+            self._finish(done)
         return bool(self._runs)
 
     def _check(self, names: list[str]) -> None:

@@ -42,7 +42,7 @@ class QuantileRun:
     exact: bool  # every customer is read (the population is not above the sample size)
     population: int  # the estimate the sample was drawn against (0: unknown)
     chunks: Iterator[list[tuple[int, int, int]]]
-    values: list[tuple[int, int, int]] = field(default_factory=list)
+    rows: list[tuple[int, int, int]] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
 
     @classmethod
@@ -56,7 +56,7 @@ class QuantileRun:
 
     def cuts(self, stored: Cuts | None) -> Cuts | None:
         """The cut points of the values read, as the version after `stored`."""
-        columns = [list(c) for c in zip(*self.values, strict=True)] or [[], [], []]
+        columns = [list(c) for c in zip(*self.rows, strict=True)] or [[], [], []]
         days, orders, money = columns
         return cut_points(
             days,
@@ -64,7 +64,7 @@ class QuantileRun:
             money,
             version=(0 if stored is None else stored.version) + 1,
             computed_at=self.as_of_ms,
-            population=len(self.values) if self.exact else self.population,
+            population=len(self.rows) if self.exact else self.population,
         )
 
 
@@ -72,7 +72,7 @@ def compute_cuts(store: Store, profiles: Profiles, name: str, as_of_ms: int) -> 
     """One whole computation at once (a worker's start, dry runs); None without customers."""
     run = QuantileRun.start(store, profiles, name, as_of_ms)
     for chunk in run.chunks:
-        run.values += chunk
+        run.rows += chunk
     return run.cuts(store.cut_points.read().get(name))
 
 
@@ -137,24 +137,9 @@ class QuantileUpkeep:
             return False
         if self._checks.due():
             self._check(names)
-        run = next(iter(self._runs.values()), None)
-        if run is None:
-            return False
-        try:
-            chunk = next(run.chunks, None)
-        except Exception:  # the scan broke off (Redis error): the next check starts again
-            del self._runs[run.name]
-            raise
-        if chunk is None:
-            del self._runs[run.name]
-            self._finish(run)
-        else:
-            run.values += chunk
-            if not self.store.cut_points.renew_lock(run.name, QUANTILE_LOCK_MS):
-                logger.warning(
-                    "lost the quantile lock of profile %s: another worker took over", run.name
-                )
-                del self._runs[run.name]
+        done = sampling.scan_step(self._runs, self.store.cut_points, QUANTILE_LOCK_MS, "quantile")
+        if done is not None:
+            self._finish(done)
         return bool(self._runs)
 
     def _check(self, names: list[str]) -> None:

@@ -3,15 +3,54 @@ churn model's fit (docs/churn.md) are computed from, sampled as read."""
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Iterator
+from typing import Protocol, TypeVar
 
 from worker.rules import churn
 from worker.rules.customer import Aggregates
 from worker.rules.profiles import DEFAULT_TENANT, Profiles
 from worker.rules.scoring import days_between, windowed_orders
 from worker.state import keys
+from worker.state.locks import ProfileLocks
 from worker.state.reads import Reads
+
+logger = logging.getLogger(__name__)
+
+
+class Scan(Protocol):
+    """A profile's sampled base being read, a chunk per loop turn (cut points, a fit)."""
+
+    name: str
+    chunks: Iterator[list[tuple[int, int, int]]]
+    rows: list[tuple[int, int, int]]
+
+
+S = TypeVar("S", bound=Scan)
+
+
+def scan_step(runs: dict[str, S], locks: ProfileLocks, ttl_ms: int, what: str) -> S | None:
+    """One step of the first scan in `runs`: its next chunk, read under its profile's lock,
+    renewed. Returns the scan once it has read everything (taken out of `runs`, for the
+    caller to finish). A scan that broke off (a Redis error, raised) or whose lock was lost
+    is taken out: the next check starts again."""
+    run = next(iter(runs.values()), None)
+    if run is None:
+        return None
+    try:
+        chunk = next(run.chunks, None)
+    except Exception:
+        del runs[run.name]
+        raise
+    if chunk is None:
+        del runs[run.name]
+        return run
+    run.rows += chunk
+    if not locks.renew_lock(run.name, ttl_ms):
+        logger.warning("lost the %s lock of profile %s: another worker took over", what, run.name)
+        del runs[run.name]
+    return None
 
 
 def population(reads: Reads, name: str, profiles: Profiles) -> int:
