@@ -402,6 +402,14 @@ def test_change_ids_are_version_8_uuids_derived_from_the_change() -> None:
     # every part counts, and parts cannot run into each other
     assert change_id("default", "c0", "order", "e0", "v", "-", "112") != ids[0]
     assert change_id("defaultc0", "", "order", "e0", "v", "-", "111") != ids[0]
+    # The digest's formula never changes between releases: a replay by a newer worker
+    # must give the ids an older one published (the digest of "\x1f"-joined parts,
+    # version and variant bits set as RFC 9562 says).
+    assert ids[0] == "71790ace-c7c4-8bdd-b19d-4f4c458ba7bf"
+    assert (
+        change_id("shop", "c9", "decay", "1764:3:120000", "abc", "511:champions", "411:loyal")
+        == "e6cbcfa3-a58f-8e81-9f07-76944830a303"
+    )
 
 
 def test_a_recomputed_change_carries_the_same_id_and_a_repeated_move_does_not() -> None:

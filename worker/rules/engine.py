@@ -63,11 +63,13 @@ def change_id(*parts: object) -> str:
     RFC 9562's custom layout). Any recomputation of the same change (a replay after Redis
     lost writes, a retried commit) carries the same id, so a consumer that deduplicates on
     it sees each change once; a different change differs in one of the parts."""
-    d = bytearray(blake2b("\x1f".join(map(str, parts)).encode(), digest_size=16).digest())
-    d[6] = d[6] & 0x0F | 0x80  # version 8
-    d[8] = d[8] & 0x3F | 0x80  # RFC 9562 variant
-    h = d.hex()
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    h = blake2b("\x1f".join(map(str, parts)).encode(), digest_size=16).hexdigest()
+    # Version 8 in the 13th hex digit; the RFC 9562 variant (binary 10xx) in the 17th: the
+    # same as setting the bits in the digest's bytes, with no bytes object in between.
+    return f"{h[:8]}-{h[8:12]}-8{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
+_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
 
 
 def _state(at: Published | Score | None) -> str:

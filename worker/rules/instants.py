@@ -29,11 +29,11 @@ def epoch_ms(ts: datetime) -> int:
 def iso(ms: int) -> str:
     """RFC 3339 in UTC with a Z; milliseconds only when there are some. From tables rather
     than datetime: ~4x faster, and an rfm.changed carries four instants (as_of <= ms <
-    year 10000, the range validation admits). The last instant is remembered: a batch's
-    records share their as_of and emitted_at."""
-    last_ms, last_text = _LAST[0]
-    if ms == last_ms:
-        return last_text
+    year 10000, the range validation admits). Recent instants are remembered: a batch's
+    records share their as_of and emitted_at, between their customers' order instants."""
+    text = _RECENT.get(ms)
+    if text is not None:
+        return text
     days, ms_of_day = divmod(ms, DAY_MS)
     seconds, milli = divmod(ms_of_day, 1000)
     minutes, seconds = divmod(seconds, 60)
@@ -43,7 +43,9 @@ def iso(ms: int) -> str:
             _DATES.clear()
         day = _DATES[days] = f"{_EPOCH_DATE + timedelta(days=days):%Y-%m-%d}T"
     text = day + _HH_MM[minutes] + _SS[seconds] + _FRACTION[milli]
-    _LAST[0] = ms, text
+    if len(_RECENT) >= 4096:
+        _RECENT.clear()
+    _RECENT[ms] = text
     return text
 
 
@@ -52,4 +54,4 @@ _DATES: dict[int, str] = {}  # days since the epoch -> "YYYY-MM-DDT"
 _HH_MM = [f"{h:02d}:{m:02d}:" for h in range(24) for m in range(60)]
 _SS = [f"{s:02d}" for s in range(60)]
 _FRACTION = ["Z"] + [f".{ms:03d}Z" for ms in range(1, 1000)]
-_LAST: list[tuple[int | None, str]] = [(None, "")]  # the last instant formatted
+_RECENT: dict[int, str] = {}  # instants formatted lately, see `iso`

@@ -160,9 +160,13 @@ def rfm_changed(
     emitted_at_ms: int,
     triggers: Sequence[str] = (),
 ) -> dict[str, object]:
-    """`churn`: the profile has a churn model, so the record carries P(alive)."""
+    """The record of a change; P(alive) and its band are null without a churn model (or
+    before its first fit). One dict literal: built for nearly every event."""
     as_of = iso(as_of_ms)
-    doc: dict[str, object] = {
+    p_alive = band = expected = None
+    if current is not None:
+        p_alive, band, expected = current.p_alive, current.band, current.expected_orders
+    return {
         "type": "rfm.changed",
         "change_id": change_id,
         "tenant": tenant,
@@ -177,9 +181,10 @@ def rfm_changed(
         "triggers": list(triggers),
         "customer": customer_summary(agg, current),
         "emitted_at": as_of if emitted_at_ms == as_of_ms else iso(emitted_at_ms),
+        "p_alive": p_alive,
+        "p_alive_band": band,
+        "expected_orders": expected,
     }
-    doc.update(churn_values(current))
-    return doc
 
 
 def churn_values(current: Score | None) -> dict[str, object]:

@@ -362,54 +362,66 @@ class Store:
         decide: Decide[T],
     ) -> _Plan:
         """Decide every customer of the shards in `group` (shard, the blobs read for its
-        customers); `plan.call` is their commit call, if there is anything to write."""
+        customers); `plan.call` is their commit call, if there is anything to write.
+
+        Built for every customer of every batch, so the KEYS and ARGV lists are appended to
+        in place: a customer's own key is unique in the call and skips the index."""
         plan = _Plan()
         args = _Args()
+        call_keys, argv, key_of = args.keys, args.argv, args.key
         customers: list[list[int | str]] = []
         changes: list[list[int]] = []
         deltas: dict[tuple[int, str], int] = {}  # (counts hash index, cell) -> delta
         vouched: list[list[int]] = []  # [applied hash, field, floor] per shard and partition
         expire: dict[int, int] = {}  # KEYS index of a flows hash -> its TTL (ms)
+        known, floors = self._known, self.applied.floors
         for shard, blobs in group:
             counts = 0  # KEYS index of the shard's counts hash, once needed
             due_index: dict[int, int] = {}  # partition -> KEYS index of its due zset
             outbox_index: dict[int, tuple[bytes, int]] = {}  # partition -> (outbox, index)
+            # (tenant, instant, from, to) -> the flows cells of that move (state/flows.py)
+            moves: dict[tuple[str, int, str | None, str | None], list[tuple[int, str]]] = {}
             slot = work[shard]
             for (key, (tenant, customer_id, item)), blob in zip(slot.items(), blobs, strict=True):
                 try:
                     res, was_in, before, state, values = _decide(
-                        tenant, customer_id, blob, item, decide, self._known.take(key, blob)
+                        tenant, customer_id, blob, item, decide, known.take(key, blob)
                     )
                 except Exception as exc:  # a bug costs this customer's item, never the batch
                     plan.failed.append((key, item, exc))
                     continue
+                customer = res.customer
                 encoded = blob if state is None else state
-                if encoded:
-                    self._known.put(key, encoded, res.customer)
+                if encoded and len(customer.orders) >= LONG_HISTORY:
+                    known.put(key, encoded, customer)
                 plan.applied += res.applied
                 plan.duplicates += res.duplicates
                 if res.folded:
                     plan.folded.append((tenant, customer_id, res.folded))
                 if not res.touched:
                     continue
-                partition = res.customer.partition or 0
+                partition = customer.partition or 0
                 due_to = due_index.get(partition)
                 if due_to is None:
-                    due_to = due_index[partition] = args.key(keys.due(shard, partition))
-                    floor = self.applied.floors.get(partition)
+                    due_to = due_index[partition] = key_of(keys.due(shard, partition))
+                    floor = floors.get(partition)
                     if floor is not None and floor[1] >= 0:
-                        applied = args.key(keys.applied(shard))
+                        applied = key_of(keys.applied(shard))
                         vouched.append([applied, args.arg(floor[0].encode()), floor[1]])
                         plan.vouched.add(partition)
                 if was_in is None or was_in == partition:
                     due_from = due_to
                 else:
-                    due_from = args.key(keys.due(shard, was_in))
+                    due_from = key_of(keys.due(shard, was_in))
+                call_keys.append(key)
+                argv.append(blob or b"")
+                if state is not None:
+                    argv.append(state)
                 customers.append(
                     [
-                        args.key(key),
-                        args.arg(blob or b""),
-                        0 if state is None else args.arg(state),
+                        len(call_keys),
+                        len(argv) - (state is not None),
+                        0 if state is None else len(argv),
                         due_from,
                         due_to,
                         "" if res.due is None else str(res.due),
@@ -419,9 +431,9 @@ class Store:
                     continue
                 # The segment counters move once per customer: from its score before the
                 # batch to its score after, whatever changes it went through in between.
-                after = res.customer.published
+                after = customer.published
                 if before is not after:
-                    counts = counts or args.key(keys.counts(shard))
+                    counts = counts or key_of(keys.counts(shard))
                     if before is not None:
                         cell = (counts, keys.count_cell(tenant, before.rfm, before.segment))
                         deltas[cell] = deltas.get(cell, 0) - 1
@@ -429,31 +441,36 @@ class Store:
                         cell = (counts, keys.count_cell(tenant, after.rfm, after.segment))
                         deltas[cell] = deltas.get(cell, 0) + 1
                 # The flows between segments (state/flows.py), counted like the counters.
-                at = res.customer.scored_at or 0
+                at = customer.scored_at or 0
                 for change in res.changes:
-                    if change.kind != "rfm.changed":
+                    if change.kind != "rfm.changed" or change.from_segment == change.to_segment:
                         continue
-                    for write in flows.flow_writes(
-                        shard, tenant, at, change.from_segment, change.to_segment
-                    ):
-                        cell = (args.key(write.key), write.field)
+                    move = (tenant, at, change.from_segment, change.to_segment)
+                    cells = moves.get(move)
+                    if cells is None:
+                        cells = moves[move] = []
+                        for write in flows.flow_writes(shard, *move):
+                            cells.append((key_of(write.key), write.field))
+                            expire[cells[-1][0]] = write.ttl_ms
+                    for cell in cells:
                         deltas[cell] = deltas.get(cell, 0) + 1
-                        expire[cell[0]] = write.ttl_ms
                 outbox = outbox_index.get(partition)
                 if outbox is None:
                     stream = keys.outbox(shard, partition)
-                    outbox = outbox_index[partition] = (stream, args.key(stream))
+                    outbox = outbox_index[partition] = (stream, key_of(stream))
                 kafka_key = customer_id.encode()
-                k = args.arg(kafka_key)
+                argv.append(kafka_key)
+                k = len(argv)
                 for change, payload in zip(res.changes, values, strict=True):
                     plan.changes.append((outbox[0], kafka_key, payload, change))
-                    changes.append([outbox[1], k, args.arg(payload)])
+                    argv.append(payload)
+                    changes.append([outbox[1], k, len(argv)])
         if not customers:
             return plan
         plan.customers = len(customers)
         counted = [[index, cell, delta] for (index, cell), delta in deltas.items() if delta]
         expiring = [[index, ttl] for index, ttl in expire.items()]
-        args.argv[0] = orjson.dumps(
+        argv[0] = orjson.dumps(
             {
                 "customers": customers,
                 "counts": counted,
@@ -462,7 +479,7 @@ class Store:
                 "expire": expiring,
             }
         )
-        plan.call = (args.keys, args.argv)
+        plan.call = (call_keys, argv)
         return plan
 
 
