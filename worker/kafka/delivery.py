@@ -104,9 +104,9 @@ class Deliveries(Generic[T]):
                 self._refused(record, token, shrunk, err)
 
         try:
-            try:  # positional: the common case costs one C call and no keyword dicts
+            try:  # the common case: one C call, not through `produce`'s keyword dicts
                 self._producer.produce(
-                    self.topic, value, key, on_delivery=delivered, headers=headers
+                    self.topic, key=key, value=value, on_delivery=delivered, headers=headers
                 )
             except BufferError:  # the local queue is full: wait it out serving reports
                 produce(
