@@ -29,7 +29,7 @@ import orjson
 from hypothesis import strategies as st
 
 from tests.factories import DAY_MS
-from worker.rules.customer import Aggregates
+from worker.rules.aggregates import Aggregates
 from worker.rules.decay import rhythm
 from worker.rules.events import ValidEvent, validate
 from worker.rules.profiles import Profile, Profiles

@@ -19,7 +19,8 @@ from hypothesis import strategies as st
 
 from tests.factories import PIZZERIA, valid_event
 from tests.strategies import T0, first_change, histories, instants, key
-from worker.rules.customer import Aggregates, Customer, Order, Published
+from worker.rules.aggregates import Aggregates
+from worker.rules.customer import Customer, Order, Published
 from worker.rules.decay import MAX_DUE_MS, MIN_OVERDUE_ORDERS, next_due, overdue_pending, rhythm
 from worker.rules.engine import Change, Result, apply_events, decay
 from worker.rules.events import ValidEvent

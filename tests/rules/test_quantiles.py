@@ -23,7 +23,7 @@ from tests.reference import rank_score
 from tests.strategies import first_change, histories, instants, key
 from worker import metrics
 from worker.errors import ProfileError
-from worker.rules.customer import Aggregates
+from worker.rules.aggregates import Aggregates
 from worker.rules.decay import next_due
 from worker.rules.instants import DAY_MS
 from worker.rules.money import to_units

@@ -8,7 +8,7 @@ from decimal import Decimal
 import pytest
 
 from tests.factories import PIZZERIA
-from worker.rules.customer import Aggregates
+from worker.rules.aggregates import Aggregates
 from worker.rules.money import to_units
 from worker.rules.profiles import Profile
 from worker.rules.scoring import (

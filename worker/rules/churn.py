@@ -31,7 +31,7 @@ if TYPE_CHECKING:  # customer.py imports the profiles, which import this module
     import numpy as np
     from numpy.typing import NDArray
 
-    from worker.rules.customer import Aggregates
+    from worker.rules.aggregates import Aggregates
 
     Array = NDArray[np.float64]
 

@@ -16,13 +16,14 @@ retries after timeouts and replays harmless without any offset bookkeeping.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right, insort
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import pairwise
 from typing import Literal
 
 import orjson
 
+from worker.rules.aggregates import Aggregates
 from worker.rules.events import ValidEvent
 from worker.rules.instants import DAY_MS
 
@@ -104,20 +105,6 @@ class Published:
     @property
     def rfm(self) -> str:
         return f"{self.r}{self.f}{self.m}"
-
-
-@dataclass(slots=True)  # not frozen: built per event, and frozen costs 3x
-class Aggregates:
-    first_order_at: int  # epoch ms
-    last_order_at: int
-    orders_lifetime: int
-    monetary: int  # money units
-    # placed_at of the counted orders, ascending; a read-only view of the customer's own
-    # list (copying it would cost O(orders) per event)
-    order_times: Sequence[int]
-    # The gaps between consecutive order_times, ascending (the rhythm's median), kept by
-    # customers with long histories; None: derive them from order_times when needed.
-    gaps: Sequence[int] | None = field(default=None, compare=False)
 
 
 @dataclass(slots=True)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from itertools import pairwise
 
 from worker.rules import churn
-from worker.rules.customer import Aggregates
+from worker.rules.aggregates import Aggregates
 from worker.rules.instants import DAY_MS
 from worker.rules.profiles import Profile
 

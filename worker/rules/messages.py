@@ -12,7 +12,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from worker.rules.customer import Aggregates, Published
+from worker.rules.aggregates import Aggregates
+from worker.rules.customer import Published
 from worker.rules.instants import iso
 from worker.rules.money import format_units
 from worker.rules.scoring import Score

@@ -11,7 +11,7 @@ from bisect import bisect_left, bisect_right
 from dataclasses import dataclass
 
 from worker.rules import churn
-from worker.rules.customer import Aggregates
+from worker.rules.aggregates import Aggregates
 from worker.rules.instants import DAY_MS
 from worker.rules.profiles import Profile
 

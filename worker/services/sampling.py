@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Protocol, TypeVar
 
 from worker.rules import churn
-from worker.rules.customer import Aggregates
+from worker.rules.aggregates import Aggregates
 from worker.rules.profiles import DEFAULT_TENANT, Profiles
 from worker.rules.scoring import days_between, windowed_orders
 from worker.state import keys
