@@ -19,10 +19,11 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/rfm-worker demo
 
-# The whole suite on Apache Kafka (where java and mvn are on PATH; else its broker tests
-# skip, saying why), then the paths the demo takes again on Tansu, the demo's broker (every
-# broker test where there is no Apache Kafka to run them on).
-test: lint typecheck schemas test-kafka test-tansu
+# The whole suite on Apache Kafka (where java and mvn are on PATH; else its runs skip,
+# saying why) and the paths the demo takes on Tansu too, the demo's broker (every broker
+# test where there is no Apache Kafka to run them on), in one run of pytest.
+test: lint typecheck schemas $(STAMP) kafka
+	RFM_TEST_BROKER=kafka,tansu $(PYTEST)
 
 PYTEST := $(BIN)/python -m pytest -q -n 3 -p no:cacheprovider
 
