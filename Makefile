@@ -25,7 +25,15 @@ demo: $(STAMP)
 test: lint typecheck schemas $(STAMP) kafka
 	RFM_TEST_BROKER=kafka,tansu $(PYTEST)
 
-PYTEST := $(BIN)/python -m pytest -q -n 3 -p no:cacheprovider
+# The suite's many `python -m worker` children and its test processes import the same
+# modules: compiled once into __pycache__, not again by each (where the environment says
+# PYTHONDONTWRITEBYTECODE, as some containers do).
+unexport PYTHONDONTWRITEBYTECODE
+
+# Six test processes on two cores: most of the suite waits on brokers, child processes and
+# timers. Handed one test at a time, so that none is left with a queue of long tests while
+# the others are idle (docs/development.md).
+PYTEST := $(BIN)/python -m pytest -q -n 6 --dist load --maxschedchunk 1 -p no:cacheprovider
 
 test-kafka: $(STAMP) kafka
 	RFM_TEST_BROKER=kafka $(PYTEST)
