@@ -1,9 +1,11 @@
-"""Shared fixtures: a real Redis and a real broker, one each per test process.
+"""Shared fixtures: a real Redis per test process, real brokers shared by them.
 
-Both are started by the suite on free loopback ports. The broker is the one RFM_TEST_BROKER
-names: `kafka` (Apache Kafka, worker/embedded/apache_kafka: fetched with Maven on first use) or
-`tansu` (worker/embedded.Tansu); unset, Apache Kafka where java and mvn are on PATH, else
-Tansu. A test that talks to a broker is marked `broker` here, one that uses the suite's
+All are started by the suite on free loopback ports. The brokers are those RFM_TEST_BROKER
+names: `kafka` (Apache Kafka, worker/embedded/apache_kafka: fetched with Maven on first use),
+`tansu` (worker/embedded.Tansu) or both (`kafka,tansu`: the demo paths on Tansu too); unset,
+both where java and mvn are on PATH, else Tansu. Under pytest-xdist the controller starts
+one of each for the session (`SharedBrokers`). A test that talks to a broker runs once per
+broker, the broker in its id, and is marked `broker` here, one that uses the suite's
 Redis or Redis Cluster `redis`, one that needs neither `unit` (docs/development.md).
 Apache Kafka runs without java or mvn are skipped with that reason, said once; anything
 else that cannot start fails loudly instead of skipping.
@@ -44,7 +46,7 @@ from worker.embedded import (
     free_port,
     start_broker,
 )
-from worker.embedded.apache_kafka import missing_tools
+from worker.embedded.apache_kafka import ApacheKafka, missing_tools
 from worker.kafka import clients
 from worker.rules.profiles import Profiles
 from worker.services.consumer import Worker
@@ -215,7 +217,7 @@ class SharedBroker:
     its broker takes one of its own: `own_broker`)."""
 
     def __init__(self, kind: BrokerKind, bootstrap: str, log: str) -> None:
-        model: Any = Tansu if kind == "tansu" else _apache_kafka_class()
+        model: Any = Tansu if kind == "tansu" else ApacheKafka
         self.kind, self.bootstrap, self.log = kind, bootstrap, log
         self.name: str = model.name
         self.client_config: dict[str, str] = dict(model.client_config)
@@ -234,12 +236,6 @@ class SharedBroker:
             time.sleep(0.05)
 
 
-def _apache_kafka_class() -> Any:
-    from worker.embedded.apache_kafka import ApacheKafka
-
-    return ApacheKafka
-
-
 class SharedBrokers:
     """In the xdist controller: one broker of each kind for the whole session, started
     before the test processes (Apache Kafka serves while they import and collect), killed
@@ -253,7 +249,7 @@ class SharedBrokers:
             if kind == "kafka":
                 if missing_tools():
                     continue
-                self.brokers[kind] = _apache_kafka_class()(wait=False)
+                self.brokers[kind] = ApacheKafka(wait=False)
             else:
                 self.brokers[kind] = Tansu()
 
