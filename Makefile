@@ -19,12 +19,21 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/rfm-worker demo
 
-# The whole suite on Apache Kafka (where java and mvn are on PATH; else its broker tests
-# skip, saying why), then the paths the demo takes again on Tansu, the demo's broker (every
-# broker test where there is no Apache Kafka to run them on).
-test: lint typecheck schemas test-kafka test-tansu
+# The whole suite on Apache Kafka (where java and mvn are on PATH; else its runs skip,
+# saying why) and the paths the demo takes on Tansu too, the demo's broker (every broker
+# test where there is no Apache Kafka to run them on), in one run of pytest.
+test: lint typecheck schemas $(STAMP) kafka
+	RFM_TEST_BROKER=kafka,tansu $(PYTEST)
 
-PYTEST := $(BIN)/python -m pytest -q -n 3 -p no:cacheprovider
+# The suite's many `python -m worker` children and its test processes import the same
+# modules: compiled once into __pycache__, not again by each (where the environment says
+# PYTHONDONTWRITEBYTECODE, as some containers do).
+unexport PYTHONDONTWRITEBYTECODE
+
+# Six test processes on two cores: most of the suite waits on brokers, child processes and
+# timers. Handed one test at a time, so that none is left with a queue of long tests while
+# the others are idle (docs/development.md).
+PYTEST := $(BIN)/python -m pytest -q -n 6 --dist load --maxschedchunk 1 -p no:cacheprovider
 
 test-kafka: $(STAMP) kafka
 	RFM_TEST_BROKER=kafka $(PYTEST)

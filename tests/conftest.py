@@ -1,9 +1,11 @@
-"""Shared fixtures: a real Redis and a real broker, one each per test process.
+"""Shared fixtures: a real Redis per test process, real brokers shared by them.
 
-Both are started by the suite on free loopback ports. The broker is the one RFM_TEST_BROKER
-names: `kafka` (Apache Kafka, worker/embedded/apache_kafka: fetched with Maven on first use) or
-`tansu` (worker/embedded.Tansu); unset, Apache Kafka where java and mvn are on PATH, else
-Tansu. A test that talks to a broker is marked `broker` here, one that uses the suite's
+All are started by the suite on free loopback ports. The brokers are those RFM_TEST_BROKER
+names: `kafka` (Apache Kafka, worker/embedded/apache_kafka: fetched with Maven on first use),
+`tansu` (worker/embedded.Tansu) or both (`kafka,tansu`: the demo paths on Tansu too); unset,
+both where java and mvn are on PATH, else Tansu. Under pytest-xdist the controller starts
+one of each for the session (`SharedBrokers`). A test that talks to a broker runs once per
+broker, the broker in its id, and is marked `broker` here, one that uses the suite's
 Redis or Redis Cluster `redis`, one that needs neither `unit` (docs/development.md).
 Apache Kafka runs without java or mvn are skipped with that reason, said once; anything
 else that cannot start fails loudly instead of skipping.
@@ -18,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -35,8 +38,15 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from tests.cluster import EmbeddedCluster
 from worker.config import load_settings
-from worker.embedded import BrokerKind, EmbeddedRedis, create_topics, free_port, start_broker
-from worker.embedded.apache_kafka import missing_tools
+from worker.embedded import (
+    BrokerKind,
+    EmbeddedRedis,
+    Tansu,
+    create_topics,
+    free_port,
+    start_broker,
+)
+from worker.embedded.apache_kafka import ApacheKafka, missing_tools
 from worker.kafka import clients
 from worker.rules.profiles import Profiles
 from worker.services.consumer import Worker
@@ -48,6 +58,11 @@ from worker.state.store import Store
 pytest.register_assert_rewrite(
     "tests.factories", "tests.fixtures", "tests.reference", "tests.strategies"
 )
+
+QUICK_JVM = "-XX:TieredStopAtLevel=1"  # the C1 compiler alone (pytest_configure)
+
+# The xdist controller's brokers (SharedBrokers), in its config.
+SHARED = pytest.StashKey["SharedBrokers"]()
 
 # Fixtures that give a test the suite's Redis (the others it needs depend on these).
 REDIS_FIXTURES = frozenset({"redis_server", "redis_cluster"})
@@ -73,33 +88,79 @@ def store(redis_client: redis.Redis) -> Store:
     return Store(redis_client)
 
 
-def broker_kind() -> BrokerKind:
-    kind = os.environ.get("RFM_TEST_BROKER", "").strip().lower()
-    if kind in ("kafka", "tansu"):
-        return kind  # type: ignore[return-value]
-    if kind:
-        raise pytest.UsageError(f"RFM_TEST_BROKER={kind!r}: expected kafka or tansu")
-    return "tansu" if missing_tools() else "kafka"
+def broker_kinds() -> tuple[BrokerKind, ...]:
+    """The brokers RFM_TEST_BROKER names: `kafka`, `tansu`, or `kafka,tansu` (every broker
+    test on Apache Kafka, the `demo_path` ones on Tansu too); unset, `kafka,tansu` where
+    java and mvn are on PATH, else `tansu`."""
+    value = os.environ.get("RFM_TEST_BROKER", "").strip().lower()
+    if not value:
+        return ("tansu",) if missing_tools() else ("kafka", "tansu")
+    kinds = tuple(dict.fromkeys(k.strip() for k in value.split(",")))
+    if not kinds or not set(kinds) <= {"kafka", "tansu"}:
+        raise pytest.UsageError(f"RFM_TEST_BROKER={value!r}: expected kafka, tansu or kafka,tansu")
+    return kinds  # type: ignore[return-value]
+
+
+def brokers_for(demo_path: bool) -> list[BrokerKind]:
+    """The brokers one broker test runs on: each named where one is named; with both, a
+    demo path on both and any other on Apache Kafka, or on Tansu too where Apache Kafka
+    cannot run here (its runs skip, saying why)."""
+    kinds = broker_kinds()
+    if len(kinds) == 1 or demo_path or missing_tools():
+        return list(kinds)
+    return ["kafka"]
 
 
 def pytest_report_header(config: pytest.Config) -> str:
-    kind = broker_kind()
-    if kind == "kafka":
+    kinds = broker_kinds()
+    names = []
+    if "kafka" in kinds:
         reason = missing_tools()
-        return (
-            f"broker: Apache Kafka ({reason}: broker tests skip)"
-            if reason
-            else "broker: Apache Kafka"
-        )
-    return "broker: Tansu"
+        names.append(f"Apache Kafka ({reason}: its runs skip)" if reason else "Apache Kafka")
+    if "tansu" in kinds:
+        names.append("Tansu (demo paths)" if len(kinds) > 1 else "Tansu")
+    return "brokers: " + ", ".join(names)
 
 
 def pytest_configure(config: pytest.Config) -> None:
     """Run in the background (`make test &`, nohup, some CI runners), the suite inherits
     SIGINT ignored, and so would every child it starts: tests that stop a child with
-    SIGINT (as Ctrl-C does) would wait forever. Children get the default disposition."""
+    SIGINT (as Ctrl-C does) would wait forever. Children get the default disposition.
+
+    Under pytest-xdist, the controller starts the suite's brokers for every test process
+    (`SharedBrokers`)."""
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    # Every JVM the suite starts (its brokers, and those of `demo --broker kafka`) lives for
+    # seconds to minutes under light traffic: the C2 compiler would burn more CPU than it
+    # ever saves. Inherited by the test processes and their children.
+    java_options = os.environ.get("JAVA_TOOL_OPTIONS", "")
+    if QUICK_JVM not in java_options:
+        os.environ["JAVA_TOOL_OPTIONS"] = f"{java_options} {QUICK_JVM}".strip()
+    if _is_xdist_controller(config) and _may_select_broker_tests(config):
+        config.stash[SHARED] = SharedBrokers(broker_kinds())
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    shared = config.stash.get(SHARED, None)
+    if shared is not None:
+        shared.close()
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node: Any) -> None:
+    """pytest-xdist: tell each test process where the shared brokers listen."""
+    shared = node.config.stash.get(SHARED, None)
+    if shared is not None:
+        node.workerinput["rfm_brokers"] = shared.addresses()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A broker test (it uses `kafka`) runs once per broker of `brokers_for`, the broker
+    in its id (`test_x[kafka]`, `test_x[tansu]`)."""
+    if "kafka" in metafunc.fixturenames:
+        demo_path = metafunc.definition.get_closest_marker("demo_path") is not None
+        metafunc.parametrize("kafka", brokers_for(demo_path), indirect=True)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -121,20 +182,151 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.unit)
 
 
+# -- the suite's brokers: one of each kind for the session, shared by the test processes ---
+
+
+def _is_xdist_controller(config: pytest.Config) -> bool:
+    return (
+        not hasattr(config, "workerinput")
+        and config.getoption("dist", "no") != "no"
+        and bool(config.getoption("tx", None))
+        and not config.getoption("collectonly")
+    )
+
+
+def _may_select_broker_tests(config: pytest.Config) -> bool:
+    """False where `-m` leaves out every broker test (`make unit`): no broker to start."""
+    markexpr = config.getoption("markexpr", "")
+    if not markexpr:
+        return True
+    try:  # pytest's own evaluator of -m (not a public API: when in doubt, start them)
+        from _pytest.mark.expression import Expression
+
+        expression = Expression.compile(markexpr)
+        return any(
+            expression.evaluate(lambda name, marks=marks, **_: name in marks)
+            for marks in ({"broker", "redis"}, {"broker", "redis", "demo_path"})
+        )
+    except Exception:
+        return True
+
+
+class SharedBroker:
+    """A broker that the xdist controller started (`SharedBrokers`), as a test process
+    sees it: its address and what it is, not its process (a test that stops or freezes
+    its broker takes one of its own: `own_broker`)."""
+
+    def __init__(self, kind: BrokerKind, bootstrap: str, log: str) -> None:
+        model: Any = Tansu if kind == "tansu" else ApacheKafka
+        self.kind, self.bootstrap, self.log = kind, bootstrap, log
+        self.name: str = model.name
+        self.client_config: dict[str, str] = dict(model.client_config)
+        self.auto_creates_topics: bool = model.auto_creates_topics
+        self.exact_end_offsets: bool = model.exact_end_offsets
+        self.proc = None
+        port = int(bootstrap.rpartition(":")[2])
+        # The controller does not wait for Apache Kafka to serve (the test processes start
+        # meanwhile); with a fixed port it listens only once it serves.
+        deadline = time.monotonic() + 90
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the suite's {self.name} is not listening on {port}: {log}")
+            time.sleep(0.05)
+
+
+class SharedBrokers:
+    """In the xdist controller: one broker of each kind for the whole session, started
+    before the test processes (Apache Kafka serves while they import and collect), killed
+    at the end (their data is thrown away). One JVM instead of one per process: less CPU
+    on two cores, no broker start in any test. Tests share it through unique topic and
+    group names (`deployed`). Where Apache Kafka cannot run, its tests skip as they would."""
+
+    def __init__(self, kinds: tuple[BrokerKind, ...]) -> None:
+        self.brokers: dict[str, Any] = {}
+        for kind in kinds:
+            if kind == "kafka":
+                if missing_tools():
+                    continue
+                self.brokers[kind] = ApacheKafka(wait=False)
+            else:
+                self.brokers[kind] = Tansu()
+
+    def addresses(self) -> dict[str, tuple[str, str]]:
+        """Per kind: its bootstrap, and where its log is (Apache Kafka's; Tansu has none)."""
+        return {
+            kind: (
+                broker.bootstrap,
+                f"its log: {broker.nodes[0].log_path}" if kind == "kafka" else "",
+            )
+            for kind, broker in self.brokers.items()
+        }
+
+    def close(self) -> None:
+        for broker in self.brokers.values():
+            broker.kill()
+            broker.__exit__(None, None, None)
+
+
+class SuiteBrokers:
+    """In a test process: the shared brokers where the controller started them, else (no
+    xdist) one of each kind started on first use and stopped at the end."""
+
+    def __init__(self, shared: dict[str, tuple[str, str]]) -> None:
+        self.shared = shared
+        self.brokers: dict[str, Any] = {}
+        self.owned: list[Any] = []
+
+    def get(self, kind: BrokerKind) -> Any:
+        if kind not in self.brokers:
+            if kind in self.shared:
+                self.brokers[kind] = SharedBroker(kind, *self.shared[kind])
+            else:
+                self.brokers[kind] = start_broker(kind)
+                self.owned.append(self.brokers[kind])
+        return self.brokers[kind]
+
+    def close(self) -> None:
+        for broker in self.owned:
+            broker.__exit__(None, None, None)
+
+
 @pytest.fixture(scope="session")
-def kafka() -> Iterator[Any]:
-    """The suite's broker (RFM_TEST_BROKER): Tansu or Apache Kafka, one per test process."""
-    kind = broker_kind()
+def suite_brokers(pytestconfig: pytest.Config) -> Iterator[SuiteBrokers]:
+    workerinput = getattr(pytestconfig, "workerinput", {})
+    brokers = SuiteBrokers(workerinput.get("rfm_brokers", {}))
+    try:
+        yield brokers
+    finally:
+        brokers.close()
+
+
+def _usable(kind: BrokerKind) -> BrokerKind:
     if kind == "kafka" and (reason := missing_tools()):
         pytest.skip(reason)
-    broker = start_broker(kind)
+    return kind
+
+
+@pytest.fixture
+def kafka(request: pytest.FixtureRequest, suite_brokers: SuiteBrokers) -> Any:
+    """The suite's broker of this run of the test (its id says which: `brokers_for`),
+    shared for the session."""
+    return suite_brokers.get(_usable(request.param))
+
+
+@pytest.fixture
+def own_broker(kafka: Any) -> Iterator[Any]:
+    """A broker of the same kind for this test alone: for a test that stops or freezes
+    its broker, which would stall every other test on the shared one."""
+    broker = start_broker(kafka.kind)
     try:
         yield broker
     finally:
         broker.__exit__(None, None, None)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def apache_kafka(kafka: Any) -> Any:
     """The suite's broker where it is Apache Kafka; tests of what only a real broker shows."""
     if kafka.kind != "kafka":
@@ -295,6 +487,15 @@ def deployment(
     kafka: Any, redis_server: EmbeddedRedis, redis_client: redis.Redis, tmp_path: Path
 ) -> Iterator[Deployment]:
     with deployed(kafka, redis_server, tmp_path) as dep:
+        yield dep
+
+
+@pytest.fixture
+def own_deployment(
+    own_broker: Any, redis_server: EmbeddedRedis, redis_client: redis.Redis, tmp_path: Path
+) -> Iterator[Deployment]:
+    """A deployment on a broker of the test's own (`own_broker`): the test may freeze it."""
+    with deployed(own_broker, redis_server, tmp_path) as dep:
         yield dep
 
 

@@ -28,6 +28,7 @@ from tests.conftest import Deployment
 from tests.factories import AS_OF, AS_OF_MS, DAY, valid_event
 from worker.cli import main
 from worker.embedded import EmbeddedRedis
+from worker.kafka import clients
 from worker.rules.events import ValidEvent
 from worker.rules.profiles import Profiles
 from worker.services import causes
@@ -634,6 +635,8 @@ def test_kafka_unreachable_is_one_line(
     command: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     monkeypatch.setenv("RFM_KAFKA_BOOTSTRAP", "127.0.0.1:1")
+    # Nothing answers there: the metadata request fails alike after 1 s or after 10.
+    monkeypatch.setattr(clients, "METADATA_TIMEOUT_S", 1.0)
     assert main(command) == 2
     last = capsys.readouterr().err.strip().splitlines()[-1]
     assert last.startswith("rfm-worker: Kafka at 127.0.0.1:1 (RFM_KAFKA_BOOTSTRAP) is unavailable")

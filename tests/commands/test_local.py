@@ -105,6 +105,11 @@ def test_local_services_serve_the_readme_commands_until_stopped(
                 [sys.executable, "-m", "worker", "run"], env=env, stdout=out, stderr=out
             )
         deadline = time.monotonic() + 60
+        # The group join comes first (on Tansu, half the consumer's 45 s session timeout):
+        # read from the log, not by starting a `customer` process twice a second meanwhile.
+        while b"assigned partitions [" not in log.read_bytes().replace(b"[]", b""):
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
         while True:
             shown = _cli(env, "customer", "c1")
             if shown.returncode == 0 and orjson.loads(shown.stdout)["orders"] == 2:

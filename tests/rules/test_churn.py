@@ -5,11 +5,14 @@ the CDNOW sample, which the `lifetimes` wheel ships (nothing is downloaded).
 
 from __future__ import annotations
 
+import functools
 import itertools
 import math
 import warnings
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import numpy as np
 import orjson
@@ -26,22 +29,36 @@ from worker.rules.money import to_units
 from worker.rules.profiles import Profiles
 from worker.rules.scoring import score
 
-with warnings.catch_warnings():  # the reference's own imports warn on today's pandas
-    warnings.simplefilter("ignore")
-    import lifetimes
+if TYPE_CHECKING:
     import pandas as pd
-    from lifetimes import BetaGeoFitter, ModifiedBetaGeoFitter
-    from lifetimes.utils import summary_data_from_transaction_data
 
-DATASETS = Path(lifetimes.__file__).parent / "datasets"
-REFERENCE = {"bgnbd": BetaGeoFitter, "mbgnbd": ModifiedBetaGeoFitter}
 MODELS = ("bgnbd", "mbgnbd")
 REL = 1e-6
 
 
+@functools.cache
+def reference() -> SimpleNamespace:
+    """The reference (lifetimes, and its pandas): imported by the tests that use it, not
+    when this module is collected, which every test process of the suite does (they take
+    over a second to import)."""
+    with warnings.catch_warnings():  # the reference's own imports warn on today's pandas
+        warnings.simplefilter("ignore")
+        import lifetimes
+        import pandas as pd
+        from lifetimes import BetaGeoFitter, ModifiedBetaGeoFitter
+        from lifetimes.utils import summary_data_from_transaction_data
+    return SimpleNamespace(
+        pd=pd,
+        datasets=Path(lifetimes.__file__).parent / "datasets",
+        fitters={"bgnbd": BetaGeoFitter, "mbgnbd": ModifiedBetaGeoFitter},
+        summary_data_from_transaction_data=summary_data_from_transaction_data,
+    )
+
+
 def cdnow() -> pd.DataFrame:
     """The CDNOW calibration period: 2,357 customers, 39 weeks (x, t_x, T in weeks)."""
-    return pd.read_csv(DATASETS / "cdnow_customers_summary.csv", index_col=0)
+    ref = reference()
+    return ref.pd.read_csv(ref.datasets / "cdnow_customers_summary.csv", index_col=0)
 
 
 # The reference's optimiser tolerance: tighter than its default (1e-7), so that its own
@@ -50,7 +67,7 @@ REFERENCE_TOL = {"bgnbd": 1e-9, "mbgnbd": 1e-8}
 
 
 def reference_fit(model: str, data: pd.DataFrame) -> object:
-    fitter = REFERENCE[model]()
+    fitter = reference().fitters[model]()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         fitter.fit(data["frequency"], data["recency"], data["T"], tol=REFERENCE_TOL[model])
@@ -103,8 +120,8 @@ def test_per_customer_values_equal_lifetimes(model: str) -> None:
     data = cdnow()
     est = churn.fit(model, data["frequency"], data["recency"], data["T"])
     assert isinstance(est, churn.Estimate)
-    ref = REFERENCE[model]()
-    ref.params_ = pd.Series(as_array(est.params), index=["r", "alpha", "a", "b"])
+    ref = reference().fitters[model]()
+    ref.params_ = reference().pd.Series(as_array(est.params), index=["r", "alpha", "a", "b"])
     f, rec, t = (data[c].to_numpy() for c in ("frequency", "recency", "T"))
     want_alive = ref.conditional_probability_alive(f, rec, t)
     want_orders = ref.conditional_expected_number_of_purchases_up_to_time(13.0, f, rec, t)
@@ -123,14 +140,15 @@ def test_per_customer_values_equal_lifetimes(model: str) -> None:
 
 def test_summary_equals_lifetimes_daily_summary() -> None:
     """x, t_x, T from order instants (epoch ms) as lifetimes summarises daily periods."""
-    tx = pd.read_csv(DATASETS / "example_transactions.csv", parse_dates=["date"])
+    ref = reference()
+    tx = ref.pd.read_csv(ref.datasets / "example_transactions.csv", parse_dates=["date"])
     # orders at several times of day, two on some days: only UTC days count
     rng = np.random.default_rng(7)
-    tx["date"] = tx["date"] + pd.to_timedelta(rng.integers(0, 86_400_000, len(tx)), unit="ms")
+    tx["date"] = tx["date"] + ref.pd.to_timedelta(rng.integers(0, 86_400_000, len(tx)), unit="ms")
     end = datetime(2015, 1, 1, 15, 30, tzinfo=UTC)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        want = summary_data_from_transaction_data(
+        want = ref.summary_data_from_transaction_data(
             tx, "id", "date", freq="D", observation_period_end=end.replace(tzinfo=None)
         )
     as_of_ms = int(end.timestamp() * 1000)

@@ -357,24 +357,26 @@ def test_dead_letter_topic_refusing_copies_stalls_and_never_skips(
     assert second.stop() == 0
 
 
-def test_broker_unreachable_for_a_while_recovers_by_itself(deployment: Deployment, store: Store):
+def test_broker_unreachable_for_a_while_recovers_by_itself(
+    own_deployment: Deployment, store: Store
+):
     """The broker frozen (SIGSTOP: every request hangs, the group session expires) while
     the worker runs, then back: nothing lost, nothing published twice under another id.
     (The suite's broker keeps its data in memory, so a frozen process stands in for a
     restart: the worker sees the same dead connections and the same group rejoin.)"""
     events = generate(300, seed=24)
     expected = expected_now(events)
-    deployment.produce(records_of(events))
-    worker = deployment.worker()
-    deployment.read(deployment.actions, until=lambda m: len(m) >= 50)
-    broker = deployment.kafka.proc
+    own_deployment.produce(records_of(events))
+    worker = own_deployment.worker()
+    own_deployment.read(own_deployment.actions, until=lambda m: len(m) >= 50)
+    broker = own_deployment.kafka.proc
     assert broker is not None
     broker.send_signal(signal.SIGSTOP)
     try:
         time.sleep(8)
     finally:
         broker.send_signal(signal.SIGCONT)
-    actions = deployment.read(deployment.actions, until=converged(expected), timeout=90)
+    actions = own_deployment.read(own_deployment.actions, until=converged(expected), timeout=90)
     assert_changes_consistent(actions)
     assert_state_matches(store, expected)
     assert worker.proc is not None and worker.proc.poll() is None  # recovered, no restart
@@ -399,24 +401,24 @@ def test_a_worker_with_no_partition_is_ready(deployment: Deployment):
         if statuses == [200, 200]:
             break
         time.sleep(0.5)
-    assert statuses == [200, 200]
+    assert statuses == [200, 200], first.log()[-3000:] + second.log()[-3000:]
     logs = first.log() + second.log()
     assert "assigned partitions [0]" in logs and "assigned partitions []" in logs
     assert first.stop() == 0 and second.stop() == 0
 
 
-def test_a_frozen_broker_fails_readiness_within_seconds(deployment: Deployment, store: Store):
+def test_a_frozen_broker_fails_readiness_within_seconds(own_deployment: Deployment, store: Store):
     """The broker hangs (SIGSTOP: connections open, nothing answered): readiness follows
     progress, not the TCP connection: /readyz fails once the broker has held the worker's
     requests for KAFKA_SILENT_S (10 s), /healthz stays up, and both recover with it."""
     events = generate(50, seed=25)
     expected = expected_now(events)
-    deployment.produce(records_of(events))
-    worker = deployment.worker()
-    deployment.read(deployment.actions, until=converged(expected))
-    port = deployment.http_port
+    own_deployment.produce(records_of(events))
+    worker = own_deployment.worker()
+    own_deployment.read(own_deployment.actions, until=converged(expected))
+    port = own_deployment.http_port
     assert fetch(port, "/readyz")[0] == 200
-    broker = deployment.kafka.proc
+    broker = own_deployment.kafka.proc
     assert broker is not None
     broker.send_signal(signal.SIGSTOP)
     frozen = time.monotonic()

@@ -80,7 +80,7 @@ def _sweep_instant(settings: Settings, store: Store, as_of_ms: int | None) -> in
 
 
 def _partitions(producer: Any, topic: str) -> set[int]:
-    meta = producer.list_topics(topic, timeout=10).topics.get(topic)
+    meta = producer.list_topics(topic, timeout=clients.METADATA_TIMEOUT_S).topics.get(topic)
     if meta is None or meta.error is not None or not meta.partitions:
         reason = meta.error if meta is not None and meta.error else "no partitions"
         raise RfmError(f"cannot read the partitions of {topic} (RFM_ORDERS_TOPIC): {reason}")

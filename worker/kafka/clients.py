@@ -15,6 +15,10 @@ from worker.config import Settings
 # repeated within a minute (a broker that stays unreachable) is shown once.
 RDKAFKA = logging.getLogger("worker.rdkafka")
 
+# How long a command (`sweep --once`, `rebuild`) waits for the broker's metadata before it
+# says that Kafka is unavailable.
+METADATA_TIMEOUT_S = 10.0
+
 # RFM_KAFKA_CONFIG applies to every client; these only mean something to one kind, and
 # librdkafka warns at every start when the other kind is given them.
 CONSUMER_ONLY = frozenset(

@@ -75,7 +75,7 @@ def _rebuild(store: Store, settings: Settings, profiles: Profiles, *, confirmed:
 
 
 def _partitions(consumer: Any, topic: str) -> list[int]:
-    meta = consumer.list_topics(topic, timeout=10).topics.get(topic)
+    meta = consumer.list_topics(topic, timeout=clients.METADATA_TIMEOUT_S).topics.get(topic)
     if meta is None or meta.error is not None or not meta.partitions:
         raise RfmError(f"cannot read the partitions of {topic} (RFM_ORDERS_TOPIC)")
     return sorted(meta.partitions)
