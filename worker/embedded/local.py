@@ -79,7 +79,12 @@ class Tansu(Child):
     kind = "tansu"
     # It holds a fetch until fetch.wait.max.ms even when data is there (Apache Kafka answers
     # at once): without a short wait every change would wait up to librdkafka's 500 ms.
-    client_config: ClassVar[dict[str, str]] = {"fetch.wait.max.ms": "20"}
+    # It answers a consumer's group join only after half the session timeout (22.5 s at
+    # librdkafka's 45 s): 6 s keeps a worker's start and a rebalance to ~3 s.
+    client_config: ClassVar[dict[str, str]] = {
+        "fetch.wait.max.ms": "20",
+        "session.timeout.ms": "6000",
+    }
     # It creates a topic when a producer names a missing one, so a missing topic can only
     # be shown with a name it refuses.
     auto_creates_topics = True
