@@ -393,7 +393,7 @@ class Store:
                     continue
                 customer = res.customer
                 encoded = blob if state is None else state
-                if encoded and len(customer.orders) >= LONG_HISTORY:
+                if encoded:
                     known.put(key, encoded, customer)
                 plan.applied += res.applied
                 plan.duplicates += res.duplicates
