@@ -135,11 +135,20 @@ def producer(settings: Settings, **overrides: str) -> Producer:
     )
 
 
-def produce(producer: Producer, topic: str, **record: Any) -> None:
-    """Produce, waiting out a full local queue by serving delivery reports meanwhile."""
+def produce(
+    producer: Producer,
+    topic: str,
+    *,
+    key: bytes | None,
+    value: bytes | None,
+    on_delivery: Callable[[Any, Any], None] | None = None,
+    headers: list[tuple[str, Any]] | None = None,
+) -> None:
+    """Produce, waiting out a full local queue by serving delivery reports meanwhile.
+    Named parameters rather than **kwargs: the relay calls it for every change."""
     while True:
         try:
-            producer.produce(topic, **record)
+            producer.produce(topic, key=key, value=value, on_delivery=on_delivery, headers=headers)
             return
         except BufferError:
             producer.poll(0.05)

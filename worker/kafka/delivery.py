@@ -104,19 +104,14 @@ class Deliveries(Generic[T]):
                 self._refused(record, token, shrunk, err)
 
         try:
-            try:  # the common case: one C call, not through `produce`'s keyword dicts
-                self._producer.produce(
-                    self.topic, key=key, value=value, on_delivery=delivered, headers=headers
-                )
-            except BufferError:  # the local queue is full: wait it out serving reports
-                produce(
-                    self._producer,
-                    self.topic,
-                    key=key,
-                    value=value,
-                    on_delivery=delivered,
-                    headers=headers,
-                )
+            produce(
+                self._producer,
+                self.topic,
+                key=key,
+                value=value,
+                on_delivery=delivered,
+                headers=headers,
+            )
         except KafkaException as exc:  # refused before it left (too large, unknown topic)
             self._refused(record, token, shrunk, exc.args[0])
             return
