@@ -164,9 +164,6 @@ def rfm_changed(
     """The record of a change; P(alive) and its band are null without a churn model (or
     before its first fit). One dict literal: built for nearly every event."""
     as_of = iso(as_of_ms)
-    p_alive = band = expected = None
-    if current is not None:
-        p_alive, band, expected = current.p_alive, current.band, current.expected_orders
     return {
         "type": "rfm.changed",
         "change_id": change_id,
@@ -182,9 +179,7 @@ def rfm_changed(
         "triggers": list(triggers),
         "customer": customer_summary(agg, current),
         "emitted_at": as_of if emitted_at_ms == as_of_ms else iso(emitted_at_ms),
-        "p_alive": p_alive,
-        "p_alive_band": band,
-        "expected_orders": expected,
+        **churn_values(current),
     }
 
 
