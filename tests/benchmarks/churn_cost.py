@@ -20,6 +20,7 @@ import os
 import random
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +114,7 @@ def measure(n_customers: int, repeats: int) -> dict[str, Any]:
     assert isinstance(est, churn.Estimate), est
     fitted = Profiles.from_toml(MODEL)
     fitted.use_fit("default", churn.Fit("bgnbd", est.params, est.log_likelihood, 1, 1, 1, now))
-    cases = {
+    cases: dict[str, Callable[[], Profiles]] = {
         "no model": lambda: Profiles.from_toml(BASE),
         "model, no fit yet": lambda: Profiles.from_toml(MODEL),
         "model, fitted": lambda: fitted,

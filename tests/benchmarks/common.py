@@ -386,7 +386,7 @@ class Stack:
 
     @property
     def bootstrap(self) -> str:
-        return self.kafka.bootstrap
+        return str(self.kafka.bootstrap)
 
     def topics(self, prefix: str) -> Topics:
         suffix = uuid.uuid4().hex[:8]

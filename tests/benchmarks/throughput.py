@@ -55,13 +55,13 @@ from common import (
     rate,
     ratio,
     say,
-    wall_ms,
 )
 from pydantic import SecretStr
 
 from worker.config import Settings
 from worker.kafka import clients
 from worker.rules.events import Rejection, ValidEvent, validate
+from worker.rules.instants import wall_ms
 from worker.rules.profiles import DEFAULT_TENANT, Profiles
 from worker.services import causes
 from worker.state.store import Store

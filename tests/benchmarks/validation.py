@@ -30,12 +30,13 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from common import ROOT, customer_ids, days_ago, placed_orders, wall_ms
+from common import ROOT, customer_ids, days_ago, placed_orders
 
 sys.path.insert(0, str(ROOT))  # the frozen reference lives in tests/
 
 from tests.frozen_validation import frozen_validate
 from worker.rules.events import validate
+from worker.rules.instants import wall_ms
 from worker.rules.profiles import Profiles
 
 

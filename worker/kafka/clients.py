@@ -143,12 +143,20 @@ def produce(
     value: bytes | None,
     on_delivery: Callable[[Any, Any], None] | None = None,
     headers: list[tuple[str, Any]] | None = None,
+    partition: int = -1,  # -1: the producer's partitioner picks it (by key)
 ) -> None:
     """Produce, waiting out a full local queue by serving delivery reports meanwhile.
     Named parameters rather than **kwargs: the relay calls it for every change."""
     while True:
         try:
-            producer.produce(topic, key=key, value=value, on_delivery=on_delivery, headers=headers)
+            producer.produce(
+                topic,
+                key=key,
+                value=value,
+                partition=partition,
+                on_delivery=on_delivery,
+                headers=headers,
+            )
             return
         except BufferError:
             producer.poll(0.05)
