@@ -23,6 +23,7 @@ from typing import Literal
 
 import orjson
 
+from worker import jsonbytes
 from worker.rules.aggregates import Aggregates
 from worker.rules.events import ValidEvent
 from worker.rules.instants import DAY_MS
@@ -316,7 +317,7 @@ class Customer:
             f = self.folded
             doc["z"] = [f.orders, f.monetary, f.first_at, f.last_at, f.horizon]
         # Sorted keys: the bytes, not only the meaning, are independent of arrival order.
-        return orjson.dumps(doc, option=orjson.OPT_SORT_KEYS)
+        return jsonbytes.dumps(doc, option=orjson.OPT_SORT_KEYS)
 
     def _rebuild_stored(self, base: int | None) -> tuple[dict[str, list[object]], int | None]:
         """Every order's stored form, as ages at `base` in the coarsest exact unit."""

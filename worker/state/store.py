@@ -30,6 +30,7 @@ import hiredis
 import orjson
 import redis
 
+from worker import jsonbytes
 from worker.errors import StateError, StateLostError
 from worker.pacing import SLOTS_MOVING
 from worker.rules.customer import LONG_HISTORY, Customer, Outcome, Published
@@ -499,7 +500,7 @@ def _decide(
     was_in, before = customer.partition, customer.published
     res = decide(customer, item)
     state = customer.encode() if res.dirty else None
-    return res, was_in, before, state, [orjson.dumps(c.payload) for c in res.changes]
+    return res, was_in, before, state, [jsonbytes.dumps(c.payload) for c in res.changes]
 
 
 def _packed(calls: list[tuple[Any, ...]]) -> list[bytes]:
