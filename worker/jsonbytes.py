@@ -2,10 +2,10 @@
 
 orjson (3.12 and later) hands back its working buffer as the bytes object: at least 4 KB
 for a 600-byte record. The hot path keeps a batch's records and customer states until
-their commit and publication (thousands at a time), so each would hold 4 KB or more of
-fresh memory: page faults and cache misses that cost more than the serialisation (in
-process, 1.5 page faults per event and ~10% of a batch's CPU). A copy of the right size
-costs ~0.1 µs and lets the buffer's memory serve the next call.
+their commit and publication (thousands at a time), so each would stand alone on fresh
+memory, and writing it would cost more than serialising it (measured in process: 6.1 µs to
+serialise a kept record, 1.5 µs with the copy; a customer state 5.1 against 1.4 µs). A
+copy of the right size lets the buffer's memory serve the next call.
 
 Output that is written or sent at once (HTTP bodies, logs, the CLI) needs none of this.
 """
