@@ -45,6 +45,14 @@ class Rhythm:
 
 def rhythm(agg: Aggregates, profile: Profile) -> Rhythm | None:
     """None when the rule does not apply (factor 0, fewer than 3 orders, no gap at all)."""
+    median = _median_gap(agg, profile)
+    if median is None:
+        return None
+    return Rhythm(median, _overdue_at(agg, profile, median))
+
+
+def _median_gap(agg: Aggregates, profile: Profile) -> float | None:
+    """The median gap between the customer's orders, if the overdue rule applies."""
     if profile.overdue_factor <= 0 or agg.orders_lifetime < MIN_OVERDUE_ORDERS:
         return None
     gaps = agg.gaps
@@ -54,7 +62,11 @@ def rhythm(agg: Aggregates, profile: Profile) -> Rhythm | None:
     median = gaps[mid] if len(gaps) % 2 else (gaps[mid - 1] + gaps[mid]) / 2
     if median <= 0:  # every order at the same instant: no rhythm to be late against
         return None
-    return Rhythm(median, agg.last_order_at + math.floor(profile.overdue_factor * median) + 1)
+    return median
+
+
+def _overdue_at(agg: Aggregates, profile: Profile, median: float) -> int:
+    return agg.last_order_at + math.floor(profile.overdue_factor * median) + 1
 
 
 def overdue_pending(rh: Rhythm | None, agg: Aggregates, alerted: int | None) -> bool:
@@ -93,9 +105,9 @@ def next_due(
         if reached:  # F drops once count falls below the threshold it reached (never 0)
             due = min(due, times[first + count - reached] + window * DAY_MS)
     if unalerted(agg, alerted):  # the rhythm only matters then (and costs a sort)
-        rh = rhythm(agg, profile)
-        if rh is not None:
-            due = min(due, rh.overdue_at)
+        median = _median_gap(agg, profile)
+        if median is not None:
+            due = min(due, _overdue_at(agg, profile, median))
     if profile.churn_fit is not None:  # only profiles with a model and a fit pay for it
         at = p_alive_band_due(agg, profile, as_of_ms)
         if at is not None:

@@ -22,8 +22,12 @@ def plain_units(text: str) -> int:
 
 def format_units(units: int) -> str:
     """'350.00', '12.3456': two decimals at least, four at most; integer arithmetic only."""
-    sign = "-" if units < 0 else ""
-    whole, frac = divmod(abs(units), SCALE)
-    if frac % 100 == 0:  # whole cents, the usual case
-        return f"{sign}{whole}.{frac // 100:02d}"
-    return f"{sign}{whole}.{f'{frac:04d}'.rstrip('0').ljust(2, '0')}"
+    if units < 0:
+        return "-" + format_units(-units)
+    whole, frac = divmod(units, SCALE)
+    if frac % 100 == 0:  # whole cents, the usual case (in every record: from a table)
+        return f"{whole}.{_CENTS[frac // 100]}"
+    return f"{whole}.{f'{frac:04d}'.rstrip('0').ljust(2, '0')}"
+
+
+_CENTS = [f"{cents:02d}" for cents in range(100)]
