@@ -73,11 +73,20 @@ _VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
 
 
 def _state(at: Published | Score | None) -> str:
+    """A score as its change ids spell it; remembered, as a base has few distinct ones."""
     if at is None:
         return "-"
-    if at.band is None:
-        return f"{at.r}{at.f}{at.m}:{at.segment}"
-    return f"{at.r}{at.f}{at.m}:{at.segment}:{at.band}"
+    key = (at.r, at.f, at.m, at.segment, at.band)
+    text = _STATES.get(key)
+    if text is None:
+        if len(_STATES) >= 10_000:  # segment names come from profiles: bounded anyway
+            _STATES.clear()
+        text = f"{at.r}{at.f}{at.m}:{at.segment}"
+        text = _STATES[key] = text if at.band is None else f"{text}:{at.band}"
+    return text
+
+
+_STATES: dict[tuple[int, int, int, str, int | None], str] = {}
 
 
 def apply_events(
