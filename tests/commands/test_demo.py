@@ -98,6 +98,33 @@ def test_demo_shows_decay_and_overdue_and_ctrl_c_stops_every_child(broker: str) 
         assert not _listening(port), f"port {port} still open after Ctrl-C"
 
 
+def test_once_its_clock_reaches_today_live_orders_keep_their_pace_per_simulated_day() -> None:
+    """At 100 simulated days per second the clock reaches today within 4 s. Live orders
+    are paced per simulated day (here one a day): from then on they come at real-time
+    pace, none in the seconds left, instead of crowding each customer's orders seconds
+    apart (which made seconds a customer's usual gap and a minute's silence overdue)."""
+    done = subprocess.run(
+        [
+            *(sys.executable, "-m", "worker", "demo", "--customers", "50", "--rate", "100"),
+            *("--days-per-second", "100", "--duration", "20"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    output = done.stdout
+    assert done.returncode == 0, output + done.stderr
+    _, reached, after = output.partition("-- the simulated clock has reached today")
+    assert reached, output
+    assert "one every 24.0 hours" in after.splitlines()[0], output
+    status = STATUS.findall(after)
+    assert len(status) >= 3, output  # 5 s apart; the last at the end of --duration
+    # the worker had applied the last live orders seconds before: nothing more came
+    assert status[-2][1] == status[-1][1], output
+    assert status[-1][0] == time.strftime("%Y-%m-%d", time.gmtime()), output
+    assert "usual gap 0 days" not in output, output
+
+
 # -- arguments, children, temporary files ---------------------------------------------------
 
 

@@ -9,6 +9,10 @@ every overdue alert.
 A fast clock makes time visible: the history ends a year before the wall clock, and live
 orders carry a simulated `occurred_at` that starts there and advances `days_per_second`
 simulated days per real second (never past the wall clock; then it runs in real time).
+Live orders are paced by that clock, a steady number per simulated day: once it reaches
+today (after ~3 minutes at the default speed) they come at real-time pace, a few an hour,
+and the demo says so, rather than crowding a customer's orders seconds apart (which would
+make seconds its usual gap and a minute's silence overdue).
 The worker runs with RFM_CLOCK=event and a one-second sweep, so its "now" follows the live
 orders: recency boundaries pass and regulars fall silent while you watch. Ctrl-C stops
 every child process; none outlives the demo, even a SIGKILLed one (worker/embedded/
@@ -97,12 +101,14 @@ class FastClock:
     def __init__(self, start: datetime, days_per_second: float) -> None:
         self.start, self.days_per_second = start, days_per_second
         self.started = time.monotonic()
+        self.real_time = False  # whether it has reached the wall clock
 
     def now(self) -> datetime:
         wall = datetime.now(UTC)
         days = (time.monotonic() - self.started) * self.days_per_second
         # compared before adding: a fast clock would overflow datetime long before year 10000
         if days >= (wall - self.start) / timedelta(days=1):
+            self.real_time = True
             return wall
         return self.start + timedelta(days=days)
 
@@ -421,23 +427,31 @@ def _stream(
     )
     actions.assign([TopicPartition(ACTIONS, p, OFFSET_BEGINNING) for p in range(4)])
     clock = FastClock(history_end, days_per_second)
+    # Live orders are paced in simulated time: `rate` per real second while the clock runs
+    # fast, the same number per simulated day once it runs in real time.
+    step = timedelta(days=days_per_second / rate)
+    caught_up = False
     tally = Tally()
     started = time.monotonic()
-    next_send, next_status, second = started, started + 5, int(started)
+    next_send, next_status, second = history_end, started + 5, int(started)
     try:
         while not stop.is_set():
             now = time.monotonic()
             if duration is not None and now - started > duration:
                 break
+            sim_now = clock.now()
+            days_in = (sim_now - history_end) / timedelta(days=1)
             burst = 0
-            while next_send <= now and burst < MAX_BURST:
-                sim_now = clock.now()
-                days_in = (sim_now - history_end) / timedelta(days=1)
+            while next_send <= sim_now and burst < MAX_BURST:
                 for key, value in gen.live(sim_now, days_in):
                     _produce(producer, key, value)
-                next_send += 1 / rate
+                next_send += step
                 burst += 1
-            next_send = max(next_send, now - 1)  # behind by a second at most: no catch-up flood
+            # behind by a real second at most: no catch-up flood
+            next_send = max(next_send, sim_now - timedelta(days=days_per_second))
+            if clock.real_time and not caught_up:
+                caught_up = True
+                say(_caught_up(sim_now, step))
             producer.poll(0)
             if int(now) != second:
                 second = int(now)
@@ -485,6 +499,21 @@ def _status(metrics_url: str, tally: Tally, sim_now: datetime, elapsed: float) -
         f"{head}: events applied {counts.get('applied', 0):.0f}, "
         f"duplicate {counts.get('duplicate', 0):.0f}, "
         f"dead-lettered {counts.get('dead_lettered', 0):.0f}; {received}"
+    )
+
+
+def _caught_up(sim_now: datetime, step: timedelta) -> str:
+    every = step.total_seconds()
+    if every >= 3600:
+        pace = f"{every / 3600:.1f} hours"
+    elif every >= 60:
+        pace = f"{every / 60:.0f} minutes"
+    else:
+        pace = f"{every:.1f} s"
+    return (
+        f"-- the simulated clock has reached today ({sim_now:%Y-%m-%d}): it runs in real "
+        f"time from now on, and live orders keep their pace per simulated day (one every "
+        f"{pace}); the sweeper and the page go on. Ctrl-C stops the demo."
     )
 
 
