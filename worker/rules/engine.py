@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from hashlib import blake2b
 from typing import Literal
 
@@ -73,20 +74,16 @@ _VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
 
 
 def _state(at: Published | Score | None) -> str:
-    """A score as its change ids spell it; remembered, as a base has few distinct ones."""
+    """A score as its change ids spell it."""
     if at is None:
         return "-"
-    key = (at.r, at.f, at.m, at.segment, at.band)
-    text = _STATES.get(key)
-    if text is None:
-        if len(_STATES) >= 10_000:  # segment names come from profiles: bounded anyway
-            _STATES.clear()
-        text = f"{at.r}{at.f}{at.m}:{at.segment}"
-        text = _STATES[key] = text if at.band is None else f"{text}:{at.band}"
-    return text
+    return _spelling(at.r, at.f, at.m, at.segment, at.band)
 
 
-_STATES: dict[tuple[int, int, int, str, int | None], str] = {}
+@lru_cache(maxsize=10_000)  # a base has a few hundred distinct scores: spelled once each
+def _spelling(r: int, f: int, m: int, segment: str, band: int | None) -> str:
+    text = f"{r}{f}{m}:{segment}"
+    return text if band is None else f"{text}:{band}"
 
 
 def apply_events(
