@@ -523,6 +523,7 @@ def worker_in_process(
             Store(wrap_redis(client) if wrap_redis else client),
             clients.consumer(settings),
             wrap_producer(producer) if wrap_producer else producer,
+            admin=clients.admin(settings),
         )
         thread = threading.Thread(target=worker.run, name=f"worker-{id(worker)}", daemon=True)
         thread.start()

@@ -523,13 +523,14 @@ def run(settings: Settings, profiles: Profiles) -> int:
     from worker.services.churn_upkeep import load_fits
     from worker.services.consumer import Worker
     from worker.services.quantile_upkeep import load_cuts
-    from worker.state import connection
+    from worker.state import connection, permissions
     from worker.web.http_api import Api, serve
 
     logger.info("starting rfm-worker %s with %s", __version__, settings.describe())
     with contextlib.ExitStack() as stack:
         store = stack.enter_context(connection.opened_store(settings))
         _check_redis(store, settings)
+        permissions.self_test(store.redis)  # a command refused: named now, not mid-stream
         # Quantile profiles score with their stored cut points, churn models with their
         # stored fit; missing ones are computed once the worker is in its group
         # (Worker._first_join).
@@ -543,7 +544,9 @@ def run(settings: Settings, profiles: Profiles) -> int:
         )
         producer = clients.producer(settings)
         stack.callback(producer.close)  # after the loop's drain: nothing left to send
-        worker = Worker(settings, profiles, store, consumer, producer)
+        worker = Worker(
+            settings, profiles, store, consumer, producer, admin=clients.admin(settings)
+        )
         metrics.register_customers(store.reads.segment_counts, profiles.names())
         health = worker.health
         api = Api(settings, profiles, store, healthy=health.is_healthy, not_ready=health.not_ready)

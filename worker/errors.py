@@ -28,3 +28,8 @@ class StateLostError(StateError):
 
 class DataLossError(StateError):
     """Redis lost state that Kafka's committed offsets count as applied."""
+
+
+class RedisRefusedError(ConfigError):
+    """Redis refuses a command the worker needs (an ACL rule, a renamed or disabled
+    command): one line naming it and the grant, exit code 2."""

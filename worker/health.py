@@ -40,7 +40,7 @@ class Health:
         self._stopping = stopping
         self.kafka_ok = True
         self.kafka_silent: list[str] = []  # brokers holding requests unanswered (stats)
-        self.redis_ok = True
+        self.redis_problem: str | None = None  # why Redis does not serve the worker now
         self.dlq_ok = True
         self.joined = False  # the first assignment (possibly empty) has been received
         self.heartbeat = time.monotonic()
@@ -67,8 +67,8 @@ class Health:
             )
         if not self.joined:
             reasons.append(f"not yet a member of the consumer group {s.kafka_group}")
-        if not self.redis_ok:
-            reasons.append("Redis (RFM_REDIS_URL) is unavailable")
+        if self.redis_problem is not None:
+            reasons.append(self.redis_problem)
         if not self.dlq_ok:
             reasons.append(f"dead letters to {s.dlq_topic} are not acknowledged")
         return reasons

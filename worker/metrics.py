@@ -20,6 +20,12 @@ TRANSITIONS = Counter(
     "rfm_segment_transitions", "Segment transitions.", ["from_segment", "to_segment"]
 )
 CONSUMER_LAG = Gauge("rfm_consumer_lag", "Records behind the high watermark.", ["partition"])
+OFFSET_RESETS = Counter(
+    "rfm_offset_resets",
+    "Partitions started elsewhere than the state's applied offset, by reason "
+    "(topic_recreated, beyond_end, before_start).",
+    ["reason"],
+)
 SWEEP_DURATION = Histogram(
     "rfm_sweep_duration_seconds",
     "Duration of decay sweeps, from the first due customer read to the last committed.",

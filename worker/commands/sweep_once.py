@@ -18,7 +18,7 @@ from worker.kafka.relay import DRAIN_TIMEOUT, Relay
 from worker.rules.instants import MAX_FUTURE_MS, iso, wall_ms
 from worker.rules.profiles import Profiles
 from worker.services.sweeper import Sweeper
-from worker.state import connection
+from worker.state import connection, permissions
 from worker.state.store import Committed, Store
 
 
@@ -26,6 +26,7 @@ def run_once(settings: Settings, profiles: Profiles, as_of_ms: int | None) -> in
     """The command: sweep, publish, wait for the broker's acknowledgements, print a summary."""
     with contextlib.ExitStack() as stack:
         store = stack.enter_context(connection.opened_store(settings))
+        permissions.self_test(store.redis)
         as_of_ms = _sweep_instant(settings, store, as_of_ms)
         producer = clients.producer(settings)
         stack.callback(producer.close)

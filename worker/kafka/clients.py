@@ -7,7 +7,8 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, KafkaException, Producer, TopicCollection
+from confluent_kafka.admin import AdminClient
 
 from worker.config import Settings
 
@@ -133,6 +134,32 @@ def producer(settings: Settings, **overrides: str) -> Producer:
             **overrides,
         }
     )
+
+
+def admin(settings: Settings) -> AdminClient:
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.kafka_bootstrap,
+        "client.id": "rfm-worker",
+        "logger": RDKAFKA,
+        **_extra(settings, CONSUMER_ONLY | PRODUCER_ONLY),
+    }
+    return AdminClient(config)
+
+
+# The id of no topic: what a broker that keeps no topic ids answers.
+_NO_TOPIC_ID = "AAAAAAAAAAAAAAAAAAAAAA"
+
+
+def topic_id(client: AdminClient, topic: str, timeout: float = METADATA_TIMEOUT_S) -> str | None:
+    """Kafka's id of the topic's current incarnation: it changes when the topic is deleted
+    and created again under the same name. None when the broker does not say (the topic
+    is missing, the user may not Describe it, or the broker keeps no ids)."""
+    try:
+        future = client.describe_topics(TopicCollection([topic]), request_timeout=timeout)[topic]
+        found = str(future.result().topic_id or "")
+    except KafkaException:
+        return None
+    return found if found and found != _NO_TOPIC_ID else None
 
 
 def produce(

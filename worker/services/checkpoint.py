@@ -42,6 +42,8 @@ from worker.state.store import Store
 logger = logging.getLogger(__name__)
 
 LAG_REPORT_S = 1.0  # how often rfm_consumer_lag is refreshed
+TOPIC_CHECK_S = 5.0  # how often a running worker asks whether its topic was recreated
+WATERMARK_TIMEOUT_S = 10.0
 APPLIED_EVERY_S = 0.1  # how often processed offsets are recorded next to the state
 
 
@@ -68,6 +70,7 @@ class Checkpoint:
         drain: Callable[[], bool],
         paused: Callable[[], bool],
         first_join: Callable[[], None] = lambda: None,
+        topic_id: Callable[[], str | None] = lambda: None,
     ) -> None:
         self._settings = settings
         self._store = store
@@ -79,6 +82,9 @@ class Checkpoint:
         self._drain = drain
         self._paused = paused
         self._first_join = first_join
+        self._topic_id = topic_id  # the orders topic's incarnation now (Kafka's topic id)
+        self._incarnation: str | None = None  # the one this worker last consumed
+        self._topic_check = Every(TOPIC_CHECK_S)
         # Cooperative rebalances (the default) add and take back partitions one by one.
         self.incremental = clients.incremental(settings.kafka_properties())
         self.assigned: set[int] = set()
@@ -172,19 +178,23 @@ class Checkpoint:
         self._health.joined = True
 
     def _reconcile(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        """Set each partition's start offset from the applied offsets stored with the state.
+        """Set each partition's start offset from the applied offsets stored with the state
+        (docs/operations.md, "Where a worker starts").
 
         Behind Kafka's committed offset: seek back (replay is harmless). No record at all
         while Kafka says events were applied and Redis holds nothing: Redis lost its data;
         refuse to go on (DataLossError). A record missing from some shards only: those
-        shards lost their data; refuse too.
+        shards lost their data; refuse too. No record of a partition, or a topic deleted
+        and created again since the state recorded its offsets: from the partition's start.
+        A record beyond the partition's end (a truncated log) or before its start (records
+        deleted before they were applied): from that end or start, saying so.
         """
+        recreated = self._adopt_incarnation(partitions[0].topic)
         committed = {tp.partition: tp.offset for tp in consumer.committed(partitions, timeout=30)}
         fields = {tp.partition: keys.applied_field(tp.topic, tp.partition) for tp in partitions}
         applied = self._store.applied.read(list(fields.values()))
         for tp in partitions:
             kafka = committed.get(tp.partition, OFFSET_INVALID)
-            self._starts[tp.partition] = kafka  # where consumption starts, for the lag
             state, shards = applied[fields[tp.partition]]
             floor = self._store.applied.floors.pop(tp.partition, None)
             if state is None:
@@ -195,7 +205,7 @@ class Checkpoint:
                         "without the data). Not consuming. Run `rfm-worker rebuild` to replay "
                         "the orders topic into a clean state, then start the workers again."
                     )
-                if kafka > 0 and not self._store.reads.holds_customers():
+                if kafka > 0 and not recreated and not self._store.reads.holds_customers():
                     raise DataLossError(
                         f"Redis holds no customer, but the consumer group "
                         f"{self._settings.kafka_group} has committed offset {kafka} of "
@@ -204,7 +214,11 @@ class Checkpoint:
                         "`rfm-worker rebuild` to replay the orders topic into a clean state "
                         "(it needs the topic's whole history), then start the workers again."
                     )
-                continue  # a new partition, or state written before offsets were recorded
+                # A new partition (or one whose offsets were of an older incarnation): all
+                # of it, whatever Kafka's commits say; events already applied count once.
+                tp.offset = OFFSET_BEGINNING
+                self._starts[tp.partition] = 0
+                continue
             if shards < keys.SHARDS:
                 raise DataLossError(
                     f"{keys.SHARDS - shards} of {keys.SHARDS} Redis shards hold no record of "
@@ -222,36 +236,114 @@ class Checkpoint:
                     floor[1],
                     state,
                 )
-                tp.offset = self._starts[tp.partition] = state
-                continue
-            if state != kafka:
-                if kafka >= 0 and state < kafka:
-                    logger.warning(
-                        "%s[%d]: the state holds events up to offset %d, Kafka's commit says "
-                        "%d (Redis lost writes): replaying from %d",
-                        tp.topic,
-                        tp.partition,
-                        state,
-                        kafka,
-                        state,
-                    )
-                tp.offset = self._starts[tp.partition] = state
+            elif kafka >= 0 and state < kafka:
+                logger.warning(
+                    "%s[%d]: the state holds events up to offset %d, Kafka's commit says "
+                    "%d (Redis lost writes): replaying from %d",
+                    tp.topic,
+                    tp.partition,
+                    state,
+                    kafka,
+                    state,
+                )
+            elif kafka >= 0 and state > kafka:
+                logger.info(
+                    "%s[%d]: starting at offset %d, where the state is; the group's committed "
+                    "offset %d only feeds the lag (to replay on purpose: rfm-worker rebuild)",
+                    tp.topic,
+                    tp.partition,
+                    state,
+                    kafka,
+                )
+            tp.offset = self._starts[tp.partition] = self._within_log(consumer, tp, state)
+
+    def _adopt_incarnation(self, topic: str) -> bool:
+        """Tie the state's applied offsets to the topic's incarnation (Kafka's topic id);
+        True when they were of an older one (the topic was deleted and created again)."""
+        current = self._topic_id()
+        if current is None:  # the broker does not say: the watermark checks remain
+            return False
+        previous = self._store.applied.adopt(topic, current)
+        seen, self._incarnation = self._incarnation, current
+        if previous is None and seen in (None, current):
+            return False
+        self._store.applied.floors.clear()  # (another worker may have dropped them first)
+        logger.warning(
+            "%s was deleted and created again (topic id %s; the state's offsets were of %s): "
+            "applying every partition from its start (events already applied count once)",
+            topic,
+            current,
+            previous or seen,
+        )
+        metrics.OFFSET_RESETS.labels("topic_recreated").inc()
+        return True
+
+    def _within_log(self, consumer: Consumer, tp: TopicPartition, state: int) -> int:
+        """Where to start a partition the state holds up to `state`: there, unless the log
+        no longer reaches it (truncated: start at its end; deleted by retention before it
+        was applied: start at its start, the records in between are lost)."""
+        try:
+            low, high = consumer.get_watermark_offsets(tp, timeout=WATERMARK_TIMEOUT_S)
+        except KafkaException as exc:
+            logger.warning("%s[%d]: no watermarks (%s)", tp.topic, tp.partition, exc)
+            return state
+        if 0 <= high < state:
+            logger.warning(
+                "%s[%d]: the state holds events up to offset %d, beyond the partition's end "
+                "%d (its log was truncated: an unclean leader election, a restored broker): "
+                "consuming from %d",
+                tp.topic,
+                tp.partition,
+                state,
+                high,
+                high,
+            )
+            metrics.OFFSET_RESETS.labels("beyond_end").inc()
+            return high
+        if state < low:
+            logger.error(
+                "%s[%d]: the state holds events up to offset %d, but the partition starts at "
+                "%d: %d record(s) were deleted (retention) before this worker applied them "
+                "and are lost to the state; consuming from %d. Produce those orders again "
+                "(rfm-worker produce: duplicates count once) to recover them",
+                tp.topic,
+                tp.partition,
+                state,
+                low,
+                low - state,
+                low,
+            )
+            metrics.OFFSET_RESETS.labels("before_start").inc()
+            return low
+        return state
 
     def replay_lost(self, exc: StateLostError) -> None:
         """Redis lost writes under the running worker; nothing was written on the loss
         (commit.lua and applied.lua refuse). Start every owned partition again where the
         state still holds it (DataLossError when nothing is left: `rfm-worker rebuild`),
-        and relay what the outboxes still hold. The batch in hand is abandoned: its
-        events are consumed again, as duplicates where they were applied."""
+        and relay what the outboxes still hold."""
         logger.error("%s: replaying from what the state still holds", exc)
+        self._restart_owned()
+
+    def check_topic(self) -> None:
+        """Every TOPIC_CHECK_S: the orders topic deleted and created again under the
+        running worker (its topic id changed) restarts every owned partition from its
+        start, whatever the consumer's positions in it are."""
+        if not self.assigned or self._incarnation is None or not self._topic_check.due():
+            return
+        current = self._topic_id()
+        if current is not None and current != self._incarnation:
+            self._restart_owned()
+
+    def _restart_owned(self) -> None:
+        """Start every owned partition again where `_reconcile` says, and relay what the
+        outboxes still hold. The batch in hand is abandoned: its events are consumed again,
+        as duplicates where they were applied."""
         topic = self._settings.orders_topic
         partitions = [TopicPartition(topic, p) for p in sorted(self.assigned)]
         self._retry_redis(lambda: self._reconcile(self._consumer, partitions))
         for tp in partitions:
-            start = self._starts.get(tp.partition, -1)  # what _reconcile chose
-            # no offset anywhere: the partition's first batch was the one lost
-            start = start if start >= 0 else OFFSET_BEGINNING
-            self._consumer.seek(TopicPartition(topic, tp.partition, start))
+            self._consumer.seek(TopicPartition(topic, tp.partition, tp.offset))
             self._done.pop((topic, tp.partition), None)
             self._unrecorded.pop((topic, tp.partition), None)
         self._retry_redis(lambda: self._relay.recover(self.assigned))

@@ -28,11 +28,13 @@ import time
 from collections.abc import Callable, Sequence
 
 from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka.admin import AdminClient
 
 from worker import metrics
 from worker.config import Settings
 from worker.errors import StateLostError
 from worker.health import Health
+from worker.kafka import clients
 from worker.kafka.dead_letters import BatchAbandonedError, DeadLetters
 from worker.kafka.records import KafkaMessage
 from worker.kafka.relay import DRAIN_TIMEOUT, Relay
@@ -67,6 +69,8 @@ class Worker:
         consumer: Consumer,
         producer: Producer,
         now_ms: Callable[[], int] = wall_ms,
+        *,
+        admin: AdminClient | None = None,
     ) -> None:
         self.settings = settings
         self.profiles = profiles
@@ -95,6 +99,7 @@ class Worker:
             drain=self._drain,
             paused=lambda: self.paused,
             first_join=self._first_join,
+            topic_id=lambda: clients.topic_id(admin, settings.orders_topic) if admin else None,
         )
         self.sweeper = Sweeper(
             store, profiles, interval=settings.sweep_interval, clock=self.clock, now_ms=now_ms
@@ -164,6 +169,7 @@ class Worker:
                 self._bound_backlog()
                 self.health.check_kafka()
                 self.checkpoint.report_lag()
+                self.checkpoint.check_topic()
         except (*REDIS_ERRORS, BatchAbandonedError) as exc:
             if not self.stopping.is_set():
                 raise

@@ -26,7 +26,7 @@ from worker.rules.events import ValidEvent, validate
 from worker.rules.instants import wall_ms
 from worker.rules.profiles import Profiles
 from worker.services import causes
-from worker.state import connection, keys
+from worker.state import connection, keys, permissions
 from worker.state.store import Store
 
 logger = logging.getLogger(__name__)
@@ -50,8 +50,12 @@ def _rebuild(store: Store, settings: Settings, profiles: Profiles, *, confirmed:
                 "Redis still holds rfm-worker state; a rebuild deletes all of it first. "
                 "Stop every worker, then run `rfm-worker rebuild --yes`"
             )
+        permissions.self_test(store.redis)  # a refused command: named before the wipe
         wiped = store.server.wipe()
+        incarnation = clients.topic_id(clients.admin(settings), topic)
         ends, events, rejected = _replay(consumer, store, settings, profiles)
+        if incarnation is not None:  # the offsets recorded below are of this incarnation
+            store.applied.adopt(topic, incarnation)
         store.applied.mark({p: (keys.applied_field(topic, p), end) for p, end in ends.items()})
         store.marking.record_done(profiles.versions())
         try:

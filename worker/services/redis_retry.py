@@ -18,6 +18,7 @@ import redis
 from worker import metrics
 from worker.health import Health
 from worker.pacing import REDIS_RETRY, Backoff
+from worker.state.permissions import is_refusal
 
 logger = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ T = TypeVar("T")
 
 # Redis conditions that pass: wait and retry (never dead-letter, never crash). OOM stalls
 # the worker rather than losing data; failover (read-only replica, cluster down) too.
-REDIS_ERRORS = (
+PASSING = (
     redis.ConnectionError,
     redis.TimeoutError,
     redis.BusyLoadingError,
@@ -35,6 +36,10 @@ REDIS_ERRORS = (
     redis.exceptions.TryAgainError,
     redis.exceptions.MasterDownError,
 )
+# Also waited out: a command refused (ACL, renamed), fixed by an operator while the worker
+# waits; nothing is written on a refusal (worker/state/lua/commit.lua checks before its
+# first write). Other ResponseErrors are re-raised (see _problem).
+REDIS_ERRORS = (*PASSING, redis.ResponseError)
 
 
 class RedisRetry:
@@ -58,18 +63,47 @@ class RedisRetry:
             try:
                 value = call()
             except REDIS_ERRORS as exc:
+                problem = _problem(exc)
+                if problem is None:
+                    raise  # another error: a bug, not a condition to wait out
                 metrics.REDIS_ERRORS.inc()
                 self.failures += 1
-                if self._health.redis_ok:
-                    logger.error("redis unavailable, retrying with backoff: %s", exc)
-                self._health.redis_ok = False
+                if self._health.redis_problem != problem:
+                    logger.error("%s: retrying with backoff (%s)", problem, _one_line(exc))
+                self._health.redis_problem = problem
                 metrics.READY.set(0)
                 self._health.beat()
                 if self._stopping.wait(next(pauses)):
                     raise  # stopping: leave the batch uncommitted, it is redelivered
                 continue
-            if not self._health.redis_ok:
+            if self._health.redis_problem is not None:
                 logger.info("redis is back")
-            self._health.redis_ok = True
+            self._health.redis_problem = None
             metrics.READY.set(1 if self._health.ready else 0)
             return value
+
+
+def _problem(exc: BaseException) -> str | None:
+    """What /readyz says of a Redis error the worker waits out (None: not one of those)."""
+    if isinstance(exc, redis.exceptions.OutOfMemoryError):
+        return "Redis refuses writes: out of memory (maxmemory reached; free memory or raise it)"
+    if isinstance(exc, redis.exceptions.ReadOnlyError):
+        return "Redis is a read-only replica (a failover under way?)"
+    if isinstance(exc, redis.BusyLoadingError):
+        return "Redis is loading its data set"
+    if isinstance(exc, redis.exceptions.ClusterDownError | redis.exceptions.TryAgainError):
+        return "Redis Cluster is down or moving slots"
+    if isinstance(exc, redis.exceptions.MasterDownError):
+        return "Redis's master is down"
+    if is_refusal(exc):
+        return (
+            f"Redis refuses a command the worker needs ({_one_line(exc)}): grant it "
+            "(docs/operations.md, Least privilege)"
+        )
+    if isinstance(exc, PASSING):
+        return "Redis (RFM_REDIS_URL) is unavailable"
+    return None
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())

@@ -23,6 +23,7 @@ class AppliedOffsets:
         self.redis = client
         self.cluster = isinstance(client, redis.RedisCluster)
         self._applied = client.register_script(script("applied.lua"))
+        self._topic = client.register_script(script("topic.lua"))
         # Per orders-topic partition: ("<topic>:<partition>", the offset every shard's state
         # vouched for). A commit or a record of applied offsets on a shard holding less is
         # refused (StateLostError): Redis lost writes, the worker replays first.
@@ -55,6 +56,21 @@ class AppliedOffsets:
             )
         for partition, (name, offset) in offsets.items():
             self.floors[partition] = (name, offset)
+
+    def adopt(self, topic: str, topic_id: str) -> str | None:
+        """Record in every shard that its offsets of `topic` belong to the incarnation
+        `topic_id`; a shard holding offsets of another incarnation drops them
+        (worker/state/lua/topic.lua). Returns that other incarnation's id, or None."""
+        hashes = [keys.applied(shard) for shard in range(keys.SHARDS)]
+        if self.cluster:  # one slot per call there
+            replies = [self._topic(keys=[h], args=[topic, topic_id]) for h in hashes]
+        else:
+            replies = [self._topic(keys=hashes, args=[topic, topic_id])]
+        previous = next((r for r in replies if r), None)
+        if previous is None:
+            return None
+        self.floors.clear()  # what this process vouched for belonged to the old incarnation
+        return previous.decode() if isinstance(previous, bytes) else str(previous)
 
     def read(self, fields: Sequence[str]) -> dict[str, tuple[int | None, int]]:
         """Per field: (the lowest offset recorded over the shards, how many shards hold a

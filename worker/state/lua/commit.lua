@@ -36,10 +36,75 @@
 -- Returns {0, i, ...}: the 1-based indexes of customers whose value differed, nothing
 -- written; {2, i, ...}: the indexes of "vouched" entries whose shard holds less than its
 -- floor (Redis lost writes), nothing written; or {1, id, ...}: the stream ids of the
--- appended changes, in order.
+-- appended changes, in order; or the error "NOPERM <why>" when a write would be refused
+-- (nothing written).
 
 local plan = cjson.decode(ARGV[1])
 local customers = plan.customers
+
+-- Redis never rolls a script back: a write refused halfway (an ACL rule, a renamed or
+-- disabled command) would keep the writes before it, a state without its changes. So
+-- every write this call will make is checked first, each command on each key it touches
+-- (redis.acl_check_cmd, Redis 7+); a refusal returns an error and writes nothing. Out of
+-- memory needs no check: Redis refuses a script's first write only, never a later one.
+local function refusal()
+  if not redis.acl_check_cmd then
+    return nil
+  end
+  local checked = {}
+  local function check(command, key, ...)
+    if checked[command .. ' ' .. key] then
+      return nil
+    end
+    checked[command .. ' ' .. key] = true
+    local known, allowed = pcall(redis.acl_check_cmd, command, key, ...)
+    if not known then
+      return command .. ' is not a command of this server (renamed or disabled?)'
+    elseif not allowed then
+      return 'this user may not run ' .. command .. ' on ' .. key
+    end
+  end
+  local states = {} -- the customer keys MSET writes, checked in one call
+  for _, c in ipairs(customers) do
+    if c[3] > 0 then
+      states[#states + 1] = KEYS[c[1]]
+      states[#states + 1] = 'x'
+    end
+    local why = check('ZREM', KEYS[c[4]], 'x') or check('ZREM', KEYS[c[5]], 'x')
+      or check('ZADD', KEYS[c[5]], '0', 'x')
+    if why then
+      return why
+    end
+  end
+  for i = 1, #states, 1000 do -- a Lua stack of limited size: in chunks, as below
+    local why = check('MSET', unpack(states, i, math.min(i + 999, #states)))
+    if why then
+      return why .. ' (or another customer key of this call)'
+    end
+  end
+  for _, d in ipairs(plan.counts) do
+    local why = check('HINCRBY', KEYS[d[1]], 'x', '1') or check('HDEL', KEYS[d[1]], 'x')
+    if why then
+      return why
+    end
+  end
+  for _, e in ipairs(plan.expire or {}) do
+    local why = check('PEXPIRE', KEYS[e[1]], '1')
+    if why then
+      return why
+    end
+  end
+  for _, ch in ipairs(plan.changes) do
+    local why = check('XADD', KEYS[ch[1]], '*', 'k', 'v')
+    if why then
+      return why
+    end
+  end
+end
+local refused = refusal()
+if refused then
+  return redis.error_reply('NOPERM ' .. refused)
+end
 
 -- A shard that lost what it vouched for is not written on: the caller replays first.
 local lost = {2}
