@@ -211,7 +211,10 @@ def test_redis_outage_stalls_then_catches_up_without_dead_letters(kafka: Any, tm
             finally:
                 client.close()
             assert dep.read(dep.dlq, until=lambda m: False, timeout=3) == []
-            assert "Redis (RFM_REDIS_URL) is unavailable" in worker.log() and "redis is back" in worker.log()
+            assert (
+                "Redis (RFM_REDIS_URL) is unavailable" in worker.log()
+                and "redis is back" in worker.log()
+            )
             assert worker.stop() == 0
         finally:
             if worker.proc is not None and worker.proc.poll() is None:

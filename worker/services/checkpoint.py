@@ -280,26 +280,30 @@ class Checkpoint:
 
     def _within_log(self, consumer: Consumer, tp: TopicPartition, state: int) -> int:
         """Where to start a partition the state holds up to `state`: there, unless the log
-        no longer reaches it (truncated: start at its end; deleted by retention before it
-        was applied: start at its start, the records in between are lost)."""
+        does not reach it. Before the log's start: its records up to there were deleted
+        (retention) before they were applied; start at its start, saying they are lost.
+        Beyond its end, where the broker keeps no topic ids: the topic was recreated (or
+        its log truncated); every record there is one the state has not seen: from its
+        start. (Where it keeps ids, a recreated topic has a new one, see
+        `_adopt_incarnation`, and a log truncated under the same id is a fetch out of
+        range, which the consumer restarts from the start itself: auto.offset.reset.)"""
         try:
             low, high = consumer.get_watermark_offsets(tp, timeout=WATERMARK_TIMEOUT_S)
         except KafkaException as exc:
             logger.warning("%s[%d]: no watermarks (%s)", tp.topic, tp.partition, exc)
             return state
-        if 0 <= high < state:
+        if self._incarnation is None and 0 <= high < state:
             logger.warning(
                 "%s[%d]: the state holds events up to offset %d, beyond the partition's end "
-                "%d (its log was truncated: an unclean leader election, a restored broker): "
-                "consuming from %d",
+                "%d: the topic was recreated or its log truncated; applying the partition "
+                "from its start (events already applied count once)",
                 tp.topic,
                 tp.partition,
                 state,
                 high,
-                high,
             )
             metrics.OFFSET_RESETS.labels("beyond_end").inc()
-            return high
+            return OFFSET_BEGINNING
         if state < low:
             logger.error(
                 "%s[%d]: the state holds events up to offset %d, but the partition starts at "
@@ -329,10 +333,11 @@ class Checkpoint:
         """Every TOPIC_CHECK_S: the orders topic deleted and created again under the
         running worker (its topic id changed) restarts every owned partition from its
         start, whatever the consumer's positions in it are."""
-        if not self.assigned or self._incarnation is None or not self._topic_check.due():
+        if not self.assigned or not self._topic_check.due():
             return
         current = self._topic_id()
         if current is not None and current != self._incarnation:
+            # (or its id was unknown at the assignment: a topic being created then)
             self._restart_owned()
 
     def _restart_owned(self) -> None:

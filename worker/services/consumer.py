@@ -99,7 +99,9 @@ class Worker:
             drain=self._drain,
             paused=lambda: self.paused,
             first_join=self._first_join,
-            topic_id=lambda: clients.topic_id(admin, settings.orders_topic) if admin else None,
+            topic_id=lambda: (
+                None if admin is None else clients.topic_id(admin, settings.orders_topic)
+            ),
         )
         self.sweeper = Sweeper(
             store, profiles, interval=settings.sweep_interval, clock=self.clock, now_ms=now_ms
