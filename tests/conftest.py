@@ -386,6 +386,9 @@ class Deployment:
     http_port: int
     extra_env: dict[str, str] = field(default_factory=dict)
     workers: list[WorkerProcess] = field(default_factory=list)
+    # librdkafka settings of the test's own producer and readers: a login, on a broker
+    # that takes logins (tests/kafka/test_least_privilege.py).
+    login: dict[str, str] = field(default_factory=dict)
 
     def env(self) -> dict[str, str]:
         return {
@@ -417,7 +420,12 @@ class Deployment:
         """An idempotent producer: a retried batch (a fresh topic's leader not known yet on
         Apache Kafka) never lands after a later one, so offsets follow produce order."""
         return Producer(
-            {"bootstrap.servers": self.kafka.bootstrap, "enable.idempotence": True, **config}
+            {
+                "bootstrap.servers": self.kafka.bootstrap,
+                "enable.idempotence": True,
+                **self.login,
+                **config,
+            }
         )
 
     def produce(self, records: list[tuple[bytes | None, bytes]]) -> None:
@@ -438,6 +446,7 @@ class Deployment:
                 "bootstrap.servers": self.kafka.bootstrap,
                 "group.id": f"reader-{uuid.uuid4()}",
                 "enable.auto.commit": False,
+                **self.login,
             }
         )
         parts = consumer.list_topics(topic, timeout=10).topics[topic].partitions

@@ -8,6 +8,11 @@ loopback ports: with a fixed port Kafka opens its client listener only once it s
 "port open" means ready. Its data lives in a folder of its own, so a node can be stopped
 and started again with its log on disk; its output goes to `broker.log` there.
 
+`sasl=Scram(...)` secures it as a production cluster is: the client listener takes
+SASL/SCRAM-SHA-512 logins only, and the StandardAuthorizer enforces ACLs (its admin user is
+the super user; the others may do what ACLs grant them). Without it, a plain listener and
+no authorizer.
+
 Where java or mvn is missing, `KafkaUnavailableError` says so in one line (the test suite skips
 the Kafka runs with that reason).
 """
@@ -27,6 +32,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import ClassVar, Self
@@ -177,6 +183,56 @@ def _exercise(bootstrap: str) -> None:
         consumer.close()
 
 
+@dataclass(frozen=True)
+class Scram:
+    """SASL/SCRAM-SHA-512 logins and ACLs on a broker: `users` (name -> password) are created
+    when its storage is formatted; `admin`, one of them, is the super user, the identity the
+    broker itself uses on its own listener and the one that grants ACLs to the others."""
+
+    users: Mapping[str, str]
+    admin: str = "admin"
+    mechanism: ClassVar[str] = "SCRAM-SHA-512"
+
+    def client_config(self, user: str) -> dict[str, str]:
+        """librdkafka's settings to log in as `user`."""
+        return {
+            "security.protocol": "SASL_PLAINTEXT",
+            "sasl.mechanisms": self.mechanism,
+            "sasl.username": user,
+            "sasl.password": self.users[user],
+        }
+
+    def properties(self) -> dict[str, str]:
+        """The node's settings besides its listeners (SASL_PLAINTEXT, KafkaNode.config): the
+        broker logs in to its own client listener as the admin with SCRAM; the controller's
+        listener takes PLAIN, as SCRAM's credentials live in the metadata log that the
+        controller serves."""
+        password = self.users[self.admin]
+        scram = "org.apache.kafka.common.security.scram.ScramLoginModule"
+        plain = "org.apache.kafka.common.security.plain.PlainLoginModule"
+        login = f'username="{self.admin}" password="{password}"'
+        return {
+            "sasl.enabled.mechanisms": self.mechanism,
+            "sasl.mechanism.inter.broker.protocol": self.mechanism,
+            "sasl.mechanism.controller.protocol": "PLAIN",
+            "listener.name.sasl_plaintext.scram-sha-512.sasl.jaas.config": (
+                f"{scram} required {login};"
+            ),
+            "listener.name.controller.sasl.enabled.mechanisms": "PLAIN",
+            "listener.name.controller.plain.sasl.jaas.config": (
+                f'{plain} required {login} user_{self.admin}="{password}";'
+            ),
+            "authorizer.class.name": "org.apache.kafka.metadata.authorizer.StandardAuthorizer",
+            "super.users": f"User:{self.admin}",
+        }
+
+    def format_arguments(self) -> list[str]:
+        return [
+            f"--add-scram={self.mechanism}=[name={name},password={password}]"
+            for name, password in self.users.items()
+        ]
+
+
 def _cluster_id() -> str:
     return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
 
@@ -184,12 +240,19 @@ def _cluster_id() -> str:
 class KafkaNode:
     """One combined broker+controller node, its data in `directory`."""
 
-    def __init__(self, node_id: int, directory: Path, properties: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        node_id: int,
+        directory: Path,
+        properties: Mapping[str, str],
+        sasl: Scram | None = None,
+    ) -> None:
         self.node_id = node_id
         self.directory = directory
         self.port = free_port()
         self.controller_port = free_port()
         self.properties = dict(properties)
+        self.sasl = sasl
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
@@ -197,18 +260,20 @@ class KafkaNode:
         return self.directory / "broker.log"
 
     def config(self, voters: str) -> str:
+        protocol = "SASL_PLAINTEXT" if self.sasl else "PLAINTEXT"  # both listeners
         props = {
             "process.roles": "broker,controller",
             "node.id": str(self.node_id),
             "controller.quorum.voters": voters,
             "listeners": (
-                f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}"
+                f"{protocol}://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}"
             ),
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "advertised.listeners": f"{protocol}://127.0.0.1:{self.port}",
             "controller.listener.names": "CONTROLLER",
-            "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "inter.broker.listener.name": protocol,
+            "listener.security.protocol.map": f"{protocol}:{protocol},CONTROLLER:{protocol}",
             "log.dirs": str(self.directory / "data"),
+            **(self.sasl.properties() if self.sasl else {}),
             **self.properties,
         }
         return "".join(f"{key}={value}\n" for key, value in props.items())
@@ -229,6 +294,7 @@ class KafkaNode:
                 f"--cluster-id={cluster_id}",  # an id may start with "-": never a lone word
                 "-c",
                 str(path),
+                *(self.sasl.format_arguments() if self.sasl else []),
             ],
             capture_output=True,
             text=True,
@@ -334,7 +400,8 @@ class ApacheKafka:
 
     Formatted and started at construction (`wait=False`: launched, `wait_ready()` later);
     `stop()` then `start()` restarts every node with its data; `with ApacheKafka() as
-    kafka:` stops and removes it at the end.
+    kafka:` stops and removes it at the end. `sasl=Scram(...)`: logins and ACLs (`Scram`);
+    `admin_config` then logs a client in as its super user.
     """
 
     name = "Apache Kafka"
@@ -351,6 +418,7 @@ class ApacheKafka:
         properties: Mapping[str, str] | None = None,
         wait: bool = True,
         jvm_options: Sequence[str] | None = None,
+        sasl: Scram | None = None,
     ) -> None:
         if shutil.which("java") is None:
             raise KafkaUnavailableError("Apache Kafka needs java on PATH (a JDK 17+)")
@@ -360,7 +428,8 @@ class ApacheKafka:
         self._tmp = None if directory else tempfile.TemporaryDirectory(prefix="rfm-kafka-")
         root = directory or Path(self._tmp.name)  # type: ignore[union-attr]
         props = {**broker_properties(nodes), **(properties or {})}
-        self.nodes = [KafkaNode(i + 1, root / f"node-{i + 1}", props) for i in range(nodes)]
+        self.sasl = sasl
+        self.nodes = [KafkaNode(i + 1, root / f"node-{i + 1}", props, sasl) for i in range(nodes)]
         voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.nodes)
         cluster_id = _cluster_id()
         self._starting: list[KafkaNode] = []
@@ -399,6 +468,12 @@ class ApacheKafka:
     @property
     def bootstrap(self) -> str:
         return ",".join(f"127.0.0.1:{node.port}" for node in self.nodes)
+
+    @property
+    def admin_config(self) -> dict[str, str]:
+        """librdkafka's settings for a client that may do anything: the super user's login
+        where the broker takes logins, else none."""
+        return self.sasl.client_config(self.sasl.admin) if self.sasl else {}
 
     @property
     def proc(self) -> subprocess.Popen[bytes] | None:
