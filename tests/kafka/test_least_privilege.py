@@ -45,6 +45,7 @@ from worker.embedded import create_topics, free_port
 from worker.embedded.apache_kafka import ApacheKafka, Scram
 from worker.embedded.processes import Child, die_with_parent, wait_for_port
 from worker.errors import RfmError
+from worker.state import permissions
 from worker.state.cut_points import CutPoints
 from worker.state.store import Store
 
@@ -53,15 +54,7 @@ ADMIN, ADMIN_PASSWORD = "admin", "admin-secret"
 ORDERS, ACTIONS, DLQ, GROUP = "orders", "rfm.actions", "orders.dlq", "rfm-worker"
 
 # The Redis ACL rule of docs/operations.md for the worker's user, as written there.
-REDIS_RULE = (
-    "on >{password} resetchannels ~rfm:* -@all"
-    " +evalsha +script|load"
-    " +get +mget +set +mset +del +unlink +exists +scan +pexpire +pttl"
-    " +hget +hmget +hgetall +hkeys +hset +hdel +hincrby"
-    " +zadd +zrem +zrangebyscore +zcount"
-    " +xadd +xrange +xdel"
-    " +multi +exec +ping"
-)
+REDIS_RULE = "on >{password} " + permissions.ACL_RULE
 
 # The Kafka ACLs of docs/operations.md for User:rfm-worker (Read and Write imply Describe).
 KAFKA_ACLS: list[tuple[ResourceType, str, AclOperation]] = [
@@ -341,7 +334,7 @@ def test_worker_sweep_and_rebuild_with_only_the_documented_grants(secured: Deplo
 def test_one_grant_less_fails_visibly(secured: Deployment) -> None:
     """Without Write on the DLQ topic, a bad record stalls the worker (not ready, the log
     says why) and nothing is skipped until the grant is back; without XADD, which only
-    the commit script calls, the worker stops."""
+    the commit script calls, the worker waits too, saying what Redis refuses."""
     dep = secured
     admin = AdminClient({"bootstrap.servers": dep.kafka.bootstrap, **dep.login})
     dlq_write = acl(ResourceType.TOPIC, DLQ, AclOperation.WRITE)
@@ -359,14 +352,15 @@ def test_one_grant_less_fails_visibly(secured: Deployment) -> None:
     assert dead.value() == b"{not json"
     wait(lambda: fetch(dep.http_port, "/readyz")[0] == 200, 30, "ready again")
 
-    # XADD is called by the commit script alone: Redis checks the commands a script calls.
-    # (The call's writes before its XADD stay: hence the list is granted whole.)
+    # XADD is called by the commit script alone: it checks its writes before the first one,
+    # so the worker waits, writes nothing, and says what is refused.
     store = admin_store(dep)
-    store.redis.acl_setuser(USER, commands=["-xadd"])
+    store.redis.acl_setuser(USER, enabled=True, commands=["-xadd"])
     dep.produce(records_of(generate(3, seed=262)))
-    assert worker.proc is not None
-    assert worker.proc.wait(30) == 1
-    assert "can't run this command" in worker.log()
+    wait(lambda: b"XADD" in fetch(dep.http_port, "/readyz")[1].upper(), 40, "the refusal")
+    store.redis.acl_setuser(USER, enabled=True, commands=["+xadd"])
+    wait(lambda: fetch(dep.http_port, "/readyz")[0] == 200, 30, "ready again")
+    assert worker.proc is not None and worker.proc.poll() is None
 
 
 def test_the_docs_grant_exactly_these() -> None:

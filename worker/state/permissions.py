@@ -20,16 +20,19 @@ import redis
 from worker.errors import RedisRefusedError
 from worker.state.scripts import script
 
-# Every command the worker runs, for the docs and the error message; the self-test runs
-# each of them (the scripts' commands in selftest.lua, the rest below).
+# Every command the worker runs (the scripts', redis-py's Script and Lock, the reads), in
+# the order docs/operations.md gives them; the self-test runs each of them.
 COMMANDS = (
-    *("get", "set", "mget", "mset", "exists", "scan", "unlink", "del", "pexpire", "pttl"),
-    *("hget", "hset", "hdel", "hincrby", "hkeys", "hmget", "hgetall"),
-    *("zadd", "zrem", "zrangebyscore", "zcount", "xadd", "xrange", "xdel", "xlen"),
-    *("evalsha", "script|load", "ping"),
+    *("evalsha", "script|load"),
+    *("get", "mget", "set", "mset", "del", "unlink", "exists", "scan", "pexpire", "pttl"),
+    *("hget", "hmget", "hgetall", "hkeys", "hset", "hdel", "hincrby"),
+    *("zadd", "zrem", "zrangebyscore", "zcount"),
+    *("xadd", "xrange", "xdel"),
+    *("multi", "exec", "ping"),
 )
-# The rule docs/operations.md gives (tolerated when refused: INFO, CONFIG GET, CLIENT).
-ACL_RULE = "~rfm:* " + " ".join("+" + command for command in COMMANDS)
+# The ACL rule docs/operations.md gives the worker's user ("user NAME on >PASSWORD " before
+# it). Refused and tolerated: INFO and CONFIG GET (start-up checks), CLIENT SETINFO.
+ACL_RULE = "resetchannels ~rfm:* -@all " + " ".join("+" + command for command in COMMANDS)
 
 
 def is_refusal(exc: BaseException) -> bool:
@@ -78,10 +81,14 @@ def self_test(client: Any) -> None:
     run("zrangebyscore", lambda: client.zrangebyscore(zset, b"-inf", 1, start=0, num=1))
     run("zcount", lambda: client.zcount(zset, b"-inf", 1))
     entries = run("xrange", lambda: client.xrange(stream, count=1)) or []
-    run("xlen", lambda: client.xlen(stream))
     if entries:
         run("xdel", lambda: client.xdel(stream, entries[0][0]))
     run("pttl", lambda: client.pttl(a))
+    run("ping", lambda: client.ping())
+    transaction = client.pipeline(transaction=True)  # flows are read in one MULTI
+    transaction.exists(a)
+    if run("multi", transaction.execute) is None and "multi" in refused:
+        refused["exec"] = refused["multi"]  # one of the two: the grant names both
     run("set", lambda: client.set(a, b"1", nx=True, px=60_000))  # a lock's SET NX PX
     run("unlink", lambda: client.unlink(*scratch[1:]))
     run("del", lambda: client.delete(a))
