@@ -9,7 +9,8 @@ valid on Redis Cluster (on a single Redis a call may span shards):
                                                 score next changes by itself (the due index)
     rfm:{NN}:counts                     hash    "<tenant>\\t<rfm>\\t<segment>" -> customers
     rfm:{NN}:applied                    hash    "<topic>:<partition>" -> the offset up to which
-                                                the shard's state holds that partition's events
+                                                the shard's state holds that partition's events;
+                                                "<topic>:id" -> the topic id they belong to
     rfm:{NN}:flows:<tenant>:<span>:<t>  hash    "<from>\t<to>" -> customers who moved between
                                                 those segments in the bucket starting at t
                                                 (span 5m or 1h; they expire; state/flows.py)
