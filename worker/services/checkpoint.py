@@ -333,7 +333,7 @@ class Checkpoint:
         """Every TOPIC_CHECK_S: the orders topic deleted and created again under the
         running worker (its topic id changed) restarts every owned partition from its
         start, whatever the consumer's positions in it are."""
-        if not self.assigned or not self._topic_check.due():
+        if not self.assigned or not self._health.kafka_ok or not self._topic_check.due():
             return
         current = self._topic_id()
         if current is not None and current != self._incarnation:

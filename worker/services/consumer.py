@@ -100,7 +100,7 @@ class Worker:
             paused=lambda: self.paused,
             first_join=self._first_join,
             topic_id=lambda: (
-                None if admin is None else clients.topic_id(admin, settings.orders_topic)
+                None if admin is None else clients.topic_id(admin, settings.orders_topic, 2.0)
             ),
         )
         self.sweeper = Sweeper(
