@@ -51,51 +51,58 @@ local function refusal()
   if not redis.acl_check_cmd then
     return nil
   end
-  local checked = {}
-  local function check(command, key, ...)
-    if checked[command .. ' ' .. key] then
+  local checked = {} -- command -> KEYS indexes checked (most keys recur: one check each)
+  local function check(command, index, ...)
+    local done = checked[command]
+    if not done then
+      done = {}
+      checked[command] = done
+    elseif done[index] then
       return nil
     end
-    checked[command .. ' ' .. key] = true
-    local known, allowed = pcall(redis.acl_check_cmd, command, key, ...)
+    done[index] = true
+    local known, allowed = pcall(redis.acl_check_cmd, command, KEYS[index], ...)
     if not known then
       return command .. ' is not a command of this server (renamed or disabled?)'
     elseif not allowed then
-      return 'this user may not run ' .. command .. ' on ' .. key
+      return 'this user may not run ' .. command .. ' on ' .. KEYS[index]
     end
   end
-  local states = {} -- the customer keys MSET writes, checked in one call
+  local states = {} -- the customer keys MSET writes, checked together
   for _, c in ipairs(customers) do
     if c[3] > 0 then
       states[#states + 1] = KEYS[c[1]]
       states[#states + 1] = 'x'
     end
-    local why = check('ZREM', KEYS[c[4]], 'x') or check('ZREM', KEYS[c[5]], 'x')
-      or check('ZADD', KEYS[c[5]], '0', 'x')
+    local why = check('ZREM', c[4], 'x') or check('ZREM', c[5], 'x')
+      or check('ZADD', c[5], '0', 'x')
     if why then
       return why
     end
   end
   for i = 1, #states, 1000 do -- a Lua stack of limited size: in chunks, as below
-    local why = check('MSET', unpack(states, i, math.min(i + 999, #states)))
-    if why then
-      return why .. ' (or another customer key of this call)'
+    local known, allowed = pcall(redis.acl_check_cmd, 'MSET',
+      unpack(states, i, math.min(i + 999, #states)))
+    if not known then
+      return 'MSET is not a command of this server (renamed or disabled?)'
+    elseif not allowed then
+      return 'this user may not run MSET on the customer keys (' .. states[i] .. ', ...)'
     end
   end
   for _, d in ipairs(plan.counts) do
-    local why = check('HINCRBY', KEYS[d[1]], 'x', '1') or check('HDEL', KEYS[d[1]], 'x')
+    local why = check('HINCRBY', d[1], 'x', '1') or check('HDEL', d[1], 'x')
     if why then
       return why
     end
   end
   for _, e in ipairs(plan.expire or {}) do
-    local why = check('PEXPIRE', KEYS[e[1]], '1')
+    local why = check('PEXPIRE', e[1], '1')
     if why then
       return why
     end
   end
   for _, ch in ipairs(plan.changes) do
-    local why = check('XADD', KEYS[ch[1]], '*', 'k', 'v')
+    local why = check('XADD', ch[1], '*', 'k', 'v')
     if why then
       return why
     end
