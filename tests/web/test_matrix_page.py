@@ -3,8 +3,8 @@ headers, that it is self-contained (no external URL) and holds no segment table 
 that it is served without the token while /v1/* still asks for it; /v1/segments (names,
 colours, sizes over time, flows between segments, worker/state/flows.py); the palette in
 simulated colour-vision deficiencies; and, where Debian's chromium is installed, that a
-headless browser running the page's script renders what the API returns, and nothing but
-how to give the token when one is needed and none was given."""
+headless browser (driven by Playwright) running the page's script renders what the API
+returns, and nothing but how to give the token when one is needed and none was given."""
 
 from __future__ import annotations
 
@@ -14,12 +14,7 @@ import json
 import math
 import os
 import re
-import select
 import shutil
-import signal
-import subprocess
-import sys
-import time
 import urllib.request
 from collections.abc import Iterator
 from html.parser import HTMLParser
@@ -28,6 +23,8 @@ from typing import Any
 from urllib.error import HTTPError
 
 import pytest
+from playwright.sync_api import Browser, Page, sync_playwright
+from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from tests.factories import AS_OF_MS, placed_days_ago, valid_event
 from worker.config import Settings
@@ -528,127 +525,26 @@ def test_the_commit_path_records_flows(base: str, store: Store, profiles: Profil
 # -- in a real browser ---------------------------------------------------------------------------
 
 
-# Copies first, so that neither fd is overwritten before it is copied, whatever they were.
-PLACE_FDS = """
-import os, sys
-to_browser, from_browser = (os.dup(int(fd)) for fd in sys.argv[1:3])
-os.dup2(to_browser, 3)
-os.dup2(from_browser, 4)
-os.set_inheritable(3, True)  # dup2 onto itself keeps a copy's close-on-exec
-os.set_inheritable(4, True)
-os.execv(sys.argv[3], sys.argv[3:])
-"""
-
-
-class Browser:
-    """Debian's chromium, headless, driven over its DevTools pipe (--remote-debugging-pipe:
-    JSON commands on fd 3, replies on fd 4, each ended by a NUL): the page runs in real
-    time, and a test reads what the browser lays out (is an element displayed?) and acts
-    as a user would (types the token, presses apply)."""
-
-    def __init__(self, chromium: str, profile_dir: Path) -> None:
-        profile_dir.mkdir(parents=True, exist_ok=True)
-        to_browser, self._to = os.pipe()
-        self._from, from_browser = os.pipe()
-        args = [
-            "--headless",
-            "--no-sandbox",
-            "--disable-gpu",
-            "--disable-background-networking",
-            "--disable-component-update",
-            "--no-first-run",
-            f"--user-data-dir={profile_dir}",
-            "--remote-debugging-pipe",
-            "about:blank",
-        ]
-        self._log = (profile_dir / "stderr.log").open("wb")
-        # The pipe must be fds 3 and 4 in chromium: a small Python moves them there, then
-        # execs it (dash's redirections take one-digit fds only).
-        self.proc = subprocess.Popen(
-            [sys.executable, "-c", PLACE_FDS, str(to_browser), str(from_browser), chromium, *args],
-            pass_fds=(to_browser, from_browser),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=self._log,
-            start_new_session=True,  # its helpers in one group: killed together if need be
-        )
-        os.close(to_browser)
-        os.close(from_browser)
-        self._buffer = b""
-        self._last_id = 0
-        self._profile_dir = profile_dir
-
-    def call(
-        self, method: str, params: dict[str, Any] | None = None, session: str | None = None
-    ) -> dict[str, Any]:
-        self._last_id += 1
-        message: dict[str, Any] = {"id": self._last_id, "method": method, "params": params or {}}
-        if session is not None:
-            message["sessionId"] = session
-        os.write(self._to, json.dumps(message).encode() + b"\0")
-        deadline = time.monotonic() + 30
-        while True:
-            while b"\0" not in self._buffer:
-                ready, _, _ = select.select(
-                    [self._from], [], [], max(deadline - time.monotonic(), 0)
-                )
-                assert ready, f"chromium did not answer {method} within 30 s"
-                chunk = os.read(self._from, 1 << 16)
-                assert chunk, f"chromium exited: {self.stderr()}"
-                self._buffer += chunk
-            raw, self._buffer = self._buffer.split(b"\0", 1)
-            reply = json.loads(raw)
-            if reply.get("id") == self._last_id:  # events (no id) are not needed here
-                assert "error" not in reply, (method, reply["error"])
-                result: dict[str, Any] = reply["result"]
-                return result
-
-    def open(self, url: str) -> Tab:
-        target = self.call("Target.createTarget", {"url": url})["targetId"]
-        session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True})
-        tab = Tab(self, session["sessionId"])
-        # attached while it may still show about:blank: wait for the page itself
-        tab.wait(f"location.href === {json.dumps(url)} && document.readyState === 'complete'")
-        return tab
-
-    def stderr(self) -> str:
-        return (self._profile_dir / "stderr.log").read_text(errors="replace")[-2000:]
-
-    def close(self) -> None:
-        try:
-            self.call("Browser.close")
-            self.proc.wait(timeout=15)
-        except (AssertionError, OSError, subprocess.TimeoutExpired):
-            os.killpg(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
-        finally:
-            os.close(self._to)
-            os.close(self._from)
-            self._log.close()
-
-
 class Tab:
-    def __init__(self, browser: Browser, session: str) -> None:
-        self.browser, self.session = browser, session
+    """A page in Debian's chromium, headless, driven by Playwright (its own browser builds
+    are not fetched: it starts the chromium on PATH): the page runs in real time, and a test
+    reads what the browser lays out (is an element displayed?) and acts as a user would
+    (types the token, presses apply)."""
+
+    def __init__(self, page: Page) -> None:
+        self.page = page
 
     def js(self, expression: str) -> Any:
-        result = self.browser.call(
-            "Runtime.evaluate",
-            {"expression": expression, "returnByValue": True},
-            self.session,
-        )
-        assert "exceptionDetails" not in result, result["exceptionDetails"]
-        return result["result"].get("value")
+        return self.page.evaluate(expression)
 
     def wait(self, expression: str, timeout: float = 20) -> Any:
         """The value of `expression` once it is truthy (the page polls every 2 s)."""
-        deadline = time.monotonic() + timeout
-        while True:
-            value = self.js(expression)
-            if value:
-                return value
-            assert time.monotonic() < deadline, f"never true: {expression}\n{self.status()}"
-            time.sleep(0.1)
+        # as a function: Playwright evals a bare expression, which the page's CSP refuses
+        predicate = f"() => ({expression})"
+        try:
+            return self.page.wait_for_function(predicate, timeout=timeout * 1000).json_value()
+        except PlaywrightTimeoutError:
+            raise AssertionError(f"never true: {expression}\n{self.status()}") from None
 
     def status(self) -> str:
         text: str = self.js("(document.getElementById('status') || {}).textContent || ''")
@@ -677,23 +573,24 @@ class Tab:
         """Fill the form as a user would and press apply."""
         for field, value in (("token", token), ("tenant", tenant)):
             if value is not None:
-                self.js(f"document.getElementById('{field}').value = {json.dumps(value)}")
-        self.js("document.querySelector('#controls button[type=submit]').click()")
+                self.page.fill(f"#{field}", value)
+        self.page.click("#controls button[type=submit]")
 
 
 @pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Browser]:
+def browser() -> Iterator[Browser]:
     chromium = shutil.which("chromium")
     if chromium is None:
         pytest.skip(
-            "Debian's chromium is not installed (no `chromium` on PATH): "
+            "no `chromium` on PATH (Debian: apt-get install chromium): "
             "the page's script is not run in a browser here"
         )
-    driven = Browser(chromium, tmp_path / "chromium-profile")
-    try:
-        yield driven
-    finally:
-        driven.close()
+    with sync_playwright() as playwright:
+        driven = playwright.chromium.launch(executable_path=chromium)
+        try:
+            yield driven
+        finally:
+            driven.close()
 
 
 class _Dom(HTMLParser):
@@ -756,7 +653,8 @@ class _Dom(HTMLParser):
 
 def page(browser: Browser, base: str) -> Tab:
     """The page, once its first answer is rendered: the data, or an error."""
-    tab = browser.open(f"{base}/")
+    tab = Tab(browser.new_page())  # a context of its own: no storage shared between tests
+    tab.page.goto(f"{base}/")
     tab.wait(
         "document.getElementById('grid').getAttribute('data-loaded') === 'true' || "
         "document.getElementById('status').className === 'error'"
