@@ -17,7 +17,7 @@ Each shape's topic is drained once per BENCH_BACKLOG_QUEUE_KBYTES value, the con
 default; `default` leaves it to the worker, clients.FETCH_QUEUE_KBYTES), each time by a
 fresh consumer group into an emptied Redis. Per run: the peak (VmHWM), the level RSS holds
 while the backlog drains (median of the samples of the run's second half), RSS IDLE_S
-after the last event, and events/s (as throughput.py counts them). Takes ~15 minutes with
+after the last event, and events/s (as throughput.py counts them). Takes ~13 minutes with
 the defaults, so it runs only when named:
 
     .venv/bin/python tests/benchmarks/run.py --only backlog

@@ -18,7 +18,7 @@ run says why). The report names it (start, table title, last line, JSON "broker"
     sweep       a decay sweep costs what is due, not the population       (sweep.py)
     churn       what a churn model costs per event, and a fit         (churn_cost.py)
 
-Only when --only names it (~15 minutes):
+Only when --only names it (~13 minutes):
 
     backlog     the worker's peak memory draining a backlog of       (backlog_memory.py)
                 1,000,000 orders, short and long histories, per
