@@ -27,7 +27,7 @@ import urllib.error
 import urllib.request
 import uuid
 import zlib
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +98,12 @@ class Config:
     sweep_due: int
     churn_customers: int
     worker_timeout_s: float  # a worker run that has not finished by then is a failure
+    backlog_n: int  # records waiting on the orders topic before the worker starts
+    backlog_short_customers: int  # short histories: many customers, few orders each
+    backlog_long_customers: int  # long histories: few customers, many orders each
+    # The worker's queued.max.messages.kbytes in each run; "default": left to the worker.
+    backlog_queue_kbytes: tuple[str, ...]
+    backlog_timeout_s: float
 
     @classmethod
     def from_env(cls) -> Config:
@@ -118,6 +124,17 @@ class Config:
             sweep_due=env_int("BENCH_SWEEP_DUE", 10_000),
             churn_customers=env_int("BENCH_CHURN_CUSTOMERS", 20_000),
             worker_timeout_s=env_float("BENCH_WORKER_TIMEOUT_S", 600.0),
+            backlog_n=env_int("BENCH_BACKLOG_N", 1_000_000),
+            backlog_short_customers=env_int("BENCH_BACKLOG_SHORT_CUSTOMERS", 432_000),
+            backlog_long_customers=env_int("BENCH_BACKLOG_LONG_CUSTOMERS", 5_000),
+            backlog_queue_kbytes=tuple(
+                v.strip()
+                for v in os.environ.get("BENCH_BACKLOG_QUEUE_KBYTES", "65536,default,4096").split(
+                    ","
+                )
+                if v.strip()
+            ),
+            backlog_timeout_s=env_float("BENCH_BACKLOG_TIMEOUT_S", 1200.0),
         )
 
 
@@ -222,17 +239,32 @@ def placed_orders(
     """n order_placed (key, value) records, round robin over `customer_ids`: event j is
     order j // len(customer_ids) of customer j % len(customer_ids), so a customer's orders
     are spread over the stream and their `occurred_at` increase (from first_ms to last_ms)."""
+    return list(
+        iter_placed_orders(
+            n, customer_ids, prefix=prefix, first_ms=first_ms, last_ms=last_ms, seed=seed
+        )
+    )
+
+
+def iter_placed_orders(
+    n: int,
+    customer_ids: Sequence[str],
+    *,
+    prefix: str,
+    first_ms: int,
+    last_ms: int,
+    seed: int = SEED,
+) -> Iterator[tuple[bytes, bytes]]:
+    """placed_orders one at a time: a backlog of millions without a list of them."""
     rng = random.Random(seed)
     count = len(customer_ids)
     rounds = max(1, -(-n // count))
     step = (last_ms - first_ms) // rounds
-    out: list[tuple[bytes, bytes]] = []
     for j in range(n):
         customer_id = customer_ids[j % count]
         at = first_ms + (j // count) * step + rng.randrange(max(1, step))
         value = event_json(f"{prefix}-e{j}", f"{prefix}-o{j}", customer_id, rng_cents(rng), at)
-        out.append((customer_id.encode(), value))
-    return out
+        yield customer_id.encode(), value
 
 
 def rng_cents(rng: random.Random) -> int:

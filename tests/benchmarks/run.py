@@ -18,6 +18,12 @@ run says why). The report names it (start, table title, last line, JSON "broker"
     sweep       a decay sweep costs what is due, not the population       (sweep.py)
     churn       what a churn model costs per event, and a fit         (churn_cost.py)
 
+Only when --only names it (~13 minutes):
+
+    backlog     the worker's peak memory draining a backlog of       (backlog_memory.py)
+                1,000,000 orders, short and long histories, per
+                queued.max.messages.kbytes
+
 Ratios compare figures measured in the same run (worker / floor, heavy / worker,
 1,000,000 / 10,000 customers, sweep B / A), so they travel better than the absolute rates.
 
@@ -27,6 +33,9 @@ BENCH_MEMORY_CUSTOMERS=100000 x BENCH_MEMORY_ORDERS=5, then BENCH_GROW_CUSTOMERS
 grow to BENCH_GROW_ORDERS=25; BENCH_SCALE_SMALL=10000, BENCH_SCALE_CUSTOMERS=1000000;
 BENCH_SWEEP_POPULATION=1000000, BENCH_SWEEP_DUE=10000; BENCH_CHURN_CUSTOMERS=20000;
 BENCH_WORKER_TIMEOUT_S=600 (a worker run that takes longer fails);
+BENCH_BACKLOG_N=1000000 records over BENCH_BACKLOG_SHORT_CUSTOMERS=432000 and
+BENCH_BACKLOG_LONG_CUSTOMERS=5000, BENCH_BACKLOG_QUEUE_KBYTES=65536,default,4096,
+BENCH_BACKLOG_TIMEOUT_S=1200;
 BENCH_LATENCY_FETCH_WAIT_MS unset (set it to give the worker's consumer that
 fetch.wait.max.ms, see latency.py). The JSON (every figure, the
 sizes, the commit measured) goes to BENCH_OUT, default bench-results.json in the current
@@ -54,6 +63,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import backlog_memory
 import churn_cost
 import latency
 import memory
@@ -65,6 +75,7 @@ from common import ROOT, Config, Row, Section, broker, ratio, say
 from worker.embedded.apache_kafka import KafkaUnavailableError, ensure_jars
 
 SCENARIOS = ("throughput", "heavy", "latency", "memory", "scale", "sweep", "churn")
+OPT_IN = ("backlog",)  # minutes each: run only when --only names them
 
 
 def run_sweep(cfg: Config) -> Section:
@@ -154,13 +165,15 @@ def table(sections: list[Section]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
-        "--only", default=",".join(SCENARIOS), help=f"comma-separated subset of {SCENARIOS}"
+        "--only",
+        default=",".join(SCENARIOS),
+        help=f"comma-separated subset of {SCENARIOS + OPT_IN} ({OPT_IN}: only when named)",
     )
     args = parser.parse_args(argv)
     chosen = [s.strip() for s in args.only.split(",") if s.strip()]
-    unknown = sorted(set(chosen) - set(SCENARIOS))
+    unknown = sorted(set(chosen) - set(SCENARIOS) - set(OPT_IN))
     if unknown:
-        parser.error(f"unknown scenario(s) {unknown}; choose from {SCENARIOS}")
+        parser.error(f"unknown scenario(s) {unknown}; choose from {SCENARIOS + OPT_IN}")
     cfg = Config.from_env()
     out = Path(os.environ.get("BENCH_OUT", "bench-results.json"))
     worker_rate: list[float] = []  # the worker figure, for heavy / worker
@@ -184,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
         "scale": throughput.run_scale,
         "sweep": run_sweep,
         "churn": run_churn,
+        "backlog": backlog_memory.run,
     }
     chosen_broker = broker()
     on_broker = f"{chosen_broker.name} (BENCH_BROKER={chosen_broker.kind})"
@@ -197,7 +211,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     sections: list[Section] = []
     failed: list[str] = []
-    for name in [s for s in SCENARIOS if s in chosen]:
+    for name in [s for s in SCENARIOS + OPT_IN if s in chosen]:
         say(f"== {name}")
         t0 = time.perf_counter()
         try:

@@ -49,6 +49,13 @@ PRODUCER_ONLY = frozenset(
 
 STATS_INTERVAL_MS = 1000  # how often librdkafka reports its connections (readiness)
 
+# While a backlog waits, librdkafka prefetches records until 100,000 are queued
+# (queued.min.messages) or 64 MB of them (queued.max.messages.kbytes), whichever comes
+# first: ~50 MB of resident memory with order events of ~175 bytes (each queued record
+# costs ~0.5 KB), for nothing, since the worker takes 2,000 records at a time. 8 MB keeps
+# it fed as fast and holds the peak ~30 MB lower (docs/operations.md#memory).
+FETCH_QUEUE_KBYTES = 8192
+
 
 class _Once(logging.Filter):
     """Drops a record whose message was already logged in the last `window` seconds."""
@@ -104,6 +111,7 @@ def consumer(
         "auto.offset.reset": "earliest",
         "client.id": "rfm-worker",
         "logger": RDKAFKA,
+        "queued.max.messages.kbytes": FETCH_QUEUE_KBYTES,  # RFM_KAFKA_CONFIG may set it
     }
     if not consumer_protocol(extra):
         # Classic protocol: a rebalance moves only the partitions that change owner; the
