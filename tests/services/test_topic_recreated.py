@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import signal
 import time
+from typing import Any
 
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -51,6 +52,22 @@ def wait_applied(store: Store, topic: str, records: int, timeout: float = 60) ->
         time.sleep(0.2)
 
 
+def applied_then_stopped(dep: Deployment, store: Store, records: list[Any]) -> None:
+    """A worker applies `records` on the topic as it is, then stops (SIGTERM)."""
+    dep.produce(records)
+    worker = dep.worker()
+    wait_applied(store, dep.orders, len(records))
+    assert worker.stop() == 0
+
+
+def assert_exact(dep: Deployment, store: Store, events: list[Any], timeout: float = 90) -> None:
+    """Every change published, in unbroken chains; the state equals the recomputation."""
+    expected = expected_now(events)
+    actions = dep.read(dep.actions, until=converged(expected), timeout=timeout)
+    assert_changes_consistent(actions)
+    assert_state_matches(store, expected)
+
+
 def resets(port: int, reason: str) -> float:
     """rfm_offset_resets_total{reason} from the worker's /metrics."""
     status, body = fetch(port, "/metrics")
@@ -68,19 +85,12 @@ def test_a_topic_recreated_while_the_workers_were_stopped_is_applied_from_its_st
     would skip the new topic's first records."""
     events = generate(300, seed=26)
     records = records_of(events)
-    old, new = records[: len(records) // 3], records[len(records) // 3 :]
-    deployment.produce(old)
-    first = deployment.worker()
-    wait_applied(store, deployment.orders, len(old))
-    assert first.stop() == 0
+    applied_then_stopped(deployment, store, records[: len(records) // 3])
 
     recreate(deployment.kafka.bootstrap, deployment.orders, 4)
-    deployment.produce(new)
+    deployment.produce(records[len(records) // 3 :])
     second = deployment.worker()
-    expected = expected_now(events)
-    actions = deployment.read(deployment.actions, until=converged(expected), timeout=90)
-    assert_changes_consistent(actions)
-    assert_state_matches(store, expected)
+    assert_exact(deployment, store, events)
     assert "was deleted and created again" in second.log()
     assert resets(int(second.env["RFM_HTTP_PORT"]), "topic_recreated") == 1
     assert second.stop() == 0
@@ -105,10 +115,7 @@ def test_a_topic_recreated_under_a_running_worker_is_applied_from_its_start(
         deployment.produce(new)
     finally:
         worker.proc.send_signal(signal.SIGCONT)
-    expected = expected_now(events)
-    actions = deployment.read(deployment.actions, until=converged(expected), timeout=120)
-    assert_changes_consistent(actions)
-    assert_state_matches(store, expected)
+    assert_exact(deployment, store, events, timeout=120)
     assert "was deleted and created again" in worker.log()
     assert resets(deployment.http_port, "topic_recreated") == 1
     assert worker.stop() == 0
@@ -121,21 +128,14 @@ def test_a_log_truncated_under_the_state_is_applied_from_its_start(
     unclean leader election): the partition is consumed from its start, nothing skipped."""
     events = generate(120, seed=28)
     records = records_of(events)
-    old, new = records[: len(records) // 2], records[len(records) // 2 :]
-    deployment.produce(old)
-    first = deployment.worker()
-    wait_applied(store, deployment.orders, len(old))
-    assert first.stop() == 0
+    applied_then_stopped(deployment, store, records[: len(records) // 2])
     # As if the log had lost records the state applied: the state vouches for 1,000 more.
     for shard in range(keys.SHARDS):
         for partition in range(4):
             field = keys.applied_field(deployment.orders, partition)
             held = int(store.redis.hget(keys.applied(shard), field))
             store.redis.hset(keys.applied(shard), field, held + 1000)
-    deployment.produce(new)
+    deployment.produce(records[len(records) // 2 :])
     second = deployment.worker()
-    expected = expected_now(events)
-    actions = deployment.read(deployment.actions, until=converged(expected), timeout=90)
-    assert_changes_consistent(actions)
-    assert_state_matches(store, expected)
+    assert_exact(deployment, store, events)
     assert second.stop() == 0
