@@ -33,7 +33,8 @@ from worker.config import Settings, load_settings
 from worker.rules.profiles import Profiles
 from worker.services.consumer import DRAIN_TIMEOUT
 from worker.state.store import Store
-from worker.web.http_api import Api, serve
+from worker.web.api import Api
+from worker.web.server import serve
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"

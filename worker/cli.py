@@ -524,7 +524,8 @@ def run(settings: Settings, profiles: Profiles) -> int:
     from worker.services.consumer import Worker
     from worker.services.quantile_upkeep import load_cuts
     from worker.state import connection, permissions
-    from worker.web.http_api import Api, serve
+    from worker.web.api import Api
+    from worker.web.server import serve
 
     logger.info("starting rfm-worker %s with %s", __version__, settings.describe())
     with contextlib.ExitStack() as stack:

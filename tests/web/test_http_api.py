@@ -42,8 +42,10 @@ from worker.rules.events import ValidEvent, validate
 from worker.rules.profiles import TENANT_NAME, Profiles
 from worker.services import causes
 from worker.state.store import Store
-from worker.web import http_api, views
-from worker.web.http_api import Api, serve
+from worker.web import api as api_module
+from worker.web import views
+from worker.web.api import Api
+from worker.web.server import serve
 
 ODD_IDS = [
     "a/b",
@@ -468,7 +470,7 @@ def test_the_token_is_compared_in_constant_time(
         calls.append((a, b))
         return compare(a, b)
 
-    monkeypatch.setattr(http_api.hmac, "compare_digest", spy)
+    monkeypatch.setattr(api_module.hmac, "compare_digest", spy)
     assert response_of(secured_api, "/v1/matrix", f"Bearer {TOKEN}")[0] == 200
     assert response_of(secured_api, "/v1/matrix", "Bearer x")[0] == 401
     assert response_of(secured_api, "/v1/matrix", f"Basic {TOKEN}")[0] == 401
@@ -835,7 +837,7 @@ def test_a_full_budget_refuses_at_once_and_the_other_still_serves(
 
         return wait_then_answer
 
-    monkeypatch.setattr(views, "matrix", held(matrix))  # as http_api calls it
+    monkeypatch.setattr(views, "matrix", held(matrix))  # as Api calls it
     monkeypatch.setattr(api, "not_ready", held(not_ready))
     with (
         running(api, timeout=5, max_connections=2, max_probe_connections=1) as port,

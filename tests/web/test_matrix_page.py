@@ -35,7 +35,8 @@ from worker.rules.segments import STANDARD_SEGMENTS
 from worker.services import causes
 from worker.state import flows, keys
 from worker.state.store import BatchResult, Store
-from worker.web.http_api import Api, serve
+from worker.web.api import Api
+from worker.web.server import serve
 from worker.web.views import STANDARD_COLOURS, segment_style
 
 TOKEN = "page-test-token"
