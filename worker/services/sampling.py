@@ -13,7 +13,6 @@ from worker.rules.aggregates import Aggregates
 from worker.rules.profiles import DEFAULT_TENANT, Profiles
 from worker.rules.scoring import days_between, windowed_orders
 from worker.state import keys
-from worker.state.locks import ProfileLocks
 from worker.state.reads import Reads
 
 logger = logging.getLogger(__name__)
@@ -30,7 +29,13 @@ class Scan(Protocol):
 S = TypeVar("S", bound=Scan)
 
 
-def scan_step(runs: dict[str, S], locks: ProfileLocks, ttl_ms: int, what: str) -> S | None:
+class Renews(Protocol):
+    """The per-profile locks a scan reads under (worker/state/locks.py)."""
+
+    def renew_lock(self, name: str, ttl_ms: int) -> bool: ...
+
+
+def scan_step(runs: dict[str, S], locks: Renews, ttl_ms: int, what: str) -> S | None:
     """One step of the first scan in `runs`: its next chunk, read under its profile's lock,
     renewed. Returns the scan once it has read everything (taken out of `runs`, for the
     caller to finish). A scan that broke off (a Redis error, raised) or whose lock was lost

@@ -16,8 +16,8 @@ it beside workers is safe (compare-and-set: nothing is published twice) but give
 ordering guarantee.
 
 A loop turn (`Sweeper.tick`) also gives a step to the chores that decide what is due
-besides time: quantile upkeep (worker/services/quantile_upkeep.py), churn upkeep
-(worker/services/churn_upkeep.py) and the marking pass (worker/services/marking.py), which
+besides time: the upkeep of quantile cut points and churn fits (worker/services/upkeep.py,
+quantile_upkeep.py, churn_upkeep.py) and the marking pass (worker/services/marking.py), which
 new cut points and new fits restart.
 """
 
@@ -27,15 +27,17 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 from worker import metrics
 from worker.pacing import Every
 from worker.rules.instants import iso
 from worker.rules.profiles import Profiles
 from worker.services import causes
-from worker.services.churn_upkeep import ChurnUpkeep
+from worker.services.churn_upkeep import CHURN
 from worker.services.marking import MarkingPass
-from worker.services.quantile_upkeep import QuantileUpkeep
+from worker.services.quantile_upkeep import QUANTILES
+from worker.services.upkeep import Upkeep
 from worker.state import keys
 from worker.state.store import BatchResult, Committed, Store
 
@@ -86,25 +88,29 @@ class Sweeper:
         self.current: Sweep | None = None
         self._starts = Every(interval)  # a sweep begins at most once per interval
         self.marking = MarkingPass(store, profiles, clock=clock)
-        self.quantiles = QuantileUpkeep(
-            store, profiles, interval=interval, clock=clock, on_new_cuts=self.marking.restart
+        restart = self.marking.restart
+        self.quantiles = Upkeep(
+            QUANTILES, store, profiles, interval=interval, clock=clock, on_new=restart
         )
-        self.churn = ChurnUpkeep(
-            store, profiles, interval=interval, clock=clock, on_new_fit=self.marking.restart
-        )
+        self.churn = Upkeep(CHURN, store, profiles, interval=interval, clock=clock, on_new=restart)
+        self.upkeeps: tuple[Upkeep[Any], ...] = (self.quantiles, self.churn)  # in this order
 
     def tick(self, partitions: set[int]) -> list[Committed]:
         """One step of the loop: a step of quantile and churn upkeep and a chunk of the
         marking pass if any runs, then one step of the sweep in progress, starting one every
         `interval` seconds."""
-        self.quantiles.step()
-        self.churn.step()
-        self.marking.step(cuts_pending=self.quantiles.computing or self.churn.computing)
+        for upkeep in self.upkeeps:
+            upkeep.step()
+        self.marking.step(cuts_pending=self._computing())
         if self.current is None:
             if not partitions or not self._starts.due():
                 return []
             self.current = self.start(partitions, self.clock())
         return self.step(self.current, partitions)
+
+    def _computing(self) -> bool:
+        """Whether new cut points or a new fit are being computed here."""
+        return any(upkeep.computing for upkeep in self.upkeeps)
 
     def start(self, partitions: Iterable[int], as_of_ms: int) -> Sweep:
         sweep = Sweep(as_of_ms, zsets(partitions))
@@ -155,11 +161,10 @@ class Sweeper:
         """A whole sweep at once (`rfm-worker sweep --once`), publishing as it goes."""
         # Cut points and fits first, then the whole marking pass: the sweep rescores what
         # it marked.
-        while self.quantiles.step():
-            pass
-        while self.churn.step():
-            pass
-        while self.marking.step(cuts_pending=self.quantiles.computing or self.churn.computing):
+        for upkeep in self.upkeeps:
+            while upkeep.step():
+                pass
+        while self.marking.step(cuts_pending=self._computing()):
             pass
         sweep = self.start(partitions, as_of_ms)
         while sweep.pending:
