@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
 from pathlib import Path
 
 from tests.conftest import Deployment
@@ -69,7 +68,7 @@ def _wait(condition: object, timeout: float) -> bool:
 def _ready(port: int) -> bool:
     try:
         return fetch(port, "/readyz")[0] == 200
-    except urllib.error.URLError:  # not listening yet
+    except OSError:  # not listening yet, or a connection reset while it starts
         return False
 
 
