@@ -437,6 +437,17 @@ class Deployment:
         finally:
             producer.close()
 
+    def command(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        """`rfm-worker ARGS` with this deployment's settings, as an operator runs it."""
+        return subprocess.run(
+            [sys.executable, "-m", "worker", *args],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
     def read(
         self, topic: str, *, until: Callable[[list[Any]], bool], timeout: float = 60
     ) -> list[Any]:

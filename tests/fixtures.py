@@ -33,6 +33,40 @@ if TYPE_CHECKING:
     from tests.conftest import Deployment
 
 
+# Records the worker must dead-letter, each with its error class.
+BAD_RECORDS: list[tuple[bytes, str]] = [
+    (b"{not json", "invalid_json"),
+    (b"\xff\xfe\x00", "invalid_encoding"),
+    (b"[1, 2]", "not_an_object"),
+    (
+        b'{"event_id": "x1", "type": "order_placed", "order_id": "o", "customer_id": "c",'
+        b' "occurred_at": "2026-01-01T00:00:00Z"}',
+        "missing_field",
+    ),
+    (
+        b'{"event_id": "x2", "type": "order_shipped", "order_id": "o", "customer_id": "c",'
+        b' "amount": "1", "occurred_at": "2026-01-01T00:00:00Z"}',
+        "unknown_type",
+    ),
+    (
+        b'{"event_id": "x3", "type": "order_placed", "order_id": "o", "customer_id": "c",'
+        b' "amount": "-1", "occurred_at": "2026-01-01T00:00:00Z"}',
+        "invalid_amount",
+    ),
+    (
+        b'{"event_id": "x4", "type": "order_placed", "order_id": "o", "customer_id": "c",'
+        b' "amount": "1", "occurred_at": "2026-01-01T00:00:00"}',
+        "invalid_timestamp",
+    ),
+    (
+        b'{"event_id": "x5", "type": "order_placed", "order_id": "o", "customer_id": "c",'
+        b' "amount": "1", "occurred_at": "2999-01-01T00:00:00Z"}',
+        "future_timestamp",
+    ),
+    (b"x" * 70_000, "oversized"),
+]
+
+
 def records_of(events: list[dict[str, Any]]) -> list[tuple[bytes | None, bytes]]:
     """Event documents as records of the orders topic, keyed by customer id."""
     return [(ev["customer_id"].encode(), orjson.dumps(ev)) for ev in events]

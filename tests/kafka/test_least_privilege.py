@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -33,6 +32,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 from tests.conftest import Deployment
 from tests.factories import generate
 from tests.fixtures import (
+    BAD_RECORDS,
     assert_changes_consistent,
     assert_state_matches,
     converged,
@@ -62,21 +62,6 @@ KAFKA_ACLS: list[tuple[ResourceType, str, AclOperation]] = [
     (ResourceType.GROUP, GROUP, AclOperation.READ),
     (ResourceType.TOPIC, ACTIONS, AclOperation.WRITE),
     (ResourceType.TOPIC, DLQ, AclOperation.WRITE),
-]
-
-BAD: list[tuple[bytes, str]] = [
-    (b"{not json", "invalid_json"),
-    (b"[1, 2]", "not_an_object"),
-    (
-        b'{"event_id": "x2", "type": "order_shipped", "order_id": "o", "customer_id": "c",'
-        b' "amount": "1", "occurred_at": "2026-01-01T00:00:00Z"}',
-        "unknown_type",
-    ),
-    (
-        b'{"event_id": "x3", "type": "order_placed", "order_id": "o", "customer_id": "c",'
-        b' "amount": "-1", "occurred_at": "2026-01-01T00:00:00Z"}',
-        "invalid_amount",
-    ),
 ]
 
 
@@ -242,18 +227,6 @@ def admin_store(dep: Deployment) -> Store:
     return Store(dep.redis_server.admin())
 
 
-def command(dep: Deployment, *args: str) -> subprocess.CompletedProcess[str]:
-    """`rfm-worker ARGS` with the worker's settings and logins."""
-    return subprocess.run(
-        [sys.executable, "-m", "worker", *args],
-        env=dep.env(),
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-
-
 def wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -273,7 +246,7 @@ def test_worker_sweep_and_rebuild_with_only_the_documented_grants(secured: Deplo
     store.redis.config_resetstat()
     events = generate(60, seed=261)
     records = records_of(events)
-    for i, (value, _class) in enumerate(BAD):
+    for i, (value, _class) in enumerate(BAD_RECORDS):
         records.insert(i * 37, (b"bad-key", value))
     expected = expected_now(events)
     worker = dep.worker()
@@ -285,18 +258,18 @@ def test_worker_sweep_and_rebuild_with_only_the_documented_grants(secured: Deplo
     for customer, exp in expected.items():
         assert (final.get(customer) or {}).get("rfm") == (exp.rfm if exp else None)
     assert_state_matches(store, expected)
-    dead = dep.read(dep.dlq, until=lambda m: len(m) >= len(BAD), timeout=30)
+    dead = dep.read(dep.dlq, until=lambda m: len(m) >= len(BAD_RECORDS), timeout=30)
     assert sorted((m.value(), dict(m.headers())["rfm.error.class"].decode()) for m in dead) == (
-        sorted(BAD)
+        sorted(BAD_RECORDS)
     )
     wait(lambda: fetch(dep.http_port, "/readyz")[0] == 200, 30, "/readyz 200")
     for path in ("/v1/customers/default/cust-1", "/v1/matrix", "/v1/segments"):
         assert fetch(dep.http_port, path)[0] == 200, path
     assert worker.stop() == 0
 
-    swept = command(dep, "sweep", "--once")
+    swept = dep.command("sweep", "--once", timeout=60)
     assert swept.returncode == 0, swept.stderr
-    rebuilt = command(dep, "rebuild", "--yes")
+    rebuilt = dep.command("rebuild", "--yes", timeout=60)
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert_state_matches(store, expected)
 

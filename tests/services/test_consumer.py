@@ -18,6 +18,7 @@ import redis
 from tests.conftest import Deployment
 from tests.factories import generate
 from tests.fixtures import (
+    BAD_RECORDS,
     around_a_bad_record,
     assert_changes_consistent,
     assert_state_matches,
@@ -34,45 +35,13 @@ from worker.rules.profiles import Profiles
 from worker.services import causes
 from worker.state.store import Store
 
-BAD: list[tuple[bytes, str]] = [
-    (b"{not json", "invalid_json"),
-    (b"\xff\xfe\x00", "invalid_encoding"),
-    (b"[1, 2]", "not_an_object"),
-    (
-        b'{"event_id": "x1", "type": "order_placed", "order_id": "o", "customer_id": "c",'
-        b' "occurred_at": "2026-01-01T00:00:00Z"}',
-        "missing_field",
-    ),
-    (
-        b'{"event_id": "x2", "type": "order_shipped", "order_id": "o", "customer_id": "c",'
-        b' "amount": "1", "occurred_at": "2026-01-01T00:00:00Z"}',
-        "unknown_type",
-    ),
-    (
-        b'{"event_id": "x3", "type": "order_placed", "order_id": "o", "customer_id": "c",'
-        b' "amount": "-1", "occurred_at": "2026-01-01T00:00:00Z"}',
-        "invalid_amount",
-    ),
-    (
-        b'{"event_id": "x4", "type": "order_placed", "order_id": "o", "customer_id": "c",'
-        b' "amount": "1", "occurred_at": "2026-01-01T00:00:00"}',
-        "invalid_timestamp",
-    ),
-    (
-        b'{"event_id": "x5", "type": "order_placed", "order_id": "o", "customer_id": "c",'
-        b' "amount": "1", "occurred_at": "2999-01-01T00:00:00Z"}',
-        "future_timestamp",
-    ),
-    (b"x" * 70_000, "oversized"),
-]
-
 
 @pytest.mark.demo_path
 def test_orders_in_changes_out_bad_input_dead_lettered(deployment: Deployment, store: Store):
     events = generate(60, seed=1)
     records = records_of(events)
-    bad_at = random.Random(2).sample(range(len(records)), len(BAD))
-    for i, (value, _cls) in zip(sorted(bad_at), BAD, strict=True):
+    bad_at = random.Random(2).sample(range(len(records)), len(BAD_RECORDS))
+    for i, (value, _cls) in zip(sorted(bad_at), BAD_RECORDS, strict=True):
         records.insert(i, (b"bad-key", value))
     expected = expected_now(events)
     worker = deployment.worker()
@@ -94,10 +63,10 @@ def test_orders_in_changes_out_bad_input_dead_lettered(deployment: Deployment, s
             }
     assert_state_matches(store, expected)
 
-    dead = deployment.read(deployment.dlq, until=lambda m: len(m) >= len(BAD), timeout=30)
-    assert len(dead) == len(BAD)
+    dead = deployment.read(deployment.dlq, until=lambda m: len(m) >= len(BAD_RECORDS), timeout=30)
+    assert len(dead) == len(BAD_RECORDS)
     by_value = {m.value(): m for m in dead}
-    for value, error_class in BAD:
+    for value, error_class in BAD_RECORDS:
         msg = by_value[value]
         headers = {k: v.decode() for k, v in msg.headers()}
         assert msg.key() == b"bad-key"

@@ -9,8 +9,6 @@ from the state's own offsets in the first case, refuse to go on in the second, a
 from __future__ import annotations
 
 import itertools
-import subprocess
-import sys
 import time
 from typing import Any
 
@@ -44,16 +42,6 @@ def _eventually(check: Any, timeout: float = 60) -> None:
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.3)
-
-
-def _rfm(dep: Deployment, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "worker", *args],
-        env=dep.env(),
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
 
 
 def test_a_failover_that_lost_the_last_writes_is_replayed_from_the_state(
@@ -96,12 +84,12 @@ def test_redis_restarted_empty_stops_the_worker_until_a_rebuild(
     assert "rfm-worker rebuild" in refused.log()
     assert store.reads.holds_customers() is False  # it wrote no customer
 
-    rebuilt = _rfm(deployment, "rebuild")
+    rebuilt = deployment.command("rebuild")
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert "rebuilt from" in rebuilt.stdout, rebuilt.stdout
     assert_state_matches(store, expected)
     # A second rebuild must be asked for explicitly: it deletes the state first.
-    asked = _rfm(deployment, "rebuild")
+    asked = deployment.command("rebuild")
     assert asked.returncode == 2 and "--yes" in asked.stderr
 
     later = [{**e, "event_id": f"L-{e['event_id']}"} for e in generate(30, seed=44)]
@@ -203,6 +191,6 @@ def test_a_redis_flushed_under_the_running_worker_stops_it_before_any_write(
     assert worker.proc.wait(60) == 1
     assert "Redis lost every record" in worker.log() and "rfm-worker rebuild" in worker.log()
     assert store.reads.holds_customers() is False  # nothing written on the empty Redis
-    rebuilt = _rfm(deployment, "rebuild")
+    rebuilt = deployment.command("rebuild")
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert_state_matches(store, expected_now(events + later))

@@ -216,8 +216,7 @@ class Checkpoint:
                     )
                 # A new partition (or one whose offsets were of an older incarnation): all
                 # of it, whatever Kafka's commits say; events already applied count once.
-                tp.offset = OFFSET_BEGINNING
-                self._starts[tp.partition] = 0
+                tp.offset = self._starts[tp.partition] = OFFSET_BEGINNING  # (lag: from low)
                 continue
             if shards < keys.SHARDS:
                 raise DataLossError(
@@ -267,7 +266,7 @@ class Checkpoint:
         seen, self._incarnation = self._incarnation, current
         if previous is None and seen in (None, current):
             return False
-        self._store.applied.floors.clear()  # (another worker may have dropped them first)
+        self._store.applied.floors.clear()  # vouched for the old incarnation
         logger.warning(
             "%s was deleted and created again (topic id %s; the state's offsets were of %s): "
             "applying every partition from its start (events already applied count once)",

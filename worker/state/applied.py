@@ -69,7 +69,6 @@ class AppliedOffsets:
         previous = next((r for r in replies if r), None)
         if previous is None:
             return None
-        self.floors.clear()  # what this process vouched for belonged to the old incarnation
         return previous.decode() if isinstance(previous, bytes) else str(previous)
 
     def read(self, fields: Sequence[str]) -> dict[str, tuple[int | None, int]]:
