@@ -209,11 +209,11 @@ class Upkeep(Generic[V]):
         return bool(self._runs)
 
     def _check(self, names: list[str]) -> None:
-        stored = self.state.read()
+        stored, held = self.state.read(), self.model.held(self.profiles)
         changed = False
         for name in names:
             value = stored.get(name)
-            current = self.model.held(self.profiles).get(name)
+            current = held.get(name)
             if (
                 value is not None
                 and self.model.usable(self.profiles, name, value)
