@@ -49,6 +49,7 @@ kafka: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check worker tests
 	$(BIN)/ruff format --check worker tests
+	$(BIN)/lint-imports
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

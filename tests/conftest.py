@@ -37,6 +37,7 @@ import redis
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 from tests.cluster import EmbeddedCluster
+from worker.app import App
 from worker.config import load_settings
 from worker.embedded import (
     BrokerKind,
@@ -537,14 +538,13 @@ def worker_in_process(
         client = connection.redis_client(settings)
         producer = clients.producer(settings)
         closing.extend([producer.close, client.close])
-        worker = Worker(
+        worker = App(
             settings,
             Profiles.builtin(),
             Store(wrap_redis(client) if wrap_redis else client),
-            clients.consumer(settings),
             wrap_producer(producer) if wrap_producer else producer,
             admin=clients.admin(settings),
-        )
+        ).worker
         thread = threading.Thread(target=worker.run, name=f"worker-{id(worker)}", daemon=True)
         thread.start()
         threads.append((worker, thread))

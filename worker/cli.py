@@ -3,19 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import difflib
-import gc
 import logging
 import math
 import os
-import signal
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path
-from types import FrameType
 from typing import BinaryIO, TextIO
 
 import orjson
@@ -23,6 +19,7 @@ import redis
 from confluent_kafka import KafkaException
 
 from worker import __version__, logs
+from worker.app import run, tune_gc
 from worker.commands import schemas
 from worker.config import Settings, load_settings, mask_url
 from worker.errors import ConfigError, RfmError, UsageError
@@ -283,7 +280,7 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "rebuild":
         from worker.services.rebuild import rebuild
 
-        _tune_gc()
+        tune_gc()
         return _redis_down(settings, lambda: rebuild(settings, profiles, confirmed=args.yes))
     if args.command == "sweep":
         from worker.commands.sweep_once import run_once
@@ -454,113 +451,4 @@ def _schemas(directory: Path, check: bool) -> int:
         return 0
     for path in schemas.write(directory):
         print(f"wrote {path}")
-    return 0
-
-
-def _check_redis(store: Store, settings: Settings) -> None:
-    """Refuse a Redis that would evict customers, or a cluster addressed as a single Redis
-    (its commit calls span shards, which a cluster refuses); warn when it keeps nothing on
-    disk."""
-    if not settings.redis_cluster and store.server.in_cluster_mode():
-        raise ConfigError(
-            "Redis runs in cluster mode but RFM_REDIS_CLUSTER is false: set "
-            "RFM_REDIS_CLUSTER=true (the URL of any master)"
-        )
-    conf = store.server.config("maxmemory-policy", "appendonly", "save")
-    policy = conf["maxmemory-policy"]
-    if policy is None:
-        logger.warning("cannot read Redis's maxmemory-policy: make sure it is noeviction")
-    elif policy.startswith("allkeys-") and not settings.redis_allow_eviction:
-        raise ConfigError(
-            f"Redis's maxmemory-policy is {policy}: under memory pressure it would delete "
-            "customers without a word. Set it to noeviction (the worker then stalls until "
-            "memory is freed) or set RFM_REDIS_ALLOW_EVICTION=true to run anyway"
-        )
-    if conf["appendonly"] == "no" and conf["save"] == "":
-        logger.warning(
-            "Redis persistence is off (appendonly no, no save points): a Redis restart loses "
-            "the state; the worker will detect it and stop (see `rfm-worker rebuild`)"
-        )
-
-
-def _tune_gc() -> None:
-    """For the long-running commands. Every event allocates short-lived dicts and lists
-    that reference counting frees; the cycle collector's defaults (a pass every 700
-    allocations, full passes over every long-lived object) cost the worker 20-35% of its
-    throughput (make bench). Objects built at start are frozen out of the passes and passes
-    are rarer; reference cycles are still collected."""
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
-
-
-@contextlib.contextmanager
-def _stop_signals(stop: Callable[[], None]) -> Iterator[None]:
-    """SIGTERM and SIGINT finish the batch in hand, then stop; a second one stops at once.
-    The handlers in place before are restored on the way out."""
-    signals = 0
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        nonlocal signals
-        signals += 1
-        if signals > 1:
-            raise SystemExit(f"rfm-worker: {signal.Signals(signum).name} again, stopping now")
-        logger.info("%s: finishing the batch in hand, then stopping", signal.Signals(signum).name)
-        stop()
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def run(settings: Settings, profiles: Profiles) -> int:
-    """`rfm-worker run`: the worker, its HTTP server, and a graceful stop on signals. The
-    run's lifetime is one ExitStack: what is opened is closed, in reverse, however it ends."""
-    from worker import metrics
-    from worker.kafka import clients
-    from worker.services.churn_upkeep import load_fits
-    from worker.services.consumer import Worker
-    from worker.services.quantile_upkeep import load_cuts
-    from worker.state import connection, permissions
-    from worker.web.api import Api
-    from worker.web.server import serve
-
-    logger.info("starting rfm-worker %s with %s", __version__, settings.describe())
-    with contextlib.ExitStack() as stack:
-        store = stack.enter_context(connection.opened_store(settings))
-        _check_redis(store, settings)
-        permissions.self_test(store.redis)  # a command refused: named now, not mid-stream
-        # Quantile profiles score with their stored cut points, churn models with their
-        # stored fit; missing ones are computed once the worker is in its group
-        # (Worker._first_join).
-        load_cuts(store, profiles)
-        load_fits(store, profiles)
-        # librdkafka's callbacks run inside consume(), once `worker` exists.
-        consumer = clients.consumer(
-            settings,
-            error_cb=lambda err: worker.health.on_kafka_error(err),
-            stats_cb=lambda stats: worker.health.on_kafka_stats(stats),
-        )
-        producer = clients.producer(settings)
-        stack.callback(producer.close)  # after the loop's drain: nothing left to send
-        worker = Worker(
-            settings, profiles, store, consumer, producer, admin=clients.admin(settings)
-        )
-        metrics.register_customers(store.reads.segment_counts, profiles.names())
-        health = worker.health
-        api = Api(settings, profiles, store, healthy=health.is_healthy, not_ready=health.not_ready)
-        with contextlib.ExitStack() as unstarted:  # once running, the loop closes the consumer
-            unstarted.callback(consumer.close)
-            try:
-                server = serve(api, settings.http_port, settings.http_host)
-            except OSError as exc:  # the port is taken
-                raise ConfigError(f"RFM_HTTP_PORT={settings.http_port}: {exc.strerror}") from None
-            unstarted.pop_all()
-        stack.callback(server.shutdown)
-        stack.enter_context(_stop_signals(worker.stop))
-        _tune_gc()
-        worker.run()
-    logger.info("stopped")
     return 0

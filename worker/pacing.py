@@ -7,6 +7,7 @@ side here; periodic chores (lag report, sweeps, cut-point checks, outbox trims) 
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -58,3 +59,35 @@ class Every:
 
     def now(self) -> None:
         self._next = 0.0
+
+
+class Stopping:
+    """The worker's stop, shared by the parts of the loop: set once (SIGTERM, SIGINT), then
+    what is in hand drains within `budget` seconds (the relay's acknowledgements, the dead
+    letters' wait); waits that must end at the stop wait on it."""
+
+    def __init__(self, budget: float) -> None:
+        self._event = threading.Event()
+        self._budget = budget
+        self._by = 0.0
+
+    def set(self) -> None:
+        self._by = time.monotonic() + self._budget
+        self._event.set()
+
+    def is_set(self) -> bool:
+        return self._event.is_set()
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep up to `seconds`; True (at once) when the stop comes meanwhile."""
+        return self._event.wait(seconds)
+
+    def time_left(self) -> float:
+        """Seconds left to drain: the whole budget until the stop is set."""
+        if not self._event.is_set():
+            return self._budget
+        return max(0.5, self._by - time.monotonic())
+
+    def out_of_time(self) -> bool:
+        """Stopping, and the drain budget is spent."""
+        return self._event.is_set() and time.monotonic() > self._by

@@ -519,10 +519,10 @@ def test_readme_automation_consumer_dispatches_each_change_once(
     producer = Producer({"bootstrap.servers": deployment.kafka.bootstrap})
     again_producer = Producer({"bootstrap.servers": deployment.kafka.bootstrap})
     try:
-        first = Relay(store, producer, deployment.actions)
+        first = Relay(store.outbox, producer, deployment.actions)
         first.publish(done)
         assert producer.flush(30) == 0  # acknowledged, not yet trimmed: still in the outbox
-        again = Relay(store, again_producer, deployment.actions)
+        again = Relay(store.outbox, again_producer, deployment.actions)
         assert again.recover(range(4)) == len(done)
         assert again.drain(30) and first.drain(30)
     finally:

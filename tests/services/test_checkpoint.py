@@ -7,8 +7,7 @@ relay and the topic id; what the broker tests reach end to end, decision by deci
 from __future__ import annotations
 
 import logging
-import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -25,13 +24,12 @@ from prometheus_client import REGISTRY
 from worker.config import Settings
 from worker.errors import DataLossError, StateLostError
 from worker.health import Health
-from worker.kafka.relay import Relay
-from worker.pacing import Backoff
+from worker.kafka.orders import OrdersConsumer
+from worker.pacing import Backoff, Stopping
 from worker.services import checkpoint as checkpoint_module
-from worker.services.checkpoint import Checkpoint
+from worker.services.checkpoint import Applied, Checkpoint
 from worker.services.redis_retry import RedisRetry
 from worker.state import keys
-from worker.state.store import Store
 
 TOPIC = "orders"
 
@@ -56,6 +54,16 @@ class FakeConsumer:
         self.seeks: list[tuple[str, int, int]] = []
         self.commits: list[tuple[list[tuple[str, int, int]], bool]] = []
         self.committed_asked = 0
+        self.callbacks: dict[str, Callable[[object, list[TopicPartition]], None]] = {}
+
+    def subscribe(
+        self, topics: list[str], **callbacks: Callable[[object, list[TopicPartition]], None]
+    ) -> None:
+        self.callbacks = callbacks
+
+    def rebalance(self, callback: str, partitions: Iterable[int]) -> None:
+        """librdkafka calling `callback` (on_assign, on_revoke, on_lost) inside consume()."""
+        self.callbacks[callback](self, [TopicPartition(TOPIC, p) for p in partitions])
 
     def committed(self, partitions: list[TopicPartition], timeout: float) -> list[TopicPartition]:
         self.committed_asked += 1
@@ -123,6 +131,19 @@ class FakeApplied:
             self.records[name] = (offset, keys.SHARDS)
             self.floors[partition] = (name, offset)
 
+    def vouched(self, partition: int) -> int | None:
+        floor = self.floors.get(partition)
+        return None if floor is None else floor[1]
+
+    def vouch(self, partition: int, field: str, offset: int) -> None:
+        self.floors[partition] = (field, offset)
+
+    def forget(self, partition: int | None = None) -> None:
+        if partition is None:
+            self.floors.clear()
+        else:
+            self.floors.pop(partition, None)
+
     def adopt(self, topic: str, topic_id: str) -> str | None:
         previous, self.topic_id = self.topic_id, topic_id
         if previous is None or previous == topic_id:
@@ -150,6 +171,10 @@ class FakeRelay:
     def __init__(self) -> None:
         self.recovered: list[set[int]] = []
         self.abandoned = 0
+        self.drains = True  # what drain() answers: everything acknowledged in time
+
+    def drain(self, timeout: float) -> bool:
+        return self.drains
 
     def recover(self, partitions: Iterable[int]) -> int:
         self.recovered.append(set(partitions))
@@ -159,26 +184,35 @@ class FakeRelay:
         self.abandoned += 1
 
 
+class TopicIds(OrdersConsumer):
+    """The adapter over the fake consumer; the topic's id is what the test says."""
+
+    def __init__(self, settings: Settings, health: Health, consumer: FakeConsumer) -> None:
+        super().__init__(settings, health, consumer=cast(Consumer, consumer))
+        self.answer: str | None = None
+
+    def topic_id(self) -> str | None:
+        return self.answer
+
+
 @dataclass
 class Rig:
-    """A `Checkpoint` and its stand-ins; `topic` is what `topic_id()` answers."""
+    """A `Checkpoint` listening to the consumer adapter over the fake consumer, and its
+    other stand-ins."""
 
     checkpoint: Checkpoint
+    orders: TopicIds
     consumer: FakeConsumer
     store: FakeStore
     relay: FakeRelay
     health: Health
-    stopping: threading.Event
-    topic: list[str | None]
-    drained: list[bool]
-    paused: list[bool]
-    first_joins: list[int]
+    stopping: Stopping
 
     def assign(self, *partitions: int) -> dict[int, int]:
         """`on_assign` of these partitions; returns where each was started."""
-        tps = [TopicPartition(TOPIC, p) for p in partitions]
-        self.checkpoint.on_assign(cast(Consumer, self.consumer), tps)
-        return {tp.partition: tp.offset for tp in tps}
+        before = len(self.consumer.assigned)
+        self.consumer.rebalance("on_assign", partitions)
+        return {p: o for _, p, o in self.consumer.assigned[before:]}
 
     def record(self, partition: int, offset: int | None, shards: int = keys.SHARDS) -> None:
         self.store.applied.records[field_of(partition)] = (offset, shards)
@@ -190,27 +224,22 @@ def rig() -> Rig:
     consumer = FakeConsumer()
     store = FakeStore()
     relay = FakeRelay()
-    stopping = threading.Event()
-    health = Health(settings, cast(Consumer, consumer), stopping)
+    stopping = Stopping(budget=1.0)
+    health = Health(settings, stopping)
+    orders = TopicIds(settings, health, consumer)
     retry = RedisRetry(health, stopping, Backoff(first=0.001, cap=0.001))
-    topic: list[str | None] = [None]
-    drained = [True]
-    paused = [False]
-    first_joins: list[int] = []
     cp = Checkpoint(
         settings,
-        cast(Store, store),
-        cast(Consumer, consumer),
-        cast(Relay, relay),
+        orders,
+        cast(Applied, store.applied),
+        store.reads,
+        relay,
         retry,
         health,
         stopping,
-        drain=lambda: drained[0],
-        paused=lambda: paused[0],
-        first_join=lambda: first_joins.append(1),
-        topic_id=lambda: topic[0],
     )
-    return Rig(cp, consumer, store, relay, health, stopping, topic, drained, paused, first_joins)
+    orders.subscribe(cp)
+    return Rig(cp, orders, consumer, store, relay, health, stopping)
 
 
 def resets(reason: str) -> float:
@@ -297,7 +326,7 @@ def test_topic_recreated_starts_every_partition_from_the_beginning(rig: Rig) -> 
     id): every partition from its start, no DataLossError for Kafka's old commits, one
     `topic_recreated` reset."""
     rig.store.applied.topic_id = "old-id"
-    rig.topic[0] = "new-id"
+    rig.orders.answer = "new-id"
     for p in (0, 1):
         rig.consumer.committed_offsets[p] = 30
         rig.consumer.watermarks[p] = (0, 5)
@@ -313,7 +342,7 @@ def test_topic_recreated_starts_every_partition_from_the_beginning(rig: Rig) -> 
 def test_same_topic_id_is_no_reset(rig: Rig) -> None:
     """The id the state already holds: the records stand, no reset counted."""
     rig.store.applied.topic_id = "same-id"
-    rig.topic[0] = "same-id"
+    rig.orders.answer = "same-id"
     rig.consumer.watermarks[0] = (0, 100)
     rig.record(0, 30)
     before = resets("topic_recreated")
@@ -346,7 +375,7 @@ def test_state_beyond_the_logs_end_without_topic_ids_starts_from_the_beginning(
 def test_state_beyond_the_logs_end_with_a_topic_id_starts_at_the_state(rig: Rig) -> None:
     """Where the broker keeps topic ids (the same one as the state's), beyond the end is
     left to the consumer (auto.offset.reset): start at the state, no reset."""
-    rig.topic[0] = "id-1"
+    rig.orders.answer = "id-1"
     rig.consumer.watermarks[0] = (0, 5)
     rig.record(0, 30)
     before = all_resets()
@@ -364,13 +393,12 @@ def test_no_watermarks_starts_at_the_state(rig: Rig) -> None:
 
 
 def test_assignment_joins_pauses_and_recovers_the_relay(rig: Rig) -> None:
-    """The first assignment runs `first_join` once and marks the worker joined; a paused
+    """The first assignment marks the worker joined; a paused
     worker pauses what it is assigned; the relay recovers the new partitions."""
-    rig.paused[0] = True
+    rig.orders.paused = True
     rig.assign(0, 1)
     rig.assign(2)
-    assert rig.first_joins == [1]
-    assert rig.health.joined
+    assert rig.health.is_joined
     assert rig.consumer.paused == [0, 1, 2]
     assert rig.consumer.assign_calls == ["incremental_assign"] * 2  # cooperative by default
     assert rig.relay.recovered == [{0, 1}, {2}]
@@ -392,12 +420,12 @@ def test_assignment_while_stopping_starts_nothing(rig: Rig) -> None:
 def test_check_topic_restarts_owned_partitions_when_the_id_changes(rig: Rig) -> None:
     """A new topic id while running: every owned partition is sought back to its start,
     what was processed of the old incarnation is dropped, the relay recovers them."""
-    rig.topic[0] = "id-1"
+    rig.orders.answer = "id-1"
     for p in (0, 1):
         rig.consumer.watermarks[p] = (0, 100)
         rig.record(p, 10)
     assert rig.assign(0, 1) == {0: 10, 1: 10}
-    rig.topic[0] = "id-2"
+    rig.orders.answer = "id-2"
     before = resets("topic_recreated")
     rig.checkpoint.check_topic()
     assert rig.consumer.seeks == [(TOPIC, 0, OFFSET_BEGINNING), (TOPIC, 1, OFFSET_BEGINNING)]
@@ -407,7 +435,7 @@ def test_check_topic_restarts_owned_partitions_when_the_id_changes(rig: Rig) -> 
 
 def test_check_topic_with_the_same_id_does_nothing(rig: Rig) -> None:
     """The same topic id: no seek, no reconcile, no reset."""
-    rig.topic[0] = "id-1"
+    rig.orders.answer = "id-1"
     rig.consumer.watermarks[0] = (0, 100)
     rig.record(0, 10)
     rig.assign(0)
@@ -434,8 +462,9 @@ def test_replay_lost_restarts_owned_partitions_where_the_state_is(rig: Rig) -> N
 # -- commits: a batch, a revoke, a lost assignment, the stop -----------------------------
 
 
-def offsets(**by_partition: int) -> dict[tuple[str, int], int]:
-    return {(TOPIC, int(p[1:])): o for p, o in by_partition.items()}
+def offsets(**by_partition: int) -> dict[int, int]:
+    """A batch's next offset per partition: offsets(p0=11) is partition 0 up to 11."""
+    return {int(p[1:]): o for p, o in by_partition.items()}
 
 
 @pytest.fixture
@@ -480,7 +509,7 @@ def test_revoke_records_and_commits_only_the_revoked_partitions(
     rig.checkpoint.commit(offsets(p0=3))  # the first turn records at once
     rig.checkpoint.commit(offsets(p0=11, p1=21))  # unrecorded: the next turn is an hour away
     marks, commits = len(rig.store.applied.marks), len(rig.consumer.commits)
-    rig.checkpoint.on_revoke(cast(Consumer, rig.consumer), [TopicPartition(TOPIC, 1)])
+    rig.consumer.rebalance("on_revoke", [1])
     assert rig.store.applied.marks[marks:] == [{1: (field_of(1), 21)}]
     assert rig.consumer.commits[commits:] == [([(TOPIC, 1, 21)], False)]
     assert rig.checkpoint.assigned == {0}
@@ -490,8 +519,8 @@ def test_revoke_records_and_commits_only_the_revoked_partitions(
 def test_revoke_with_an_undrained_relay_abandons_and_recovers_the_kept(rig: Rig) -> None:
     """The relay not drained in time: abandoned, and the partitions kept recovered."""
     rig.assign(0, 1, 2)
-    rig.drained[0] = False
-    rig.checkpoint.on_revoke(cast(Consumer, rig.consumer), [TopicPartition(TOPIC, 1)])
+    rig.relay.drains = False
+    rig.consumer.rebalance("on_revoke", [1])
     assert rig.relay.abandoned == 1
     assert rig.relay.recovered[-1] == {0, 2}
 
@@ -503,7 +532,7 @@ def test_lost_partitions_commit_nothing(slow_records: None, rig: Rig) -> None:
     rig.checkpoint.commit(offsets(p0=3))
     rig.checkpoint.commit(offsets(p0=11, p1=21))
     marks, commits = len(rig.store.applied.marks), len(rig.consumer.commits)
-    rig.checkpoint.on_lost(cast(Consumer, rig.consumer), [TopicPartition(TOPIC, 1)])
+    rig.consumer.rebalance("on_lost", [1])
     assert len(rig.store.applied.marks) == marks
     assert len(rig.consumer.commits) == commits
     assert rig.checkpoint.assigned == {0}

@@ -21,7 +21,7 @@ from tests.conftest import Deployment
 from tests.factories import generate
 from tests.fixtures import assert_changes_consistent, assert_state_matches, converged, records_of
 from tests.reference import expected_now
-from worker.services import consumer
+from worker import app
 from worker.services.consumer import Worker
 from worker.state.store import Store
 
@@ -33,7 +33,7 @@ DRAIN_S = 3.0
 
 @pytest.fixture
 def short_drain(monkeypatch: pytest.MonkeyPatch) -> float:
-    monkeypatch.setattr(consumer, "DRAIN_TIMEOUT", DRAIN_S)
+    monkeypatch.setattr(app, "DRAIN_TIMEOUT", DRAIN_S)
     return DRAIN_S
 
 

@@ -5,17 +5,14 @@ once), and the stop (raised instead of retried)."""
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
-from typing import cast
 
 import pytest
 import redis
-from confluent_kafka import Consumer
 
 from worker.config import Settings
 from worker.health import Health
-from worker.pacing import Backoff
+from worker.pacing import Backoff, Stopping
 from worker.services.redis_retry import RedisRetry
 
 TINY = Backoff(first=0.001, factor=2.0, cap=0.002)
@@ -30,8 +27,8 @@ class Rig:
     """A RedisRetry on a Health of its own, with tiny pauses."""
 
     def __init__(self) -> None:
-        self.stopping = threading.Event()
-        self.health = Health(Settings(), cast(Consumer, object()), self.stopping)
+        self.stopping = Stopping(budget=1.0)
+        self.health = Health(Settings(), self.stopping)
         self.retry = RedisRetry(self.health, self.stopping, TINY)
 
 
@@ -155,3 +152,10 @@ def test_stopping_during_the_outage_ends_the_retries(rig: Rig) -> None:
         rig.retry(call)
     assert len(seen) == 3
     assert rig.retry.failures == 3
+
+
+def test_attempts_says_whether_the_call_was_retried(rig: Rig) -> None:
+    """A retried call's lost reply may hide a first try that ran: `attempts` says so."""
+    assert rig.retry.attempts(failing([], rig, [])) == ("ok", False)
+    down = redis.ConnectionError("down")
+    assert rig.retry.attempts(failing([down], rig, [])) == ("ok", True)

@@ -31,7 +31,7 @@ def run_once(settings: Settings, profiles: Profiles, as_of_ms: int | None) -> in
         producer = clients.producer(settings)
         stack.callback(producer.close)
         partitions = _partitions(producer, settings.orders_topic)
-        relay = Relay(store, producer, settings.actions_topic)
+        relay = Relay(store.outbox, producer, settings.actions_topic)
         relay.recover(partitions)  # a stopped worker's unpublished changes go out first
 
         def publish(committed: list[Committed]) -> None:

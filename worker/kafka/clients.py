@@ -10,6 +10,8 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaException, Producer, TopicCollection
 from confluent_kafka.admin import AdminClient
 
+__all__ = ["AdminClient", "Consumer", "Producer"]  # the client types, for the app's wiring
+
 from worker.config import Settings
 
 # librdkafka's own log lines go through the worker's logging (JSON, levels), and a line

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 
 from confluent_kafka import Producer
 
@@ -16,6 +15,8 @@ from worker.errors import RfmError
 from worker.health import Health
 from worker.kafka.delivery import Deliveries, Headers, Record
 from worker.kafka.records import KafkaMessage
+from worker.kafka.watch import KafkaWatch
+from worker.pacing import Stopping
 from worker.rules.events import Rejection
 
 logger = logging.getLogger(__name__)
@@ -91,17 +92,18 @@ class DeadLetters:
     """The DLQ topic of the consumer loop: `send` a rejected record, then `await_acks`
     before the batch's offsets count as done.
 
-    `out_of_time` says the stop's drain budget is spent: the wait gives up then
-    (BatchAbandonedError) and the batch is consumed again after the restart.
+    Once the stop's drain budget is spent, the wait gives up (BatchAbandonedError) and the
+    batch is consumed again after the restart.
     """
 
     def __init__(
-        self, producer: Producer, topic: str, health: Health, out_of_time: Callable[[], bool]
+        self, producer: Producer, topic: str, health: Health, stopping: Stopping, watch: KafkaWatch
     ) -> None:
         self.topic = topic
         self._producer = producer
         self._health = health
-        self._out_of_time = out_of_time
+        self._stopping = stopping
+        self._watch = watch
         self._deliveries: Deliveries[None] = Deliveries(producer, topic, shrink=without_value)
         self._log_budget = LogBudget(logger, "record(s) dead-lettered")
 
@@ -140,12 +142,11 @@ class DeadLetters:
         started = time.monotonic()
         while not self._deliveries.settled:
             now = time.monotonic()
-            if self._out_of_time():
+            if self._stopping.out_of_time():
                 raise BatchAbandonedError("dead letters unacknowledged at the drain timeout")
             if self._health.dlq_ok and now - started > DLQ_STALL:
-                self._health.dlq_ok = False
+                self._health.dead_letters_acknowledged(False)
                 metrics.DLQ_BLOCKED.set(1)
-                metrics.READY.set(0)
                 logger.error(
                     "dead letters to %s not acknowledged for %.0f s (%s): consumption is "
                     "stalled until the topic accepts them (check that it exists and that "
@@ -153,7 +154,7 @@ class DeadLetters:
                     self.topic,
                     now - started,
                     self._deliveries.error
-                    or self._health.topic_problem(self.topic)
+                    or self._watch.topic_problem(self.topic)
                     or "no answer from the broker",
                 )
             self._health.beat()
@@ -161,5 +162,5 @@ class DeadLetters:
             self._deliveries.collect()
         if not self._health.dlq_ok:
             logger.info("dead letters to %s are acknowledged again", self.topic)
-            self._health.dlq_ok = True
+            self._health.dead_letters_acknowledged(True)
             metrics.DLQ_BLOCKED.set(0)

@@ -12,15 +12,15 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Protocol
 
 import orjson
 
 from worker import metrics
 from worker.kafka.delivery import Deliveries, Headers
 from worker.pacing import Every
-from worker.state.store import Committed, Store
+from worker.rules.engine import Change
 
 logger = logging.getLogger(__name__)
 
@@ -48,9 +48,31 @@ def stored_triggers_header(value: bytes) -> Headers:
     return triggers_header(names)
 
 
+class Outbox(Protocol):
+    """The outbox streams, per orders-topic partition (worker/state/outbox.py)."""
+
+    def entries(self, partition: int) -> Iterator[tuple[bytes, bytes, bytes, bytes]]: ...
+    def delete(self, done: dict[bytes, list[bytes]]) -> None: ...
+
+
+class Committed(Protocol):
+    """A change durably in an outbox stream (worker/state/store.py's `Committed`)."""
+
+    @property
+    def outbox(self) -> bytes: ...  # the stream's key
+    @property
+    def entry_id(self) -> bytes: ...
+    @property
+    def key(self) -> bytes: ...  # the customer id, the Kafka key
+    @property
+    def value(self) -> bytes: ...  # the rfm.changed or rfm.overdue record
+    @property
+    def change(self) -> Change: ...
+
+
 class Relay:
-    def __init__(self, store: Store, producer: Any, topic: str) -> None:
-        self._store = store
+    def __init__(self, outbox: Outbox, producer: Any, topic: str) -> None:
+        self._outbox = outbox
         self._producer = producer
         # Ordered: a customer's changes go out one at a time, in outbox order.
         self._deliveries: Deliveries[tuple[bytes, bytes]] = Deliveries(
@@ -104,7 +126,7 @@ class Relay:
         """Publish every change left in the outboxes of these partitions (oldest first)."""
         count = 0
         for partition in partitions:
-            for stream, entry_id, key, value in self._store.outbox.entries(partition):
+            for stream, entry_id, key, value in self._outbox.entries(partition):
                 self._deliveries.send(key, value, (stream, entry_id), stored_triggers_header(value))
                 count += 1
         if count:
@@ -120,7 +142,7 @@ class Relay:
         for stream, entry_id in self._deliveries.collect():
             self._trim[stream].append(entry_id)
         if self._trim and (trim_now or self._trims.due()):
-            self._store.outbox.delete(self._trim)  # if Redis fails, kept for the next try
+            self._outbox.delete(self._trim)  # if Redis fails, kept for the next try
             self._trim = defaultdict(list)
         metrics.OUTBOX_IN_FLIGHT.set(self.in_flight)
 

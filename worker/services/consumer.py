@@ -23,27 +23,25 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import threading
 import time
 from collections.abc import Callable, Sequence
-
-from confluent_kafka import Consumer, KafkaError, Producer
-from confluent_kafka.admin import AdminClient
+from dataclasses import dataclass
 
 from worker import metrics
 from worker.config import Settings
 from worker.errors import StateLostError
 from worker.health import Health
-from worker.kafka import clients
 from worker.kafka.dead_letters import BatchAbandonedError, DeadLetters
-from worker.kafka.records import KafkaMessage
-from worker.kafka.relay import DRAIN_TIMEOUT, Relay
+from worker.kafka.orders import OrdersConsumer
+from worker.kafka.records import KafkaMessage, partition_eof
+from worker.kafka.relay import Relay
+from worker.pacing import Stopping
 from worker.rules.customer import MAX_ORDERS
 from worker.rules.events import Rejection, ValidEvent, validate
 from worker.rules.instants import wall_ms
 from worker.rules.profiles import Profiles
 from worker.services import causes
-from worker.services.checkpoint import Checkpoint
+from worker.services.checkpoint import Checkpoint, drain
 from worker.services.churn_upkeep import load_fits
 from worker.services.quantile_upkeep import load_cuts
 from worker.services.redis_retry import REDIS_ERRORS, RedisRetry
@@ -60,118 +58,83 @@ POLL_TIMEOUT = 0.01  # a batch waits at most this to fill: the latency floor at 
 MAX_BACKLOG = 50_000  # unacknowledged changes before consumption pauses
 
 
+@dataclass(frozen=True, slots=True)
+class Parts:
+    """What the loop drives, built and owned by the app (worker/app.py)."""
+
+    store: Store
+    orders: OrdersConsumer
+    relay: Relay
+    dead_letters: DeadLetters
+    checkpoint: Checkpoint
+    sweeper: Sweeper
+    roster: Roster
+    health: Health
+    retry_redis: RedisRetry
+    stopping: Stopping
+
+
 class Worker:
+    """The loop of `rfm-worker run` over the parts the app built."""
+
     def __init__(
         self,
         settings: Settings,
         profiles: Profiles,
-        store: Store,
-        consumer: Consumer,
-        producer: Producer,
+        parts: Parts,
         now_ms: Callable[[], int] = wall_ms,
-        *,
-        admin: AdminClient | None = None,
     ) -> None:
         self.settings = settings
         self.profiles = profiles
-        self.store = store
-        self.consumer = consumer
-        self.producer = producer
-        self.relay = Relay(store, producer, settings.actions_topic)
+        self.store = parts.store
+        self.orders = parts.orders
+        self.relay = parts.relay
+        self.dead_letters = parts.dead_letters
+        self.checkpoint = parts.checkpoint
+        self.sweeper = parts.sweeper
+        self.roster = parts.roster
+        self.health = parts.health
+        self.retry_redis = parts.retry_redis
+        self.stopping = parts.stopping
         self.now_ms = now_ms
-        self.stopping = threading.Event()
-        self._stop_by = 0.0
         self.max_backlog = MAX_BACKLOG
-        self.paused = False
-        self.health = Health(settings, consumer, self.stopping)
-        self.retry_redis = RedisRetry(self.health, self.stopping)
-        self.dead_letters = DeadLetters(
-            producer, settings.dlq_topic, self.health, out_of_time=self._out_of_time
-        )
-        self.checkpoint = Checkpoint(
-            settings,
-            store,
-            consumer,
-            self.relay,
-            self.retry_redis,
-            self.health,
-            self.stopping,
-            drain=self._drain,
-            paused=lambda: self.paused,
-            first_join=self._first_join,
-            topic_id=lambda: (
-                None if admin is None else clients.topic_id(admin, settings.orders_topic, 2.0)
-            ),
-        )
-        self.sweeper = Sweeper(
-            store, profiles, interval=settings.sweep_interval, clock=self.clock, now_ms=now_ms
-        )
-        self.roster = Roster(store, profiles, now_ms)
+        self._shared = False  # the first assignment's upkeep is done (see _first_join)
+
+    @property
+    def paused(self) -> bool:
+        """Consumption is paused: the actions topic does not take changes fast enough."""
+        return self.orders.paused
 
     # -- lifecycle ----------------------------------------------------------------------
 
     def _first_join(self) -> None:
         """Shared state is written by working members of the group only: a worker that
         cannot reach Kafka, or is misconfigured, never joins and never writes (nor sweeps,
-        nor runs the marking pass, see `run`). At the first assignment, before the first
-        batch: the cut points of quantile profiles that have none yet (so a base switched
-        to quantile mode moves once, to its quintiles), the first fit of churn models that
-        have none, and the start of flow recording."""
+        nor runs the marking pass, see `run`). After the first assignment, before the
+        first batch: the cut points of quantile profiles that have none yet (so a base
+        switched to quantile mode moves once, to its quintiles), the first fit of churn
+        models that have none, and the start of flow recording."""
+        self._shared = True
         now = self.clock()
         self.retry_redis(lambda: load_cuts(self.store, self.profiles, compute_missing_at=now))
         self.retry_redis(lambda: load_fits(self.store, self.profiles, compute_missing_at=now))
         self.retry_redis(lambda: flows.start_recording(self.store.redis, now))
 
     def stop(self) -> None:
-        self._stop_by = time.monotonic() + DRAIN_TIMEOUT
         self.stopping.set()
-
-    def _time_left(self) -> float:
-        """Seconds left to drain: the whole budget until stop() is called."""
-        if not self.stopping.is_set():
-            return DRAIN_TIMEOUT
-        return max(0.5, self._stop_by - time.monotonic())
-
-    def _out_of_time(self) -> bool:
-        """Stopping, and the drain budget is spent."""
-        return self.stopping.is_set() and time.monotonic() > self._stop_by
 
     def clock(self) -> int:
         """Now as scores see it (worker/state/clock.py)."""
         return scoring_now(self.settings, self.store.clock, self.now_ms)
 
     def run(self) -> None:
-        self.consumer.subscribe(
-            [self.settings.orders_topic],
-            on_assign=self.checkpoint.on_assign,
-            on_revoke=self.checkpoint.on_revoke,
-            on_lost=self.checkpoint.on_lost,
-        )
+        self.orders.subscribe(self.checkpoint)
         logger.info(
             "consuming %s as group %s", self.settings.orders_topic, self.settings.kafka_group
         )
         try:
             while not self.stopping.is_set():
-                self.health.beat()
-                messages = self.consumer.consume(BATCH_SIZE, POLL_TIMEOUT)
-                try:
-                    if messages:
-                        self.process(messages)
-                    if not self.paused and self.health.joined:  # see _first_join
-                        failures = self.retry_redis.failures
-                        swept = self.retry_redis(
-                            lambda: self.sweeper.tick(self.checkpoint.assigned)
-                        )
-                        self._publish(swept, self.checkpoint.assigned, failures)
-                        self.retry_redis(self.roster.tick)
-                    self.checkpoint.tick()  # offsets of the batches since the last record
-                except StateLostError as exc:
-                    self.checkpoint.replay_lost(exc)
-                self.retry_redis(self.relay.settle)
-                self._bound_backlog()
-                self.health.check_kafka()
-                self.checkpoint.report_lag()
-                self.checkpoint.check_topic()
+                self._turn()
         except (*REDIS_ERRORS, BatchAbandonedError) as exc:
             if not self.stopping.is_set():
                 raise
@@ -183,9 +146,33 @@ class Worker:
         finally:
             self._shutdown()
 
+    def _turn(self) -> None:
+        """One turn of the loop: a batch, the chores of the owned partitions, the relay."""
+        self.health.beat()
+        messages = self.orders.consume(BATCH_SIZE, POLL_TIMEOUT)
+        try:
+            if self.health.is_joined and not self._shared:
+                self._first_join()
+            if messages:
+                self.process(messages)
+            if not self.paused and self.health.is_joined:  # see _first_join
+                swept, retried = self.retry_redis.attempts(
+                    lambda: self.sweeper.tick(self.checkpoint.assigned)
+                )
+                self._publish(swept, self.checkpoint.assigned, retried)
+                self.retry_redis(self.roster.tick)
+            self.checkpoint.tick()  # offsets of the batches since the last record
+        except StateLostError as exc:
+            self.checkpoint.replay_lost(exc)
+        self.retry_redis(self.relay.settle)
+        self._bound_backlog()
+        self.orders.watch.check()
+        self.checkpoint.report_lag()
+        self.checkpoint.check_topic()
+
     def _shutdown(self) -> None:
         logger.info("draining: relaying the last changes and closing")
-        if not self._drain():
+        if not drain(self.relay, self.stopping):
             logger.warning(
                 "some changes were not acknowledged in time; they stay in the "
                 "outbox and are relayed at the next start"
@@ -193,15 +180,8 @@ class Worker:
         self.checkpoint.commit_processed()
         with contextlib.suppress(*REDIS_ERRORS):  # else it ages out of rfm:members
             self.roster.leave()
-        self.consumer.close()
-        metrics.READY.set(0)
-
-    def _drain(self) -> bool:
-        try:
-            return self.relay.drain(self._time_left())
-        except REDIS_ERRORS as exc:  # acknowledged entries stay; relayed again later
-            logger.warning("could not trim the outbox: %s", exc)
-            return False
+        self.orders.close()
+        self.health.stopped()
 
     # -- one batch ----------------------------------------------------------------------
 
@@ -225,16 +205,12 @@ class Worker:
             else:
                 valid.append((outcome, partition))
                 sources.append(msg)
-        # One topic is consumed (the orders topic): offsets are per partition of it.
-        topic = self.settings.orders_topic
-        offsets = {(topic, p): offset for p, offset in next_offsets.items()}
         if valid:
             as_of = now
             if self.settings.clock == "event":
                 newest = max(event.occurred_at for event, _ in valid)
                 as_of = self.retry_redis(lambda: self.store.clock.advance(newest))
-            failures = self.retry_redis.failures
-            result = self.retry_redis(
+            result, retried = self.retry_redis.attempts(
                 lambda: causes.apply_batch(
                     self.store, valid, self.profiles, as_of_ms=as_of, now_ms=now
                 )
@@ -253,13 +229,13 @@ class Worker:
                     count,
                 )
             metrics.RESCORED.labels("events").inc(result.customers)
-            self._publish(result.committed, {p for _, p in valid}, failures)
+            self._publish(result.committed, {p for _, p in valid}, retried)
             if result.rejected:
                 source = {id(event): msg for (event, _), msg in zip(valid, sources, strict=True)}
                 for event, _partition, exc in result.rejected:
                     self.dead_letters.internal_error(source[id(event)], exc)
         self.dead_letters.await_acks()
-        self.checkpoint.commit(offsets)
+        self.checkpoint.commit(next_offsets)
         metrics.BATCH_SIZE.observe(len(messages))
         metrics.BATCH_DURATION.observe(time.perf_counter() - started)
 
@@ -270,30 +246,27 @@ class Worker:
         backlog = self.relay.backlog
         metrics.OUTBOX_SIZE.set(backlog)
         if not self.paused and backlog > self.max_backlog:
-            self.paused = True
-            self.consumer.pause(self.consumer.assignment())
+            self.orders.pause()
             logger.warning(
                 "%d changes are waiting for the actions topic %s (%s): consumption paused "
                 "until they are delivered",
                 backlog,
                 self.settings.actions_topic,
-                self.health.topic_problem(self.settings.actions_topic) or "not acknowledged",
+                self.orders.watch.topic_problem(self.settings.actions_topic) or "not acknowledged",
             )
         elif self.paused and backlog <= self.max_backlog // 2:
-            self.paused = False
-            self.consumer.resume(self.consumer.assignment())
+            self.orders.resume()
             logger.info("the actions topic accepts changes again: consumption resumed")
 
-    def _publish(self, committed: list[Committed], partitions: set[int], failures: int) -> None:
+    def _publish(self, committed: list[Committed], partitions: set[int], retried: bool) -> None:
         """Publish what a commit call returned. If the call had to be retried, a lost reply
         may hide a commit that did run (the retry then found its events applied): publish
         those partitions' outboxes now, in order, rather than at the next assignment."""
-        if self.retry_redis.failures == failures:
+        if not retried:
             self.relay.publish(committed)
             return
         self.retry_redis(lambda: self.relay.recover(partitions))
 
-    def _log_consume_error(self, err: KafkaError) -> None:
-        if err.code() == KafkaError._PARTITION_EOF:
-            return
-        logger.warning("consumer error: %s", err)
+    def _log_consume_error(self, err: object) -> None:
+        if not partition_eof(err):
+            logger.warning("consumer error: %s", err)

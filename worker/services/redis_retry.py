@@ -9,7 +9,6 @@ outage is the running worker's policy, tied to its readiness and to its stop.
 from __future__ import annotations
 
 import logging
-import threading
 from collections.abc import Callable
 from typing import TypeVar
 
@@ -17,7 +16,7 @@ import redis
 
 from worker import metrics
 from worker.health import Health
-from worker.pacing import REDIS_RETRY, Backoff
+from worker.pacing import REDIS_RETRY, Backoff, Stopping
 from worker.state.permissions import is_refusal
 
 logger = logging.getLogger(__name__)
@@ -47,17 +46,21 @@ class RedisRetry:
     between tries; once `stopping` is set, the failure is raised instead (the batch in
     hand is left uncommitted, it is redelivered)."""
 
-    def __init__(
-        self, health: Health, stopping: threading.Event, policy: Backoff = REDIS_RETRY
-    ) -> None:
+    def __init__(self, health: Health, stopping: Stopping, policy: Backoff = REDIS_RETRY) -> None:
         self._health = health
         self._stopping = stopping
         self._policy = policy
-        self.failures = 0  # Redis calls that raised, ever: tells a retried call
+        self.failures = 0  # Redis calls that raised, ever
 
     def __call__(self, call: Callable[[], T]) -> T:
         """Every call retried here is idempotent (see worker/state/store.py), so a retry
         after a timeout whose command did run changes nothing twice."""
+        return self.attempts(call)[0]
+
+    def attempts(self, call: Callable[[], T]) -> tuple[T, bool]:
+        """The call's value, and whether it had to be retried: a retried call's lost reply
+        may hide a first try that did run (see Worker._publish)."""
+        failures = self.failures
         pauses = self._policy.pauses()
         while True:
             try:
@@ -70,17 +73,15 @@ class RedisRetry:
                 self.failures += 1
                 if self._health.redis_problem != problem:
                     logger.error("%s: retrying with backoff (%s)", problem, _one_line(exc))
-                self._health.redis_problem = problem
-                metrics.READY.set(0)
+                    self._health.redis_fails(problem)
                 self._health.beat()
                 if self._stopping.wait(next(pauses)):
                     raise  # stopping: leave the batch uncommitted, it is redelivered
                 continue
             if self._health.redis_problem is not None:
                 logger.info("redis is back")
-            self._health.redis_problem = None
-            metrics.READY.set(1 if self._health.ready else 0)
-            return value
+                self._health.redis_answers()
+            return value, self.failures != failures
 
 
 def _problem(exc: BaseException) -> str | None:

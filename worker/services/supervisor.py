@@ -24,8 +24,8 @@ import sys
 import threading
 from types import FrameType
 
+from worker.children import die_with_parent
 from worker.config import Settings
-from worker.embedded.processes import die_with_parent
 
 logger = logging.getLogger(__name__)
 

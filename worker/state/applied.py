@@ -57,6 +57,22 @@ class AppliedOffsets:
         for partition, (name, offset) in offsets.items():
             self.floors[partition] = (name, offset)
 
+    def vouched(self, partition: int) -> int | None:
+        """The offset every shard's state vouched for, of a partition this worker owns."""
+        floor = self.floors.get(partition)
+        return None if floor is None else floor[1]
+
+    def vouch(self, partition: int, field: str, offset: int) -> None:
+        """The state holds `partition` up to `offset` (read at its assignment)."""
+        self.floors[partition] = (field, offset)
+
+    def forget(self, partition: int | None = None) -> None:
+        """A partition no longer ours (None: every one, e.g. of a recreated topic)."""
+        if partition is None:
+            self.floors.clear()
+        else:
+            self.floors.pop(partition, None)
+
     def adopt(self, topic: str, topic_id: str) -> str | None:
         """Record in every shard that its offsets of `topic` belong to the incarnation
         `topic_id`; a shard holding offsets of another incarnation drops them
