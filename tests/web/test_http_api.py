@@ -13,6 +13,7 @@ import logging
 import os
 import random
 import re
+import resource
 import select
 import selectors
 import socket
@@ -918,21 +919,31 @@ def test_the_oldest_connection_without_a_request_makes_room(api: Api) -> None:
 PROBES = ("/healthz", "/readyz", "/metrics")
 PROBE_TIMEOUT = 1.0  # seconds for a whole probe, connect to last byte (kubelet's default)
 SILENT, DRIPPING, HELD = 150, 150, 128  # attack connections kept open at once
+# more half-open connections than any fixed connection limit: a server that stops accepting
+# at one (waitress's connection_limit) answers no probe until they go away, and dripping
+# ones never do where only inactivity is timed
+FLOOD = (0, 1200, 0)
 HOLD = 1.5  # seconds a HELD connection stays open after its whole request
 REOPEN = 0.25  # seconds before a connection the server closed is opened again
 PACE = 3  # connections opened at most per 10 ms: 300 a second
 
 
-def _slowloris(port: int, stop: threading.Event, opened: list[int]) -> None:
-    """Attack 127.0.0.1:port until `stop`: SILENT connections send nothing, DRIPPING ones a
-    partial /v1 request head and then a header line every 0.5 s, HELD ones a whole /v1
-    request whose answer they never read, closing only HOLD seconds later. Connections are
-    opened at a steady PACE without waiting for each other (non-blocking connects); one the
-    server closes is opened again REOPEN seconds later, as attack tools do. `opened[0]`
-    counts connections established."""
+def _slowloris(
+    port: int,
+    stop: threading.Event,
+    opened: list[int],
+    sizes: tuple[int, int, int] = (SILENT, DRIPPING, HELD),
+) -> None:
+    """Attack 127.0.0.1:port until `stop` with `sizes` (SILENT, DRIPPING, HELD) connections:
+    SILENT ones send nothing, DRIPPING ones a partial /v1 request head and then a header line
+    every 0.5 s, HELD ones a whole /v1 request whose answer they never read, closing only
+    HOLD seconds later. Connections are opened at a steady PACE without waiting for each
+    other (non-blocking connects); one the server closes is opened again REOPEN seconds
+    later, as attack tools do. `opened[0]` counts connections established."""
     partial = b"GET /v1/matrix HTTP/1.1\r\nHost: x\r\n"
     whole = b"GET /v1/matrix HTTP/1.0\r\n\r\n"
-    to_open = [b""] * SILENT + [partial] * DRIPPING + [whole] * HELD
+    silent, dripping, held_ = sizes
+    to_open = [b""] * silent + [partial] * dripping + [whole] * held_
     random.Random(1).shuffle(to_open)  # the kinds mixed, as they reach the server
     held: list[tuple[float, socket.socket]] = []  # (when to close, connection)
     closed: list[tuple[float, bytes]] = []  # (when to open again, what to send)
@@ -993,15 +1004,34 @@ def _probe(port: int, path: str) -> bool:
         conn.close()
 
 
-def test_probes_and_metrics_stay_answerable_under_slowloris(api: Api) -> None:
+def _enough_descriptors(needed: int) -> None:
+    """Both ends of every attack connection are in this process: raise its limit of open
+    files (often 1024) when it is lower, or skip when the hard limit forbids it."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != resource.RLIM_INFINITY and soft < needed:
+        if hard != resource.RLIM_INFINITY and hard < needed:
+            pytest.skip(f"{needed} open files needed, the hard limit is {hard}")
+        resource.setrlimit(resource.RLIMIT_NOFILE, (needed, hard))
+
+
+@pytest.mark.parametrize(
+    "sizes", [(SILENT, DRIPPING, HELD), FLOOD], ids=["mixed", "flood of dripping heads"]
+)
+def test_probes_and_metrics_stay_answerable_under_slowloris(
+    api: Api, sizes: tuple[int, int, int]
+) -> None:
     """Hundreds of half-open connections (silent, or dripping a /v1 head) and /v1 requests
     held open, renewed as the server drops them, for several seconds: /healthz, /readyz and
     /metrics keep answering 200 in time, and the server serves /v1 again afterwards. (With
     one budget of 64 connections for every path, taken before the request line was read,
-    and a 10 s deadline for the head, 0-2% of these probes were answered.)"""
+    and a 10 s deadline for the head, 0-2% of these probes were answered.) The flood: more
+    connections dripping their heads than the server keeps at once, every one of them."""
+    _enough_descriptors(2 * sum(sizes) + 1024)
     with running(api) as port:
         stop, opened = threading.Event(), [0]
-        attacker = threading.Thread(target=_slowloris, args=(port, stop, opened), daemon=True)
+        attacker = threading.Thread(
+            target=_slowloris, args=(port, stop, opened, sizes), daemon=True
+        )
         attacker.start()
         results: dict[str, list[bool]] = {path: [] for path in PROBES}
         try:
@@ -1020,7 +1050,7 @@ def test_probes_and_metrics_stay_answerable_under_slowloris(api: Api) -> None:
         answered = sum(sum(r) for r in results.values())
         summary = {path: f"{sum(r)}/{len(r)}" for path, r in results.items()}
         print(f"slowloris: {opened[0]} attack connections, probes answered {summary}")
-        assert opened[0] >= SILENT + DRIPPING + HELD  # the attack did run
+        assert opened[0] >= sum(sizes)  # the attack did run
         assert made >= 30, summary
         assert answered >= 0.99 * made, summary
         assert all(any(r) for r in results.values()), summary  # each path answered

@@ -18,6 +18,15 @@ Neither half-open connections nor a flood of the read API take anything from the
 That is why this module overrides parts of the standard library's http.server and
 socketserver (serve_forever, shutdown_request, the handler's handle_one_request): their
 thread-per-connection design gives a thread to every client before its request is in.
+
+Waitress does not replace it: it reads heads asynchronously too, but times only inactivity
+(in whole seconds), so a head dripped slowly is never cut, and at its connection_limit it
+stops accepting. Under the tests' flood of 1,200 connections dripping their heads it answered
+no probe (0 of 6; limit 336 or 1,000), this server all of them (236, p99 18 ms). It also
+answers its own errors in plain text, has no request line (414) or header count limit, reads
+a body (after a 100 Continue) before a 405 can be sent, and keeps HTTP/1.1 connections
+alive. A port of their own for the probes would need a listener that survives the same
+attack, and the read API would still need these limits.
 """
 
 from __future__ import annotations
