@@ -31,7 +31,7 @@ from prometheus_client import REGISTRY
 from worker import metrics
 from worker.config import Settings, load_settings
 from worker.rules.profiles import Profiles
-from worker.services.consumer import DRAIN_TIMEOUT
+from worker.kafka.relay import DRAIN_TIMEOUT
 from worker.state.store import Store
 from worker.web.api import Api
 from worker.web.server import serve
