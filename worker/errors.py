@@ -33,3 +33,8 @@ class DataLossError(StateError):
 class RedisRefusedError(ConfigError):
     """Redis refuses a command the worker needs (an ACL rule, a renamed or disabled
     command): one line naming it and the grant, exit code 2."""
+
+
+class UnavailableError(RfmError):
+    """A command cannot reach Kafka or Redis: one line naming it and its setting, exit
+    code 2."""

@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 from tests.factories import AS_OF, AS_OF_MS, valid_event
-from worker.cli import main, use_color
+from worker.cli import main
+from worker.commands.matrix import use_color
 from worker.embedded import EmbeddedRedis
 from worker.rules.profiles import Profiles
 from worker.rules.segments import STANDARD_SEGMENTS

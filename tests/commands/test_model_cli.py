@@ -159,7 +159,7 @@ def test_export_csv_has_the_p_alive_columns_empty_without_a_value() -> None:
     import csv
     import io
 
-    from worker.cli import _export_csv
+    from worker.commands.export import export_csv
     from worker.rules.messages import CustomerView
 
     base = dict.fromkeys(CustomerView.model_fields)
@@ -167,7 +167,7 @@ def test_export_csv_has_the_p_alive_columns_empty_without_a_value() -> None:
     modelled = {**base, "customer_id": "b", "p_alive": 0.25, "p_alive_band": 2}
     modelled["expected_orders"] = 1.5
     out = io.BytesIO()
-    _export_csv([plain, modelled], out)
+    export_csv([plain, modelled], out)
     rows = list(csv.DictReader(io.StringIO(out.getvalue().decode(), newline="")))
     assert list(rows[0]) == list(CustomerView.model_fields)
     assert list(rows[0])[-3:] == ["p_alive", "p_alive_band", "expected_orders"]

@@ -32,7 +32,7 @@ from tests.conftest import Deployment
 from tests.factories import DAY
 from tests.reference import DEFAULT, recompute
 from worker.cli import main
-from worker.commands.produce import Row, derived_event_id, open_source, rows
+from worker.commands.order_files import Row, derived_event_id, open_source, rows
 from worker.embedded import free_port
 from worker.errors import UsageError
 from worker.rules.events import Rejection, ValidEvent

@@ -1,1 +1,2 @@
-"""Commands besides `run`: the demo, produce (backfill), sweep --once and the JSON Schemas."""
+"""The `rfm-worker` commands, one module each: `add_parser` declares its arguments and sets
+its handler, which runs it (worker/cli.py builds the parser from them)."""

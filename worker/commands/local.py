@@ -9,16 +9,21 @@ Everything it prints on standard output is shell (comments and `export` lines), 
 
 from __future__ import annotations
 
+import argparse
 import shlex
 import signal
 import threading
 from collections.abc import Callable
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from worker.commands.arguments import add_broker
 from worker.embedded import BrokerKind, EmbeddedRedis, create_topics, start_broker
+
+if TYPE_CHECKING:
+    from worker.commands.arguments import Subparsers
 
 # The topics under their default names (RFM_*_TOPIC), partitioned as the demo's.
 TOPICS = {"orders": 4, "rfm.actions": 4, "orders.dlq": 1}
@@ -30,6 +35,24 @@ TOPIC_SETTINGS = {
 # Closing the terminal is a way of stopping too: the services' temporary folders are removed.
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
 CHECK_EVERY = 1.0  # seconds between looks at the children
+
+
+def add_parser(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "local",
+        help="the demo's broker and Redis with the three topics, until Ctrl-C: prints the "
+        "RFM_* settings for run, produce, sweep --once",
+        description="Start the embedded broker and Redis (as `rfm-worker demo` does, without "
+        "its worker and order stream), create the topics orders, rfm.actions and orders.dlq, "
+        "print the `export RFM_...` lines that point the other commands at them, and keep "
+        "them running until Ctrl-C or SIGTERM, which stops both. Everything is in memory.",
+    )
+    add_broker(p)
+    p.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    return run_local(broker=args.broker)
 
 
 def run_local(broker: BrokerKind = "tansu") -> int:

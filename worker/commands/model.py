@@ -11,18 +11,58 @@ by week, are set against the ones they made, before the split (calibration) and 
 
 from __future__ import annotations
 
+import argparse
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from worker.commands import context
+from worker.commands.arguments import positive
 from worker.errors import RfmError, UsageError
 from worker.rules import churn
+from worker.rules.churn import ChurnModel
 from worker.rules.instants import DAY_MS, iso
 from worker.rules.profiles import Profiles
 from worker.services import sampling
 from worker.services.churn_upkeep import CHURN_SAMPLE
 from worker.state.store import Store
+
+if TYPE_CHECKING:
+    from worker.commands.arguments import Subparsers
+
+
+def add_parser(sub: Subparsers) -> None:
+    p = sub.add_parser(
+        "model",
+        help="a profile's churn-model fit and a calibration/holdout check",
+        description="Print the stored churn-model fit of a profile (parameters in days, "
+        "log-likelihood, population, version, when) and a calibration/holdout check like the "
+        "BG/NBD paper's Figure 2: the model fitted on the orders before a split, its expected "
+        "repeat purchases per week against the actual ones (docs/churn.md). Read-only. "
+        "Exit 1 when the profile has no fit yet.",
+    )
+    p.add_argument("--profile", required=True, help="the profile (tenant) name")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.add_argument(
+        "--holdout-days",
+        type=positive,
+        help="days before now held out of the check's fit (default: churn_horizon_days)",
+    )
+    p.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    settings, profiles = context.environment()
+    with context.reading(settings, profiles) as read:
+        return run_model(
+            read.store,
+            profiles,
+            args.profile,
+            read.now(),
+            as_json=args.json,
+            holdout_days=args.holdout_days,
+        )
 
 
 def model_doc(
@@ -39,14 +79,35 @@ def model_doc(
     if fit is not None and fit.model != model:
         fit = None  # of the model the profile had before
     holdout = profile.churn_horizon_days if holdout_days is None else holdout_days
-    end_day = as_of_ms // DAY_MS + 1  # today included
-    split_day = end_day - holdout
     histories = [
         churn.purchase_days(agg.order_times)
         for chunk in sampling.sampled_aggregates(store.reads, name, profiles, sample=CHURN_SAMPLE)
         for agg in chunk
     ]
-    # The calibration fit: each customer as of the split (orders before it only).
+    return {
+        "profile": name,
+        "model": model,
+        "as_of": iso(as_of_ms),
+        "fit": None
+        if fit is None
+        else _fit_doc(fit.params, fit.log_likelihood)
+        | {
+            "population": fit.population,
+            "sampled": fit.sampled,
+            "version": fit.version,
+            "fitted_at": iso(fit.fitted_at),
+        },
+        "check": _check_doc(model, histories, as_of_ms, holdout),
+    }
+
+
+def _check_doc(
+    model: ChurnModel, histories: list[list[int]], as_of_ms: int, holdout: int
+) -> dict[str, Any]:
+    """The calibration/holdout check: the model fitted on each customer as of the split
+    (orders before it only), its expected weekly repeat purchases against the actual."""
+    end_day = as_of_ms // DAY_MS + 1  # today included
+    split_day = end_day - holdout
     rows = []
     for days in histories:
         before = [d for d in days if d < split_day]
@@ -62,39 +123,25 @@ def model_doc(
         else []
     )
     return {
-        "profile": name,
-        "model": model,
-        "as_of": iso(as_of_ms),
-        "fit": None
-        if fit is None
-        else _fit_doc(fit.params, fit.log_likelihood)
-        | {
-            "population": fit.population,
-            "sampled": fit.sampled,
-            "version": fit.version,
-            "fitted_at": iso(fit.fitted_at),
-        },
-        "check": {
-            "split_at": iso(split_day * DAY_MS),
-            "holdout_days": holdout,
-            "customers": len(rows),
-            "fit": _fit_doc(calibration.params, calibration.log_likelihood)
-            if isinstance(calibration, churn.Estimate)
-            else None,
-            "reason": calibration.reason if isinstance(calibration, churn.Failed) else None,
-            "weeks": [
-                {
-                    "week": k + 1,
-                    "starts": iso(w.start_day * DAY_MS)[:10],
-                    "period": "holdout" if w.holdout else "calibration",
-                    "actual": w.actual,
-                    "expected": round(w.expected, 3),
-                    "actual_cumulative": w.actual_cumulative,
-                    "expected_cumulative": round(w.expected_cumulative, 3),
-                }
-                for k, w in enumerate(weeks)
-            ],
-        },
+        "split_at": iso(split_day * DAY_MS),
+        "holdout_days": holdout,
+        "customers": len(rows),
+        "fit": _fit_doc(calibration.params, calibration.log_likelihood)
+        if isinstance(calibration, churn.Estimate)
+        else None,
+        "reason": calibration.reason if isinstance(calibration, churn.Failed) else None,
+        "weeks": [
+            {
+                "week": k + 1,
+                "starts": iso(w.start_day * DAY_MS)[:10],
+                "period": "holdout" if w.holdout else "calibration",
+                "actual": w.actual,
+                "expected": round(w.expected, 3),
+                "actual_cumulative": w.actual_cumulative,
+                "expected_cumulative": round(w.expected_cumulative, 3),
+            }
+            for k, w in enumerate(weeks)
+        ],
     }
 
 

@@ -1,8 +1,12 @@
-"""JSON Schemas of the public records, generated from the pydantic models into schemas/."""
+"""`rfm-worker schemas [--check] [--dir DIR]`: the JSON Schemas of the public records,
+generated from the pydantic models into schemas/ (or checked against them)."""
 
 from __future__ import annotations
 
+import argparse
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import orjson
 from pydantic import BaseModel
@@ -10,12 +14,39 @@ from pydantic import BaseModel
 from worker.rules.events import OrderEvent
 from worker.rules.messages import CustomerView, RfmChanged, RfmOverdue
 
+if TYPE_CHECKING:
+    from worker.commands.arguments import Subparsers
+
 SCHEMAS: dict[str, type[BaseModel]] = {
     "order-event.json": OrderEvent,
     "rfm-changed.json": RfmChanged,
     "rfm-overdue.json": RfmOverdue,
     "customer-view.json": CustomerView,
 }
+
+
+def add_parser(sub: Subparsers) -> None:
+    p = sub.add_parser("schemas", help="write (or verify) schemas/*.json")
+    p.add_argument("--check", action="store_true", help="fail if a file differs")
+    p.add_argument("--dir", type=Path, default=Path("schemas"))
+    p.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    directory: Path = args.dir
+    if args.check:
+        stale = check(directory)
+        if stale:
+            print(
+                f"schemas out of date: {', '.join(stale)} (run: rfm-worker schemas)",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"schemas up to date ({len(SCHEMAS)} files)")
+        return 0
+    for path in write(directory):
+        print(f"wrote {path}")
+    return 0
 
 
 def render(model: type[BaseModel]) -> bytes:

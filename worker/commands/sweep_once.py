@@ -8,9 +8,12 @@ their changes (docs/architecture.md).
 
 from __future__ import annotations
 
+import argparse
 import contextlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from worker.commands import context
+from worker.commands.arguments import instant
 from worker.config import Settings
 from worker.errors import RfmError, UsageError
 from worker.kafka import clients
@@ -20,6 +23,27 @@ from worker.rules.profiles import Profiles
 from worker.services.sweeper import Sweeper
 from worker.state import connection, permissions
 from worker.state.store import Committed, Store
+
+if TYPE_CHECKING:
+    from worker.commands.arguments import Subparsers
+
+
+def add_parser(sub: Subparsers) -> None:
+    p = sub.add_parser("sweep", help="one decay sweep; publishes its changes before exiting")
+    p.add_argument("--once", action="store_true", required=True, help="one sweep, then exit")
+    p.add_argument(
+        "--as-of",
+        type=instant,
+        help="sweep at this RFC 3339 instant, or date (2026-03-01: midnight UTC) (never ahead "
+        "of now; with RFM_CLOCK=event, never before the event clock, which it moves forward)",
+    )
+    p.set_defaults(handler=handle)
+
+
+def handle(args: argparse.Namespace) -> int:
+    settings, profiles = context.environment()
+    with context.reachable(settings):
+        return run_once(settings, profiles, args.as_of)
 
 
 def run_once(settings: Settings, profiles: Profiles, as_of_ms: int | None) -> int:

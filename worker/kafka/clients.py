@@ -197,3 +197,17 @@ def produce(
             return
         except BufferError:
             producer.poll(0.05)
+
+
+def plain_producer(bootstrap: str) -> Producer:
+    """An idempotent producer of a broker named directly, without the settings (the demo's
+    order stream)."""
+    return Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
+
+
+def plain_consumer(bootstrap: str, group: str) -> Consumer:
+    """A consumer of a broker named directly, without the settings, that commits nothing
+    (the demo's tail, assigned its partitions: no group join to wait for)."""
+    return Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": group, "enable.auto.commit": False}
+    )

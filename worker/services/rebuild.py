@@ -1,4 +1,5 @@
-"""`rfm-worker rebuild`: replay the orders topic from its start into a clean state.
+"""The replay of `rfm-worker rebuild` (worker/commands/rebuild.py): the orders topic from
+its start into a clean state.
 
 For when Redis lost its data (the worker refuses to consume then, and says so). Every
 worker must be stopped. The rebuild deletes what is left of the rfm-worker keys, consumes
@@ -15,18 +16,17 @@ from __future__ import annotations
 
 import logging
 import sys
+from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, KafkaError, KafkaException, TopicPartition
-
 from worker.config import Settings
-from worker.errors import RfmError, UsageError
-from worker.kafka import clients
+from worker.errors import RfmError
+from worker.kafka import KafkaException, clients, replay
 from worker.rules.events import ValidEvent, validate
 from worker.rules.instants import wall_ms
 from worker.rules.profiles import Profiles
 from worker.services import causes
-from worker.state import connection, keys, permissions
+from worker.state import keys, permissions
 from worker.state.store import Store
 
 logger = logging.getLogger(__name__)
@@ -34,22 +34,24 @@ logger = logging.getLogger(__name__)
 BATCH = 2000
 
 
-def rebuild(settings: Settings, profiles: Profiles, *, confirmed: bool) -> int:
-    with connection.opened_store(settings) as store:
-        return _rebuild(store, settings, profiles, confirmed=confirmed)
+@dataclass(frozen=True, slots=True)
+class Rebuilt:
+    """What a rebuild did."""
+
+    ends: dict[int, int]  # partition -> the next offset, where the group resumes
+    events: int  # applied
+    rejected: int  # invalid, skipped
+    wiped: int  # old keys deleted
 
 
-def _rebuild(store: Store, settings: Settings, profiles: Profiles, *, confirmed: bool) -> int:
+def rebuild(store: Store, settings: Settings, profiles: Profiles) -> Rebuilt:
+    """Delete the state `store` holds and replay the orders topic into it (every worker
+    must be stopped: the command asks first)."""
     # Read to the end of every partition: the end is where the consumer reports EOF, not
     # a watermark asked for up front (some Kafka-protocol brokers report those loosely).
     consumer = clients.consumer(settings, {"enable.partition.eof": "true"})
     topic = settings.orders_topic
     try:
-        if store.reads.holds_customers() and not confirmed:
-            raise UsageError(
-                "Redis still holds rfm-worker state; a rebuild deletes all of it first. "
-                "Stop every worker, then run `rfm-worker rebuild --yes`"
-            )
         permissions.self_test(store.redis)  # a refused command: named before the wipe
         wiped = store.server.wipe()
         incarnation = clients.topic_id(clients.admin(settings), topic)
@@ -59,10 +61,7 @@ def _rebuild(store: Store, settings: Settings, profiles: Profiles, *, confirmed:
         store.applied.mark({p: (keys.applied_field(topic, p), end) for p, end in ends.items()})
         store.marking.record_done(profiles.versions())
         try:
-            consumer.commit(
-                offsets=[TopicPartition(topic, p, end) for p, end in ends.items() if end > 0],
-                asynchronous=False,
-            )
+            replay.commit_offsets(consumer, topic, ends)
         except KafkaException as exc:
             raise RfmError(
                 f"the state is rebuilt, but the offsets of group {settings.kafka_group} could "
@@ -70,12 +69,7 @@ def _rebuild(store: Store, settings: Settings, profiles: Profiles, *, confirmed:
             ) from None
     finally:
         consumer.close()
-    print(
-        f"rebuilt from {topic}: {events} event(s) replayed ({rejected} invalid, skipped), "
-        f"{wiped} old key(s) deleted; group {settings.kafka_group} resumes at "
-        + ", ".join(f"[{p}]@{end}" for p, end in sorted(ends.items()))
-    )
-    return 0
+    return Rebuilt(ends, events, rejected, wiped)
 
 
 def _partitions(consumer: Any, topic: str) -> list[int]:
@@ -93,7 +87,7 @@ def _replay(
     topic = settings.orders_topic
     ends = dict.fromkeys(_partitions(consumer, topic), 0)
     remaining = set(ends)
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in remaining])
+    replay.assign_from_start(consumer, topic, remaining)
     applied = rejected = 0
     warned: set[int] = set()
     while remaining:
@@ -101,8 +95,8 @@ def _replay(
         now = wall_ms()
         for msg in consumer.consume(BATCH, 1.0):
             p = msg.partition()
-            if msg.error():
-                if msg.error().code() == KafkaError._PARTITION_EOF:
+            if error := msg.error():
+                if replay.at_partition_end(error):
                     remaining.discard(p)
                 continue
             if ends[p] == 0 and msg.offset() > 0 and p not in warned:
