@@ -30,8 +30,8 @@ from prometheus_client import REGISTRY
 
 from worker import metrics
 from worker.config import Settings, load_settings
-from worker.rules.profiles import Profiles
 from worker.kafka.relay import DRAIN_TIMEOUT
+from worker.rules.profiles import Profiles
 from worker.state.store import Store
 from worker.web.api import Api
 from worker.web.server import serve
