@@ -161,7 +161,7 @@ class Profile(BaseModel):
     quantiles_every_minutes: StrictInt = Field(default=60, gt=0)
     quantiles_sample: StrictInt = Field(default=100_000, ge=100)
     overdue_factor: float = Field(default=2.0, ge=0)
-    # The churn model (worker/rules/churn.py, docs/churn.md): none unless named.
+    # The churn model (worker/rules/churn/, docs/churn.md): none unless named.
     churn_model: ChurnModel | None = None
     churn_horizon_days: StrictInt = Field(default=90, gt=0)
     p_alive_bands: list[float] = Field(
