@@ -27,7 +27,8 @@ from worker.rules.events import ValidEvent
 from worker.rules.instants import DAY_MS, iso
 from worker.rules.messages import RfmChanged, RfmOverdue
 from worker.rules.money import to_units
-from worker.rules.profiles import BUILTIN_DEFAULT, Profile, Profiles
+from worker.rules.profile import BUILTIN_DEFAULT, Profile
+from worker.rules.profiles import Profiles
 from worker.rules.scoring import score
 
 DAY = DAY_MS

@@ -24,7 +24,7 @@ from itertools import pairwise
 from worker.rules import churn
 from worker.rules.aggregates import Aggregates
 from worker.rules.instants import DAY_MS
-from worker.rules.profiles import Profile
+from worker.rules.profile import Profile
 
 MIN_OVERDUE_ORDERS = 3
 # Instants past 9999-12-31 are never reached (and would not survive a double in Redis).

@@ -27,7 +27,7 @@ from worker.rules.customer import Customer, Published
 from worker.rules.decay import next_due, overdue_pending, rhythm
 from worker.rules.events import ValidEvent
 from worker.rules.messages import CAUSE_OF_EVENT, Cause, rfm_changed, rfm_overdue
-from worker.rules.profiles import Profile
+from worker.rules.profile import Profile
 from worker.rules.scoring import Score, days_between, score
 from worker.rules.triggers import fired, fired_overdue
 
