@@ -20,7 +20,7 @@ from worker.rules.events import ValidEvent
 from worker.rules.instants import DAY_MS
 from worker.rules.orders import Order, merge
 from worker.rules.orders import Outcome as Outcome  # imported from here too
-from worker.rules.stored_orders import common_unit, read_orders, stored_entry, stored_form
+from worker.rules.stored_orders import common_unit, stored_entry, stored_form
 
 # A long history: from this many orders a customer keeps what it derives from them up to
 # date (the sorted gaps, the stored form; an event costs O(log orders), not a pass over
@@ -271,32 +271,52 @@ class Customer:
         if not blob:
             return cls(tenant, customer_id)
         doc = orjson.loads(blob)
-        get = doc.get  # bound once: a dozen look-ups per event
         # "q": ages at "b", else at "t", else instants; "r": ages at "t"; "o": instants
         # (never scored, or written before ages existed). See `encode`.
         if "q" in doc:
-            base, raw_orders = get("b", get("t")), doc["q"]
+            base, raw_orders = doc.get("b", doc.get("t")), doc["q"]
         elif "r" in doc:
             base, raw_orders = doc["t"], doc["r"]
         else:
             base, raw_orders = None, doc["o"]
-        u = get("u", 1)  # the unit amounts are written in (see `encode`)
-        # the aggregates too, in the same pass (see `aggregates`)
-        orders, times, monetary = read_orders(raw_orders, base, u)
-        s = get("s")
+        u = doc.get("u", 1)  # the unit amounts are written in (see `encode`)
+        orders: dict[str, Order] = {}
+        times: list[int] = []  # the aggregates too, in the same pass (see `aggregates`)
+        monetary = 0
+        for oid, raw in raw_orders.items():
+            at, amount = raw[0], raw[1]
+            if at is not None and base is not None:
+                at = base - at
+            if len(raw) == 2 and amount is not None:  # the common case: placed, no refund
+                amount *= u
+                orders[oid] = Order(at, amount)
+                if at is not None:
+                    times.append(at)
+                    monetary += amount
+                continue
+            refunds = raw[2] or None
+            if refunds and u != 1:
+                refunds = {digest: value * u for digest, value in refunds.items()}
+            order = orders[oid] = Order(
+                at, None if amount is None else amount * u, refunds, len(raw) > 3
+            )
+            if (counted := order.counted_as) is not None:
+                times.append(counted[0])
+                monetary += counted[1]
+        s = doc.get("s")
         published = (
             None if not s else Published(s[0], s[1], s[2], s[3], s[4] if len(s) > 4 else None)
         )
-        z = get("z")
+        z = doc.get("z")
         customer = cls(
             tenant,
             customer_id,
             orders,
             published,
-            get("p"),
-            get("t"),
-            get("a"),
-            get("v"),
+            doc.get("p"),
+            doc.get("t"),
+            doc.get("a"),
+            doc.get("v"),
             None if z is None else Folded(z[0], z[1], z[2], z[3], z[4]),
         )
         times.sort()

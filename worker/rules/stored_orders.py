@@ -1,12 +1,15 @@
 """The orders as a customer's stored record holds them (worker/rules/customer.py `encode`):
 per order [placed_at, amount], + refunds when any, + 1 when cancelled; placed_at as its age
 at a base instant once the customer has been scored, amounts in the coarsest unit that
-keeps them exact. Pure."""
+keeps them exact. Pure.
+
+They are read back in Customer.decode itself, in the pass that also gathers the
+aggregates: every event decodes a customer, and a call per customer shows there.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 from worker.rules.orders import Order
 
@@ -27,41 +30,6 @@ def stored_form(orders: Mapping[str, Order], base: int | None) -> tuple[StoredOr
         assert entry is not None  # the unit divides every amount
         stored[oid] = entry
     return stored, unit
-
-
-def read_orders(
-    raw_orders: Mapping[str, Any],
-    base: int | None,
-    unit: int,  # Any: as orjson read them
-) -> tuple[dict[str, Order], list[int], int]:
-    """The orders of their stored form (ages at `base`, None: instants; amounts in `unit`),
-    with the counted ones' times (unsorted) and net spend, read in the same pass."""
-    ages = base is not None
-    t = base or 0
-    u = unit
-    orders: dict[str, Order] = {}
-    times: list[int] = []
-    monetary = 0
-    for oid, raw in raw_orders.items():
-        at, amount = raw[0], raw[1]
-        if at is not None and ages:
-            at = t - at
-        if len(raw) == 2 and amount is not None:  # the common case: placed, no refund
-            orders[oid] = Order(at, amount * u)
-            if at is not None:
-                times.append(at)
-                monetary += amount * u
-            continue
-        refunds = raw[2] or None
-        if refunds and u != 1:
-            refunds = {digest: value * u for digest, value in refunds.items()}
-        order = orders[oid] = Order(
-            at, None if amount is None else amount * u, refunds, len(raw) > 3
-        )
-        if (counted := order.counted_as) is not None:
-            times.append(counted[0])
-            monetary += counted[1]
-    return orders, times, monetary
 
 
 def stored_entry(order: Order, base: int | None, unit: int) -> list[object] | None:
