@@ -18,7 +18,8 @@ from typing import Any
 import orjson
 
 from worker.rules.events import ValidEvent, validate
-from worker.rules.profiles import Profile, Profiles
+from worker.rules.profile import Profile
+from worker.rules.profiles import Profiles
 
 # The instant the store, CLI and HTTP tests score at (a midnight, UTC).
 AS_OF = datetime(2026, 6, 1, tzinfo=UTC)

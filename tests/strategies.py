@@ -32,7 +32,8 @@ from tests.factories import DAY_MS
 from worker.rules.aggregates import Aggregates
 from worker.rules.decay import rhythm
 from worker.rules.events import ValidEvent, validate
-from worker.rules.profiles import Profile, Profiles
+from worker.rules.profile import Profile
+from worker.rules.profiles import Profiles
 from worker.rules.scoring import Score, score
 from worker.services import causes
 from worker.state.store import Store

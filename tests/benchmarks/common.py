@@ -50,7 +50,8 @@ from worker.embedded.apache_kafka import ApacheKafka, missing_tools
 from worker.kafka.clients import produce
 from worker.rules.events import ValidEvent
 from worker.rules.instants import DAY_MS, iso, wall_ms
-from worker.rules.profiles import DEFAULT_TENANT, Profiles
+from worker.rules.profile import DEFAULT_TENANT
+from worker.rules.profiles import Profiles
 from worker.services import causes
 from worker.state import keys
 from worker.state.store import Store

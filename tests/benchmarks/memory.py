@@ -24,7 +24,8 @@ from typing import Any
 
 from common import Config, Row, Section, Stack, customer_ids, days_ago, preload, say
 
-from worker.rules.profiles import DEFAULT_TENANT, Profiles
+from worker.rules.profile import DEFAULT_TENANT
+from worker.rules.profiles import Profiles
 from worker.state import keys
 
 SAMPLE = 1_000

@@ -42,10 +42,12 @@ from typing import Any
 import redis
 
 from worker.embedded import EmbeddedRedis
-from worker.rules.customer import Customer, Order, Published
+from worker.rules.customer import Customer, Published
 from worker.rules.decay import next_due, rhythm
 from worker.rules.instants import DAY_MS
-from worker.rules.profiles import Profile, Profiles
+from worker.rules.orders import Order
+from worker.rules.profile import Profile
+from worker.rules.profiles import Profiles
 from worker.rules.scoring import score
 from worker.services.sweeper import Sweep, Sweeper, zsets
 from worker.state import keys

@@ -62,7 +62,8 @@ from worker.config import Settings
 from worker.kafka import clients
 from worker.rules.events import Rejection, ValidEvent, validate
 from worker.rules.instants import wall_ms
-from worker.rules.profiles import DEFAULT_TENANT, Profiles
+from worker.rules.profile import DEFAULT_TENANT
+from worker.rules.profiles import Profiles
 from worker.services import causes
 from worker.state.store import Store
 

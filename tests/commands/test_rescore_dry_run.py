@@ -21,9 +21,10 @@ from tests.factories import AS_OF, AS_OF_MS, DAY_MS
 from tests.reference import recompute
 from worker.cli import main
 from worker.embedded import EmbeddedRedis
-from worker.rules.customer import Customer, Order, Published
+from worker.rules.customer import Customer, Published
 from worker.rules.events import ValidEvent, validate
 from worker.rules.money import to_units
+from worker.rules.orders import Order
 from worker.rules.profiles import Profiles
 from worker.rules.rescore import decide, dry_run_doc, render, transitions
 from worker.services import causes

@@ -1,4 +1,4 @@
-"""The churn model (worker/rules/churn.py) against an independent implementation, the
+"""The churn model (worker/rules/churn/) against an independent implementation, the
 `lifetimes` package, and against the published estimates of Fader, Hardie & Lee (2005) on
 the CDNOW sample, which the `lifetimes` wheel ships (nothing is downloaded).
 """

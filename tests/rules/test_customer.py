@@ -11,9 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from worker.rules.customer import LONG_HISTORY, Customer, Order, Published
+from worker.rules.customer import LONG_HISTORY, Customer, Published
 from worker.rules.events import ValidEvent
 from worker.rules.money import to_units
+from worker.rules.orders import Order
 
 T0 = 1_793_000_000_000  # epoch ms
 DAY = 86_400_000

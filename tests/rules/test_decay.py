@@ -20,14 +20,16 @@ from hypothesis import strategies as st
 from tests.factories import PIZZERIA, valid_event
 from tests.strategies import T0, first_change, histories, instants, key
 from worker.rules.aggregates import Aggregates
-from worker.rules.customer import Customer, Order, Published
+from worker.rules.customer import Customer, Published
 from worker.rules.decay import MAX_DUE_MS, MIN_OVERDUE_ORDERS, next_due, overdue_pending, rhythm
 from worker.rules.engine import Change, Result, apply_events, decay
 from worker.rules.events import ValidEvent
 from worker.rules.instants import DAY_MS, iso
 from worker.rules.messages import RfmChanged, RfmOverdue
 from worker.rules.money import to_units
-from worker.rules.profiles import BUILTIN_DEFAULT, Profile, Profiles
+from worker.rules.orders import Order
+from worker.rules.profile import BUILTIN_DEFAULT, Profile
+from worker.rules.profiles import Profiles
 from worker.rules.scoring import score
 
 DAY = DAY_MS

@@ -15,7 +15,7 @@ from worker.rules.engine import Change, Result, apply_events, rescore
 from worker.rules.events import ValidEvent
 from worker.rules.messages import RfmChanged
 from worker.rules.money import to_units
-from worker.rules.profiles import Profile
+from worker.rules.profile import Profile
 
 DAY = 86_400_000
 AS_OF = int(datetime(2026, 11, 20, 18, 30, tzinfo=UTC).timestamp()) * 1000

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from worker.errors import ConfigError, ProfileError
-from worker.rules.profiles import BUILTIN_DEFAULT, Profile, Profiles
+from worker.rules.profile import BUILTIN_DEFAULT, Profile
+from worker.rules.profiles import Profiles
 from worker.rules.segments import STANDARD_MAP
 
 # The documented example, without its (deliberately partial) custom segment map.

@@ -26,7 +26,7 @@ from tests.strategies import (
     scenarios,
 )
 from worker.embedded import EmbeddedRedis
-from worker.rules.profiles import Profile
+from worker.rules.profile import Profile
 from worker.state import keys
 from worker.state.keys import SHARDS
 from worker.state.store import Store

@@ -27,7 +27,8 @@ from worker.rules.aggregates import Aggregates
 from worker.rules.decay import next_due
 from worker.rules.instants import DAY_MS
 from worker.rules.money import to_units
-from worker.rules.profiles import Profile, Profiles
+from worker.rules.profile import Profile
+from worker.rules.profiles import Profiles
 from worker.rules.quantiles import Cuts, cut_points, quintile_cuts
 from worker.rules.scoring import at_least_score, recency_score, score
 from worker.services import causes, sampling

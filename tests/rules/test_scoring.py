@@ -10,7 +10,7 @@ import pytest
 from tests.factories import PIZZERIA
 from worker.rules.aggregates import Aggregates
 from worker.rules.money import to_units
-from worker.rules.profiles import Profile
+from worker.rules.profile import Profile
 from worker.rules.scoring import (
     DAY_MS,
     at_least_score,

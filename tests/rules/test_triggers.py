@@ -32,7 +32,9 @@ from worker.rules.engine import Change, apply_events, decay
 from worker.rules.events import ValidEvent
 from worker.rules.messages import RfmChanged, RfmOverdue
 from worker.rules.money import to_units
-from worker.rules.profiles import Profile, Profiles, TriggerSpec
+from worker.rules.profile import Profile
+from worker.rules.profile_specs import TriggerSpec
+from worker.rules.profiles import Profiles
 from worker.rules.triggers import fired, fired_overdue
 from worker.services import causes
 from worker.state.store import Committed, Store

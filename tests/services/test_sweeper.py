@@ -22,7 +22,8 @@ from hypothesis import strategies as st
 from tests.factories import CHANGED_PROFILES, DAY_MS, placed_at
 from tests.strategies import AS_OF_MS, PROFILES, Spec, apply_batches, recompute, scenarios
 from worker.embedded import EmbeddedRedis
-from worker.rules.customer import Customer, Order, Published
+from worker.rules.customer import Customer, Published
+from worker.rules.orders import Order
 from worker.rules.profiles import Profiles
 from worker.services import causes
 from worker.services.sweeper import Sweeper

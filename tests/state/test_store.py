@@ -14,8 +14,9 @@ from redis.crc import key_slot
 
 from tests.factories import AS_OF, AS_OF_MS, DAY, valid_event
 from worker.errors import StateError
-from worker.rules.customer import LONG_HISTORY, Customer, Order
+from worker.rules.customer import LONG_HISTORY, Customer
 from worker.rules.events import ValidEvent
+from worker.rules.orders import Order
 from worker.rules.profiles import Profiles
 from worker.services import causes, sampling
 from worker.state import keys

@@ -1,25 +1,16 @@
-"""Per-customer state: the distinct orders seen, merged order-independently. Pure.
+"""A customer's state: its orders, what scoring derives from them, and its stored record,
+a compact JSON blob (one Redis string per customer). Pure.
 
-The state is a function of the *set* of distinct events: applying the same events in any
-order, any number of times, gives the same orders map. That is what makes redelivery,
-retries after timeouts and replays harmless without any offset bookkeeping.
-
-- order_placed: one order per order_id. If two different placed events claim the same
-  order, the smallest (occurred_at, amount) wins, so the winner does not depend on arrival.
-- order_cancelled: the order is flagged cancelled and stops counting for F, M and R; its
-  placed and refund events are still merged (so their redeliveries are recognised as
-  duplicates) but, whenever they arrive, they change nothing a score can see.
-- order_refunded: refunds are kept per refund event (by a digest of its event_id) so the
-  same refund counts once; an order's value is max(0, amount - refunds).
+Each order merges its events order-independently (worker/rules/orders.py), so the state is
+a function of the set of distinct events; how the record stores the orders:
+worker/rules/stored_orders.py.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right, insort
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from itertools import pairwise
-from typing import Literal
 
 import orjson
 
@@ -27,8 +18,9 @@ from worker import jsonbytes
 from worker.rules.aggregates import Aggregates
 from worker.rules.events import ValidEvent
 from worker.rules.instants import DAY_MS
-
-Outcome = Literal["applied", "duplicate"]
+from worker.rules.orders import Order, merge
+from worker.rules.orders import Outcome as Outcome  # imported from here too
+from worker.rules.stored_orders import common_unit, stored_entry, stored_form
 
 # A long history: from this many orders a customer keeps what it derives from them up to
 # date (the sorted gaps, the stored form; an event costs O(log orders), not a pass over
@@ -40,57 +32,6 @@ REBASE_MS = 30 * DAY_MS  # a long history's entries are ages at a commit this re
 # the state and the cost of an event stop growing. See docs/architecture.md "Guarantees".
 MAX_ORDERS = 10_000
 FOLD_CHUNK = 1_000
-
-
-@dataclass(slots=True)
-class Order:
-    placed_at: int | None = None  # epoch ms of the kept order_placed
-    amount: int | None = None  # money units (worker.rules.money)
-    refunds: dict[str, int] | None = None  # refund digest -> units; None until one arrives
-    cancelled: bool = False
-
-    @property
-    def counted(self) -> bool:
-        return self.placed_at is not None and not self.cancelled
-
-    @property
-    def counted_as(self) -> tuple[int, int] | None:
-        """(placed_at, value) while the order counts; None when it does not."""
-        if self.placed_at is None or self.cancelled:
-            return None
-        return self.placed_at, self.value
-
-    @property
-    def value(self) -> int:
-        if self.refunds is None:
-            return self.amount or 0
-        return max(0, (self.amount or 0) - sum(self.refunds.values()))
-
-
-def _merge(order: Order, event: ValidEvent) -> Outcome:
-    """Merge one event into its order (the rules in the module docstring)."""
-    kind = event.type
-    if kind == "order_cancelled":
-        if order.cancelled:
-            return "duplicate"
-        order.cancelled = True
-        return "applied"
-    assert event.amount is not None  # validated for placed and refunded
-    if kind == "order_placed":
-        if order.placed_at is not None:
-            assert order.amount is not None
-            if (event.occurred_at, event.amount) >= (order.placed_at, order.amount):
-                return "duplicate"
-        order.placed_at, order.amount = event.occurred_at, event.amount
-        return "applied"
-    # order_refunded
-    digest = event.digest
-    if order.refunds is None:
-        order.refunds = {}
-    elif digest in order.refunds:
-        return "duplicate"
-    order.refunds[digest] = event.amount
-    return "applied"
 
 
 @dataclass(slots=True)  # not frozen: built per event, and frozen costs 3x
@@ -166,7 +107,7 @@ class Customer:
                 return "applied"
             order = self.orders[event.order_id] = Order()
         before, amount = order.counted_as, order.amount
-        outcome = _merge(order, event)
+        outcome = merge(order, event)
         if outcome == "applied":
             if self._times is not None:
                 self._move(before, order.counted_as)
@@ -209,7 +150,7 @@ class Customer:
     def _store(self, order_id: str, order: Order) -> None:
         """Keep the stored form of the orders in step with one changed order."""
         assert self._stored is not None
-        entry = _entry(order, self._base, self._unit)
+        entry = stored_entry(order, self._base, self._unit)
         if entry is None:  # an amount finer than the unit: rebuild in a finer one
             self._stored = None
         else:
@@ -321,17 +262,7 @@ class Customer:
 
     def _rebuild_stored(self, base: int | None) -> tuple[dict[str, list[object]], int | None]:
         """Every order's stored form, as ages at `base` in the coarsest exact unit."""
-        unit = _common_unit(self.orders.values())
-        stored: dict[str, list[object]] = {}
-        for oid, order in self.orders.items():
-            at, amount = order.placed_at, order.amount
-            if order.refunds is None and not order.cancelled and amount is not None:
-                # the common case, inline: a placed order without refunds
-                stored[oid] = [at if base is None or at is None else base - at, amount // unit]
-                continue
-            entry = _entry(order, base, unit)
-            assert entry is not None  # the unit divides every amount
-            stored[oid] = entry
+        stored, unit = stored_form(self.orders, base)
         self._stored, self._base, self._unit = stored, base, unit
         return stored, base
 
@@ -348,21 +279,20 @@ class Customer:
             base, raw_orders = doc["t"], doc["r"]
         else:
             base, raw_orders = None, doc["o"]
-        ages = base is not None
-        t = base or 0
         u = doc.get("u", 1)  # the unit amounts are written in (see `encode`)
         orders: dict[str, Order] = {}
         times: list[int] = []  # the aggregates too, in the same pass (see `aggregates`)
         monetary = 0
         for oid, raw in raw_orders.items():
             at, amount = raw[0], raw[1]
-            if at is not None and ages:
-                at = t - at
+            if at is not None and base is not None:
+                at = base - at
             if len(raw) == 2 and amount is not None:  # the common case: placed, no refund
-                orders[oid] = Order(at, amount * u)
+                amount *= u
+                orders[oid] = Order(at, amount)
                 if at is not None:
                     times.append(at)
-                    monetary += amount * u
+                    monetary += amount
                 continue
             refunds = raw[2] or None
             if refunds and u != 1:
@@ -394,7 +324,7 @@ class Customer:
         # A long history keeps the entries as read, which are as `encode` writes them
         # unless the blob predates "u" and its amounts have a coarser unit than money
         # units (then rebuilt on its next commit). A short one is rebuilt at each commit.
-        if len(orders) >= LONG_HISTORY and (u != 1 or _common_unit(orders.values()) == 1):
+        if len(orders) >= LONG_HISTORY and (u != 1 or common_unit(orders.values()) == 1):
             customer._stored, customer._base, customer._unit = raw_orders, base, u
         return customer
 
@@ -416,42 +346,3 @@ def _regap(gaps: list[int], times: list[int], i: int, j: int, at: int, entering:
         del gaps[bisect_left(gaps, gap)]
     for gap in added:
         insort(gaps, gap)
-
-
-def _entry(order: Order, base: int | None, unit: int) -> list[object] | None:
-    """The order as the blob stores it (ages at `base`, amounts in `unit`), or None if an
-    amount is not a multiple of `unit`."""
-    at, amount, refunds = order.placed_at, order.amount, order.refunds
-    if base is not None and at is not None:
-        at = base - at
-    if unit != 1:
-        if amount is not None:
-            if amount % unit:
-                return None
-            amount //= unit
-        if refunds:
-            if any(value % unit for value in refunds.values()):
-                return None
-            refunds = {digest: value // unit for digest, value in refunds.items()}
-    if order.cancelled:
-        return [at, amount, refunds or {}, 1]
-    if refunds:
-        return [at, amount, refunds]
-    return [at, amount]
-
-
-def _common_unit(orders: Iterable[Order]) -> int:
-    """The coarsest of 10,000, 100 and 1 money units that divides every amount and
-    refund of these orders."""
-    u = 10_000
-    for order in orders:
-        if order.amount is not None:
-            while order.amount % u:
-                u //= 100
-        if order.refunds:
-            for value in order.refunds.values():
-                while value % u:
-                    u //= 100
-        if u == 1:
-            break
-    return u

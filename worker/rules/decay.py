@@ -3,7 +3,7 @@
 Pure. With no new order, time can only lower R (a recency boundary passes) and, with a
 frequency window, lower F (an order leaves the window); M never moves by itself. With a
 churn model, P(alive) falls as the customer's silence grows: its band drops at a UTC
-midnight computed from the fit (worker/rules/churn.py `day_below`). So the
+midnight computed from the fit (worker/rules/churn/prediction.py `day_below`). So the
 instant of a customer's next visible change is known in advance: `next_due` computes it,
 the store keeps every customer in a due index under that instant, and a sweep reads only
 the customers whose instant has come.
@@ -24,7 +24,7 @@ from itertools import pairwise
 from worker.rules import churn
 from worker.rules.aggregates import Aggregates
 from worker.rules.instants import DAY_MS
-from worker.rules.profiles import Profile
+from worker.rules.profile import Profile
 
 MIN_OVERDUE_ORDERS = 3
 # Instants past 9999-12-31 are never reached (and would not survive a double in Redis).

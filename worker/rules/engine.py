@@ -23,11 +23,12 @@ from functools import lru_cache
 from hashlib import blake2b
 from typing import Literal
 
+from worker.rules.aggregates import Aggregates
 from worker.rules.customer import Customer, Published
-from worker.rules.decay import next_due, overdue_pending, rhythm
+from worker.rules.decay import Rhythm, next_due, overdue_pending, rhythm
 from worker.rules.events import ValidEvent
 from worker.rules.messages import CAUSE_OF_EVENT, Cause, rfm_changed, rfm_overdue
-from worker.rules.profiles import Profile
+from worker.rules.profile import Profile
 from worker.rules.scoring import Score, days_between, score
 from worker.rules.triggers import fired, fired_overdue
 
@@ -161,36 +162,7 @@ def decay(
         and overdue_pending(rh, agg, customer.alerted)
     ):
         customer.alerted = agg.last_order_at
-        current = score(agg, as_of_ms, profile)
-        names = fired_overdue(profile.triggers, current)
-        result.changes.append(
-            Change(
-                tenant=customer.tenant,
-                customer_id=customer.customer_id,
-                cause="decay",
-                from_segment=None,
-                to_segment=None,
-                payload=rfm_overdue(
-                    # one alert per silence: the silence is the last order's
-                    change_id=change_id(
-                        customer.tenant, customer.customer_id, "rfm.overdue", agg.last_order_at
-                    ),
-                    tenant=customer.tenant,
-                    customer_id=customer.customer_id,
-                    as_of_ms=as_of_ms,
-                    last_order_at_ms=agg.last_order_at,
-                    median_gap_ms=rh.median_gap_ms,
-                    median_gap_days=rh.median_gap_days,
-                    silent_days=days_between(agg.last_order_at, as_of_ms),
-                    current=current,
-                    emitted_at_ms=now_ms,
-                    triggers=names,
-                ),
-                kind="rfm.overdue",
-                triggers=names,
-                profile=profile.name,
-            )
-        )
+        result.changes.append(_overdue_alert(customer, agg, rh, profile, as_of_ms, now_ms))
     if result.changes:
         result.dirty = True
         customer.scored_at = as_of_ms
@@ -199,6 +171,45 @@ def decay(
         customer.version = profile.version
     result.due = next_due(agg, profile, as_of_ms, customer.alerted)
     return result
+
+
+def _overdue_alert(
+    customer: Customer,
+    agg: Aggregates,
+    rh: Rhythm,
+    profile: Profile,
+    as_of_ms: int,
+    now_ms: int,
+) -> Change:
+    """The rfm.overdue alert of the customer's current silence."""
+    current = score(agg, as_of_ms, profile)
+    names = fired_overdue(profile.triggers, current)
+    return Change(
+        tenant=customer.tenant,
+        customer_id=customer.customer_id,
+        cause="decay",
+        from_segment=None,
+        to_segment=None,
+        payload=rfm_overdue(
+            # one alert per silence: the silence is the last order's
+            change_id=change_id(
+                customer.tenant, customer.customer_id, "rfm.overdue", agg.last_order_at
+            ),
+            tenant=customer.tenant,
+            customer_id=customer.customer_id,
+            as_of_ms=as_of_ms,
+            last_order_at_ms=agg.last_order_at,
+            median_gap_ms=rh.median_gap_ms,
+            median_gap_days=rh.median_gap_days,
+            silent_days=days_between(agg.last_order_at, as_of_ms),
+            current=current,
+            emitted_at_ms=now_ms,
+            triggers=names,
+        ),
+        kind="rfm.overdue",
+        triggers=names,
+        profile=profile.name,
+    )
 
 
 def rescore(
@@ -231,6 +242,32 @@ def rescore(
         if current is None
         else Published(current.r, current.f, current.m, current.segment, current.band)
     )
+    return _changed(
+        customer,
+        profile,
+        agg,
+        previous,
+        current,
+        as_of_ms=as_of_ms,
+        now_ms=now_ms,
+        cause=cause,
+        cause_event_id=cause_event_id,
+    )
+
+
+def _changed(
+    customer: Customer,
+    profile: Profile,
+    agg: Aggregates | None,
+    previous: Published | None,
+    current: Score | None,
+    *,
+    as_of_ms: int,
+    now_ms: int,
+    cause: Cause,
+    cause_event_id: str | None,
+) -> Change:
+    """The rfm.changed record of the customer's move from `previous` to `current`."""
     names = fired(profile.triggers, previous, current, profile.p_alive_bands)
     # What the change is: whose, why (the event, or for time and profile changes the
     # aggregates that were rescored), under which profile version, from what to what.

@@ -30,7 +30,8 @@ from typing_extensions import TypedDict  # pydantic needs this one before Python
 
 from worker.rules.instants import MAX_FUTURE_MS, epoch_ms
 from worker.rules.money import SCALE, plain_units, to_units
-from worker.rules.profiles import DEFAULT_TENANT, Profiles
+from worker.rules.profile import DEFAULT_TENANT
+from worker.rules.profiles import Profiles
 
 MAX_EVENT_BYTES = 64 * 1024  # an order event is a few hundred bytes; more is an accident
 EventType = Literal["order_placed", "order_refunded", "order_cancelled"]

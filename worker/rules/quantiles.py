@@ -1,6 +1,6 @@
 """Quantile scoring: the cut points of a customer base, and scores by quintile. Pure.
 
-A profile with `mode = "quantiles"` (worker/rules/profiles.py) has no threshold lists: R, F and M
+A profile with `mode = "quantiles"` (worker/rules/profile.py) has no threshold lists: R, F and M
 are the quintile of the customer among its tenant's live customer base (every customer
 with a counted order). For one dimension over a population of n values, the cut points are
 

@@ -21,7 +21,8 @@ from dataclasses import dataclass, field
 
 from worker.rules.customer import Customer, Published
 from worker.rules.instants import iso
-from worker.rules.profiles import Profile, Profiles
+from worker.rules.profile import Profile
+from worker.rules.profiles import Profiles
 from worker.rules.scoring import Score, score
 
 NO_SEGMENT = "(none)"  # how text output shows "no segment" (JSON says null)

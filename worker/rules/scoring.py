@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from worker.rules import churn
 from worker.rules.aggregates import Aggregates
 from worker.rules.instants import DAY_MS
-from worker.rules.profiles import Profile
+from worker.rules.profile import Profile
 
 
 @dataclass(slots=True)  # not frozen: built per event, and frozen costs 3x

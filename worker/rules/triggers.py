@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from worker.rules.profiles import TriggerSpec
+from worker.rules.profile_specs import TriggerSpec
 
 
 class Scored(Protocol):

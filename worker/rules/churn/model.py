@@ -1,0 +1,68 @@
+"""The churn models' names, the population parameters and a stored fit. Pure."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import orjson
+
+ChurnModel = Literal["bgnbd", "mbgnbd"]
+CHURN_MODELS: tuple[ChurnModel, ...] = ("bgnbd", "mbgnbd")
+
+
+@dataclass(frozen=True, slots=True)
+class Params:
+    """The four population parameters; α in the time unit of the data fitted (days here)."""
+
+    r: float
+    alpha: float
+    a: float
+    b: float
+
+
+@dataclass(frozen=True, slots=True)
+class Fit:
+    """One fit of a profile's model, stored versioned like quantile cut points."""
+
+    model: ChurnModel
+    params: Params
+    log_likelihood: float  # total over the customers fitted (not the mean)
+    population: int  # customers with a counted order (estimated when sampled)
+    sampled: int  # customers fitted
+    version: int  # 1, 2, ... per profile: each fit stores the next
+    fitted_at: int  # epoch ms, on the worker's clock; the customers' T are as of then
+
+    def to_json(self) -> bytes:
+        p = self.params
+        return orjson.dumps(
+            {
+                "model": self.model,
+                "r": p.r,
+                "alpha": p.alpha,
+                "a": p.a,
+                "b": p.b,
+                "time_unit": "days",
+                "log_likelihood": self.log_likelihood,
+                "population": self.population,
+                "sampled": self.sampled,
+                "version": self.version,
+                "fitted_at": self.fitted_at,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, raw: bytes | str) -> Fit:
+        doc = orjson.loads(raw)
+        model = doc["model"]
+        if model not in CHURN_MODELS:
+            raise ValueError(f"unknown churn model {model!r}")
+        return cls(
+            model=model,
+            params=Params(float(doc["r"]), float(doc["alpha"]), float(doc["a"]), float(doc["b"])),
+            log_likelihood=float(doc["log_likelihood"]),
+            population=int(doc["population"]),
+            sampled=int(doc["sampled"]),
+            version=int(doc["version"]),
+            fitted_at=int(doc["fitted_at"]),
+        )
