@@ -1,7 +1,7 @@
 """Churn upkeep: the fits of profiles with a churn model kept up to date (docs/churn.md), a
 `Model` of the upkeep job (worker/services/upkeep.py).
 
-A profile's fit (worker/rules/churn.py) is stored versioned in Redis (`rfm:churn`). When it
+A profile's fit (worker/rules/churn/) is stored versioned in Redis (`rfm:churn`). When it
 is missing, of another model, or older than the profile's `churn_refit_minutes`, the worker
 that takes the profile's lock (`rfm:churn:lock:<name>`) fits it: maximum likelihood on the
 (x, t_x, T) of a sample of customers. A fit that fails keeps the previous one, says why in

@@ -102,7 +102,7 @@ def churn_summaries(
     count: int = 500,
     rng: random.Random | None = None,
 ) -> Iterator[list[tuple[int, int, int]]]:
-    """(x, t_x, T) at as_of (worker/rules/churn.py `summary`) of the customers of profile
+    """(x, t_x, T) at as_of (worker/rules/churn/summaries.py `summary`) of the customers of profile
     `name` with a counted order, sampled like `ranked_values`."""
     for chunk in sampled_aggregates(reads, name, profiles, sample=sample, count=count, rng=rng):
         rows: list[tuple[int, int, int]] = []

@@ -28,7 +28,7 @@ valid on Redis Cluster (on a single Redis a call may span shards):
     rfm:quantiles:lock:<name>           string  held (SET NX PX) by the worker computing
                                                 that profile's cut points
     rfm:churn                           hash    churn-model profile name -> its current fit,
-                                                JSON (worker/rules/churn.py Fit)
+                                                JSON (worker/rules/churn/model.py Fit)
     rfm:churn:lock:<name>               string  held (SET NX PX) by the worker fitting that
                                                 profile's model
 
