@@ -676,6 +676,26 @@ def test_endless_conflicts_give_up_without_writing(
     assert store.reads.segment_counts() == Counter()
 
 
+def test_a_flushed_script_cache_is_loaded_again(
+    store: Store, profiles: Profiles, redis_client: redis.Redis
+) -> None:
+    """A server without the commit script (SCRIPT FLUSH, as after a restart): the calls
+    meet NOSCRIPT and did not run; the script is loaded and the shards committed again."""
+    apply(store, profiles, [ev(profiles, "e1", "placed", "o1", "10")])
+    redis_client.script_flush()
+    result = apply(
+        store,
+        profiles,
+        [
+            ev(profiles, "e2", "placed", "o2", "10"),
+            ev(profiles, "x", "placed", "o", "5", customer="c2"),
+        ],
+    )
+    assert result.outcomes == Counter({"applied": 2}) and result.conflicts == 0
+    assert {c.key for c in result.committed} == {b"c1", b"c2"}
+    assert (orders(store), orders(store, "c2")) == (2, 1)
+
+
 def test_empty_batch(store: Store, profiles: Profiles) -> None:
     result = apply(store, profiles, [])
     assert (result.outcomes, result.committed, result.conflicts) == (Counter(), [], 0)

@@ -70,17 +70,31 @@ class ScriptArgs:
             index = self._key_index[key] = len(self.keys)
         return index
 
-    def own_key(self, key: bytes) -> int:
-        """A key no other entry refers to (a customer's own): added without the lookup."""
-        self.keys.append(key)
-        return len(self.keys)
-
     def arg(self, value: bytes) -> int:
         self.argv.append(value)
         return len(self.argv)
 
-    def count(self, cell: Cell, delta: int) -> None:
-        self.deltas[cell] = self.deltas.get(cell, 0) + delta
+    def customer(
+        self, key: bytes, expected: bytes, new: bytes | None, due_from: int, due_to: int, due: str
+    ) -> None:
+        """A customer's entry: compare its key with `expected`, write `new` (None: leave
+        the state as it is), move it from the due zset `due_from` to `due_to` at `due`."""
+        self.keys.append(key)  # a customer's own key: no other entry refers to it
+        self.argv.append(expected)
+        entry: list[int | str] = [len(self.keys), len(self.argv), 0, due_from, due_to, due]
+        if new is not None:
+            self.argv.append(new)
+            entry[2] = len(self.argv)
+        self.customers.append(entry)
+
+    def changes_of(self, outbox: int, kafka_key: bytes, payloads: list[bytes]) -> None:
+        """A customer's changes, appended to the outbox stream `outbox` under its key."""
+        argv = self.argv
+        argv.append(kafka_key)
+        key_arg = len(argv)
+        for payload in payloads:
+            argv.append(payload)
+            self.changes.append([outbox, key_arg, len(argv)])
 
     def finish(self) -> tuple[list[bytes], list[bytes]]:
         """KEYS and ARGV, the plan serialised into ARGV[1]."""
@@ -237,16 +251,8 @@ def _write_customer(
     due_to = shard_keys.due(partition)
     was_in = decision.was_in
     due_from = due_to if was_in is None or was_in == partition else shard_keys.due_left(was_in)
-    args.customers.append(
-        [
-            args.own_key(key),
-            args.arg(blob or b""),  # expected
-            0 if decision.state is None else args.arg(decision.state),  # 0: left as it is
-            due_from,
-            due_to,
-            "" if res.due is None else str(res.due),
-        ]
-    )
+    due = "" if res.due is None else str(res.due)
+    args.customer(key, blob or b"", decision.state, due_from, due_to, due)
     if not res.changes:
         return
     tenant = customer.tenant
@@ -254,10 +260,9 @@ def _write_customer(
     _count_flows(args, shard_keys, tenant, customer.scored_at or 0, res.changes)
     stream, outbox = shard_keys.outbox(partition)
     kafka_key = customer.customer_id.encode()
-    key_arg = args.arg(kafka_key)
+    args.changes_of(outbox, kafka_key, decision.payloads)
     for change, payload in zip(res.changes, decision.payloads, strict=True):
         plan.changes.append((stream, kafka_key, payload, change))
-        args.changes.append([outbox, key_arg, args.arg(payload)])
 
 
 def _count_scores(
@@ -271,11 +276,13 @@ def _count_scores(
     its score after, whatever changes it went through in between."""
     if before is after:
         return
-    counts = shard_keys.counts()
+    counts, deltas = shard_keys.counts(), args.deltas
     if before is not None:
-        args.count((counts, keys.count_cell(tenant, before.rfm, before.segment)), -1)
+        cell = (counts, keys.count_cell(tenant, before.rfm, before.segment))
+        deltas[cell] = deltas.get(cell, 0) - 1
     if after is not None:
-        args.count((counts, keys.count_cell(tenant, after.rfm, after.segment)), 1)
+        cell = (counts, keys.count_cell(tenant, after.rfm, after.segment))
+        deltas[cell] = deltas.get(cell, 0) + 1
 
 
 def _count_flows(
@@ -287,4 +294,4 @@ def _count_flows(
             continue
         move = (tenant, at, change.from_segment, change.to_segment)
         for cell in shard_keys.flow_cells(move):
-            args.count(cell, 1)
+            args.deltas[cell] = args.deltas.get(cell, 0) + 1
