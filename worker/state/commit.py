@@ -28,6 +28,7 @@ from worker.state.scripts import script
 
 MAX_ATTEMPTS = 20
 CALL_CUSTOMERS = 64  # customers per commit call (single Redis) and per write to Redis
+CONFLICT, COMMITTED, LOST = 0, 1, 2  # what a commit.lua reply starts with (see the script)
 
 _MOVING = (
     redis.exceptions.MovedError,
@@ -87,27 +88,24 @@ class Committer:
         attempt: _Attempt,
     ) -> None:
         """Read, decide and commit `shards` on one connection (one node on a cluster)."""
-        read: list[ShardRead] = []
-        for shard, blobs in zip(shards, self._read_shards(client, shards, work), strict=True):
-            if _redirected(blobs):
-                attempt.moved += 1
-                attempt.retry.append(shard)
-            else:
-                read.append((shard, blobs))
+        read = self._read_shards(client, shards, work, attempt)
         loaded = False
         for shards_of_call, plan, reply in self._plan_and_send(client, read, work, decide):
             if isinstance(reply, redis.exceptions.NoScriptError):
-                if not loaded:  # a new or restarted node: the call did not run
+                # A new or restarted node: the call did not run. The script is loaded (once
+                # per node and attempt) and the shards committed again (see script_calls.py
+                # for why redis-py's Script does not do this here).
+                if not loaded:
                     client.script_load(self._script.script)
                     loaded = True
                 attempt.retry += shards_of_call
             elif _redirected(reply):
                 attempt.moved += 1
                 attempt.retry += shards_of_call
-            elif reply[0] == 0:
+            elif reply[0] == CONFLICT:
                 result.conflicts += 1
                 attempt.retry += shards_of_call
-            elif reply[0] == 2:
+            elif reply[0] == LOST:
                 raise StateLostError(
                     f"shards {shards_of_call} hold less than they vouched for "
                     f"(partitions {sorted(plan.vouched)}): Redis lost writes"
@@ -115,17 +113,27 @@ class Committer:
             else:
                 _accept(result, plan, reply[1:])
 
-    def _read_shards(self, client: Any, shards: list[int], work: Work[T]) -> list[Any]:
-        """The stored blobs of each shard's customers (or the error its read met): one MGET
-        per shard on Redis Cluster (one slot per command), one for them all otherwise."""
+    def _read_shards(
+        self, client: Any, shards: list[int], work: Work[T], attempt: _Attempt
+    ) -> list[ShardRead]:
+        """The stored blobs of each shard's customers: one MGET per shard on Redis Cluster
+        (one slot per command), one for them all otherwise. A shard whose slot moved is
+        left for the next attempt."""
         if not self.cluster:
-            wanted = [list(work[shard]) for shard in shards]
-            blobs = iter(client.mget([key for keys_ in wanted for key in keys_]))
-            return [[next(blobs) for _ in keys_] for keys_ in wanted]
+            wanted = {shard: list(work[shard]) for shard in shards}
+            blobs = iter(client.mget([key for keys_ in wanted.values() for key in keys_]))
+            return [(shard, [next(blobs) for _ in keys_]) for shard, keys_ in wanted.items()]
         pipe = client.pipeline(transaction=False)
         for shard in shards:
             pipe.mget(list(work[shard]))
-        return list(pipe.execute(raise_on_error=False))
+        read: list[ShardRead] = []
+        for shard, blobs in zip(shards, pipe.execute(raise_on_error=False), strict=True):
+            if _redirected(blobs):
+                attempt.moved += 1
+                attempt.retry.append(shard)
+            else:
+                read.append((shard, blobs))
+        return read
 
     def _plan_and_send(
         self, client: Any, read: list[ShardRead], work: Work[T], decide: Decide[T]

@@ -1,14 +1,16 @@
 """Calls of one Lua script streamed on one Redis connection while the caller plans the
 next ones (the commit path, worker/state/commit.py).
 
-Why not redis-py's pipeline with its `Script` object: a pipeline sends nothing before
-`execute()`, so Redis would sit idle while Python plans a whole batch instead of running
-the first calls meanwhile; its `execute()` first asks SCRIPT EXISTS (a round trip per
-node and attempt); and it re-sends the whole pipeline on a connection error, after which
-the calls that did run come back as conflicts, their changes then published by the relay
-later rather than by the batch. So this sends EVALSHA itself, with redis-py's connection
-API (get_connection, send_packed_command, read_response), and leaves NOSCRIPT to the
-caller: such a call did not run, so it loads the script and commits those shards again.
+Why not redis-py's pipeline with its `Script` object (which loads missing scripts first):
+a pipeline sends nothing before `execute()`, so Redis would sit idle while Python plans the
+whole batch instead of running the first calls meanwhile (a slower commit path), and its
+`execute()` asks SCRIPT EXISTS first, a round trip more per node and attempt. It also
+sends the whole pipeline again after a connection error (the client's default retry):
+calls that did run then come back as conflicts and the caller never learns a reply was
+lost, which the consumer must know to publish those changes at once
+(worker/services/consumer.py, `_publish`). So this sends EVALSHA itself with redis-py's
+connection API (get_connection, send_packed_command, read_response) and leaves NOSCRIPT
+to the caller: such a call did not run, so it loads the script and commits again.
 """
 
 from __future__ import annotations
