@@ -8,8 +8,8 @@ samples is not missed). Two shapes of backlog, each on its own broker and Redis:
 
 - short histories: BENCH_BACKLOG_SHORT_CUSTOMERS (432,000) customers, 2-3 orders each;
 - long histories: BENCH_BACKLOG_LONG_CUSTOMERS (5,000) customers, 200 orders each: from a
-  customer's 64th order on, the worker keeps it decoded between batches (`_Known` in
-  worker/state/store.py, KNOWN_ORDERS orders in all), so that cache is full for the
+  customer's 64th order on, the worker keeps it decoded between batches (`KnownCustomers` in
+  worker/state/known.py, KNOWN_ORDERS orders in all), so that cache is full for the
   last two thirds of the run.
 
 Each shape's topic is drained once per BENCH_BACKLOG_QUEUE_KBYTES value, the consumer's
@@ -49,7 +49,7 @@ from common import (
 )
 
 from worker.kafka.clients import FETCH_QUEUE_KBYTES
-from worker.state.store import KNOWN_ORDERS
+from worker.state.known import KNOWN_ORDERS
 
 SAMPLE_S = 0.25
 IDLE_S = 10.0  # after the last event: what the worker keeps once the backlog is gone

@@ -72,7 +72,7 @@ class _LossyConnection:
         return getattr(self.real, name)
 
     def send_packed_command(self, packed: list[bytes], *args: Any, **kwargs: Any) -> Any:
-        # The store packs one bytes object per commit call (worker/state/store.py _packed).
+        # The store packs one bytes object per commit call (worker/state/script_calls.py).
         if any(b"EVALSHA" in call[:32] for call in packed) and not self._sent:
             self._owner.commits += 1
             self._lose = self._owner.commits in self._owner.drop

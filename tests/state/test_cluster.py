@@ -328,6 +328,21 @@ def test_store_batches_on_the_cluster_equal_the_recomputation(
     assert all(n > 0 for n in keys_per_master(redis_cluster).values())  # every master used
 
 
+def test_store_on_the_cluster_loads_its_script_again_after_a_flush(
+    cluster_client: redis.RedisCluster, cluster_store: Store, profiles: Profiles
+) -> None:
+    """Masters without the commit script (SCRIPT FLUSH, as after a restart or on a new
+    node): each node's calls meet NOSCRIPT, the script is loaded there, nothing is lost."""
+    events = store_events(seed=3)
+    half = len(events) // 2
+    apply(cluster_store, profiles, events[:half])
+    for node in cluster_client.get_primaries():
+        cluster_client.get_redis_connection(node).script_flush()
+    result = apply(cluster_store, profiles, events[half:])
+    assert not result.failed and not result.rejected and result.conflicts == 0
+    assert_state_matches(cluster_store, expected_at(events))
+
+
 def test_store_same_batch_twice_on_the_cluster_is_only_duplicates(
     cluster_store: Store, profiles: Profiles
 ) -> None:

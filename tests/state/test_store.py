@@ -599,12 +599,15 @@ class RacingStore(Store):
         self.race = race
         self.times = times
         self.raced = 0
+        plan = self._committer.plan
 
-    def _plan(self, *args: Any, **kwargs: Any) -> Any:
-        if self.raced < self.times:
-            self.raced += 1
-            self.race()
-        return super()._plan(*args, **kwargs)
+        def racing_plan(*args: Any, **kwargs: Any) -> Any:  # planned once read: race then
+            if self.raced < self.times:
+                self.raced += 1
+                self.race()
+            return plan(*args, **kwargs)
+
+        self._committer.plan = racing_plan  # type: ignore[method-assign]
 
 
 def test_conflict_is_retried(redis_client: redis.Redis, profiles: Profiles) -> None:
@@ -672,6 +675,26 @@ def test_endless_conflicts_give_up_without_writing(
         apply(store, profiles, [ev(profiles, "p", "placed", "o", "10")])
     assert store.outbox.backlog() == 0
     assert store.reads.segment_counts() == Counter()
+
+
+def test_a_flushed_script_cache_is_loaded_again(
+    store: Store, profiles: Profiles, redis_client: redis.Redis
+) -> None:
+    """A server without the commit script (SCRIPT FLUSH, as after a restart): the calls
+    meet NOSCRIPT and did not run; the script is loaded and the shards committed again."""
+    apply(store, profiles, [ev(profiles, "e1", "placed", "o1", "10")])
+    redis_client.script_flush()
+    result = apply(
+        store,
+        profiles,
+        [
+            ev(profiles, "e2", "placed", "o2", "10"),
+            ev(profiles, "x", "placed", "o", "5", customer="c2"),
+        ],
+    )
+    assert result.outcomes == Counter({"applied": 2}) and result.conflicts == 0
+    assert {c.key for c in result.committed} == {b"c1", b"c2"}
+    assert (orders(store), orders(store, "c2")) == (2, 1)
 
 
 def test_empty_batch(store: Store, profiles: Profiles) -> None:
@@ -817,12 +840,12 @@ def test_a_decision_that_raises_forgets_the_customer(
 
 
 def test_remembered_customers_stay_within_their_order_budget() -> None:
-    from worker.state.store import _Known
+    from worker.state.known import KnownCustomers
 
     def customer(name: str, orders: int) -> Customer:
         return Customer("default", name, {f"o{i}": Order(i, 1) for i in range(orders)})
 
-    known = _Known(budget=10, min_orders=2)
+    known = KnownCustomers(budget=10, min_orders=2)
     known.put(b"small", b"S", customer("small", 1))  # decoding it costs less than keeping it
     assert known.take(b"small", b"S") is None
     known.put(b"a", b"A", customer("a", 4))

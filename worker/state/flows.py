@@ -1,6 +1,6 @@
 """Segment flows: how many customers moved from which segment to which, per time bucket, and
 each segment's size over time derived from them. What the commit path writes
-(`flow_writes`, in the commit.lua call of the customer: worker/state/store.py) and the read
+(`flow_writes`, in the commit.lua call of the customer: worker/state/commit_plan.py) and the read
 side of it.
 
 The layout (NN = the customer's shard, as in every key of its commit call; the keys are
