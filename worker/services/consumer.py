@@ -47,7 +47,6 @@ from worker.services.quantile_upkeep import load_cuts
 from worker.services.redis_retry import REDIS_ERRORS, RedisRetry
 from worker.services.roster import Roster
 from worker.services.sweeper import Sweeper
-from worker.state import flows
 from worker.state.clock import scoring_now
 from worker.state.store import Committed, Store
 
@@ -118,7 +117,7 @@ class Worker:
         now = self.clock()
         self.retry_redis(lambda: load_cuts(self.store, self.profiles, compute_missing_at=now))
         self.retry_redis(lambda: load_fits(self.store, self.profiles, compute_missing_at=now))
-        self.retry_redis(lambda: flows.start_recording(self.store.redis, now))
+        self.retry_redis(lambda: self.store.flows.start_recording(now))
 
     def stop(self) -> None:
         self.stopping.set()

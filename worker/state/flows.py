@@ -170,10 +170,20 @@ def _buckets(as_of_ms: int) -> Iterator[tuple[str, int]]:
             yield span, start
 
 
-def start_recording(client: Any, now_ms: int) -> None:
-    """At a worker's start, before its first commit: flows are recorded from now on, unless
-    an earlier worker said so already (sizes before that instant are not derivable)."""
-    client.set(RECORDED_SINCE, now_ms, nx=True)
+class Flows:
+    """The flows as stored: written by the commits (commit_plan.py), read here."""
+
+    def __init__(self, client: Any, *, cluster: bool) -> None:
+        self._client, self._cluster = client, cluster
+
+    def start_recording(self, now_ms: int) -> None:
+        """At a worker's start, before its first commit: flows are recorded from now on,
+        unless an earlier worker said so already (sizes before that instant are not
+        derivable)."""
+        self._client.set(RECORDED_SINCE, now_ms, nx=True)
+
+    def read(self, tenant: str, as_of_ms: int) -> Snapshot:
+        return read(self._client, tenant, as_of_ms, cluster=self._cluster)
 
 
 def read(client: Any, tenant: str, as_of_ms: int, *, cluster: bool) -> Snapshot:

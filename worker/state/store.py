@@ -4,8 +4,8 @@ The key layout is described once, in worker/state/keys.py (and in worker/state/l
 `Store` is the write path; the other jobs on the same connection are its parts, each in its
 own module: applied offsets (applied.py), the due index and the marking record
 (due_index.py), the event clock (clock.py), the outbox (outbox.py), the read side
-(reads.py), quantile cut points (cut_points.py), churn-model fits (churn_fits.py) and
-the server itself (admin.py).
+(reads.py), quantile cut points (cut_points.py), churn-model fits (churn_fits.py), the
+flows between segments (flows.py) and the server itself (admin.py).
 
 Every write goes through `commit`, whatever its cause (worker/services/causes.py: order
 events, a decay sweep, a changed profile's marking): read the touched customers, run the
@@ -29,6 +29,7 @@ from worker.state.commit import Committer
 from worker.state.commit_plan import Decide, T, Work
 from worker.state.cut_points import CutPoints
 from worker.state.due_index import DueIndex, MarkingRecord
+from worker.state.flows import Flows
 from worker.state.known import KnownCustomers
 from worker.state.members import Members
 from worker.state.outbox import Outbox
@@ -55,6 +56,7 @@ class Store:
         self.churn_fits = ChurnFits(client)
         self.server = Server(client)
         self.members = Members(client)
+        self.flows = Flows(client, cluster=self.cluster)
         self._committer = Committer(client, self.applied.floors, KnownCustomers())
 
     def commit(self, work: Work[T], decide: Decide[T]) -> BatchResult:

@@ -87,7 +87,7 @@ def segments(store: Store, profiles: Profiles, tenant: str, as_of_ms: int) -> di
     segment of an earlier profile); its size now and hourly over the last day; and the
     moves between segments over the last hour and day (worker/state/flows.py)."""
     profile = profiles.for_tenant(tenant)
-    snap = flows.read(store.redis, tenant, as_of_ms, cluster=store.cluster)
+    snap = store.flows.read(tenant, as_of_ms)
     instants, sizes = snap.sizes_over_time()
     windows = {name: snap.window(name) for name, _span, _length in flows.WINDOWS}
     mentioned = set(sizes) | {
