@@ -29,6 +29,7 @@ from worker.kafka.dead_letters import DeadLetters
 from worker.kafka.orders import OrdersConsumer
 from worker.kafka.relay import DRAIN_TIMEOUT, Relay
 from worker.pacing import Stopping
+from worker.rules import money
 from worker.rules.instants import wall_ms
 from worker.rules.profiles import Profiles
 from worker.services.checkpoint import Checkpoint
@@ -108,6 +109,9 @@ class App:
             stack.callback(producer.close)  # after the loop's drain: nothing left to send
             app = cls(settings, profiles, store, producer, admin=clients.admin(settings))
             metrics.register_customers(store.reads.segment_counts, profiles.names())
+            metrics.register_expected_value(
+                store.reads.segment_values, profiles.names(), 1 / money.SCALE
+            )
             yield app
 
     def serve_http(self, stack: contextlib.ExitStack) -> None:

@@ -109,7 +109,8 @@ def tenant_label(tenant: str, profiled: Container[str | None]) -> str:
 
 
 class CustomersCollector(Collector):
-    """rfm_customers{tenant,segment}, read from the counters the commits maintain.
+    """rfm_customers{tenant,segment}, read from the counters the commits maintain (and,
+    as `family`, rfm_expected_value{tenant,segment} from the value sums beside them).
 
     Label values are bounded: a tenant with its own profile (`tenants`, Profiles.names())
     keeps its name; every other tenant (any name the order events carry) is summed under
@@ -128,24 +129,27 @@ class CustomersCollector(Collector):
         read: Callable[[Callable[[str], str]], Tally[tuple[str, str]]],
         tenants: list[str],
         ttl: float = 5.0,
+        *,
+        family: tuple[str, str] = ("rfm_customers", "Customers per tenant and segment."),
+        scale: float = 1.0,  # what one unit read is worth in the metric (money units: 1e-4)
     ) -> None:
         self._read, self._ttl = read, ttl
+        self._family, self._scale = family, scale
         self._tenants = frozenset(tenants)
         self._cached: Tally[tuple[str, str]] = Tally()
         self._at = 0.0
 
     def collect(self) -> Iterator[Metric]:
-        family = GaugeMetricFamily(
-            "rfm_customers", "Customers per tenant and segment.", labels=["tenant", "segment"]
-        )
+        name, documentation = self._family
+        family = GaugeMetricFamily(name, documentation, labels=["tenant", "segment"])
         if time.monotonic() - self._at > self._ttl:
             try:
                 counts = self._read(self._label)
                 self._cached, self._at = self._bounded(counts), time.monotonic()
             except Exception as exc:  # a scrape must not fail because Redis is down
-                logger.debug("rfm_customers kept its last values: %s", exc)
+                logger.debug("%s kept its last values: %s", name, exc)
         for (tenant, segment), count in sorted(self._cached.items()):
-            family.add_metric([tenant, segment], count)
+            family.add_metric([tenant, segment], count * self._scale)
         yield family
 
     def _label(self, tenant: str) -> str:
@@ -166,5 +170,27 @@ def register_customers(
 ) -> CustomersCollector:
     """`tenants`: the profile names (Profiles.names()), the only tenant label values."""
     collector = CustomersCollector(read, tenants)
+    REGISTRY.register(collector)
+    return collector
+
+
+def register_expected_value(
+    read: Callable[[Callable[[str], str]], Tally[tuple[str, str]]],
+    tenants: list[str],
+    scale: float,
+) -> CustomersCollector:
+    """rfm_expected_value{tenant,segment}: the customers' summed expected_value (in the
+    profile's currency units) as of their last published change; `read` gives money units,
+    `scale` what one is worth (worker/rules/money.py SCALE)."""
+    collector = CustomersCollector(
+        read,
+        tenants,
+        family=(
+            "rfm_expected_value",
+            "Summed expected value (profile currency units) of the customers per tenant and "
+            "segment, as of each customer's last published change.",
+        ),
+        scale=scale,
+    )
     REGISTRY.register(collector)
     return collector

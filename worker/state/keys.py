@@ -8,6 +8,9 @@ valid on Redis Cluster (on a single Redis a call may span shards):
     rfm:{NN}:due:<partition>            zset    customer keys by the instant (epoch ms) their
                                                 score next changes by itself (the due index)
     rfm:{NN}:counts                     hash    "<tenant>\\t<rfm>\\t<segment>" -> customers
+    rfm:{NN}:values                     hash    the same fields -> the customers' summed
+                                                expected_value as last published, in money
+                                                units (1/10,000; value model profiles only)
     rfm:{NN}:applied                    hash    "<topic>:<partition>" -> the offset up to which
                                                 the shard's state holds that partition's events;
                                                 "<topic>:id" -> the topic id they belong to
@@ -96,6 +99,10 @@ def applied_field(topic: str, partition: int) -> str:
 
 def counts(shard: int) -> bytes:
     return f"rfm:{{{shard:02d}}}:counts".encode()
+
+
+def values(shard: int) -> bytes:
+    return f"rfm:{{{shard:02d}}}:values".encode()
 
 
 def count_cell(tenant: str, rfm: str, segment: str) -> str:

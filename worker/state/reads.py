@@ -74,11 +74,23 @@ class Reads:
         With `label`, each tenant is counted under label(tenant) instead (None: left out)
         as the counters are read, COUNTS_PER_READ shards at a time: what the read holds
         then follows the label values, not the tenants (one cell per tenant)."""
+        return self._cells(keys.counts, label)
+
+    def value_sums(
+        self, label: Callable[[str], str | None] | None = None
+    ) -> Counter[tuple[str, str, str]]:
+        """The customers' summed expected_value (money units) per (tenant, rfm, segment)
+        of their published score; `label` as in score_counts."""
+        return self._cells(keys.values, label)
+
+    def _cells(
+        self, hash_of: Callable[[int], bytes], label: Callable[[str], str | None] | None
+    ) -> Counter[tuple[str, str, str]]:
         totals: Counter[tuple[str, str, str]] = Counter()
         for first in range(0, keys.SHARDS, COUNTS_PER_READ):
             pipe = self.redis.pipeline(transaction=False)
             for shard in range(first, min(first + COUNTS_PER_READ, keys.SHARDS)):
-                pipe.hgetall(keys.counts(shard))
+                pipe.hgetall(hash_of(shard))
             for cells in pipe.execute():
                 for fld, count in cells.items():
                     tenant, rfm, segment = fld.decode().split("\t")
@@ -91,7 +103,18 @@ class Reads:
         self, label: Callable[[str], str | None] | None = None
     ) -> Counter[tuple[str, str]]:
         """Customers per (tenant, segment); `label` as in score_counts."""
-        totals: Counter[tuple[str, str]] = Counter()
-        for (tenant, _rfm, segment), count in self.score_counts(label).items():
-            totals[(tenant, segment)] += count
-        return totals
+        return _by_segment(self.score_counts(label))
+
+    def segment_values(
+        self, label: Callable[[str], str | None] | None = None
+    ) -> Counter[tuple[str, str]]:
+        """Summed expected_value (money units) per (tenant, segment); `label` as in
+        score_counts."""
+        return _by_segment(self.value_sums(label))
+
+
+def _by_segment(cells: Counter[tuple[str, str, str]]) -> Counter[tuple[str, str]]:
+    totals: Counter[tuple[str, str]] = Counter()
+    for (tenant, _rfm, segment), n in cells.items():
+        totals[(tenant, segment)] += n
+    return totals

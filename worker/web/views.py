@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 from worker.rules.customer import Customer
 from worker.rules.instants import iso
 from worker.rules.messages import customer_view
+from worker.rules.money import SCALE
 from worker.rules.profiles import Profiles
 from worker.rules.scoring import score
 from worker.state import flows
@@ -49,10 +50,16 @@ def export(
             yield doc
 
 
-def matrix(store: Store, tenant: str, as_of_ms: int) -> dict[str, object]:
+AT_RISK = ("at_risk", "cant_lose_them", "about_to_sleep")  # the value at risk's segments
+
+
+def matrix(store: Store, tenant: str, as_of_ms: int, *, values: bool = False) -> dict[str, object]:
     """The R x F grid and segment counts, from the counters commits maintain (no scan).
 
-    Counts reflect each customer's last published score.
+    Counts reflect each customer's last published score. With `values` (a profile with a
+    value model), each cell, each segment and the whole grid also carry their customers'
+    summed expected_value as of each one's last published change, and `value_at_risk` is
+    that of the segments in AT_RISK.
     """
     cells: Counter[tuple[int, int]] = Counter()
     cell_segments: dict[tuple[int, int], Counter[str]] = defaultdict(Counter)
@@ -64,7 +71,7 @@ def matrix(store: Store, tenant: str, as_of_ms: int) -> dict[str, object]:
         cells[(r, f)] += count
         cell_segments[(r, f)][segment] += count
         segments[segment] += count
-    return {
+    doc: dict[str, object] = {
         "tenant": tenant,
         "as_of": iso(as_of_ms),
         "customers": sum(cells.values()),
@@ -79,6 +86,33 @@ def matrix(store: Store, tenant: str, as_of_ms: int) -> dict[str, object]:
         ],
         "segments": dict(sorted(segments.items())),
     }
+    if values:
+        _add_values(doc, store.reads.value_sums(lambda t: t if t == tenant else None))
+    return doc
+
+
+def _add_values(doc: dict[str, Any], sums: Counter[tuple[str, str, str]]) -> None:
+    """The expected_value sums of the grid's cells and segments (money units read, currency
+    units written)."""
+    by_cell: Counter[tuple[int, int]] = Counter()
+    by_segment: Counter[str] = Counter()
+    for (_t, rfm, segment), units in sums.items():
+        by_cell[(int(rfm[0]), int(rfm[1]))] += units
+        by_segment[segment] += units
+    for cell in doc["cells"]:
+        cell["expected_value"] = _amount(by_cell[(cell["r"], cell["f"])])
+    doc["expected_value"] = _amount(sum(by_segment.values()))
+    doc["segment_expected_value"] = {
+        name: _amount(by_segment[name]) for name in sorted(set(doc["segments"]) | set(by_segment))
+    }
+    doc["value_at_risk"] = {
+        "segments": list(AT_RISK),
+        "expected_value": _amount(sum(by_segment[name] for name in AT_RISK)),
+    }
+
+
+def _amount(units: int) -> float:
+    return units / SCALE
 
 
 def segments(store: Store, profiles: Profiles, tenant: str, as_of_ms: int) -> dict[str, object]:
