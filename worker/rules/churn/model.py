@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import orjson
 
-if TYPE_CHECKING:  # spend.py imports fitting.py, which imports this module
-    from worker.rules.churn.spend import SpendFit
+from worker.rules.churn.spend import SpendFit
 
 ChurnModel = Literal["bgnbd", "mbgnbd"]
 CHURN_MODELS: tuple[ChurnModel, ...] = ("bgnbd", "mbgnbd")
@@ -60,8 +59,6 @@ class Fit:
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Fit:
-        from worker.rules.churn.spend import SpendFit
-
         doc = orjson.loads(raw)
         model = doc["model"]
         if model not in CHURN_MODELS:

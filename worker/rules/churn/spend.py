@@ -23,7 +23,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from worker.rules.churn.fitting import GRADIENT_OK, Failed
 from worker.rules.churn.summaries import summary_of
 from worker.rules.money import SCALE
 
@@ -32,6 +31,7 @@ if TYPE_CHECKING:
     from numpy.typing import NDArray
 
     from worker.rules.aggregates import Aggregates
+    from worker.rules.churn.fitting import Failed
 
     Array = NDArray[np.float64]
 
@@ -116,6 +116,9 @@ def fit_spend(summaries: Sequence[tuple[int, float]]) -> SpendFit | Failed:
     the log-parameters with the exact gradient. Only customers with x >= 1 and m_x > 0 are
     fitted; identical ones once, with their count as weight."""
     import numpy as np
+
+    # here: fitting.py imports model.py, which imports this module (Fit.spend)
+    from worker.rules.churn.fitting import GRADIENT_OK, Failed
 
     data = np.array([(x, m) for x, m in summaries if x >= 1 and m > 0], dtype=np.float64)
     if len(data) < MIN_FITTED:
