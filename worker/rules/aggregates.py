@@ -8,6 +8,17 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Protocol
+
+from worker.rules.instants import DAY_MS
+
+
+class DayValues(Protocol):
+    """Where aggregates read their per-day values on demand (the Customer that built them)."""
+
+    def first_day_value(self) -> int: ...
+
+    def day_values(self) -> list[tuple[int, int]]: ...
 
 
 @dataclass(slots=True)  # not frozen: built per event, and frozen costs 3x
@@ -22,3 +33,41 @@ class Aggregates:
     # The gaps between consecutive order_times, ascending (the rhythm's median), kept by
     # customers with long histories; None: derive them from order_times when needed.
     gaps: Sequence[int] | None = field(default=None, compare=False)
+    # The customer that built them, read only when a per-day value is asked for (the spend
+    # model's profiles): a reference costs the hot path nothing, a pass over orders would.
+    _source: DayValues | None = field(default=None, repr=False, compare=False)
+
+    def first_day_value(self) -> int:
+        """Net value (money units) of the counted orders on the first order day (UTC).
+
+        When orders were folded (beyond the per-customer bound, worker/rules/customer.py),
+        the first day is a folded order's, whose value is gone: it is estimated as the
+        folded orders' mean value, rounded. Aggregates built without a customer (as tests
+        do) estimate it as the first day's orders at the mean order value, rounded."""
+        if self._source is not None:
+            return self._source.first_day_value()
+        times = self.order_times
+        if self.orders_lifetime > len(times) or not times:
+            first = 1  # a folded order: a day of its own
+        else:
+            day = times[0] // DAY_MS
+            first = sum(1 for at in times if at // DAY_MS == day)
+        return round(self.monetary * first / self.orders_lifetime)
+
+    def day_values(self) -> list[tuple[int, int]]:
+        """(UTC day number, net value in money units) of each day with a counted order kept,
+        ascending. Folded orders are not in it (orders_lifetime > len(order_times) says
+        there are some). Aggregates built without a customer spread `monetary` evenly over
+        the orders."""
+        if self._source is not None:
+            return self._source.day_values()
+        return day_totals([(at, self.monetary / self.orders_lifetime) for at in self.order_times])
+
+
+def day_totals(counted: Sequence[tuple[int, float]]) -> list[tuple[int, int]]:
+    """(day, rounded total value) per UTC day of (placed_at, value) pairs in any order."""
+    totals: dict[int, float] = {}
+    for at, value in counted:
+        day = at // DAY_MS
+        totals[day] = totals.get(day, 0) + value
+    return [(day, round(totals[day])) for day in sorted(totals)]

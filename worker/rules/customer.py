@@ -15,7 +15,7 @@ from itertools import pairwise
 import orjson
 
 from worker import jsonbytes
-from worker.rules.aggregates import Aggregates
+from worker.rules.aggregates import Aggregates, day_totals
 from worker.rules.events import ValidEvent
 from worker.rules.instants import DAY_MS
 from worker.rules.orders import Order, merge
@@ -86,6 +86,9 @@ class Customer:
     _stored: dict[str, list[object]] | None = field(default=None, repr=False, compare=False)
     _base: int | None = field(default=None, repr=False, compare=False)
     _unit: int = field(default=1, repr=False, compare=False)
+    # (UTC day, net value) of the first order day of the kept orders, once asked for (see
+    # `first_day_value`); dropped by `_move` when an order on or before that day changes.
+    _first_day: tuple[int, int] | None = field(default=None, repr=False, compare=False)
 
     def apply(self, event: ValidEvent) -> Outcome:
         """Merge one event. Returns 'duplicate' when the event was already part of the state."""
@@ -145,7 +148,7 @@ class Customer:
                 f.first_at = at if f.first_at is None else min(f.first_at, at)
                 f.last_at = at if f.last_at is None else max(f.last_at, at)
         self.folded = f
-        self._times = self._gaps = self._agg = self._stored = None
+        self._times = self._gaps = self._agg = self._stored = self._first_day = None
         return len(gone)
 
     def _store(self, order_id: str, order: Order) -> None:
@@ -163,6 +166,10 @@ class Customer:
         times, gaps = self._times, self._gaps
         assert times is not None
         self._agg = None
+        if (first := self._first_day) is not None and any(
+            c is not None and c[0] // DAY_MS <= first[0] for c in (before, after)
+        ):
+            self._first_day = None
         if before is not None:
             i = bisect_left(times, before[0])
             if gaps is not None:
@@ -198,12 +205,43 @@ class Customer:
                 self._monetary + f.monetary,
                 times,
                 self._gaps,
+                self,
             )
             return self._agg
         if not times:
             return None
-        self._agg = Aggregates(times[0], times[-1], len(times), self._monetary, times, self._gaps)
+        self._agg = Aggregates(
+            times[0], times[-1], len(times), self._monetary, times, self._gaps, self
+        )
         return self._agg
+
+    def first_day_value(self) -> int:
+        """Net value (money units) of the counted orders on the first order day (UTC);
+        0 without a counted order. With folded orders the first day is a folded one, whose
+        value is gone: estimated as the folded orders' mean value, rounded (the churn model
+        counts each folded order as a day of its own, worker/rules/churn/summaries.py)."""
+        f = self.folded
+        if f is not None and f.first_at is not None and f.orders:
+            return round(f.monetary / f.orders)
+        if self._first_day is None:
+            if self._times is None:
+                self.aggregates()  # builds _times, which `_move` then keeps up to date
+            times = self._times
+            if not times:
+                return 0
+            day = times[0] // DAY_MS
+            value = sum(
+                c[1]
+                for o in self.orders.values()
+                if (c := o.counted_as) is not None and c[0] // DAY_MS == day
+            )
+            self._first_day = (day, value)
+        return self._first_day[1]
+
+    def day_values(self) -> list[tuple[int, int]]:
+        """(UTC day number, net value in money units) of each day with a counted order
+        kept, ascending; folded orders are not in it."""
+        return day_totals([c for o in self.orders.values() if (c := o.counted_as) is not None])
 
     # -- codec: a compact JSON blob, one Redis string per customer ---------------------------
 

@@ -23,6 +23,10 @@ One module per concern, their names gathered here:
 - prediction.py   per customer: P(alive), its band, the day it falls below a bound, and
                   the expected orders
 - calibration.py  expected against actual repeat purchases per week (`rfm-worker model`)
+- spend.py        the Gamma-Gamma spend model (Fader, Hardie & Lee 2005, "RFM and CLV"):
+                  a customer's (x, m_x), its fit and the expected order value
+- spend_check.py  predicted against actual order value in a holdout, and the correlation
+                  of frequency and spend the model assumes away (`rfm-worker model`)
 
 numpy and scipy are imported where used: every process loads the profiles (which import
 this package), only those with a churn model need them (scipy.special alone takes ~0.4 s
@@ -34,26 +38,58 @@ from worker.rules.churn.fitting import Estimate, Failed, fit
 from worker.rules.churn.likelihood import log_likelihood
 from worker.rules.churn.model import CHURN_MODELS, ChurnModel, Fit, Params
 from worker.rules.churn.prediction import band, day_below, expected_orders, p_alive
+from worker.rules.churn.spend import (
+    VALUE_MODELS,
+    SpendFit,
+    SpendParams,
+    ValueModel,
+    expected_order_value,
+    fit_spend,
+    population_mean,
+    spend_log_likelihood,
+    spend_summary,
+    value_band,
+)
+from worker.rules.churn.spend_check import (
+    SpendRow,
+    frequency_spend_correlation,
+    holdout_spend,
+    spend_check,
+)
 from worker.rules.churn.summaries import Summary, purchase_days, summary, summary_of
 
 __all__ = [
     "CHURN_MODELS",
+    "VALUE_MODELS",
     "ChurnModel",
     "Estimate",
     "Failed",
     "Fit",
     "Params",
+    "SpendFit",
+    "SpendParams",
+    "SpendRow",
     "Summary",
+    "ValueModel",
     "Week",
     "band",
     "day_below",
+    "expected_order_value",
     "expected_orders",
     "expected_repeat",
     "fit",
+    "fit_spend",
+    "frequency_spend_correlation",
+    "holdout_spend",
     "log_likelihood",
     "p_alive",
+    "population_mean",
     "purchase_days",
+    "spend_check",
+    "spend_log_likelihood",
+    "spend_summary",
     "summary",
     "summary_of",
+    "value_band",
     "weekly_check",
 ]

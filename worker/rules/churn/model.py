@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
+
+from worker.rules.churn.spend import SpendFit
 
 ChurnModel = Literal["bgnbd", "mbgnbd"]
 CHURN_MODELS: tuple[ChurnModel, ...] = ("bgnbd", "mbgnbd")
@@ -32,24 +34,28 @@ class Fit:
     sampled: int  # customers fitted
     version: int  # 1, 2, ... per profile: each fit stores the next
     fitted_at: int  # epoch ms, on the worker's clock; the customers' T are as of then
+    # The spend model fitted with it (profiles with a value model); None without one or
+    # when its fit failed. Stored under "spend"; fits stored before it load with None.
+    spend: SpendFit | None = None
 
     def to_json(self) -> bytes:
         p = self.params
-        return orjson.dumps(
-            {
-                "model": self.model,
-                "r": p.r,
-                "alpha": p.alpha,
-                "a": p.a,
-                "b": p.b,
-                "time_unit": "days",
-                "log_likelihood": self.log_likelihood,
-                "population": self.population,
-                "sampled": self.sampled,
-                "version": self.version,
-                "fitted_at": self.fitted_at,
-            }
-        )
+        doc: dict[str, Any] = {
+            "model": self.model,
+            "r": p.r,
+            "alpha": p.alpha,
+            "a": p.a,
+            "b": p.b,
+            "time_unit": "days",
+            "log_likelihood": self.log_likelihood,
+            "population": self.population,
+            "sampled": self.sampled,
+            "version": self.version,
+            "fitted_at": self.fitted_at,
+        }
+        if self.spend is not None:
+            doc["spend"] = self.spend.to_doc()
+        return orjson.dumps(doc)
 
     @classmethod
     def from_json(cls, raw: bytes | str) -> Fit:
@@ -65,4 +71,5 @@ class Fit:
             sampled=int(doc["sampled"]),
             version=int(doc["version"]),
             fitted_at=int(doc["fitted_at"]),
+            spend=None if doc.get("spend") is None else SpendFit.from_doc(doc["spend"]),
         )
