@@ -44,6 +44,9 @@ class Published:
     segment: str
     band: int | None = None  # the P(alive) band published (churn model with a fit only)
     value_band: int | None = None  # the value band published (value model, fit and bands)
+    # expected_value published, money units, at least 0 (value model and fit): what the
+    # customer adds to its segment's value sum (worker/state/keys.py rfm:{NN}:values)
+    value: int | None = None
 
     @property
     def rfm(self) -> str:
@@ -277,14 +280,10 @@ class Customer:
         else:
             doc["o" if base is None else "r"] = stored
         if pub is not None:
-            # the bands only when there are: other blobs stay as they were
-            doc["s"] = (
-                [pub.r, pub.f, pub.m, pub.segment]
-                if pub.band is None and pub.value_band is None
-                else [pub.r, pub.f, pub.m, pub.segment, pub.band]
-                if pub.value_band is None
-                else [pub.r, pub.f, pub.m, pub.segment, pub.band, pub.value_band]
-            )
+            score = [pub.r, pub.f, pub.m, pub.segment, pub.band, pub.value_band, pub.value]
+            while score[-1] is None:  # what is absent is left out: other blobs stay as they were
+                score.pop()
+            doc["s"] = score
         if self.partition is not None:
             doc["p"] = self.partition
         if t is not None:

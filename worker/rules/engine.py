@@ -18,7 +18,7 @@ result carries the customer's next due instant (worker/rules/decay.py) for the d
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from hashlib import blake2b
 from typing import Literal
@@ -28,6 +28,7 @@ from worker.rules.customer import Customer, Published
 from worker.rules.decay import Rhythm, next_due, overdue_pending, rhythm
 from worker.rules.events import ValidEvent
 from worker.rules.messages import CAUSE_OF_EVENT, Cause, rfm_changed, rfm_overdue
+from worker.rules.money import SCALE
 from worker.rules.profile import Profile
 from worker.rules.scoring import Score, days_between, score
 from worker.rules.triggers import fired, fired_overdue
@@ -239,12 +240,24 @@ def rescore(
         and current.band == previous.band  # a P(alive) band move is a change too
         and current.value_band == previous.value_band  # and so is a value band move
     ):
+        if current.expected_value is not None or previous.value is not None:
+            units = _units(current.expected_value)
+            if units != previous.value:  # no change to publish; the value sums follow it
+                customer.published = replace(previous, value=units)
         return None
     customer.published = (
         None
         if current is None
         else Published(
-            current.r, current.f, current.m, current.segment, current.band, current.value_band
+            current.r,
+            current.f,
+            current.m,
+            current.segment,
+            current.band,
+            current.value_band,
+            None
+            if current.expected_value is None
+            else max(0, round(current.expected_value * SCALE)),
         )
     )
     return _changed(
@@ -258,6 +271,12 @@ def rescore(
         cause=cause,
         cause_event_id=cause_event_id,
     )
+
+
+def _units(expected_value: float | None) -> int | None:
+    """An expected value as the segment sums count it: money units, at least 0 (a customer
+    whose refunds outweigh its repeat orders adds nothing rather than a negative)."""
+    return None if expected_value is None else max(0, round(expected_value * SCALE))
 
 
 def _changed(

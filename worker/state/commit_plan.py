@@ -115,11 +115,22 @@ class ShardKeys:
     The first customer filed under a partition also makes the call check the shard's
     applied offset against that partition's floor (commit.lua, "vouched")."""
 
-    __slots__ = ("_args", "_counts", "_dues", "_floors", "_moves", "_outboxes", "_shard", "vouched")
+    __slots__ = (
+        "_args",
+        "_counts",
+        "_dues",
+        "_floors",
+        "_moves",
+        "_outboxes",
+        "_shard",
+        "_values",
+        "vouched",
+    )
 
     def __init__(self, shard: int, args: ScriptArgs, floors: Floors) -> None:
         self._shard, self._args, self._floors = shard, args, floors
         self._counts = 0
+        self._values = 0
         self._dues: dict[int, int] = {}
         self._outboxes: dict[int, tuple[bytes, int]] = {}
         self._moves: dict[tuple[str, int, str | None, str | None], list[Cell]] = {}
@@ -146,6 +157,11 @@ class ShardKeys:
         if not self._counts:
             self._counts = self._args.key(keys.counts(self._shard))
         return self._counts
+
+    def values(self) -> int:
+        if not self._values:
+            self._values = self._args.key(keys.values(self._shard))
+        return self._values
 
     def outbox(self, partition: int) -> tuple[bytes, int]:
         """The partition's outbox stream and its KEYS index."""
@@ -253,10 +269,11 @@ def _write_customer(
     due_from = due_to if was_in is None or was_in == partition else shard_keys.due_left(was_in)
     due = "" if res.due is None else str(res.due)
     args.customer(key, blob or b"", decision.state, due_from, due_to, due)
+    tenant = customer.tenant
+    # (without a change, only a value model's expected value may have moved)
+    _count_scores(args, shard_keys, tenant, decision.before, customer.published)
     if not res.changes:
         return
-    tenant = customer.tenant
-    _count_scores(args, shard_keys, tenant, decision.before, customer.published)
     _count_flows(args, shard_keys, tenant, customer.scored_at or 0, res.changes)
     stream, outbox = shard_keys.outbox(partition)
     kafka_key = customer.customer_id.encode()
@@ -273,16 +290,24 @@ def _count_scores(
     after: Published | None,
 ) -> None:
     """The segment counters move once per customer: from its score before the batch to
-    its score after, whatever changes it went through in between."""
+    its score after, whatever changes it went through in between; with a value model, the
+    value sums beside them move from its expected value before to after (updated at every
+    commit of the customer, a change published or not)."""
     if before is after:
         return
     counts, deltas = shard_keys.counts(), args.deltas
     if before is not None:
-        cell = (counts, keys.count_cell(tenant, before.rfm, before.segment))
-        deltas[cell] = deltas.get(cell, 0) - 1
+        name = keys.count_cell(tenant, before.rfm, before.segment)
+        deltas[(counts, name)] = deltas.get((counts, name), 0) - 1
+        if before.value:
+            cell = (shard_keys.values(), name)
+            deltas[cell] = deltas.get(cell, 0) - before.value
     if after is not None:
-        cell = (counts, keys.count_cell(tenant, after.rfm, after.segment))
-        deltas[cell] = deltas.get(cell, 0) + 1
+        name = keys.count_cell(tenant, after.rfm, after.segment)
+        deltas[(counts, name)] = deltas.get((counts, name), 0) + 1
+        if after.value:
+            cell = (shard_keys.values(), name)
+            deltas[cell] = deltas.get(cell, 0) + after.value
 
 
 def _count_flows(

@@ -118,7 +118,8 @@ class Api:
         if isinstance(tenant, Response):
             return tenant
         as_of = scoring_now(self.settings, self.store.clock)
-        return _json(200, views.matrix(self.store, tenant, as_of))
+        values = self.profiles.for_tenant(tenant).value_model is not None
+        return _json(200, views.matrix(self.store, tenant, as_of, values=values))
 
     def _segments(self, query: str) -> Response:
         """The page's slower data: segment names and colours, sizes over time, flows."""
