@@ -65,7 +65,8 @@ class _Utf8Lines:
 def export_csv(docs: Iterable[dict[str, object]], out: BinaryIO) -> None:
     """A header of the customer view's fields, then a row per customer (RFC 4180: CRLF,
     fields with a comma, a quote or a line break quoted); numbers as in the JSON lines
-    (the P(alive) columns empty where the profile has no churn model or no fit yet)."""
+    (the P(alive) and value columns empty where the profile has no such model or no fit
+    yet)."""
     fields = list(CustomerView.model_fields)
     writer = csv.writer(_Utf8Lines(out))
     writer.writerow(fields)

@@ -43,6 +43,7 @@ class Published:
     m: int
     segment: str
     band: int | None = None  # the P(alive) band published (churn model with a fit only)
+    value_band: int | None = None  # the value band published (value model, fit and bands)
 
     @property
     def rfm(self) -> str:
@@ -276,11 +277,13 @@ class Customer:
         else:
             doc["o" if base is None else "r"] = stored
         if pub is not None:
-            # the band only when there is one: other blobs stay as they were
+            # the bands only when there are: other blobs stay as they were
             doc["s"] = (
                 [pub.r, pub.f, pub.m, pub.segment]
-                if pub.band is None
+                if pub.band is None and pub.value_band is None
                 else [pub.r, pub.f, pub.m, pub.segment, pub.band]
+                if pub.value_band is None
+                else [pub.r, pub.f, pub.m, pub.segment, pub.band, pub.value_band]
             )
         if self.partition is not None:
             doc["p"] = self.partition
@@ -342,9 +345,7 @@ class Customer:
                 times.append(counted[0])
                 monetary += counted[1]
         s = doc.get("s")
-        published = (
-            None if not s else Published(s[0], s[1], s[2], s[3], s[4] if len(s) > 4 else None)
-        )
+        published = None if not s else Published(*s)  # the bands absent: None
         z = doc.get("z")
         customer = cls(
             tenant,

@@ -78,13 +78,15 @@ def _state(at: Published | Score | None) -> str:
     """A score as its change ids spell it."""
     if at is None:
         return "-"
-    return _spelling(at.r, at.f, at.m, at.segment, at.band)
+    return _spelling(at.r, at.f, at.m, at.segment, at.band, at.value_band)
 
 
 @lru_cache(maxsize=10_000)  # a base has a few hundred distinct scores: spelled once each
-def _spelling(r: int, f: int, m: int, segment: str, band: int | None) -> str:
+def _spelling(r: int, f: int, m: int, segment: str, band: int | None, value: int | None) -> str:
     text = f"{r}{f}{m}:{segment}"
-    return text if band is None else f"{text}:{band}"
+    if band is not None:
+        text = f"{text}:{band}"
+    return text if value is None else f"{text}:v{value}"
 
 
 def apply_events(
@@ -235,12 +237,15 @@ def rescore(
         and current.f == previous.f
         and current.m == previous.m
         and current.band == previous.band  # a P(alive) band move is a change too
+        and current.value_band == previous.value_band  # and so is a value band move
     ):
         return None
     customer.published = (
         None
         if current is None
-        else Published(current.r, current.f, current.m, current.segment, current.band)
+        else Published(
+            current.r, current.f, current.m, current.segment, current.band, current.value_band
+        )
     )
     return _changed(
         customer,
@@ -268,7 +273,9 @@ def _changed(
     cause_event_id: str | None,
 ) -> Change:
     """The rfm.changed record of the customer's move from `previous` to `current`."""
-    names = fired(profile.triggers, previous, current, profile.p_alive_bands)
+    names = fired(
+        profile.triggers, previous, current, profile.p_alive_bands, profile.value_bands or ()
+    )
     # What the change is: whose, why (the event, or for time and profile changes the
     # aggregates that were rescored), under which profile version, from what to what.
     if cause_event_id is not None:

@@ -67,6 +67,10 @@ class RfmChanged(_Model):
     p_alive: float | None
     p_alive_band: int | None
     expected_orders: float | None
+    # null without a value model or its fit; value_band null without value_bands too.
+    expected_order_value: float | None
+    expected_value: float | None
+    value_band: int | None
 
 
 class RfmOverdue(_Model):
@@ -108,6 +112,10 @@ class CustomerView(_Model):
     p_alive: float | None
     p_alive_band: int | None
     expected_orders: float | None
+    # null without a value model or its fit; value_band null without value_bands too.
+    expected_order_value: float | None
+    expected_value: float | None
+    value_band: int | None
 
 
 def score_view(s: Score | Published | None) -> dict[str, object] | None:
@@ -162,7 +170,8 @@ def rfm_changed(
     triggers: Sequence[str] = (),
 ) -> dict[str, object]:
     """The record of a change; P(alive) and its band are null without a churn model (or
-    before its first fit). One dict literal: built for nearly every event."""
+    before its first fit), the values without a value model. One dict literal: built for
+    nearly every event."""
     as_of = iso(as_of_ms)
     return {
         "type": "rfm.changed",
@@ -184,15 +193,30 @@ def rfm_changed(
 
 
 def churn_values(current: Score | None) -> dict[str, object]:
-    """P(alive), its band and the expected orders, as records show them (null: no churn
-    model, or no fit yet)."""
+    """P(alive), its band, the expected orders, and the expected order value, value and
+    value band, as records show them (null: no churn or value model, or no fit yet)."""
     if current is None:
-        return {"p_alive": None, "p_alive_band": None, "expected_orders": None}
+        return _NO_CHURN_VALUES
     return {
         "p_alive": current.p_alive,
         "p_alive_band": current.band,
         "expected_orders": current.expected_orders,
+        "expected_order_value": current.expected_order_value,
+        "expected_value": current.expected_value,
+        "value_band": current.value_band,
     }
+
+
+_NO_CHURN_VALUES: dict[str, object] = dict.fromkeys(
+    (
+        "p_alive",
+        "p_alive_band",
+        "expected_orders",
+        "expected_order_value",
+        "expected_value",
+        "value_band",
+    )
+)
 
 
 def customer_view(

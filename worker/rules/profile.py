@@ -4,6 +4,7 @@ and what scoring derives from it (its version, quantile thresholds, churn fit). 
 from __future__ import annotations
 
 import hashlib
+import math
 from decimal import Decimal
 from functools import cached_property
 from itertools import pairwise
@@ -19,7 +20,7 @@ from pydantic import (
 )
 
 from worker.errors import ProfileError
-from worker.rules.churn import ChurnModel, Fit
+from worker.rules.churn import ChurnModel, Fit, ValueModel
 from worker.rules.money import to_units
 from worker.rules.profile_specs import VALUE_KINDS, RuleSpec, TriggerSpec, trigger_specs
 from worker.rules.quantiles import QUINTILES, Cuts
@@ -32,6 +33,8 @@ QUANTILE_KEYS = ("quantiles_every_minutes", "quantiles_sample")
 # The churn model's settings besides churn_model itself (docs/churn.md).
 CHURN_KEYS = ("churn_horizon_days", "p_alive_bands", "churn_refit_minutes")
 DEFAULT_P_ALIVE_BANDS = (0.2, 0.5, 0.8)
+# The value model's settings besides value_model itself (docs/profiles.md).
+VALUE_KEYS = ("value_bands",)
 # Before a quantile profile's first cut points, every customer scores 333: R, F and M
 # thresholds that no value passes on one side and every value reaches on the other.
 NEVER = 10**18  # days, orders, money units no customer reaches (decay: never due by R)
@@ -66,6 +69,10 @@ class Profile(BaseModel):
         default_factory=lambda: list(DEFAULT_P_ALIVE_BANDS), min_length=1, max_length=MAX_LEVELS - 1
     )
     churn_refit_minutes: StrictInt = Field(default=60, gt=0)
+    # The value model (Gamma-Gamma on top of the churn model): none unless named; its
+    # bands are amounts in the profile's currency units (no bands: no value band).
+    value_model: ValueModel | None = None
+    value_bands: list[float] | None = Field(default=None, min_length=1, max_length=MAX_LEVELS - 1)
     # The fit the profile scores P(alive) with (`with_fit`); never read from TOML.
     churn_fit: Fit | None = Field(default=None, exclude=True)
     segments: list[RuleSpec] | None = None
@@ -144,6 +151,7 @@ class Profile(BaseModel):
     def _check_churn(self, derived: bool) -> None:
         if derived:
             return
+        self._check_value()
         if self.churn_model is None:
             given = [k for k in CHURN_KEYS if k in self.model_fields_set]
             if given:
@@ -154,6 +162,21 @@ class Profile(BaseModel):
             raise ValueError(f"p_alive_bands must be between 0 and 1 (exclusive), got {bands}")
         if any(b <= a for a, b in pairwise(bands)):
             raise ValueError(f"p_alive_bands must be strictly increasing, got {bands}")
+
+    def _check_value(self) -> None:
+        if self.value_model is None:
+            given = [k for k in VALUE_KEYS if k in self.model_fields_set]
+            if given:
+                raise ValueError(f'{", ".join(given)} need(s) value_model = "gamma_gamma"')
+            return
+        if self.churn_model is None:
+            # expected_value is the expected order value times the churn model's orders
+            raise ValueError('value_model needs churn_model = "bgnbd" or "mbgnbd"')
+        bands = self.value_bands or []
+        if any(not 0 < v < math.inf for v in bands):
+            raise ValueError(f"value_bands must be positive amounts, got {bands}")
+        if any(b <= a for a, b in pairwise(bands)):
+            raise ValueError(f"value_bands must be strictly increasing, got {bands}")
 
     def _check_triggers(self, levels: tuple[int, int, int]) -> None:
         """What a trigger can only be checked against: levels and segment names."""
@@ -176,6 +199,9 @@ class Profile(BaseModel):
                         f"{self.p_alive_bands} (P(alive) is watched at the band bounds)"
                     )
                 continue
+            if t.when == "value_above":
+                self._check_value_above(label, t.value)
+                continue
             if t.value is not None:
                 dim, key = VALUE_KINDS[t.when]
                 top = levels["rfm".index(dim)]
@@ -196,6 +222,16 @@ class Profile(BaseModel):
                         f"{label}: {where} {segment!r} is not in the profile's segment map"
                     )
 
+    def _check_value_above(self, label: str, value: float | None) -> None:
+        if self.value_model is None:
+            raise ValueError(f'{label}: value_above needs value_model = "gamma_gamma"')
+        # Like P(alive), the expected value is watched at its band bounds only.
+        if value not in (self.value_bands or []):
+            raise ValueError(
+                f"{label}: value {value} is not one of value_bands {self.value_bands} "
+                "(the expected value is watched at the band bounds)"
+            )
+
     @cached_property
     def monetary_units(self) -> tuple[int, ...]:
         """Monetary thresholds in exact money units (see worker.rules.money)."""
@@ -211,7 +247,8 @@ class Profile(BaseModel):
         # profile keeps the version it had before quantile mode existed. Likewise a profile
         # without a churn model keeps the version it had before churn models existed; with
         # one, the model, horizon, bands and fit version count (a new fit is applied like
-        # a changed profile), the refit cadence does not (no score depends on it).
+        # a changed profile), the refit cadence does not (no score depends on it). The
+        # value model likewise; its spend fit is part of the churn fit and its version.
         body = self.model_dump_json(
             exclude={
                 "name",
@@ -221,6 +258,8 @@ class Profile(BaseModel):
                 *QUANTILE_KEYS,
                 "churn_model",
                 *CHURN_KEYS,
+                "value_model",
+                *VALUE_KEYS,
             }
         ).encode()
         if self.churn_model is not None:
@@ -229,11 +268,13 @@ class Profile(BaseModel):
                 f"|churn:{self.churn_model}:{self.churn_horizon_days}:{self.p_alive_bands}:"
                 f"{0 if fit is None else fit.version}"
             ).encode()
+        if self.value_model is not None:
+            body += f"|value:{self.value_model}:{self.value_bands}".encode()
         return hashlib.sha256(body).hexdigest()[:8]
 
     def with_fit(self, fit: Fit | None) -> Profile:
-        """This profile scoring P(alive) with `fit` (None: no fit yet, P(alive) null); its
-        `version` follows the fit's. A fit of another model than the profile's is ignored."""
+        """This profile scoring P(alive) (and with a value model, the expected value) with
+        `fit` (None: no fit yet, both null); its `version` follows the fit's. A fit of another model than the profile's is ignored."""
         if self.churn_model is None:
             return self
         if fit is not None and fit.model != self.churn_model:
@@ -267,6 +308,9 @@ class Profile(BaseModel):
         )
         if self.churn_model is None:  # a profile without a model stays as it was
             for key in ("churn_model", *CHURN_KEYS):
+                body.pop(key, None)
+        if self.value_model is None:
+            for key in ("value_model", *VALUE_KEYS):
                 body.pop(key, None)
         body.update(
             recency_days=recency,

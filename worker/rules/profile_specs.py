@@ -43,7 +43,14 @@ class RuleSpec(BaseModel):
 
 
 TriggerKind = Literal[
-    "r_becomes", "f_reaches", "m_reaches", "enters", "leaves", "overdue", "p_alive_below"
+    "r_becomes",
+    "f_reaches",
+    "m_reaches",
+    "enters",
+    "leaves",
+    "overdue",
+    "p_alive_below",
+    "value_above",
 ]
 # Which score dimension a `value` trigger watches, and which threshold list sets its levels.
 VALUE_KINDS: dict[str, tuple[str, str]] = {
@@ -52,6 +59,8 @@ VALUE_KINDS: dict[str, tuple[str, str]] = {
     "m_reaches": ("m", "monetary"),
 }
 SEGMENT_KINDS = ("enters", "leaves")
+# Kinds whose value is one of the profile's band bounds (a probability, an amount).
+BAND_KINDS = ("p_alive_below", "value_above")
 
 
 class TriggerSpec(BaseModel):
@@ -65,7 +74,8 @@ class TriggerSpec(BaseModel):
     # No commas: the names travel comma-separated in the `rfm.triggers` header.
     name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_.-]+$")
     when: TriggerKind
-    value: int | float | None = None  # an integer level; a float for p_alive_below only
+    # an integer level; a band bound (float) for p_alive_below and value_above
+    value: int | float | None = None
     segment: str | None = None
     from_: list[str] | None = Field(default=None, alias="from")
 
@@ -79,7 +89,7 @@ class TriggerSpec(BaseModel):
 
     @model_validator(mode="after")
     def _fields_fit_the_kind(self) -> Self:
-        valued = self.when in VALUE_KINDS or self.when == "p_alive_below"
+        valued = self.when in VALUE_KINDS or self.when in BAND_KINDS
         if valued and self.value is None:
             raise ValueError(f"'{self.when}' needs a value")
         if not valued and self.value is not None:

@@ -8,9 +8,9 @@ customers: `rfm-worker rescore --dry-run` prints that tally; it reads and never 
 The instant follows the engine's rule (worker/rules/engine.py): a customer's time never moves
 back, so one committed at a later instant than as_of is scored at that instant. The
 comparison is the engine's too: the worker publishes a change when (R, F, M), the
-segment or the P(alive) band (docs/churn.md) differ. So the tally also counts decay the
-sweeper has not published yet, which applying the profile now would publish along with the
-profile's own moves.
+segment, the P(alive) band or the value band (docs/churn.md) differ. So the tally also
+counts decay the sweeper has not published yet, which applying the profile now would
+publish along with the profile's own moves.
 """
 
 from __future__ import annotations
@@ -56,9 +56,12 @@ class Decision:
         return _triple(self.before) != _triple(self.after) or self.segment_changes
 
 
-def _triple(s: Published | Score | None) -> tuple[int, int, int, int | None] | None:
-    """(R, F, M) and the P(alive) band (None without a churn model): what a change is."""
-    return None if s is None else (s.r, s.f, s.m, s.band)
+def _triple(
+    s: Published | Score | None,
+) -> tuple[int, int, int, int | None, int | None] | None:
+    """(R, F, M), the P(alive) band (None without a churn model) and the value band (None
+    without a value model): what a change is."""
+    return None if s is None else (s.r, s.f, s.m, s.band, s.value_band)
 
 
 def decide(customer: Customer, profile: Profile, as_of_ms: int) -> Decision | None:

@@ -27,6 +27,11 @@ class Score:
     p_alive: float | None = None
     band: int | None = None  # the P(alive) band, 1 + the bounds at or below p_alive
     expected_orders: float | None = None  # in the next churn_horizon_days
+    # With a value model too and a spend fit: E[M | x, m_x] (currency units), times the
+    # expected orders, and its band (1 + the value_bands at or below it; None: no bands).
+    expected_order_value: float | None = None
+    expected_value: float | None = None
+    value_band: int | None = None
 
     @property
     def rfm(self) -> str:
@@ -70,4 +75,24 @@ def score(agg: Aggregates, as_of_ms: int, profile: Profile) -> Score:
             s.band = churn.band(p, profile.p_alive_bands)
             e = churn.expected_orders(fit.model, fit.params, profile.churn_horizon_days, summary)
             s.expected_orders = None if math.isnan(e) else e
+            if profile.value_model is not None and fit.spend is not None:
+                _value(s, agg, as_of_ms, profile, fit.spend)
     return s
+
+
+def _value(
+    s: Score, agg: Aggregates, as_of_ms: int, profile: Profile, spend: churn.SpendFit
+) -> None:
+    """The expected order value and value, and the value band, of a scored customer."""
+    summary = churn.spend_summary(agg, as_of_ms)
+    if summary is None:
+        return
+    eov = churn.expected_order_value(spend.params, *summary)
+    if not math.isfinite(eov):  # a scorer never raises, and records carry no NaN
+        return
+    s.expected_order_value = eov
+    value = math.nan if s.expected_orders is None else eov * s.expected_orders
+    if math.isfinite(value):
+        s.expected_value = value
+        if profile.value_bands:
+            s.value_band = churn.value_band(value, profile.value_bands)

@@ -27,6 +27,8 @@ class Scored(Protocol):
     def segment(self) -> str: ...
     @property
     def band(self) -> int | None: ...
+    @property
+    def value_band(self) -> int | None: ...
 
 
 def fired(
@@ -34,11 +36,13 @@ def fired(
     previous: Scored | None,
     current: Scored | None,
     p_alive_bands: Sequence[float] = (),
+    value_bands: Sequence[float] = (),
 ) -> tuple[str, ...]:
     """The names of the triggers an `rfm.changed` move fires, in profile order.
 
     `previous` is None for a new customer, `current` None when no counted order is left.
-    `p_alive_bands`: the profile's band bounds (p_alive_below triggers).
+    `p_alive_bands`, `value_bands`: the profile's band bounds (p_alive_below and
+    value_above triggers).
     """
     if not triggers:
         return ()
@@ -46,7 +50,7 @@ def fired(
     return tuple(
         t.name
         for t in triggers
-        if _moves(t, previous, current, p_alive_bands) and (t.from_ is None or before in t.from_)
+        if _moves(t, previous, current, p_alive_bands, value_bands) and (t.from_ is None or before in t.from_)
     )
 
 
@@ -65,6 +69,7 @@ def _moves(
     previous: Scored | None,
     current: Scored | None,
     p_alive_bands: Sequence[float],
+    value_bands: Sequence[float],
 ) -> bool:
     if t.when == "overdue":
         return False  # only on rfm.overdue records (fired_overdue)
@@ -77,6 +82,15 @@ def _moves(
             return False
         top = p_alive_bands.index(t.value) + 1  # the highest band below the value
         return band_now <= top < band_was
+    if t.when == "value_above":
+        # Likewise: expected value >= bounds[j] exactly when the value band is at least
+        # j + 2, and a crossing needs a known value band before.
+        value_was = None if previous is None else previous.value_band
+        value_now = None if current is None else current.value_band
+        if value_was is None or value_now is None or t.value not in value_bands:
+            return False
+        lowest = value_bands.index(t.value) + 2  # the lowest band at or above the value
+        return value_was < lowest <= value_now
     if t.when in ("enters", "leaves"):
         before = previous.segment if previous is not None else None
         after = current.segment if current is not None else None
