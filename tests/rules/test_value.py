@@ -64,9 +64,7 @@ def customer(*orders: tuple[int, str]) -> Customer:
 
 
 def test_value_keys_load() -> None:
-    p = Profiles.from_toml(one_profile(VALUE_BODY + "value_bands = [50, 200.5]\n")).for_tenant(
-        "x"
-    )
+    p = Profiles.from_toml(one_profile(VALUE_BODY + "value_bands = [50, 200.5]\n")).for_tenant("x")
     assert (p.value_model, p.value_bands) == ("gamma_gamma", [50.0, 200.5])
     p = Profiles.from_toml(one_profile(VALUE_BODY)).for_tenant("x")
     assert (p.value_model, p.value_bands) == ("gamma_gamma", None)
@@ -105,7 +103,9 @@ def test_bad_value_keys_are_rejected_and_named(body: str, message: str) -> None:
 
 def test_value_above_triggers() -> None:
     body = VALUE_BODY + "value_bands = [50, 200]\n"
-    ok = Profiles.from_toml(with_triggers('name = "vip"\nwhen = "value_above"\nvalue = 200', body=body))
+    ok = Profiles.from_toml(
+        with_triggers('name = "vip"\nwhen = "value_above"\nvalue = 200', body=body)
+    )
     (t,) = ok.for_tenant("pizzeria").triggers
     assert (t.when, t.value) == ("value_above", 200)
     for trigger, message in [
@@ -142,15 +142,19 @@ def test_the_value_keys_and_the_fit_count_in_the_version() -> None:
         Profiles.from_toml(one_profile(VALUE_BODY + "value_bands = [5]\n")).for_tenant("x").version,
         Profiles.from_toml(one_profile(VALUE_BODY + "value_bands = [6]\n")).for_tenant("x").version,
         value_profile("[5]").version,
-        value_profile("[5]", fit=churn.Fit("bgnbd", FIT.params, -1.0, 100, 100, 2, 0, SPEND)).version,
+        value_profile(
+            "[5]", fit=churn.Fit("bgnbd", FIT.params, -1.0, 100, 100, 2, 0, SPEND)
+        ).version,
     }
     assert len(versions) == 6
 
 
 def test_a_quantile_profile_keeps_its_value_model() -> None:
     profiles = Profiles.from_toml(
-        one_profile('mode = "quantiles"\nchurn_model = "bgnbd"\nvalue_model = "gamma_gamma"\n'
-                    "value_bands = [5, 20]\n")
+        one_profile(
+            'mode = "quantiles"\nchurn_model = "bgnbd"\nvalue_model = "gamma_gamma"\n'
+            "value_bands = [5, 20]\n"
+        )
     )
     profiles.use_fit("default", FIT)
     p = profiles.use_cuts("default", None)
@@ -268,7 +272,8 @@ def test_without_a_value_model_records_say_null() -> None:
 
 def test_value_above_fires_on_the_crossing_only() -> None:
     profile = value_profile(
-        "[5, 20, 50]", '[[profiles.default.triggers]]\nname = "w"\nwhen = "value_above"\nvalue = 20\n'
+        "[5, 20, 50]",
+        '[[profiles.default.triggers]]\nname = "w"\nwhen = "value_above"\nvalue = 20\n',
     )
 
     def moved(was: int | None, now: int | None) -> tuple[str, ...]:
@@ -303,7 +308,9 @@ def test_a_value_band_move_is_a_change_and_fires_value_above() -> None:
     high = score(agg, at2, probe).expected_value
     assert low is not None and high is not None and high > low
     bound = round((low + high) / 2, 2)
-    trigger = f'[[profiles.default.triggers]]\nname = "vip"\nwhen = "value_above"\nvalue = {bound}\n'
+    trigger = (
+        f'[[profiles.default.triggers]]\nname = "vip"\nwhen = "value_above"\nvalue = {bound}\n'
+    )
     profile = value_profile(f"[{bound}]", trigger)
     c = Customer("default", "c1")
     first = apply_events(c, [order(0, at1)], profile=profile, as_of_ms=at1, now_ms=at1)

@@ -274,7 +274,8 @@ class Profile(BaseModel):
 
     def with_fit(self, fit: Fit | None) -> Profile:
         """This profile scoring P(alive) (and with a value model, the expected value) with
-        `fit` (None: no fit yet, both null); its `version` follows the fit's. A fit of another model than the profile's is ignored."""
+        `fit` (None: no fit yet, both null); its `version` follows the fit's. A fit of
+        another model than the profile's is ignored."""
         if self.churn_model is None:
             return self
         if fit is not None and fit.model != self.churn_model:

@@ -50,7 +50,8 @@ def fired(
     return tuple(
         t.name
         for t in triggers
-        if _moves(t, previous, current, p_alive_bands, value_bands) and (t.from_ is None or before in t.from_)
+        if _moves(t, previous, current, p_alive_bands, value_bands)
+        and (t.from_ is None or before in t.from_)
     )
 
 
