@@ -119,9 +119,7 @@ def test_cdnow_spend_model_equals_lifetimes(
     assert worker.stop() == 0
     fitted = store.churn_fits.read()["default"]
     assert fitted.version == 1 and fitted.spend is not None
-    assert {r["cause"] for r in records if r.get("expected_order_value") is not None} == {
-        "rescore"
-    }
+    assert {r["cause"] for r in records if r.get("expected_order_value") is not None} == {"rescore"}
 
     # sweep --once at the scoring instant: the fit is older than churn_refit_minutes on the
     # event clock (the last order, 12 hours before), so the sweep refits both models.

@@ -22,8 +22,7 @@ import time
 
 from worker import metrics
 from worker.rules import churn
-from worker.rules.churn import Fit
-from worker.rules.churn import SpendFit
+from worker.rules.churn import Fit, SpendFit
 from worker.rules.instants import iso
 from worker.rules.money import SCALE
 from worker.rules.profiles import Profiles

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Protocol, TypeVar
 
 from worker.rules import churn
@@ -23,7 +23,7 @@ class Scan(Protocol):
     """A profile's sampled base being read, a chunk per loop turn (cut points, a fit)."""
 
     name: str
-    chunks: Iterator[list[tuple[int, ...]]]
+    chunks: Iterator[Sequence[tuple[int, ...]]]
     rows: list[tuple[int, ...]]
 
 

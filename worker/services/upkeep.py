@@ -17,7 +17,7 @@ failed (`Model.complete`).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -58,7 +58,7 @@ class Reader(Protocol):
 
     def __call__(
         self, reads: Reads, name: str, profiles: Profiles, as_of_ms: int, *, sample: int, count: int
-    ) -> Iterator[list[Row]]: ...
+    ) -> Iterator[Sequence[Row]]: ...
 
 
 class Gauge(Protocol):
@@ -105,7 +105,7 @@ class Run:
     as_of_ms: int
     exact: bool  # every customer is read (the population is not above the sample size)
     population: int  # the estimate the sample was drawn against (0: unknown)
-    chunks: Iterator[list[Row]]
+    chunks: Iterator[Sequence[Row]]
     rows: list[Row] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
 
