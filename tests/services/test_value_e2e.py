@@ -162,3 +162,15 @@ def test_cdnow_spend_model_equals_lifetimes(
         assert doc["expected_value"] == pytest.approx(
             doc["expected_order_value"] * doc["expected_orders"], rel=1e-12
         )
+
+    # `rfm-worker model` on the same base: the stored spend fit beside the churn parameters,
+    # and the correlation of frequency and spend, the paper's 0.11 on CDNOW (low: no warning).
+    done = deployment.command("model", "--profile", "default", "--json")
+    assert done.returncode == 0, done.stderr
+    doc = orjson.loads(done.stdout)
+    assert (doc["fit"]["version"], doc["fit"]["r"]) == (2, fit.params.r)
+    assert (doc["fit"]["spend"]["p"], doc["fit"]["spend"]["population"]) == (got[0], len(repeat))
+    corr = doc["value"]["correlation"]
+    assert corr["x_m_x"] == pytest.approx(repeat[["frequency", "monetary_value"]].corr().iloc[0, 1])
+    assert corr["x_m_x"] == pytest.approx(0.11, abs=0.01) and corr["warning"] is None
+    assert doc["value"]["check"]["rows"][0]["frequency"] == "all"

@@ -117,8 +117,9 @@ def render_value(fit: dict[str, Any] | None, value: dict[str, Any]) -> list[str]
         return lines
     c = check["fit"]
     lines.append(
-        f"order value check, calibration spend fit on {check['customers']} customer(s): "
-        f"p={c['p']:.4g} q={c['q']:.4g} v={c['v']:.4g}; customers who bought in the holdout:"
+        f"order value check: spend fitted on the {c['population']} repeat customer(s) before "
+        f"the split: p={c['p']:.4g} q={c['q']:.4g} v={c['v']:.4g}; predicted against actual "
+        "mean order value of those who bought in the holdout, by repeat purchases before it:"
     )
     header = ("repeat purchases", "customers", "predicted", "actual")
     rows = [
