@@ -54,6 +54,9 @@ VIEW_FIELDS = {
     "p_alive",  # null: the profile has no churn model
     "p_alive_band",
     "expected_orders",
+    "expected_order_value",  # null: no value model
+    "expected_value",
+    "value_band",
 }
 
 
@@ -173,6 +176,9 @@ ALICE_AT_AS_OF = {
     "p_alive": None,
     "p_alive_band": None,
     "expected_orders": None,
+    "expected_order_value": None,
+    "expected_value": None,
+    "value_band": None,
 }
 
 

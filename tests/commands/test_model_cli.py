@@ -172,6 +172,7 @@ def test_export_csv_has_the_p_alive_columns_empty_without_a_value() -> None:
     rows = list(csv.DictReader(io.StringIO(out.getvalue().decode(), newline="")))
     assert list(rows[0]) == list(CustomerView.model_fields)
     assert list(rows[0])[-6:-3] == ["p_alive", "p_alive_band", "expected_orders"]
+    assert list(rows[0])[-3:] == ["expected_order_value", "expected_value", "value_band"]
     assert [(r["p_alive"], r["p_alive_band"], r["expected_orders"]) for r in rows] == [
         ("", "", ""),
         ("0.25", "2", "1.5"),

@@ -119,7 +119,7 @@ def test_value_above_triggers() -> None:
     ]:
         assert message in load_error(with_triggers(trigger, body=body))
     no_bands = with_triggers('name = "w"\nwhen = "value_above"\nvalue = 50', body=VALUE_BODY)
-    assert "value 50 is not one of value_bands None" in load_error(no_bands)
+    assert "triggers[0] 'w': value_above needs value_bands" in load_error(no_bands)
     no_model = with_triggers('name = "w"\nwhen = "value_above"\nvalue = 50', body=CHURN_BODY)
     assert 'value_above needs value_model = "gamma_gamma"' in load_error(no_model)
 

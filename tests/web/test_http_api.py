@@ -143,6 +143,9 @@ def test_customer_view(api: Api, store: Store, profiles: Profiles) -> None:
         "p_alive": None,  # the profile has no churn model
         "p_alive_band": None,
         "expected_orders": None,
+        "expected_order_value": None,  # nor a value model
+        "expected_value": None,
+        "value_band": None,
     }
 
 

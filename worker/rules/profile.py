@@ -226,7 +226,12 @@ class Profile(BaseModel):
         if self.value_model is None:
             raise ValueError(f'{label}: value_above needs value_model = "gamma_gamma"')
         # Like P(alive), the expected value is watched at its band bounds only.
-        if value not in (self.value_bands or []):
+        if not self.value_bands:
+            raise ValueError(
+                f"{label}: value_above needs value_bands (the expected value is watched "
+                "at the band bounds)"
+            )
+        if value not in self.value_bands:
             raise ValueError(
                 f"{label}: value {value} is not one of value_bands {self.value_bands} "
                 "(the expected value is watched at the band bounds)"

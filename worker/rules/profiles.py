@@ -64,8 +64,8 @@ class Profiles:
         return self._rebuild(name)
 
     def use_fit(self, name: str, fit: Fit | None) -> Profile:
-        """Score P(alive) of profile `name` with this fit from now on; returns the profile
-        now used."""
+        """Score P(alive) (and the expected value, with a value model) of profile `name`
+        with this fit from now on; returns the profile now used."""
         if self.configured[name].churn_model is None:
             raise ValueError(f"profile {name!r} has no churn model")
         self.fits[name] = fit
