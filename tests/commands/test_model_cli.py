@@ -5,7 +5,8 @@ Redis."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import random
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -176,3 +177,117 @@ def test_export_csv_has_the_p_alive_columns_empty_without_a_value() -> None:
         ("", "", ""),
         ("0.25", "2", "1.5"),
     ]
+
+
+# -- the spend model's part (docs/value.md) ------------------------------------------------------
+
+VALUE_TOML = TOML + 'value_model = "gamma_gamma"\n'
+
+
+def seed_valued(
+    store: Store, profiles: Profiles, orders: dict[str, list[int]], mean: Callable[[int], float]
+) -> None:
+    """Orders valued from the Gamma-Gamma story: per customer ν ~ Gamma(4, 1/v), each order
+    ~ Gamma(3, ν), v = mean(order count) (a constant: spend independent of frequency)."""
+    rng = random.Random(5)
+    items = []
+    for cid, history in orders.items():
+        nu = rng.gammavariate(4.0, 1 / mean(len(history)))
+        for n, when in enumerate(history):
+            amount = f"{max(rng.gammavariate(3.0, 1 / nu), 0.01):.2f}"
+            items.append((placed_at(profiles, n, cid, when, amount, tenant="shop"), 0))
+    causes.apply_batch(store, items, profiles, as_of_ms=T0, now_ms=T0)
+    store.clock.advance(T0)
+
+
+def test_model_shows_the_spend_fit_its_holdout_check_and_the_correlation(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    store: Store,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "profiles.toml"
+    path.write_text(VALUE_TOML)
+    monkeypatch.setenv("RFM_PROFILES", str(path))
+    profiles = Profiles.load(path)
+    seed_valued(store, profiles, bgnbd_orders(11, 1500, T0, days=400), lambda n: 60.0)
+    load_fits(store, profiles, compute_missing_at=T0)
+    fit = store.churn_fits.read()["shop"]
+    assert fit.spend is not None
+
+    code, out, err = run(capsys, "--profile", "shop", "--json")
+    assert code == 0, err
+    doc = orjson.loads(out)
+    assert doc["value_model"] == "gamma_gamma"
+    p = fit.spend.params
+    assert doc["fit"]["spend"] == {
+        "p": p.p,
+        "q": p.q,
+        "v": p.v,
+        "mean_order_value": churn.population_mean(p),
+        "log_likelihood": fit.spend.log_likelihood,
+        "population": fit.spend.population,
+    }
+    assert doc["fit"]["r"] == fit.params.r  # beside the churn parameters
+    value = doc["value"]
+    corr = value["correlation"]
+    assert corr["customers"] == fit.spend.population
+    assert abs(corr["x_m_x"]) < 0.2 and corr["warning"] is None and corr["high"] == 0.3
+    check = value["check"]
+    assert check["fit"] is not None and check["reason"] is None
+    everyone = check["rows"][0]
+    assert everyone["frequency"] == "all"
+    assert everyone["customers"] == sum(r["customers"] for r in check["rows"][1:]) > 100
+    # The data follow Gamma-Gamma: the order value predicted for the holdout is close to
+    # what the customers then spent.
+    assert everyone["predicted"] == pytest.approx(everyone["actual"], rel=0.1)
+
+    code, text, err = run(capsys, "--profile", "shop")
+    assert code == 0, err
+    assert f"spend model gamma_gamma: p={p.p:.4g} q={p.q:.4g} v={p.v:.4g}" in text
+    assert "frequency-spend correlation on the live base" in text and "WARNING" not in text
+    assert any(line.split()[:2] == ["repeat", "purchases"] for line in text.splitlines())
+
+
+def test_model_warns_when_spend_follows_frequency(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    store: Store,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "profiles.toml"
+    path.write_text(VALUE_TOML)
+    monkeypatch.setenv("RFM_PROFILES", str(path))
+    profiles = Profiles.load(path)
+    # the more orders, the more per order
+    seed_valued(store, profiles, bgnbd_orders(12, 800, T0, days=400), lambda n: 20.0 * n)
+    load_fits(store, profiles, compute_missing_at=T0)
+    code, out, err = run(capsys, "--profile", "shop", "--json")
+    assert code == 0, err
+    corr = orjson.loads(out)["value"]["correlation"]
+    assert corr["x_m_x"] >= 0.3
+    assert corr["warning"].startswith(
+        f"frequency and spend are correlated (r = {corr['x_m_x']:.2f}"
+    )
+    code, text, err = run(capsys, "--profile", "shop")
+    assert "WARNING: frequency and spend are correlated" in text
+
+
+def test_model_says_when_no_spend_fit_is_stored(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    store: Store,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = tmp_path / "profiles.toml"
+    path.write_text(VALUE_TOML)
+    monkeypatch.setenv("RFM_PROFILES", str(path))
+    profiles = Profiles.load(path)
+    seed(store, profiles, bgnbd_orders(13, 300, T0, days=400))  # every order 20: no spread
+    load_fits(store, profiles, compute_missing_at=T0)
+    code, out, err = run(capsys, "--profile", "shop", "--json")
+    assert code == 0, err
+    doc = orjson.loads(out)
+    assert doc["fit"]["spend"] is None
+    code, text, err = run(capsys, "--profile", "shop")
+    assert "spend model gamma_gamma: no spend fit stored" in text

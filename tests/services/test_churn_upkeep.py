@@ -4,6 +4,7 @@ Redis)."""
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from datetime import UTC, datetime
 from typing import Any
@@ -291,3 +292,165 @@ def test_the_customer_view_and_export_carry_p_alive(store: Store) -> None:
     doc = views.lookup(store, plain, TENANT, cid, T0)
     assert doc is not None
     assert (doc["p_alive"], doc["p_alive_band"], doc["expected_orders"]) == (None, None, None)
+
+
+# -- the spend model, fitted with the churn model (docs/value.md) ---------------------------------
+
+VALUE_TOML = CHURN_TOML + 'value_model = "gamma_gamma"\n'
+
+
+def amounts(seed: int, orders: dict[str, list[int]]) -> dict[str, list[str]]:
+    """Order values from the Gamma-Gamma story: per customer ν ~ Gamma(q=4, v=60), each
+    order ~ Gamma(p=3, ν) (mean 3·60/3 = 60 currency units), two decimals."""
+    rng = random.Random(seed)
+    out = {}
+    for cid, history in orders.items():
+        nu = rng.gammavariate(4.0, 1 / 60)
+        out[cid] = [f"{max(rng.gammavariate(3.0, 1 / nu), 0.01):.2f}" for _ in history]
+    return out
+
+
+def apply_valued(
+    store: Store,
+    profiles: Profiles,
+    orders: dict[str, list[int]],
+    values: dict[str, list[str]],
+    at: int,
+) -> None:
+    items = [
+        (placed_at(profiles, n, cid, when, values[cid][n], tenant=TENANT), i % 4)
+        for i, (cid, history) in enumerate(orders.items())
+        for n, when in enumerate(history)
+    ]
+    causes.apply_batch(store, items, profiles, as_of_ms=at, now_ms=at)
+
+
+def spend_summaries(
+    orders: dict[str, list[int]], values: dict[str, list[str]]
+) -> list[tuple[int, float]]:
+    """(x, m_x) from the order lists: the repeat days' total value / x (currency units)."""
+    out = []
+    for cid, history in orders.items():
+        days: dict[int, float] = {}
+        for when, amount in zip(history, values[cid], strict=True):
+            days[when // DAY_MS] = days.get(when // DAY_MS, 0.0) + float(amount)
+        totals = [days[d] for d in sorted(days)]
+        x = len(totals) - 1
+        out.append((x, sum(totals[1:]) / x if x else 0.0))
+    return out
+
+
+def test_the_spend_model_is_fitted_with_the_churn_model(store: Store) -> None:
+    profiles = Profiles.from_toml(VALUE_TOML)
+    orders = population(8, 400)
+    values = amounts(8, orders)
+    apply_valued(store, profiles, orders, values, T0)
+    clock = [T0]
+    sweeper = sweeper_at(store, profiles, clock)
+    run_sweep(sweeper, T0)
+    fit = store.churn_fits.read()[TENANT]
+    assert fit.version == 1 and fit.spend is not None
+    # The churn fit is the one a profile without a value model gets.
+    assert fit.params == pytest.approx(expected_fit(orders, T0).params)
+    want = churn.fit_spend(spend_summaries(orders, values))
+    assert isinstance(want, churn.SpendFit)
+    got, exp = fit.spend.params, want.params
+    assert [got.p, got.q, got.v] == pytest.approx([exp.p, exp.q, exp.v], rel=1e-9)
+    assert fit.spend.population == want.population
+    assert fit.spend.log_likelihood == pytest.approx(want.log_likelihood)
+    assert 40 < churn.population_mean(got) < 80  # the story's mean order value, 60
+    assert profiles.for_tenant(TENANT).churn_fit == fit
+
+    # Refitted with the churn model, under the same version.
+    clock[0] = T0 + 60 * 60_000
+    run_sweep(sweeper, clock[0])
+    refit = store.churn_fits.read()[TENANT]
+    assert refit.version == 2 and refit.spend is not None
+    assert refit.spend.params == pytest.approx(fit.spend.params)
+
+
+def test_the_sample_carries_the_repeat_spend_for_value_profiles(store: Store) -> None:
+    profiles = Profiles.from_toml(VALUE_TOML)
+    orders = population(9, 200)
+    values = amounts(9, orders)
+    apply_valued(store, profiles, orders, values, T0)
+    rows = [
+        r
+        for chunk in sampling.churn_summaries(store.reads, TENANT, profiles, T0, sample=100_000)
+        for r in chunk
+    ]
+    assert all(len(r) == 4 for r in rows)
+    by_x_and_spend = sorted((r[0], r[3] / (r[0] * 10_000) if r[0] else 0.0) for r in rows)
+    want = sorted(spend_summaries(orders, values))
+    assert [x for x, _ in by_x_and_spend] == [x for x, _ in want]
+    assert [m for _, m in by_x_and_spend] == pytest.approx([m for _, m in want], rel=1e-12)
+    # the m_x the scores use (worker/rules/churn/spend.py), to the last bit
+    live = sorted(
+        s
+        for c in store.reads.customers(TENANT)
+        if (agg := c.aggregates()) is not None and (s := churn.spend_summary(agg, T0))
+    )
+    assert by_x_and_spend == live
+    # without a value model: (x, t_x, T) as before
+    plain = Profiles.from_toml(CHURN_TOML)
+    assert all(
+        len(r) == 3
+        for chunk in sampling.churn_summaries(store.reads, TENANT, plain, T0, sample=100_000)
+        for r in chunk
+    )
+
+
+def test_a_failed_spend_fit_keeps_the_previous_spend_and_says_why(
+    store: Store, caplog: pytest.LogCaptureFixture
+) -> None:
+    profiles = Profiles.from_toml(VALUE_TOML)
+    # Every order worth 20: the same m_x for everyone, which identifies no spread.
+    orders = population(10, 300)
+    apply(store, profiles, orders, T0)
+    clock = [T0]
+    sweeper = sweeper_at(store, profiles, clock)
+    run_sweep(sweeper, T0)
+    fit = store.churn_fits.read()[TENANT]
+    assert fit.version == 1 and fit.spend is None  # the churn fit is stored all the same
+    assert "spend model of profile shop not fitted" in caplog.text
+    assert "no spend fit yet" in caplog.text
+    assert profiles.fits[TENANT] == fit
+    # Not tried again at every check: a period later, like a failed fit.
+    caplog.clear()
+    run_sweep(sweeper, T0 + 30 * 60_000)
+    assert store.churn_fits.read()[TENANT].version == 1
+    assert "spend model" not in caplog.text
+
+    # A previous spend fit stays when the spend refit fails.
+    spend = churn.SpendFit(churn.SpendParams(3.0, 4.0, 60.0), -100.0, 42)
+    store.churn_fits.write(TENANT, dataclasses.replace(fit, spend=spend, version=3))
+    clock[0] = T0 + 200 * 60_000
+    run_sweep(sweeper, clock[0])
+    refit = store.churn_fits.read()[TENANT]
+    assert refit.version == 4 and refit.fitted_at == clock[0]
+    assert refit.spend == spend
+    assert "the previous spend fit stays" in caplog.text
+    assert profiles.fits[TENANT] == refit
+
+
+def test_a_value_model_turned_on_is_fitted_at_the_next_check(store: Store) -> None:
+    plain = Profiles.from_toml(CHURN_TOML)
+    orders = population(11, 200)
+    values = amounts(11, orders)
+    apply_valued(store, plain, orders, values, T0)
+    load_fits(store, plain, compute_missing_at=T0)
+    assert store.churn_fits.read()[TENANT].spend is None
+    # The same base, the profile given a value model: its fit has no spend, so the next
+    # check refits at once (not churn_refit_minutes later), at a worker's start too.
+    valued = Profiles.from_toml(VALUE_TOML)
+    fits = load_fits(store, valued, compute_missing_at=T0 + 60_000)
+    assert fits[TENANT].version == 2 and fits[TENANT].spend is not None
+    assert valued.fits[TENANT] == fits[TENANT]
+    # A reader (no compute_missing_at) takes what is stored.
+    store.churn_fits.write(TENANT, dataclasses.replace(fits[TENANT], spend=None, version=3))
+    reader = Profiles.from_toml(VALUE_TOML)
+    assert load_fits(store, reader)[TENANT].version == 3
+    sweeper = sweeper_at(store, reader, [T0 + 120_000])
+    run_sweep(sweeper, T0 + 120_000)
+    assert store.churn_fits.read()[TENANT].version == 4
+    assert store.churn_fits.read()[TENANT].spend is not None

@@ -6,7 +6,8 @@ calibration/holdout check like Figure 2 of Fader, Hardie & Lee (2005): the model
 again here on the orders before a split instant (`--holdout-days`, default the profile's
 churn_horizon_days, before now), and the repeat purchases it expects of that cohort, week
 by week, are set against the ones they made, before the split (calibration) and after it
-(holdout: what the fit never saw). Read-only: nothing is stored.
+(holdout: what the fit never saw). A profile with a value model gets the spend model's part
+too (worker/commands/model_spend.py). Read-only: nothing is stored.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import orjson
 
 from worker.commands import context
 from worker.commands.arguments import positive
+from worker.commands.model_spend import render_value, spend_fit_doc, value_doc
 from worker.errors import RfmError, UsageError
 from worker.rules import churn
 from worker.rules.churn import ChurnModel
@@ -35,11 +37,13 @@ if TYPE_CHECKING:
 def add_parser(sub: Subparsers) -> None:
     p = sub.add_parser(
         "model",
-        help="a profile's churn-model fit and a calibration/holdout check",
+        help="a profile's churn-model fit (and spend fit) and a calibration/holdout check",
         description="Print the stored churn-model fit of a profile (parameters in days, "
         "log-likelihood, population, version, when) and a calibration/holdout check like the "
         "BG/NBD paper's Figure 2: the model fitted on the orders before a split, its expected "
-        "repeat purchases per week against the actual ones (docs/churn.md). Read-only. "
+        "repeat purchases per week against the actual ones (docs/churn.md). With a value model: "
+        "the spend fit, its predicted against actual order value in the holdout, and the "
+        "correlation of frequency and spend on the live base (docs/value.md). Read-only. "
         "Exit 1 when the profile has no fit yet.",
     )
     p.add_argument("--profile", required=True, help="the profile (tenant) name")
@@ -79,12 +83,13 @@ def model_doc(
     if fit is not None and fit.model != model:
         fit = None  # of the model the profile had before
     holdout = profile.churn_horizon_days if holdout_days is None else holdout_days
-    histories = [
-        churn.purchase_days(agg.order_times)
+    aggregates = [
+        agg
         for chunk in sampling.sampled_aggregates(store.reads, name, profiles, sample=CHURN_SAMPLE)
         for agg in chunk
     ]
-    return {
+    histories = [churn.purchase_days(agg.order_times) for agg in aggregates]
+    doc: dict[str, Any] = {
         "profile": name,
         "model": model,
         "as_of": iso(as_of_ms),
@@ -99,6 +104,13 @@ def model_doc(
         },
         "check": _check_doc(model, histories, as_of_ms, holdout),
     }
+    if profile.value_model is not None:
+        doc["value_model"] = profile.value_model
+        if fit is not None:
+            doc["fit"]["spend"] = spend_fit_doc(fit.spend)
+        split_day = as_of_ms // DAY_MS + 1 - holdout  # the weekly check's split
+        doc["value"] = value_doc(aggregates, as_of_ms, split_day)
+    return doc
 
 
 def _check_doc(
@@ -176,7 +188,16 @@ def render(doc: dict[str, Any]) -> str:
     )
     if check["fit"] is None:
         lines.append(f"no check: the calibration fit failed: {check['reason']}")
-        return "\n".join(lines)
+    else:
+        lines += _weeks(check)
+    if "value" in doc:
+        lines += render_value(fit, doc["value"])
+    return "\n".join(lines)
+
+
+def _weeks(check: dict[str, Any]) -> list[str]:
+    """The calibration fit and the weekly table."""
+    lines = []
     c = check["fit"]
     lines.append(
         f"calibration fit: r={c['r']:.4g} alpha={c['alpha']:.4g} days a={c['a']:.4g} "
@@ -199,7 +220,7 @@ def render(doc: dict[str, Any]) -> str:
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         lines.append("  ".join(cell.rjust(widths[i]) for i, cell in enumerate(row)))
-    return "\n".join(lines)
+    return lines
 
 
 def run_model(

@@ -7,17 +7,24 @@ that takes the profile's lock (`rfm:churn:lock:<name>`) fits it: maximum likelih
 (x, t_x, T) of a sample of customers. A fit that fails keeps the previous one, says why in
 the log, and is tried again `churn_refit_minutes` later (at the next check when the profile
 had no customer yet).
+
+A profile with a value model (docs/value.md) gets its spend model fitted with it, on the same
+sample's (x, m_x), stored in the same fit (`Fit.spend`) under the same version. A spend fit
+that fails keeps the previous fit's spend (none before the first) and says why in the log;
+the churn fit is stored all the same.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 
 from worker import metrics
 from worker.rules import churn
-from worker.rules.churn import Fit
+from worker.rules.churn import Fit, SpendFit
 from worker.rules.instants import iso
+from worker.rules.money import SCALE
 from worker.rules.profiles import Profiles
 from worker.services import sampling, upkeep
 from worker.services.upkeep import Failed, Run
@@ -30,13 +37,14 @@ CHURN_SAMPLE = 100_000  # customers fitted at most (sampled beyond: the estimate
 
 def _fit(run: Run, profiles: Profiles, stored: Fit | None) -> Fit | Failed:
     """The fit of the customers read, as the version after `stored`."""
-    model = profiles.configured[run.name].churn_model
+    profile = profiles.configured[run.name]
+    model = profile.churn_model
     assert model is not None
     columns = [list(c) for c in zip(*run.rows, strict=True)] or [[], [], []]
-    estimate = churn.fit(model, *columns)
+    estimate = churn.fit(model, *columns[:3])
     if isinstance(estimate, churn.Failed):
         return Failed(estimate.reason)
-    return Fit(
+    fit = Fit(
         model=model,
         params=estimate.params,
         log_likelihood=estimate.log_likelihood,
@@ -45,6 +53,29 @@ def _fit(run: Run, profiles: Profiles, stored: Fit | None) -> Fit | Failed:
         version=run.next_version(stored),
         fitted_at=run.as_of_ms,
     )
+    if profile.value_model is None:
+        return fit
+    return dataclasses.replace(fit, spend=_spend(run, columns, stored))
+
+
+def _spend(run: Run, columns: list[list[int]], stored: Fit | None) -> SpendFit | None:
+    """The spend model fitted on the sample's (x, m_x), or the previous fit's spend when
+    that fails (None before a first one)."""
+    x, repeat = columns[0], columns[3] if len(columns) > 3 else []
+    # m_x as spend_summary computes it: the repeat days' net value / x, currency units
+    summaries = [(n, units / (n * SCALE) if n else 0.0) for n, units in zip(x, repeat, strict=True)]
+    spend = churn.fit_spend(summaries)
+    if isinstance(spend, SpendFit):
+        return spend
+    previous = None if stored is None else stored.spend
+    logger.warning(
+        "spend model of profile %s not fitted (%d customer(s) read), %s: %s",
+        run.name,
+        len(run.rows),
+        "the previous spend fit stays" if previous is not None else "no spend fit yet",
+        spend.reason,
+    )
+    return previous
 
 
 def _logged(run: Run, fit: Fit) -> None:
@@ -64,6 +95,25 @@ def _logged(run: Run, fit: Fit) -> None:
         fit.population,
         fit.sampled,
         time.perf_counter() - run.started,
+    )
+    _spend_logged(run, fit)
+
+
+def _spend_logged(run: Run, fit: Fit) -> None:
+    if fit.spend is None:
+        return
+    p = fit.spend.params
+    logger.info(
+        "spend model gamma_gamma of profile %s, version %d: p=%.4g q=%.4g v=%.4g, "
+        "log-likelihood %.1f, population %d (mean order value %.4g)",
+        run.name,
+        fit.version,
+        p.p,
+        p.q,
+        p.v,
+        fit.spend.log_likelihood,
+        fit.spend.population,
+        churn.population_mean(p),
     )
 
 
@@ -97,6 +147,9 @@ CHURN: upkeep.Model[Fit] = upkeep.Model(
     failed=_failed,
     start_failed=_start_failed,
     usable=lambda profiles, name, fit: fit.model == profiles.configured[name].churn_model,
+    complete=lambda profiles, name, fit: (
+        fit.spend is not None or profiles.configured[name].value_model is None
+    ),
 )
 
 

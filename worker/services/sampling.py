@@ -1,11 +1,12 @@
 """The customer base a quantile profile's cut points (docs/profiles.md, "Quantile mode") and a
-churn model's fit (docs/churn.md) are computed from, sampled as read."""
+churn model's fit, with its spend model's (docs/churn.md, docs/value.md), are computed from,
+sampled as read."""
 
 from __future__ import annotations
 
 import logging
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Protocol, TypeVar
 
 from worker.rules import churn
@@ -22,8 +23,8 @@ class Scan(Protocol):
     """A profile's sampled base being read, a chunk per loop turn (cut points, a fit)."""
 
     name: str
-    chunks: Iterator[list[tuple[int, int, int]]]
-    rows: list[tuple[int, int, int]]
+    chunks: Iterator[Sequence[tuple[int, ...]]]
+    rows: list[tuple[int, ...]]
 
 
 S = TypeVar("S", bound=Scan)
@@ -101,16 +102,26 @@ def churn_summaries(
     sample: int,
     count: int = 500,
     rng: random.Random | None = None,
-) -> Iterator[list[tuple[int, int, int]]]:
+) -> Iterator[list[tuple[int, ...]]]:
     """(x, t_x, T) at as_of (worker/rules/churn/summaries.py `summary`) of the customers of profile
-    `name` with a counted order, sampled like `ranked_values`."""
+    `name` with a counted order, sampled like `ranked_values`. A profile with a value model
+    gets a fourth column, the net value of the repeat days in money units (`repeat_spend`)."""
+    spend = profiles.configured[name].value_model is not None
     for chunk in sampled_aggregates(reads, name, profiles, sample=sample, count=count, rng=rng):
-        rows: list[tuple[int, int, int]] = []
+        rows: list[tuple[int, ...]] = []
         for agg in chunk:
             s = churn.summary_of(agg, as_of_ms)
-            if s is not None:
-                rows.append((s.x, s.t_x, s.T))
+            if s is None:
+                continue
+            rows.append((s.x, s.t_x, s.T, repeat_spend(agg)) if spend else (s.x, s.t_x, s.T))
         yield rows
+
+
+def repeat_spend(agg: Aggregates) -> int:
+    """The net value of a customer's repeat purchase days, money units: all days but the
+    first (the numerator of the spend model's m_x, worker/rules/churn/spend.py
+    `spend_summary`). An int, so that a sample's rows stay exact integers."""
+    return agg.monetary - agg.first_day_value()
 
 
 def sampled_aggregates(

@@ -10,13 +10,14 @@ period (on the sweeper's clock), the worker that takes the profile's lock comput
 one: a sampled SCAN of the profile's customers, 500 keys per loop turn like the marking
 pass, then the computation, version + 1 stored and applied. A computation that fails keeps
 the previous value, is reported by the model, and is tried again a period later (at the
-next check when the profile had no customer yet).
+next check when the profile had no customer yet); so is a value stored without a part that
+failed (`Model.complete`).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
@@ -29,7 +30,7 @@ from worker.state.store import Store
 UPKEEP_STEP = 500  # customer keys scanned per loop turn when computing a value
 UPKEEP_LOCK_MS = 300_000  # renewed every step: a computing worker that died frees it
 
-Row = tuple[int, int, int]
+Row = tuple[int, ...]  # a customer's values, as the model's reader gives them
 
 
 class Value(Protocol):
@@ -57,7 +58,7 @@ class Reader(Protocol):
 
     def __call__(
         self, reads: Reads, name: str, profiles: Profiles, as_of_ms: int, *, sample: int, count: int
-    ) -> Iterator[list[Row]]: ...
+    ) -> Iterator[Sequence[Row]]: ...
 
 
 class Gauge(Protocol):
@@ -90,6 +91,10 @@ class Model(Generic[V]):
     failed: Callable[[Run, Failed], None] = lambda run, failure: None  # ... that one failed
     start_failed: Callable[[str, Failed], None] = lambda name, failure: None  # at start
     usable: Callable[[Profiles, str, V], bool] = lambda profiles, name, value: True
+    # A usable value that lacks a part the profile asks for (a churn fit without the spend
+    # fit of a profile given a value model): computed again at the next check, or a period
+    # after this worker computed it so (the part failed, `failed` said why).
+    complete: Callable[[Profiles, str, V], bool] = lambda profiles, name, value: True
 
 
 @dataclass(slots=True)
@@ -100,7 +105,7 @@ class Run:
     as_of_ms: int
     exact: bool  # every customer is read (the population is not above the sample size)
     population: int  # the estimate the sample was drawn against (0: unknown)
-    chunks: Iterator[list[Row]]
+    chunks: Iterator[Sequence[Row]]
     rows: list[Row] = field(default_factory=list)
     started: float = field(default_factory=time.perf_counter)
 
@@ -146,7 +151,11 @@ def load(
     stored = state.read() if names else {}
     for name in names:
         value = stored.get(name)
-        missing = value is None or not model.usable(profiles, name, value)
+        missing = (
+            value is None
+            or not model.usable(profiles, name, value)
+            or not model.complete(profiles, name, value)
+        )
         if missing and compute_missing_at is not None and state.try_lock(name, UPKEEP_LOCK_MS):
             try:
                 result = compute(model, store, profiles, name, compute_missing_at)
@@ -237,7 +246,11 @@ class Upkeep(Generic[V]):
         failed = self._failed_at.get(name)
         if failed is not None and self.clock() - failed < every_ms:
             return False  # a failed one is tried again a period later, not every check
-        if value is None or not self.model.usable(self.profiles, name, value):
+        if (
+            value is None
+            or not self.model.usable(self.profiles, name, value)
+            or not self.model.complete(self.profiles, name, value)
+        ):
             return True
         return self.clock() - self.model.computed_at(value) >= every_ms
 
@@ -256,7 +269,10 @@ class Upkeep(Generic[V]):
             self.state.write(run.name, result)
         finally:
             self.state.unlock(run.name)
-        self._failed_at.pop(run.name, None)
+        if self.model.complete(self.profiles, run.name, result):
+            self._failed_at.pop(run.name, None)
+        else:  # a part failed: computed again a period later, like a failure
+            self._failed_at[run.name] = run.as_of_ms
         self._use(run.name, result)
         self._on_new()
         self.model.logged(run, result)
