@@ -110,7 +110,7 @@ class App:
             app = cls(settings, profiles, store, producer, admin=clients.admin(settings))
             metrics.register_customers(store.reads.segment_counts, profiles.names())
             metrics.register_expected_value(
-                store.reads.segment_values, profiles.names(), 1 / money.SCALE
+                store.reads.segment_values, profiles.names(), money.SCALE
             )
             yield app
 

@@ -131,10 +131,10 @@ class CustomersCollector(Collector):
         ttl: float = 5.0,
         *,
         family: tuple[str, str] = ("rfm_customers", "Customers per tenant and segment."),
-        scale: float = 1.0,  # what one unit read is worth in the metric (money units: 1e-4)
+        per: int = 1,  # units read per unit shown (money units: 10,000 per currency unit)
     ) -> None:
         self._read, self._ttl = read, ttl
-        self._family, self._scale = family, scale
+        self._family, self._per = family, per
         self._tenants = frozenset(tenants)
         self._cached: Tally[tuple[str, str]] = Tally()
         self._at = 0.0
@@ -149,7 +149,7 @@ class CustomersCollector(Collector):
             except Exception as exc:  # a scrape must not fail because Redis is down
                 logger.debug("%s kept its last values: %s", name, exc)
         for (tenant, segment), count in sorted(self._cached.items()):
-            family.add_metric([tenant, segment], count * self._scale)
+            family.add_metric([tenant, segment], count / self._per)
         yield family
 
     def _label(self, tenant: str) -> str:
@@ -177,20 +177,20 @@ def register_customers(
 def register_expected_value(
     read: Callable[[Callable[[str], str]], Tally[tuple[str, str]]],
     tenants: list[str],
-    scale: float,
+    per: int,
 ) -> CustomersCollector:
     """rfm_expected_value{tenant,segment}: the customers' summed expected_value (in the
-    profile's currency units) as of their last published change; `read` gives money units,
-    `scale` what one is worth (worker/rules/money.py SCALE)."""
+    profile's currency units) as of each one's last commit; `read` gives money units, `per`
+    how many make a currency unit (worker/rules/money.py SCALE)."""
     collector = CustomersCollector(
         read,
         tenants,
         family=(
             "rfm_expected_value",
             "Summed expected value (profile currency units) of the customers per tenant and "
-            "segment, as of each customer's last published change.",
+            "segment, as of each customer's last commit.",
         ),
-        scale=scale,
+        per=per,
     )
     REGISTRY.register(collector)
     return collector

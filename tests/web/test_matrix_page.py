@@ -27,6 +27,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 from playwright.sync_api import TimeoutError as PlaywrightTimeoutError
 
 from tests.factories import AS_OF_MS, placed_days_ago, valid_event
+from tests.state.test_value_sums import value_profiles
 from worker.config import Settings
 from worker.rules.events import ValidEvent
 from worker.rules.instants import iso
@@ -816,3 +817,49 @@ def test_browser_switches_tenant_without_mixing_them(
     assert dom.ids["grid"]["data-customers"] == "1"
     assert {rf: v for rf, v in dom.cells.items() if v[0]} == {(5, 1): (1, "new_customers")}
     assert tab.js("document.querySelectorAll('td.moved').length") == 0  # not a change
+
+
+# -- value per segment (a profile with a value model) ------------------------------------------
+
+
+@pytest.fixture
+def value_base(monkeypatch: pytest.MonkeyPatch, store: Store) -> Iterator[str]:
+    """A page over a base whose profile has a value model (and a fit), populated."""
+    store.clock.advance(AS_OF_MS)
+    profiles = value_profiles()
+    populate(store, profiles)
+    api = Api(_settings(monkeypatch, None), profiles, store, lambda: True, lambda: True)
+    yield from _server(api)
+
+
+def test_browser_shows_value_per_segment_and_the_value_at_risk(
+    browser: Browser, value_base: str
+) -> None:
+    """Each segment's expected value beside its count, and the value at risk above the
+    list, as /v1/matrix gives them."""
+    doc = matrix_over_http(value_base)
+    assert doc["value_at_risk"]["expected_value"] > 0  # `c` is at_risk
+    tab = page(browser, value_base)
+    tab.loaded()
+    dom, _html = tab.dom()
+    rows = tab.js("document.getElementById('segments').outerHTML")
+    pattern = r'data-segment="([a-z_]+)"[^>]*data-expected-value="([\d.e-]+)"'
+    shown = {name: float(value) for name, value in re.findall(pattern, rows)}
+    assert shown == {name: doc["segment_expected_value"].get(name, 0) for name in shown}
+    assert set(shown) >= set(doc["segment_expected_value"])
+    assert tab.displayed("value-at-risk")
+    risk = dom.text["value-at-risk"]
+    assert risk.startswith("Value at risk: ") and "at_risk, cant_lose_them, about_to_sleep" in risk
+    share = 100 * doc["value_at_risk"]["expected_value"] / doc["expected_value"]
+    assert f"({share:.1f}%)" in risk
+    assert "expected value" in dom.text["segments"] and "value share" in dom.text["segments"]
+
+
+def test_browser_without_a_value_model_shows_no_value(browser: Browser, base: str, store: Store,
+                                                      profiles: Profiles) -> None:  # fmt: skip
+    populate(store, profiles)
+    tab = page(browser, base)
+    tab.loaded()
+    dom, _html = tab.dom()
+    assert not tab.displayed("value-at-risk")
+    assert "expected value" not in dom.text["segments"]
