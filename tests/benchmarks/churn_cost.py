@@ -7,7 +7,9 @@ The same placed orders (the BG/NBD histories of BENCH_CHURN_CUSTOMERS customers,
 20,000: ~100,000 orders) go through `causes.apply_batch` (the
 commit path: engine, commit.lua, outbox; no broker) in batches of 2,000 into a fresh
 embedded Redis, once per profile: without a model, with a model not fitted yet, with a
-fitted BG/NBD model. Reported: this process's CPU per event (the worker's share; Redis is
+fitted BG/NBD model, and with that model and a fitted Gamma-Gamma value model (value
+bands too: docs/value.md). Order amounts vary (lognormal around 60 currency units), the
+same in every case. Reported: this process's CPU per event (the worker's share; Redis is
 another process) and the wall time per event, best of BENCH_CHURN_REPEATS (default 3), and
 the time to fit the model on the resulting customer base (x, t_x, T) and on CDNOW-sized and
 100,000-customer samples. Prints a markdown table, and JSON with --json.
@@ -46,6 +48,12 @@ frequency_orders = [2, 3, 5, 10]
 monetary = [100, 250, 500, 1000]
 """
 MODEL = BASE + 'churn_model = "bgnbd"\n'
+VALUE = MODEL + 'value_model = "gamma_gamma"\nvalue_bands = [20, 60, 150]\n'
+
+
+def amount_units(n: int) -> int:
+    """Order n's amount in money units: lognormal around 60 currency units, to the cent."""
+    return round(random.Random(n).lognormvariate(4.1, 0.6) * 100) * 100
 
 
 def histories(customers: int, end_ms: int) -> list[tuple[str, int]]:
@@ -72,7 +80,7 @@ def run(profiles: Profiles, orders: list[tuple[str, int]], now: int, url: str) -
                 order_id=f"o{n}",
                 customer_id=cid,
                 tenant="default",
-                amount=250_000,
+                amount=amount_units(n),
                 occurred_at=at,
             ),
             n % 4,
@@ -102,22 +110,30 @@ def measure(n_customers: int, repeats: int) -> dict[str, Any]:
     """The figures (see the module docstring), as one JSON-able document."""
     now = wall_ms()
     orders = histories(n_customers, now)
-    by_customer: dict[str, list[int]] = {}
-    for cid, at in orders:
-        by_customer.setdefault(cid, []).append(at)
-    rows = []
-    for times in by_customer.values():
-        s = churn.summary(sorted(times), now)
+    by_customer: dict[str, list[tuple[int, int]]] = {}
+    for n, (cid, at) in enumerate(orders):
+        by_customer.setdefault(cid, []).append((at, amount_units(n)))
+    rows, spends = [], []
+    for placed in by_customer.values():
+        s = churn.summary(sorted(at for at, _ in placed), now)
         assert s is not None
         rows.append((s.x, s.t_x, s.T))
+        spends.append(spend_row(placed))
     est = churn.fit("bgnbd", *[list(c) for c in zip(*rows, strict=True)])
     assert isinstance(est, churn.Estimate), est
     fitted = Profiles.from_toml(MODEL)
     fitted.use_fit("default", churn.Fit("bgnbd", est.params, est.log_likelihood, 1, 1, 1, now))
+    spend = churn.fit_spend(spends)
+    assert isinstance(spend, churn.SpendFit), spend
+    valued = Profiles.from_toml(VALUE)
+    valued.use_fit(
+        "default", churn.Fit("bgnbd", est.params, est.log_likelihood, 1, 1, 1, now, spend=spend)
+    )
     cases: dict[str, Callable[[], Profiles]] = {
         "no model": lambda: Profiles.from_toml(BASE),
         "model, no fit yet": lambda: Profiles.from_toml(MODEL),
         "model, fitted": lambda: fitted,
+        "model and value model, fitted": lambda: valued,
     }
     results: dict[str, Any] = {}
     with EmbeddedRedis() as server:
@@ -139,7 +155,28 @@ def measure(n_customers: int, repeats: int) -> dict[str, Any]:
         "customers": len(by_customer),
         "per_event": results,
         "fit_seconds": fits,
+        "spend_fit_seconds": spend_fit_seconds(spends),
     }
+
+
+def spend_row(placed: list[tuple[int, int]]) -> tuple[int, float]:
+    """(x, m_x) of one customer's (instant, money units) orders, by the definition."""
+    days: dict[int, int] = {}
+    for at, units in placed:
+        days[at // 86_400_000] = days.get(at // 86_400_000, 0) + units
+    values = [days[d] / 10_000 for d in sorted(days)]
+    x = len(values) - 1
+    return x, (sum(values[1:]) / x if x else 0.0)
+
+
+def spend_fit_seconds(rows: list[tuple[int, float]], repeats: int = 3) -> float:
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        fit = churn.fit_spend(rows)
+        best = min(best, time.perf_counter() - started)
+        assert isinstance(fit, churn.SpendFit), fit
+    return best
 
 
 def main() -> int:
@@ -167,6 +204,7 @@ def main() -> int:
     print("\n| fit (BG/NBD, scipy BFGS) | seconds |\n|---|---:|")
     for name, sec in fits.items():
         print(f"| {name} | {sec:.3f} |")
+    print(f"| Gamma-Gamma spend fit, this base | {doc['spend_fit_seconds']:.3f} |")
     return 0
 
 

@@ -107,14 +107,26 @@ def run_churn(cfg: Config) -> Section:
     section = Section("churn", data=doc)
     per = doc["per_event"]
     base = per["no model"]["cpu_us"]
+    valued = per["model and value model, fitted"]["cpu_us"]
     fits = doc["fit_seconds"]
     section.rows = [
         Row(
             f"churn model: worker CPU per event, {doc['events']:,} placed orders over "
             f"{doc['customers']:,} customers (`causes.apply_batch`, no broker): no model / "
             "model not fitted / fitted",
-            " / ".join(f"{per[k]['cpu_us']:.1f}" for k in per) + " µs",
+            " / ".join(
+                f"{per[k]['cpu_us']:.1f}"
+                for k in ("no model", "model, no fit yet", "model, fitted")
+            )
+            + " µs",
             f"{ratio(per['model, fitted']['cpu_us'] / base)} of no model",
+        ),
+        Row(
+            "value model: worker CPU per event, the same orders, churn and Gamma-Gamma value "
+            "model fitted, value bands (docs/value.md)",
+            f"{valued:.1f} µs",
+            f"{ratio(valued / base)} of no model, "
+            f"{ratio(valued / per['model, fitted']['cpu_us'])} of the churn model alone",
         ),
         Row(
             "churn model: one BG/NBD fit of 2,357 / 100,000 customers",

@@ -229,6 +229,7 @@ def test_model_shows_the_spend_fit_its_holdout_check_and_the_correlation(
         "population": fit.spend.population,
     }
     assert doc["fit"]["r"] == fit.params.r  # beside the churn parameters
+    assert (doc["fit"]["p"], doc["fit"]["q"], doc["fit"]["v"]) == (p.p, p.q, p.v)
     value = doc["value"]
     corr = value["correlation"]
     assert corr["customers"] == fit.spend.population
@@ -289,5 +290,6 @@ def test_model_says_when_no_spend_fit_is_stored(
     assert code == 0, err
     doc = orjson.loads(out)
     assert doc["fit"]["spend"] is None
+    assert (doc["fit"]["p"], doc["fit"]["q"], doc["fit"]["v"]) == (None, None, None)
     code, text, err = run(capsys, "--profile", "shop")
     assert "spend model gamma_gamma: no spend fit stored" in text

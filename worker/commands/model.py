@@ -107,7 +107,10 @@ def model_doc(
     if profile.value_model is not None:
         doc["value_model"] = profile.value_model
         if fit is not None:
-            doc["fit"]["spend"] = spend_fit_doc(fit.spend)
+            spend = spend_fit_doc(fit.spend)
+            # p, q, v beside r, alpha, a, b (null without a spend fit), and the fit whole
+            doc["fit"] |= {k: None if spend is None else spend[k] for k in ("p", "q", "v")}
+            doc["fit"]["spend"] = spend
         split_day = as_of_ms // DAY_MS + 1 - holdout  # the weekly check's split
         doc["value"] = value_doc(aggregates, as_of_ms, split_day)
     return doc
