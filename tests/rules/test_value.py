@@ -17,7 +17,7 @@ from worker.rules.decay import value_band_due
 from worker.rules.engine import apply_events, decay
 from worker.rules.events import ValidEvent
 from worker.rules.messages import CustomerView, RfmChanged, customer_view
-from worker.rules.money import to_units
+from worker.rules.money import SCALE, to_units
 from worker.rules.profile import Profile
 from worker.rules.profiles import Profiles
 from worker.rules.scoring import score
@@ -233,9 +233,11 @@ def test_records_carry_the_values_and_the_state_the_band() -> None:
         s.value_band,
     )
     assert s.value_band is not None and s.band is not None
-    assert c.published == Published(s.r, s.f, s.m, s.segment, s.band, s.value_band)
+    assert s.expected_value is not None
+    value = round(s.expected_value * SCALE)  # what the customer adds to its segment's sum
+    assert c.published == Published(s.r, s.f, s.m, s.segment, s.band, s.value_band, value)
     blob = c.encode()
-    assert orjson.loads(blob)["s"][-2:] == [s.band, s.value_band]
+    assert orjson.loads(blob)["s"][-3:] == [s.band, s.value_band, value]
     assert Customer.decode("default", "c1", blob).published == c.published
     view = customer_view("default", "c1", agg, s, T_START + 7 * DAY_MS)
     CustomerView.model_validate(view)
@@ -248,6 +250,8 @@ def test_stored_records_decode_with_and_without_the_value_band() -> None:
         ([5, 1, 1, "new_customers"], Published(5, 1, 1, "new_customers")),
         ([5, 1, 1, "new_customers", 3], Published(5, 1, 1, "new_customers", 3)),
         ([5, 1, 1, "new_customers", None, 2], Published(5, 1, 1, "new_customers", None, 2)),
+        ([5, 1, 1, "new_customers", 3, 2, 41], Published(5, 1, 1, "new_customers", 3, 2, 41)),
+        ([5, 1, 1, "new_customers", 3, None, 41], Published(5, 1, 1, "new_customers", 3, None, 41)),
     ]:
         blob = orjson.dumps({"o": {"o1": [T_START, 300_000]}, "s": s})
         c = Customer.decode("default", "c1", blob)
