@@ -381,3 +381,23 @@ def test_value_band_due_is_the_first_midnight_below() -> None:
     assert score(agg, due, profile).value_band == band - 1
     value = score(agg, due, profile).expected_value
     assert value is not None and math.isfinite(value)
+
+
+def test_value_at_risk_names_segments_of_the_map() -> None:
+    """value_at_risk: the segments of the value at risk (page, /v1/matrix); by default those
+    of at_risk, cant_lose_them, about_to_sleep the map has; names outside the map, or the
+    key without a value model, are refused."""
+    assert value_profile().at_risk_segments == ["at_risk", "cant_lose_them", "about_to_sleep"]
+    chosen = Profiles.from_toml(one_profile(VALUE_BODY + 'value_at_risk = ["hibernating"]\n'))
+    assert chosen.for_tenant("x").at_risk_segments == ["hibernating"]
+    assert "not in the profile's segment map" in load_error(
+        one_profile(VALUE_BODY + 'value_at_risk = ["nope"]\n')
+    )
+    assert 'need(s) value_model = "gamma_gamma"' in load_error(
+        one_profile(CHURN_BODY + 'value_at_risk = ["at_risk"]\n')
+    )
+    # no score depends on it: the version stays
+    assert (
+        chosen.for_tenant("x").version
+        == Profiles.from_toml(one_profile(VALUE_BODY)).for_tenant("x").version
+    )

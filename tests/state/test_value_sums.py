@@ -99,7 +99,9 @@ def test_the_sums_follow_every_commit(store: Store) -> None:
         assert_fresh(store, profiles)
     assert sum(sums.values()) > 0
     # and the matrix reads them: per cell, per segment, in total, and the value at risk
-    doc = views.matrix(store, "default", AS_OF_MS, values=True)
+    at_risk = views.at_risk(profiles.for_tenant("default"))
+    assert at_risk == ["at_risk", "cant_lose_them", "about_to_sleep"]  # the default
+    doc = views.matrix(store, "default", AS_OF_MS, at_risk=at_risk)
     total = sum(sums.values()) / SCALE
     assert abs(doc["expected_value"] - total) < 1e-6
     assert abs(sum(c["expected_value"] for c in doc["cells"]) - total) < 1e-6
@@ -109,8 +111,8 @@ def test_the_sums_follow_every_commit(store: Store) -> None:
     assert doc["segment_expected_value"] == {
         name: per_segment[name] / SCALE for name in doc["segment_expected_value"]
     }
-    at_risk = sum(per_segment[s] for s in views.AT_RISK) / SCALE
-    assert doc["value_at_risk"]["expected_value"] == at_risk
+    risk = sum(per_segment[s] for s in at_risk) / SCALE
+    assert doc["value_at_risk"] == {"segments": at_risk, "expected_value": risk}
 
 
 def test_a_profile_without_a_value_model_keeps_no_sums(store: Store) -> None:
@@ -130,7 +132,8 @@ def test_the_api_and_the_gauge_carry_the_sums(store: Store) -> None:
     status, _ctype, body, _headers = api.handle("/v1/matrix?tenant=default")
     doc = orjson.loads(body)
     assert status == 200 and doc["expected_value"] > 0
-    assert doc == views.matrix(store, "default", doc_instant(doc), values=True)
+    at_risk = views.at_risk(profiles.for_tenant("default"))
+    assert doc == views.matrix(store, "default", doc_instant(doc), at_risk=at_risk)
     status, _ctype, body, _headers = api.handle("/v1/matrix?tenant=plain")
     assert "expected_value" not in orjson.loads(body)  # a profile without a value model
 

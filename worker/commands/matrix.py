@@ -38,8 +38,8 @@ def add_parser(sub: Subparsers) -> None:
 def handle(args: argparse.Namespace) -> int:
     settings, profiles = context.environment()
     with context.reading(settings, profiles) as read:
-        values = profiles.for_tenant(args.tenant).value_model is not None
-        doc = views.matrix(read.store, args.tenant, read.now(), values=values)
+        profile = profiles.for_tenant(args.tenant)
+        doc = views.matrix(read.store, args.tenant, read.now(), at_risk=views.at_risk(profile))
         if not doc["customers"]:  # an empty grid would look like an answer: a typo is likelier
             hint = _tenants_hint(read.store, args.tenant)
             print(f"tenant {args.tenant!r} has no customers{hint}", file=sys.stderr)

@@ -34,7 +34,10 @@ QUANTILE_KEYS = ("quantiles_every_minutes", "quantiles_sample")
 CHURN_KEYS = ("churn_horizon_days", "p_alive_bands", "churn_refit_minutes")
 DEFAULT_P_ALIVE_BANDS = (0.2, 0.5, 0.8)
 # The value model's settings besides value_model itself (docs/profiles.md).
-VALUE_KEYS = ("value_bands",)
+VALUE_KEYS = ("value_bands", "value_at_risk")
+# The segments whose expected value is "at risk" (the page, /v1/matrix), by default those
+# of them the profile's segment map has.
+DEFAULT_VALUE_AT_RISK = ("at_risk", "cant_lose_them", "about_to_sleep")
 # Before a quantile profile's first cut points, every customer scores 333: R, F and M
 # thresholds that no value passes on one side and every value reaches on the other.
 NEVER = 10**18  # days, orders, money units no customer reaches (decay: never due by R)
@@ -73,6 +76,7 @@ class Profile(BaseModel):
     # bands are amounts in the profile's currency units (no bands: no value band).
     value_model: ValueModel | None = None
     value_bands: list[float] | None = Field(default=None, min_length=1, max_length=MAX_LEVELS - 1)
+    value_at_risk: list[str] | None = Field(default=None, min_length=1)
     # The fit the profile scores P(alive) with (`with_fit`); never read from TOML.
     churn_fit: Fit | None = Field(default=None, exclude=True)
     segments: list[RuleSpec] | None = None
@@ -146,7 +150,17 @@ class Profile(BaseModel):
             raise ValueError(str(exc)) from None
         object.__setattr__(self, "segment_map", seg_map)
         self._check_triggers(levels)
+        unknown = [n for n in self.value_at_risk or [] if n not in seg_map.names]
+        if unknown:
+            raise ValueError(f"value_at_risk: {unknown} not in the profile's segment map")
         return self
+
+    @property
+    def at_risk_segments(self) -> list[str]:
+        """The segments whose customers' expected value is the value at risk."""
+        if self.value_at_risk is not None:
+            return list(self.value_at_risk)
+        return [n for n in DEFAULT_VALUE_AT_RISK if n in self.segment_map.names]
 
     def _check_churn(self, derived: bool) -> None:
         if derived:

@@ -118,8 +118,8 @@ class Api:
         if isinstance(tenant, Response):
             return tenant
         as_of = scoring_now(self.settings, self.store.clock)
-        values = self.profiles.for_tenant(tenant).value_model is not None
-        return _json(200, views.matrix(self.store, tenant, as_of, values=values))
+        at_risk = views.at_risk(self.profiles.for_tenant(tenant))
+        return _json(200, views.matrix(self.store, tenant, as_of, at_risk=at_risk))
 
     def _segments(self, query: str) -> Response:
         """The page's slower data: segment names and colours, sizes over time, flows."""

@@ -11,6 +11,7 @@ from worker.rules.customer import Customer
 from worker.rules.instants import iso
 from worker.rules.messages import customer_view
 from worker.rules.money import SCALE
+from worker.rules.profile import Profile
 from worker.rules.profiles import Profiles
 from worker.rules.scoring import score
 from worker.state import flows
@@ -50,16 +51,20 @@ def export(
             yield doc
 
 
-AT_RISK = ("at_risk", "cant_lose_them", "about_to_sleep")  # the value at risk's segments
+def at_risk(profile: Profile) -> list[str] | None:
+    """The segments of a profile's value at risk; None: no value model (no value sums)."""
+    return None if profile.value_model is None else profile.at_risk_segments
 
 
-def matrix(store: Store, tenant: str, as_of_ms: int, *, values: bool = False) -> dict[str, object]:
+def matrix(
+    store: Store, tenant: str, as_of_ms: int, *, at_risk: list[str] | None = None
+) -> dict[str, object]:
     """The R x F grid and segment counts, from the counters commits maintain (no scan).
 
-    Counts reflect each customer's last published score. With `values` (a profile with a
-    value model), each cell, each segment and the whole grid also carry their customers'
-    summed expected_value as of each one's last published change, and `value_at_risk` is
-    that of the segments in AT_RISK.
+    Counts reflect each customer's last published score. With `at_risk` (a profile with a
+    value model: its at-risk segments), each cell, each segment and the whole grid also
+    carry their customers' summed expected_value as of each one's last commit, and
+    `value_at_risk` is that of the `at_risk` segments.
     """
     cells: Counter[tuple[int, int]] = Counter()
     cell_segments: dict[tuple[int, int], Counter[str]] = defaultdict(Counter)
@@ -86,12 +91,15 @@ def matrix(store: Store, tenant: str, as_of_ms: int, *, values: bool = False) ->
         ],
         "segments": dict(sorted(segments.items())),
     }
-    if values:
-        _add_values(doc, store.reads.value_sums(lambda t: t if t == tenant else None))
+    if at_risk is not None:
+        sums = store.reads.value_sums(lambda t: t if t == tenant else None)
+        _add_values(doc, sums, at_risk)
     return doc
 
 
-def _add_values(doc: dict[str, Any], sums: Counter[tuple[str, str, str]]) -> None:
+def _add_values(
+    doc: dict[str, Any], sums: Counter[tuple[str, str, str]], at_risk: list[str]
+) -> None:
     """The expected_value sums of the grid's cells and segments (money units read, currency
     units written)."""
     by_cell: Counter[tuple[int, int]] = Counter()
@@ -106,8 +114,8 @@ def _add_values(doc: dict[str, Any], sums: Counter[tuple[str, str, str]]) -> Non
         name: _amount(by_segment[name]) for name in sorted(set(doc["segments"]) | set(by_segment))
     }
     doc["value_at_risk"] = {
-        "segments": list(AT_RISK),
-        "expected_value": _amount(sum(by_segment[name] for name in AT_RISK)),
+        "segments": at_risk,
+        "expected_value": _amount(sum(by_segment[name] for name in at_risk)),
     }
 
 
