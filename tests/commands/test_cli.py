@@ -548,7 +548,13 @@ def test_matrix_table(event_clock: Store, capsysbinary: pytest.CaptureFixture[by
 
 # -- schemas ------------------------------------------------------------------------------------
 
-SCHEMA_FILES = {"order-event.json", "rfm-changed.json", "rfm-overdue.json", "customer-view.json"}
+SCHEMA_FILES = {
+    "order-event.json",
+    "rfm-changed.json",
+    "rfm-overdue.json",
+    "customer-view.json",
+    "asyncapi.json",
+}
 
 
 def test_schemas_write_and_check(

@@ -1,5 +1,6 @@
 """`rfm-worker schemas [--check] [--dir DIR]`: the JSON Schemas of the public records,
-generated from the pydantic models into schemas/ (or checked against them)."""
+generated from the pydantic models into schemas/ (or checked against them), and the
+AsyncAPI document of the topics that carry them (worker/commands/asyncapi.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING
 import orjson
 from pydantic import BaseModel
 
+from worker.commands import asyncapi
 from worker.rules.events import OrderEvent
 from worker.rules.messages import CustomerView, RfmChanged, RfmOverdue
 
@@ -42,7 +44,7 @@ def handle(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 1
-        print(f"schemas up to date ({len(SCHEMAS)} files)")
+        print(f"schemas up to date ({len(documents())} files)")
         return 0
     for path in write(directory):
         print(f"wrote {path}")
@@ -57,12 +59,19 @@ def render(model: type[BaseModel]) -> bytes:
     return orjson.dumps(schema, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
 
 
+def documents() -> dict[str, bytes]:
+    """Every file of schemas/, by name, as generated."""
+    files = {name: render(model) for name, model in SCHEMAS.items()}
+    files[asyncapi.FILE] = asyncapi.render()  # references the schemas above by file name
+    return files
+
+
 def write(directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, model in SCHEMAS.items():
+    for name, content in documents().items():
         path = directory / name
-        path.write_bytes(render(model))
+        path.write_bytes(content)
         written.append(path)
     return written
 
@@ -70,8 +79,8 @@ def write(directory: Path) -> list[Path]:
 def check(directory: Path) -> list[str]:
     """Names of the schema files that are missing or differ from the models."""
     stale = []
-    for name, model in SCHEMAS.items():
+    for name, content in documents().items():
         path = directory / name
-        if not path.exists() or path.read_bytes() != render(model):
+        if not path.exists() or path.read_bytes() != content:
             stale.append(name)
     return stale
