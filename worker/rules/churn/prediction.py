@@ -206,6 +206,8 @@ def _value_day_by_model(
     or 0 (rounding may break monotony there), a guess past MAX_DAYS (where the search
     answers None) or no convergence: None, and the search decides.
     """
+    if s.T >= MAX_DAYS:
+        return None
     n = params.r + s.x
     c0: float | None = None  # P(alive) = 1 / (1 + exp(c0 + n y)); None: P(alive) = 1
     if model == "mbgnbd" or s.x > 0:
