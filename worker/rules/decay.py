@@ -5,10 +5,10 @@ frequency window, lower F (an order leaves the window); M never moves by itself.
 churn model, P(alive) falls as the customer's silence grows: its band drops at a UTC
 midnight computed from the fit (worker/rules/churn/prediction.py `day_below`); with a value
 model, so do the expected orders and with them the expected value, whose band drops at a
-midnight found by search (`value_band_due`). So the
-instant of a customer's next visible change is known in advance: `next_due` computes it,
-the store keeps every customer in a due index under that instant, and a sweep reads only
-the customers whose instant has come.
+midnight found from the fit too (prediction.py `day_value_below`). So the instant of a
+customer's next visible change is known in advance: `next_due` computes it, the store
+keeps every customer in a due index under that instant, and a sweep reads only the
+customers whose instant has come.
 
 Overdue: a customer with at least 3 counted orders whose silence exceeds
 `overdue_factor` x the median gap between their orders gets one `rfm.overdue` per silence.
@@ -25,7 +25,6 @@ from itertools import pairwise
 
 from worker.rules import churn
 from worker.rules.aggregates import Aggregates
-from worker.rules.churn.prediction import MAX_DAYS
 from worker.rules.instants import DAY_MS
 from worker.rules.profile import Profile
 
@@ -146,8 +145,8 @@ def value_band_due(agg: Aggregates, profile: Profile, as_of_ms: int) -> int | No
 
     The expected order value depends on the orders only; the expected orders fall as the
     silence grows (whole days of T, so at midnights), and the expected value with them:
-    the first day it is below the current band's lower bound (or no longer known) is
-    found by doubling then bisecting, a few dozen evaluations at most.
+    the first day it is below the current band's lower bound (or no longer known),
+    `churn.day_value_below`.
     """
     fit = profile.churn_fit
     bounds = profile.value_bands
@@ -158,28 +157,11 @@ def value_band_due(agg: Aggregates, profile: Profile, as_of_ms: int) -> int | No
         return None
     order_value = churn.expected_order_value(fit.spend.params, *spend)
     horizon = profile.churn_horizon_days
-
-    def value(days: int) -> float:
-        e = churn.expected_orders(fit.model, fit.params, horizon, churn.Summary(s.x, s.t_x, days))
-        return order_value * e  # NaN when unknown
-
-    now = value(s.T)
+    now = order_value * churn.expected_orders(fit.model, fit.params, horizon, s)  # NaN: unknown
     if not math.isfinite(now) or churn.value_band(now, bounds) == 1:
         return None  # no band, or the lowest: nothing below to cross into
     bound = bounds[churn.value_band(now, bounds) - 2]
-
-    def changed(days: int) -> bool:
-        v = value(days)
-        return not v >= bound  # below, or no longer a number (the band becomes null)
-
-    low, step = s.T, 1  # changed(low) is False; find a high with changed(high)
-    while not changed(low + step):
-        low += step
-        step *= 2
-        if low > MAX_DAYS:
-            return None
-    high = low + step
-    while high - low > 1:
-        mid = (low + high) // 2
-        low, high = (low, mid) if changed(mid) else (mid, high)
-    return (agg.first_order_at // DAY_MS + high) * DAY_MS  # days after the first
+    day = churn.day_value_below(fit.model, fit.params, horizon, s, order_value, bound, now=now)
+    if day is None:
+        return None
+    return (agg.first_order_at // DAY_MS + day) * DAY_MS  # days after the first

@@ -20,8 +20,8 @@ One module per concern, their names gathered here:
 - summaries.py    a customer's (x, t_x, T), and its purchase days
 - likelihood.py   the log-likelihood and its gradient
 - fitting.py      maximum likelihood estimates of the parameters (`fit`)
-- prediction.py   per customer: P(alive), its band, the day it falls below a bound, and
-                  the expected orders
+- prediction.py   per customer: P(alive), its band, the day it falls below a bound, the
+                  expected orders and the day the expected value falls below a bound
 - calibration.py  expected against actual repeat purchases per week (`rfm-worker model`)
 - spend.py        the Gamma-Gamma spend model (Fader, Hardie & Lee 2005, "RFM and CLV"):
                   a customer's (x, m_x), its fit and the expected order value
@@ -37,7 +37,13 @@ from worker.rules.churn.calibration import Week, expected_repeat, weekly_check
 from worker.rules.churn.fitting import Estimate, Failed, fit
 from worker.rules.churn.likelihood import log_likelihood
 from worker.rules.churn.model import CHURN_MODELS, ChurnModel, Fit, Params
-from worker.rules.churn.prediction import band, day_below, expected_orders, p_alive
+from worker.rules.churn.prediction import (
+    band,
+    day_below,
+    day_value_below,
+    expected_orders,
+    p_alive,
+)
 from worker.rules.churn.spend import (
     VALUE_MODELS,
     SpendFit,
@@ -74,6 +80,7 @@ __all__ = [
     "Week",
     "band",
     "day_below",
+    "day_value_below",
     "expected_order_value",
     "expected_orders",
     "expected_repeat",
