@@ -150,10 +150,13 @@ class Profile(BaseModel):
             raise ValueError(str(exc)) from None
         object.__setattr__(self, "segment_map", seg_map)
         self._check_triggers(levels)
-        unknown = [n for n in self.value_at_risk or [] if n not in seg_map.names]
+        self._check_value_at_risk()
+        return self
+
+    def _check_value_at_risk(self) -> None:
+        unknown = [n for n in self.value_at_risk or [] if n not in self.segment_map.names]
         if unknown:
             raise ValueError(f"value_at_risk: {unknown} not in the profile's segment map")
-        return self
 
     @property
     def at_risk_segments(self) -> list[str]:
