@@ -1,10 +1,13 @@
 """`rfm-worker schemas [--check] [--dir DIR]`: the JSON Schemas of the public records,
-generated from the pydantic models into schemas/ (or checked against them)."""
+generated from the pydantic models into schemas/ (or checked against them), and the
+documents built from them (DOCUMENTS: the OpenAPI document of the read API)."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -13,6 +16,7 @@ from pydantic import BaseModel
 
 from worker.rules.events import OrderEvent
 from worker.rules.messages import CustomerView, RfmChanged, RfmOverdue
+from worker.web import openapi
 
 if TYPE_CHECKING:
     from worker.commands.arguments import Subparsers
@@ -22,6 +26,9 @@ SCHEMAS: dict[str, type[BaseModel]] = {
     "rfm-changed.json": RfmChanged,
     "rfm-overdue.json": RfmOverdue,
     "customer-view.json": CustomerView,
+}
+DOCUMENTS: dict[str, Callable[[], bytes]] = {
+    "openapi.json": openapi.render,
 }
 
 
@@ -42,7 +49,7 @@ def handle(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return 1
-        print(f"schemas up to date ({len(SCHEMAS)} files)")
+        print(f"schemas up to date ({len(_files())} files)")
         return 0
     for path in write(directory):
         print(f"wrote {path}")
@@ -57,12 +64,20 @@ def render(model: type[BaseModel]) -> bytes:
     return orjson.dumps(schema, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS) + b"\n"
 
 
+def _files() -> dict[str, Callable[[], bytes]]:
+    """Every file of schemas/ by name: how to render it."""
+    return {
+        **{name: functools.partial(render, model) for name, model in SCHEMAS.items()},
+        **DOCUMENTS,
+    }
+
+
 def write(directory: Path) -> list[Path]:
     directory.mkdir(parents=True, exist_ok=True)
     written = []
-    for name, model in SCHEMAS.items():
+    for name, rendered in _files().items():
         path = directory / name
-        path.write_bytes(render(model))
+        path.write_bytes(rendered())
         written.append(path)
     return written
 
@@ -70,8 +85,8 @@ def write(directory: Path) -> list[Path]:
 def check(directory: Path) -> list[str]:
     """Names of the schema files that are missing or differ from the models."""
     stale = []
-    for name, model in SCHEMAS.items():
+    for name, rendered in _files().items():
         path = directory / name
-        if not path.exists() or path.read_bytes() != render(model):
+        if not path.exists() or path.read_bytes() != rendered():
             stale.append(name)
     return stale
