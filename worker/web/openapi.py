@@ -79,6 +79,7 @@ def _tenant(where: str, description: str, **extra: Any) -> dict[str, Any]:
         "in": where,
         "description": description,
         "schema": {"type": "string", "pattern": TENANT_PATTERN, **extra},
+        "example": DEFAULT_TENANT,
         **({"required": True} if where == "path" else {}),
     }
 
@@ -96,6 +97,7 @@ def _customer_id() -> dict[str, Any]:
         "required": True,
         "description": "the customer id, percent-encoded UTF-8 ('/' as %2F); decoded once",
         "schema": {"type": "string", "minLength": 1, "maxLength": MAX_CUSTOMER_ID},
+        "example": "67543",
     }
 
 
@@ -111,6 +113,7 @@ def _members_parameters() -> list[dict[str, Any]]:
             "required": True,
             "description": "the segment's name",
             "schema": {"type": "string", "minLength": 1},
+            "example": "champions",
         },
         query(
             "order",
