@@ -834,10 +834,10 @@ def test_a_full_budget_refuses_at_once_and_the_other_still_serves(
     matrix, not_ready = views.matrix, api.not_ready
 
     def held(answer: Callable[..., Any]) -> Callable[..., Any]:
-        def wait_then_answer(*args: Any) -> Any:
+        def wait_then_answer(*args: Any, **kwargs: Any) -> Any:
             inside.release()
             gate.wait(10)
-            return answer(*args)
+            return answer(*args, **kwargs)
 
         return wait_then_answer
 
