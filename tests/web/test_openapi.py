@@ -3,9 +3,10 @@ valid OpenAPI 3.1 document (openapi-spec-validator, the 3.1 validator with its J
 2020-12 checks), the bytes served at /openapi.json without the token and kept in schemas/
 (`rfm-worker schemas --check`); and a property-based test of a live server on the suite's
 Redis by schemathesis: requests generated from the document (valid and invalid ones), no
-5xx, and every response conforming to the document (status code, content type, body schema,
-headers). The members route (/v1/segments/{tenant}/{segment}/customers) is fuzzed on its
-own, and skipped, saying so, where the server does not have it yet."""
+5xx, every response conforming to the document (status code, content type, body schema,
+headers), and no valid request refused. The members route
+(/v1/segments/{tenant}/{segment}/customers) is skipped, saying so, where the server does
+not serve it yet; every other route is fuzzed."""
 
 from __future__ import annotations
 
