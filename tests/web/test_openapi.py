@@ -219,7 +219,11 @@ def test_every_response_conforms(case: Any, live: Live) -> None:
             f"GET {MEMBERS} is not served by this branch yet (issue 29's members route): "
             "its conformance is fuzzed once it is; every other route is fuzzed here"
         )
-    case.call_and_validate(base_url=live.base, headers=AUTH, checks=CHECKS)
+    # A cursor is valid only as the server issued it, and order=expected_value only where
+    # the tenant's profile has a value model: what the document cannot say, so the members
+    # route may refuse a request it calls valid (400)
+    checks = [c for c in CHECKS if case.path != MEMBERS or c is not positive_data_acceptance]
+    case.call_and_validate(base_url=live.base, headers=AUTH, checks=checks)
     if case.path.startswith("/v1/"):  # with the generated Authorization, if any
         response = case.call_and_validate(base_url=live.base, checks=CHECKS)
         if case.method == "GET":  # not one of the other methods schemathesis tries (405)

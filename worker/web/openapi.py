@@ -132,8 +132,16 @@ def _members_parameters() -> list[dict[str, Any]]:
             {"type": "integer", "minimum": 1, "maximum": MAX_MEMBERS_PAGE},
         ),
         query("cursor", "`next` of the previous page", {"type": "string"}),
-        query("r", "only the customers of this R score (a matrix cell)", {"type": "integer"}),
-        query("f", "only the customers of this F score (a matrix cell)", {"type": "integer"}),
+        query(
+            "r",
+            "only the customers of this R score (a matrix cell)",
+            {"type": "integer", "minimum": 1},
+        ),
+        query(
+            "f",
+            "only the customers of this F score (a matrix cell)",
+            {"type": "integer", "minimum": 1},
+        ),
     ]
 
 
