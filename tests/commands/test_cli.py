@@ -33,6 +33,7 @@ from worker.rules.events import ValidEvent
 from worker.rules.profiles import Profiles
 from worker.services import causes
 from worker.state.store import Store
+from worker.web import openapi
 
 REPO = Path(__file__).resolve().parents[2]
 WEIRD_ID = "we/ird:{id} ☕\nx"
@@ -554,6 +555,7 @@ SCHEMA_FILES = {
     "rfm-overdue.json",
     "customer-view.json",
     "asyncapi.json",
+    "openapi.json",
 }
 
 
@@ -583,6 +585,29 @@ def test_schemas_write_and_check(
     code, _, err = run(capsysbinary, "schemas", "--check", "--dir", str(directory))
     assert code == 1
     assert "customer-view.json" in err
+
+
+def test_schemas_check_fails_when_the_openapi_document_differs(
+    tmp_path: Path, capsysbinary: pytest.CaptureFixture[bytes]
+) -> None:
+    directory = tmp_path / "schemas"
+    assert run(capsysbinary, "schemas", "--dir", str(directory))[0] == 0
+    served = directory / "openapi.json"
+    assert served.read_bytes() == openapi.render()
+    assert run(capsysbinary, "schemas", "--check", "--dir", str(directory))[0] == 0
+
+    doc = json.loads(served.read_bytes())
+    del doc["paths"]["/v1/matrix"]  # a route the document no longer describes
+    served.write_text(json.dumps(doc, indent=2, sort_keys=True) + "\n")
+    code, _, err = run(capsysbinary, "schemas", "--check", "--dir", str(directory))
+    assert code == 1
+    assert "openapi.json" in err
+    assert "customer-view.json" not in err
+
+    served.unlink()
+    code, _, err = run(capsysbinary, "schemas", "--check", "--dir", str(directory))
+    assert code == 1
+    assert "openapi.json" in err
 
 
 def test_repository_schemas_are_up_to_date(

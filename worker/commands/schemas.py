@@ -1,6 +1,7 @@
 """`rfm-worker schemas [--check] [--dir DIR]`: the JSON Schemas of the public records,
 generated from the pydantic models into schemas/ (or checked against them), and the
-AsyncAPI document of the topics that carry them (worker/commands/asyncapi.py)."""
+AsyncAPI document of the topics that carry them (worker/commands/asyncapi.py) and the
+OpenAPI document of the read API (worker/web/openapi.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from pydantic import BaseModel
 from worker.commands import asyncapi
 from worker.rules.events import OrderEvent
 from worker.rules.messages import CustomerView, RfmChanged, RfmOverdue
+from worker.web import openapi
 
 if TYPE_CHECKING:
     from worker.commands.arguments import Subparsers
@@ -63,6 +65,7 @@ def documents() -> dict[str, bytes]:
     """Every file of schemas/, by name, as generated."""
     files = {name: render(model) for name, model in SCHEMAS.items()}
     files[asyncapi.FILE] = asyncapi.render()  # references the schemas above by file name
+    files["openapi.json"] = openapi.render()
     return files
 
 

@@ -2,9 +2,11 @@
 Authorization header into a `Response` (docs/http-and-metrics.md). worker/web/server.py
 serves it over HTTP; tests call it directly.
 
-Routes: /metrics, /healthz, /readyz, GET / (the matrix page), /v1/customers, /v1/matrix and
-/v1/segments. The read API (/v1/*) requires `Authorization: Bearer <RFM_HTTP_TOKEN>` when a
-token is set; /metrics, /healthz and /readyz never do (Prometheus and probes). Path segments
+Routes: /metrics, /healthz, /readyz, GET / (the matrix page), /openapi.json (the OpenAPI
+document of them all, worker/web/openapi.py), /v1/customers, /v1/matrix and /v1/segments.
+The read API (/v1/*) requires `Authorization: Bearer <RFM_HTTP_TOKEN>` when a
+token is set; /metrics, /healthz and /readyz never do (Prometheus and probes), nor / and
+/openapi.json (they hold no data). Path segments
 are checked before any Redis read: the tenant against the tenant grammar (which excludes ':',
 the key separator), the customer id 1..200 characters of strict UTF-8 once
 percent-decoded, so no path can address another tenant's customer.
@@ -86,6 +88,8 @@ class Api:
             return error(400, "bad_request", "the request target must be percent-encoded ASCII")
         if path == "/":  # the matrix page: no data in it, so never behind the token
             return _page()
+        if path == "/openapi.json":  # the API's description, public in schemas/: no token
+            return _openapi()
         parts = path.split("/")
         if len(parts) == 5 and parts[1:3] == ["v1", "customers"]:
             return self._customer(parts[3], parts[4])
@@ -171,6 +175,13 @@ def _page() -> Response:
     """GET /: the live R x F matrix page (worker/web/static/matrix.html); it reads /v1/matrix
     and /v1/segments."""
     return Response(200, "text/html; charset=utf-8", _page_body(), PAGE_HEADERS)
+
+
+def _openapi() -> Response:
+    """GET /openapi.json: the document of this API (worker/web/openapi.py)."""
+    from worker.web import openapi  # it reads this module's limits: imported once both exist
+
+    return Response(200, "application/json", openapi.render())
 
 
 def _tenant_parameter(query: str) -> str | Response:

@@ -433,8 +433,8 @@ def serve(
         raise
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     logger.info(
-        "http on %s port %d: / /metrics /healthz /readyz /v1/customers /v1/matrix "
-        "/v1/segments (%s)",
+        "http on %s port %d: / /openapi.json /metrics /healthz /readyz /v1/customers "
+        "/v1/matrix /v1/segments (%s)",
         host,
         server.server_address[1],
         "bearer token required for /v1/*" if api.settings.http_token else "no authentication",
