@@ -355,7 +355,9 @@ def test_the_spend_model_is_fitted_with_the_churn_model(store: Store) -> None:
     want = churn.fit_spend(spend_summaries(orders, values))
     assert isinstance(want, churn.SpendFit)
     got, exp = fit.spend.params, want.params
-    assert [got.p, got.q, got.v] == pytest.approx([exp.p, exp.q, exp.v], rel=1e-9)
+    # The same customers in another order sum in another order: the optimum agrees to the
+    # optimiser's tolerance, not to the last bit (2.2e-9 relative seen).
+    assert [got.p, got.q, got.v] == pytest.approx([exp.p, exp.q, exp.v], rel=1e-6)
     assert fit.spend.population == want.population
     assert fit.spend.log_likelihood == pytest.approx(want.log_likelihood)
     assert 40 < churn.population_mean(got) < 80  # the story's mean order value, 60
