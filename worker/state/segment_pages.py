@@ -40,11 +40,12 @@ class SegmentPages:
     def cells(
         self, tenant: str, segment: str, r: int | None = None, f: int | None = None
     ) -> list[tuple[int, int, int]]:
-        """(shard, r, f) of every shard's cell that counts customers of the segment."""
+        """(shard, r, f) of every shard's cell that counts customers of the segment (the
+        counters count per rfm: the m scores of one cell are one set)."""
         pipe = self.redis.pipeline(transaction=False)
         for shard in range(keys.SHARDS):
             pipe.hgetall(keys.counts(shard))
-        found: list[tuple[int, int, int]] = []
+        found: set[tuple[int, int, int]] = set()
         for shard, cells in enumerate(pipe.execute()):
             for name, count in cells.items():
                 t, rfm, s = name.decode().split("\t")
@@ -52,8 +53,8 @@ class SegmentPages:
                     continue
                 cr, cf = int(rfm[0]), int(rfm[1])
                 if (r is None or cr == r) and (f is None or cf == f):
-                    found.append((shard, cr, cf))
-        return found
+                    found.add((shard, cr, cf))
+        return sorted(found)
 
     def page(
         self,
