@@ -259,3 +259,25 @@ def test_a_listing_refuses_what_it_cannot_answer(store: Store) -> None:
     assert status == 200 and doc["customers"] == [] and doc["next"] is None
     status, doc = get(api, "/v1/segments/bad:tenant/x/customers")
     assert (status, doc["error"]) == (400, "invalid_tenant")
+
+
+def test_the_index_on_the_cluster(cluster_client: Any) -> None:
+    """On Redis Cluster (one shard per call, the index in the shard's slot): the sets equal
+    the recomputation after batches with duplicates, and pages list every member once."""
+    from tests.state.test_cluster import apply as cluster_apply
+    from tests.state.test_cluster import store_events
+
+    store = Store(cluster_client)
+    profiles = Profiles.builtin()
+    events = store_events(seed=4)
+    quarter = len(events) // 4 + 1
+    for start in range(0, len(events), quarter):
+        result = cluster_apply(store, profiles, events[start : start + quarter])
+        assert not result.failed and not result.rejected
+        assert_index_exact(store)
+    api = api_of(store, profiles)
+    for (tenant, segment), n in store.reads.segment_counts().items():
+        for order in ("spend", "last_order"):
+            want = expected_order(store, tenant, segment, order[0], (None, None))
+            assert len(want) == n
+            assert listed(api, tenant, segment, f"&order={order}", 7) == want
