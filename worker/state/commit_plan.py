@@ -337,16 +337,15 @@ def _index(
     changed = segment_index.moves(before, segment_index.entry_of(customer))
     if not changed:
         return
-    tenant, customer_id = customer.tenant, customer.customer_id
-    for move in changed:
-        if move.left is not None:
-            segment, r, f, rank = move.left
-            at = shard_keys.segment_index(tenant, move.ordering, segment, r, f)
-            args.unindex.append([at, args.arg(segment_index.member(rank, customer_id))])
-        if move.entered is not None:
-            segment, r, f, rank = move.entered
-            at = shard_keys.segment_index(tenant, move.ordering, segment, r, f)
-            args.index.append([at, args.arg(segment_index.member(rank, customer_id))])
+    tenant, customer_id = customer.tenant, customer.customer_id.encode()
+    member_of, index_of = segment_index.member_of, shard_keys.segment_index
+    for code, left, entered in changed:
+        if left is not None:
+            at = index_of(tenant, code, left[0], left[1], left[2])
+            args.unindex.append([at, args.arg(member_of(left[3], customer_id))])
+        if entered is not None:
+            at = index_of(tenant, code, entered[0], entered[1], entered[2])
+            args.index.append([at, args.arg(member_of(entered[3], customer_id))])
 
 
 def _count_flows(

@@ -95,8 +95,14 @@ def _ranks(e: Entry | None) -> tuple[int | None, ...]:
 
 def member(rank: int, customer_id: str) -> bytes:
     """The sorted-set member: the rank, descending, as 16 hex digits, then the id."""
-    rank = min(max(rank, -_TOP - 1), _TOP)
-    return b"%016x" % (_TOP - rank) + customer_id.encode()
+    return member_of(rank, customer_id.encode())
+
+
+def member_of(rank: int, customer_id: bytes) -> bytes:
+    """`member` of an id already encoded (the commit plan encodes it once per customer)."""
+    if not -_TOP - 1 <= rank <= _TOP:
+        rank = min(max(rank, -_TOP - 1), _TOP)
+    return b"%016x" % (_TOP - rank) + customer_id
 
 
 def customer_id_of(member_: bytes) -> str:
