@@ -10,7 +10,7 @@
    it), interleaved, best of 3. Reported: this process's CPU and the wall time per event,
    and Redis `used_memory` per customer after each (the outbox deleted, as the relay would).
 2. A page: a segment of BENCH_SCALE_SMALL (10,000) and of BENCH_SCALE_CUSTOMERS
-   (1,000,000) members, written straight into the index's sets (64 shards x 4 cells) with
+   (1,000,000) members, written straight into the index (64 shards x 4 cells) with
    the counters that name them, the top customers' records beside: the API's answer for a
    page of 100 from the top (index read, records, views), and the index read of a page
    of 100 from the middle (a cursor half way down), median of 30 each; and the index's
@@ -125,17 +125,18 @@ def _fill(store: Store, size: int, records: int, now: int) -> None:
         shard = keys.shard_of(TENANT, cid)
         r, f = CELLS[n % len(CELLS)]
         spend = rng.randrange(1, 10**9)
-        member = segment_index.member(spend, cid)
-        pipe.zadd(keys.segment_index(shard, TENANT, "s", r, f, SEGMENT), {member: 0})
+        position = segment_index.position(spend, cid)
+        member = segment_index.place(SEGMENT, r, f) + position
+        pipe.zadd(keys.segment_index(shard, TENANT, "s"), {member: 0})
         counted[(shard, r, f)] = counted.get((shard, r, f), 0) + 1
-        top.append((member, cid, shard))
+        top.append((position, cid, shard))
         if len(top) > 4 * records:
             top = sorted(top)[:records]
         if n % 5000 == 4999:
             pipe.execute()
     for (shard, r, f), count in counted.items():
         pipe.hset(keys.counts(shard), keys.count_cell(TENANT, f"{r}{f}5", SEGMENT), count)
-    for _member, cid, shard in sorted(top)[:records]:
+    for _position, cid, shard in sorted(top)[:records]:
         customer = Customer(TENANT, cid, {"o1": Order(now - 86_400_000, 1_000_000)})
         customer.published = Published(5, 5, 5, SEGMENT)
         customer.scored_at = now
@@ -161,7 +162,7 @@ def _one_size(store: Store, size: int, now: int) -> dict[str, float]:
     response = api.handle(target)
     assert response.status == 200 and response.body.count(b'"customer_id"') == PAGE
     pages = store.segment_pages
-    middle = segment_index.member(5 * 10**8, "")
+    middle = segment_index.position(5 * 10**8, "")
     assert len(pages.page(TENANT, SEGMENT, "spend", PAGE, middle).customers) == PAGE
     return {
         "api_first_page_ms": _median_ms(lambda: api.handle(target)),

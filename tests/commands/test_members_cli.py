@@ -1,6 +1,6 @@
 """`rfm-worker members` (docs/segments.md "The command") against the suite's Redis: the
 rows of the endpoint's pages, as JSON lines and CSV, --limit, the cell filters, and the
-refusals; and the index's encoding (pure)."""
+refusals; and the index's positions and cursors (pure)."""
 
 from __future__ import annotations
 
@@ -93,11 +93,11 @@ def test_members_streams_the_endpoints_rows(
 
 def test_the_members_rank_highest_first_then_by_id() -> None:
     ranked = sorted(
-        segment_index.member(rank, cid)
+        segment_index.position(rank, cid)
         for rank, cid in [(5, "b"), (-3, "a"), (10**20, "z"), (5, "a"), (0, "é"), (-(10**20), "y")]
     )
     assert [(segment_index.customer_id_of(m)) for m in ranked] == ["z", "a", "b", "é", "a", "y"]
-    member = segment_index.member(42, "we/ird:{id}\n")
+    member = segment_index.position(42, "we/ird:{id}\n")
     text = segment_index.cursor("orders", member)
     assert segment_index.parse_cursor("orders", text) == member
     assert segment_index.parse_cursor("spend", text) is None

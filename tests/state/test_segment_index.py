@@ -39,8 +39,9 @@ def recomputed_index(store: Store) -> dict[bytes, set[bytes]]:
         for code, rank in ranks.items():
             if rank is None:
                 continue
-            key = keys.segment_index(shard, customer.tenant, code, entry.r, entry.f, entry.segment)
-            sets[key].add(segment_index.member(rank, customer.customer_id))
+            key = keys.segment_index(shard, customer.tenant, code)
+            place = segment_index.place(entry.segment, entry.r, entry.f)
+            sets[key].add(place + segment_index.position(rank, customer.customer_id))
     return dict(sets)
 
 
@@ -171,7 +172,7 @@ def expected_order(store: Store, tenant: str, segment: str, code: str, cell: Any
             continue
         rank = dict(zip("slov", entry[3:], strict=True))[code]
         if rank is not None:
-            ranked.append(segment_index.member(rank, customer.customer_id))
+            ranked.append(segment_index.position(rank, customer.customer_id))
     return [segment_index.customer_id_of(m) for m in sorted(ranked)]
 
 

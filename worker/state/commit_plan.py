@@ -60,7 +60,7 @@ class ScriptArgs:
         self.customers: list[list[int | str]] = []
         self.changes: list[list[int]] = []
         self.vouched: list[list[int]] = []
-        self.unindex: list[list[int]] = []  # [segment index, member]: ZREM
+        self.unindex: list[list[int]] = []  # [segment index, member]: ZREM (after the ZADDs)
         self.index: list[list[int]] = []  # [segment index, member]: ZADD 0
         self.deltas: dict[Cell, int] = {}  # counts and flows cells -> delta
         self.expire: dict[int, int] = {}  # KEYS index of a flows hash -> its TTL (ms)
@@ -139,7 +139,7 @@ class ShardKeys:
         self._dues: dict[int, int] = {}
         self._outboxes: dict[int, tuple[bytes, int]] = {}
         self._moves: dict[tuple[str, int, str | None, str | None], list[Cell]] = {}
-        self._indexes: dict[tuple[str, str, str, int, int], int] = {}
+        self._indexes: dict[tuple[str, str], int] = {}
         self.vouched: list[int] = []  # partitions whose floor the call checks on this shard
 
     def due(self, partition: int) -> int:
@@ -177,12 +177,12 @@ class ShardKeys:
             outbox = self._outboxes[partition] = (stream, self._args.key(stream))
         return outbox
 
-    def segment_index(self, tenant: str, ordering: str, segment: str, r: int, f: int) -> int:
+    def segment_index(self, tenant: str, ordering: str) -> int:
         """The KEYS index of a segment index set (worker/state/segment_index.py)."""
-        at = (tenant, ordering, segment, r, f)
+        at = (tenant, ordering)
         index = self._indexes.get(at)
         if index is None:
-            key = keys.segment_index(self._shard, tenant, ordering, r, f, segment)
+            key = keys.segment_index(self._shard, tenant, ordering)
             index = self._indexes[at] = self._args.key(key)
         return index
 
@@ -338,14 +338,17 @@ def _index(
     if not changed:
         return
     tenant, customer_id = customer.tenant, customer.customer_id.encode()
-    member_of, index_of = segment_index.member_of, shard_keys.segment_index
+    position_of, place = segment_index.position_of, segment_index.place
     for code, left, entered in changed:
+        at = shard_keys.segment_index(tenant, code)
         if left is not None:
-            at = index_of(tenant, code, left[0], left[1], left[2])
-            args.unindex.append([at, args.arg(member_of(left[3], customer_id))])
+            segment, r, f, rank = left
+            member = place(segment, r, f) + position_of(rank, customer_id)
+            args.unindex.append([at, args.arg(member)])
         if entered is not None:
-            at = index_of(tenant, code, entered[0], entered[1], entered[2])
-            args.index.append([at, args.arg(member_of(entered[3], customer_id))])
+            segment, r, f, rank = entered
+            member = place(segment, r, f) + position_of(rank, customer_id)
+            args.index.append([at, args.arg(member)])
 
 
 def _count_flows(

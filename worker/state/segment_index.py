@@ -1,12 +1,17 @@
 """The segment index: each tenant's customers by the segment and R x F cell of their
 published score, ranked four ways, kept by the same commit call as their state. Pure.
 
-One sorted set per (tenant, ordering, cell, segment) in each shard (worker/state/keys.py
-`segment_index`, in the shard's hash slot, so that the commit call of a shard can write it
-on Redis Cluster too). Every score is 0 and the member is the rank followed by the
-customer id, so the set is ordered bytewise (ZRANGEBYLEX): highest rank first, ties by
-customer id. A listing's position is therefore one member, valid in every set of the
-listing, and a page is a range read after it in each set (O(log n + page) per set).
+One sorted set per (tenant, ordering) in each shard (worker/state/keys.py `segment_index`,
+in the shard's hash slot, so that the commit call of a shard can write it on Redis
+Cluster too). Every score is 0 and the member is the customer's place, then its position:
+
+    place     4 hex digits of the segment name's UTF-8 length, the name, the R and F digits
+    position  16 hex digits of 2^63 - 1 - the rank value (highest first), the customer id
+
+so the set is ordered bytewise (ZRANGEBYLEX): each (segment, cell) is one contiguous
+range, highest rank first, ties by customer id. A listing's position is therefore one
+position, valid in every range of the listing, and a page is a range read after it in
+each (O(log n + page) per range).
 
 A customer's entry is a function of its stored record alone (`entry_of`): the published
 segment and cell (what the segment counters follow) and the rank values derived from its
@@ -46,8 +51,8 @@ class Entry(NamedTuple):
 
 
 class Move(NamedTuple):
-    """One ordering's set change for a customer: (segment, r, f, rank) it leaves and enters
-    (None: none)."""
+    """One ordering's change for a customer: the (segment, r, f, rank) it leaves and the
+    one it enters (None: none)."""
 
     ordering: str
     left: tuple[str, int, int, int] | None
@@ -93,30 +98,42 @@ def _ranks(e: Entry | None) -> tuple[int | None, ...]:
     return _NONE if e is None else (e.spend, e.last_order, e.orders, e.value)
 
 
-def member(rank: int, customer_id: str) -> bytes:
-    """The sorted-set member: the rank, descending, as 16 hex digits, then the id."""
-    return member_of(rank, customer_id.encode())
+def place(segment: str, r: int, f: int) -> bytes:
+    """The prefix of a (segment, cell) range: no place is a prefix of another's members
+    (the length comes first, and the position after the place starts with a hex digit)."""
+    name = segment.encode()
+    return b"%04x%s%d%d" % (len(name), name, r, f)
 
 
-def member_of(rank: int, customer_id: bytes) -> bytes:
-    """`member` of an id already encoded (the commit plan encodes it once per customer)."""
+def place_end(place_: bytes) -> bytes:
+    """The first byte string after every member of the place's range (ZRANGEBYLEX max)."""
+    return place_ + b"g"
+
+
+def position(rank: int, customer_id: str) -> bytes:
+    """A member's position: the rank, descending, as 16 hex digits, then the id."""
+    return position_of(rank, customer_id.encode())
+
+
+def position_of(rank: int, customer_id: bytes) -> bytes:
+    """`position` of an id already encoded (the commit plan encodes it once per customer)."""
     if not -_TOP - 1 <= rank <= _TOP:
         rank = min(max(rank, -_TOP - 1), _TOP)
     return b"%016x" % (_TOP - rank) + customer_id
 
 
-def customer_id_of(member_: bytes) -> str:
-    return member_[RANK_WIDTH:].decode()
+def customer_id_of(position_: bytes) -> str:
+    return position_[RANK_WIDTH:].decode()
 
 
-def cursor(ordering: str, member_: bytes) -> str:
-    """An opaque cursor: the ordering's code and the last member listed, base64url."""
-    raw = ORDERINGS[ordering].encode() + member_
+def cursor(ordering: str, position_: bytes) -> str:
+    """An opaque cursor: the ordering's code and the last position listed, base64url."""
+    raw = ORDERINGS[ordering].encode() + position_
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def parse_cursor(ordering: str, text: str) -> bytes | None:
-    """The member a cursor of `ordering` lists after; None when it is no such cursor."""
+    """The position a cursor of `ordering` lists after; None when it is no such cursor."""
     if not text or len(text) > 2000:
         return None
     try:

@@ -1,10 +1,10 @@
 """Pages of a segment's ranked list, read from the segment index (worker/state/segment_index.py).
 
-A listing merges the sets of its (shard, cell) pairs: the cells that hold customers of the
-segment in each shard, as the segment counters say (read once per page, 64 hashes in one
-round), narrowed by the r and f filters. Each set is read as a range after the cursor
-(ZRANGEBYLEX, a few members each at first, more from the sets that run out before the page
-is complete): O(log n + page) per set, never a scan. Nothing here writes.
+A listing merges the ranges of its (shard, cell) pairs: the cells that hold customers of
+the segment in each shard, as the segment counters say (read once per page, 64 hashes in
+one round), narrowed by the r and f filters. Each range is read after the cursor
+(ZRANGEBYLEX, a few members each at first, more from the ranges that run out before the
+page is complete): O(log n + page) per range, never a scan. Nothing here writes.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from worker.state import keys, segment_index
 
 
 class Page(NamedTuple):
-    """The page's customers as (customer key, customer id), in rank order, and the member
+    """The page's customers as (customer key, customer id), in rank order, and the position
     to list after for the next page (None: this was the last)."""
 
     customers: list[tuple[bytes, str]]
@@ -25,9 +25,10 @@ class Page(NamedTuple):
 
 @dataclass(slots=True)
 class _Run:
-    """One set of the listing: what has been read of it so far."""
+    """One range of the listing (a cell of a shard): the positions read of it so far."""
 
     key: bytes
+    place: bytes
     shard: int
     read: list[bytes] = field(default_factory=list)
     done: bool = False  # every member after the cursor has been read
@@ -67,15 +68,18 @@ class SegmentPages:
         f: int | None = None,
     ) -> Page:
         """Up to `limit` customers of the segment ranked by `ordering` (a name of
-        segment_index.ORDERINGS), listed after the member `after` (None: from the top)."""
+        segment_index.ORDERINGS), listed after the position `after` (None: from the top)."""
         code = segment_index.ORDERINGS[ordering]
         runs = [
-            _Run(keys.segment_index(shard, tenant, code, cr, cf, segment), shard)
+            _Run(
+                keys.segment_index(shard, tenant, code),
+                segment_index.place(segment, cr, cf),
+                shard,
+            )
             for shard, cr, cf in self.cells(tenant, segment, r, f)
         ]
         need = limit + 1  # one more than the page: whether there is a next one
-        start = b"-" if after is None else b"(" + after
-        # A first read of a few members per set answers most pages in one round; a set
+        # A first read of a few members per range answers most pages in one round; a range
         # that runs out of read members before the page is complete is read again, twice
         # as far, until no unread member can rank before the page's last.
         ask = {id(run): min(need, max(4, 2 * -(-need // max(1, len(runs))))) for run in runs}
@@ -83,14 +87,16 @@ class SegmentPages:
         while pending:
             pipe = self.redis.pipeline(transaction=False)
             for run in pending:
-                pipe.zrangebylex(
-                    run.key, b"(" + run.read[-1] if run.read else start, b"+", 0, ask[id(run)]
-                )
+                last = run.read[-1] if run.read else after
+                start = b"[" + run.place if last is None else b"(" + run.place + last
+                end = b"(" + segment_index.place_end(run.place)
+                pipe.zrangebylex(run.key, start, end, 0, ask[id(run)])
             for run, got in zip(pending, pipe.execute(), strict=True):
                 run.done = len(got) < ask[id(run)]
-                run.read.extend(got)
+                cut = len(run.place)
+                run.read.extend(m[cut:] for m in got)
                 ask[id(run)] = min(need, 2 * ask[id(run)])
-            merged = sorted((m, run.shard) for run in runs for m in run.read)
+            merged = sorted((p, run.shard) for run in runs for p in run.read)
             bound = merged[need - 1][0] if len(merged) >= need else None
             pending = [
                 run
@@ -100,8 +106,8 @@ class SegmentPages:
         top = merged[:need]
         listed = [
             (keys.customer(tenant, cid, shard), cid)
-            for m, shard in top[:limit]
-            for cid in (segment_index.customer_id_of(m),)
+            for p, shard in top[:limit]
+            for cid in (segment_index.customer_id_of(p),)
         ]
         more = len(top) > limit
         return Page(listed, top[limit - 1][0] if more else None)

@@ -34,8 +34,8 @@
 --             offset the shard vouched for already: holding less, it lost writes
 --   counts    also a flows hash (moves between segments in a time bucket, always + deltas)
 --   flows     a flows hash the counts touched, set to expire ttl ms from now
---   set       a segment index set; member (ARGV) removed from it ("unindex", first) or
---             added to it with score 0 ("index")
+--   set       a segment index set; member (ARGV) added to it with score 0 ("index",
+--             first) or removed from it ("unindex")
 -- ARGV[2..] the values referenced by the plan (states, customer ids, change payloads)
 --
 -- Returns {0, i, ...}: the 1-based indexes of customers whose value differed, nothing
@@ -206,8 +206,11 @@ for index, pairs_ in pairs(enter) do
   each_chunk(pairs_, function(...) redis.call('ZADD', KEYS[index], ...) end)
 end
 
--- The segment index: every member leaves before any enters (a customer whose rank moved
--- within one set is removed under its old member, added under its new one).
+-- The segment index: a customer whose place or rank moved is added under its new member,
+-- then removed under its old one (never the same member). Adding first, no set is emptied
+-- (and so deleted) before it is written to again: on a cluster slot being migrated, a
+-- script may not write a key that does not exist (Redis answers "non local key", after
+-- the writes before it were made).
 local unindexed, indexed = {}, {}
 for _, e in ipairs(plan.unindex or {}) do
   push(unindexed, e[1], ARGV[e[2]])
@@ -215,11 +218,11 @@ end
 for _, e in ipairs(plan.index or {}) do
   push(indexed, e[1], '0', ARGV[e[2]])
 end
-for index, members in pairs(unindexed) do
-  each_chunk(members, function(...) redis.call('ZREM', KEYS[index], ...) end)
-end
 for index, pairs_ in pairs(indexed) do
   each_chunk(pairs_, function(...) redis.call('ZADD', KEYS[index], ...) end)
+end
+for index, members in pairs(unindexed) do
+  each_chunk(members, function(...) redis.call('ZREM', KEYS[index], ...) end)
 end
 
 for _, d in ipairs(plan.counts) do
