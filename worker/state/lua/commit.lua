@@ -12,7 +12,7 @@
 --   rfm:{NN}:due:<P>                    zset, customer key -> instant of its next change
 --   rfm:{NN}:counts                     hash "<tenant>\t<rfm>\t<segment>" -> customers
 --   rfm:{NN}:flows:<tenant>:<span>:<t>  hash "<from>\t<to>" -> moves (worker/state/flows.py)
---   rfm:{NN}:m:<tenant>:<o>:<r>:<f>:<s> zset, the segment index (worker/state/segment_index.py)
+--   rfm:{NN}:m:<tenant>:<o>             zset, the segment index (worker/state/segment_index.py)
 --
 -- KEYS      every key, referenced by index from the plan
 -- ARGV[1]   the plan, JSON; every number below indexes KEYS (key, due_*, counts, outbox)
