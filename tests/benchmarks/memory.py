@@ -1,9 +1,10 @@
 """Redis memory per customer and per further order: what sizing a deployment needs.
 
 Customers are written through `causes.apply_batch`, the worker's own commit path (state
-blob, due index entry, segment counters), without Kafka: the worker would write the same
-keys, only slower to set up. The outbox entries the commits write are deleted (the relay
-would trim them once published), so what is measured is what stays.
+blob, due index entry, segment counters, segment index members), without Kafka: the
+worker would write the same keys, only slower to set up. The outbox entries the commits
+write are deleted (the relay would trim them once published), so what is measured is
+what stays.
 
 1. BENCH_MEMORY_CUSTOMERS (100,000) customers x BENCH_MEMORY_ORDERS (5) orders, one order
    per customer per round as a stream would bring them: INFO memory `used_memory` after,

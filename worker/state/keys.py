@@ -11,6 +11,12 @@ valid on Redis Cluster (on a single Redis a call may span shards):
     rfm:{NN}:values                     hash    the same fields -> the customers' summed
                                                 expected_value as last published, in money
                                                 units (1/10,000; value model profiles only)
+    rfm:{NN}:m:<tenant>:<o>             zset    the segment index: the tenant's customers by
+                                                the segment and R x F cell of their published
+                                                score, ranked by ordering <o> (s spend, l last
+                                                order, o orders, v expected value); every score
+                                                0, each member "<segment, cell><rank><id>",
+                                                ranked bytewise (worker/state/segment_index.py)
     rfm:{NN}:applied                    hash    "<topic>:<partition>" -> the offset up to which
                                                 the shard's state holds that partition's events;
                                                 "<topic>:id" -> the topic id they belong to
@@ -108,6 +114,13 @@ def values(shard: int) -> bytes:
 def count_cell(tenant: str, rfm: str, segment: str) -> str:
     """The field of a counts hash that counts the customers of one (tenant, rfm, segment)."""
     return f"{tenant}\t{rfm}\t{segment}"
+
+
+def segment_index(shard: int, tenant: str, ordering: str) -> bytes:
+    """The segment index of one tenant and ordering in a shard: one key for every segment
+    and cell, so that a commit seldom creates one (a script whose slot is migrating cannot
+    create a key while others of its keys are still on the source: TRYAGAIN)."""
+    return f"rfm:{{{shard:02d}}}:m:{tenant}:{ordering}".encode()
 
 
 def quantiles_lock(profile: str) -> bytes:
