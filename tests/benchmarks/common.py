@@ -98,6 +98,8 @@ class Config:
     sweep_population: int
     sweep_due: int
     churn_customers: int
+    index_customers: int  # the segment index's cost per event (segment_index.py)
+    index_orders: int
     worker_timeout_s: float  # a worker run that has not finished by then is a failure
     backlog_n: int  # records waiting on the orders topic before the worker starts
     backlog_short_customers: int  # short histories: many customers, few orders each
@@ -124,6 +126,8 @@ class Config:
             sweep_population=env_int("BENCH_SWEEP_POPULATION", 1_000_000),
             sweep_due=env_int("BENCH_SWEEP_DUE", 10_000),
             churn_customers=env_int("BENCH_CHURN_CUSTOMERS", 20_000),
+            index_customers=env_int("BENCH_INDEX_CUSTOMERS", 20_000),
+            index_orders=env_int("BENCH_INDEX_ORDERS", 5),
             worker_timeout_s=env_float("BENCH_WORKER_TIMEOUT_S", 600.0),
             backlog_n=env_int("BENCH_BACKLOG_N", 1_000_000),
             backlog_short_customers=env_int("BENCH_BACKLOG_SHORT_CUSTOMERS", 432_000),

@@ -1,7 +1,7 @@
 """Redis memory per customer and per further order: what sizing a deployment needs.
 
 Customers are written through `causes.apply_batch`, the worker's own commit path (state
-blob, due index entry, segment counters), without Kafka: the worker would write the same
+blob, due index entry, segment counters, segment index members), without Kafka: the worker would write the same
 keys, only slower to set up. The outbox entries the commits write are deleted (the relay
 would trim them once published), so what is measured is what stays.
 

@@ -17,6 +17,9 @@ run says why). The report names it (start, table title, last line, JSON "broker"
     scale       the worker among 10,000 and 1,000,000 customers           (throughput.py)
     sweep       a decay sweep costs what is due, not the population       (sweep.py)
     churn       what a churn model costs per event, and a fit         (churn_cost.py)
+    members     the segment index: cost per event with / without it, Redis bytes per
+                customer with / without it, a page of 100 from a segment of
+                10,000 and of 1,000,000 members                     (segment_index.py)
 
 Only when --only names it (~13 minutes):
 
@@ -32,6 +35,7 @@ BENCH_HEAVY_TIMEOUT_S=60; BENCH_LATENCY_RATE=5000 events/s for BENCH_LATENCY_S=3
 BENCH_MEMORY_CUSTOMERS=100000 x BENCH_MEMORY_ORDERS=5, then BENCH_GROW_CUSTOMERS=10000
 grow to BENCH_GROW_ORDERS=25; BENCH_SCALE_SMALL=10000, BENCH_SCALE_CUSTOMERS=1000000;
 BENCH_SWEEP_POPULATION=1000000, BENCH_SWEEP_DUE=10000; BENCH_CHURN_CUSTOMERS=20000;
+BENCH_INDEX_CUSTOMERS=20000 x BENCH_INDEX_ORDERS=5;
 BENCH_WORKER_TIMEOUT_S=600 (a worker run that takes longer fails);
 BENCH_BACKLOG_N=1000000 records over BENCH_BACKLOG_SHORT_CUSTOMERS=432000 and
 BENCH_BACKLOG_LONG_CUSTOMERS=5000, BENCH_BACKLOG_QUEUE_KBYTES=65536,default,4096,
@@ -68,13 +72,14 @@ import churn_cost
 import latency
 import memory
 import orjson
+import segment_index
 import sweep
 import throughput
 from common import ROOT, Config, Row, Section, broker, ratio, say
 
 from worker.embedded.apache_kafka import KafkaUnavailableError, ensure_jars
 
-SCENARIOS = ("throughput", "heavy", "latency", "memory", "scale", "sweep", "churn")
+SCENARIOS = ("throughput", "heavy", "latency", "memory", "scale", "sweep", "churn", "members")
 OPT_IN = ("backlog",)  # minutes each: run only when --only names them
 
 
@@ -209,6 +214,7 @@ def main(argv: list[str] | None = None) -> int:
         "scale": throughput.run_scale,
         "sweep": run_sweep,
         "churn": run_churn,
+        "members": segment_index.run,
         "backlog": backlog_memory.run,
     }
     chosen_broker = broker()

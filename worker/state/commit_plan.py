@@ -18,7 +18,7 @@ import orjson
 from worker import jsonbytes
 from worker.rules.customer import Customer, Published
 from worker.rules.engine import Change, Result
-from worker.state import flows, keys
+from worker.state import flows, keys, segment_index
 from worker.state.known import KnownCustomers
 
 T = TypeVar("T")
@@ -60,6 +60,8 @@ class ScriptArgs:
         self.customers: list[list[int | str]] = []
         self.changes: list[list[int]] = []
         self.vouched: list[list[int]] = []
+        self.unindex: list[list[int]] = []  # [segment index, member]: ZREM
+        self.index: list[list[int]] = []  # [segment index, member]: ZADD 0
         self.deltas: dict[Cell, int] = {}  # counts and flows cells -> delta
         self.expire: dict[int, int] = {}  # KEYS index of a flows hash -> its TTL (ms)
 
@@ -105,6 +107,8 @@ class ScriptArgs:
                 "changes": self.changes,
                 "vouched": self.vouched,
                 "expire": [[index, ttl] for index, ttl in self.expire.items()],
+                "unindex": self.unindex,
+                "index": self.index,
             }
         )
         return self.keys, self.argv
@@ -120,6 +124,7 @@ class ShardKeys:
         "_counts",
         "_dues",
         "_floors",
+        "_indexes",
         "_moves",
         "_outboxes",
         "_shard",
@@ -134,6 +139,7 @@ class ShardKeys:
         self._dues: dict[int, int] = {}
         self._outboxes: dict[int, tuple[bytes, int]] = {}
         self._moves: dict[tuple[str, int, str | None, str | None], list[Cell]] = {}
+        self._indexes: dict[tuple[str, str, str, int, int], int] = {}
         self.vouched: list[int] = []  # partitions whose floor the call checks on this shard
 
     def due(self, partition: int) -> int:
@@ -171,6 +177,15 @@ class ShardKeys:
             outbox = self._outboxes[partition] = (stream, self._args.key(stream))
         return outbox
 
+    def segment_index(self, tenant: str, ordering: str, segment: str, r: int, f: int) -> int:
+        """The KEYS index of a segment index set (worker/state/segment_index.py)."""
+        at = (tenant, ordering, segment, r, f)
+        index = self._indexes.get(at)
+        if index is None:
+            key = keys.segment_index(self._shard, tenant, ordering, r, f, segment)
+            index = self._indexes[at] = self._args.key(key)
+        return index
+
     def flow_cells(self, move: tuple[str, int, str | None, str | None]) -> list[Cell]:
         """The flows cells (worker/state/flows.py) a move (tenant, instant, from, to)
         counts in; their hashes are set to expire."""
@@ -191,6 +206,7 @@ class Decision:
     result: Result
     was_in: int | None  # the partition it was filed under before
     before: Published | None  # its published score before
+    indexed: segment_index.Entry | None  # its segment index entry before
     state: bytes | None  # its new state blob, None when unchanged
     payloads: list[bytes]  # the serialised records of result.changes
 
@@ -207,9 +223,11 @@ def decide_one(
     customer."""
     customer = known if known is not None else Customer.decode(tenant, customer_id, blob)
     was_in, before = customer.partition, customer.published
+    indexed = segment_index.entry_of(customer)  # from the record as stored, never a read
     res = decide(customer, item)
     state = customer.encode() if res.dirty else None
-    return Decision(res, was_in, before, state, [jsonbytes.dumps(c.payload) for c in res.changes])
+    payloads = [jsonbytes.dumps(c.payload) for c in res.changes]
+    return Decision(res, was_in, before, indexed, state, payloads)
 
 
 def plan_call(
@@ -272,6 +290,7 @@ def _write_customer(
     tenant = customer.tenant
     # (without a change, only a value model's expected value may have moved)
     _count_scores(args, shard_keys, tenant, decision.before, customer.published)
+    _index(args, shard_keys, customer, decision.indexed)
     if not res.changes:
         return
     _count_flows(args, shard_keys, tenant, customer.scored_at or 0, res.changes)
@@ -308,6 +327,25 @@ def _count_scores(
         if after.value:
             cell = (shard_keys.values(), name)
             deltas[cell] = deltas.get(cell, 0) + after.value
+
+
+def _index(
+    args: ScriptArgs, shard_keys: ShardKeys, customer: Customer, before: segment_index.Entry | None
+) -> None:
+    """The segment index moves once per customer, like the counters: from its entry before
+    the batch to its entry after (rank values move with its orders, not only its score)."""
+    changed = segment_index.moves(before, segment_index.entry_of(customer))
+    if not changed:
+        return
+    tenant, customer_id = customer.tenant, customer.customer_id.encode()
+    member_of, index_of = segment_index.member_of, shard_keys.segment_index
+    for code, left, entered in changed:
+        if left is not None:
+            at = index_of(tenant, code, left[0], left[1], left[2])
+            args.unindex.append([at, args.arg(member_of(left[3], customer_id))])
+        if entered is not None:
+            at = index_of(tenant, code, entered[0], entered[1], entered[2])
+            args.index.append([at, args.arg(member_of(entered[3], customer_id))])
 
 
 def _count_flows(

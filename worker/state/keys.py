@@ -11,6 +11,13 @@ valid on Redis Cluster (on a single Redis a call may span shards):
     rfm:{NN}:values                     hash    the same fields -> the customers' summed
                                                 expected_value as last published, in money
                                                 units (1/10,000; value model profiles only)
+    rfm:{NN}:m:<tenant>:<o>:<r>:<f>:<segment>
+                                        zset    the segment index: the tenant's customers
+                                                whose published score is in that segment and
+                                                R x F cell, ranked by ordering <o> (s spend,
+                                                l last order, o orders, v expected value);
+                                                every score 0, members ranked bytewise
+                                                (worker/state/segment_index.py)
     rfm:{NN}:applied                    hash    "<topic>:<partition>" -> the offset up to which
                                                 the shard's state holds that partition's events;
                                                 "<topic>:id" -> the topic id they belong to
@@ -108,6 +115,12 @@ def values(shard: int) -> bytes:
 def count_cell(tenant: str, rfm: str, segment: str) -> str:
     """The field of a counts hash that counts the customers of one (tenant, rfm, segment)."""
     return f"{tenant}\t{rfm}\t{segment}"
+
+
+def segment_index(shard: int, tenant: str, ordering: str, r: int, f: int, segment: str) -> bytes:
+    """The segment index of one (tenant, ordering, R x F cell, segment) in a shard; the
+    segment name comes last, so it may hold any character."""
+    return f"rfm:{{{shard:02d}}}:m:{tenant}:{ordering}:{r}:{f}:{segment}".encode()
 
 
 def quantiles_lock(profile: str) -> bytes:

@@ -26,7 +26,7 @@ COMMANDS = (
     *("evalsha", "script|load"),
     *("get", "mget", "set", "mset", "del", "unlink", "exists", "scan", "pexpire", "pttl"),
     *("hget", "hmget", "hgetall", "hkeys", "hset", "hdel", "hincrby"),
-    *("zadd", "zrem", "zrangebyscore", "zcount"),
+    *("zadd", "zrem", "zrangebyscore", "zcount", "zrangebylex"),
     *("xadd", "xrange", "xdel"),
     *("multi", "exec", "ping"),
 )
@@ -80,6 +80,7 @@ def self_test(client: Any) -> None:
     run("hgetall", lambda: client.hgetall(hashed))
     run("zrangebyscore", lambda: client.zrangebyscore(zset, b"-inf", 1, start=0, num=1))
     run("zcount", lambda: client.zcount(zset, b"-inf", 1))
+    run("zrangebylex", lambda: client.zrangebylex(zset, b"-", b"+", start=0, num=1))
     entries = run("xrange", lambda: client.xrange(stream, count=1)) or []
     if entries:
         run("xdel", lambda: client.xdel(stream, entries[0][0]))

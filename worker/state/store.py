@@ -1,17 +1,19 @@
 """The state in Redis and its one write path.
 
-The key layout is described once, in worker/state/keys.py (and in worker/state/lua/commit.lua).
-`Store` is the write path; the other jobs on the same connection are its parts, each in its
-own module: applied offsets (applied.py), the due index and the marking record
-(due_index.py), the event clock (clock.py), the outbox (outbox.py), the read side
-(reads.py), quantile cut points (cut_points.py), churn-model fits (churn_fits.py), the
-flows between segments (flows.py) and the server itself (admin.py).
+The key layout is described once, in worker/state/keys.py (and in
+worker/state/lua/commit.lua). `Store` is the write path; the other jobs on the same
+connection are its parts, each in its own module: applied offsets (applied.py), the due
+index and the marking record (due_index.py), the event clock (clock.py), the outbox
+(outbox.py), the read side (reads.py), the segment index's pages (segment_pages.py),
+quantile cut points (cut_points.py), churn-model fits (churn_fits.py), the flows between
+segments (flows.py) and the server itself (admin.py).
 
 Every write goes through `commit`, whatever its cause (worker/services/causes.py: order
 events, a decay sweep, a changed profile's marking): read the touched customers, run the
 cause's pure per-customer function, then commit them with compare-and-set script calls
-that also move the customers in the due index, append their changes to the outbox and
-adjust the segment counters (worker/state/commit.py, planned by commit_plan.py).
+that also move the customers in the due index and the segment index, append their
+changes to the outbox and adjust the segment counters (worker/state/commit.py, planned
+by commit_plan.py).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from worker.state.members import Members
 from worker.state.outbox import Outbox
 from worker.state.reads import Reads
 from worker.state.results import BatchResult, Committed, SweepStep
+from worker.state.segment_pages import SegmentPages
 
 __all__ = ["BatchResult", "Committed", "Decide", "Store", "SweepStep", "Work"]
 
@@ -52,6 +55,7 @@ class Store:
         self.clock = EventClock(client)
         self.outbox = Outbox(client)
         self.reads = Reads(client)
+        self.segment_pages = SegmentPages(client)
         self.cut_points = CutPoints(client)
         self.churn_fits = ChurnFits(client)
         self.server = Server(client)

@@ -3,12 +3,12 @@ Authorization header into a `Response` (docs/http-and-metrics.md). worker/web/se
 serves it over HTTP; tests call it directly.
 
 Routes: /metrics, /healthz, /readyz, GET / (the matrix page), /openapi.json (the OpenAPI
-document of them all, worker/web/openapi.py), /v1/customers, /v1/matrix and /v1/segments.
-The read API (/v1/*) requires `Authorization: Bearer <RFM_HTTP_TOKEN>` when a
-token is set; /metrics, /healthz and /readyz never do (Prometheus and probes), nor / and
-/openapi.json (they hold no data). Path segments
-are checked before any Redis read: the tenant against the tenant grammar (which excludes ':',
-the key separator), the customer id 1..200 characters of strict UTF-8 once
+document of them all, worker/web/openapi.py), /v1/customers, /v1/matrix, /v1/segments and a
+segment's ranked customers, /v1/segments/{tenant}/{segment}/customers. The read API (/v1/*)
+requires `Authorization: Bearer <RFM_HTTP_TOKEN>` when a token is set; /metrics, /healthz and
+/readyz never do (Prometheus and probes), nor / and /openapi.json (they hold no data). Path
+segments are checked before any Redis read: the tenant against the tenant grammar (which
+excludes ':', the key separator), the customer id 1..200 characters of strict UTF-8 once
 percent-decoded, so no path can address another tenant's customer.
 """
 
@@ -31,9 +31,10 @@ from worker.config import Settings
 from worker.rules.profiles import DEFAULT_TENANT, TENANT_NAME, Profiles
 from worker.state.clock import scoring_now
 from worker.state.store import Store
-from worker.web import views
+from worker.web import segment_lists, views
 
 MAX_CUSTOMER_ID = 200  # characters, as in order events (worker/rules/events.py)
+MAX_SEGMENT = 200  # characters of a segment name in a path
 
 _TARGET = re.compile(r"[\x21-\x7e]*")  # a request target is visible ASCII (RFC 9112)
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
@@ -97,6 +98,8 @@ class Api:
             return self._matrix(query)
         if path == "/v1/segments":
             return self._segments(query)
+        if len(parts) == 6 and parts[1:3] == ["v1", "segments"] and parts[5] == "customers":
+            return self._segment_customers(parts[3], parts[4], query)
         return error(404, "not_found", f"no route {path[:200]}")
 
     def _customer(self, raw_tenant: str, raw_customer_id: str) -> Response:
@@ -132,6 +135,26 @@ class Api:
             return tenant
         as_of = scoring_now(self.settings, self.store.clock)
         return _json(200, views.segments(self.store, self.profiles, tenant, as_of))
+
+    def _segment_customers(self, raw_tenant: str, raw_segment: str, query: str) -> Response:
+        """A page of a segment's customers, ranked (worker/web/segment_lists.py)."""
+        tenant = _segment(raw_tenant)
+        if tenant is None or not TENANT_NAME.fullmatch(tenant):
+            return error(400, "invalid_tenant", f"the tenant segment must be {_TENANT_RULE}")
+        segment = _segment(raw_segment)
+        if segment is None or not 1 <= len(segment) <= MAX_SEGMENT:
+            return error(
+                400,
+                "invalid_segment",
+                f"the segment must be 1-{MAX_SEGMENT} characters of percent-encoded UTF-8",
+            )
+        try:
+            listing, limit, after = segment_lists.parse_query(tenant, segment, query)
+            as_of = scoring_now(self.settings, self.store.clock)
+            doc = segment_lists.document(self.store, self.profiles, listing, limit, after, as_of)
+        except segment_lists.ListingError as exc:
+            return error(400, exc.code, exc.detail)
+        return _json(200, doc)
 
     def _authenticate(self, authorization: str | None) -> Response | None:
         """None when the request may proceed, else the 401 (RFC 6750)."""

@@ -1,8 +1,8 @@
 -- commit.lua: commit a slice of a batch atomically, whatever its cause (order events, a
 -- decay sweep, the indexing of old customers).
 -- Compare-and-set every customer state, then write the new states, move each customer in
--- the due index, append the changes to the outbox streams and adjust the segment
--- counters. Nothing is written unless every comparison holds (Lua has no rollback: all
+-- the due index and the segment index, append the changes to the outbox streams and
+-- adjust the segment counters. Nothing is written unless every comparison holds (Lua has no rollback: all
 -- checks come before the first write). On Redis Cluster a call carries one shard (its
 -- keys share the hash tag {NN}: one slot); on a single Redis, several shards at once.
 --
@@ -12,6 +12,7 @@
 --   rfm:{NN}:due:<P>                    zset, customer key -> instant of its next change
 --   rfm:{NN}:counts                     hash "<tenant>\t<rfm>\t<segment>" -> customers
 --   rfm:{NN}:flows:<tenant>:<span>:<t>  hash "<from>\t<to>" -> moves (worker/state/flows.py)
+--   rfm:{NN}:m:<tenant>:<o>:<r>:<f>:<s> zset, the segment index (worker/state/segment_index.py)
 --
 -- KEYS      every key, referenced by index from the plan
 -- ARGV[1]   the plan, JSON; every number below indexes KEYS (key, due_*, counts, outbox)
@@ -20,7 +21,9 @@
 --    "counts":    [[counts, field, delta], ...],
 --    "changes":   [[outbox, k, v], ...],
 --    "vouched":   [[applied, field, floor], ...],
---    "expire":    [[flows, ttl], ...]}
+--    "expire":    [[flows, ttl], ...],
+--    "unindex":   [[set, member], ...],
+--    "index":     [[set, member], ...]}
 --   expected  the value the customer key must hold ("" = absent)
 --   new       the new value, or 0 to leave the state as it is (a due-only update)
 --   due_from  the due zset the customer is in now (its previous partition's)
@@ -31,6 +34,8 @@
 --             offset the shard vouched for already: holding less, it lost writes
 --   counts    also a flows hash (moves between segments in a time bucket, always + deltas)
 --   flows     a flows hash the counts touched, set to expire ttl ms from now
+--   set       a segment index set; member (ARGV) removed from it ("unindex", first) or
+--             added to it with score 0 ("index")
 -- ARGV[2..] the values referenced by the plan (states, customer ids, change payloads)
 --
 -- Returns {0, i, ...}: the 1-based indexes of customers whose value differed, nothing
@@ -97,6 +102,18 @@ local function refusal()
   end
   for _, e in ipairs(plan.expire or {}) do
     local why = check('PEXPIRE', e[1], '1')
+    if why then
+      return why
+    end
+  end
+  for _, e in ipairs(plan.unindex or {}) do
+    local why = check('ZREM', e[1], 'x')
+    if why then
+      return why
+    end
+  end
+  for _, e in ipairs(plan.index or {}) do
+    local why = check('ZADD', e[1], '0', 'x')
     if why then
       return why
     end
@@ -186,6 +203,22 @@ for index, members in pairs(leave) do
   each_chunk(members, function(...) redis.call('ZREM', KEYS[index], ...) end)
 end
 for index, pairs_ in pairs(enter) do
+  each_chunk(pairs_, function(...) redis.call('ZADD', KEYS[index], ...) end)
+end
+
+-- The segment index: every member leaves before any enters (a customer whose rank moved
+-- within one set is removed under its old member, added under its new one).
+local unindexed, indexed = {}, {}
+for _, e in ipairs(plan.unindex or {}) do
+  push(unindexed, e[1], ARGV[e[2]])
+end
+for _, e in ipairs(plan.index or {}) do
+  push(indexed, e[1], '0', ARGV[e[2]])
+end
+for index, members in pairs(unindexed) do
+  each_chunk(members, function(...) redis.call('ZREM', KEYS[index], ...) end)
+end
+for index, pairs_ in pairs(indexed) do
   each_chunk(pairs_, function(...) redis.call('ZADD', KEYS[index], ...) end)
 end
 
