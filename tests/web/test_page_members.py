@@ -17,6 +17,7 @@ import pytest
 from playwright.sync_api import Browser
 
 from tests.factories import AS_OF_MS, placed_days_ago
+from tests.state.test_value_sums import value_profiles
 from tests.web.test_matrix_page import (
     TOKEN,
     Tab,
@@ -227,8 +228,6 @@ def test_browser_downloads_the_whole_segment_as_members_csv(
     """More than one of the API's largest pages, floats (P(alive), value: a value model) and
     an id to quote: the file equals the API's pages written by `members --format csv`'s
     writer, and `members`' own rows."""
-    from tests.state.test_value_sums import value_profiles
-
     profiles = value_profiles()
     populate(store, profiles)
     lost_customers(store, profiles, segment_lists.MAX_LIMIT + 5)
