@@ -164,9 +164,17 @@ def test_page_has_no_external_url(base: str) -> None:
     parser.feed(html)
     assert parser.refs == []  # no src, href or <link>: everything is inline
     assert not re.search(r"url\s*\(|@import", html)
-    # one fetch, of the two same-origin paths only
-    assert re.findall(r"fetch\(([^,]*),", html) == ["path + encodeURIComponent(tenant)"]
-    assert set(re.findall(r'"(/[^"]*)"', html)) == {"/v1/matrix?tenant=", "/v1/segments?tenant="}
+    # one fetch, of same-origin paths only: the matrix, the segments, a segment's customers
+    # and the OpenAPI document (the customer view's fields, for the CSV)
+    assert re.findall(r"fetch\(([^,]*),", html) == ["path"]
+    assert set(re.findall(r'"(/[^"]*)"', html)) == {
+        "/v1/matrix?tenant=",
+        "/v1/segments?tenant=",
+        "/v1/segments/",
+        "/",
+        "/customers?",
+        "/openapi.json",
+    }
 
 
 def test_page_holds_no_segment_table_of_its_own(base: str) -> None:
