@@ -146,6 +146,11 @@ def _members_parameters() -> list[dict[str, Any]]:
 
 
 def _paths() -> dict[str, Any]:
+    return _open_paths() | _read_api_paths()
+
+
+def _open_paths() -> dict[str, Any]:
+    """The routes served without the token: probes, metrics, the page, this document."""
     page_headers = {
         name: {"required": True, "schema": {"type": "string", "const": value}}
         for name, value in PAGE_HEADERS
@@ -203,6 +208,12 @@ def _paths() -> dict[str, Any]:
                 "400": _error(_BAD_TARGET),
             },
         ),
+    }
+
+
+def _read_api_paths() -> dict[str, Any]:
+    """The read API (/v1/*): behind the token when one is set."""
+    return {
         "/v1/customers/{tenant}/{customer_id}": _operation(
             "customer",
             "A customer's aggregates and scores, now",
