@@ -199,11 +199,13 @@ for _, c in ipairs(customers) do
   end
 end
 each_chunk(states, function(...) redis.call('MSET', ...) end)
-for index, members in pairs(leave) do
-  each_chunk(members, function(...) redis.call('ZREM', KEYS[index], ...) end)
-end
+-- Additions before removals (no member is in both for one key): a due set emptied by its
+-- removals is not written to again in this script (see the segment index below).
 for index, pairs_ in pairs(enter) do
   each_chunk(pairs_, function(...) redis.call('ZADD', KEYS[index], ...) end)
+end
+for index, members in pairs(leave) do
+  each_chunk(members, function(...) redis.call('ZREM', KEYS[index], ...) end)
 end
 
 -- The segment index: a customer whose place or rank moved is added under its new member,
@@ -225,9 +227,15 @@ for index, members in pairs(unindexed) do
   each_chunk(members, function(...) redis.call('ZREM', KEYS[index], ...) end)
 end
 
-for _, d in ipairs(plan.counts) do
-  if redis.call('HINCRBY', KEYS[d[1]], d[2], d[3]) <= 0 then
-    redis.call('HDEL', KEYS[d[1]], d[2])
+-- Counters and sums: the increments first, then the decrements (a field that reaches 0 is
+-- deleted), so that no hash is emptied and then written to again in this script.
+for pass = 1, 2 do
+  for _, d in ipairs(plan.counts) do
+    if (d[3] > 0) == (pass == 1) then
+      if redis.call('HINCRBY', KEYS[d[1]], d[2], d[3]) <= 0 then
+        redis.call('HDEL', KEYS[d[1]], d[2])
+      end
+    end
   end
 end
 
