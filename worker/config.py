@@ -56,6 +56,13 @@ class Settings(BaseSettings):
     http_host: str = "0.0.0.0"  # noqa: S104  (the documented default: every interface)
     http_token: SecretStr | None = None
     processes: int = Field(default=1, ge=1, le=64)  # `run`: consuming processes (supervisor.py)
+    # keys the erasure tombstones (docs/personal-data.md); unset: erasures are refused
+    erasure_key: SecretStr | None = Field(default=None, min_length=16)
+
+    @property
+    def erasure_secret(self) -> bytes | None:
+        """RFM_ERASURE_KEY as the HMAC key, None when unset."""
+        return None if self.erasure_key is None else self.erasure_key.get_secret_value().encode()
 
     @field_validator("kafka_bootstrap")
     @classmethod

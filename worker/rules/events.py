@@ -34,7 +34,7 @@ from worker.rules.profile import DEFAULT_TENANT
 from worker.rules.profiles import Profiles
 
 MAX_EVENT_BYTES = 64 * 1024  # an order event is a few hundred bytes; more is an accident
-EventType = Literal["order_placed", "order_refunded", "order_cancelled"]
+EventType = Literal["order_placed", "order_refunded", "order_cancelled", "customer_erased"]
 
 Id = Annotated[str, Strict(), Field(min_length=1, max_length=200)]
 Tenant = Annotated[str, Strict(), Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$")]
@@ -52,7 +52,7 @@ class OrderEvent(BaseModel):
 
     event_id: Id = Field(description="Unique per event; the idempotency key.")
     type: EventType
-    order_id: Id
+    order_id: Id | None = Field(default=None, description="Required for the order events.")
     customer_id: Id
     tenant: Tenant = DEFAULT_TENANT
     amount: Decimal | None = Field(
@@ -90,7 +90,7 @@ class ValidEvent:
 
     event_id: str
     type: EventType
-    order_id: str
+    order_id: str  # "" for customer_erased
     customer_id: str
     tenant: str
     amount: int | None  # money units
@@ -148,7 +148,7 @@ _LEAN_AMOUNT = r"^[0-9]{1,12}(\.[0-9]{1,4})?$"
 class _LeanEvent(TypedDict):
     event_id: Id
     type: EventType
-    order_id: Id
+    order_id: NotRequired[Id]
     customer_id: Id
     tenant: NotRequired[Tenant]
     amount: NotRequired[
@@ -171,6 +171,8 @@ def _accept(doc: _LeanEvent, profiles: Profiles, now_ms: int) -> ValidEvent | No
     """The event the lean schema read, if the checks after it pass; None: the full path
     decides (and words the rejection)."""
     kind = doc["type"]
+    if kind == "customer_erased" or "order_id" not in doc:
+        return None  # rare: the full path decides
     amount = doc.get("amount")
     if amount is None:
         if kind != "order_cancelled":
@@ -213,7 +215,11 @@ def _validate_model(value: bytes | None, profiles: Profiles, now_ms: int) -> Val
         ev = OrderEvent.model_validate_json(value)
     except ValidationError as exc:
         return _rejection(exc, value)
-    if ev.amount is None and ev.type != "order_cancelled":  # here: a model validator is slower
+    if ev.type == "customer_erased":
+        pass  # an erasure carries no order: order_id and amount are ignored
+    elif ev.order_id is None:
+        return Rejection("missing_field", "required field order_id is missing")
+    elif ev.amount is None and ev.type != "order_cancelled":  # a model validator is slower
         return Rejection("missing_field", f"amount is required for {ev.type}")
     occurred = epoch_ms(ev.occurred_at)
     if occurred < 0:  # bounded to what every later step can represent and format
@@ -236,10 +242,10 @@ def _validate_model(value: bytes | None, profiles: Profiles, now_ms: int) -> Val
     return ValidEvent(
         event_id=ev.event_id,
         type=ev.type,
-        order_id=ev.order_id,
+        order_id="" if ev.type == "customer_erased" else (ev.order_id or ""),
         customer_id=ev.customer_id,
         tenant=ev.tenant,
-        amount=None if ev.amount is None else to_units(ev.amount),
+        amount=None if ev.amount is None or ev.type == "customer_erased" else to_units(ev.amount),
         occurred_at=occurred,
     )
 
