@@ -147,10 +147,11 @@ class Settings(BaseSettings):
     def describe(self) -> dict[str, object]:
         """The settings with every secret masked: safe to log."""
         shown: dict[str, object] = self.model_dump(
-            exclude={"kafka_config", "redis_url", "http_token"}
+            exclude={"kafka_config", "redis_url", "http_token", "erasure_key"}
         )
         shown["redis_url"] = mask_url(self.redis_url.get_secret_value())
         shown["http_token"] = None if self.http_token is None else "***"
+        shown["erasure_key"] = None if self.erasure_key is None else "***"
         shown["kafka_config"] = {
             k: "***" if any(h in k.lower() for h in _SECRET_HINTS) else v
             for k, v in self.kafka_properties().items()
