@@ -185,7 +185,7 @@ def test_an_erasure_without_a_key_is_refused(store: Store, profiles: Profiles) -
     assert store.reads.customer("default", "c") is not None
 
 
-@pytest.mark.parametrize("customers", [1000, 20_000])
+@pytest.mark.parametrize("customers", [1000, 20_000, 40_000])
 def test_bytes_per_erased_customer(store: Store, profiles: Profiles, customers: int) -> None:
     """What the tombstones cost: MEMORY USAGE of the shards' hashes per erased customer."""
     events = [erase(profiles, f"c{n}", days_ago=1) for n in range(customers)]
