@@ -13,7 +13,7 @@ names the three reasons to do so, each a function:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from worker.rules import erasure, rescore
 from worker.rules.customer import Customer
@@ -56,8 +56,34 @@ def apply_batch(
             slot[key] = (event.tenant, event.customer_id, [(event, partition)])
 
     tombstones = _tombstones(store, work, erasure_key)
+    decide = _decider(profiles, tombstones, erasure_key, as_of_ms=as_of_ms, now_ms=now_ms)
+    result = store.commit(work, decide)
+    # A customer whose events raised: apply them one at a time, so only the events
+    # that raise are rejected (dead-lettered by the consumer) and the others count.
+    failed, result.failed = result.failed, []
+    for key, events, _exc in failed:
+        shard, tenant, customer_id = keys.split_customer(key)
+        for event, partition in events:
+            one = store.commit({shard: {key: (tenant, customer_id, [(event, partition)])}}, decide)
+            result.add(one)
+            result.rejected += [(event, partition, exc) for _, _, exc in one.failed]
+    return result
 
-    def decide(customer: Customer, events: list[tuple[ValidEvent, int]]) -> Result:
+
+Events = list[tuple[ValidEvent, int]]
+
+
+def _decider(
+    profiles: Profiles,
+    tombstones: dict[tuple[int, bytes], int],
+    erasure_key: bytes | None,
+    *,
+    as_of_ms: int,
+    now_ms: int,
+) -> Callable[[Customer, Events], Result]:
+    """The per-customer function of `apply_batch`: its events, around its erasures."""
+
+    def decide(customer: Customer, events: Events) -> Result:
         evs = [ev for ev, _ in events]
         profile = profiles.for_tenant(customer.tenant)
         if erasure_key is None:
@@ -88,17 +114,7 @@ def apply_batch(
             res.tombstone = (digest, erased_at)
         return res
 
-    result = store.commit(work, decide)
-    # A customer whose events raised: apply them one at a time, so only the events
-    # that raise are rejected (dead-lettered by the consumer) and the others count.
-    failed, result.failed = result.failed, []
-    for key, events, _exc in failed:
-        shard, tenant, customer_id = keys.split_customer(key)
-        for event, partition in events:
-            one = store.commit({shard: {key: (tenant, customer_id, [(event, partition)])}}, decide)
-            result.add(one)
-            result.rejected += [(event, partition, exc) for _, _, exc in one.failed]
-    return result
+    return decide
 
 
 def _tombstones(
