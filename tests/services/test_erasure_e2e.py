@@ -104,3 +104,25 @@ def test_erasures_survive_kill_redelivery_and_rebuild(deployment: Deployment, st
     assert_index_exact(store)
     assert_absent(store, deployment, gone - {fresh})
     assert store.tombstones.count() == len(gone)
+
+
+def test_an_erasure_without_a_key_is_dead_lettered(deployment: Deployment, store: Store) -> None:
+    """Without RFM_ERASURE_KEY the request is refused with its own class and reason, and
+    the customer stays; the orders around it are applied."""
+    at = datetime.now(UTC) - timedelta(days=2)
+    order = placed_doc("keep-me", 1, at)
+    request = {
+        "event_id": "erase-1",
+        "type": "customer_erased",
+        "customer_id": "keep-me",
+        "occurred_at": (at + timedelta(days=1)).isoformat().replace("+00:00", "Z"),
+    }
+    deployment.produce(records_of([order, request]))
+    worker = deployment.worker()
+    [dead] = deployment.read(deployment.dlq, until=lambda m: len(m) >= 1, timeout=60)
+    headers = dict(dead.headers())
+    assert headers["rfm.error.class"] == b"erasure_refused"
+    assert b"RFM_ERASURE_KEY" in headers["rfm.error.reason"]
+    assert store.reads.customer("default", "keep-me") is not None
+    assert store.tombstones.count() == 0
+    assert worker.stop() == 0
