@@ -96,8 +96,10 @@ def test_topics_are_the_settings_defaults_and_payloads_the_schema_files() -> Non
     refs = {name: m["payload"].get("$ref") for name, m in doc["components"]["messages"].items()}
     assert refs == {
         "orderEvent": "order-event.json",
+        "customerErased": "customer-erased.json",
         "rfmChanged": "rfm-changed.json",
         "rfmOverdue": "rfm-overdue.json",
+        "rfmErased": "rfm-erased.json",
         "deadLetter": None,  # the original bytes, whatever they are
     }
     assert set(filter(None, refs.values())) <= set(schemas.SCHEMAS)
@@ -154,7 +156,14 @@ def test_the_official_parser_accepts_the_document(tmp_path: Path) -> None:
     assert [d for d in diagnostics if d["severity"] in (ERROR, WARNING)] == []
     assert summary["parsed"] is True
     fields = summary["messages"]
-    assert set(fields) == {"orderEvent", "rfmChanged", "rfmOverdue", "deadLetter"}
+    assert set(fields) == {
+        "orderEvent",
+        "customerErased",
+        "rfmChanged",
+        "rfmOverdue",
+        "rfmErased",
+        "deadLetter",
+    }
     assert {"event_id", "occurred_at"} <= set(fields["orderEvent"])
     assert {"change_id", "previous", "current", "triggers"} <= set(fields["rfmChanged"])
     assert {"change_id", "silent_days", "triggers"} <= set(fields["rfmOverdue"])

@@ -93,6 +93,7 @@ def test_describe_of_the_defaults_shows_every_setting() -> None:
         "http_host": "0.0.0.0",
         "http_token": None,
         "processes": 1,
+        "erasure_key": None,
     }
 
 
@@ -577,3 +578,15 @@ def test_run_logs_its_settings_without_the_http_token(redis_server) -> None:
     assert "'http_token': '***'" in proc.stderr  # the start line shows the settings
     assert "'http_host': '127.0.0.1'" in proc.stderr
     assert PASSWORD not in proc.stdout + proc.stderr
+
+
+def test_the_erasure_key_is_masked_and_at_least_16_characters(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("RFM_ERASURE_KEY", "a-secret-of-enough-length")
+    s = load_settings()
+    assert s.erasure_secret == b"a-secret-of-enough-length"
+    assert s.describe()["erasure_key"] == "***"
+    monkeypatch.setenv("RFM_ERASURE_KEY", "short")
+    with pytest.raises(ConfigError, match="RFM_ERASURE_KEY"):
+        load_settings()

@@ -15,6 +15,7 @@ from worker.commands import (
     customer,
     demo,
     export,
+    forget,
     local,
     matrix,
     members,
@@ -44,6 +45,7 @@ COMMANDS: tuple[Callable[[Subparsers], None], ...] = (
     sweep_once.add_parser,
     rebuild.add_parser,
     produce.add_parser,
+    forget.add_parser,
     model.add_parser,
     schemas.add_parser,
 )

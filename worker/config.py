@@ -56,6 +56,13 @@ class Settings(BaseSettings):
     http_host: str = "0.0.0.0"  # noqa: S104  (the documented default: every interface)
     http_token: SecretStr | None = None
     processes: int = Field(default=1, ge=1, le=64)  # `run`: consuming processes (supervisor.py)
+    # keys the erasure tombstones (docs/personal-data.md); unset: erasures are refused
+    erasure_key: SecretStr | None = Field(default=None, min_length=16)
+
+    @property
+    def erasure_secret(self) -> bytes | None:
+        """RFM_ERASURE_KEY as the HMAC key, None when unset."""
+        return None if self.erasure_key is None else self.erasure_key.get_secret_value().encode()
 
     @field_validator("kafka_bootstrap")
     @classmethod
@@ -140,10 +147,11 @@ class Settings(BaseSettings):
     def describe(self) -> dict[str, object]:
         """The settings with every secret masked: safe to log."""
         shown: dict[str, object] = self.model_dump(
-            exclude={"kafka_config", "redis_url", "http_token"}
+            exclude={"kafka_config", "redis_url", "http_token", "erasure_key"}
         )
         shown["redis_url"] = mask_url(self.redis_url.get_secret_value())
         shown["http_token"] = None if self.http_token is None else "***"
+        shown["erasure_key"] = None if self.erasure_key is None else "***"
         shown["kafka_config"] = {
             k: "***" if any(h in k.lower() for h in _SECRET_HINTS) else v
             for k, v in self.kafka_properties().items()

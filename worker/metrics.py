@@ -35,6 +35,7 @@ SWEEP_DUE = Gauge(
     "rfm_sweep_due", "Customers past their due instant (owned partitions), at the last sweep."
 )
 OVERDUE = Counter("rfm_overdue", "Published overdue alerts (rfm.overdue).")
+ERASED = Counter("rfm_erased", "Published erasures (rfm.erased).")
 TRIGGERS = Counter(
     "rfm_triggers",
     "Automation triggers fired by published records, by tenant (bounded) and trigger name.",

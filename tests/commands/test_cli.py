@@ -551,8 +551,10 @@ def test_matrix_table(event_clock: Store, capsysbinary: pytest.CaptureFixture[by
 
 SCHEMA_FILES = {
     "order-event.json",
+    "customer-erased.json",
     "rfm-changed.json",
     "rfm-overdue.json",
+    "rfm-erased.json",
     "customer-view.json",
     "asyncapi.json",
     "openapi.json",

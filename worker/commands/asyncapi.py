@@ -1,5 +1,6 @@
 """The AsyncAPI 3.0 document of the worker's three topics (schemas/asyncapi.json): the
-orders it reads, the rfm.changed and rfm.overdue records it writes, its dead letters.
+orders (and erasure requests) it reads, the rfm.changed, rfm.overdue and rfm.erased
+records it writes, its dead letters.
 
 Written and checked by `rfm-worker schemas` with the JSON Schemas it references (relative
 $refs to the files beside it); the topic names and their defaults come from the settings,
@@ -76,16 +77,17 @@ def _channels() -> Json:
             "Order events (in)",
             "Upstream services publish one JSON order event per record; the worker reads "
             "them (its consumer group is `RFM_KAFKA_GROUP`).",
-            ["orderEvent"],
+            ["orderEvent", "customerErased"],
         ),
         "actions": _topic(
             "actions_topic",
             "RFM changes (out)",
             "The worker publishes, at least once and in order per customer, an rfm.changed "
             "record for each move of a customer's scores or segment and an rfm.overdue "
-            "record for a customer late against their own rhythm: tell them apart by "
+            "record for a customer late against their own rhythm, an rfm.erased record once "
+            "per erased customer (docs/personal-data.md): tell them apart by "
             "`type`, deduplicate on `change_id`.",
-            ["rfmChanged", "rfmOverdue"],
+            ["rfmChanged", "rfmOverdue", "rfmErased"],
         ),
         "deadLetters": _topic(
             "dlq_topic",
@@ -108,7 +110,12 @@ def _operation(action: str, channel: str, summary: str, messages: list[str]) -> 
 
 
 def _operations() -> Json:
-    receive = _operation("receive", "orders", "Read order events.", ["orderEvent"])
+    receive = _operation(
+        "receive",
+        "orders",
+        "Read order events and erasure requests.",
+        ["orderEvent", "customerErased"],
+    )
     group = _setting("kafka_group")
     receive["bindings"] = {
         "kafka": {
@@ -125,8 +132,8 @@ def _operations() -> Json:
         "publishChanges": _operation(
             "send",
             "actions",
-            "Publish rfm.changed and rfm.overdue records.",
-            ["rfmChanged", "rfmOverdue"],
+            "Publish rfm.changed, rfm.overdue and rfm.erased records.",
+            ["rfmChanged", "rfmOverdue", "rfmErased"],
         ),
         "publishDeadLetters": _operation(
             "send", "deadLetters", "Copy refused order records.", ["deadLetter"]
@@ -177,7 +184,7 @@ def _messages() -> Json:
     order = {
         "name": "order_event",
         "title": "Order event",
-        "summary": "order_placed, order_refunded or order_cancelled, UTF-8 JSON.",
+        "summary": "order_placed, order_refunded, order_cancelled or customer_erased, UTF-8 JSON.",
         "contentType": "application/json",
         "payload": {"$ref": "order-event.json"},
         **_kafka_key("The customer id is recommended (any key is accepted).", nullable=True),
@@ -199,9 +206,20 @@ def _messages() -> Json:
     }
     return {
         "orderEvent": order,
+        "customerErased": {
+            "name": "customer_erased",
+            "title": "Erasure request",
+            "summary": "Forget a customer (rfm-worker forget), UTF-8 JSON.",
+            "contentType": "application/json",
+            "payload": {"$ref": "customer-erased.json"},
+            **_kafka_key("The customer id, as its orders' key.", nullable=True),
+        },
         "rfmChanged": _record("rfm.changed", "RFM change", "rfm-changed.json", _triggers_headers()),
         "rfmOverdue": _record(
             "rfm.overdue", "Customer overdue", "rfm-overdue.json", _triggers_headers()
+        ),
+        "rfmErased": _record(
+            "rfm.erased", "Customer erased", "rfm-erased.json", _triggers_headers()
         ),
         "deadLetter": dead,
     }

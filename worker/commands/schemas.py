@@ -14,8 +14,8 @@ import orjson
 from pydantic import BaseModel
 
 from worker.commands import asyncapi
-from worker.rules.events import OrderEvent
-from worker.rules.messages import CustomerView, RfmChanged, RfmOverdue
+from worker.rules.events import ErasureEvent, OrderEvent
+from worker.rules.messages import CustomerView, RfmChanged, RfmErased, RfmOverdue
 from worker.web import openapi
 
 if TYPE_CHECKING:
@@ -23,8 +23,10 @@ if TYPE_CHECKING:
 
 SCHEMAS: dict[str, type[BaseModel]] = {
     "order-event.json": OrderEvent,
+    "customer-erased.json": ErasureEvent,
     "rfm-changed.json": RfmChanged,
     "rfm-overdue.json": RfmOverdue,
+    "rfm-erased.json": RfmErased,
     "customer-view.json": CustomerView,
 }
 

@@ -17,6 +17,7 @@ from worker.kafka.delivery import Deliveries, Headers, Record
 from worker.kafka.records import KafkaMessage
 from worker.kafka.watch import KafkaWatch
 from worker.pacing import Stopping
+from worker.rules.erasure import NoErasureKeyError
 from worker.rules.events import Rejection
 
 logger = logging.getLogger(__name__)
@@ -122,7 +123,12 @@ class DeadLetters:
         self._deliveries.send(msg.key(), msg.value(), None, dlq_headers(msg, rejection))
 
     def internal_error(self, msg: KafkaMessage, exc: Exception) -> None:
-        """An event that passed validation but raised while applied: a bug costs it alone."""
+        """An event that passed validation but raised while applied: a bug costs it alone.
+        An erasure without RFM_ERASURE_KEY is refused with its own class and reason."""
+        if isinstance(exc, NoErasureKeyError):
+            logger.warning("%s[%d]@%d: %s", msg.topic(), msg.partition(), msg.offset(), exc)
+            self.send(msg, Rejection("erasure_refused", str(exc)))
+            return
         logger.error(
             "event at %s[%d]@%d raised while applied; dead-lettered as internal_error",
             msg.topic(),

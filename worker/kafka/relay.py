@@ -94,7 +94,7 @@ class Relay:
         causes: Counter[str] = Counter()
         moves: Counter[tuple[str, str]] = Counter()
         triggers: Counter[tuple[str, str]] = Counter()
-        overdue = 0
+        overdue = erased = 0
         for c in committed:
             change = c.change
             self._deliveries.send(
@@ -107,6 +107,8 @@ class Relay:
                     triggers[(tenant, name)] += 1
             if change.kind == "rfm.overdue":
                 overdue += 1
+            elif change.kind == "rfm.erased":
+                erased += 1
             else:
                 causes[change.cause] += 1
                 if change.from_segment != change.to_segment:  # a real move, not 453 -> 353
@@ -119,6 +121,8 @@ class Relay:
             metrics.TRANSITIONS.labels(before, after).inc(n)
         if overdue:
             metrics.OVERDUE.inc(overdue)
+        if erased:
+            metrics.ERASED.inc(erased)
         for (tenant, name), n in triggers.items():
             metrics.TRIGGERS.labels(tenant, name).inc(n)
 

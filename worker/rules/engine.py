@@ -40,11 +40,11 @@ class Change:
 
     tenant: str
     customer_id: str
-    cause: Cause
+    cause: Cause | Literal["erasure"]
     from_segment: str | None
     to_segment: str | None
     payload: dict[str, object]
-    kind: Literal["rfm.changed", "rfm.overdue"] = "rfm.changed"
+    kind: Literal["rfm.changed", "rfm.overdue", "rfm.erased"] = "rfm.changed"
     triggers: tuple[str, ...] = ()  # the names in the payload's "triggers" (rules/triggers.py)
     profile: str | None = None  # the name of the profile that scored it (metric labels)
 
@@ -59,6 +59,9 @@ class Result:
     touched: bool = False  # whether to commit at all (state and/or due index)
     due: int | None = None  # next due instant, see worker/rules/decay.py
     folded: int = 0  # orders folded into the aggregates (the per-customer bound)
+    erased: int = 0  # events ignored: at or before the customer's erasure (rules/erasure.py)
+    removed: bool = False  # the stored state is deleted (an erasure with nothing after it)
+    tombstone: tuple[bytes, int] | None = None  # (digest, erasure instant) to keep
 
 
 def change_id(*parts: object) -> str:

@@ -35,6 +35,7 @@ from worker.rules.profiles import Profiles
 
 MAX_EVENT_BYTES = 64 * 1024  # an order event is a few hundred bytes; more is an accident
 EventType = Literal["order_placed", "order_refunded", "order_cancelled"]
+Kind = Literal["order_placed", "order_refunded", "order_cancelled", "customer_erased"]
 
 Id = Annotated[str, Strict(), Field(min_length=1, max_length=200)]
 Tenant = Annotated[str, Strict(), Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._-]+$")]
@@ -84,13 +85,34 @@ class OrderEvent(BaseModel):
         return handler(value)
 
 
+class ErasureEvent(BaseModel):
+    """A customer's erasure request (docs/personal-data.md), on the orders topic keyed by
+    the customer id like its orders."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True, title="CustomerErased")
+
+    event_id: Id = Field(description="Unique per request; `rfm-worker forget` derives it.")
+    type: Literal["customer_erased"]
+    customer_id: Id
+    tenant: Tenant = DEFAULT_TENANT
+    occurred_at: AwareDatetime = Field(
+        description="RFC 3339 timestamp with an offset: the customer's events that occurred "
+        "at or before it are forgotten."
+    )
+
+    @field_validator("occurred_at", mode="before")
+    @classmethod
+    def _rfc3339(cls, value: object) -> object:
+        return OrderEvent._rfc3339(value)  # the same rule
+
+
 @dataclass(slots=True)  # not frozen: built per event, and frozen costs 3x
 class ValidEvent:
     """A validated event in the form the core works with: ints for money and time."""
 
     event_id: str
-    type: EventType
-    order_id: str
+    type: Kind
+    order_id: str  # "" for customer_erased
     customer_id: str
     tenant: str
     amount: int | None  # money units
@@ -209,6 +231,10 @@ def _validate_model(value: bytes | None, profiles: Profiles, now_ms: int) -> Val
         return Rejection(
             "oversized", f"the value is {len(value)} bytes, more than the {MAX_EVENT_BYTES} allowed"
         )
+    if b"customer_erased" in value:  # (OrderEvent's reasons stay as they are)
+        erasure = _erasure(value, now_ms)
+        if erasure is not None:
+            return erasure
     try:
         ev = OrderEvent.model_validate_json(value)
     except ValidationError as exc:
@@ -216,16 +242,9 @@ def _validate_model(value: bytes | None, profiles: Profiles, now_ms: int) -> Val
     if ev.amount is None and ev.type != "order_cancelled":  # here: a model validator is slower
         return Rejection("missing_field", f"amount is required for {ev.type}")
     occurred = epoch_ms(ev.occurred_at)
-    if occurred < 0:  # bounded to what every later step can represent and format
-        return Rejection(
-            "invalid_timestamp",
-            f"occurred_at {ev.occurred_at.isoformat()} is before 1970-01-01T00:00:00Z",
-        )
-    if occurred - now_ms > MAX_FUTURE_MS:
-        return Rejection(
-            "future_timestamp",
-            f"occurred_at {ev.occurred_at.isoformat()} is more than 5 minutes ahead of now",
-        )
+    late = _out_of_range(ev.occurred_at, occurred, now_ms)
+    if late is not None:
+        return late
     profile = profiles.for_tenant(ev.tenant)
     if profile.currency and ev.currency and ev.currency != profile.currency:
         return Rejection(
@@ -242,6 +261,33 @@ def _validate_model(value: bytes | None, profiles: Profiles, now_ms: int) -> Val
         amount=None if ev.amount is None else to_units(ev.amount),
         occurred_at=occurred,
     )
+
+
+def _out_of_range(at: datetime, occurred: int, now_ms: int) -> Rejection | None:
+    if occurred < 0:  # bounded to what every later step can represent and format
+        return Rejection(
+            "invalid_timestamp", f"occurred_at {at.isoformat()} is before 1970-01-01T00:00:00Z"
+        )
+    if occurred - now_ms > MAX_FUTURE_MS:
+        return Rejection(
+            "future_timestamp", f"occurred_at {at.isoformat()} is more than 5 minutes ahead of now"
+        )
+    return None
+
+
+def _erasure(value: bytes, now_ms: int) -> ValidEvent | Rejection | None:
+    """A customer_erased event, or its rejection; None: not one (OrderEvent decides)."""
+    try:
+        ev = ErasureEvent.model_validate_json(value)
+    except ValidationError as exc:
+        if any(err["loc"][:1] == ("type",) or not err["loc"] for err in exc.errors()):
+            return None  # not an erasure (or not JSON, not an object): OrderEvent words it
+        return _rejection(exc, value)
+    occurred = epoch_ms(ev.occurred_at)
+    late = _out_of_range(ev.occurred_at, occurred, now_ms)
+    if late is not None:
+        return late
+    return ValidEvent(ev.event_id, ev.type, "", ev.customer_id, ev.tenant, None, occurred)
 
 
 def digest(event_id: str) -> str:

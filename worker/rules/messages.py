@@ -91,6 +91,19 @@ class RfmOverdue(_Model):
     emitted_at: str
 
 
+class RfmErased(_Model):
+    """Once per erasure: the customer is forgotten; consumers forget it too
+    (docs/personal-data.md)."""
+
+    model_config = ConfigDict(title="RfmErased")
+    type: Literal["rfm.erased"]
+    change_id: str
+    tenant: str
+    customer_id: str
+    as_of: str
+    emitted_at: str
+
+
 class CustomerView(_Model):
     """A customer's aggregates and scores at `as_of` (CLI, export and read API)."""
 
@@ -267,5 +280,18 @@ def rfm_overdue(
         "silent_days": silent_days,
         "current": score_view(current),
         "triggers": list(triggers),
+        "emitted_at": iso(emitted_at_ms),
+    }
+
+
+def rfm_erased(
+    *, change_id: str, tenant: str, customer_id: str, as_of_ms: int, emitted_at_ms: int
+) -> dict[str, object]:
+    return {
+        "type": "rfm.erased",
+        "change_id": change_id,
+        "tenant": tenant,
+        "customer_id": customer_id,
+        "as_of": iso(as_of_ms),
         "emitted_at": iso(emitted_at_ms),
     }

@@ -20,7 +20,7 @@ from typing import Literal
 
 from worker.rules.events import ValidEvent
 
-Outcome = Literal["applied", "duplicate"]
+Outcome = Literal["applied", "duplicate", "erased"]  # erased: worker/rules/erasure.py
 
 
 @dataclass(slots=True)

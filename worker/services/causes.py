@@ -13,9 +13,9 @@ names the three reasons to do so, each a function:
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
-from worker.rules import rescore
+from worker.rules import erasure, rescore
 from worker.rules.customer import Customer
 from worker.rules.decay import next_due
 from worker.rules.engine import Result, apply_events, decay
@@ -35,11 +35,15 @@ def apply_batch(
     *,
     as_of_ms: int,
     now_ms: int,
+    erasure_key: bytes | None = None,
 ) -> BatchResult:
     """Apply validated events (with their partitions) atomically per shard.
 
     Idempotent: calling it again with the same events (after a timeout, a crash, a
     redelivery) finds them already merged, counts them as duplicates and emits nothing.
+    With an `erasure_key` (RFM_ERASURE_KEY), the customers' tombstones are read first and
+    erasures applied (worker/rules/erasure.py); without one, an erasure is refused
+    (dead-lettered, `erasure.NoErasureKeyError`).
     """
     work: dict[int, dict[bytes, tuple[str, str, list[tuple[ValidEvent, int]]]]] = {}
     for event, partition in items:
@@ -51,16 +55,8 @@ def apply_batch(
         else:
             slot[key] = (event.tenant, event.customer_id, [(event, partition)])
 
-    def decide(customer: Customer, events: list[tuple[ValidEvent, int]]) -> Result:
-        return apply_events(
-            customer,
-            [ev for ev, _ in events],
-            profile=profiles.for_tenant(customer.tenant),
-            as_of_ms=as_of_ms,
-            now_ms=now_ms,
-            partition=events[-1][1],
-        )
-
+    tombstones = _tombstones(store, work, erasure_key)
+    decide = _decider(profiles, tombstones, erasure_key, as_of_ms=as_of_ms, now_ms=now_ms)
     result = store.commit(work, decide)
     # A customer whose events raised: apply them one at a time, so only the events
     # that raise are rejected (dead-lettered by the consumer) and the others count.
@@ -72,6 +68,68 @@ def apply_batch(
             result.add(one)
             result.rejected += [(event, partition, exc) for _, _, exc in one.failed]
     return result
+
+
+Events = list[tuple[ValidEvent, int]]
+
+
+def _decider(
+    profiles: Profiles,
+    tombstones: dict[tuple[int, bytes], int],
+    erasure_key: bytes | None,
+    *,
+    as_of_ms: int,
+    now_ms: int,
+) -> Callable[[Customer, Events], Result]:
+    """The per-customer function of `apply_batch`: its events, around its erasures."""
+
+    def decide(customer: Customer, events: Events) -> Result:
+        evs = [ev for ev, _ in events]
+        profile = profiles.for_tenant(customer.tenant)
+        if erasure_key is None:
+            if any(ev.type == erasure.ERASED for ev in evs):
+                raise erasure.NoErasureKeyError(
+                    "customer_erased refused: RFM_ERASURE_KEY is not set (docs/personal-data.md)"
+                )
+            return apply_events(
+                customer,
+                evs,
+                profile=profile,
+                as_of_ms=as_of_ms,
+                now_ms=now_ms,
+                partition=events[-1][1],
+            )
+        shard = keys.shard_of(customer.tenant, customer.customer_id)
+        digest = erasure.tombstone_field(erasure_key, customer.tenant, customer.customer_id)
+        res, erased_at = erasure.apply_with_erasures(
+            customer,
+            evs,
+            tombstones.get((shard, digest)),
+            profile=profile,
+            as_of_ms=as_of_ms,
+            now_ms=now_ms,
+            partition=events[-1][1],
+        )
+        if erased_at is not None:
+            res.tombstone = (digest, erased_at)
+        return res
+
+    return decide
+
+
+def _tombstones(
+    store: Store,
+    work: dict[int, dict[bytes, tuple[str, str, list[tuple[ValidEvent, int]]]]],
+    erasure_key: bytes | None,
+) -> dict[tuple[int, bytes], int]:
+    """The erasure instants of the batch's erased customers (none without a key)."""
+    if erasure_key is None:
+        return {}
+    wanted = {
+        shard: [erasure.tombstone_field(erasure_key, t, c) for t, c, _ in slot.values()]
+        for shard, slot in work.items()
+    }
+    return store.tombstones.read(wanted)
 
 
 def sweep_step(

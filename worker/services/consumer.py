@@ -211,7 +211,12 @@ class Worker:
                 as_of = self.retry_redis(lambda: self.store.clock.advance(newest))
             result, retried = self.retry_redis.attempts(
                 lambda: causes.apply_batch(
-                    self.store, valid, self.profiles, as_of_ms=as_of, now_ms=now
+                    self.store,
+                    valid,
+                    self.profiles,
+                    as_of_ms=as_of,
+                    now_ms=now,
+                    erasure_key=self.settings.erasure_secret,
                 )
             )
             for outcome_name, count in result.outcomes.items():

@@ -117,7 +117,9 @@ def _replay(
         as_of = now
         if settings.clock == "event":
             as_of = store.clock.advance(max(ev.occurred_at for ev, _ in valid))
-        result = causes.apply_batch(store, valid, profiles, as_of_ms=as_of, now_ms=now)
+        result = causes.apply_batch(
+            store, valid, profiles, as_of_ms=as_of, now_ms=now, erasure_key=settings.erasure_secret
+        )
         applied += len(valid) - len(result.rejected)
         rejected += len(result.rejected)
     store.outbox.drop_all()

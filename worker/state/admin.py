@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -36,15 +37,19 @@ class Server:
         return bool(self.redis.ping())
 
     def wipe(self) -> int:
-        """Delete every rfm-worker key (`rebuild` only); returns how many."""
-        return unlink(self.redis, keys.ALL_PATTERN)
+        """Delete every rfm-worker key but the erasure tombstones (`rebuild` only: the replay
+        must not bring an erased customer back); returns how many."""
+        return unlink(self.redis, keys.ALL_PATTERN, keep=keys.is_erased)
 
 
-def unlink(client: Any, pattern: bytes) -> int:
-    """Delete every key matching `pattern`, a thousand per UNLINK; returns how many."""
+def unlink(client: Any, pattern: bytes, keep: Callable[[bytes], bool] | None = None) -> int:
+    """Delete every key matching `pattern` (but those `keep` says), a thousand per UNLINK;
+    returns how many."""
     deleted = 0
     batch: list[bytes] = []
     for key in client.scan_iter(match=pattern, count=1000):
+        if keep is not None and keep(key):
+            continue
         batch.append(key)
         if len(batch) >= 1000:
             deleted += int(client.unlink(*batch))

@@ -196,6 +196,8 @@ def _accept(result: BatchResult, plan: CallPlan, ids: list[bytes]) -> None:
         result.outcomes["applied"] += plan.applied
     if plan.duplicates:
         result.outcomes["duplicate"] += plan.duplicates
+    if plan.erased:
+        result.outcomes["erased"] += plan.erased
     result.customers += plan.customers
     result.failed += plan.failed
     result.folded += plan.folded

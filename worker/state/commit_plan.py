@@ -42,6 +42,7 @@ class CallPlan:
     changes: list[tuple[bytes, bytes, bytes, Change]] = field(default_factory=list)
     applied: int = 0
     duplicates: int = 0
+    erased: int = 0  # events ignored: at or before their customer's erasure
     customers: int = 0
     failed: list[tuple[bytes, Any, Exception]] = field(default_factory=list)
     call: tuple[list[bytes], list[bytes]] | None = None
@@ -62,6 +63,7 @@ class ScriptArgs:
         self.vouched: list[list[int]] = []
         self.unindex: list[list[int]] = []  # [segment index, member]: ZREM (after the ZADDs)
         self.index: list[list[int]] = []  # [segment index, member]: ZADD 0
+        self.erase: list[list[int]] = []  # [tombstones hash, digest, instant]: kept the latest
         self.deltas: dict[Cell, int] = {}  # counts and flows cells -> delta
         self.expire: dict[int, int] = {}  # KEYS index of a flows hash -> its TTL (ms)
 
@@ -80,7 +82,8 @@ class ScriptArgs:
         self, key: bytes, expected: bytes, new: bytes | None, due_from: int, due_to: int, due: str
     ) -> None:
         """A customer's entry: compare its key with `expected`, write `new` (None: leave
-        the state as it is), move it from the due zset `due_from` to `due_to` at `due`."""
+        the state as it is; b"": delete it), move it from the due zset `due_from` to
+        `due_to` at `due`."""
         self.keys.append(key)  # a customer's own key: no other entry refers to it
         self.argv.append(expected)
         entry: list[int | str] = [len(self.keys), len(self.argv), 0, due_from, due_to, due]
@@ -109,6 +112,7 @@ class ScriptArgs:
                 "expire": [[index, ttl] for index, ttl in self.expire.items()],
                 "unindex": self.unindex,
                 "index": self.index,
+                "erase": self.erase,
             }
         )
         return self.keys, self.argv
@@ -128,6 +132,7 @@ class ShardKeys:
         "_moves",
         "_outboxes",
         "_shard",
+        "_tombstones",
         "_values",
         "vouched",
     )
@@ -136,6 +141,7 @@ class ShardKeys:
         self._shard, self._args, self._floors = shard, args, floors
         self._counts = 0
         self._values = 0
+        self._tombstones = 0
         self._dues: dict[int, int] = {}
         self._outboxes: dict[int, tuple[bytes, int]] = {}
         self._moves: dict[tuple[str, int, str | None, str | None], list[Cell]] = {}
@@ -168,6 +174,11 @@ class ShardKeys:
         if not self._values:
             self._values = self._args.key(keys.values(self._shard))
         return self._values
+
+    def tombstones(self) -> int:
+        if not self._tombstones:
+            self._tombstones = self._args.key(keys.erased(self._shard))
+        return self._tombstones
 
     def outbox(self, partition: int) -> tuple[bytes, int]:
         """The partition's outbox stream and its KEYS index."""
@@ -207,7 +218,7 @@ class Decision:
     was_in: int | None  # the partition it was filed under before
     before: Published | None  # its published score before
     indexed: segment_index.Entry | None  # its segment index entry before
-    state: bytes | None  # its new state blob, None when unchanged
+    state: bytes | None  # its new state blob, None when unchanged, b"" when erased
     payloads: list[bytes]  # the serialised records of result.changes
 
 
@@ -225,7 +236,8 @@ def decide_one(
     was_in, before = customer.partition, customer.published
     indexed = segment_index.entry_of(customer)  # from the record as stored, never a read
     res = decide(customer, item)
-    state = customer.encode() if res.dirty else None
+    # (an erasure decides a fresh customer: res.customer is not always `customer`)
+    state = b"" if res.removed else res.customer.encode() if res.dirty else None
     payloads = [jsonbytes.dumps(c.payload) for c in res.changes]
     return Decision(res, was_in, before, indexed, state, payloads)
 
@@ -259,6 +271,7 @@ def plan_call(
                 known.put(key, encoded, res.customer)
             plan.applied += res.applied
             plan.duplicates += res.duplicates
+            plan.erased += res.erased
             if res.folded:
                 plan.folded.append((tenant, customer_id, res.folded))
             if res.touched:
@@ -287,6 +300,10 @@ def _write_customer(
     due_from = due_to if was_in is None or was_in == partition else shard_keys.due_left(was_in)
     due = "" if res.due is None else str(res.due)
     args.customer(key, blob or b"", decision.state, due_from, due_to, due)
+    if res.tombstone is not None:
+        digest, instant = res.tombstone
+        erased = shard_keys.tombstones()
+        args.erase.append([erased, args.arg(digest), args.arg(str(instant).encode())])
     tenant = customer.tenant
     # (without a change, only a value model's expected value may have moved)
     _count_scores(args, shard_keys, tenant, decision.before, customer.published)

@@ -94,6 +94,17 @@ def due(shard: int, partition: int) -> bytes:
     return f"rfm:{{{shard:02d}}}:due:{partition}".encode()
 
 
+def erased(shard: int) -> bytes:
+    """The shard's tombstones: HMAC of tenant and customer id -> erasure instant (epoch ms).
+    Kept by `rebuild`'s wipe (worker/state/admin.py)."""
+    return f"rfm:{{{shard:02d}}}:erased".encode()
+
+
+def is_erased(key: bytes) -> bool:
+    """Whether `key` is a shard's tombstones (what a wipe keeps)."""
+    return key.startswith(b"rfm:{") and key[8:] == b":erased"
+
+
 def applied(shard: int) -> bytes:
     return f"rfm:{{{shard:02d}}}:applied".encode()
 

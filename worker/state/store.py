@@ -38,6 +38,7 @@ from worker.state.outbox import Outbox
 from worker.state.reads import Reads
 from worker.state.results import BatchResult, Committed, SweepStep
 from worker.state.segment_pages import SegmentPages
+from worker.state.tombstones import Tombstones
 
 __all__ = ["BatchResult", "Committed", "Decide", "Store", "SweepStep", "Work"]
 
@@ -60,6 +61,7 @@ class Store:
         self.churn_fits = ChurnFits(client)
         self.server = Server(client)
         self.members = Members(client)
+        self.tombstones = Tombstones(client)
         self.flows = Flows(client, cluster=self.cluster)
         self._committer = Committer(client, self.applied.floors, KnownCustomers())
 

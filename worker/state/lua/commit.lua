@@ -23,9 +23,11 @@
 --    "vouched":   [[applied, field, floor], ...],
 --    "expire":    [[flows, ttl], ...],
 --    "unindex":   [[set, member], ...],
---    "index":     [[set, member], ...]}
+--    "index":     [[set, member], ...],
+--    "erase":     [[tombstones, digest, instant], ...]}
 --   expected  the value the customer key must hold ("" = absent)
---   new       the new value, or 0 to leave the state as it is (a due-only update)
+--   new       the new value, or 0 to leave the state as it is (a due-only update); an
+--             empty value deletes the state (an erased customer)
 --   due_from  the due zset the customer is in now (its previous partition's)
 --   due_to    the due zset it belongs in; due is "" (never due: removed) or epoch ms
 --   applied   a shard's applied hash, rfm:{NN}:applied ("<topic>:<partition>" -> the
@@ -36,6 +38,8 @@
 --   flows     a flows hash the counts touched, set to expire ttl ms from now
 --   set       a segment index set; member (ARGV) added to it with score 0 ("index",
 --             first) or removed from it ("unindex")
+--   tombstones a shard's rfm:{NN}:erased hash; digest (ARGV) -> instant (ARGV, epoch ms),
+--             set unless it holds a later instant already (worker/rules/erasure.py)
 -- ARGV[2..] the values referenced by the plan (states, customer ids, change payloads)
 --
 -- Returns {0, i, ...}: the 1-based indexes of customers whose value differed, nothing
@@ -75,7 +79,12 @@ local function refusal()
   end
   local states = {} -- the customer keys MSET writes, checked together
   for _, c in ipairs(customers) do
-    if c[3] > 0 then
+    if c[3] > 0 and ARGV[c[3]] == '' then
+      local why = check('DEL', c[1])
+      if why then
+        return why
+      end
+    elseif c[3] > 0 then
       states[#states + 1] = KEYS[c[1]]
       states[#states + 1] = 'x'
     end
@@ -120,6 +129,12 @@ local function refusal()
   end
   for _, ch in ipairs(plan.changes) do
     local why = check('XADD', ch[1], '*', 'k', 'v')
+    if why then
+      return why
+    end
+  end
+  for _, e in ipairs(plan.erase or {}) do
+    local why = check('HSET', e[1], 'x', '1')
     if why then
       return why
     end
@@ -185,7 +200,9 @@ local function push(groups, index, ...)
 end
 for _, c in ipairs(customers) do
   local key = KEYS[c[1]]
-  if c[3] > 0 then
+  if c[3] > 0 and ARGV[c[3]] == '' then
+    redis.call('DEL', key)
+  elseif c[3] > 0 then
     states[#states + 1] = key
     states[#states + 1] = ARGV[c[3]]
   end
@@ -241,6 +258,13 @@ end
 
 for _, e in ipairs(plan.expire or {}) do
   redis.call('PEXPIRE', KEYS[e[1]], e[2])
+end
+
+for _, e in ipairs(plan.erase or {}) do
+  local at = tonumber(redis.call('HGET', KEYS[e[1]], ARGV[e[2]]) or '-1')
+  if at < tonumber(ARGV[e[3]]) then
+    redis.call('HSET', KEYS[e[1]], ARGV[e[2]], ARGV[e[3]])
+  end
 end
 
 local ids = {1}
