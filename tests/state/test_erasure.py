@@ -197,3 +197,35 @@ def test_bytes_per_erased_customer(store: Store, profiles: Profiles, customers: 
     per = total / customers
     print(f"tombstones: {total} bytes for {customers} erased customers, {per:.1f} per customer")
     assert per < 120
+
+
+def test_an_erasure_committed_meanwhile_is_seen_when_the_batch_is_decided_again(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another worker (a zombie past its session, during a rebalance) commits the erasure
+    after this batch read its tombstones and customers: this batch's commit meets the
+    change, and the shard is decided again with the tombstone as it is now, so its older
+    events do not bring the customer back."""
+    profiles = value_profiles()
+    run(store, profiles, history(profiles, "gone")[:2])
+    late = history(profiles, "gone")[2:]  # occurred before the erasure below
+    committer = store._committer
+    read = committer._read_shards
+    raced: list[int] = []
+
+    def read_then_erase(*args: Any) -> Any:
+        blobs = read(*args)
+        if not raced:  # the other worker's erasure lands between the read and the commit
+            raced.append(1)
+            monkeypatch.setattr(committer, "_read_shards", read)
+            run(store, profiles, [erase(profiles, "gone", days_ago=1)])
+            monkeypatch.setattr(committer, "_read_shards", read_then_erase)
+        return blobs
+
+    monkeypatch.setattr(committer, "_read_shards", read_then_erase)
+    result = run(store, profiles, late)
+    assert raced and result.conflicts >= 1
+    assert result.outcomes["erased"] == len(late)
+    assert store.reads.customer("default", "gone") is None
+    assert traces(store, "gone") == []
+    assert len(erased_records(store)) == 1

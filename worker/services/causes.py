@@ -57,14 +57,23 @@ def apply_batch(
 
     tombstones = _tombstones(store, work, erasure_key)
     decide = _decider(profiles, tombstones, erasure_key, as_of_ms=as_of_ms, now_ms=now_ms)
-    result = store.commit(work, decide)
+
+    def reread(shards: list[int]) -> None:
+        """A shard decided again (its commit met a change made meanwhile: maybe another
+        worker's erasure) is decided with its tombstones as they are now."""
+        tombstones.update(_tombstones(store, {s: work[s] for s in shards}, erasure_key))
+
+    before_retry = None if erasure_key is None else reread
+    result = store.commit(work, decide, before_retry)
     # A customer whose events raised: apply them one at a time, so only the events
     # that raise are rejected (dead-lettered by the consumer) and the others count.
     failed, result.failed = result.failed, []
     for key, events, _exc in failed:
         shard, tenant, customer_id = keys.split_customer(key)
         for event, partition in events:
-            one = store.commit({shard: {key: (tenant, customer_id, [(event, partition)])}}, decide)
+            one = store.commit(
+                {shard: {key: (tenant, customer_id, [(event, partition)])}}, decide, before_retry
+            )
             result.add(one)
             result.rejected += [(event, partition, exc) for _, _, exc in one.failed]
     return result

@@ -12,6 +12,7 @@ are simply read and decided again, as are those whose slot moved on a cluster.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,12 +57,19 @@ class Committer:
         self._script = client.register_script(script("commit.lua"))
         self._floors, self._known = floors, known
 
-    def commit(self, work: Work[T], decide: Decide[T]) -> BatchResult:
+    def commit(
+        self,
+        work: Work[T],
+        decide: Decide[T],
+        before_retry: Callable[[list[int]], None] | None = None,
+    ) -> BatchResult:
         result = BatchResult()
         pending = sorted(shard for shard, slot in work.items() if slot)
         pauses = SLOTS_MOVING.pauses()
         attempts = moved = 0
         while pending and attempts < MAX_ATTEMPTS:
+            if attempts and before_retry is not None:
+                before_retry(pending)  # what `decide` reads besides the customers, again
             attempts += 1
             attempt = _Attempt()
             for shards, client in self._by_node(pending):

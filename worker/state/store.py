@@ -19,6 +19,7 @@ by commit_plan.py).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -65,7 +66,12 @@ class Store:
         self.flows = Flows(client, cluster=self.cluster)
         self._committer = Committer(client, self.applied.floors, KnownCustomers())
 
-    def commit(self, work: Work[T], decide: Decide[T]) -> BatchResult:
+    def commit(
+        self,
+        work: Work[T],
+        decide: Decide[T],
+        before_retry: Callable[[list[int]], None] | None = None,
+    ) -> BatchResult:
         """Read the customers of `work`, decide each with a pure function, commit them
         (compare-and-set, due index, outbox, counters); the shards of a call that met a
         change made meanwhile are read and decided again.
@@ -74,9 +80,12 @@ class Store:
         connection per node (a cluster pipeline refuses MGET and scripts); a shard whose slot
         moved (MOVED, ASK, TRYAGAIN during a resharding or failover) is retried once the
         slot map is refreshed. Its commit did not run, so nothing is applied twice.
+        `before_retry` is called with the shards about to be read and decided again, to read
+        again what `decide` knows besides the customers (the erasure tombstones:
+        worker/services/causes.py).
         """
         try:
-            return self._committer.commit(work, decide)
+            return self._committer.commit(work, decide, before_retry)
         except (redis.ConnectionError, redis.TimeoutError):
             # A master down (failover): the worker retries the call (idempotent); the slot
             # map must show the promoted replica by then.
