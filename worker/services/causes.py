@@ -84,7 +84,7 @@ Events = list[tuple[ValidEvent, int]]
 
 def _decider(
     profiles: Profiles,
-    tombstones: dict[tuple[int, bytes], int],
+    tombstones: dict[tuple[str, str], int],
     erasure_key: bytes | None,
     *,
     as_of_ms: int,
@@ -108,18 +108,17 @@ def _decider(
                 now_ms=now_ms,
                 partition=events[-1][1],
             )
-        shard = keys.shard_of(customer.tenant, customer.customer_id)
-        digest = erasure.tombstone_field(erasure_key, customer.tenant, customer.customer_id)
         res, erased_at = erasure.apply_with_erasures(
             customer,
             evs,
-            tombstones.get((shard, digest)),
+            tombstones.get((customer.tenant, customer.customer_id)),
             profile=profile,
             as_of_ms=as_of_ms,
             now_ms=now_ms,
             partition=events[-1][1],
         )
-        if erased_at is not None:
+        if erased_at is not None:  # (rare: the digest is computed again only here)
+            digest = erasure.tombstone_field(erasure_key, customer.tenant, customer.customer_id)
             res.tombstone = (digest, erased_at)
         return res
 
@@ -130,15 +129,17 @@ def _tombstones(
     store: Store,
     work: dict[int, dict[bytes, tuple[str, str, list[tuple[ValidEvent, int]]]]],
     erasure_key: bytes | None,
-) -> dict[tuple[int, bytes], int]:
-    """The erasure instants of the batch's erased customers (none without a key)."""
+) -> dict[tuple[str, str], int]:
+    """The erasure instants of the batch's erased customers, by (tenant, customer id)
+    (none without a key): one keyed digest per customer, one HMGET per shard."""
     if erasure_key is None:
         return {}
-    wanted = {
-        shard: [erasure.tombstone_field(erasure_key, t, c) for t, c, _ in slot.values()]
+    named = {
+        shard: {erasure.tombstone_field(erasure_key, t, c): (t, c) for t, c, _ in slot.values()}
         for shard, slot in work.items()
     }
-    return store.tombstones.read(wanted)
+    found = store.tombstones.read({shard: list(fields) for shard, fields in named.items()})
+    return {named[shard][field]: at for (shard, field), at in found.items()}
 
 
 def sweep_step(
