@@ -17,7 +17,6 @@ from confluent_kafka import (
     OFFSET_BEGINNING,
     OFFSET_INVALID,
     Consumer,
-    KafkaException,
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
@@ -31,9 +30,6 @@ from worker.kafka.watch import KafkaWatch
 FROM_START = OFFSET_BEGINNING  # a partition's start offset: the first record it holds
 NO_OFFSET = OFFSET_INVALID  # no committed offset, no position yet
 TOPIC_ID_TIMEOUT_S = 2.0  # a running worker's question whether its topic was recreated
-
-# What a call to the broker raises when it fails (the worker logs it and goes on).
-KafkaCallError = KafkaException
 
 
 class Rebalance(Protocol):

@@ -24,7 +24,8 @@ from worker import metrics
 from worker.config import Settings
 from worker.errors import DataLossError, StateLostError
 from worker.health import Health
-from worker.kafka.orders import FROM_START, NO_OFFSET, KafkaCallError, OrdersConsumer
+from worker.kafka import KafkaException
+from worker.kafka.orders import FROM_START, NO_OFFSET, OrdersConsumer
 from worker.pacing import Every, Stopping
 from worker.services.redis_retry import REDIS_ERRORS, RedisRetry
 from worker.state import keys
@@ -119,7 +120,7 @@ class Checkpoint:
             offsets = self._record()
             try:  # asynchronous: the state, not the commit, protects against redelivery
                 self._orders.commit(offsets, asynchronous=True)
-            except KafkaCallError as exc:
+            except KafkaException as exc:
                 logger.warning("offset commit failed (events will be redelivered): %s", exc)
 
     def _record(self, partitions: set[int] | None = None) -> dict[int, int]:
@@ -152,7 +153,7 @@ class Checkpoint:
             return
         try:
             self._orders.commit(offsets, asynchronous=False)
-        except KafkaCallError as exc:  # harmless: those events are redelivered as duplicates
+        except KafkaException as exc:  # harmless: those events are redelivered as duplicates
             logger.warning("offset commit failed: %s", exc)
 
     # -- rebalances (inside consume(), between batches) ---------------------------------
@@ -302,7 +303,7 @@ class Checkpoint:
         topic = self._orders.topic
         try:
             low, high = self._orders.watermarks(p, timeout=WATERMARK_TIMEOUT_S)
-        except KafkaCallError as exc:
+        except KafkaException as exc:
             logger.warning("%s[%d]: no watermarks (%s)", topic, p, exc)
             return state
         if self._incarnation is None and 0 <= high < state:
