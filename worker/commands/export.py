@@ -41,15 +41,19 @@ def handle(args: argparse.Namespace) -> int:
     settings, profiles = context.environment()
     with context.reading(settings, profiles) as read:
         as_of = args.as_of if args.as_of is not None else read.now()
-        out = sys.stdout.buffer
-        docs = views.export(read.store, profiles, as_of, args.tenant)
-        if args.format == "csv":
-            export_csv(docs, out)
-        else:
-            for doc in docs:
-                out.write(orjson.dumps(doc) + b"\n")
-        out.flush()
+        write_views(views.export(read.store, profiles, as_of, args.tenant), args.format)
     return 0
+
+
+def write_views(docs: Iterable[dict[str, object]], fmt: str) -> None:
+    """Customer views on standard output as they come: JSON lines, or CSV (`export_csv`)."""
+    out = sys.stdout.buffer
+    if fmt == "csv":
+        export_csv(docs, out)
+    else:
+        for doc in docs:
+            out.write(orjson.dumps(doc) + b"\n")
+    out.flush()
 
 
 class _Utf8Lines:

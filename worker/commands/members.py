@@ -6,13 +6,10 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import sys
 from typing import TYPE_CHECKING
 
-import orjson
-
 from worker.commands import context
-from worker.commands.export import export_csv
+from worker.commands.export import write_views
 from worker.errors import UsageError
 from worker.rules.profiles import DEFAULT_TENANT
 from worker.state.segment_index import DEFAULT_ORDERING, ORDERINGS
@@ -71,11 +68,5 @@ def handle(args: argparse.Namespace) -> int:
         docs = segment_lists.every_member(read.store, profiles, listing, read.now())
         if args.limit is not None:
             docs = itertools.islice(docs, args.limit)
-        out = sys.stdout.buffer
-        if args.format == "csv":
-            export_csv(docs, out)
-        else:
-            for doc in docs:
-                out.write(orjson.dumps(doc) + b"\n")
-        out.flush()
+        write_views(docs, args.format)
     return 0
