@@ -87,17 +87,26 @@ class Reads:
         self, hash_of: Callable[[int], bytes], label: Callable[[str], str | None] | None
     ) -> Counter[tuple[str, str, str]]:
         totals: Counter[tuple[str, str, str]] = Counter()
+        for _shard, tenant, rfm, segment, count in self.shard_cells(hash_of):
+            name = tenant if label is None else label(tenant)
+            if name is not None:
+                totals[(name, rfm, segment)] += count
+        return totals
+
+    def shard_cells(
+        self, hash_of: Callable[[int], bytes] = keys.counts
+    ) -> Iterator[tuple[int, str, str, str, int]]:
+        """(shard, tenant, rfm, segment, value) of every cell of the shards' counters (or
+        of the hashes `hash_of` names with the same fields), COUNTS_PER_READ shards a read."""
         for first in range(0, keys.SHARDS, COUNTS_PER_READ):
+            shards = range(first, min(first + COUNTS_PER_READ, keys.SHARDS))
             pipe = self.redis.pipeline(transaction=False)
-            for shard in range(first, min(first + COUNTS_PER_READ, keys.SHARDS)):
+            for shard in shards:
                 pipe.hgetall(hash_of(shard))
-            for cells in pipe.execute():
+            for shard, cells in zip(shards, pipe.execute(), strict=True):
                 for fld, count in cells.items():
                     tenant, rfm, segment = fld.decode().split("\t")
-                    name = tenant if label is None else label(tenant)
-                    if name is not None:
-                        totals[(name, rfm, segment)] += int(count)
-        return totals
+                    yield shard, tenant, rfm, segment, int(count)
 
     def segment_counts(
         self, label: Callable[[str], str | None] | None = None

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
 from worker.state import keys, segment_index
+from worker.state.reads import Reads
 
 
 class Page(NamedTuple):
@@ -43,18 +44,13 @@ class SegmentPages:
     ) -> list[tuple[int, int, int]]:
         """(shard, r, f) of every shard's cell that counts customers of the segment (the
         counters count per rfm: the m scores of one cell are one set)."""
-        pipe = self.redis.pipeline(transaction=False)
-        for shard in range(keys.SHARDS):
-            pipe.hgetall(keys.counts(shard))
         found: set[tuple[int, int, int]] = set()
-        for shard, cells in enumerate(pipe.execute()):
-            for name, count in cells.items():
-                t, rfm, s = name.decode().split("\t")
-                if t != tenant or s != segment or int(count) <= 0:
-                    continue
-                cr, cf = int(rfm[0]), int(rfm[1])
-                if (r is None or cr == r) and (f is None or cf == f):
-                    found.add((shard, cr, cf))
+        for shard, t, rfm, s, count in Reads(self.redis).shard_cells():
+            if t != tenant or s != segment or count <= 0:
+                continue
+            cr, cf = int(rfm[0]), int(rfm[1])
+            if (r is None or cr == r) and (f is None or cf == f):
+                found.add((shard, cr, cf))
         return sorted(found)
 
     def page(
