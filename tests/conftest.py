@@ -344,16 +344,28 @@ def profiles() -> Profiles:
 
 
 class WorkerProcess:
-    """`python -m worker run` as a child process, as an operator would run it."""
+    """`python -m worker run` as a child process, as an operator would run it; `python`
+    and `cwd`: another release's (tests/releases.py)."""
 
-    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+    def __init__(
+        self,
+        env: dict[str, str],
+        log_path: Path,
+        python: Path | None = None,
+        cwd: Path | None = None,
+    ) -> None:
         self.env, self.log_path = env, log_path
+        self.python, self.cwd = python or Path(sys.executable), cwd
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> WorkerProcess:
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker", "run"], env=self.env, stdout=log, stderr=log
+            [str(self.python), "-m", "worker", "run"],
+            env=self.env,
+            stdout=log,
+            stderr=log,
+            cwd=self.cwd,
         )
         log.close()
         return self
@@ -408,12 +420,16 @@ class Deployment:
             **self.extra_env,
         }
 
-    def worker(self) -> WorkerProcess:
-        """Start a worker; the first serves HTTP on `http_port`, others on free ports."""
+    def worker(self, python: Path | None = None, cwd: Path | None = None) -> WorkerProcess:
+        """Start a worker; the first serves HTTP on `http_port`, others on free ports.
+        `python` and `cwd`: run another release (tests/releases.py)."""
         env = self.env()
         if self.workers:
             env["RFM_HTTP_PORT"] = str(free_port())
-        proc = WorkerProcess(env, self.tmp_path / f"worker-{len(self.workers)}.log")
+        if python is not None:
+            env.pop("PYTHONPATH", None)  # its own `worker`, not this checkout's
+        log = self.tmp_path / f"worker-{len(self.workers)}.log"
+        proc = WorkerProcess(env, log, python, cwd)
         self.workers.append(proc)
         return proc.start()
 

@@ -93,6 +93,7 @@ def test_describe_of_the_defaults_shows_every_setting() -> None:
         "http_host": "0.0.0.0",
         "http_token": None,
         "processes": 1,
+        "state_format": None,
         "erasure_key": None,
     }
 
@@ -117,13 +118,16 @@ def test_every_variable_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
         "RFM_HTTP_HOST": "127.0.0.1",
         "RFM_HTTP_TOKEN": PASSWORD,
         "RFM_PROCESSES": "3",
+        "RFM_STATE_FORMAT": "1",
     }
-    # The documented variables, plus the worker's own safety override and process count.
+    # The documented variables, plus the worker's own safety override, process count and
+    # the state format held during a rolling upgrade.
     assert set(values) == {
         *CONTRACT_DEFAULTS,
         "RFM_REDIS_ALLOW_EVICTION",
         "RFM_LOG_LEVEL",
         "RFM_PROCESSES",
+        "RFM_STATE_FORMAT",
     }
     for name, value in values.items():
         monkeypatch.setenv(name, value)
@@ -143,10 +147,20 @@ def test_every_variable_is_read(monkeypatch: pytest.MonkeyPatch, tmp_path: Path)
     assert s.log_level == "warning"
     assert s.sweep_interval == 2.5
     assert s.processes == 3
+    assert s.state_format == 1
     assert s.http_port == 9555
     assert s.http_host == "127.0.0.1"
     assert s.http_token is not None
     assert s.http_token.get_secret_value() == PASSWORD
+
+
+@pytest.mark.parametrize("value", ["0", "3", "two"])
+def test_a_state_format_this_release_cannot_write_is_refused(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    monkeypatch.setenv("RFM_STATE_FORMAT", value)
+    with pytest.raises(ConfigError, match="RFM_STATE_FORMAT"):
+        load_settings()
 
 
 @pytest.mark.parametrize("url", ["redis://h:1/0", "rediss://u:p@h:2/1", "unix:///tmp/redis.sock"])

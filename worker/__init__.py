@@ -1,3 +1,3 @@
 """rfm-worker: real-time RFM customer segmentation from Kafka order events."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -99,6 +99,7 @@ class App:
         with contextlib.ExitStack() as stack:
             store = stack.enter_context(connection.opened_store(settings))
             check_redis(store, settings)
+            metrics.STATE_FORMAT.set(store.formats.check())  # a later release's: stop now
             permissions.self_test(store.redis)  # a command refused: named now, not mid-stream
             # Quantile profiles score with their stored cut points, churn models with their
             # stored fit; missing ones are computed once the worker is in its group

@@ -28,6 +28,7 @@ from worker.commands import (
     sweep_once,
 )
 from worker.errors import ConfigError, RfmError, UnavailableError, UsageError
+from worker.rules.state_format import FORMAT as STATE_FORMAT
 
 if TYPE_CHECKING:
     from worker.commands.arguments import Subparsers
@@ -56,7 +57,11 @@ def parser() -> argparse.ArgumentParser:
         prog="rfm-worker",
         description="Real-time RFM segmentation. Every command reads the RFM_* environment.",
     )
-    p.add_argument("--version", action="version", version=f"rfm-worker {__version__}")
+    p.add_argument(
+        "--version",
+        action="version",
+        version=f"rfm-worker {__version__} (state format {STATE_FORMAT})",
+    )
     sub = p.add_subparsers(dest="command", required=True)
     for add_parser in COMMANDS:
         add_parser(sub)

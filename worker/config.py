@@ -17,6 +17,7 @@ from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from worker.errors import ConfigError
+from worker.rules.state_format import FORMAT as STATE_FORMAT
 
 logger = logging.getLogger(__name__)
 
@@ -56,6 +57,9 @@ class Settings(BaseSettings):
     http_host: str = "0.0.0.0"  # noqa: S104  (the documented default: every interface)
     http_token: SecretStr | None = None
     processes: int = Field(default=1, ge=1, le=64)  # `run`: consuming processes (supervisor.py)
+    # the newest state format to write (a rollback kept possible; docs/operations.md
+    # "Upgrading"); unset: the newest that every running worker reads
+    state_format: int | None = Field(default=None, ge=1, le=STATE_FORMAT)
     # keys the erasure tombstones (docs/personal-data.md); unset: erasures are refused
     erasure_key: SecretStr | None = Field(default=None, min_length=16)
 

@@ -26,6 +26,11 @@ class StateLostError(StateError):
     written on it; the worker replays from what the state still holds."""
 
 
+class StateTooNewError(StateError):
+    """The state in Redis is in a format a later release wrote (worker/rules/state_format.py):
+    the worker stops with one line naming the release it needs, writing nothing."""
+
+
 class DataLossError(StateError):
     """Redis lost state that Kafka's committed offsets count as applied."""
 

@@ -59,6 +59,11 @@ PROFILE_DISAGREEMENTS = Gauge(
     "rfm_profile_versions_disagree",
     "Profiles whose version differs among the workers running on this Redis (0: they agree).",
 )
+STATE_FORMAT = Gauge(
+    "rfm_state_format",
+    "The state format this worker writes: the newest every running worker reads "
+    "(docs/operations.md, Upgrading).",
+)
 QUANTILE_CUTS_VERSION = Gauge(
     "rfm_quantile_cuts_version",
     "Version of the quantile cut points a quantile-mode profile scores with (0: none yet).",

@@ -20,6 +20,7 @@ from worker.rules.events import ValidEvent
 from worker.rules.instants import DAY_MS
 from worker.rules.orders import Order, merge
 from worker.rules.orders import Outcome as Outcome  # imported from here too
+from worker.rules.state_format import FIRST, check_readable
 from worker.rules.stored_orders import common_unit, stored_entry, stored_form
 
 # A long history: from this many orders a customer keeps what it derives from them up to
@@ -248,7 +249,10 @@ class Customer:
 
     # -- codec: a compact JSON blob, one Redis string per customer ---------------------------
 
-    def encode(self) -> bytes:
+    def encode(self, fmt: int = FIRST) -> bytes:
+        # `fmt`: the state format to write (worker/rules/state_format.py); from 2 on the
+        # blob says it under "f", so that a release that cannot read it stops instead.
+        #
         # Per order [placed_at, amount], + refunds when any, + 1 when cancelled. Once the
         # customer has been scored, placed_at is written as its age at a base instant:
         # 10-11 digits instead of 13 for orders of the last few years. The base is the
@@ -297,6 +301,8 @@ class Customer:
         if self.folded is not None:
             f = self.folded
             doc["z"] = [f.orders, f.monetary, f.first_at, f.last_at, f.horizon]
+        if fmt != FIRST:
+            doc["f"] = fmt
         # Sorted keys: the bytes, not only the meaning, are independent of arrival order.
         return jsonbytes.dumps(doc, option=orjson.OPT_SORT_KEYS)
 
@@ -311,6 +317,8 @@ class Customer:
         if not blob:
             return cls(tenant, customer_id)
         doc = orjson.loads(blob)
+        if "f" in doc:  # written by a release that says its format (worker/rules/state_format.py)
+            check_readable(doc["f"])
         # "q": ages at "b", else at "t", else instants; "r": ages at "t"; "o": instants
         # (never scored, or written before ages existed). See `encode`.
         if "q" in doc:

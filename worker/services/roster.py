@@ -1,4 +1,9 @@
-"""Workers that disagree on a profile, made visible.
+"""The running workers, each saying what it scores with and what it reads (`rfm:members`).
+
+A rolling upgrade: the state format the workers write is the newest that every running
+worker reads (worker/state/formats.py); each tick tells it who runs now.
+
+Workers that disagree on a profile, made visible.
 
 Two workers on one Redis with different versions of a profile (a rollout in progress, or
 one started with the wrong RFM_PROFILES) fight: each marks the other's customers for
@@ -49,13 +54,15 @@ class Roster:
             return
         now = self._now_ms()  # the wall clock: members age in real time
         members = self._store.members.announce(self.member, self._profiles.versions(), now)
-        stale = [m for m, (at, _) in members.items() if now - at > STALE_MS]
+        stale = [m for m, said in members.items() if now - said.at > STALE_MS]
         self._store.members.forget(*stale)
+        live = {m: said for m, said in sorted(members.items()) if m not in stale}
+        self._store.formats.agree([said.reads for said in live.values()])
+        metrics.STATE_FORMAT.set(self._store.formats.writes)
         by_profile: dict[str, dict[str, list[str]]] = defaultdict(lambda: defaultdict(list))
-        for member, (_at, versions) in sorted(members.items()):
-            if member not in stale:
-                for name, version in versions.items():
-                    by_profile[name][version].append(member)
+        for member, said in live.items():
+            for name, version in said.versions.items():
+                by_profile[name][version].append(member)
         split = {name: dict(v) for name, v in by_profile.items() if len(v) > 1}
         metrics.PROFILE_DISAGREEMENTS.set(len(split))
         if split != self._said:

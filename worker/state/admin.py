@@ -37,9 +37,10 @@ class Server:
         return bool(self.redis.ping())
 
     def wipe(self) -> int:
-        """Delete every rfm-worker key but the erasure tombstones (`rebuild` only: the replay
-        must not bring an erased customer back); returns how many."""
-        return unlink(self.redis, keys.ALL_PATTERN, keep=keys.is_erased)
+        """Delete every rfm-worker key but the erasure tombstones and the state format's
+        record (`rebuild` only: the replay must not bring an erased customer back, nor let
+        a release that cannot read it back in); returns how many."""
+        return unlink(self.redis, keys.ALL_PATTERN, keep=keys.kept_by_wipe)
 
 
 def unlink(client: Any, pattern: bytes, keep: Callable[[bytes], bool] | None = None) -> int:

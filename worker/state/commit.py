@@ -22,6 +22,7 @@ from worker.errors import StateError, StateLostError
 from worker.pacing import SLOTS_MOVING
 from worker.state import keys
 from worker.state.commit_plan import CallPlan, Decide, Floors, ShardRead, T, Work, plan_call
+from worker.state.formats import StateFormats
 from worker.state.known import KnownCustomers
 from worker.state.results import BatchResult, Committed
 from worker.state.script_calls import ScriptCalls
@@ -51,11 +52,13 @@ class _Attempt:
 class Committer:
     """Commits work for `Store.commit`; its floors and known customers are the store's."""
 
-    def __init__(self, client: Any, floors: Floors, known: KnownCustomers) -> None:
+    def __init__(
+        self, client: Any, floors: Floors, known: KnownCustomers, formats: StateFormats
+    ) -> None:
         self.redis = client
         self.cluster = isinstance(client, redis.RedisCluster)
         self._script = client.register_script(script("commit.lua"))
-        self._floors, self._known = floors, known
+        self._floors, self._known, self._formats = floors, known, formats
 
     def commit(
         self,
@@ -84,7 +87,7 @@ class Committer:
         raise StateError(f"shards {pending} kept changing under us for {MAX_ATTEMPTS} attempts")
 
     def plan(self, group: list[ShardRead], work: Work[T], decide: Decide[T]) -> CallPlan:
-        return plan_call(group, work, decide, self._known, self._floors)
+        return plan_call(group, work, decide, self._known, self._floors, self._formats.writes)
 
     def _commit_on(
         self,

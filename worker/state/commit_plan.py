@@ -16,8 +16,10 @@ from typing import Any, TypeVar
 import orjson
 
 from worker import jsonbytes
+from worker.errors import StateTooNewError
 from worker.rules.customer import Customer, Published
 from worker.rules.engine import Change, Result
+from worker.rules.state_format import FIRST
 from worker.state import flows, keys, segment_index
 from worker.state.known import KnownCustomers
 
@@ -229,15 +231,16 @@ def decide_one(
     item: T,
     decide: Decide[T],
     known: Customer | None = None,
+    fmt: int = FIRST,
 ) -> Decision:
     """Decode (unless `known` is the customer `blob` encodes), decide and serialise one
-    customer."""
+    customer (in state format `fmt`)."""
     customer = known if known is not None else Customer.decode(tenant, customer_id, blob)
     was_in, before = customer.partition, customer.published
     indexed = segment_index.entry_of(customer)  # from the record as stored, never a read
     res = decide(customer, item)
     # (an erasure decides a fresh customer: res.customer is not always `customer`)
-    state = b"" if res.removed else res.customer.encode() if res.dirty else None
+    state = b"" if res.removed else res.customer.encode(fmt) if res.dirty else None
     payloads = [jsonbytes.dumps(c.payload) for c in res.changes]
     return Decision(res, was_in, before, indexed, state, payloads)
 
@@ -248,10 +251,12 @@ def plan_call(
     decide: Decide[T],
     known: KnownCustomers,
     floors: Floors,
+    fmt: int = FIRST,
 ) -> CallPlan:
     """Decide every customer of the shards in `group`; `plan.call` is their commit call,
-    if there is anything to write. A customer whose decision raises is left out (in
-    `plan.failed`): a bug costs its item, never the batch."""
+    if there is anything to write, their states in format `fmt`. A customer whose
+    decision raises is left out (in `plan.failed`): a bug costs its item, never the batch;
+    but a state written by a later release stops the process (StateTooNewError)."""
     plan = CallPlan()
     args = ScriptArgs()
     for shard, blobs in group:
@@ -260,8 +265,10 @@ def plan_call(
         for (key, (tenant, customer_id, item)), blob in zip(slot.items(), blobs, strict=True):
             try:
                 decision = decide_one(
-                    tenant, customer_id, blob, item, decide, known.take(key, blob)
+                    tenant, customer_id, blob, item, decide, known.take(key, blob), fmt
                 )
+            except StateTooNewError:
+                raise
             except Exception as exc:
                 plan.failed.append((key, item, exc))
                 continue

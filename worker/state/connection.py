@@ -32,7 +32,7 @@ def opened_store(settings: Settings) -> Iterator[Store]:
     """The state over a client of its own, closed however the block ends."""
     from worker.state.store import Store  # the store imports the rules: only when used
 
-    store = Store(redis_client(settings))
+    store = Store(redis_client(settings), settings.state_format)
     try:
         yield store
     finally:

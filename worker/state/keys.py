@@ -25,8 +25,13 @@ valid on Redis Cluster (on a single Redis a call may span shards):
                                                 (span 5m or 1h; they expire; state/flows.py)
     rfm:flows:since                     string  epoch ms from which flows are recorded
     rfm:members                         hash    "<host>:<pid>" of a running worker -> JSON
-                                                {at, versions}: the profile versions it
-                                                scores with (worker/services/roster.py)
+                                                {at, versions, release, reads}: the profile
+                                                versions it scores with, its release, the
+                                                newest state format it reads
+                                                (worker/services/roster.py)
+    rfm:format                          hash    format -> the state format the workers
+                                                write, release -> the release that chose it
+                                                (worker/state/formats.py)
     rfm:clock                           string  the event clock, epoch ms (RFM_CLOCK=event)
     rfm:due-index                       string  "1" once customers stored before the due
                                                 index existed have been indexed
@@ -59,6 +64,7 @@ QUANTILES = b"rfm:quantiles"
 CHURN = b"rfm:churn"
 FLOWS_SINCE = b"rfm:flows:since"
 MEMBERS = b"rfm:members"
+FORMAT = b"rfm:format"
 ALL_PATTERN = b"rfm:*"
 CUSTOMER_PATTERN = b"rfm:{*}:c:*"
 OUTBOX_PATTERN = b"rfm:{*}:outbox:*"
@@ -103,6 +109,11 @@ def erased(shard: int) -> bytes:
 def is_erased(key: bytes) -> bool:
     """Whether `key` is a shard's tombstones (what a wipe keeps)."""
     return key.startswith(b"rfm:{") and key[8:] == b":erased"
+
+
+def kept_by_wipe(key: bytes) -> bool:
+    """What `rebuild` keeps: the erasure tombstones and the state format's record."""
+    return key == FORMAT or is_erased(key)
 
 
 def applied(shard: int) -> bytes:

@@ -33,6 +33,7 @@ from worker.state.commit_plan import Decide, T, Work
 from worker.state.cut_points import CutPoints
 from worker.state.due_index import DueIndex, MarkingRecord
 from worker.state.flows import Flows
+from worker.state.formats import StateFormats
 from worker.state.known import KnownCustomers
 from worker.state.members import Members
 from worker.state.outbox import Outbox
@@ -45,7 +46,9 @@ __all__ = ["BatchResult", "Committed", "Decide", "Store", "SweepStep", "Work"]
 
 
 class Store:
-    def __init__(self, client: redis.Redis | redis.RedisCluster) -> None:
+    def __init__(
+        self, client: redis.Redis | redis.RedisCluster, state_format: int | None = None
+    ) -> None:
         # redis-py's annotations are a union of sync/async/str/bytes results: too loose to
         # help here, so the client is used untyped behind this small, tested surface.
         self.redis: Any = client
@@ -64,7 +67,8 @@ class Store:
         self.members = Members(client)
         self.tombstones = Tombstones(client)
         self.flows = Flows(client, cluster=self.cluster)
-        self._committer = Committer(client, self.applied.floors, KnownCustomers())
+        self.formats = StateFormats(client, state_format)  # what its commits write
+        self._committer = Committer(client, self.applied.floors, KnownCustomers(), self.formats)
 
     def commit(
         self,
