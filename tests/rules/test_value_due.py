@@ -21,11 +21,12 @@ from worker.rules.aggregates import Aggregates
 from worker.rules.churn import ChurnModel, Params, Summary
 from worker.rules.churn.prediction import MAX_DAYS
 from worker.rules.customer import Customer
-from worker.rules.decay import value_band_due
+from worker.rules.decay import p_alive_band_due, value_band_due
 from worker.rules.events import ValidEvent
 from worker.rules.instants import DAY_MS
 from worker.rules.profile import Profile
 from worker.rules.profiles import Profiles
+from worker.rules.scoring import score
 
 NOW = 20_600 * DAY_MS  # a UTC midnight
 
@@ -184,7 +185,7 @@ def test_value_band_due_is_the_reference_s_at_every_commit(
     model: ChurnModel, horizon: int, bands: str, histories: Histories
 ) -> None:
     """Each customer scored at each of its commits (the orders so far, at the last one's
-    instant), and at NOW."""
+    instant), and at NOW; the due instants from its score's figures are the same."""
     profile = value_profile(model, horizon, bands, histories)
     dues = cases = 0
     for cid, placed in histories.items():
@@ -206,6 +207,12 @@ def test_value_band_due_is_the_reference_s_at_every_commit(
             for as_of in [at, NOW] if i == len(placed) - 1 else [at]:
                 due = value_band_due(agg, profile, as_of)
                 assert due == reference_due(agg, profile, as_of), (cid, i, as_of)
+                # from the figures scoring computed (the engine's way): the same instants
+                scored = score(agg, as_of, profile)
+                assert value_band_due(agg, profile, as_of, scored) == due
+                assert p_alive_band_due(agg, profile, as_of, scored) == p_alive_band_due(
+                    agg, profile, as_of
+                )
                 dues += due is not None
                 cases += 1
     assert dues > cases // 2  # most customers are above the lowest band

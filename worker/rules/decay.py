@@ -27,6 +27,7 @@ from worker.rules import churn
 from worker.rules.aggregates import Aggregates
 from worker.rules.instants import DAY_MS
 from worker.rules.profile import Profile
+from worker.rules.scoring import Score
 
 MIN_OVERDUE_ORDERS = 3
 # Instants past 9999-12-31 are never reached (and would not survive a double in Redis).
@@ -82,12 +83,18 @@ def unalerted(agg: Aggregates, alerted: int | None) -> bool:
 
 
 def next_due(
-    agg: Aggregates | None, profile: Profile, as_of_ms: int, alerted: int | None
+    agg: Aggregates | None,
+    profile: Profile,
+    as_of_ms: int,
+    alerted: int | None,
+    scored: Score | None = None,
 ) -> int | None:
     """The instant of the customer's next change by time alone, scored at as_of.
 
     Recency and frequency instants are always after as_of; a pending overdue alert's
     instant may be at or before it (due now). None: nothing will ever change by itself.
+    `scored`: the customer's score of these aggregates at as_of, when the caller has it
+    (the churn and value models' figures are then not computed again).
     """
     if agg is None:
         return None
@@ -111,26 +118,34 @@ def next_due(
         if median is not None:
             due = min(due, _overdue_at(agg, profile, median))
     if profile.churn_fit is not None:  # only profiles with a model and a fit pay for it
-        at = p_alive_band_due(agg, profile, as_of_ms)
+        at = p_alive_band_due(agg, profile, as_of_ms, scored)
         if at is not None:
             due = min(due, at)
         if profile.value_bands and profile.churn_fit.spend is not None:
-            at = value_band_due(agg, profile, as_of_ms)
+            at = value_band_due(agg, profile, as_of_ms, scored)
             if at is not None:
                 due = min(due, at)
     return due if due <= MAX_DUE_MS else None
 
 
-def p_alive_band_due(agg: Aggregates, profile: Profile, as_of_ms: int) -> int | None:
+def p_alive_band_due(
+    agg: Aggregates, profile: Profile, as_of_ms: int, scored: Score | None = None
+) -> int | None:
     """The UTC midnight at which P(alive) falls below the current band's lower bound with
-    no new order (T counts whole days, so P(alive) only moves at midnights); None: never."""
+    no new order (T counts whole days, so P(alive) only moves at midnights); None: never.
+    `scored`: as in `next_due`."""
     fit = profile.churn_fit
     assert fit is not None
-    s = churn.summary_of(agg, as_of_ms)
-    if s is None:
-        return None
+    if scored is not None:
+        s, p = scored.summary, scored.p_alive
+        if s is None or p is None:
+            return None
+    else:
+        s = churn.summary_of(agg, as_of_ms)
+        if s is None:
+            return None
+        p = churn.p_alive(fit.model, fit.params, s)
     bounds = profile.p_alive_bands
-    p = churn.p_alive(fit.model, fit.params, s)
     level = churn.band(p, bounds)
     if level == 1:
         return None  # the lowest band: nothing below to cross into
@@ -140,24 +155,31 @@ def p_alive_band_due(agg: Aggregates, profile: Profile, as_of_ms: int) -> int | 
     return (agg.first_order_at // DAY_MS + day) * DAY_MS  # day: days after the first
 
 
-def value_band_due(agg: Aggregates, profile: Profile, as_of_ms: int) -> int | None:
+def value_band_due(
+    agg: Aggregates, profile: Profile, as_of_ms: int, scored: Score | None = None
+) -> int | None:
     """The UTC midnight at which the value band changes with no new order; None: never.
 
     The expected order value depends on the orders only; the expected orders fall as the
     silence grows (whole days of T, so at midnights), and the expected value with them:
     the first day it is below the current band's lower bound (or no longer known),
-    `churn.day_value_below`.
+    `churn.day_value_below`. `scored`: as in `next_due`.
     """
     fit = profile.churn_fit
     bounds = profile.value_bands
     assert fit is not None and fit.spend is not None and bounds
-    s = churn.summary_of(agg, as_of_ms)
-    spend = churn.spend_summary(agg, as_of_ms)
-    if s is None or spend is None:
-        return None
-    order_value = churn.expected_order_value(fit.spend.params, *spend)
     horizon = profile.churn_horizon_days
-    now = order_value * churn.expected_orders(fit.model, fit.params, horizon, s)  # NaN: unknown
+    if scored is not None:  # scoring left out what is not finite: None here
+        s, order_value, now = scored.summary, scored.expected_order_value, scored.expected_value
+        if s is None or order_value is None or now is None:
+            return None
+    else:
+        s = churn.summary_of(agg, as_of_ms)
+        spend = churn.spend_summary(agg, as_of_ms)
+        if s is None or spend is None:
+            return None
+        order_value = churn.expected_order_value(fit.spend.params, *spend)
+        now = order_value * churn.expected_orders(fit.model, fit.params, horizon, s)  # NaN: unknown
     if not math.isfinite(now) or churn.value_band(now, bounds) == 1:
         return None  # no band, or the lowest: nothing below to cross into
     bound = bounds[churn.value_band(now, bounds) - 2]

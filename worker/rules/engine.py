@@ -104,19 +104,15 @@ def apply_events(
 ) -> Result:
     result = Result(customer)
     as_of_ms = max(as_of_ms, customer.scored_at or as_of_ms)
+    scored: Score | None = None  # the last score computed: of the aggregates as they end
     for event in events:
         if customer.apply(event) == "duplicate":
             result.duplicates += 1
             continue
         result.applied += 1
         result.dirty = True
-        change = rescore(
-            customer,
-            profile,
-            as_of_ms=as_of_ms,
-            now_ms=now_ms,
-            cause=CAUSE_OF_EVENT[event.type],
-            cause_event_id=event.event_id,
+        change, scored = _rescore(
+            customer, profile, as_of_ms, now_ms, CAUSE_OF_EVENT[event.type], event.event_id
         )
         if change is not None:
             result.changes.append(change)
@@ -124,11 +120,12 @@ def apply_events(
         result.touched = True
         if customer.over_bound:
             result.folded = customer.fold()
+            scored = None  # the model's summary is of the orders kept: computed again
         customer.scored_at = as_of_ms
         customer.version = profile.version
         if partition is not None:
             customer.partition = partition
-        result.due = next_due(customer.aggregates(), profile, as_of_ms, customer.alerted)
+        result.due = next_due(customer.aggregates(), profile, as_of_ms, customer.alerted, scored)
     return result
 
 
@@ -149,13 +146,8 @@ def decay(
     as_of_ms = max(as_of_ms, customer.scored_at or as_of_ms)
     # Scored with another profile version: what moves now is the profile's doing.
     rescored = customer.version is not None and customer.version != profile.version
-    change = rescore(
-        customer,
-        profile,
-        as_of_ms=as_of_ms,
-        now_ms=now_ms,
-        cause="rescore" if rescored else "decay",
-        cause_event_id=None,
+    change, scored = _rescore(
+        customer, profile, as_of_ms, now_ms, "rescore" if rescored else "decay", None
     )
     if change is not None:
         result.changes.append(change)
@@ -175,7 +167,7 @@ def decay(
     if customer.version != profile.version and customer.orders:
         result.dirty = True
         customer.version = profile.version
-    result.due = next_due(agg, profile, as_of_ms, customer.alerted)
+    result.due = next_due(agg, profile, as_of_ms, customer.alerted, scored)
     return result
 
 
@@ -228,11 +220,23 @@ def rescore(
     cause_event_id: str | None,
 ) -> Change | None:
     """Score the customer at as_of; if it moved from what was published, publish it."""
+    return _rescore(customer, profile, as_of_ms, now_ms, cause, cause_event_id)[0]
+
+
+def _rescore(
+    customer: Customer,
+    profile: Profile,
+    as_of_ms: int,
+    now_ms: int,
+    cause: Cause,
+    cause_event_id: str | None,
+) -> tuple[Change | None, Score | None]:
+    """`rescore`, and the score it computed (for the next due instant: `next_due`)."""
     agg = customer.aggregates()
     current = score(agg, as_of_ms, profile) if agg is not None else None
     previous = customer.published
     if current is None and previous is None:
-        return None
+        return None, current
     if (
         current is not None
         and previous is not None
@@ -247,7 +251,7 @@ def rescore(
             units = _units(current.expected_value)
             if units != previous.value:  # no change to publish; the value sums follow it
                 customer.published = replace(previous, value=units)
-        return None
+        return None, current
     customer.published = (
         None
         if current is None
@@ -263,7 +267,7 @@ def rescore(
             else max(0, round(current.expected_value * SCALE)),
         )
     )
-    return _changed(
+    change = _changed(
         customer,
         profile,
         agg,
@@ -274,6 +278,7 @@ def rescore(
         cause=cause,
         cause_event_id=cause_event_id,
     )
+    return change, current
 
 
 def _units(expected_value: float | None) -> int | None:

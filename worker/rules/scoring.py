@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from bisect import bisect_left, bisect_right
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from worker.rules import churn
 from worker.rules.aggregates import Aggregates
@@ -32,6 +32,9 @@ class Score:
     expected_order_value: float | None = None
     expected_value: float | None = None
     value_band: int | None = None
+    # The churn model's summary of the customer at as_of (None: no fit, or no order), for
+    # the next due instant (worker/rules/decay.py), which would otherwise compute it again.
+    summary: churn.Summary | None = field(default=None, repr=False, compare=False)
 
     @property
     def rfm(self) -> str:
@@ -69,7 +72,7 @@ def score(agg: Aggregates, as_of_ms: int, profile: Profile) -> Score:
     s = Score(r, f, m, profile.segment_map.segment(r, f, m), orders)
     if profile.churn_fit is not None:  # only profiles with a model and a fit pay for it
         fit = profile.churn_fit
-        summary = churn.summary_of(agg, as_of_ms)
+        s.summary = summary = churn.summary_of(agg, as_of_ms)
         if summary is not None:
             s.p_alive = p = churn.p_alive(fit.model, fit.params, summary)
             s.band = churn.band(p, profile.p_alive_bands)
