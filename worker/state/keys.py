@@ -40,6 +40,12 @@ valid on Redis Cluster (on a single Redis a call may span shards):
                                                 JSON (worker/rules/churn/model.py Fit)
     rfm:churn:lock:<name>               string  held (SET NX PX) by the worker fitting that
                                                 profile's model
+    rfm:rebuild                         hash    an unfinished `rfm-worker rebuild`: topic,
+                                                id (its incarnation), partitions, wiped,
+                                                "done:<partition>" -> the offset it ended at
+                                                (worker/state/rebuild_marker.py)
+    rfm:rebuild:lock                    string  held (SET NX PX) by the rebuild that wipes,
+                                                starts or finishes one
 
 NN is crc32(tenant, customer_id) mod 64. <partition> is the orders-topic partition of the
 customer's latest event: a customer's changes and due entry live with the partition whose
@@ -59,6 +65,8 @@ QUANTILES = b"rfm:quantiles"
 CHURN = b"rfm:churn"
 FLOWS_SINCE = b"rfm:flows:since"
 MEMBERS = b"rfm:members"
+REBUILD = b"rfm:rebuild"
+REBUILD_LOCK = b"rfm:rebuild:lock"
 ALL_PATTERN = b"rfm:*"
 CUSTOMER_PATTERN = b"rfm:{*}:c:*"
 OUTBOX_PATTERN = b"rfm:{*}:outbox:*"
@@ -103,6 +111,11 @@ def erased(shard: int) -> bytes:
 def is_erased(key: bytes) -> bool:
     """Whether `key` is a shard's tombstones (what a wipe keeps)."""
     return key.startswith(b"rfm:{") and key[8:] == b":erased"
+
+
+def kept_by_wipe(key: bytes) -> bool:
+    """Whether `rebuild`'s wipe keeps `key`: the tombstones and the rebuild's own record."""
+    return is_erased(key) or key in (REBUILD, REBUILD_LOCK)
 
 
 def applied(shard: int) -> bytes:
