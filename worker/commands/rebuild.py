@@ -23,8 +23,8 @@ def partition_list(text: str) -> frozenset[int]:
     out: set[int] = set()
     try:
         for part in text.split(","):
-            first, _, last = part.strip().partition("-")
-            lo, hi = int(first), int(last or first)
+            first, dash, last = part.strip().partition("-")
+            lo, hi = int(first), int(last if dash else first)
             if lo < 0 or hi < lo:
                 raise ValueError(part)
             out.update(range(lo, hi + 1))
