@@ -41,6 +41,7 @@ from worker.services.roster import Roster
 from worker.services.sweeper import Sweeper
 from worker.state import connection, permissions
 from worker.state.clock import scoring_now
+from worker.state.rebuild_marker import refuse_unfinished
 from worker.state.store import Store
 from worker.web.api import Api
 from worker.web.server import serve
@@ -149,9 +150,9 @@ def run(settings: Settings, profiles: Profiles) -> int:
 
 
 def check_redis(store: Store, settings: Settings) -> None:
-    """Refuse a Redis that would evict customers, or a cluster addressed as a single Redis
-    (its commit calls span shards, which a cluster refuses); warn when it keeps nothing on
-    disk."""
+    """Refuse a Redis that would evict customers, a cluster addressed as a single Redis
+    (its commit calls span shards, which a cluster refuses), or a state an unfinished
+    `rfm-worker rebuild` is still filling; warn when it keeps nothing on disk."""
     if not settings.redis_cluster and store.server.in_cluster_mode():
         raise ConfigError(
             "Redis runs in cluster mode but RFM_REDIS_CLUSTER is false: set "
@@ -172,6 +173,7 @@ def check_redis(store: Store, settings: Settings) -> None:
             "Redis persistence is off (appendonly no, no save points): a Redis restart loses "
             "the state; the worker will detect it and stop (see `rfm-worker rebuild`)"
         )
+    refuse_unfinished(store.redis)
 
 
 def tune_gc() -> None:

@@ -20,6 +20,8 @@ run says why). The report names it (start, table title, last line, JSON "broker"
     members     the segment index: cost per event with / without it, Redis bytes per
                 customer with / without it, a page of 100 from a segment of
                 10,000 and of 1,000,000 members                     (segment_index.py)
+    rebuild     `rfm-worker rebuild` events/s with 1 process and     (rebuild_rate.py)
+                with --processes 2, and their ratio
 
 Only when --only names it (~13 minutes):
 
@@ -36,6 +38,7 @@ BENCH_MEMORY_CUSTOMERS=100000 x BENCH_MEMORY_ORDERS=5, then BENCH_GROW_CUSTOMERS
 grow to BENCH_GROW_ORDERS=25; BENCH_SCALE_SMALL=10000, BENCH_SCALE_CUSTOMERS=1000000;
 BENCH_SWEEP_POPULATION=1000000, BENCH_SWEEP_DUE=10000; BENCH_CHURN_CUSTOMERS=20000;
 BENCH_INDEX_CUSTOMERS=20000 x BENCH_INDEX_ORDERS=5;
+BENCH_REBUILD_N=100000 events over BENCH_REBUILD_CUSTOMERS=20000;
 BENCH_WORKER_TIMEOUT_S=600 (a worker run that takes longer fails);
 BENCH_BACKLOG_N=1000000 records over BENCH_BACKLOG_SHORT_CUSTOMERS=432000 and
 BENCH_BACKLOG_LONG_CUSTOMERS=5000, BENCH_BACKLOG_QUEUE_KBYTES=65536,default,4096,
@@ -72,6 +75,7 @@ import churn_cost
 import latency
 import memory
 import orjson
+import rebuild_rate
 import segment_index
 import sweep
 import throughput
@@ -79,7 +83,10 @@ from common import ROOT, Config, Row, Section, broker, ratio, say
 
 from worker.embedded.apache_kafka import KafkaUnavailableError, ensure_jars
 
-SCENARIOS = ("throughput", "heavy", "latency", "memory", "scale", "sweep", "churn", "members")
+SCENARIOS = (
+    *("throughput", "heavy", "latency", "memory", "scale", "sweep", "churn", "members"),
+    "rebuild",
+)
 OPT_IN = ("backlog",)  # minutes each: run only when --only names them
 
 
@@ -215,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
         "sweep": run_sweep,
         "churn": run_churn,
         "members": segment_index.run,
+        "rebuild": rebuild_rate.run,
         "backlog": backlog_memory.run,
     }
     chosen_broker = broker()

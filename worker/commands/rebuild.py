@@ -1,17 +1,48 @@
-"""`rfm-worker rebuild [--yes]`: replay the orders topic from its start into a clean state
-(worker/services/rebuild.py), after Redis lost its data. Every worker must be stopped."""
+"""`rfm-worker rebuild [--yes] [--partitions P] [--processes N]`: replay the orders topic
+from its start into a clean state (worker/services/rebuild.py), after Redis lost its data.
+Every worker must be stopped. Spread over machines with --partitions, over cores with
+--processes; a run killed is run again and resumes."""
 
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import TYPE_CHECKING
 
 from worker.app import tune_gc
 from worker.commands import context
-from worker.errors import UsageError
+from worker.commands.arguments import count
 
 if TYPE_CHECKING:
     from worker.commands.arguments import Subparsers
+    from worker.services.rebuild import Rebuilt
+
+
+def partition_list(text: str) -> frozenset[int]:
+    """0-5, or 0,2,4-7."""
+    out: set[int] = set()
+    try:
+        for part in text.split(","):
+            first, dash, last = part.strip().partition("-")
+            lo, hi = int(first), int(last if dash else first)
+            if lo < 0 or hi < lo:
+                raise ValueError(part)
+            out.update(range(lo, hi + 1))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected partitions such as 0-5 or 0,2,4-7"
+        ) from None
+    return frozenset(out)
+
+
+def seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected seconds, 0 or more")
+    return value
 
 
 def add_parser(sub: Subparsers) -> None:
@@ -19,26 +50,75 @@ def add_parser(sub: Subparsers) -> None:
     p.add_argument(
         "--yes", action="store_true", help="delete the rfm-worker state Redis still holds"
     )
+    p.add_argument(
+        "--partitions",
+        type=partition_list,
+        help="replay only these partitions (0-5, or 0,2,4-7); other runs, on other "
+        "machines, replay the others (default: every partition)",
+    )
+    p.add_argument(
+        "--processes",
+        type=count(64),
+        default=1,
+        help="replay in N processes on this machine, each a share of the partitions",
+    )
+    p.add_argument(
+        "--batch",
+        type=count(100_000),
+        default=2000,
+        help="records per batch; the state's offsets are recorded after each (default 2000)",
+    )
+    p.add_argument(
+        "--progress",
+        type=seconds,
+        default=10.0,
+        help="a progress line on stderr every SECONDS (default 10; 0: none)",
+    )
+    p.add_argument("--share", type=partition_list, help=argparse.SUPPRESS)  # --processes' child
     p.set_defaults(handler=handle)
 
 
 def handle(args: argparse.Namespace) -> int:
-    from worker.services.rebuild import rebuild
+    from worker.services.rebuild import Options, rebuild
+    from worker.services.rebuild_spread import figures
     from worker.state import connection
 
     settings, profiles = context.environment()
     tune_gc()
-    with context.reachable(settings), connection.opened_store(settings) as store:
-        if store.reads.holds_customers() and not args.yes:
-            raise UsageError(
-                "Redis still holds rfm-worker state; a rebuild deletes all of it first. "
-                "Stop every worker, then run `rfm-worker rebuild --yes`"
-            )
-        done = rebuild(store, settings, profiles)
-    print(
-        f"rebuilt from {settings.orders_topic}: {done.events} event(s) replayed "
-        f"({done.rejected} invalid, skipped), {done.wiped} old key(s) deleted; group "
-        f"{settings.kafka_group} resumes at "
-        + ", ".join(f"[{p}]@{end}" for p, end in sorted(done.ends.items()))
+    options = Options(
+        partitions=args.share if args.share is not None else args.partitions,
+        processes=args.processes,
+        batch=args.batch,
+        progress_s=args.progress,
+        may_wipe=args.yes,
+        share=args.share is not None,
     )
+    with context.reachable(settings), connection.opened_store(settings) as store:
+        done = rebuild(store, settings, profiles, options)
+    if options.share:
+        sys.stdout.buffer.write(figures(done.replayed) + b"\n")
+        return 0
+    print(summary(done, settings.orders_topic, settings.kafka_group))
     return 0
+
+
+def summary(done: Rebuilt, topic: str, group: str) -> str:
+    """The command's one line on stdout."""
+    from worker.services.rebuild_progress import span
+
+    r = done.replayed
+    rate = f", {r.records / r.seconds:,.0f} records/s" if r.seconds > 0 else ""
+    replayed = (
+        f"{r.events} event(s) replayed ({r.rejected} invalid, skipped) in {r.seconds:.1f} s"
+        f"{rate}, {done.wiped} old key(s) deleted"
+    )
+    if done.ends is not None:
+        return f"rebuilt from {topic}: {replayed}; group {group} resumes at " + ", ".join(
+            f"[{p}]@{end}" for p, end in sorted(done.ends.items())
+        )
+    mine = f"[{span(r.ends)}]" if r.ends else " (none left to replay here)"
+    return (
+        f"replayed {topic}{mine}: {replayed}; {done.done} of {done.partitions} partitions "
+        "done: the rebuild finishes with the run that replays the last (workers refuse to "
+        "start until then)"
+    )

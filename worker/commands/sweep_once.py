@@ -22,6 +22,7 @@ from worker.rules.instants import MAX_FUTURE_MS, iso, wall_ms
 from worker.rules.profiles import Profiles
 from worker.services.sweeper import Sweeper
 from worker.state import connection, permissions
+from worker.state.rebuild_marker import refuse_unfinished
 from worker.state.store import Committed, Store
 
 if TYPE_CHECKING:
@@ -51,6 +52,7 @@ def run_once(settings: Settings, profiles: Profiles, as_of_ms: int | None) -> in
     with contextlib.ExitStack() as stack:
         store = stack.enter_context(connection.opened_store(settings))
         permissions.self_test(store.redis)
+        refuse_unfinished(store.redis)  # no sweep of a half-rebuilt state
         as_of_ms = _sweep_instant(settings, store, as_of_ms)
         producer = clients.producer(settings)
         stack.callback(producer.close)

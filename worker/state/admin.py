@@ -36,16 +36,22 @@ class Server:
     def ping(self) -> bool:
         return bool(self.redis.ping())
 
-    def wipe(self) -> int:
-        """Delete every rfm-worker key but the erasure tombstones and the state format's
-        record (`rebuild` only: the replay must not bring an erased customer back, nor let
-        a release that cannot read it back in); returns how many."""
-        return unlink(self.redis, keys.ALL_PATTERN, keep=keys.kept_by_wipe)
+    def wipe(self, beat: Callable[[], None] | None = None) -> int:
+        """Delete every rfm-worker key but the erasure tombstones (`rebuild` only: the replay
+        must not bring an erased customer back), the state format's record (nor let a
+        release that cannot read it back in) and the rebuild's own record; returns how
+        many. `beat` is called after each thousand (the rebuild renews its lock there)."""
+        return unlink(self.redis, keys.ALL_PATTERN, keep=keys.kept_by_wipe, beat=beat)
 
 
-def unlink(client: Any, pattern: bytes, keep: Callable[[bytes], bool] | None = None) -> int:
-    """Delete every key matching `pattern` (but those `keep` says), a thousand per UNLINK;
-    returns how many."""
+def unlink(
+    client: Any,
+    pattern: bytes,
+    keep: Callable[[bytes], bool] | None = None,
+    beat: Callable[[], None] | None = None,
+) -> int:
+    """Delete every key matching `pattern` (but those `keep` says), a thousand per UNLINK
+    (then `beat`); returns how many."""
     deleted = 0
     batch: list[bytes] = []
     for key in client.scan_iter(match=pattern, count=1000):
@@ -55,6 +61,8 @@ def unlink(client: Any, pattern: bytes, keep: Callable[[bytes], bool] | None = N
         if len(batch) >= 1000:
             deleted += int(client.unlink(*batch))
             batch = []
+            if beat is not None:
+                beat()
     return deleted + (int(client.unlink(*batch)) if batch else 0)
 
 

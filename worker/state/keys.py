@@ -45,6 +45,12 @@ valid on Redis Cluster (on a single Redis a call may span shards):
                                                 JSON (worker/rules/churn/model.py Fit)
     rfm:churn:lock:<name>               string  held (SET NX PX) by the worker fitting that
                                                 profile's model
+    rfm:rebuild                         hash    an unfinished `rfm-worker rebuild`: topic,
+                                                id (its incarnation), partitions, wiped,
+                                                "done:<partition>" -> the offset it ended at
+                                                (worker/state/rebuild_marker.py)
+    rfm:rebuild:lock                    string  held (SET NX PX) by the rebuild that wipes,
+                                                starts or finishes one
 
 NN is crc32(tenant, customer_id) mod 64. <partition> is the orders-topic partition of the
 customer's latest event: a customer's changes and due entry live with the partition whose
@@ -65,6 +71,8 @@ CHURN = b"rfm:churn"
 FLOWS_SINCE = b"rfm:flows:since"
 MEMBERS = b"rfm:members"
 FORMAT = b"rfm:format"
+REBUILD = b"rfm:rebuild"
+REBUILD_LOCK = b"rfm:rebuild:lock"
 ALL_PATTERN = b"rfm:*"
 CUSTOMER_PATTERN = b"rfm:{*}:c:*"
 OUTBOX_PATTERN = b"rfm:{*}:outbox:*"
@@ -112,8 +120,9 @@ def is_erased(key: bytes) -> bool:
 
 
 def kept_by_wipe(key: bytes) -> bool:
-    """What `rebuild` keeps: the erasure tombstones and the state format's record."""
-    return key == FORMAT or is_erased(key)
+    """Whether `rebuild`'s wipe keeps `key`: the tombstones, the state format's record
+    and the rebuild's own record."""
+    return is_erased(key) or key in (FORMAT, REBUILD, REBUILD_LOCK)
 
 
 def applied(shard: int) -> bytes:

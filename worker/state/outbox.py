@@ -7,7 +7,7 @@ publishes its entries in order and deletes them once acknowledged.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from worker.state import keys
@@ -45,6 +45,13 @@ class Outbox:
             total += int(self.redis.xlen(key))
         return total
 
+    def drop(self, partitions: Iterable[int]) -> None:
+        """Delete the outboxes of these partitions (the rebuild's, as it goes: it publishes
+        nothing)."""
+        streams = [keys.outbox(s, p) for p in partitions for s in range(keys.SHARDS)]
+        if streams:
+            self.redis.unlink(*streams)
+
     def drop_all(self) -> int:
-        """Delete every outbox (`rebuild --drop-outboxes`); returns how many."""
+        """Delete every outbox (the end of `rebuild`); returns how many."""
         return unlink(self.redis, keys.OUTBOX_PATTERN)

@@ -6,7 +6,8 @@ connection are its parts, each in its own module: applied offsets (applied.py), 
 index and the marking record (due_index.py), the event clock (clock.py), the outbox
 (outbox.py), the read side (reads.py), the segment index's pages (segment_pages.py),
 quantile cut points (cut_points.py), churn-model fits (churn_fits.py), the flows between
-segments (flows.py) and the server itself (admin.py).
+segments (flows.py), the record of an unfinished rebuild (rebuild_marker.py) and the
+server itself (admin.py).
 
 Every write goes through `commit`, whatever its cause (worker/services/causes.py: order
 events, a decay sweep, a changed profile's marking): read the touched customers, run the
@@ -38,6 +39,7 @@ from worker.state.known import KnownCustomers
 from worker.state.members import Members
 from worker.state.outbox import Outbox
 from worker.state.reads import Reads
+from worker.state.rebuild_marker import RebuildMarker
 from worker.state.results import BatchResult, Committed, SweepStep
 from worker.state.segment_pages import SegmentPages
 from worker.state.tombstones import Tombstones
@@ -66,6 +68,7 @@ class Store:
         self.server = Server(client)
         self.members = Members(client)
         self.tombstones = Tombstones(client)
+        self.rebuild = RebuildMarker(client)  # an unfinished `rfm-worker rebuild`
         self.flows = Flows(client, cluster=self.cluster)
         self.formats = StateFormats(client, state_format)  # what its commits write
         self._committer = Committer(client, self.applied.floors, KnownCustomers(), self.formats)
