@@ -68,7 +68,7 @@ def run_app(
         f"--count={n}",
         f"--state-dir={stack.logs / f'quix-state-{tag}'}",
         f"--report={report}",
-        f"--kafka-config={json.dumps(stack.kafka.client_config)}",
+        f"--consumer-config={json.dumps(stack.kafka_config())}",  # the worker's
         *(["--bare"] if bare else [f"--changes={out.actions}"] if out else []),
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}

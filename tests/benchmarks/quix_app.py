@@ -202,10 +202,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--count", type=int, required=True, help="stop after N messages")
     parser.add_argument("--state-dir", required=True)
     parser.add_argument("--report", required=True, help="JSON report written here")
-    parser.add_argument("--kafka-config", default="{}", help="extra librdkafka properties")
+    parser.add_argument("--consumer-config", default="{}", help="librdkafka properties")
     parser.add_argument("--bare", action="store_true")
     args = parser.parse_args(argv)
-    extra = json.loads(args.kafka_config)
 
     app = Application(
         broker_address=args.bootstrap,
@@ -214,8 +213,7 @@ def main(argv: list[str] | None = None) -> int:
         processing_guarantee="at-least-once",
         use_changelog_topics=not args.bare,
         state_dir=args.state_dir,
-        consumer_extra_config=extra,
-        producer_extra_config=extra,
+        consumer_extra_config=json.loads(args.consumer_config),
         loglevel="WARNING",
     )
     job = Job(app, args.count)
