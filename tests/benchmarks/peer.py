@@ -11,7 +11,10 @@ events/s: from the app's first message to `app.run()` returning after its last c
 (state flushed to RocksDB, changelog and output records acknowledged, offsets committed),
 as the worker's run counts up to its events committed to Redis. CPU per event: the app
 process's CPU (every thread) over the same span, as the worker's is read from its
-/metrics. The change records are read back from the output topic afterwards.
+/metrics. The peer keeps its state in its own process (RocksDB), the worker in Redis: so
+the CPU of Redis and of the broker over each whole run (start-up and read-back included)
+is read from /proc too, and the worker's CPU with its Redis's is compared with the peer's.
+The change records are read back from the output topic afterwards.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from common import ROOT, Row, Stack, Topics, count_records, per_s, rate, ratio, say
+from common import ROOT, CpuSampler, Row, Stack, Topics, count_records, per_s, rate, ratio, say
 
 APP = Path(__file__).with_name("quix_app.py")
 PEER_VENV = ROOT / ".venv-peer"
@@ -46,6 +49,15 @@ def peer_python() -> tuple[str | None, str]:
     if probe.returncode != 0:
         return None, f"{chosen} cannot import quixstreams"
     return chosen, ""
+
+
+def servers_cpu(stack: Stack, since: dict[str, float] | None = None) -> dict[str, float]:
+    """CPU seconds of the broker and Redis processes (/proc), or used since `since`."""
+    now = {
+        name: CpuSampler.cpu_seconds(pid) or 0.0
+        for name, pid in (("broker", stack.kafka.pid), ("redis", stack.redis_server.pid))
+    }
+    return {k: round(v - (since or {}).get(k, 0.0), 3) for k, v in now.items()}
 
 
 def run_app(
@@ -72,6 +84,7 @@ def run_app(
         *(["--bare"] if bare else [f"--changes={out.actions}"] if out else []),
     ]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    before = servers_cpu(stack)
     with log.open("wb") as sink:
         try:
             code = subprocess.run(
@@ -83,6 +96,7 @@ def run_app(
         tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:])
         raise SystemExit(f"{label}: the Quix Streams app exited with {code}:\n{tail}")
     doc: dict[str, Any] = json.loads(report.read_text())
+    doc["servers_cpu_s"] = servers_cpu(stack, since=before)
     first, returned = doc["marks"]["first"], doc["marks"]["returned"]
     seconds = returned["at"] - first["at"]
     doc["seconds_first_to_returned"] = round(seconds, 3)
@@ -106,15 +120,18 @@ def run_app(
     return doc
 
 
-def measure(stack: Stack, topics: Topics, n: int, timeout: float) -> dict[str, Any]:
+def measure(
+    stack: Stack, topics: Topics, n: int, timeout: float, worker_servers: dict[str, float]
+) -> dict[str, Any]:
     """The peer and the bare aggregate on the scenario's orders topic; {"skipped": reason}
-    without quixstreams."""
+    without quixstreams. `worker_servers`: servers_cpu over the worker's run."""
     python, reason = peer_python()
     if python is None:
         say(f"  peer: skipped, {reason}")
         return {"skipped": reason}
     return {
         "python": python,
+        "worker_servers_cpu_s": worker_servers,
         "job": run_app(python, stack, topics.orders, n, timeout),
         "bare": run_app(python, stack, topics.orders, n, timeout, bare=True),
     }
@@ -125,6 +142,8 @@ def rows(peer: dict[str, Any], worker: dict[str, Any], n: int) -> list[Row]:
     if "skipped" in peer:
         return [Row("peer: a Quix Streams app doing this job", f"skipped: {peer['skipped']}")]
     job, bare = peer["job"], peer["bare"]
+    ours, theirs = peer["worker_servers_cpu_s"], job["servers_cpu_s"]
+    with_redis = worker["cpu_us_per_event"] + ours["redis"] * 1e6 / n
     return [
         Row(
             f"peer: a Quix Streams 3.28.1 app doing this job on the same {n:,} events (the "
@@ -140,6 +159,17 @@ def rows(peer: dict[str, Any], worker: dict[str, Any], n: int) -> list[Row]:
             "peer CPU per event (the app process's CPU seconds over its run / events)",
             f"{job['cpu_us_per_event']:.1f} µs",
             f"peer / worker {ratio(job['cpu_us_per_event'] / worker['cpu_us_per_event'])}",
+        ),
+        Row(
+            "CPU per event with the state store: the worker and its Redis (Redis over the "
+            "whole run) / the peer (RocksDB in its process)",
+            f"{with_redis:.1f} / {job['cpu_us_per_event']:.1f} µs",
+            f"peer / worker {ratio(job['cpu_us_per_event'] / with_redis)}",
+        ),
+        Row(
+            "broker CPU per event over the worker's / the peer's whole run (the peer's "
+            "changelog records included)",
+            f"{ours['broker'] * 1e6 / n:.1f} / {theirs['broker'] * 1e6 / n:.1f} µs",
         ),
         Row(
             "bare Quix Streams per-customer aggregate (count and spend in its state; no "

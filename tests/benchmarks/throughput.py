@@ -160,8 +160,10 @@ def run_throughput(cfg: Config) -> Section:
         say(f"  produced {n:,} events in {produce_s:.1f} s")
         fl = floor(stack, topics.orders, n)
         say(f"  floor: {fl['events_per_s']:,.0f} events/s")
+        servers = peer.servers_cpu(stack)
         trace = worker_run(stack, topics, n, cfg.worker_timeout_s, "worker")
-        quix = peer.measure(stack, topics, n, cfg.worker_timeout_s)
+        servers = peer.servers_cpu(stack, since=servers)
+        quix = peer.measure(stack, topics, n, cfg.worker_timeout_s, servers)
         stack.redis.flushall()  # the same events again, into an empty state
         two = worker_run(stack, topics, n, cfg.worker_timeout_s, "worker x2", processes=2)
         broker_name = stack.kafka.name
