@@ -222,14 +222,16 @@ def main(argv: list[str] | None = None) -> int:
         sdf = sdf.update(job.progress)
         sdf = sdf.update(bare_aggregate, stateful=True)
     else:
+        # Raw bytes in: validate() parses and checks the JSON in one pass, as in the worker.
+        # No group_by: producers key the orders by customer id, so the state is per customer.
         orders = app.topic(args.orders, key_deserializer="str", value_deserializer="bytes")
         changes = app.topic(args.changes, key_serializer="str", value_serializer="json")
         sdf = app.dataframe(orders)
         sdf = sdf.update(job.progress)
         sdf = sdf.apply(job.check).filter(lambda event: event is not None)
         sdf = sdf.apply(job.apply, stateful=True).filter(lambda change: change is not None)
-        sdf.to_topic(changes)
-    app.run()
+        sdf.to_topic(changes)  # keyed by the message key: the customer id
+    app.run()  # until job.progress stops it
     job.mark("returned")
     report = {
         "mode": "bare" if args.bare else "job",
