@@ -60,10 +60,21 @@ schemas: $(STAMP)
 unit: $(STAMP)
 	$(PYTEST) -m unit
 
+# The worker's peer in the throughput scenario, a Quix Streams app: quixstreams (the bench
+# extra) in an environment of its own, since it pins an older confluent-kafka and pydantic
+# than the worker's (tests/benchmarks/peer.py finds it there).
+PEER_VENV  := .venv-peer
+PEER_STAMP := $(PEER_VENV)/.installed
+$(PEER_STAMP): pyproject.toml
+	test -x $(PEER_VENV)/bin/python || $(PYTHON) -m venv $(PEER_VENV)
+	$(PEER_VENV)/bin/python -m pip install --quiet --upgrade pip
+	PYTHONWARNINGS="ignore:Editable installation" $(PEER_VENV)/bin/python -m pip install --quiet -e '.[bench]'
+	touch $(PEER_STAMP)
+
 # Every benchmark in one run (a few minutes): a markdown table on stdout, JSON in
 # BENCH_OUT (default bench-results.json); sizes via BENCH_* (see tests/benchmarks/run.py).
-bench: $(STAMP)
+bench: $(STAMP) $(PEER_STAMP)
 	$(BIN)/python tests/benchmarks/run.py
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(PEER_VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

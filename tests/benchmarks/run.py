@@ -6,7 +6,9 @@ broker is the one BENCH_BROKER names, `kafka` (Apache Kafka, its jars fetched wi
 first use) or `tansu`; unset, Apache Kafka where java and mvn are on PATH, else Tansu (the
 run says why). The report names it (start, table title, last line, JSON "broker").
 
-    throughput  floor (consume + validate) and the real worker on the same N events
+    throughput  floor (consume + validate) and the real worker on the same N events,
+                and its peer, a Quix Streams app doing its job (peer.py, quix_app.py:
+                quixstreams from .venv-peer or BENCH_PEER_PYTHON, else skipped)
     heavy       the same N events over 8 customers, and one event alone   (throughput.py)
                 in its batch for customers holding 1 / 1,000 / 5,000 orders
     latency     produce -> rfm.changed at a steady rate, and the cores    (latency.py)

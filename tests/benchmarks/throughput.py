@@ -13,6 +13,9 @@ Apache Kafka where it can run, else Tansu) and a fresh Redis.
   consumer group and fresh Redis. events/s from the first applied event to the last, read
   from /metrics polled every 250 ms; the run counts only once the outbox is empty (every
   change acknowledged by the broker). Reported against the floor.
+- peer: a Quix Streams app doing the worker's job (quix_app.py, run by peer.py) on the same
+  N events, after the worker: events/s, CPU per event, worker / peer; and a bare Quix
+  per-customer aggregate. Skipped, saying why, where quixstreams is not installed.
 - heavy: the same N events over 8 customers (N/8 orders each): the cost of a customer
   whose order history keeps growing, against the worker figure. Capped at
   BENCH_HEAVY_TIMEOUT_S (60 s): an unfinished run reports the rate over what it applied.
@@ -37,6 +40,7 @@ import uuid
 from typing import Any
 
 import orjson
+import peer
 from common import (
     SEED,
     Config,
@@ -156,7 +160,10 @@ def run_throughput(cfg: Config) -> Section:
         say(f"  produced {n:,} events in {produce_s:.1f} s")
         fl = floor(stack, topics.orders, n)
         say(f"  floor: {fl['events_per_s']:,.0f} events/s")
+        servers = peer.servers_cpu(stack)
         trace = worker_run(stack, topics, n, cfg.worker_timeout_s, "worker")
+        servers = peer.servers_cpu(stack, since=servers)
+        quix = peer.measure(stack, topics, n, cfg.worker_timeout_s, servers)
         stack.redis.flushall()  # the same events again, into an empty state
         two = worker_run(stack, topics, n, cfg.worker_timeout_s, "worker x2", processes=2)
         broker_name = stack.kafka.name
@@ -174,6 +181,7 @@ def run_throughput(cfg: Config) -> Section:
         "worker_2_processes": w2,
         "two_over_one": round(w2["events_per_s"] / w["events_per_s"], 3),
         "changes_per_event": round(w["changes_published"] / n, 3),
+        "peer": quix,
     }
     section.rows = [
         Row(
@@ -191,6 +199,7 @@ def run_throughput(cfg: Config) -> Section:
             "worker CPU per event (the worker process's CPU seconds over the run / events)",
             f"{w['cpu_us_per_event']:.1f} µs",
         ),
+        *peer.rows(quix, w, n),
         Row(
             "worker, `run --processes 2`: the same events into an empty state",
             per_s(w2["events_per_s"]),
