@@ -14,7 +14,6 @@ it, and producing those orders again recovers them.
 from __future__ import annotations
 
 import itertools
-import shutil
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,51 +34,12 @@ from worker.embedded import EmbeddedRedis
 from worker.state.store import Store
 
 
-class RestorableRedis(EmbeddedRedis):
-    """The suite's embedded Redis, for one test: `backup` copies a BGSAVE's dump.rdb
-    aside, `restore` stops the server without saving, puts the copy back as its dump.rdb
-    and starts it again on the same port and directory, as an operator restores one."""
-
-    def client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.url)
-
-    def backup(self, to: Path) -> Path:
-        client = self.client()
-        try:
-            saves = int(client.info("persistence")["rdb_saves"])
-            client.bgsave()
-            deadline = time.monotonic() + 30
-            while True:
-                info = client.info("persistence")
-                if int(info["rdb_saves"]) > saves and not int(info["rdb_bgsave_in_progress"]):
-                    break
-                assert time.monotonic() < deadline, "BGSAVE did not finish"
-                time.sleep(0.05)
-            assert info["rdb_last_bgsave_status"] == "ok"
-            where = Path(str(client.config_get("dir")["dir"])) / "dump.rdb"
-        finally:
-            client.close()
-        return Path(shutil.copyfile(where, to))
-
-    def restore(self, backup: Path) -> None:
-        client = self.client()
-        where = Path(str(client.config_get("dir")["dir"])) / "dump.rdb"
-        try:
-            client.shutdown(nosave=True)
-        except redis.ConnectionError:  # (the server closes the connection as it exits)
-            pass
-        finally:
-            client.close()
-        assert self.proc is not None
-        self.proc.wait(10)
-        shutil.copyfile(backup, where)
-        self.start()
-
-
 @pytest.fixture
-def restorable(kafka: Any, tmp_path: Path) -> Iterator[tuple[Deployment, RestorableRedis]]:
-    """A deployment on the suite's broker and a Redis of this test's own."""
-    with RestorableRedis() as server, deployed(kafka, server, tmp_path) as dep:
+def restorable(kafka: Any, tmp_path: Path) -> Iterator[tuple[Deployment, EmbeddedRedis]]:
+    """A deployment on the suite's broker and a Redis of this test's own, which
+    `EmbeddedRedis.backup` and `restore` back up (BGSAVE, a copy of its dump.rdb) and
+    restore (SHUTDOWN NOSAVE, the copy put back, started again on the same port)."""
+    with EmbeddedRedis() as server, deployed(kafka, server, tmp_path) as dep:
         yield dep, server
 
 
@@ -176,13 +136,13 @@ def assert_chains_unbroken(actions: list[Any]) -> None:
 
 
 def test_a_backup_restored_while_the_workers_were_stopped_is_replayed_exactly(
-    restorable: tuple[Deployment, RestorableRedis], tmp_path: Path
+    restorable: tuple[Deployment, EmbeddedRedis], tmp_path: Path
 ) -> None:
     """The group's committed offsets are past the backup's applied offsets: the worker
     starts where the restored state is, not where the group is."""
     dep, server = restorable
     first, second, third = phases(310, "1", "2", "3")
-    store = Store(server.client())
+    store = Store(redis.Redis.from_url(server.url))
     worker = dep.worker()
     dep.produce(records_of(first))
     published(dep, first)
@@ -194,7 +154,7 @@ def test_a_backup_restored_while_the_workers_were_stopped_is_replayed_exactly(
     assert worker.stop() == 0
 
     server.restore(backup)
-    store = Store(server.client())
+    store = Store(redis.Redis.from_url(server.url))
     assert_state_matches(store, expected_now(first))  # the backup's state: `second` lost
     dep.produce(records_of(third))
     again = dep.worker()
@@ -205,14 +165,14 @@ def test_a_backup_restored_while_the_workers_were_stopped_is_replayed_exactly(
 
 
 def test_a_backup_restored_under_a_running_worker_is_replayed_exactly(
-    restorable: tuple[Deployment, RestorableRedis], tmp_path: Path
+    restorable: tuple[Deployment, EmbeddedRedis], tmp_path: Path
 ) -> None:
     """Redis stops, comes back from the backup on the same address; the worker waits out
     the outage, then sees that the shards hold less than they vouched for and replays
     from the backup's applied offsets, without a restart."""
     dep, server = restorable
     first, second, third = phases(320, "1", "2", "3")
-    store = Store(server.client())
+    store = Store(redis.Redis.from_url(server.url))
     worker = dep.worker()
     dep.produce(records_of(first))
     published(dep, first)
@@ -223,7 +183,7 @@ def test_a_backup_restored_under_a_running_worker_is_replayed_exactly(
     wait_applied(store, dep.orders, len(first + second))
 
     server.restore(backup)
-    store = Store(server.client())
+    store = Store(redis.Redis.from_url(server.url))
     dep.produce(records_of(third))
     actions = exact(dep, store, first + second + third)
     assert_replayed_with_the_same_ids(before, actions, second)
@@ -233,13 +193,13 @@ def test_a_backup_restored_under_a_running_worker_is_replayed_exactly(
 
 
 def test_a_backup_restored_under_an_idle_worker_is_replayed_without_a_new_order(
-    restorable: tuple[Deployment, RestorableRedis], tmp_path: Path
+    restorable: tuple[Deployment, EmbeddedRedis], tmp_path: Path
 ) -> None:
     """No order comes after the restore: the worker still notices, by itself, that the
     state holds less than it vouched for, and replays."""
     dep, server = restorable
     first, second = phases(330, "1", "2")
-    store = Store(server.client())
+    store = Store(redis.Redis.from_url(server.url))
     worker = dep.worker()
     dep.produce(records_of(first))
     published(dep, first)
@@ -250,7 +210,7 @@ def test_a_backup_restored_under_an_idle_worker_is_replayed_without_a_new_order(
     wait_applied(store, dep.orders, len(first + second))
 
     server.restore(backup)
-    store = Store(server.client())
+    store = Store(redis.Redis.from_url(server.url))
     actions = exact(dep, store, first + second)
     assert_replayed_with_the_same_ids(before, actions, second)
     assert "Redis lost writes while the worker ran" in worker.log()
@@ -258,7 +218,7 @@ def test_a_backup_restored_under_an_idle_worker_is_replayed_without_a_new_order(
 
 
 def test_a_backup_older_than_the_topic_s_start_loses_those_orders_until_produced_again(
-    restorable: tuple[Deployment, RestorableRedis], apache_kafka: Any, tmp_path: Path
+    restorable: tuple[Deployment, EmbeddedRedis], apache_kafka: Any, tmp_path: Path
 ) -> None:
     """The orders between the backup and the restore were deleted from the topic (as
     retention deletes them) before it was restored: the worker says how many records it
@@ -266,7 +226,7 @@ def test_a_backup_older_than_the_topic_s_start_loses_those_orders_until_produced
     (duplicates count once) makes the state exact."""
     dep, server = restorable
     first, second = phases(340, "1", "2")
-    store = Store(server.client())
+    store = Store(redis.Redis.from_url(server.url))
     worker = dep.worker()
     dep.produce(records_of(first))
     published(dep, first)
@@ -282,7 +242,7 @@ def test_a_backup_older_than_the_topic_s_start_loses_those_orders_until_produced
         future.result()
 
     server.restore(backup)
-    store = Store(server.client())
+    store = Store(redis.Redis.from_url(server.url))
     again = dep.worker()
     wait_logged(again, "were deleted (retention) before this worker applied them")
     assert resets(int(again.env["RFM_HTTP_PORT"]), "before_start") == 4
