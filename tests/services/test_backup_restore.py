@@ -261,3 +261,38 @@ def wait_logged(worker: Any, text: str, timeout: float = 60) -> None:
     while text not in worker.log():
         assert time.monotonic() < deadline, f"{text!r} not logged:\n{worker.log()[-3000:]}"
         time.sleep(0.2)
+
+
+def produce_to(dep: Deployment, partition: int, events: list[dict[str, Any]]) -> None:
+    """Produce `events` to one partition of the orders topic, whatever their keys."""
+    producer = dep.producer(**{"linger.ms": 5})
+    for key, value in records_of(events):
+        producer.produce(dep.orders, key=key, value=value, partition=partition)
+    assert producer.flush(30) == 0
+
+
+def test_a_backup_older_than_a_partition_s_first_record_stops_a_running_worker_once(
+    restorable: tuple[Deployment, EmbeddedRedis], tmp_path: Path
+) -> None:
+    """The backup holds no record of partition 1 (its first order came after it): the
+    running worker, which vouched for it, stops (it cannot tell that from a Redis that
+    lost everything of it); started again, it applies that partition from its start."""
+    dep, server = restorable
+    first, second = phases(350, "1", "2")
+    store = Store(redis.Redis.from_url(server.url))
+    worker = dep.worker()
+    produce_to(dep, 0, first)
+    published(dep, first)
+    wait_applied(store, dep.orders, len(first))
+    backup = server.backup(tmp_path / "backup.rdb")
+    produce_to(dep, 1, second)
+    published(dep, first + second)
+    wait_applied(store, dep.orders, len(first + second))
+
+    server.restore(backup)
+    assert worker.proc is not None
+    assert worker.proc.wait(60) == 1
+    assert "Redis lost every record of" in worker.log()
+    again = dep.worker()
+    exact(dep, Store(redis.Redis.from_url(server.url)), first + second)
+    assert again.stop() == 0
