@@ -92,7 +92,7 @@ def assert_replayed_with_the_same_ids(
     before: list[Any], actions: list[Any], replayed: list[dict[str, Any]]
 ) -> None:
     """Every change published after the restore for a replayed event was published before
-    it, with the same id; every chain is unbroken (assert_changes_consistent)."""
+    it, with the same id; every chain is unbroken (assert_chains_unbroken)."""
     changes = [orjson.loads(m.value()) for m in before]
     ids = {what(c): c["change_id"] for c in changes if c["type"] == "rfm.changed"}
     positions = {(m.partition(), m.offset()) for m in before}
