@@ -30,6 +30,9 @@ Only when --only names it (~13 minutes):
     backlog     the worker's peak memory draining a backlog of       (backlog_memory.py)
                 1,000,000 orders, short and long histories, per
                 queued.max.messages.kbytes
+    restore     events replayed per second by a running worker after     (restore.py)
+                Redis is restored from a backup (BENCH_RESTORE_N=200000
+                events before the backup, BENCH_RESTORE_M=100000 after)
 
 Ratios compare figures measured in the same run (worker / floor, heavy / worker,
 1,000,000 / 10,000 customers, sweep B / A), so they travel better than the absolute rates.
@@ -78,6 +81,7 @@ import latency
 import memory
 import orjson
 import rebuild_rate
+import restore
 import segment_index
 import sweep
 import throughput
@@ -89,7 +93,7 @@ SCENARIOS = (
     *("throughput", "heavy", "latency", "memory", "scale", "sweep", "churn", "members"),
     "rebuild",
 )
-OPT_IN = ("backlog",)  # minutes each: run only when --only names them
+OPT_IN = ("backlog", "restore")  # minutes each: run only when --only names them
 
 
 def run_sweep(cfg: Config) -> Section:
@@ -226,6 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         "members": segment_index.run,
         "rebuild": rebuild_rate.run,
         "backlog": backlog_memory.run,
+        "restore": restore.run,
     }
     chosen_broker = broker()
     on_broker = f"{chosen_broker.name} (BENCH_BROKER={chosen_broker.kind})"

@@ -36,6 +36,7 @@ LAG_REPORT_S = 1.0  # how often rfm_consumer_lag is refreshed
 TOPIC_CHECK_S = 5.0  # how often a running worker asks whether its topic was recreated
 WATERMARK_TIMEOUT_S = 10.0
 APPLIED_EVERY_S = 0.1  # how often processed offsets are recorded next to the state
+CHECK_STATE_S = 5.0  # how often an idle worker checks that the state holds what it vouched
 
 
 class Applied(Protocol):
@@ -100,6 +101,7 @@ class Checkpoint:
         self._done: dict[int, int] = {}  # next offset per processed partition
         self._unrecorded: dict[int, int] = {}  # processed, not yet recorded
         self._records = Every(APPLIED_EVERY_S)
+        self._state_check = Every(CHECK_STATE_S, first_after=CHECK_STATE_S)
         self._starts: dict[int, int] = {}  # partition -> offset consumption starts from
         self._lag = Every(LAG_REPORT_S)
 
@@ -115,13 +117,25 @@ class Checkpoint:
 
     def tick(self) -> None:
         """Record and commit what was processed, if APPLIED_EVERY_S has passed (a turn of
-        the loop; StateLostError when Redis lost writes, see `replay_lost`)."""
+        the loop; StateLostError when Redis lost writes, see `replay_lost`). With nothing
+        to record, every CHECK_STATE_S: check that the state still holds what it vouched
+        for, so a Redis restored from a backup (or failed over) under an idle worker is
+        replayed into now, not at the next order."""
         if self._unrecorded and self._records.due():
             offsets = self._record()
             try:  # asynchronous: the state, not the commit, protects against redelivery
                 self._orders.commit(offsets, asynchronous=True)
             except KafkaException as exc:
                 logger.warning("offset commit failed (events will be redelivered): %s", exc)
+        elif not self._unrecorded and self._state_check.due():
+            topic = self._orders.topic
+            vouched = {
+                p: (keys.applied_field(topic, p), offset)
+                for p in self.assigned
+                if (offset := self._applied.vouched(p)) is not None
+            }
+            # The same offsets again: applied.lua writes nothing, refuses if a shard holds less.
+            self._retry_redis(lambda: self._applied.mark(vouched))
 
     def _record(self, partitions: set[int] | None = None) -> dict[int, int]:
         """Record processed offsets (of `partitions`, default all) next to the state;
