@@ -21,11 +21,15 @@ run says why). The report names it (start, table title, last line, JSON "broker"
                 customer with / without it, a page of 100 from a segment of
                 10,000 and of 1,000,000 members                     (segment_index.py)
 
-Only when --only names it (~13 minutes):
+Only when --only names them (backlog ~13 minutes, tenmillion ~40):
 
     backlog     the worker's peak memory draining a backlog of       (backlog_memory.py)
                 1,000,000 orders, short and long histories, per
                 queued.max.messages.kbytes
+    tenmillion  BENCH_TENMILLION_CUSTOMERS (10,000,000) customers on     (ten_million.py)
+                one box: rebuild rate, Redis bytes per customer, the
+                worker's RSS, /metrics and /v1/matrix, export and members
+                streamed, a day's decay sweep (~8 GB of Redis)
 
 Ratios compare figures measured in the same run (worker / floor, heavy / worker,
 1,000,000 / 10,000 customers, sweep B / A), so they travel better than the absolute rates.
@@ -74,13 +78,14 @@ import memory
 import orjson
 import segment_index
 import sweep
+import ten_million
 import throughput
 from common import ROOT, Config, Row, Section, broker, ratio, say
 
 from worker.embedded.apache_kafka import KafkaUnavailableError, ensure_jars
 
 SCENARIOS = ("throughput", "heavy", "latency", "memory", "scale", "sweep", "churn", "members")
-OPT_IN = ("backlog",)  # minutes each: run only when --only names them
+OPT_IN = ("backlog", "tenmillion")  # minutes each: run only when --only names them
 
 
 def run_sweep(cfg: Config) -> Section:
@@ -216,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
         "churn": run_churn,
         "members": segment_index.run,
         "backlog": backlog_memory.run,
+        "tenmillion": ten_million.run,
     }
     chosen_broker = broker()
     on_broker = f"{chosen_broker.name} (BENCH_BROKER={chosen_broker.kind})"
