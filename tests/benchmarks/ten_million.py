@@ -47,6 +47,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import orjson
+import redis
 from backlog_memory import MemorySampler
 from common import (
     ROOT,
@@ -113,8 +115,6 @@ def mem_available() -> int:
 
 def command_env(stack: Stack, topics: Topics, group: str) -> dict[str, str]:
     """The RFM_* environment of a command on this stack (as Stack.worker gives a worker)."""
-    import orjson
-
     inherited = {k: v for k, v in os.environ.items() if not k.startswith("RFM_")}
     return {
         **inherited,
@@ -176,13 +176,12 @@ def redis_cpu(client: Any) -> float:
 
 
 def memory_of(client: Any, names: list[bytes]) -> int:
-    pipe = client.pipeline(transaction=False)
-    for name in names:
-        pipe.memory_usage(name, samples=0)
-    return sum(v or 0 for v in pipe.execute())
+    """MEMORY USAGE of every element of each key (SAMPLES 0), a key per call: a set of
+    ~150,000 members takes a while, longer than the client's default 5 s for them all."""
+    return sum(client.memory_usage(name, samples=0) or 0 for name in names)
 
 
-def redis_memory(client: Any, empty: int, customers: int) -> dict[str, Any]:
+def redis_memory(client: Any, url: str, empty: int, customers: int) -> dict[str, Any]:
     """used_memory per customer, and the shares of the segment index and the due index;
     and the peak, over the rebuild. After the objects UNLINK left to free (the rebuild's
     outboxes) are freed: used_memory counts them until then."""
@@ -192,11 +191,15 @@ def redis_memory(client: Any, empty: int, customers: int) -> dict[str, Any]:
     info = client.info("memory")
     used = int(info["used_memory"])
     codes = ORDERINGS.values()
-    index = memory_of(
-        client,
-        [keys.segment_index(s, DEFAULT_TENANT, c) for s in range(keys.SHARDS) for c in codes],
-    )
-    due = memory_of(client, [keys.due(s, p) for s in range(keys.SHARDS) for p in PARTITIONS])
+    slow = redis.Redis.from_url(url, socket_timeout=None)
+    try:
+        index = memory_of(
+            slow,
+            [keys.segment_index(s, DEFAULT_TENANT, c) for s in range(keys.SHARDS) for c in codes],
+        )
+        due = memory_of(slow, [keys.due(s, p) for s in range(keys.SHARDS) for p in PARTITIONS])
+    finally:
+        slow.close()
     return {
         "used_memory": used,
         "used_memory_empty": empty,
@@ -221,8 +224,6 @@ def worker_on_base(
     stack: Stack, topics: Topics, group: str, base: int, events: int, timeout: float
 ) -> dict[str, Any]:
     """The worker on the base: ready time, new orders, RSS; then /metrics and /v1/matrix."""
-    import orjson
-
     worker = stack.worker(topics, extra_env={"RFM_KAFKA_GROUP": group})
     sampler = MemorySampler(worker.proc.pid)
     sampler.start()
@@ -269,10 +270,17 @@ def day_sweep(store: Store, profiles: Profiles) -> dict[str, Any]:
     due = store.due.backlog(due_zsets, at)
     sweeper = Sweeper(store, profiles, interval=60, clock=lambda: at, now_ms=lambda: at)
     cpu, redis_before = time.process_time(), redis_cpu(store.redis)
+    commands = store.redis.info("commandstats")
     started = time.perf_counter()
     sweep = sweeper.sweep_all(set(PARTITIONS), at, publish=lambda committed: None)
     wall = time.perf_counter() - started
     cpu, redis_used = time.process_time() - cpu, redis_cpu(store.redis) - redis_before
+    # Where Redis's time went: microseconds per command over the sweep (the scripts'
+    # commands are counted inside their EVALSHA and on their own).
+    spent = {
+        name: stats["usec"] - commands.get(name, {}).get("usec", 0)
+        for name, stats in store.redis.info("commandstats").items()
+    }
     left = store.due.backlog(due_zsets, at)
     if sweep.customers != due or left:
         raise SystemExit(f"day sweep: {due} due, {sweep.customers} rescored, {left} left")
@@ -285,6 +293,7 @@ def day_sweep(store: Store, profiles: Profiles) -> dict[str, Any]:
         "cpu_seconds": round(cpu, 2),
         "redis_cpu_seconds": round(redis_used, 2),
         "due_per_s": round(due / wall, 1) if wall else None,
+        "redis_usec_by_command": dict(sorted(spent.items(), key=lambda kv: -kv[1])[:8]),
     }
 
 
@@ -319,13 +328,14 @@ def run(_cfg: Any) -> Section:
         rebuilt = command(env, "rebuild", "--yes")
         rebuilt["events_per_s"] = round(customers / rebuilt["seconds"], 1)
         data["rebuild"] = rebuilt
-        say(f"  rebuild: {rebuilt['seconds']:.0f} s, {rebuilt['events_per_s']:,.0f} events/s")
-        data["redis"] = redis_memory(client, empty, customers)
+        note(data, "rebuild")
+        data["redis"] = redis_memory(client, stack.redis_server.url, empty, customers)
         if data["redis"]["keys"] < customers:
             raise SystemExit(f"rebuild left {data['redis']['keys']:,} keys")
-        say(f"  Redis: {data['redis']['bytes_per_customer']:,.0f} B per customer; worker")
+        note(data, "redis")
         data["worker"] = worker_on_base(stack, topics, group, customers, events, timeout)
         data["worker"].pop("matrix")
+        note(data, "worker")
         # The counters once the worker stopped (its sweeper may have moved a few since
         # the matrix was read): what the members stream must match.
         counts = stack.store().reads.segment_counts()
@@ -341,10 +351,17 @@ def run(_cfg: Any) -> Section:
                 f"export wrote {data['export']['lines']:,} lines for {customers:,} customers, "
                 f"members {data['members']['lines']:,} for {segments[biggest]:,}"
             )
-        say("  a day's sweep")
+        note(data, "export", "members")
         data["sweep"] = day_sweep(stack.store(), profiles)
         data["scan"] = full_scan(client)
+        note(data, "sweep", "scan")
     return Section("tenmillion", rows=rows(data), data=data)
+
+
+def note(data: dict[str, Any], *names: str) -> None:
+    """Figures on standard error as soon as measured: a later step that fails keeps them."""
+    for name in names:
+        say(f"    {name}: {orjson.dumps(data.get(name)).decode()}")
 
 
 def rows(d: dict[str, Any]) -> list[Row]:
