@@ -21,7 +21,7 @@ run says why). The report names it (start, table title, last line, JSON "broker"
                 customer with / without it, a page of 100 from a segment of
                 10,000 and of 1,000,000 members                     (segment_index.py)
 
-Only when --only names them (backlog ~13 minutes, tenmillion ~40):
+Only when --only names them (backlog ~13 minutes, tenmillion 20-35):
 
     backlog     the worker's peak memory draining a backlog of       (backlog_memory.py)
                 1,000,000 orders, short and long histories, per
@@ -29,7 +29,7 @@ Only when --only names them (backlog ~13 minutes, tenmillion ~40):
     tenmillion  BENCH_TENMILLION_CUSTOMERS (10,000,000) customers on     (ten_million.py)
                 one box: rebuild rate, Redis bytes per customer, the
                 worker's RSS, /metrics and /v1/matrix, export and members
-                streamed, a day's decay sweep (~8 GB of Redis)
+                streamed, a day's decay sweep (~15 GB of Redis at its peak)
 
 Ratios compare figures measured in the same run (worker / floor, heavy / worker,
 1,000,000 / 10,000 customers, sweep B / A), so they travel better than the absolute rates.

@@ -3,9 +3,10 @@ million customers").
 
     BENCH_TENMILLION_CUSTOMERS=10000000 .venv/bin/python tests/benchmarks/run.py --only tenmillion
 
-Opt-in (not part of a plain `make bench`): at 10,000,000 customers it takes ~40 minutes on
-the 2-core machine of docs/performance.md and Redis needs ~8 GB, so the run checks
-MemAvailable first. BENCH_TENMILLION_CUSTOMERS (default 10,000,000) sizes it down to try it.
+Opt-in (not part of a plain `make bench`): at 10,000,000 customers it takes 20-35 minutes
+on the 2-core machine of docs/performance.md and Redis needs ~8 GB, ~15 GB during the
+rebuild, so it checks MemAvailable first. BENCH_TENMILLION_CUSTOMERS (default 10,000,000)
+sizes it down to try it.
 
 On a fresh broker and Redis, all through the software as an operator runs it:
 
