@@ -25,7 +25,7 @@ run says why). The report names it (start, table title, last line, JSON "broker"
     rebuild     `rfm-worker rebuild` events/s with 1 process and     (rebuild_rate.py)
                 with --processes 2, and their ratio
 
-Only when --only names it (~13 minutes):
+Only when --only names them (backlog ~13 minutes, tenmillion 20-35):
 
     backlog     the worker's peak memory draining a backlog of       (backlog_memory.py)
                 1,000,000 orders, short and long histories, per
@@ -33,6 +33,10 @@ Only when --only names it (~13 minutes):
     restore     events replayed per second by a running worker after     (restore.py)
                 Redis is restored from a backup (BENCH_RESTORE_N=200000
                 events before the backup, BENCH_RESTORE_M=100000 after)
+    tenmillion  BENCH_TENMILLION_CUSTOMERS (10,000,000) customers on     (ten_million.py)
+                one box: rebuild rate, Redis bytes per customer, the
+                worker's RSS, /metrics and /v1/matrix, export and members
+                streamed, a day's decay sweep (~15 GB of Redis at its peak)
 
 Ratios compare figures measured in the same run (worker / floor, heavy / worker,
 1,000,000 / 10,000 customers, sweep B / A), so they travel better than the absolute rates.
@@ -84,6 +88,7 @@ import rebuild_rate
 import restore
 import segment_index
 import sweep
+import ten_million
 import throughput
 from common import ROOT, Config, Row, Section, broker, ratio, say
 
@@ -93,7 +98,7 @@ SCENARIOS = (
     *("throughput", "heavy", "latency", "memory", "scale", "sweep", "churn", "members"),
     "rebuild",
 )
-OPT_IN = ("backlog", "restore")  # minutes each: run only when --only names them
+OPT_IN = ("backlog", "restore", "tenmillion")  # minutes each: run only when --only names them
 
 
 def run_sweep(cfg: Config) -> Section:
@@ -231,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
         "rebuild": rebuild_rate.run,
         "backlog": backlog_memory.run,
         "restore": restore.run,
+        "tenmillion": ten_million.run,
     }
     chosen_broker = broker()
     on_broker = f"{chosen_broker.name} (BENCH_BROKER={chosen_broker.kind})"
