@@ -169,6 +169,11 @@ def test_a_state_written_by_a_later_release_stops_the_worker_with_one_line(
     assert third.proc is not None
     assert third.proc.wait(60) == 1
     assert "written by rfm-worker 9.9.0; this is rfm-worker" in third.log()
+    # and a rebuild by this release refuses before its wipe
+    rebuild = deployment.command("rebuild", "--yes")
+    assert rebuild.returncode == 1, rebuild.stderr
+    assert "written by rfm-worker 9.9.0" in rebuild.stderr
+    assert store.redis.exists(key) == 1
     assert deployment.read(deployment.dlq, until=lambda m: False, timeout=3) == []
     assert len(deployment.read(deployment.actions, until=lambda m: False, timeout=2)) == len(
         actions

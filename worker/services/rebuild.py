@@ -88,6 +88,7 @@ def rebuild(
     incarnation = clients.topic_id(admin, topic)
     owned = _owned(opts.partitions, every, topic)
     permissions.self_test(store.redis)  # a refused command: named before the wipe
+    store.formats.check()  # a state format a later release recorded: refused before it too
     if opts.share:
         marker = store.rebuild.read()
         if marker is None or not marker.wiped or not marker.same_topic(topic, incarnation):
