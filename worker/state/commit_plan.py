@@ -358,21 +358,16 @@ def _index(
 ) -> None:
     """The segment index moves once per customer, like the counters: from its entry before
     the batch to its entry after (rank values move with its orders, not only its score)."""
-    changed = segment_index.moves(before, segment_index.entry_of(customer))
-    if not changed:
+    after = segment_index.entry_of(customer)
+    if before == after:
         return
-    tenant, customer_id = customer.tenant, customer.customer_id.encode()
-    position_of, place = segment_index.position_of, segment_index.place
-    for code, left, entered in changed:
+    tenant = customer.tenant
+    for code, left, entered in segment_index.moves(before, after, customer.customer_id.encode()):
         at = shard_keys.segment_index(tenant, code)
         if left is not None:
-            segment, r, f, rank = left
-            member = place(segment, r, f) + position_of(rank, customer_id)
-            args.unindex.append([at, args.arg(member)])
+            args.unindex.append([at, args.arg(left)])
         if entered is not None:
-            segment, r, f, rank = entered
-            member = place(segment, r, f) + position_of(rank, customer_id)
-            args.index.append([at, args.arg(member)])
+            args.index.append([at, args.arg(entered)])
 
 
 def _count_flows(

@@ -50,13 +50,9 @@ class Entry(NamedTuple):
     value: int | None
 
 
-class Move(NamedTuple):
-    """One ordering's change for a customer: the (segment, r, f, rank) it leaves and the
-    one it enters (None: none)."""
-
-    ordering: str
-    left: tuple[str, int, int, int] | None
-    entered: tuple[str, int, int, int] | None
+# One ordering's change for a customer: (the ordering's code, the member it leaves, the
+# member it enters; None: none).
+Move = tuple[str, bytes | None, bytes | None]
 
 
 def entry_of(customer: Customer) -> Entry | None:
@@ -72,21 +68,23 @@ def entry_of(customer: Customer) -> Entry | None:
     )
 
 
-def moves(before: Entry | None, after: Entry | None) -> list[Move]:
-    """The set changes that take a customer from `before` to `after`: none for an ordering
-    whose cell, segment and rank are unchanged."""
+def moves(before: Entry | None, after: Entry | None, customer_id: bytes) -> list[Move]:
+    """The set changes that take the customer `customer_id` (encoded) from `before` to
+    `after`: none for an ordering whose cell, segment and rank are unchanged. Built for
+    every customer a commit touches: each place is spelled once, not once per ordering."""
     if before == after:
         return []
     same_place = before is not None and after is not None and before[:3] == after[:3]
-    olds, news = _ranks(before), _ranks(after)
+    was = None if before is None else place(before.segment, before.r, before.f)
+    now = was if same_place else None if after is None else place(after.segment, after.r, after.f)
     out: list[Move] = []
-    for code, old, new in zip(_CODES, olds, news, strict=True):
+    for code, old, new in zip(_CODES, _ranks(before), _ranks(after), strict=True):
         if same_place and old == new:
             continue
-        left = None if before is None or old is None else (before.segment, before.r, before.f, old)
-        entered = None if after is None or new is None else (after.segment, after.r, after.f, new)
+        left = None if was is None or old is None else was + position_of(old, customer_id)
+        entered = None if now is None or new is None else now + position_of(new, customer_id)
         if left is not None or entered is not None:
-            out.append(Move(code, left, entered))
+            out.append((code, left, entered))
     return out
 
 
