@@ -36,7 +36,7 @@ Only when --only names them (backlog ~13 minutes, tenmillion 20-35):
     tenmillion  BENCH_TENMILLION_CUSTOMERS (10,000,000) customers on     (ten_million.py)
                 one box: rebuild rate, Redis bytes per customer, the
                 worker's RSS, /metrics and /v1/matrix, export and members
-                streamed, a day's decay sweep (~15 GB of Redis at its peak)
+                streamed, a day's decay sweep (~8 GB of Redis)
 
 Ratios compare figures measured in the same run (worker / floor, heavy / worker,
 1,000,000 / 10,000 customers, sweep B / A), so they travel better than the absolute rates.
