@@ -14,13 +14,12 @@ ends. One lifetime: open -> serve HTTP -> run (until a signal) -> drain -> close
 from __future__ import annotations
 
 import contextlib
-import gc
 import logging
 import signal
 from collections.abc import Callable, Iterator
 from types import FrameType
 
-from worker import __version__, metrics
+from worker import __version__, collector, metrics
 from worker.config import Settings
 from worker.errors import ConfigError
 from worker.health import Health
@@ -135,7 +134,7 @@ class App:
     def run(self) -> None:
         """The loop until SIGTERM or SIGINT, then its drain."""
         with stop_signals(self.worker.stop):
-            tune_gc()
+            collector.tune()
             self.worker.run()
 
 
@@ -174,16 +173,6 @@ def check_redis(store: Store, settings: Settings) -> None:
             "the state; the worker will detect it and stop (see `rfm-worker rebuild`)"
         )
     refuse_unfinished(store.redis)
-
-
-def tune_gc() -> None:
-    """For the long-running commands. Every event allocates short-lived dicts and lists
-    that reference counting frees; the cycle collector's defaults (a pass every 700
-    allocations, full passes over every long-lived object) cost the worker 20-35% of its
-    throughput (make bench). Objects built at start are frozen out of the passes and passes
-    are rarer; reference cycles are still collected."""
-    gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
 
 
 @contextlib.contextmanager

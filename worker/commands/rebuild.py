@@ -9,7 +9,7 @@ import argparse
 import sys
 from typing import TYPE_CHECKING
 
-from worker.app import tune_gc
+from worker import collector
 from worker.commands import context
 from worker.commands.arguments import count
 
@@ -84,7 +84,7 @@ def handle(args: argparse.Namespace) -> int:
     from worker.state import connection
 
     settings, profiles = context.environment()
-    tune_gc()
+    collector.tune()
     options = Options(
         partitions=args.share if args.share is not None else args.partitions,
         processes=args.processes,

@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from worker import metrics
+from worker import collector, metrics
 from worker.config import Settings
 from worker.errors import StateLostError
 from worker.health import Health
@@ -48,7 +48,7 @@ from worker.services.redis_retry import REDIS_ERRORS, RedisRetry
 from worker.services.roster import Roster
 from worker.services.sweeper import Sweeper
 from worker.state.clock import scoring_now
-from worker.state.store import Committed, Store
+from worker.state.store import BatchResult, Committed, Store
 
 logger = logging.getLogger(__name__)
 
@@ -190,35 +190,27 @@ class Worker:
         valid: list[tuple[ValidEvent, int]] = []
         sources: list[KafkaMessage] = []  # the message of each valid event, to dead-letter it
         next_offsets: dict[int, int] = {}  # partition -> offset after its last message
-        for msg in messages:
-            err = msg.error()
-            if err:
-                self._log_consume_error(err)
-                continue
-            partition, offset = msg.partition(), msg.offset()
-            assert partition is not None and offset is not None  # set on a record without error
-            next_offsets[partition] = offset + 1
-            outcome = validate(msg.value(), self.profiles, now)
-            if isinstance(outcome, Rejection):
-                self.dead_letters.send(msg, outcome)
-            else:
-                valid.append((outcome, partition))
-                sources.append(msg)
+        with collector.paused():  # the batch's CPU-bound work (worker/collector.py)
+            for msg in messages:
+                err = msg.error()
+                if err:
+                    self._log_consume_error(err)
+                    continue
+                partition, offset = msg.partition(), msg.offset()
+                assert partition is not None and offset is not None  # a record without error
+                next_offsets[partition] = offset + 1
+                outcome = validate(msg.value(), self.profiles, now)
+                if isinstance(outcome, Rejection):
+                    self.dead_letters.send(msg, outcome)
+                else:
+                    valid.append((outcome, partition))
+                    sources.append(msg)
         if valid:
             as_of = now
             if self.settings.clock == "event":
                 newest = max(event.occurred_at for event, _ in valid)
                 as_of = self.retry_redis(lambda: self.store.clock.advance(newest))
-            result, retried = self.retry_redis.attempts(
-                lambda: causes.apply_batch(
-                    self.store,
-                    valid,
-                    self.profiles,
-                    as_of_ms=as_of,
-                    now_ms=now,
-                    erasure_key=self.settings.erasure_secret,
-                )
-            )
+            result, retried = self.retry_redis.attempts(lambda: self._apply(valid, as_of, now))
             for outcome_name, count in result.outcomes.items():
                 metrics.EVENTS.labels(outcome_name).inc(count)
             metrics.STORE_CONFLICTS.inc(result.conflicts)
@@ -242,6 +234,19 @@ class Worker:
         self.checkpoint.commit(next_offsets)
         metrics.BATCH_SIZE.observe(len(messages))
         metrics.BATCH_DURATION.observe(time.perf_counter() - started)
+
+    def _apply(self, valid: list[tuple[ValidEvent, int]], as_of: int, now: int) -> BatchResult:
+        """One attempt at the batch's commit (paused collector inside the attempt, not
+        across the retries' waits)."""
+        with collector.paused():
+            return causes.apply_batch(
+                self.store,
+                valid,
+                self.profiles,
+                as_of_ms=as_of,
+                now_ms=now,
+                erasure_key=self.settings.erasure_secret,
+            )
 
     def _bound_backlog(self) -> None:
         """Changes committed but not acknowledged wait in Redis (the outbox): when the

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from worker import collector
 from worker.config import Settings
 from worker.kafka import clients, replay
 from worker.rules.events import ValidEvent, validate
@@ -84,6 +85,10 @@ class _Run:
     def batch(self, messages: list[Any], on_done: Callable[[int, int], None]) -> int:
         """Apply one consumed batch, record its offsets, and the partitions it ended;
         returns how many records it read."""
+        with collector.paused():  # no retries here: a Redis error ends the run
+            return self._batch(messages, on_done)
+
+    def _batch(self, messages: list[Any], on_done: Callable[[int, int], None]) -> int:
         done = self.done
         valid: list[tuple[ValidEvent, int]] = []
         touched: set[int] = set()
