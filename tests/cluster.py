@@ -249,7 +249,26 @@ class EmbeddedCluster:
 
     def owner(self, slot: int) -> int:
         """The port of the master that serves `slot`, as the first node sees it."""
-        for node in self._nodes(self.ports[0]):
+        port = self._owner_seen_by(self.ports[0], slot)
+        if port is None:
+            raise ClusterError(f"no master serves slot {slot}")
+        return port
+
+    def _wait_owner(self, slot: int, port: int, timeout: float = 10.0) -> None:
+        """Until every master sees `port` serve `slot`: a node that heard the source's
+        gossip from before the move may still name it for a moment (the target's bumped
+        config epoch then wins)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            seen = {p: self._owner_seen_by(p, slot) for p in self.ports}
+            if set(seen.values()) == {port}:
+                return
+            if time.monotonic() > deadline:
+                raise ClusterError(f"slot {slot}: the masters disagree on its owner: {seen}")
+            time.sleep(0.05)
+
+    def _owner_seen_by(self, viewer: int, slot: int) -> int | None:
+        for node in self._nodes(viewer):
             if "master" not in node["flags"]:
                 continue
             for item in node["slots"]:
@@ -257,8 +276,8 @@ class EmbeddedCluster:
                     continue
                 first, _, last = item.partition("-")
                 if int(first) <= slot <= int(last or first):
-                    return node["port"]
-        raise ClusterError(f"no master serves slot {slot}")
+                    return int(node["port"])
+        return None
 
     def keys_in_slot(self, slot: int, port: int | None = None) -> int:
         port = self.owner(slot) if port is None else port
@@ -310,6 +329,7 @@ class EmbeddedCluster:
             for port in [to_port, source_port, *others]:
                 with redis.Redis(host="127.0.0.1", port=port, decode_responses=True) as node:
                     node.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+            self._wait_owner(slot, to_port)
             return moved
         finally:
             source.close()
