@@ -4,7 +4,7 @@ events yields."""
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 import pytest
@@ -327,15 +327,20 @@ def test_partition_is_recorded_when_state_changes() -> None:
 # -- rescore (decay, profile changes) ---------------------------------------------------------
 
 
+def rescored(customer: Customer, profile: Profile, **kw: Any) -> Change | None:
+    """`rescore`'s change (its score aside)."""
+    return rescore(customer, profile, **kw)[0]
+
+
 def test_decay_rescore_at_a_later_as_of() -> None:
     c = new_customer()
     run(c, placed("o1", "120"))
-    same_day = rescore(
+    same_day = rescored(
         c, PIZZERIA, as_of_ms=AS_OF + 15 * DAY, now_ms=NOW, cause="decay", cause_event_id=None
     )
     assert same_day is None  # 15 days: still R5
     later = AS_OF + 16 * DAY
-    change = rescore(c, PIZZERIA, as_of_ms=later, now_ms=later, cause="decay", cause_event_id=None)
+    change = rescored(c, PIZZERIA, as_of_ms=later, now_ms=later, cause="decay", cause_event_id=None)
     assert change is not None
     validated(change)
     assert change.payload["cause"] == "decay"
@@ -349,7 +354,7 @@ def test_rescore_emits_when_only_the_segment_changed() -> None:
     c = new_customer()
     run(c, placed("o1", "120"))
     c.published = Published(5, 1, 2, "an_old_name")  # as under a previous profile
-    change = rescore(c, PIZZERIA, as_of_ms=AS_OF, now_ms=NOW, cause="rescore", cause_event_id=None)
+    change = rescored(c, PIZZERIA, as_of_ms=AS_OF, now_ms=NOW, cause="rescore", cause_event_id=None)
     assert change is not None
     validated(change)
     assert change.payload["previous"] == view("512", "an_old_name")
@@ -361,12 +366,12 @@ def test_rescore_of_an_unchanged_customer_emits_nothing() -> None:
     c = new_customer()
     run(c, placed("o1", "120"))
     assert (
-        rescore(c, PIZZERIA, as_of_ms=AS_OF, now_ms=NOW, cause="rescore", cause_event_id=None)
+        rescored(c, PIZZERIA, as_of_ms=AS_OF, now_ms=NOW, cause="rescore", cause_event_id=None)
         is None
     )
     empty = new_customer()
     assert (
-        rescore(empty, PIZZERIA, as_of_ms=AS_OF, now_ms=NOW, cause="decay", cause_event_id=None)
+        rescored(empty, PIZZERIA, as_of_ms=AS_OF, now_ms=NOW, cause="decay", cause_event_id=None)
         is None
     )
 
@@ -376,7 +381,7 @@ def test_payload_validates_for_every_cause(cause: str) -> None:
     c = new_customer()
     run(c, placed("o1", "120"))
     c.published = None
-    change = rescore(
+    change = rescored(
         c,
         PIZZERIA,
         as_of_ms=AS_OF,

@@ -735,14 +735,14 @@ def test_an_event_that_raises_is_rejected_alone(
     events and every other customer of the batch are still applied."""
     import worker.rules.engine
 
-    real = worker.rules.engine._rescore
+    real = worker.rules.engine.rescore
 
     def buggy(customer: Customer, *args: Any, **kw: Any) -> Any:
-        if args[-1] == "poison":  # its cause_event_id
+        if kw.get("cause_event_id") == "poison":
             raise ValueError("year 0 is out of range")
         return real(customer, *args, **kw)
 
-    monkeypatch.setattr(worker.rules.engine, "_rescore", buggy)
+    monkeypatch.setattr(worker.rules.engine, "rescore", buggy)
     events = [
         ev(profiles, "a1", "placed", "o1", "100", customer="alice"),
         ev(profiles, "poison", "placed", "o2", "5", customer="alice"),
@@ -757,7 +757,7 @@ def test_an_event_that_raises_is_rejected_alone(
     assert orders(store, "alice") == 2 and money(store, "alice") == Decimal(120)
     assert orders(store, "bob") == 1
     # The rejected event left no trace: applying it again (fixed) is not a duplicate.
-    monkeypatch.setattr(worker.rules.engine, "_rescore", real)
+    monkeypatch.setattr(worker.rules.engine, "rescore", real)
     assert apply(store, profiles, [events[1]]).outcomes == Counter({"applied": 1})
 
 
@@ -821,16 +821,16 @@ def test_a_decision_that_raises_forgets_the_customer(
     half-changed customer must not be reused for the next batch."""
     import worker.rules.engine
 
-    real = worker.rules.engine._rescore
+    real = worker.rules.engine.rescore
 
     def buggy(customer: Customer, *args: Any, **kw: Any) -> Any:
-        if args[-1] == "poison":  # its cause_event_id
+        if kw.get("cause_event_id") == "poison":
             raise ValueError("boom")
         return real(customer, *args, **kw)
 
     many = LONG_HISTORY  # long enough to be remembered
     apply(store, profiles, [ev(profiles, f"e{i}", "placed", f"o{i}", "1") for i in range(many)])
-    monkeypatch.setattr(worker.rules.engine, "_rescore", buggy)
+    monkeypatch.setattr(worker.rules.engine, "rescore", buggy)
     poison = ev(profiles, "poison", "placed", "poison", "5")
     assert len(apply(store, profiles, [poison]).rejected) == 1
     apply(store, profiles, [ev(profiles, "next", "placed", "next", "20")])

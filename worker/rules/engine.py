@@ -111,8 +111,13 @@ def apply_events(
             continue
         result.applied += 1
         result.dirty = True
-        change, scored = _rescore(
-            customer, profile, as_of_ms, now_ms, CAUSE_OF_EVENT[event.type], event.event_id
+        change, scored = rescore(
+            customer,
+            profile,
+            as_of_ms=as_of_ms,
+            now_ms=now_ms,
+            cause=CAUSE_OF_EVENT[event.type],
+            cause_event_id=event.event_id,
         )
         if change is not None:
             result.changes.append(change)
@@ -146,8 +151,13 @@ def decay(
     as_of_ms = max(as_of_ms, customer.scored_at or as_of_ms)
     # Scored with another profile version: what moves now is the profile's doing.
     rescored = customer.version is not None and customer.version != profile.version
-    change, scored = _rescore(
-        customer, profile, as_of_ms, now_ms, "rescore" if rescored else "decay", None
+    change, scored = rescore(
+        customer,
+        profile,
+        as_of_ms=as_of_ms,
+        now_ms=now_ms,
+        cause="rescore" if rescored else "decay",
+        cause_event_id=None,
     )
     if change is not None:
         result.changes.append(change)
@@ -218,20 +228,9 @@ def rescore(
     now_ms: int,
     cause: Cause,
     cause_event_id: str | None,
-) -> Change | None:
-    """Score the customer at as_of; if it moved from what was published, publish it."""
-    return _rescore(customer, profile, as_of_ms, now_ms, cause, cause_event_id)[0]
-
-
-def _rescore(
-    customer: Customer,
-    profile: Profile,
-    as_of_ms: int,
-    now_ms: int,
-    cause: Cause,
-    cause_event_id: str | None,
 ) -> tuple[Change | None, Score | None]:
-    """`rescore`, and the score it computed (for the next due instant: `next_due`)."""
+    """Score the customer at as_of; if it moved from what was published, publish it.
+    Returns the change, and the score (for the next due instant: `next_due`)."""
     agg = customer.aggregates()
     current = score(agg, as_of_ms, profile) if agg is not None else None
     previous = customer.published
