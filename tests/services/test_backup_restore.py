@@ -135,6 +135,35 @@ def assert_chains_unbroken(actions: list[Any]) -> None:
             assert after["previous"] != after["current"], customer
 
 
+def backed_up_between(
+    dep: Deployment,
+    server: EmbeddedRedis,
+    store: Store,
+    first: list[dict[str, Any]],
+    second: list[dict[str, Any]],
+    tmp_path: Path,
+    partitions: tuple[int, int] | None = None,
+) -> tuple[Path, list[Any]]:
+    """`first` applied, Redis backed up, then `second` applied (to these partitions, if
+    given): the backup, and every change published by then."""
+
+    def send(events: list[dict[str, Any]], partition: int | None) -> None:
+        if partition is None:
+            dep.produce(records_of(events))
+        else:
+            produce_to(dep, partition, events)
+
+    to_first, to_second = partitions or (None, None)
+    send(first, to_first)
+    published(dep, first)
+    wait_applied(store, dep.orders, len(first))
+    backup = server.backup(tmp_path / "backup.rdb")
+    send(second, to_second)
+    before = published(dep, first + second)
+    wait_applied(store, dep.orders, len(first + second))
+    return backup, before
+
+
 def test_a_backup_restored_while_the_workers_were_stopped_is_replayed_exactly(
     restorable: tuple[Deployment, EmbeddedRedis], tmp_path: Path
 ) -> None:
@@ -144,13 +173,7 @@ def test_a_backup_restored_while_the_workers_were_stopped_is_replayed_exactly(
     first, second, third = phases(310, "1", "2", "3")
     store = Store(redis.Redis.from_url(server.url))
     worker = dep.worker()
-    dep.produce(records_of(first))
-    published(dep, first)
-    wait_applied(store, dep.orders, len(first))
-    backup = server.backup(tmp_path / "backup.rdb")
-    dep.produce(records_of(second))
-    before = published(dep, first + second)
-    wait_applied(store, dep.orders, len(first + second))
+    backup, before = backed_up_between(dep, server, store, first, second, tmp_path)
     assert worker.stop() == 0
 
     server.restore(backup)
@@ -174,13 +197,7 @@ def test_a_backup_restored_under_a_running_worker_is_replayed_exactly(
     first, second, third = phases(320, "1", "2", "3")
     store = Store(redis.Redis.from_url(server.url))
     worker = dep.worker()
-    dep.produce(records_of(first))
-    published(dep, first)
-    wait_applied(store, dep.orders, len(first))
-    backup = server.backup(tmp_path / "backup.rdb")
-    dep.produce(records_of(second))
-    before = published(dep, first + second)
-    wait_applied(store, dep.orders, len(first + second))
+    backup, before = backed_up_between(dep, server, store, first, second, tmp_path)
 
     server.restore(backup)
     store = Store(redis.Redis.from_url(server.url))
@@ -201,13 +218,7 @@ def test_a_backup_restored_under_an_idle_worker_is_replayed_without_a_new_order(
     first, second = phases(330, "1", "2")
     store = Store(redis.Redis.from_url(server.url))
     worker = dep.worker()
-    dep.produce(records_of(first))
-    published(dep, first)
-    wait_applied(store, dep.orders, len(first))
-    backup = server.backup(tmp_path / "backup.rdb")
-    dep.produce(records_of(second))
-    before = published(dep, first + second)
-    wait_applied(store, dep.orders, len(first + second))
+    backup, before = backed_up_between(dep, server, store, first, second, tmp_path)
 
     server.restore(backup)
     store = Store(redis.Redis.from_url(server.url))
@@ -228,13 +239,7 @@ def test_a_backup_older_than_the_topic_s_start_loses_those_orders_until_produced
     first, second = phases(340, "1", "2")
     store = Store(redis.Redis.from_url(server.url))
     worker = dep.worker()
-    dep.produce(records_of(first))
-    published(dep, first)
-    wait_applied(store, dep.orders, len(first))
-    backup = server.backup(tmp_path / "backup.rdb")
-    dep.produce(records_of(second))
-    published(dep, first + second)
-    wait_applied(store, dep.orders, len(first + second))
+    backup, _ = backed_up_between(dep, server, store, first, second, tmp_path)
     assert worker.stop() == 0
     admin = AdminClient({"bootstrap.servers": apache_kafka.bootstrap})
     wiped = [TopicPartition(dep.orders, p, -1) for p in range(4)]  # -1: every record
@@ -281,13 +286,7 @@ def test_a_backup_older_than_a_partition_s_first_record_stops_a_running_worker_o
     first, second = phases(350, "1", "2")
     store = Store(redis.Redis.from_url(server.url))
     worker = dep.worker()
-    produce_to(dep, 0, first)
-    published(dep, first)
-    wait_applied(store, dep.orders, len(first))
-    backup = server.backup(tmp_path / "backup.rdb")
-    produce_to(dep, 1, second)
-    published(dep, first + second)
-    wait_applied(store, dep.orders, len(first + second))
+    backup, _ = backed_up_between(dep, server, store, first, second, tmp_path, partitions=(0, 1))
 
     server.restore(backup)
     assert worker.proc is not None
