@@ -6,7 +6,8 @@ records) does not depend on how a customer's orders are kept (worker/rules/custo
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import weakref
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -33,9 +34,27 @@ class Aggregates:
     # The gaps between consecutive order_times, ascending (the rhythm's median), kept by
     # customers with long histories; None: derive them from order_times when needed.
     gaps: Sequence[int] | None = field(default=None, compare=False)
-    # The customer that built them, read only when a per-day value is asked for (the spend
-    # model's profiles): a reference costs the hot path nothing, a pass over orders would.
-    _source: DayValues | None = field(default=None, repr=False, compare=False)
+    # The customer that built them (a weak reference: the customer keeps its aggregates,
+    # and a cycle would leave every customer of a batch to the cycle collector), read only
+    # when a per-day value is asked for (the spend model's profiles): a reference costs
+    # the hot path nothing, a pass over orders would.
+    _source: Callable[[], DayValues | None] | None = field(default=None, repr=False, compare=False)
+
+    @staticmethod
+    def source(customer: DayValues) -> Callable[[], DayValues | None]:
+        """What `_source` holds for `customer`."""
+        return weakref.ref(customer)
+
+    def _customer(self) -> DayValues | None:
+        if self._source is None:
+            return None
+        source = self._source()
+        if source is None:  # a bug: estimates would pass for the customer's values
+            raise RuntimeError(
+                "aggregates read after their customer was dropped: "
+                "take them with Customer.aggregates_to_keep"
+            )
+        return source
 
     def first_day_value(self) -> int:
         """Net value (money units) of the counted orders on the first order day (UTC).
@@ -44,8 +63,8 @@ class Aggregates:
         the first day is a folded order's, whose value is gone: it is estimated as the
         folded orders' mean value, rounded. Aggregates built without a customer (as tests
         do) estimate it as the first day's orders at the mean order value, rounded."""
-        if self._source is not None:
-            return self._source.first_day_value()
+        if (source := self._customer()) is not None:
+            return source.first_day_value()
         times = self.order_times
         if self.orders_lifetime > len(times) or not times:
             first = 1  # a folded order: a day of its own
@@ -59,8 +78,8 @@ class Aggregates:
         ascending. Folded orders are not in it (orders_lifetime > len(order_times) says
         there are some). Aggregates built without a customer spread `monetary` evenly over
         the orders."""
-        if self._source is not None:
-            return self._source.day_values()
+        if (source := self._customer()) is not None:
+            return source.day_values()
         return day_totals([(at, self.monetary / self.orders_lifetime) for at in self.order_times])
 
 

@@ -9,7 +9,7 @@ worker/rules/stored_orders.py.
 from __future__ import annotations
 
 from bisect import bisect_left, bisect_right, insort
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from itertools import pairwise
 
 import orjson
@@ -67,7 +67,7 @@ class Folded:
     horizon: int  # the latest placed_at folded, counted or not
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, weakref_slot=True)  # its aggregates refer to it weakly
 class Customer:
     tenant: str
     customer_id: str
@@ -187,6 +187,13 @@ class Customer:
             times.insert(i, after[0])
             self._monetary += after[1]
 
+    def aggregates_to_keep(self) -> Aggregates | None:
+        """`aggregates()` for use after this customer is dropped (a sample of the base):
+        they hold the customer, whose per-day values they read; the others refer to it
+        weakly and, once it is gone, estimate them."""
+        agg = self.aggregates()
+        return None if agg is None else replace(agg, _source=lambda: self)
+
     def aggregates(self) -> Aggregates | None:
         """First/last order, count and net spend over counted orders; None if there are none."""
         if self._times is None:
@@ -209,13 +216,19 @@ class Customer:
                 self._monetary + f.monetary,
                 times,
                 self._gaps,
-                self,
+                Aggregates.source(self),
             )
             return self._agg
         if not times:
             return None
         self._agg = Aggregates(
-            times[0], times[-1], len(times), self._monetary, times, self._gaps, self
+            times[0],
+            times[-1],
+            len(times),
+            self._monetary,
+            times,
+            self._gaps,
+            Aggregates.source(self),
         )
         return self._agg
 

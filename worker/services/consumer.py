@@ -186,67 +186,76 @@ class Worker:
 
     def process(self, messages: Sequence[KafkaMessage]) -> None:
         started = time.perf_counter()
-        now = self.now_ms()
-        valid: list[tuple[ValidEvent, int]] = []
-        sources: list[KafkaMessage] = []  # the message of each valid event, to dead-letter it
-        next_offsets: dict[int, int] = {}  # partition -> offset after its last message
-        with collector.paused():  # the batch's CPU-bound work (worker/collector.py)
-            for msg in messages:
-                err = msg.error()
-                if err:
-                    self._log_consume_error(err)
-                    continue
-                partition, offset = msg.partition(), msg.offset()
-                assert partition is not None and offset is not None  # a record without error
-                next_offsets[partition] = offset + 1
-                outcome = validate(msg.value(), self.profiles, now)
-                if isinstance(outcome, Rejection):
-                    self.dead_letters.send(msg, outcome)
-                else:
-                    valid.append((outcome, partition))
-                    sources.append(msg)
-        if valid:
-            as_of = now
-            if self.settings.clock == "event":
-                newest = max(event.occurred_at for event, _ in valid)
-                as_of = self.retry_redis(lambda: self.store.clock.advance(newest))
-            result, retried = self.retry_redis.attempts(lambda: self._apply(valid, as_of, now))
-            for outcome_name, count in result.outcomes.items():
-                metrics.EVENTS.labels(outcome_name).inc(count)
-            metrics.STORE_CONFLICTS.inc(result.conflicts)
-            for tenant, customer_id, count in result.folded:
-                metrics.ORDERS_FOLDED.inc(count)
-                logger.warning(
-                    "customer %r of tenant %r holds more than %d orders: its %d oldest were "
-                    "folded into its aggregates (docs/architecture.md: the per-customer bound)",
-                    customer_id,
-                    tenant,
-                    MAX_ORDERS,
-                    count,
-                )
-            metrics.RESCORED.labels("events").inc(result.customers)
-            self._publish(result.committed, {p for _, p in valid}, retried)
-            if result.rejected:
-                source = {id(event): msg for (event, _), msg in zip(valid, sources, strict=True)}
-                for event, _partition, exc in result.rejected:
-                    self.dead_letters.internal_error(source[id(event)], exc)
+        with collector.paused():  # the batch's work, its objects freed as it returns
+            next_offsets = self._apply_batch(messages)
         self.dead_letters.await_acks()
         self.checkpoint.commit(next_offsets)
         metrics.BATCH_SIZE.observe(len(messages))
         metrics.BATCH_DURATION.observe(time.perf_counter() - started)
 
-    def _apply(self, valid: list[tuple[ValidEvent, int]], as_of: int, now: int) -> BatchResult:
-        """One attempt at the batch's commit (paused collector inside the attempt, not
-        across the retries' waits)."""
-        with collector.paused():
-            return causes.apply_batch(
-                self.store,
-                valid,
-                self.profiles,
-                as_of_ms=as_of,
-                now_ms=now,
-                erasure_key=self.settings.erasure_secret,
+    def _apply_batch(self, messages: Sequence[KafkaMessage]) -> dict[int, int]:
+        """Validate, dead-letter the rejected, apply and publish the rest; returns the
+        offset after each partition's last message."""
+        now = self.now_ms()
+        valid: list[tuple[ValidEvent, int]] = []
+        sources: list[KafkaMessage] = []  # the message of each valid event, to dead-letter it
+        next_offsets: dict[int, int] = {}  # partition -> offset after its last message
+        for msg in messages:
+            err = msg.error()
+            if err:
+                self._log_consume_error(err)
+                continue
+            partition, offset = msg.partition(), msg.offset()
+            assert partition is not None and offset is not None  # a record without error
+            next_offsets[partition] = offset + 1
+            outcome = validate(msg.value(), self.profiles, now)
+            if isinstance(outcome, Rejection):
+                self.dead_letters.send(msg, outcome)
+            else:
+                valid.append((outcome, partition))
+                sources.append(msg)
+        if not valid:
+            return next_offsets
+        as_of = now
+        if self.settings.clock == "event":
+            newest = max(event.occurred_at for event, _ in valid)
+            as_of = self.retry_redis(lambda: self.store.clock.advance(newest))
+        result, retried = self.retry_redis.attempts(lambda: self._apply(valid, as_of, now))
+        self._count(result)
+        self._publish(result.committed, {p for _, p in valid}, retried)
+        if result.rejected:
+            source = {id(event): msg for (event, _), msg in zip(valid, sources, strict=True)}
+            for event, _partition, exc in result.rejected:
+                self.dead_letters.internal_error(source[id(event)], exc)
+        return next_offsets
+
+    @staticmethod
+    def _count(result: BatchResult) -> None:
+        for outcome_name, count in result.outcomes.items():
+            metrics.EVENTS.labels(outcome_name).inc(count)
+        metrics.STORE_CONFLICTS.inc(result.conflicts)
+        for tenant, customer_id, count in result.folded:
+            metrics.ORDERS_FOLDED.inc(count)
+            logger.warning(
+                "customer %r of tenant %r holds more than %d orders: its %d oldest were "
+                "folded into its aggregates (docs/architecture.md: the per-customer bound)",
+                customer_id,
+                tenant,
+                MAX_ORDERS,
+                count,
             )
+        metrics.RESCORED.labels("events").inc(result.customers)
+
+    def _apply(self, valid: list[tuple[ValidEvent, int]], as_of: int, now: int) -> BatchResult:
+        """One attempt at the batch's commit."""
+        return causes.apply_batch(
+            self.store,
+            valid,
+            self.profiles,
+            as_of_ms=as_of,
+            now_ms=now,
+            erasure_key=self.settings.erasure_secret,
+        )
 
     def _bound_backlog(self) -> None:
         """Changes committed but not acknowledged wait in Redis (the outbox): when the

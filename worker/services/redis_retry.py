@@ -14,7 +14,7 @@ from typing import TypeVar
 
 import redis
 
-from worker import metrics
+from worker import collector, metrics
 from worker.health import Health
 from worker.pacing import REDIS_RETRY, Backoff, Stopping
 from worker.state.permissions import is_refusal
@@ -75,7 +75,9 @@ class RedisRetry:
                     logger.error("%s: retrying with backoff (%s)", problem, _one_line(exc))
                     self._health.redis_fails(problem)
                 self._health.beat()
-                if self._stopping.wait(next(pauses)):
+                with collector.resumed():  # a wait, maybe inside a batch
+                    stopped = self._stopping.wait(next(pauses))
+                if stopped:
                     raise  # stopping: leave the batch uncommitted, it is redelivered
                 continue
             if self._health.redis_problem is not None:

@@ -152,5 +152,5 @@ def sampled_aggregates(
         yield [
             agg
             for customer in reads.decoded(found, want)
-            if (agg := customer.aggregates()) is not None
+            if (agg := customer.aggregates_to_keep()) is not None
         ]
