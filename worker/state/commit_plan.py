@@ -361,13 +361,15 @@ def _index(
     after = segment_index.entry_of(customer)
     if before == after:
         return
-    tenant = customer.tenant
+    tenant, argv = customer.tenant, args.argv
     for code, left, entered in segment_index.moves(before, after, customer.customer_id.encode()):
         at = shard_keys.segment_index(tenant, code)
         if left is not None:
-            args.unindex.append([at, args.arg(left)])
+            argv.append(left)  # (args.arg inlined: a few per customer)
+            args.unindex.append([at, len(argv)])
         if entered is not None:
-            args.index.append([at, args.arg(entered)])
+            argv.append(entered)
+            args.index.append([at, len(argv)])
 
 
 def _count_flows(

@@ -18,8 +18,32 @@ from __future__ import annotations
 from types import TracebackType
 from typing import Any
 
-import hiredis
 import redis
+
+# "\r\n$<length>\r\n": what ends one argument of a command and starts the next, for the
+# lengths most arguments have (ids, keys, members, records); longer ones are formatted.
+_HEADS = [b"\r\n$%d\r\n" % length for length in range(4096)]
+
+
+def pack_evalsha(sha: bytes, keys: list[bytes], argv: list[bytes]) -> bytes:
+    """EVALSHA sha len(keys) *keys *argv as one RESP command: what hiredis.pack_command
+    makes of it, byte for byte, in about half its time (a call has several hundred
+    arguments; this looks each up once in _HEADS and joins everything at once)."""
+    args = keys + argv
+    heads = _HEADS
+    parts: list[bytes] = [b""] * (2 * len(args) + 2)
+    count = b"%d" % len(keys)
+    parts[0] = b"*%d\r\n$7\r\nEVALSHA\r\n$%d\r\n%s\r\n$%d\r\n%s" % (
+        len(args) + 3,
+        len(sha),
+        sha,
+        len(count),
+        count,
+    )
+    parts[1:-1:2] = [heads[n] if n < 4096 else b"\r\n$%d\r\n" % n for n in map(len, args)]
+    parts[2:-1:2] = args
+    parts[-1] = b"\r\n"
+    return b"".join(parts)
 
 
 class ScriptCalls:
@@ -30,7 +54,7 @@ class ScriptCalls:
 
     def __init__(self, client: Any, sha: str, round_customers: int) -> None:
         self._pool = client.connection_pool
-        self._sha, self._round = sha, round_customers
+        self._sha, self._round = sha.encode(), round_customers
         self._conn: Any = None
         self._unsent: list[bytes] = []
         self._customers = 0  # in the calls not sent yet
@@ -51,11 +75,9 @@ class ScriptCalls:
         self._pool.release(self._conn)
 
     def send(self, keys: list[bytes], argv: list[bytes], *, customers: int) -> None:
-        # Packed by hiredis directly: redis-py's own packer looks at every argument in
-        # Python first (for str commands and buffers), and a call carries a few hundred,
-        # all bytes, ints or str already.
-        call: tuple[Any, ...] = ("EVALSHA", self._sha, len(keys), *keys, *argv)
-        self._unsent.append(hiredis.pack_command(call))
+        # Packed here, not by redis-py (its packer looks at every argument in Python first,
+        # for str commands and buffers): a call carries a few hundred, all bytes.
+        self._unsent.append(pack_evalsha(self._sha, keys, argv))
         self._calls += 1
         self._customers += customers
         if self._customers >= self._round:

@@ -61,39 +61,109 @@ def entry_of(customer: Customer) -> Entry | None:
     if pub is None:
         return None
     agg = customer.aggregates()
+    # (built as a plain tuple is, twice per customer a commit decides: Entry(...) is a
+    # Python-level __new__, twice as slow)
     if agg is None:  # a published score always has counted orders; ranked last if not
-        return Entry(pub.segment, pub.r, pub.f, 0, 0, 0, pub.value)
-    return Entry(
-        pub.segment, pub.r, pub.f, agg.monetary, agg.last_order_at, agg.orders_lifetime, pub.value
+        return _entry(Entry, (pub.segment, pub.r, pub.f, 0, 0, 0, pub.value))
+    return _entry(
+        Entry,
+        (
+            pub.segment,
+            pub.r,
+            pub.f,
+            agg.monetary,
+            agg.last_order_at,
+            agg.orders_lifetime,
+            pub.value,
+        ),
     )
+
+
+_entry = tuple.__new__
 
 
 def moves(before: Entry | None, after: Entry | None, customer_id: bytes) -> list[Move]:
     """The set changes that take the customer `customer_id` (encoded) from `before` to
     `after`: none for an ordering whose cell, segment and rank are unchanged. Built for
-    every customer a commit touches: each place is spelled once, not once per ordering."""
+    every customer a commit touches, so the orderings are spelled out rather than looped
+    over, and each member is one %-format of its place (cached), rank and id."""
     if before == after:
         return []
-    same_place = before is not None and after is not None and before[:3] == after[:3]
-    was = None if before is None else place(before.segment, before.r, before.f)
-    now = was if same_place else None if after is None else place(after.segment, after.r, after.f)
+    if before is None or after is None or (at := before[:3]) != after[:3]:
+        return _replaced(before, after, customer_id)
+    here, cid = _place_of(at), customer_id  # the same range: only the ranks that changed move
     out: list[Move] = []
-    for code, old, new in zip(_CODES, _ranks(before), _ranks(after), strict=True):
-        if same_place and old == new:
-            continue
-        left = None if was is None or old is None else was + position_of(old, customer_id)
-        entered = None if now is None or new is None else now + position_of(new, customer_id)
-        if left is not None or entered is not None:
-            out.append((code, left, entered))
+    if (old := before.spend) != (new := after.spend):
+        out.append(("s", _member(here, old, cid), _member(here, new, cid)))
+    if (old := before.last_order) != (new := after.last_order):
+        out.append(("l", _member(here, old, cid), _member(here, new, cid)))
+    if (old := before.orders) != (new := after.orders):
+        out.append(("o", _member(here, old, cid), _member(here, new, cid)))
+    if (was := before.value) != (now := after.value):
+        left = None if was is None else _member(here, was, cid)
+        out.append(("v", left, None if now is None else _member(here, now, cid)))
     return out
+
+
+def _replaced(before: Entry | None, after: Entry | None, customer_id: bytes) -> list[Move]:
+    """`moves` from one place to another (or from none, or to none): every member moves."""
+    if before is None or after is None:
+        left = _NONE if before is None else _members(before, customer_id)
+        entered = _NONE if after is None else _members(after, customer_id)
+        return [
+            (code, old, new)
+            for code, old, new in zip(_CODES, left, entered, strict=True)
+            if old is not None or new is not None
+        ]
+    was, now, cid = _place_of(before[:3]), _place_of(after[:3]), customer_id
+    out: list[Move] = [
+        ("s", _member(was, before.spend, cid), _member(now, after.spend, cid)),
+        ("l", _member(was, before.last_order, cid), _member(now, after.last_order, cid)),
+        ("o", _member(was, before.orders, cid), _member(now, after.orders, cid)),
+    ]
+    old, new = before.value, after.value
+    if old is not None or new is not None:
+        gone = None if old is None else _member(was, old, cid)
+        out.append(("v", gone, None if new is None else _member(now, new, cid)))
+    return out
+
+
+def _members(e: Entry, customer_id: bytes) -> tuple[bytes | None, ...]:
+    """The customer's member in each ordering (None: not ranked in it), as `_CODES`."""
+    here = _place_of(e[:3])
+    value = e.value
+    return (
+        _member(here, e.spend, customer_id),
+        _member(here, e.last_order, customer_id),
+        _member(here, e.orders, customer_id),
+        None if value is None else _member(here, value, customer_id),
+    )
 
 
 _CODES = ("s", "l", "o", "v")
 _NONE = (None, None, None, None)
+_LAST = (1 << 64) - 1  # the highest position's rank part: the lowest rank
+# Places by (segment, r, f): a few per profile's segment; cleared if ever this many.
+_PLACES: dict[tuple[str, int, int], bytes] = {}
+_PLACES_MAX = 10_000
 
 
-def _ranks(e: Entry | None) -> tuple[int | None, ...]:
-    return _NONE if e is None else (e.spend, e.last_order, e.orders, e.value)
+def _place_of(at: tuple[str, int, int]) -> bytes:
+    """`place` of an entry's (segment, r, f)."""
+    found = _PLACES.get(at)
+    if found is None:
+        if len(_PLACES) >= _PLACES_MAX:
+            _PLACES.clear()
+        found = _PLACES[at] = place(*at)
+    return found
+
+
+def _member(place_: bytes, rank: int, customer_id: bytes) -> bytes:
+    """place_ + position_of(rank, customer_id), in one format."""
+    at = _TOP - rank
+    if at >> 64:  # the rank beyond 64 bits: clamped (position_of)
+        at = 0 if at < 0 else _LAST
+    return b"%s%016x%s" % (place_, at, customer_id)
 
 
 def place(segment: str, r: int, f: int) -> bytes:
