@@ -374,10 +374,6 @@ def _churn_tail(current: Score | None) -> str:
 
 
 _NO_VALUES = (None,) * 6
-_CHURN_TAIL = (
-    '"p_alive":%s,"p_alive_band":%s,"expected_orders":%s,"expected_order_value":%s,'
-    '"expected_value":%s,"value_band":%s}'
-)
 _NO_CHURN_TAIL = orjson.dumps(_NO_CHURN_VALUES).decode()[1:]
 
 
