@@ -289,7 +289,7 @@ def change_with(tenant: str, profile: str, triggers: tuple[str, ...]) -> Change:
         cause="decay",
         from_segment="loyal",
         to_segment="at_risk",
-        payload={"triggers": list(triggers)},
+        record=orjson.dumps({"triggers": list(triggers)}),
         triggers=triggers,
         profile=profile,
     )

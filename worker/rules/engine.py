@@ -21,13 +21,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from hashlib import blake2b
-from typing import Literal
+from typing import Any, Literal
+
+import orjson
 
 from worker.rules.aggregates import Aggregates
 from worker.rules.customer import Customer, Published
 from worker.rules.decay import Rhythm, next_due, overdue_pending, rhythm
 from worker.rules.events import ValidEvent
-from worker.rules.messages import CAUSE_OF_EVENT, Cause, rfm_changed, rfm_overdue
+from worker.rules.messages import CAUSE_OF_EVENT, Cause, rfm_changed, rfm_overdue, view_text
 from worker.rules.money import SCALE
 from worker.rules.profile import Profile
 from worker.rules.scoring import Score, days_between, score
@@ -36,17 +38,25 @@ from worker.rules.triggers import fired, fired_overdue
 
 @dataclass(slots=True)  # not frozen: built per event, and frozen costs 3x
 class Change:
-    """One record to publish; `payload` is the rfm.changed (or rfm.overdue) record."""
+    """One record to publish: `record` is the rfm.changed (or rfm.overdue, rfm.erased)
+    record, serialised (worker/rules/messages.py); `payload` reads it back as a dict."""
 
     tenant: str
     customer_id: str
     cause: Cause | Literal["erasure"]
     from_segment: str | None
     to_segment: str | None
-    payload: dict[str, object]
+    record: bytes
     kind: Literal["rfm.changed", "rfm.overdue", "rfm.erased"] = "rfm.changed"
-    triggers: tuple[str, ...] = ()  # the names in the payload's "triggers" (rules/triggers.py)
+    triggers: tuple[str, ...] = ()  # the names in the record's "triggers" (rules/triggers.py)
     profile: str | None = None  # the name of the profile that scored it (metric labels)
+
+    @property
+    def payload(self) -> dict[str, Any]:
+        """The record as a dict, decoded on each call (tests and tools; the hot path
+        publishes `record` as it is)."""
+        doc: dict[str, Any] = orjson.loads(self.record)
+        return doc
 
 
 @dataclass(slots=True)
@@ -69,7 +79,12 @@ def change_id(*parts: object) -> str:
     RFC 9562's custom layout). Any recomputation of the same change (a replay after Redis
     lost writes, a retried commit) carries the same id, so a consumer that deduplicates on
     it sees each change once; a different change differs in one of the parts."""
-    h = blake2b("\x1f".join(map(str, parts)).encode(), digest_size=16).hexdigest()
+    return _digest_id("\x1f".join(map(str, parts)))
+
+
+def _digest_id(text: str) -> str:
+    """`change_id` of the parts `text` joins with unit separators."""
+    h = blake2b(text.encode(), digest_size=16).hexdigest()
     # Version 8 in the 13th hex digit; the RFC 9562 variant (binary 10xx) in the 17th: the
     # same as setting the bits in the digest's bytes, with no bytes object in between.
     return f"{h[:8]}-{h[8:12]}-8{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
@@ -78,19 +93,24 @@ def change_id(*parts: object) -> str:
 _VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
 
 
-def _state(at: Published | Score | None) -> str:
-    """A score as its change ids spell it."""
+def _state(at: Published | Score | None) -> tuple[str, str]:
+    """A score as its change ids spell it, and as its records show it (JSON)."""
     if at is None:
-        return "-"
+        return _NO_STATE
     return _spelling(at.r, at.f, at.m, at.segment, at.band, at.value_band)
 
 
+_NO_STATE = ("-", "null")
+
+
 @lru_cache(maxsize=10_000)  # a base has a few hundred distinct scores: spelled once each
-def _spelling(r: int, f: int, m: int, segment: str, band: int | None, value: int | None) -> str:
+def _spelling(
+    r: int, f: int, m: int, segment: str, band: int | None, value: int | None
+) -> tuple[str, str]:
     text = f"{r}{f}{m}:{segment}"
     if band is not None:
         text = f"{text}:{band}"
-    return text if value is None else f"{text}:v{value}"
+    return (text if value is None else f"{text}:v{value}"), view_text(r, f, m, segment)
 
 
 def apply_events(
@@ -198,7 +218,7 @@ def _overdue_alert(
         cause="decay",
         from_segment=None,
         to_segment=None,
-        payload=rfm_overdue(
+        record=rfm_overdue(
             # one alert per silence: the silence is the last order's
             change_id=change_id(
                 customer.tenant, customer.customer_id, "rfm.overdue", agg.last_order_at
@@ -304,21 +324,19 @@ def _changed(
     )
     # What the change is: whose, why (the event, or for time and profile changes the
     # aggregates that were rescored), under which profile version, from what to what.
+    # (the parts `change_id` joins, spelled in one text: the same id, for less work)
+    was, was_view = _state(previous)
+    now, now_view = _state(current)
     if cause_event_id is not None:
         origin = cause_event_id
     elif agg is None:
         origin = "-"
     else:
         origin = f"{agg.last_order_at}:{agg.orders_lifetime}:{agg.monetary}"
-    payload = rfm_changed(
-        change_id=change_id(
-            customer.tenant,
-            customer.customer_id,
-            cause,
-            origin,
-            profile.version,
-            _state(previous),
-            _state(current),
+    record = rfm_changed(
+        change_id=_digest_id(
+            f"{customer.tenant}\x1f{customer.customer_id}\x1f{cause}\x1f{origin}\x1f"
+            f"{profile.version}\x1f{was}\x1f{now}"
         ),
         tenant=customer.tenant,
         customer_id=customer.customer_id,
@@ -330,6 +348,7 @@ def _changed(
         agg=agg,
         emitted_at_ms=now_ms,
         triggers=names,
+        views=(was_view, now_view),
     )
     return Change(
         tenant=customer.tenant,
@@ -337,7 +356,7 @@ def _changed(
         cause=cause,
         from_segment=previous.segment if previous else None,
         to_segment=current.segment if current else None,
-        payload=payload,
+        record=record,
         triggers=names,
         profile=profile.name,
     )

@@ -1,15 +1,19 @@
 """Output records: the actions topic (section 5) and the customer view (section 7).
 
 The pydantic models are the documented shape (JSON Schemas in schemas/ are generated from
-them); the hot path builds plain dicts with the same shape and serialises them with orjson,
-and the tests check the two agree.
+them). The records to publish are built for nearly every event, so they are built as their
+JSON bytes directly: one text around fragments that repeat (score views, tenants, trigger
+lists, instants) serialised once, and every string or number that varies serialised by
+orjson itself, so the bytes are exactly orjson's of the documented dict (the tests compare
+them, and check them against the models). The customer view is a plain dict.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Literal
+from typing import Literal, get_args
 
+import orjson
 from pydantic import BaseModel, ConfigDict
 
 from worker.rules.aggregates import Aggregates
@@ -131,23 +135,6 @@ class CustomerView(_Model):
     value_band: int | None
 
 
-def score_view(s: Score | Published | None) -> dict[str, object] | None:
-    """The score as records show it. One dict per distinct score, shared: records are
-    serialised, never changed, and a base has a few hundred distinct scores at most."""
-    if s is None:
-        return None
-    key = (s.r, s.f, s.m, s.segment)
-    view = _VIEWS.get(key)
-    if view is None:
-        if len(_VIEWS) >= 10_000:  # segment names come from profiles: bounded anyway
-            _VIEWS.clear()
-        view = _VIEWS[key] = {"r": s.r, "f": s.f, "m": s.m, "rfm": s.rfm, "segment": s.segment}
-    return view
-
-
-_VIEWS: dict[tuple[int, int, int, str], dict[str, object]] = {}
-
-
 def customer_summary(agg: Aggregates | None, score: Score | None) -> dict[str, object]:
     if agg is None:
         return {
@@ -181,28 +168,39 @@ def rfm_changed(
     agg: Aggregates | None,
     emitted_at_ms: int,
     triggers: Sequence[str] = (),
-) -> dict[str, object]:
-    """The record of a change; P(alive) and its band are null without a churn model (or
-    before its first fit), the values without a value model. One dict literal: built for
-    nearly every event."""
+    views: tuple[str, str] | None = None,
+) -> bytes:
+    """The record of a change, serialised (`change_id` as the engine's `change_id` spells
+    it: hex digits and dashes; `views`: previous and current as `score_view` spells them,
+    when the caller has them). P(alive) and its band are null without a churn model (or
+    before its first fit), the values without a value model. Built for nearly every event:
+    one text around fragments serialised once (scores, tenants, triggers, instants)."""
+    was, now = views or (score_view(previous), score_view(current))
     as_of = iso(as_of_ms)
-    return {
-        "type": "rfm.changed",
-        "change_id": change_id,
-        "tenant": tenant,
-        "customer_id": customer_id,
-        "cause": cause,
-        "cause_event_id": cause_event_id,
-        "as_of": as_of,
-        "previous": score_view(previous),
-        "current": score_view(current),
-        "segment_changed": (previous.segment if previous else None)
-        != (current.segment if current else None),
-        "triggers": list(triggers),
-        "customer": customer_summary(agg, current),
-        "emitted_at": as_of if emitted_at_ms == as_of_ms else iso(emitted_at_ms),
-        **churn_values(current),
-    }
+    segment_changed = (previous.segment if previous else None) != (
+        current.segment if current else None
+    )
+    if agg is None:
+        customer = _NO_SUMMARY
+    else:  # customer_summary's members: instants, counts and an amount need no escaping
+        first = iso(agg.first_order_at)
+        last = first if agg.last_order_at == agg.first_order_at else iso(agg.last_order_at)
+        customer = (
+            f'{{"first_order_at":"{first}","last_order_at":"{last}",'
+            f'"orders":{current.orders if current else agg.orders_lifetime},'
+            f'"orders_lifetime":{agg.orders_lifetime},'
+            f'"monetary":"{format_units(agg.monetary)}"}}'
+        )
+    return (
+        f'{{"type":"rfm.changed","change_id":"{change_id}","tenant":{_tenant(tenant)},'
+        f'"customer_id":{_string(customer_id)},"cause":{_cause(cause)},"cause_event_id":'
+        f"{'null' if cause_event_id is None else _string(cause_event_id)},"
+        f'"as_of":"{as_of}","previous":{was},"current":{now},'
+        f'"segment_changed":{"true" if segment_changed else "false"},'
+        f'"triggers":{_names(triggers)},"customer":{customer},'
+        f'"emitted_at":"{as_of if emitted_at_ms == as_of_ms else iso(emitted_at_ms)}",'
+        f"{_churn_tail(current)}"
+    ).encode()
 
 
 def churn_values(current: Score | None) -> dict[str, object]:
@@ -267,31 +265,120 @@ def rfm_overdue(
     current: Score,
     emitted_at_ms: int,
     triggers: Sequence[str] = (),
-) -> dict[str, object]:
-    return {
-        "type": "rfm.overdue",
-        "change_id": change_id,
-        "tenant": tenant,
-        "customer_id": customer_id,
-        "as_of": iso(as_of_ms),
-        "last_order_at": iso(last_order_at_ms),
-        "median_gap_days": median_gap_days,
-        "expected_next_order_at": iso(last_order_at_ms + round(median_gap_ms)),
-        "silent_days": silent_days,
-        "current": score_view(current),
-        "triggers": list(triggers),
-        "emitted_at": iso(emitted_at_ms),
-    }
+) -> bytes:
+    """The overdue alert, serialised like `rfm_changed`."""
+    return (
+        f'{{"type":"rfm.overdue","change_id":"{change_id}","tenant":{_tenant(tenant)},'
+        f'"customer_id":{_string(customer_id)},"as_of":"{iso(as_of_ms)}",'
+        f'"last_order_at":"{iso(last_order_at_ms)}",'
+        f'"median_gap_days":{orjson.dumps(median_gap_days).decode()},'
+        f'"expected_next_order_at":"{iso(last_order_at_ms + round(median_gap_ms))}",'
+        f'"silent_days":{orjson.dumps(silent_days).decode()},"current":{score_view(current)},'
+        f'"triggers":{_names(triggers)},"emitted_at":"{iso(emitted_at_ms)}"}}'
+    ).encode()
 
 
 def rfm_erased(
     *, change_id: str, tenant: str, customer_id: str, as_of_ms: int, emitted_at_ms: int
-) -> dict[str, object]:
-    return {
-        "type": "rfm.erased",
-        "change_id": change_id,
-        "tenant": tenant,
-        "customer_id": customer_id,
-        "as_of": iso(as_of_ms),
-        "emitted_at": iso(emitted_at_ms),
-    }
+) -> bytes:
+    """The erasure record, serialised like `rfm_changed`."""
+    return (
+        f'{{"type":"rfm.erased","change_id":"{change_id}","tenant":{_tenant(tenant)},'
+        f'"customer_id":{_string(customer_id)},"as_of":"{iso(as_of_ms)}",'
+        f'"emitted_at":"{iso(emitted_at_ms)}"}}'
+    ).encode()
+
+
+# -- fragments: JSON text exactly as orjson writes it, computed once where values repeat ----
+
+
+def score_view(s: Score | Published | None) -> str:
+    """The score as records show it, as JSON: one text per distinct score, serialised
+    once (a base has a few hundred distinct scores at most)."""
+    if s is None:
+        return "null"
+    key = (s.r, s.f, s.m, s.segment)
+    view = _VIEWS.get(key)
+    if view is None:
+        if len(_VIEWS) >= 10_000:  # segment names come from profiles: bounded anyway
+            _VIEWS.clear()
+        view = _VIEWS[key] = view_text(s.r, s.f, s.m, s.segment)
+    return view
+
+
+_VIEWS: dict[tuple[int, int, int, str], str] = {}
+
+
+def view_text(r: int, f: int, m: int, segment: str) -> str:
+    """A score view as JSON (the engine keeps it with its own spelling of the score)."""
+    return orjson.dumps({"r": r, "f": f, "m": m, "rfm": f"{r}{f}{m}", "segment": segment}).decode()
+
+
+def _string(text: str) -> str:
+    """A JSON string exactly as orjson escapes it (cheaper than checking it needs none)."""
+    return orjson.dumps(text).decode()
+
+
+def _tenant(tenant: str) -> str:
+    """A tenant as JSON: a deployment has few, each serialised once."""
+    text = _TENANTS.get(tenant)
+    if text is None:
+        if len(_TENANTS) >= 10_000:
+            _TENANTS.clear()
+        text = _TENANTS[tenant] = _string(tenant)
+    return text
+
+
+_TENANTS: dict[str, str] = {}
+
+
+def _names(triggers: Sequence[str]) -> str:
+    """Trigger names as a JSON array: names come from profiles, each list serialised once."""
+    if not triggers:
+        return "[]"
+    key = tuple(triggers)
+    text = _TRIGGERS.get(key)
+    if text is None:
+        if len(_TRIGGERS) >= 10_000:
+            _TRIGGERS.clear()
+        text = _TRIGGERS[key] = orjson.dumps(key).decode()
+    return text
+
+
+_TRIGGERS: dict[tuple[str, ...], str] = {}
+
+
+_NO_SUMMARY = orjson.dumps(customer_summary(None, None)).decode()
+
+
+def _churn_tail(current: Score | None) -> str:
+    """`churn_values` as JSON members, the record's last: its numbers serialised by orjson
+    in one call (a number's JSON has no comma), all null without a churn model."""
+    if current is None:
+        return _NO_CHURN_TAIL
+    values = (
+        current.p_alive,
+        current.band,
+        current.expected_orders,
+        current.expected_order_value,
+        current.expected_value,
+        current.value_band,
+    )
+    if values == _NO_VALUES:
+        return _NO_CHURN_TAIL
+    p, band, orders, order_value, value, value_band = orjson.dumps(values).decode()[1:-1].split(",")
+    return (
+        f'"p_alive":{p},"p_alive_band":{band},"expected_orders":{orders},'
+        f'"expected_order_value":{order_value},"expected_value":{value},"value_band":{value_band}}}'
+    )
+
+
+_NO_VALUES = (None,) * 6
+_NO_CHURN_TAIL = orjson.dumps(_NO_CHURN_VALUES).decode()[1:]
+
+
+def _cause(cause: str) -> str:
+    return _CAUSES.get(cause) or _string(cause)
+
+
+_CAUSES = {cause: _string(cause) for cause in get_args(Cause)}

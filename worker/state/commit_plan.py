@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 
 import orjson
 
-from worker import jsonbytes
 from worker.errors import StateTooNewError
 from worker.rules.customer import Customer, Published
 from worker.rules.engine import Change, Result
@@ -241,7 +240,7 @@ def decide_one(
     res = decide(customer, item)
     # (an erasure decides a fresh customer: res.customer is not always `customer`)
     state = b"" if res.removed else res.customer.encode(fmt) if res.dirty else None
-    payloads = [jsonbytes.dumps(c.payload) for c in res.changes]
+    payloads = [c.record for c in res.changes]  # serialised as they were built
     return Decision(res, was_in, before, indexed, state, payloads)
 
 
