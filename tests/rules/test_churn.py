@@ -17,9 +17,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from worker.rules import churn
-from worker.rules.churn import Params, Summary
+from worker.rules.churn import Params, Summary, prediction
 from worker.rules.customer import Customer
 from worker.rules.decay import p_alive_band_due
 from worker.rules.engine import apply_events, decay
@@ -447,3 +449,21 @@ def test_per_customer_values_never_raise(model: str) -> None:
             for bound in (0.01, 0.5, 0.99):
                 day = churn.day_below(model, params, s, bound)  # type: ignore[arg-type]
                 assert day is None or day > big_t
+
+
+@settings(max_examples=3000, derandomize=True, deadline=None)
+@given(
+    st.floats(0.001, 200),
+    st.floats(0.001, 400),
+    st.floats(0.001, 400),
+    st.floats(0.0, 1.0) | st.sampled_from([0.0, 0.5, 0.999999, 1.0]),
+)
+def test_the_scalar_hyp2f1_is_scipys_bit_for_bit(a: float, b: float, c: float, z: float) -> None:
+    """The expected orders call scipy's hyp2f1 through its scalar entry point (cheaper per
+    call): the same function, the same bits, inf and nan included."""
+    from scipy.special import hyp2f1
+
+    scalar = prediction._load_hyp2f1()
+    ours, theirs = scalar(a, b, c, z), float(hyp2f1(a, b, c, z))
+    assert type(ours) is float
+    assert ours == theirs or (math.isnan(ours) and math.isnan(theirs)), (a, b, c, z)
