@@ -89,13 +89,32 @@ class _LossyConnection:
         return self.real.read_response(*args, **kwargs)
 
 
+class Reported:
+    """The message of a delivery report: librdkafka's carries the record, failed or not."""
+
+    def __init__(self, topic: str, record: dict[str, Any]) -> None:
+        self._topic, self._record = topic, record
+
+    def topic(self) -> str:
+        return self._topic
+
+    def key(self) -> Any:
+        return self._record.get("key")
+
+    def value(self) -> Any:
+        return self._record.get("value")
+
+    def headers(self) -> Any:
+        return self._record.get("headers")
+
+
 class RefuseDeliveries:
     """A producer that reports every `every`-th record to `topic` as failed (never sent)."""
 
     def __init__(self, producer: Any, topic: str, every: int, limit: int) -> None:
         self._producer, self.topic, self.every, self.limit = producer, topic, every, limit
         self.seen = self.refused = 0
-        self._pending: list[Callable[[Any, Any], None]] = []
+        self._pending: list[dict[str, Any]] = []
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._producer, name)
@@ -105,14 +124,16 @@ class RefuseDeliveries:
             self.seen += 1
             if self.seen % self.every == 0 and self.refused < self.limit:
                 self.refused += 1
-                self._pending.append(record["on_delivery"])
+                self._pending.append(record)
                 return
         self._producer.produce(topic, **record)
 
     def _report(self) -> None:
         pending, self._pending = self._pending, []
-        for callback in pending:
-            callback(KafkaError(KafkaError._MSG_TIMED_OUT), None)
+        for record in pending:
+            record["on_delivery"](
+                KafkaError(KafkaError._MSG_TIMED_OUT), Reported(self.topic, record)
+            )
 
     def poll(self, timeout: float = 0) -> int:
         self._report()
@@ -250,7 +271,7 @@ class HoldDeliveries:
         dropped, self.held = self.held, []
         self.purged += len(dropped)
         for record in dropped:
-            record["on_delivery"](KafkaError(KafkaError._PURGE_QUEUE), None)
+            record["on_delivery"](KafkaError(KafkaError._PURGE_QUEUE), Reported(self.topic, record))
         self._producer.purge(*args, **kwargs)
 
     def flush(self, timeout: float = 0) -> int:

@@ -10,7 +10,10 @@ function (the dead-letter path drops the value) instead of failing forever.
 `ordered=True` (the relay) keeps at most one record per Kafka key in flight: the next
 record of a key is produced only once the previous one is acknowledged, so a record that
 failed and is retried is never overtaken by a later one of the same key (the same
-customer), whatever the producer does with a failed batch.
+customer), whatever the producer does with a failed batch. One record per key also lets a
+delivery report find its record by the message's key: every record shares one callback,
+no closure per record (the relay produces one per change published). A record shrunk
+there keeps its key.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 Headers = list[tuple[str, HeaderValue]]
-Record = tuple[bytes | None, bytes | None, Headers | None]
+Key = bytes | None
+Record = tuple[Key, bytes | None, Headers | None]
 
 
 class Deliveries(Generic[T]):
@@ -45,40 +49,34 @@ class Deliveries(Generic[T]):
         ordered: bool = False,
     ) -> None:
         self._producer, self.topic, self._shrink = producer, topic, shrink
+        self._ordered = ordered
         self.in_flight = 0
         self.error: str | None = None  # why the last delivery failed; None once one succeeds
         self._acked: list[T] = []
         self._failed: list[tuple[Record, T]] = []
         self._retry_at = 0.0
-        # ordered: key -> records waiting for that key's record in flight to be acknowledged
-        # (None while nothing waits: most keys never have a second record in flight)
-        self._waiting: dict[bytes | None, deque[tuple[Record, T]] | None] | None = (
-            {} if ordered else None
-        )
+        # ordered: key -> its record produced and not yet acknowledged (in flight, or refused
+        # and to be sent again): (value, headers, token, shrunk); a shrink must keep the key.
+        # One record per key, so a delivery report finds its record by the message's key:
+        # one callback for every record (`_report`), no closure per record.
+        self._flight: dict[Key, tuple[bytes | None, Headers | None, T, bool]] = {}
+        # ordered: key -> the records waiting for that key's record to be acknowledged
+        # (only keys that have some: most never have a second record in flight)
+        self._queued: dict[Key, deque[tuple[Record, T]]] = {}
+        self._report = self._reporter()
 
     def send(
         self, key: bytes | None, value: bytes | None, token: T, headers: Headers | None = None
     ) -> None:
-        record = (key, value, headers)
-        if self._waiting is not None:
-            if key in self._waiting:  # one of this key is in flight: wait behind it
-                queue = self._waiting[key]
-                if queue is None:
-                    queue = self._waiting[key] = deque()
-                queue.append((record, token))
-                return
-            self._waiting[key] = None
-        self._send(record, token, shrunk=False)
-
-    def _next_of(self, key: bytes | None) -> None:
-        """The key's record in flight was acknowledged: send its next one, if any."""
-        assert self._waiting is not None
-        queue = self._waiting.get(key)
-        if queue:
-            record, token = queue.popleft()
-            self._send(record, token, shrunk=False)
+        if not self._ordered:
+            self._send((key, value, headers), token, shrunk=False)
+        elif key in self._flight:  # one of this key is not acknowledged yet: wait behind it
+            queue = self._queued.get(key)
+            if queue is None:
+                queue = self._queued[key] = deque()
+            queue.append(((key, value, headers), token))
         else:
-            self._waiting.pop(key, None)
+            self._send_ordered(key, value, headers, token, False)
 
     @property
     def pending(self) -> int:
@@ -88,28 +86,73 @@ class Deliveries(Generic[T]):
     @property
     def waiting(self) -> int:
         """Records held back behind an unacknowledged one of the same key."""
-        return sum(len(q) for q in self._waiting.values() if q) if self._waiting else 0
+        return sum(map(len, self._queued.values()))
 
     def _send(self, record: Record, token: T, *, shrunk: bool) -> None:
-        key, value, headers = record
+        if self._ordered:
+            self._send_ordered(*record, token, shrunk)
+            return
 
         def delivered(err: Any, _msg: Any) -> None:
             self.in_flight -= 1
             if err is None:
                 self._acked.append(token)
                 self.error = None
-                if self._waiting is not None:
-                    self._next_of(key)
             else:
                 self._refused(record, token, shrunk, err)
 
-        try:
+        self._produce(record, token, shrunk, delivered)
+
+    def _send_ordered(
+        self, key: Key, value: bytes | None, headers: Headers | None, token: T, shrunk: bool
+    ) -> None:
+        self._flight[key] = (value, headers, token, shrunk)
+        try:  # the producer's own call (no wrapper): this runs for every change published
+            self._producer.produce(
+                self.topic, key=key, value=value, on_delivery=self._report, headers=headers
+            )
+        except BufferError:  # the local queue is full: wait for room
+            self._produce((key, value, headers), token, shrunk, self._report)
+            return
+        except KafkaException as exc:  # refused before it left (too large, unknown topic)
+            self._refused((key, value, headers), token, shrunk, exc.args[0])
+            return
+        self.in_flight += 1
+
+    def _reporter(self) -> Callable[[Any, Any], None]:
+        """The delivery callback of the ordered records produced from now until `forget`."""
+        flight = self._flight
+
+        def report(err: Any, msg: Any) -> None:
+            if flight is not self._flight:  # forgotten since: a purged record reported late
+                return
+            self.in_flight -= 1
+            key = msg.key()
+            if err is not None:
+                value, headers, token, shrunk = flight[key]  # the key stays taken until acked
+                self._refused((key, value, headers), token, shrunk, err)
+                return
+            self._acked.append(flight.pop(key)[2])
+            self.error = None
+            if self._queued and (queue := self._queued.get(key)):  # the key's next record
+                (_, value, headers), token = queue.popleft()
+                if not queue:
+                    del self._queued[key]
+                self._send_ordered(key, value, headers, token, False)
+
+        return report
+
+    def _produce(
+        self, record: Record, token: T, shrunk: bool, on_delivery: Callable[[Any, Any], None]
+    ) -> None:
+        key, value, headers = record
+        try:  # waits out a full local queue, serving delivery reports meanwhile
             produce(
                 self._producer,
                 self.topic,
                 key=key,
                 value=value,
-                on_delivery=delivered,
+                on_delivery=on_delivery,
                 headers=headers,
             )
         except KafkaException as exc:  # refused before it left (too large, unknown topic)
@@ -139,7 +182,9 @@ class Deliveries(Generic[T]):
     def _shrunk(self, record: Record) -> Record:
         assert self._shrink is not None
         logger.warning("a record for %s is too large for it: sent shrunk", self.topic)
-        return self._shrink(record)
+        shrunk = self._shrink(record)
+        # ordered: the key is what orders the records (and finds the record of a report)
+        return (record[0], *shrunk[1:]) if self._ordered else shrunk
 
     def collect(self) -> list[T]:
         """The tokens acknowledged since the last call; refused records are sent again
@@ -155,14 +200,14 @@ class Deliveries(Generic[T]):
     @property
     def settled(self) -> bool:
         """Nothing in flight and nothing waiting to be sent again."""
-        return self.in_flight == 0 and not self._failed and not self.waiting
+        return self.in_flight == 0 and not self._failed and not self._queued
 
     def forget(self) -> int:
         """Drop every record not yet acknowledged (a revoked relay: they stay in the outbox
         for the next owner); returns how many."""
         dropped = self.pending
         self._failed = []
-        if self._waiting is not None:
-            self._waiting = {}
+        self._flight, self._queued = {}, {}
+        self._report = self._reporter()  # reports of the dropped records are ignored
         self.in_flight = 0
         return dropped

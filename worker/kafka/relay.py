@@ -91,30 +91,44 @@ class Relay:
         return self._deliveries.pending
 
     def publish(self, committed: Iterable[Committed]) -> None:
-        causes: Counter[str] = Counter()
-        moves: Counter[tuple[str, str]] = Counter()
+        send = self._deliveries.send
+        # (cause, from, to) of the rfm.changed records: the metrics are counted from these
+        # once per call (a labelled metric's lookup costs as much as producing the record)
+        changed: dict[tuple[str, str | None, str | None], int] = {}
         triggers: Counter[tuple[str, str]] = Counter()
         overdue = erased = 0
         for c in committed:
             change = c.change
-            self._deliveries.send(
-                c.key, c.value, (c.outbox, c.entry_id), triggers_header(change.triggers)
-            )
-            if change.triggers:
+            names = change.triggers
+            send(c.key, c.value, (c.outbox, c.entry_id), triggers_header(names))
+            if names:
                 # Bounded tenant label: named only when the tenant has its own profile.
                 tenant = metrics.tenant_label(change.tenant, (change.profile,))
-                for name in change.triggers:
+                for name in names:
                     triggers[(tenant, name)] += 1
-            if change.kind == "rfm.overdue":
+            kind = change.kind
+            if kind == "rfm.overdue":
                 overdue += 1
-            elif change.kind == "rfm.erased":
+            elif kind == "rfm.erased":
                 erased += 1
             else:
-                causes[change.cause] += 1
-                if change.from_segment != change.to_segment:  # a real move, not 453 -> 353
-                    moves[(change.from_segment or "none", change.to_segment or "none")] += 1
-        # Counted once per label per call: a labelled metric's lookup costs as much as
-        # producing the record.
+                key = (change.cause, change.from_segment, change.to_segment)
+                changed[key] = changed.get(key, 0) + 1  # a Counter's += costs more
+        self._count(changed, triggers, overdue, erased)
+
+    @staticmethod
+    def _count(
+        changed: dict[tuple[str, str | None, str | None], int],
+        triggers: Counter[tuple[str, str]],
+        overdue: int,
+        erased: int,
+    ) -> None:
+        causes: Counter[str] = Counter()
+        moves: Counter[tuple[str, str]] = Counter()
+        for (cause, before, after), n in changed.items():
+            causes[cause] += n
+            if before != after:  # a real move, not 453 -> 353
+                moves[(before or "none", after or "none")] += n
         for cause, n in causes.items():
             metrics.CHANGES.labels(cause).inc(n)
         for (before, after), n in moves.items():
@@ -143,8 +157,9 @@ class Relay:
         ids; an entry acknowledged but not yet trimmed when the worker dies is published
         again, with its change_id, by the next owner)."""
         self._producer.poll(0)
+        trim = self._trim
         for stream, entry_id in self._deliveries.collect():
-            self._trim[stream].append(entry_id)
+            trim[stream].append(entry_id)
         if self._trim and (trim_now or self._trims.due()):
             self._outbox.delete(self._trim)  # if Redis fails, kept for the next try
             self._trim = defaultdict(list)
