@@ -56,9 +56,8 @@ class Deliveries(Generic[T]):
         self._failed: list[tuple[Record, T]] = []
         self._retry_at = 0.0
         # ordered: key -> its record produced and not yet acknowledged (in flight, or refused
-        # and to be sent again): (value, headers, token, shrunk); a shrink must keep the key.
-        # One record per key, so a delivery report finds its record by the message's key:
-        # one callback for every record (`_report`), no closure per record.
+        # and to be sent again): (value, headers, token, shrunk). A delivery report finds
+        # it by the message's key: one callback (`_report`) for every record.
         self._flight: dict[Key, tuple[bytes | None, Headers | None, T, bool]] = {}
         # ordered: key -> the records waiting for that key's record to be acknowledged
         # (only keys that have some: most never have a second record in flight)
