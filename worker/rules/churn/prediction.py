@@ -17,14 +17,19 @@ MAX_DAYS = 3_000_000  # ~8,000 years: a P(alive) crossing later than this is nev
 
 def p_alive(model: ChurnModel, params: Params, s: Summary) -> float:
     """P(alive | x, t_x, T): the probability the customer has not dropped out."""
+    return _p_alive(model, params, s.x, s.t_x, s.T)
+
+
+def _p_alive(model: ChurnModel, params: Params, x: int, t_x: int, T: int) -> float:
+    """`p_alive` of (x, t_x, T) as numbers: the searches below evaluate it at other T
+    without a Summary each."""
     r, alpha, a, b = params.r, params.alpha, params.a, params.b
-    x = s.x
     if model == "bgnbd":
         if x == 0:
             return 1.0  # BG/NBD: nobody drops out before a repeat purchase
-        log_div = (r + x) * math.log((alpha + s.T) / (alpha + s.t_x)) + math.log(a / (b + x - 1))
+        log_div = (r + x) * math.log((alpha + T) / (alpha + t_x)) + math.log(a / (b + x - 1))
     else:
-        log_div = (r + x) * math.log((alpha + s.T) / (alpha + s.t_x)) + math.log(a / (b + x))
+        log_div = (r + x) * math.log((alpha + T) / (alpha + t_x)) + math.log(a / (b + x))
     return _expit(-log_div)
 
 
@@ -40,33 +45,41 @@ def expected_orders(model: ChurnModel, params: Params, t: float, s: Summary) -> 
     """E[purchases in (T, T + t] | x, t_x, T] (Fader et al. 2005 eq. 10; Batislam et al.);
     NaN where double precision cannot represent it (extreme parameters): a scorer must
     never raise on a customer."""
+    return _expected_orders_at(model, params, t, s.x, s.t_x, s.T)
+
+
+def _expected_orders_at(
+    model: ChurnModel, params: Params, t: float, x: int, t_x: int, T: int
+) -> float:
+    """`expected_orders` of (x, t_x, T) as numbers (see `_p_alive`)."""
     try:
-        value = _expected_orders(model, params, t, s)
+        value = _expected_orders(model, params, t, x, t_x, T)
     except (ValueError, OverflowError, ZeroDivisionError):
         return math.nan
     return value if math.isfinite(value) else math.nan
 
 
-def _expected_orders(model: ChurnModel, params: Params, t: float, s: Summary) -> float:
+def _expected_orders(
+    model: ChurnModel, params: Params, t: float, x: int, t_x: int, T: int
+) -> float:
     r, alpha, a, b = params.r, params.alpha, params.a, params.b
-    x, T = s.x, s.T
     z = t / (alpha + T + t)
     shrink = (r + x) * math.log((alpha + T) / (alpha + T + t))
     if model == "bgnbd":
         c = a + b + x - 1
         first = c / (a - 1)
         hyp = _log_hyp2f1(r + x, b + x, c, z)
-        denominator = 1.0 if x == 0 else 1 + a / (b + x - 1) * _ratio(params, s)
+        denominator = 1.0 if x == 0 else 1 + a / (b + x - 1) * _ratio(params, x, t_x, T)
     else:
         c = a + b + x
         first = c / (a - 1)
         hyp = _log_hyp2f1(r + x, b + x + 1, c, z)
-        denominator = 1 + a / (b + x) * _ratio(params, s)
+        denominator = 1 + a / (b + x) * _ratio(params, x, t_x, T)
     return first * (1 - math.exp(hyp + shrink)) / denominator
 
 
-def _ratio(params: Params, s: Summary) -> float:
-    return math.pow((params.alpha + s.T) / (params.alpha + s.t_x), params.r + s.x)
+def _ratio(params: Params, x: int, t_x: int, T: int) -> float:
+    return math.pow((params.alpha + T) / (params.alpha + t_x), params.r + x)
 
 
 def _log_hyp2f1(a: float, b: float, c: float, z: float) -> float:
@@ -123,7 +136,7 @@ def day_below(
     day = max(s.T + 1, math.floor(math.exp(log_root) - alpha))
 
     def below(days: int) -> bool:
-        return p_alive(model, params, Summary(s.x, s.t_x, days)) < bound
+        return _p_alive(model, params, s.x, s.t_x, days) < bound
 
     # The closed form is exact up to rounding: a step or two at most (bounded regardless).
     for _ in range(64):
@@ -157,7 +170,7 @@ def day_value_below(
     """
 
     def value(days: int) -> float:
-        return order_value * expected_orders(model, params, t, Summary(s.x, s.t_x, days))
+        return order_value * _expected_orders_at(model, params, t, s.x, s.t_x, days)
 
     day = _value_day_by_model(model, params, s, value, bound, now)
     return _value_day_by_search(value, bound, s.T) if day is None else day

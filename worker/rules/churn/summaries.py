@@ -12,7 +12,7 @@ if TYPE_CHECKING:  # customer.py imports the profiles, which import this package
     from worker.rules.aggregates import Aggregates
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per event, and frozen costs 3x
 class Summary:
     """One customer's (x, t_x, T), whole days."""
 
