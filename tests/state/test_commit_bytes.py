@@ -12,7 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from worker.state import segment_index
-from worker.state.script_calls import pack_evalsha
+from worker.state.script_calls import pack_command, pack_evalsha
 from worker.state.segment_index import Entry, Move, place, position_of
 
 pytestmark = pytest.mark.unit
@@ -100,3 +100,9 @@ def test_pack_evalsha_is_hiredis_pack_command(
 ) -> None:
     expected = hiredis.pack_command(("EVALSHA", sha, len(keys), *keys, *argv))
     assert pack_evalsha(sha, keys, argv) == expected
+
+
+@given(st.lists(st.binary(min_size=1, max_size=300), min_size=1, max_size=60))
+def test_pack_of_mget_is_hiredis_pack_command(keys: list[bytes]) -> None:
+    head = b"*%d\r\n$4\r\nMGET" % (len(keys) + 1)
+    assert pack_command(head, keys) == hiredis.pack_command(("MGET", *keys))

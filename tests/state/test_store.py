@@ -21,6 +21,7 @@ from worker.rules.profiles import Profiles
 from worker.services import causes, sampling
 from worker.state import keys
 from worker.state.keys import SHARDS, shard_of
+from worker.state.script_calls import mget
 from worker.state.store import Store
 
 UNIT = Decimal("0.0001")
@@ -917,3 +918,13 @@ def test_without_vouched_offsets_nothing_is_checked(
     store.applied.floors[0] = ("orders:0", -1)
     apply(store, profiles, [ev(profiles, "e1", "placed", "o1", "10")])
     assert store.reads.customer("default", "c1") is not None
+
+
+def test_the_commit_paths_mget_reads_what_redis_holds(redis_client: redis.Redis) -> None:
+    redis_client.set(b"k1", b"v1")
+    redis_client.set("ключ", b"\x00binary\r\n")
+    assert mget(redis_client, [b"k1", b"absent", "ключ".encode()]) == [
+        b"v1",
+        None,
+        b"\x00binary\r\n",
+    ]

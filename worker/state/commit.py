@@ -25,7 +25,7 @@ from worker.state.commit_plan import CallPlan, Decide, Floors, ShardRead, T, Wor
 from worker.state.formats import StateFormats
 from worker.state.known import KnownCustomers
 from worker.state.results import BatchResult, Committed
-from worker.state.script_calls import ScriptCalls
+from worker.state.script_calls import ScriptCalls, mget
 from worker.state.scripts import script
 
 MAX_ATTEMPTS = 20
@@ -132,7 +132,7 @@ class Committer:
         left for the next attempt."""
         if not self.cluster:
             wanted = {shard: list(work[shard]) for shard in shards}
-            blobs = iter(client.mget([key for keys_ in wanted.values() for key in keys_]))
+            blobs = iter(mget(client, [key for keys_ in wanted.values() for key in keys_]))
             return [(shard, [next(blobs) for _ in keys_]) for shard, keys_ in wanted.items()]
         pipe = client.pipeline(transaction=False)
         for shard in shards:

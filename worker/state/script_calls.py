@@ -25,25 +25,49 @@ import redis
 _HEADS = [b"\r\n$%d\r\n" % length for length in range(4096)]
 
 
-def pack_evalsha(sha: bytes, keys: list[bytes], argv: list[bytes]) -> bytes:
-    """EVALSHA sha len(keys) *keys *argv as one RESP command: what hiredis.pack_command
-    makes of it, byte for byte, in about half its time (a call has several hundred
-    arguments; this looks each up once in _HEADS and joins everything at once)."""
-    args = keys + argv
+def pack_command(head: bytes, args: list[bytes]) -> bytes:
+    """A command as one RESP bytes object: `head`, the command's name and its first
+    arguments already in RESP (`*<count>\r\n$<len>\r\nNAME` ... without the last CRLF),
+    then `args`. What hiredis.pack_command makes of it, byte for byte, in about half its
+    time for the commit path's commands (hundreds to thousands of arguments: this looks
+    each up once in _HEADS and joins everything at once)."""
     heads = _HEADS
     parts: list[bytes] = [b""] * (2 * len(args) + 2)
+    parts[0] = head
+    parts[1:-1:2] = [heads[n] if n < 4096 else b"\r\n$%d\r\n" % n for n in map(len, args)]
+    parts[2:-1:2] = args
+    parts[-1] = b"\r\n"
+    return b"".join(parts)
+
+
+def pack_evalsha(sha: bytes, keys: list[bytes], argv: list[bytes]) -> bytes:
+    """EVALSHA sha len(keys) *keys *argv (see `pack_command`)."""
     count = b"%d" % len(keys)
-    parts[0] = b"*%d\r\n$7\r\nEVALSHA\r\n$%d\r\n%s\r\n$%d\r\n%s" % (
-        len(args) + 3,
+    head = b"*%d\r\n$7\r\nEVALSHA\r\n$%d\r\n%s\r\n$%d\r\n%s" % (
+        len(keys) + len(argv) + 3,
         len(sha),
         sha,
         len(count),
         count,
     )
-    parts[1:-1:2] = [heads[n] if n < 4096 else b"\r\n$%d\r\n" % n for n in map(len, args)]
-    parts[2:-1:2] = args
-    parts[-1] = b"\r\n"
-    return b"".join(parts)
+    return pack_command(head, keys + argv)
+
+
+def mget(client: Any, keys: list[bytes]) -> list[bytes | None]:
+    """MGET keys on a connection of `client`'s pool, packed here (redis-py's packer looks at
+    every argument in Python first: a batch reads a few thousand keys). A connection error
+    is the caller's to retry (as for the commit calls), not retried here."""
+    pool = client.connection_pool
+    conn = pool.get_connection()
+    try:
+        conn.send_packed_command([pack_command(b"*%d\r\n$4\r\nMGET" % (len(keys) + 1), keys)])
+        reply: list[bytes | None] = conn.read_response()
+    except BaseException:
+        conn.disconnect()  # its reply may be unread: never reused
+        raise
+    finally:
+        pool.release(conn)
+    return reply
 
 
 class ScriptCalls:
