@@ -161,7 +161,8 @@ def calls(python: Path, cwd: Path, spec: dict[str, Any], tmp: Path, own: bool) -
 # (seed, customers, steps): many short histories; a few long ones (kept decoded between batches,
 # entries rebased: worker/rules/customer.py LONG_HISTORY).
 @pytest.mark.parametrize(
-    ("seed", "customers", "steps"), [(1, 60, 70), (2, 60, 70), (3, 60, 70), (4, 6, 150)]
+    ("seed", "customers", "steps"),
+    [*((seed, 60, 70) for seed in range(1, 7)), (7, 6, 150), (8, 6, 150)],
 )
 def test_every_commit_call_is_the_released_engines(
     seed: int, customers: int, steps: int, redis_server: EmbeddedRedis, tmp_path: Path
