@@ -514,7 +514,9 @@ def test_cli_with_bad_kafka_config_is_one_line_without_the_secret() -> None:
     assert "RFM_KAFKA_CONFIG" in line
 
 
-def test_run_with_http_port_in_use_is_one_line(redis_server) -> None:
+def test_run_with_http_port_in_use_is_one_line(redis_server, redis_client) -> None:
+    # (redis_client: the suite's Redis emptied, so no state format a test recorded before
+    # this one stops the worker first)
     with socket.socket() as busy:
         busy.bind(("0.0.0.0", 0))
         busy.listen()

@@ -250,7 +250,11 @@ def test_a_backup_older_than_the_topic_s_start_loses_those_orders_until_produced
     store = Store(redis.Redis.from_url(server.url))
     again = dep.worker()
     wait_logged(again, "were deleted (retention) before this worker applied them")
-    assert resets(int(again.env["RFM_HTTP_PORT"]), "before_start") == 4
+    # (one reset per partition, counted as each is assigned and started: wait for all four)
+    port, deadline = int(again.env["RFM_HTTP_PORT"]), time.monotonic() + 30
+    while resets(port, "before_start") < 4 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert resets(port, "before_start") == 4
     assert_state_matches(store, expected_now(first))  # `second` is gone from both
 
     source = tmp_path / "second.jsonl"
