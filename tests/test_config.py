@@ -560,7 +560,10 @@ def run_worker(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
         "192.0.2.1",  # TEST-NET-1: not an address of this machine
     ],
 )
-def test_run_with_an_http_host_it_cannot_bind_is_one_line(redis_server, host: str) -> None:
+def test_run_with_an_http_host_it_cannot_bind_is_one_line(
+    redis_server, redis_client, host: str
+) -> None:
+    # (redis_client: emptied, see test_run_with_http_port_in_use_is_one_line)
     env = {
         **clean_environ(),
         "RFM_HTTP_HOST": host,
@@ -576,7 +579,8 @@ def test_run_with_an_http_host_it_cannot_bind_is_one_line(redis_server, host: st
     assert "Traceback" not in proc.stderr
 
 
-def test_run_logs_its_settings_without_the_http_token(redis_server) -> None:
+def test_run_logs_its_settings_without_the_http_token(redis_server, redis_client) -> None:
+    # (redis_client: emptied, see test_run_with_http_port_in_use_is_one_line)
     with socket.socket() as busy:  # the port in use makes `run` stop right after its start log
         busy.bind(("127.0.0.1", 0))
         busy.listen()
