@@ -92,7 +92,15 @@ def test_erasures_survive_kill_redelivery_and_rebuild(deployment: Deployment, st
     expected = expected_now([*kept, marker])
     messages = deployment.read(deployment.actions, until=converged(expected), timeout=90)
     docs = [orjson.loads(m.value()) for m in messages]
-    published = [p for p in docs if p["change_id"] not in seen]
+    # (an overdue alert is published by the sweep in the turn after the orders that make
+    # it due, so a kept customer's may land after the first read converged: not the
+    # redelivery's doing)
+    published = [
+        p
+        for p in docs
+        if p["change_id"] not in seen
+        and not (p["type"] == "rfm.overdue" and p["customer_id"] not in gone)
+    ]
     assert {p["customer_id"] for p in published} <= {"zz-marker"}
     assert_state_matches(store, expected)
     assert_absent(store, deployment, gone - {fresh})
