@@ -11,6 +11,7 @@ them, and check them against the models). The customer view is a plain dict.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import lru_cache
 from typing import Literal, get_args
 
 import orjson
@@ -293,22 +294,11 @@ def rfm_erased(
 
 
 def score_view(s: Score | Published | None) -> str:
-    """The score as records show it, as JSON: one text per distinct score, serialised
-    once (a base has a few hundred distinct scores at most)."""
-    if s is None:
-        return "null"
-    key = (s.r, s.f, s.m, s.segment)
-    view = _VIEWS.get(key)
-    if view is None:
-        if len(_VIEWS) >= 10_000:  # segment names come from profiles: bounded anyway
-            _VIEWS.clear()
-        view = _VIEWS[key] = view_text(s.r, s.f, s.m, s.segment)
-    return view
+    """The score as records show it, as JSON."""
+    return "null" if s is None else view_text(s.r, s.f, s.m, s.segment)
 
 
-_VIEWS: dict[tuple[int, int, int, str], str] = {}
-
-
+@lru_cache(maxsize=10_000)  # a base has a few hundred distinct scores: serialised once each
 def view_text(r: int, f: int, m: int, segment: str) -> str:
     """A score view as JSON (the engine keeps it with its own spelling of the score)."""
     return orjson.dumps({"r": r, "f": f, "m": m, "rfm": f"{r}{f}{m}", "segment": segment}).decode()
@@ -319,33 +309,20 @@ def _string(text: str) -> str:
     return orjson.dumps(text).decode()
 
 
+@lru_cache(maxsize=10_000)
 def _tenant(tenant: str) -> str:
     """A tenant as JSON: a deployment has few, each serialised once."""
-    text = _TENANTS.get(tenant)
-    if text is None:
-        if len(_TENANTS) >= 10_000:
-            _TENANTS.clear()
-        text = _TENANTS[tenant] = _string(tenant)
-    return text
-
-
-_TENANTS: dict[str, str] = {}
+    return _string(tenant)
 
 
 def _names(triggers: Sequence[str]) -> str:
     """Trigger names as a JSON array: names come from profiles, each list serialised once."""
-    if not triggers:
-        return "[]"
-    key = tuple(triggers)
-    text = _TRIGGERS.get(key)
-    if text is None:
-        if len(_TRIGGERS) >= 10_000:
-            _TRIGGERS.clear()
-        text = _TRIGGERS[key] = orjson.dumps(key).decode()
-    return text
+    return _names_of(tuple(triggers)) if triggers else "[]"
 
 
-_TRIGGERS: dict[tuple[str, ...], str] = {}
+@lru_cache(maxsize=10_000)
+def _names_of(names: tuple[str, ...]) -> str:
+    return orjson.dumps(names).decode()
 
 
 _NO_SUMMARY = orjson.dumps(customer_summary(None, None)).decode()
