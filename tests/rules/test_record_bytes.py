@@ -20,12 +20,12 @@ from worker.rules.messages import (
     RfmChanged,
     RfmErased,
     RfmOverdue,
+    customer_summary,
     rfm_changed,
     rfm_erased,
     rfm_overdue,
     score_view,
 )
-from worker.rules.money import format_units
 from worker.rules.profile import BUILTIN_DEFAULT
 from worker.rules.scoring import Score
 
@@ -36,24 +36,6 @@ def view_doc(s: Score | Published | None) -> dict[str, object] | None:
     if s is None:
         return None
     return {"r": s.r, "f": s.f, "m": s.m, "rfm": s.rfm, "segment": s.segment}
-
-
-def summary_doc(agg: Aggregates | None, score: Score | None) -> dict[str, object]:
-    if agg is None:
-        return {
-            "first_order_at": None,
-            "last_order_at": None,
-            "orders": 0,
-            "orders_lifetime": 0,
-            "monetary": "0.00",
-        }
-    return {
-        "first_order_at": iso(agg.first_order_at),
-        "last_order_at": iso(agg.last_order_at),
-        "orders": score.orders if score else agg.orders_lifetime,
-        "orders_lifetime": agg.orders_lifetime,
-        "monetary": format_units(agg.monetary),
-    }
 
 
 def changed_doc(
@@ -82,7 +64,7 @@ def changed_doc(
         "segment_changed": (previous.segment if previous else None)
         != (current.segment if current else None),
         "triggers": list(triggers),
-        "customer": summary_doc(agg, current),
+        "customer": customer_summary(agg, current),  # the customer view's own dict
         "emitted_at": iso(emitted_at_ms),
         "p_alive": current.p_alive if current else None,
         "p_alive_band": current.band if current else None,
