@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+from functools import lru_cache
 from typing import NamedTuple
 
 from worker.rules.customer import Customer
@@ -143,19 +144,12 @@ def _members(e: Entry, customer_id: bytes) -> tuple[bytes | None, ...]:
 _CODES = ("s", "l", "o", "v")
 _NONE = (None, None, None, None)
 _LAST = (1 << 64) - 1  # the highest position's rank part: the lowest rank
-# Places by (segment, r, f): a few per profile's segment; cleared if ever this many.
-_PLACES: dict[tuple[str, int, int], bytes] = {}
-_PLACES_MAX = 10_000
 
 
+@lru_cache(maxsize=10_000)  # a few per profile's segment
 def _place_of(at: tuple[str, int, int]) -> bytes:
     """`place` of an entry's (segment, r, f)."""
-    found = _PLACES.get(at)
-    if found is None:
-        if len(_PLACES) >= _PLACES_MAX:
-            _PLACES.clear()
-        found = _PLACES[at] = place(*at)
-    return found
+    return place(*at)
 
 
 def _member(place_: bytes, rank: int, customer_id: bytes) -> bytes:
