@@ -190,7 +190,7 @@ class Customer:
     def aggregates_to_keep(self) -> Aggregates | None:
         """`aggregates()` for use after this customer is dropped (a sample of the base):
         they hold the customer, whose per-day values they read; the others refer to it
-        weakly and, once it is gone, estimate them."""
+        weakly and, read once it is gone, raise (worker/rules/aggregates.py)."""
         agg = self.aggregates()
         return None if agg is None else replace(agg, _source=lambda: self)
 
