@@ -60,39 +60,57 @@ local function refusal()
   if not redis.acl_check_cmd then
     return nil
   end
-  local checked = {} -- command -> KEYS indexes checked (most keys recur: one check each)
-  local function check(command, index, ...)
-    local done = checked[command]
-    if not done then
-      done = {}
-      checked[command] = done
-    elseif done[index] then
-      return nil
-    end
-    done[index] = true
-    local known, allowed = pcall(redis.acl_check_cmd, command, KEYS[index], ...)
-    if not known then
-      return command .. ' is not a command of this server (renamed or disabled?)'
-    elseif not allowed then
-      return 'this user may not run ' .. command .. ' on ' .. KEYS[index]
-    end
-  end
+  -- The keys a plan names recur (a shard's due sets, counters, index sets, outbox): each
+  -- (command, key) is checked once, gathered first by plain table writes.
+  local del, zrem, zadd, hash, expire, xadd, hset = {}, {}, {}, {}, {}, {}, {}
   local states = {} -- the customer keys MSET writes, checked together
   for _, c in ipairs(customers) do
-    if c[3] > 0 and ARGV[c[3]] == '' then
-      local why = check('DEL', c[1])
-      if why then
-        return why
+    if c[3] > 0 then
+      if ARGV[c[3]] == '' then
+        del[c[1]] = true
+      else
+        states[#states + 1] = KEYS[c[1]]
+        states[#states + 1] = 'x'
       end
-    elseif c[3] > 0 then
-      states[#states + 1] = KEYS[c[1]]
-      states[#states + 1] = 'x'
     end
-    local why = check('ZREM', c[4], 'x') or check('ZREM', c[5], 'x')
-      or check('ZADD', c[5], '0', 'x')
-    if why then
-      return why
+    zrem[c[4]] = true
+    zrem[c[5]] = true
+    zadd[c[5]] = true
+  end
+  for _, d in ipairs(plan.counts) do
+    hash[d[1]] = true
+  end
+  for _, e in ipairs(plan.expire or {}) do
+    expire[e[1]] = true
+  end
+  for _, e in ipairs(plan.unindex or {}) do
+    zrem[e[1]] = true
+  end
+  for _, e in ipairs(plan.index or {}) do
+    zadd[e[1]] = true
+  end
+  for _, ch in ipairs(plan.changes) do
+    xadd[ch[1]] = true
+  end
+  for _, e in ipairs(plan.erase or {}) do
+    hset[e[1]] = true
+  end
+  local function check(command, indexes, ...)
+    for index in pairs(indexes) do
+      local known, allowed = pcall(redis.acl_check_cmd, command, KEYS[index], ...)
+      if not known then
+        return command .. ' is not a command of this server (renamed or disabled?)'
+      elseif not allowed then
+        return 'this user may not run ' .. command .. ' on ' .. KEYS[index]
+      end
     end
+  end
+  local why = check('DEL', del) or check('ZREM', zrem, 'x') or check('ZADD', zadd, '0', 'x')
+    or check('HINCRBY', hash, 'x', '1') or check('HDEL', hash, 'x')
+    or check('PEXPIRE', expire, '1') or check('XADD', xadd, '*', 'k', 'v')
+    or check('HSET', hset, 'x', '1')
+  if why then
+    return why
   end
   for i = 1, #states, 1000 do -- a Lua stack of limited size: in chunks, as below
     local known, allowed = pcall(redis.acl_check_cmd, 'MSET',
@@ -101,42 +119,6 @@ local function refusal()
       return 'MSET is not a command of this server (renamed or disabled?)'
     elseif not allowed then
       return 'this user may not run MSET on the customer keys (' .. states[i] .. ', ...)'
-    end
-  end
-  for _, d in ipairs(plan.counts) do
-    local why = check('HINCRBY', d[1], 'x', '1') or check('HDEL', d[1], 'x')
-    if why then
-      return why
-    end
-  end
-  for _, e in ipairs(plan.expire or {}) do
-    local why = check('PEXPIRE', e[1], '1')
-    if why then
-      return why
-    end
-  end
-  for _, e in ipairs(plan.unindex or {}) do
-    local why = check('ZREM', e[1], 'x')
-    if why then
-      return why
-    end
-  end
-  for _, e in ipairs(plan.index or {}) do
-    local why = check('ZADD', e[1], '0', 'x')
-    if why then
-      return why
-    end
-  end
-  for _, ch in ipairs(plan.changes) do
-    local why = check('XADD', ch[1], '*', 'k', 'v')
-    if why then
-      return why
-    end
-  end
-  for _, e in ipairs(plan.erase or {}) do
-    local why = check('HSET', e[1], 'x', '1')
-    if why then
-      return why
     end
   end
 end
@@ -188,14 +170,22 @@ end
 
 local states = {}           -- key, value, ... for MSET
 local leave, enter = {}, {} -- due zset index -> members to remove / score, member, ... to add
-local function push(groups, index, ...)
+-- (one function per arity: a vararg's table per value costs more than the write)
+local function push(groups, index, v)
   local list = groups[index]
-  if not list then
-    list = {}
-    groups[index] = list
-  end
-  for _, v in ipairs({...}) do
+  if list then
     list[#list + 1] = v
+  else
+    groups[index] = {v}
+  end
+end
+local function push2(groups, index, v, w)
+  local list = groups[index]
+  if list then
+    local n = #list
+    list[n + 1], list[n + 2] = v, w
+  else
+    groups[index] = {v, w}
   end
 end
 for _, c in ipairs(customers) do
@@ -212,7 +202,7 @@ for _, c in ipairs(customers) do
   if c[6] == '' then
     push(leave, c[5], key)
   else
-    push(enter, c[5], c[6], key)
+    push2(enter, c[5], c[6], key)
   end
 end
 each_chunk(states, function(...) redis.call('MSET', ...) end)
@@ -235,7 +225,7 @@ for _, e in ipairs(plan.unindex or {}) do
   push(unindexed, e[1], ARGV[e[2]])
 end
 for _, e in ipairs(plan.index or {}) do
-  push(indexed, e[1], '0', ARGV[e[2]])
+  push2(indexed, e[1], '0', ARGV[e[2]])
 end
 for index, pairs_ in pairs(indexed) do
   each_chunk(pairs_, function(...) redis.call('ZADD', KEYS[index], ...) end)
