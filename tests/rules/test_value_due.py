@@ -21,7 +21,7 @@ from worker.rules.aggregates import Aggregates
 from worker.rules.churn import ChurnModel, Params, Summary
 from worker.rules.churn.prediction import MAX_DAYS
 from worker.rules.customer import Customer
-from worker.rules.decay import p_alive_band_due, value_band_due
+from worker.rules.decay import MAX_DUE_MS, p_alive_band_due, value_band_due
 from worker.rules.events import ValidEvent
 from worker.rules.instants import DAY_MS
 from worker.rules.profile import Profile
@@ -187,7 +187,7 @@ def test_value_band_due_is_the_reference_s_at_every_commit(
     """Each customer scored at each of its commits (the orders so far, at the last one's
     instant), and at NOW; the due instants from its score's figures are the same."""
     profile = value_profile(model, horizon, bands, histories)
-    dues = cases = 0
+    dues = cases = shortcuts = 0
     for cid, placed in histories.items():
         c = Customer("default", cid)
         for i, (at, units) in enumerate(placed):
@@ -213,6 +213,22 @@ def test_value_band_due_is_the_reference_s_at_every_commit(
                 assert p_alive_band_due(agg, profile, as_of, scored) == p_alive_band_due(
                     agg, profile, as_of
                 )
+                # only wanted before an instant the caller has (next_due's other dues)
+                for before in befores(as_of, due):
+                    earlier = due if due is not None and due < before else None
+                    assert value_band_due(agg, profile, as_of, scored, before=before) == earlier
+                    shortcuts += earlier is None and due is not None
                 dues += due is not None
                 cases += 1
     assert dues > cases // 2  # most customers are above the lowest band
+    assert shortcuts > cases  # most befores are earlier than the band's day: one evaluation
+
+
+def befores(as_of: int, due: int | None) -> list[int]:
+    """Instants a caller may have already: around the due instant (at, just before and
+    after it, a day either side), and as next_due has them (now, within the recency
+    thresholds, never)."""
+    out = [as_of, as_of + 1, as_of + 30 * DAY_MS + 12_345, as_of + 400 * DAY_MS, MAX_DUE_MS + 1]
+    if due is not None:
+        out += [due - DAY_MS, due - 1, due, due + 1, due + DAY_MS - 1, due + DAY_MS]
+    return out

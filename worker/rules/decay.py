@@ -122,7 +122,7 @@ def next_due(
         if at is not None:
             due = min(due, at)
         if profile.value_bands and profile.churn_fit.spend is not None:
-            at = value_band_due(agg, profile, as_of_ms, scored)
+            at = value_band_due(agg, profile, as_of_ms, scored, before=due)
             if at is not None:
                 due = min(due, at)
     return due if due <= MAX_DUE_MS else None
@@ -156,7 +156,12 @@ def p_alive_band_due(
 
 
 def value_band_due(
-    agg: Aggregates, profile: Profile, as_of_ms: int, scored: Score | None = None
+    agg: Aggregates,
+    profile: Profile,
+    as_of_ms: int,
+    scored: Score | None = None,
+    *,
+    before: int | None = None,
 ) -> int | None:
     """The UTC midnight at which the value band changes with no new order; None: never.
 
@@ -164,6 +169,11 @@ def value_band_due(
     silence grows (whole days of T, so at midnights), and the expected value with them:
     the first day it is below the current band's lower bound (or no longer known),
     `churn.day_value_below`. `scored`: as in `next_due`.
+
+    `before` (epoch ms): the caller has that instant of a change already, and only wants
+    this one if it is earlier; None when it is not. Most often one evaluation of the value
+    tells (on the last day whose midnight is before `before`), where the day itself costs
+    several evaluations and root solves.
     """
     fit = profile.churn_fit
     bounds = profile.value_bands
@@ -175,7 +185,7 @@ def value_band_due(
             return None
     else:
         s = churn.summary_of(agg, as_of_ms)
-        spend = churn.spend_summary(agg, as_of_ms)
+        spend = churn.spend_summary(agg, as_of_ms, s)
         if s is None or spend is None:
             return None
         order_value = churn.expected_order_value(fit.spend.params, *spend)
@@ -183,7 +193,14 @@ def value_band_due(
     if not math.isfinite(now) or churn.value_band(now, bounds) == 1:
         return None  # no band, or the lowest: nothing below to cross into
     bound = bounds[churn.value_band(now, bounds) - 2]
+    first = agg.first_order_at // DAY_MS
+    if before is not None and before <= MAX_DUE_MS:
+        last = -(-before // DAY_MS) - first - 1  # the last day whose midnight is before it
+        if last <= s.T or churn.value_holds(
+            fit.model, fit.params, horizon, s, order_value, bound, last
+        ):
+            return None  # not below before `last` + 1: at `before` or later
     day = churn.day_value_below(fit.model, fit.params, horizon, s, order_value, bound, now=now)
     if day is None:
         return None
-    return (agg.first_order_at // DAY_MS + day) * DAY_MS  # days after the first
+    return (first + day) * DAY_MS  # days after the first

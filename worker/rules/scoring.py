@@ -87,7 +87,7 @@ def _value(
     s: Score, agg: Aggregates, as_of_ms: int, profile: Profile, spend: churn.SpendFit
 ) -> None:
     """The expected order value and value, and the value band, of a scored customer."""
-    summary = churn.spend_summary(agg, as_of_ms)
+    summary = churn.spend_summary(agg, as_of_ms, s.summary)
     if summary is None:
         return
     eov = churn.expected_order_value(spend.params, *summary)

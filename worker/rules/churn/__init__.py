@@ -43,6 +43,7 @@ from worker.rules.churn.prediction import (
     day_value_below,
     expected_orders,
     p_alive,
+    value_holds,
 )
 from worker.rules.churn.spend import (
     VALUE_MODELS,
@@ -98,5 +99,6 @@ __all__ = [
     "summary",
     "summary_of",
     "value_band",
+    "value_holds",
     "weekly_check",
 ]

@@ -176,6 +176,23 @@ def day_value_below(
     return _value_day_by_search(value, bound, s.T) if day is None else day
 
 
+def value_holds(
+    model: ChurnModel,
+    params: Params,
+    t: float,
+    s: Summary,
+    order_value: float,
+    bound: float,
+    day: int,
+) -> bool:
+    """Whether the value order_value × expected_orders(t) is still a number at least
+    `bound` on `day` (with no new order): then, the value falling as the silence grows
+    (`_value_day_by_model`), `day_value_below` is after `day`. One evaluation, where the
+    day itself takes two or three and two root solves."""
+    v = order_value * _expected_orders_at(model, params, t, s.x, s.t_x, day)
+    return 0 < v < math.inf and v >= bound
+
+
 def _value_day_by_search(value: Callable[[int], float], bound: float, T: int) -> int | None:
     """Double then bisect on `not value >= bound`: the reference, and the fallback."""
 

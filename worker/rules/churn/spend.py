@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from worker.rules.churn.summaries import summary_of
+from worker.rules.churn.summaries import Summary, summary_of
 from worker.rules.money import SCALE
 
 if TYPE_CHECKING:
@@ -79,11 +79,15 @@ class SpendFit:
         )
 
 
-def spend_summary(agg: Aggregates, as_of_ms: int) -> tuple[int, float] | None:
+def spend_summary(
+    agg: Aggregates, as_of_ms: int, s: Summary | None = None
+) -> tuple[int, float] | None:
     """(x, m_x) of a customer: x as the churn model counts it (folded orders one day each),
     m_x the mean net value of the repeat days in currency units, (monetary - the first
-    day's value) / x; 0.0 when x == 0. None without a counted order."""
-    s = summary_of(agg, as_of_ms)
+    day's value) / x; 0.0 when x == 0. None without a counted order. `s`: the customer's
+    `summary_of` at as_of, when the caller has it (scoring does)."""
+    if s is None:
+        s = summary_of(agg, as_of_ms)
     if s is None:
         return None
     if s.x == 0:
