@@ -44,6 +44,8 @@ def call_commit(
     customers: list[Customer],
     deltas: list[tuple[str, int]],
     changes: list[tuple[bytes, str, bytes]],  # outbox stream, customer id, payload
+    index: dict[bytes, list[bytes]] | None = None,  # segment index set -> members added
+    unindex: dict[bytes, list[bytes]] | None = None,  # ... -> members removed
 ) -> list[Any]:
     """Build the plan document and its KEYS/ARGV as commit.lua's header describes."""
     keys: list[bytes] = []
@@ -58,19 +60,36 @@ def call_commit(
         argv.append(v)
         return len(argv)
 
-    plan_customers = []
+    plan_customers: list[Any] = []
     for c in customers:
         k, expected, new = c[0], c[1], c[2]
         due_from, due_to, due = (c[3], c[4], c[5]) if len(c) == 6 else (DUE0, DUE0, "")
-        plan_customers.append(
-            [key(k), arg(expected), 0 if new is None else arg(new), key(due_from), key(due_to), due]
-        )
-    plan_changes = [[key(stream), arg(cid), arg(payload)] for stream, cid, payload in changes]
+        plan_customers += [
+            key(k),
+            arg(expected),
+            0 if new is None else arg(new),
+            key(due_from),
+            key(due_to),
+            due,
+        ]
+    plan_changes = [
+        v for stream, cid, payload in changes for v in (key(stream), arg(cid), arg(payload))
+    ]
+
+    def runs(sets: dict[bytes, list[bytes]] | None) -> list[int]:
+        out: list[int] = []
+        for k, members in (sets or {}).items():
+            out += [key(k), len(argv) + 1, len(members)]
+            argv.extend(members)
+        return out
+
     argv[0] = orjson.dumps(
         {
             "customers": plan_customers,
-            "counts": [[key(COUNTS), *d] for d in deltas],
+            "counts": [v for d in deltas for v in (key(COUNTS), *d)],
             "changes": plan_changes,
+            "index": runs(index),
+            "unindex": runs(unindex),
         }
     )
     return list(script(keys=keys, args=argv))
@@ -291,3 +310,24 @@ def test_thousands_of_customers_in_one_call(redis_client: redis.Redis, commit: A
     before = snapshot(redis_client)
     assert call_commit(commit, stale, [], []) == [0, 2_000]
     assert snapshot(redis_client) == before
+
+
+def test_segment_index_runs_longer_than_a_chunk(redis_client: redis.Redis, commit: Any) -> None:
+    """A set's members come as one run of ARGV, added and removed in chunks under Lua's
+    stack limit: 2,500 added to one set and 3 to another in one call, then 1,200 of them
+    moved to a second set (added there first, then removed here)."""
+    here, there = b"rfm:{05}:m:default:s", b"rfm:{05}:m:default:l"
+    members = [b"0004lost11%016x" % i + b"c%d" % i for i in range(2_500)]
+    key = b"rfm:{05}:c:default:c1"
+    added = {here: members, there: [b"a", b"b", b"c"]}
+    assert call_commit(commit, [(key, b"", b"v1")], [], [], index=added) == [1]
+    assert redis_client.zrange(here, 0, -1) == sorted(members)
+    assert redis_client.zrange(there, 0, -1) == [b"a", b"b", b"c"]
+    moved = members[:1_200]
+    result = call_commit(
+        commit, [(key, b"v1", b"v2")], [], [], index={there: moved}, unindex={here: moved}
+    )
+    assert result == [1]
+    assert redis_client.zrange(here, 0, -1) == sorted(members[1_200:])
+    assert redis_client.zrange(there, 0, -1) == sorted([b"a", b"b", b"c", *moved])
+    assert {score for _, score in redis_client.zrange(there, 0, -1, withscores=True)} == {0.0}

@@ -53,20 +53,23 @@ class CallPlan:
 
 class ScriptArgs:
     """KEYS and ARGV of one commit.lua call, and the entries of the plan (ARGV[1]) that
-    refer to them by 1-based index."""
+    refer to them by 1-based index, each list flat (the script's header)."""
 
     def __init__(self) -> None:
         self.keys: list[bytes] = []
         self._key_index: dict[bytes, int] = {}
         self.argv: list[bytes] = [b""]  # ARGV[1]: the plan itself, set by `finish`
-        self.customers: list[list[int | str]] = []
-        self.changes: list[list[int]] = []
-        self.vouched: list[list[int]] = []
-        self.unindex: list[list[int]] = []  # [segment index, member]: ZREM (after the ZADDs)
-        self.index: list[list[int]] = []  # [segment index, member]: ZADD 0
-        self.erase: list[list[int]] = []  # [tombstones hash, digest, instant]: kept the latest
+        self.customers: list[int | str] = []  # six values per customer
+        self.changes: list[int] = []  # outbox, k, v
+        self.vouched: list[int] = []  # applied hash, field, floor
+        # Segment index set -> the members it loses (ZREM, after the ZADDs) / gains (ZADD
+        # 0): each set's members go into ARGV together at `finish`, one run per set.
+        self.unindex: dict[int, list[bytes]] = {}
+        self.index: dict[int, list[bytes]] = {}
+        self.erase: list[int] = []  # tombstones hash, digest, instant: kept the latest
         self.deltas: dict[Cell, int] = {}  # counts and flows cells -> delta
         self.expire: dict[int, int] = {}  # KEYS index of a flows hash -> its TTL (ms)
+        self.count = 0  # customers
 
     def key(self, key: bytes) -> int:
         index = self._key_index.get(key)
@@ -86,12 +89,13 @@ class ScriptArgs:
         the state as it is; b"": delete it), move it from the due zset `due_from` to
         `due_to` at `due`."""
         self.keys.append(key)  # a customer's own key: no other entry refers to it
-        self.argv.append(expected)
-        entry: list[int | str] = [len(self.keys), len(self.argv), 0, due_from, due_to, due]
+        argv = self.argv
+        argv.append(expected)
+        at = len(argv)
         if new is not None:
-            self.argv.append(new)
-            entry[2] = len(self.argv)
-        self.customers.append(entry)
+            argv.append(new)
+        self.customers += (len(self.keys), at, 0 if new is None else at + 1, due_from, due_to, due)
+        self.count += 1
 
     def changes_of(self, outbox: int, kafka_key: bytes, payloads: list[bytes]) -> None:
         """A customer's changes, appended to the outbox stream `outbox` under its key."""
@@ -100,23 +104,39 @@ class ScriptArgs:
         key_arg = len(argv)
         for payload in payloads:
             argv.append(payload)
-            self.changes.append([outbox, key_arg, len(argv)])
+            self.changes += (outbox, key_arg, len(argv))
 
     def finish(self) -> tuple[list[bytes], list[bytes]]:
         """KEYS and ARGV, the plan serialised into ARGV[1]."""
+        counts: list[int | str] = []
+        for (index, f), delta in self.deltas.items():
+            if delta:
+                counts += (index, f, delta)
+        expire: list[int] = []
+        for index, ttl in self.expire.items():
+            expire += (index, ttl)
         self.argv[0] = orjson.dumps(
             {
                 "customers": self.customers,
-                "counts": [[index, f, delta] for (index, f), delta in self.deltas.items() if delta],
+                "counts": counts,
                 "changes": self.changes,
                 "vouched": self.vouched,
-                "expire": [[index, ttl] for index, ttl in self.expire.items()],
-                "unindex": self.unindex,
-                "index": self.index,
+                "expire": expire,
+                "unindex": self._runs(self.unindex),
+                "index": self._runs(self.index),
                 "erase": self.erase,
             }
         )
         return self.keys, self.argv
+
+    def _runs(self, members: dict[int, list[bytes]]) -> list[int]:
+        """Each set's members appended to ARGV: (set, first, count) per set."""
+        argv = self.argv
+        runs: list[int] = []
+        for index, run in members.items():
+            runs += (index, len(argv) + 1, len(run))
+            argv += run
+        return runs
 
 
 class ShardKeys:
@@ -158,7 +178,7 @@ class ShardKeys:
             if floor is not None and floor[1] >= 0:
                 field_ = self._args.arg(floor[0].encode())
                 applied = self._args.key(keys.applied(self._shard))
-                self._args.vouched.append([applied, field_, floor[1]])
+                self._args.vouched += (applied, field_, floor[1])
                 self.vouched.append(partition)
         return index
 
@@ -283,8 +303,8 @@ def plan_call(
             if res.touched:
                 _write_customer(args, shard_keys, plan, key, blob, decision)
         plan.vouched.update(shard_keys.vouched)
-    if args.customers:
-        plan.customers = len(args.customers)
+    if args.count:
+        plan.customers = args.count
         plan.call = args.finish()
     return plan
 
@@ -309,7 +329,7 @@ def _write_customer(
     if res.tombstone is not None:
         digest, instant = res.tombstone
         erased = shard_keys.tombstones()
-        args.erase.append([erased, args.arg(digest), args.arg(str(instant).encode())])
+        args.erase += (erased, args.arg(digest), args.arg(str(instant).encode()))
     tenant = customer.tenant
     # (without a change, only a value model's expected value may have moved)
     _count_scores(args, shard_keys, tenant, decision.before, customer.published)
@@ -360,15 +380,19 @@ def _index(
     after = segment_index.entry_of(customer)
     if before == after:
         return
-    tenant, argv = customer.tenant, args.argv
+    tenant, unindex, index = customer.tenant, args.unindex, args.index
     for code, left, entered in segment_index.moves(before, after, customer.customer_id.encode()):
         at = shard_keys.segment_index(tenant, code)
         if left is not None:
-            argv.append(left)  # (args.arg inlined: a few per customer)
-            args.unindex.append([at, len(argv)])
+            if (run := unindex.get(at)) is None:
+                unindex[at] = [left]
+            else:
+                run.append(left)
         if entered is not None:
-            argv.append(entered)
-            args.index.append([at, len(argv)])
+            if (run := index.get(at)) is None:
+                index[at] = [entered]
+            else:
+                run.append(entered)
 
 
 def _count_flows(

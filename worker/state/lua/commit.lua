@@ -16,15 +16,16 @@
 --
 -- KEYS      every key, referenced by index from the plan
 -- ARGV[1]   the plan, JSON; every number below indexes KEYS (key, due_*, counts, outbox)
---           or ARGV (expected, new, k, v):
---   {"customers": [[key, expected, new, due_from, due_to, due], ...],
---    "counts":    [[counts, field, delta], ...],
---    "changes":   [[outbox, k, v], ...],
---    "vouched":   [[applied, field, floor], ...],
---    "expire":    [[flows, ttl], ...],
---    "unindex":   [[set, member], ...],
---    "index":     [[set, member], ...],
---    "erase":     [[tombstones, digest, instant], ...]}
+--           or ARGV (expected, new, k, v). Each list is flat, its entries one after the
+--           other (a table per entry would cost more to decode than its writes):
+--   {"customers": [key, expected, new, due_from, due_to, due, ...],
+--    "counts":    [counts, field, delta, ...],
+--    "changes":   [outbox, k, v, ...],
+--    "vouched":   [applied, field, floor, ...],
+--    "expire":    [flows, ttl, ...],
+--    "unindex":   [set, first, count, ...],
+--    "index":     [set, first, count, ...],
+--    "erase":     [tombstones, digest, instant, ...]}
 --   expected  the value the customer key must hold ("" = absent)
 --   new       the new value, or 0 to leave the state as it is (a due-only update); an
 --             empty value deletes the state (an erased customer)
@@ -36,8 +37,8 @@
 --             offset the shard vouched for already: holding less, it lost writes
 --   counts    also a flows hash (moves between segments in a time bucket, always + deltas)
 --   flows     a flows hash the counts touched, set to expire ttl ms from now
---   set       a segment index set; member (ARGV) added to it with score 0 ("index",
---             first) or removed from it ("unindex")
+--   set       a segment index set; the `count` members ARGV[first], ARGV[first + 1], ...
+--             are added to it with score 0 ("index", first) or removed from it ("unindex")
 --   tombstones a shard's rfm:{NN}:erased hash; digest (ARGV) -> instant (ARGV, epoch ms),
 --             set unless it holds a later instant already (worker/rules/erasure.py)
 -- ARGV[2..] the values referenced by the plan (states, customer ids, change payloads)
@@ -49,7 +50,10 @@
 -- (nothing written).
 
 local plan = cjson.decode(ARGV[1])
-local customers = plan.customers
+local customers = plan.customers -- six values per customer (see above)
+local counts, changes, vouched = plan.counts or {}, plan.changes or {}, plan.vouched or {}
+local expire, erase = plan.expire or {}, plan.erase or {}
+local index, unindex = plan.index or {}, plan.unindex or {}
 
 -- Redis never rolls a script back: a write refused halfway (an ACL rule, a renamed or
 -- disabled command) would keep the writes before it, a state without its changes. So
@@ -62,52 +66,53 @@ local function refusal()
   end
   -- The keys a plan names recur (a shard's due sets, counters, index sets, outbox): each
   -- (command, key) is checked once, gathered first by plain table writes.
-  local del, zrem, zadd, hash, expire, xadd, hset = {}, {}, {}, {}, {}, {}, {}
+  local del, zrem, zadd, hash, pexpire, xadd, hset = {}, {}, {}, {}, {}, {}, {}
   local states = {} -- the customer keys MSET writes, checked together
-  for _, c in ipairs(customers) do
-    if c[3] > 0 then
-      if ARGV[c[3]] == '' then
-        del[c[1]] = true
+  for i = 1, #customers, 6 do
+    local new = customers[i + 2]
+    if new > 0 then
+      if ARGV[new] == '' then
+        del[customers[i]] = true
       else
-        states[#states + 1] = KEYS[c[1]]
+        states[#states + 1] = KEYS[customers[i]]
         states[#states + 1] = 'x'
       end
     end
-    zrem[c[4]] = true
-    zrem[c[5]] = true
-    zadd[c[5]] = true
+    zrem[customers[i + 3]] = true
+    zrem[customers[i + 4]] = true
+    zadd[customers[i + 4]] = true
   end
-  for _, d in ipairs(plan.counts) do
-    hash[d[1]] = true
+  for i = 1, #counts, 3 do
+    hash[counts[i]] = true
   end
-  for _, e in ipairs(plan.expire or {}) do
-    expire[e[1]] = true
+  for i = 1, #expire, 2 do
+    pexpire[expire[i]] = true
   end
-  for _, e in ipairs(plan.unindex or {}) do
-    zrem[e[1]] = true
+  for i = 1, #unindex, 3 do
+    zrem[unindex[i]] = true
   end
-  for _, e in ipairs(plan.index or {}) do
-    zadd[e[1]] = true
+  for i = 1, #index, 3 do
+    zadd[index[i]] = true
   end
-  for _, ch in ipairs(plan.changes) do
-    xadd[ch[1]] = true
+  for i = 1, #changes, 3 do
+    xadd[changes[i]] = true
   end
-  for _, e in ipairs(plan.erase or {}) do
-    hset[e[1]] = true
+  for i = 1, #erase, 3 do
+    hset[erase[i]] = true
   end
   local function check(command, indexes, ...)
-    for index in pairs(indexes) do
-      local known, allowed = pcall(redis.acl_check_cmd, command, KEYS[index], ...)
+    for k in pairs(indexes) do
+      local known, allowed = pcall(redis.acl_check_cmd, command, KEYS[k], ...)
       if not known then
         return command .. ' is not a command of this server (renamed or disabled?)'
       elseif not allowed then
-        return 'this user may not run ' .. command .. ' on ' .. KEYS[index]
+        return 'this user may not run ' .. command .. ' on ' .. KEYS[k]
       end
     end
   end
   local why = check('DEL', del) or check('ZREM', zrem, 'x') or check('ZADD', zadd, '0', 'x')
     or check('HINCRBY', hash, 'x', '1') or check('HDEL', hash, 'x')
-    or check('PEXPIRE', expire, '1') or check('XADD', xadd, '*', 'k', 'v')
+    or check('PEXPIRE', pexpire, '1') or check('XADD', xadd, '*', 'k', 'v')
     or check('HSET', hset, 'x', '1')
   if why then
     return why
@@ -129,9 +134,10 @@ end
 
 -- A shard that lost what it vouched for is not written on: the caller replays first.
 local lost = {2}
-for i, v in ipairs(plan.vouched or {}) do
-  if tonumber(redis.call('HGET', KEYS[v[1]], ARGV[v[2]]) or '-1') < v[3] then
-    lost[#lost + 1] = i
+for i = 1, #vouched, 3 do
+  local held = tonumber(redis.call('HGET', KEYS[vouched[i]], ARGV[vouched[i + 1]]) or '-1')
+  if held < vouched[i + 2] then
+    lost[#lost + 1] = (i + 2) / 3
   end
 end
 if #lost > 1 then
@@ -149,8 +155,8 @@ end
 -- One command per kind of write rather than per customer: a call from Lua costs more than
 -- the write itself.
 local keys, values = {}, {}
-for i, c in ipairs(customers) do
-  keys[i] = KEYS[c[1]]
+for i = 1, #customers, 6 do
+  keys[#keys + 1] = KEYS[customers[i]]
 end
 for i = 1, #keys, 1000 do
   local stored = redis.call('MGET', unpack(keys, i, math.min(i + 999, #keys)))
@@ -159,9 +165,9 @@ for i = 1, #keys, 1000 do
   end
 end
 local conflicts = {0}
-for i, c in ipairs(customers) do
-  if values[i] ~= ARGV[c[2]] then
-    conflicts[#conflicts + 1] = i
+for n = 1, #keys do
+  if values[n] ~= ARGV[customers[6 * n - 4]] then
+    conflicts[#conflicts + 1] = n
   end
 end
 if #conflicts > 1 then
@@ -171,94 +177,102 @@ end
 local states = {}           -- key, value, ... for MSET
 local leave, enter = {}, {} -- due zset index -> members to remove / score, member, ... to add
 -- (one function per arity: a vararg's table per value costs more than the write)
-local function push(groups, index, v)
-  local list = groups[index]
+local function push(groups, at, v)
+  local list = groups[at]
   if list then
     list[#list + 1] = v
   else
-    groups[index] = {v}
+    groups[at] = {v}
   end
 end
-local function push2(groups, index, v, w)
-  local list = groups[index]
+local function push2(groups, at, v, w)
+  local list = groups[at]
   if list then
     local n = #list
     list[n + 1], list[n + 2] = v, w
   else
-    groups[index] = {v, w}
+    groups[at] = {v, w}
   end
 end
-for _, c in ipairs(customers) do
-  local key = KEYS[c[1]]
-  if c[3] > 0 and ARGV[c[3]] == '' then
+for n = 1, #keys do
+  local i = 6 * n - 5
+  local key, new, from, to = keys[n], customers[i + 2], customers[i + 3], customers[i + 4]
+  local due = customers[i + 5]
+  if new > 0 and ARGV[new] == '' then
     redis.call('DEL', key)
-  elseif c[3] > 0 then
+  elseif new > 0 then
     states[#states + 1] = key
-    states[#states + 1] = ARGV[c[3]]
+    states[#states + 1] = ARGV[new]
   end
-  if c[4] ~= c[5] then
-    push(leave, c[4], key)
+  if from ~= to then
+    push(leave, from, key)
   end
-  if c[6] == '' then
-    push(leave, c[5], key)
+  if due == '' then
+    push(leave, to, key)
   else
-    push2(enter, c[5], c[6], key)
+    push2(enter, to, due, key)
   end
 end
 each_chunk(states, function(...) redis.call('MSET', ...) end)
 -- Additions before removals (no member is in both for one key): a due set emptied by its
 -- removals is not written to again in this script (see the segment index below).
-for index, pairs_ in pairs(enter) do
-  each_chunk(pairs_, function(...) redis.call('ZADD', KEYS[index], ...) end)
+for at, pairs_ in pairs(enter) do
+  each_chunk(pairs_, function(...) redis.call('ZADD', KEYS[at], ...) end)
 end
-for index, members in pairs(leave) do
-  each_chunk(members, function(...) redis.call('ZREM', KEYS[index], ...) end)
+for at, members in pairs(leave) do
+  each_chunk(members, function(...) redis.call('ZREM', KEYS[at], ...) end)
 end
 
 -- The segment index: a customer whose place or rank moved is added under its new member,
 -- then removed under its old one (never the same member). Adding first, no set is emptied
 -- (and so deleted) before it is written to again: on a cluster slot being migrated, a
 -- script may not write a key that does not exist (Redis answers "non local key", after
--- the writes before it were made).
-local unindexed, indexed = {}, {}
-for _, e in ipairs(plan.unindex or {}) do
-  push(unindexed, e[1], ARGV[e[2]])
+-- the writes before it were made). Each set's members come as one run of ARGV.
+for i = 1, #index, 3 do
+  local set, first, count = KEYS[index[i]], index[i + 1], index[i + 2]
+  for from = first, first + count - 1, 500 do
+    local args = {}
+    for k = from, math.min(from + 499, first + count - 1) do
+      args[#args + 1] = '0'
+      args[#args + 1] = ARGV[k]
+    end
+    redis.call('ZADD', set, unpack(args))
+  end
 end
-for _, e in ipairs(plan.index or {}) do
-  push2(indexed, e[1], '0', ARGV[e[2]])
-end
-for index, pairs_ in pairs(indexed) do
-  each_chunk(pairs_, function(...) redis.call('ZADD', KEYS[index], ...) end)
-end
-for index, members in pairs(unindexed) do
-  each_chunk(members, function(...) redis.call('ZREM', KEYS[index], ...) end)
+for i = 1, #unindex, 3 do
+  local set, first, count = KEYS[unindex[i]], unindex[i + 1], unindex[i + 2]
+  for from = first, first + count - 1, 1000 do
+    redis.call('ZREM', set, unpack(ARGV, from, math.min(from + 999, first + count - 1)))
+  end
 end
 
 -- Counters and sums: the increments first, then the decrements (a field that reaches 0 is
 -- deleted), so that no hash is emptied and then written to again in this script.
 for pass = 1, 2 do
-  for _, d in ipairs(plan.counts) do
-    if (d[3] > 0) == (pass == 1) then
-      if redis.call('HINCRBY', KEYS[d[1]], d[2], d[3]) <= 0 then
-        redis.call('HDEL', KEYS[d[1]], d[2])
+  for i = 1, #counts, 3 do
+    local delta = counts[i + 2]
+    if (delta > 0) == (pass == 1) then
+      if redis.call('HINCRBY', KEYS[counts[i]], counts[i + 1], delta) <= 0 then
+        redis.call('HDEL', KEYS[counts[i]], counts[i + 1])
       end
     end
   end
 end
 
-for _, e in ipairs(plan.expire or {}) do
-  redis.call('PEXPIRE', KEYS[e[1]], e[2])
+for i = 1, #expire, 2 do
+  redis.call('PEXPIRE', KEYS[expire[i]], expire[i + 1])
 end
 
-for _, e in ipairs(plan.erase or {}) do
-  local at = tonumber(redis.call('HGET', KEYS[e[1]], ARGV[e[2]]) or '-1')
-  if at < tonumber(ARGV[e[3]]) then
-    redis.call('HSET', KEYS[e[1]], ARGV[e[2]], ARGV[e[3]])
+for i = 1, #erase, 3 do
+  local at = tonumber(redis.call('HGET', KEYS[erase[i]], ARGV[erase[i + 1]]) or '-1')
+  if at < tonumber(ARGV[erase[i + 2]]) then
+    redis.call('HSET', KEYS[erase[i]], ARGV[erase[i + 1]], ARGV[erase[i + 2]])
   end
 end
 
 local ids = {1}
-for _, ch in ipairs(plan.changes) do
-  ids[#ids + 1] = redis.call('XADD', KEYS[ch[1]], '*', 'k', ARGV[ch[2]], 'v', ARGV[ch[3]])
+for i = 1, #changes, 3 do
+  ids[#ids + 1] = redis.call('XADD', KEYS[changes[i]], '*', 'k', ARGV[changes[i + 1]],
+    'v', ARGV[changes[i + 2]])
 end
 return ids
