@@ -411,10 +411,20 @@ def test_a_frozen_broker_fails_readiness_within_seconds(own_deployment: Deployme
     assert delay < 16, f"readiness fell {delay:.1f} s after the broker froze"
     assert "have not answered for 10 s" in worker.log()
     deadline = time.monotonic() + 40
-    while fetch(port, "/readyz")[0] != 200:
+    while not _ready(port):
         assert time.monotonic() < deadline, "not ready again after the broker came back"
         time.sleep(0.25)
+    assert fetch(port, "/healthz")[0] == 200
     assert worker.stop() == 0
+
+
+def _ready(port: int) -> bool:
+    """/readyz answers 200; a probe whose connection failed counts as not ready, as a
+    kubelet's does (under a loaded CI machine, once: reset while the worker caught up)."""
+    try:
+        return fetch(port, "/readyz")[0] == 200
+    except OSError:
+        return False
 
 
 def test_small_batches_share_one_record_of_their_offsets_per_100_ms(
