@@ -9,6 +9,7 @@ shard's keys (due zsets, counters, outboxes, flows) are indexed once per call.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -64,8 +65,8 @@ class ScriptArgs:
         self.vouched: list[int] = []  # applied hash, field, floor
         # Segment index set -> the members it loses (ZREM, after the ZADDs) / gains (ZADD
         # 0): each set's members go into ARGV together at `finish`, one run per set.
-        self.unindex: dict[int, list[bytes]] = {}
-        self.index: dict[int, list[bytes]] = {}
+        self.unindex: defaultdict[int, list[bytes]] = defaultdict(list)
+        self.index: defaultdict[int, list[bytes]] = defaultdict(list)
         self.erase: list[int] = []  # tombstones hash, digest, instant: kept the latest
         self.deltas: dict[Cell, int] = {}  # counts and flows cells -> delta
         self.expire: dict[int, int] = {}  # KEYS index of a flows hash -> its TTL (ms)
@@ -384,15 +385,9 @@ def _index(
     for code, left, entered in segment_index.moves(before, after, customer.customer_id.encode()):
         at = shard_keys.segment_index(tenant, code)
         if left is not None:
-            if (run := unindex.get(at)) is None:
-                unindex[at] = [left]
-            else:
-                run.append(left)
+            unindex[at].append(left)
         if entered is not None:
-            if (run := index.get(at)) is None:
-                index[at] = [entered]
-            else:
-                run.append(entered)
+            index[at].append(entered)
 
 
 def _count_flows(
