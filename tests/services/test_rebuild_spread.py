@@ -20,6 +20,9 @@ from tests.conftest import Deployment
 from tests.factories import generate
 from tests.fixtures import assert_state_matches, converged, records_of
 from tests.reference import expected_now
+from worker.commands.rebuild import summary
+from worker.services.rebuild import Rebuilt
+from worker.services.rebuild_replay import Replayed
 from worker.state import keys
 from worker.state.store import Store
 
@@ -151,3 +154,19 @@ def test_a_rebuild_killed_midway_resumes_exactly(
     assert_state_matches(store, expected)
     assert redis_client.exists(keys.REBUILD) == 0
     _resumes_after(deployment, store, events)
+
+
+def test_a_run_whose_rebuild_another_run_finished_says_so() -> None:
+    """Two runs replaying the last partitions at once: the first to take the lock finishes
+    the rebuild and says where the group resumes; the other one finds it finished
+    (`finish` answers {}) and says that, not a second "rebuilt from" with no offsets."""
+    replayed = Replayed({1: 309, 3: 167}, events=309, records=309, seconds=1.0)
+    mine = Rebuilt(replayed, 0, 4, 4, None)
+    line = summary(mine, "orders", "g")
+    assert not line.startswith("rebuilt from"), line
+    assert "replayed orders[1,3]" in line and "4 of 4 partitions done" in line, line
+    assert "another run finished the rebuild" in line, line
+    waiting = summary(Rebuilt(replayed, 0, 4, 2, None), "orders", "g")
+    assert "the rebuild finishes with the run that replays the last" in waiting, waiting
+    finished = summary(Rebuilt(replayed, 0, 4, 4, {0: 1, 1: 309, 2: 5, 3: 167}), "orders", "g")
+    assert finished.startswith("rebuilt from orders:") and "[3]@167" in finished, finished

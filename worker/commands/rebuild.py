@@ -117,8 +117,13 @@ def summary(done: Rebuilt, topic: str, group: str) -> str:
             f"[{p}]@{end}" for p, end in sorted(done.ends.items())
         )
     mine = f"[{span(r.ends)}]" if r.ends else " (none left to replay here)"
+    then = (
+        "another run finished the rebuild"
+        if done.done >= done.partitions
+        else "the rebuild finishes with the run that replays the last (workers refuse to "
+        "start until then)"
+    )
     return (
         f"replayed {topic}{mine}: {replayed}; {done.done} of {done.partitions} partitions "
-        "done: the rebuild finishes with the run that replays the last (workers refuse to "
-        "start until then)"
+        f"done: {then}"
     )

@@ -68,7 +68,9 @@ class Rebuilt:
     wiped: int  # old keys deleted (0: it joined a rebuild already wiped)
     partitions: int  # of the topic
     done: int  # partitions done, this run's included
-    ends: dict[int, int] | None  # finished: partition -> where the group resumes; else None
+    # this run finished it: partition -> where the group resumes; else None (not every
+    # partition is done yet, or another run finished it)
+    ends: dict[int, int] | None
 
     @property
     def finished(self) -> bool:
@@ -108,7 +110,8 @@ def rebuild(
     ends = rebuild_start.finish(store, settings, profiles)
     if ends is not None:
         done = len(every)
-    return Rebuilt(replayed, wiped, len(every), done, ends)
+    # {}: a run replaying the last partitions at the same time finished it first
+    return Rebuilt(replayed, wiped, len(every), done, ends or None)
 
 
 def _replay(
