@@ -798,6 +798,25 @@ def test_headers_sent_slowly_are_cut_at_the_deadline(api: Api) -> None:
         assert closed_after < 3, closed_after
 
 
+def test_a_request_that_waited_out_a_starved_server_is_served(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The serving thread gets no CPU for longer than the request timeout right after it
+    accepted a probe's connection (a loaded node): the request head that came meanwhile is
+    whole, so it is answered, not reset as a connection whose deadline passed."""
+    from worker.web import server as server_module
+
+    accept = server_module._Server._accept
+
+    def starved_after_accepting(self: Any) -> None:
+        accept(self)
+        time.sleep(0.8)  # past the 0.5 s deadline of the connection just accepted
+
+    monkeypatch.setattr(server_module._Server, "_accept", starved_after_accepting)
+    with running(api, timeout=0.5) as port:
+        assert raw_exchange(port, b"GET /healthz HTTP/1.0\r\n\r\n")[0] == 200
+
+
 def test_idle_clients_do_not_block_others(api: Api) -> None:
     with running(api, timeout=5) as port:
         idle = [socket.create_connection(("127.0.0.1", port), timeout=10) for _ in range(5)]

@@ -234,15 +234,21 @@ class _Server(HTTPServer):
             pending.sock.close()
 
     def _expire(self) -> None:
-        """Close the connections whose request head did not arrive in time, oldest first."""
+        """Close the connections whose request head did not arrive in time, oldest first.
+
+        Each is read once more first: a process starved of CPU (a loaded node) may come back
+        past a deadline with whole requests waiting that its last select did not report; they
+        are served. Closing one with unread bytes would also reset it rather than end it."""
         now = time.monotonic()
         while self._pending:
             oldest = next(iter(self._pending.values()))
             if oldest.deadline > now:
                 return
-            logger.debug("http: no whole request from %s in time, closing", oldest.address)
-            self._forget(oldest)
-            oldest.sock.close()
+            self._receive(oldest)
+            if self._pending.get(oldest.sock) is oldest:  # still no whole request head
+                logger.debug("http: no whole request from %s in time, closing", oldest.address)
+                self._forget(oldest)
+                oldest.sock.close()
 
     def _turn_away(self, sock: socket.socket, what: str) -> None:
         _refuse(sock)
