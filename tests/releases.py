@@ -78,7 +78,12 @@ def installed(release: Release) -> Path:
     else:
         pip = [str(building / "env" / "bin" / "python"), "-m", "pip", "install", "--quiet"]
         subprocess.run([*pip, str(building / "src")], check=True)
-    building.rename(home)  # whole or not at all: a run killed midway builds it again
+    try:
+        building.rename(home)  # whole or not at all: a run killed midway builds it again
+    except OSError:  # another test process built it at the same time: theirs is as good
+        if not python.exists():
+            raise
+        shutil.rmtree(building, ignore_errors=True)
     return python
 
 
