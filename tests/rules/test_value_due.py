@@ -187,7 +187,7 @@ def test_value_band_due_is_the_reference_s_at_every_commit(
     """Each customer scored at each of its commits (the orders so far, at the last one's
     instant), and at NOW; the due instants from its score's figures are the same."""
     profile = value_profile(model, horizon, bands, histories)
-    dues = cases = shortcuts = 0
+    dues = cases = shortcuts = alive_shortcuts = 0
     for cid, placed in histories.items():
         c = Customer("default", cid)
         for i, (at, units) in enumerate(placed):
@@ -210,18 +210,23 @@ def test_value_band_due_is_the_reference_s_at_every_commit(
                 # from the figures scoring computed (the engine's way): the same instants
                 scored = score(agg, as_of, profile)
                 assert value_band_due(agg, profile, as_of, scored) == due
-                assert p_alive_band_due(agg, profile, as_of, scored) == p_alive_band_due(
-                    agg, profile, as_of
-                )
+                alive_due = p_alive_band_due(agg, profile, as_of)
+                assert p_alive_band_due(agg, profile, as_of, scored) == alive_due
                 # only wanted before an instant the caller has (next_due's other dues)
                 for before in befores(as_of, due):
                     earlier = due if due is not None and due < before else None
                     assert value_band_due(agg, profile, as_of, scored, before=before) == earlier
                     shortcuts += earlier is None and due is not None
+                for before in befores(as_of, alive_due):
+                    earlier = alive_due if alive_due is not None and alive_due < before else None
+                    got = p_alive_band_due(agg, profile, as_of, scored, before=before)
+                    assert got == earlier, (cid, i, as_of, before)
+                    alive_shortcuts += earlier is None and alive_due is not None
                 dues += due is not None
                 cases += 1
     assert dues > cases // 2  # most customers are above the lowest band
     assert shortcuts > cases  # most befores are earlier than the band's day: one evaluation
+    assert alive_shortcuts > cases  # P(alive)'s band alike
 
 
 def befores(as_of: int, due: int | None) -> list[int]:

@@ -118,7 +118,7 @@ def next_due(
         if median is not None:
             due = min(due, _overdue_at(agg, profile, median))
     if profile.churn_fit is not None:  # only profiles with a model and a fit pay for it
-        at = p_alive_band_due(agg, profile, as_of_ms, scored)
+        at = p_alive_band_due(agg, profile, as_of_ms, scored, before=due)
         if at is not None:
             due = min(due, at)
         if profile.value_bands and profile.churn_fit.spend is not None:
@@ -129,11 +129,17 @@ def next_due(
 
 
 def p_alive_band_due(
-    agg: Aggregates, profile: Profile, as_of_ms: int, scored: Score | None = None
+    agg: Aggregates,
+    profile: Profile,
+    as_of_ms: int,
+    scored: Score | None = None,
+    *,
+    before: int | None = None,
 ) -> int | None:
     """The UTC midnight at which P(alive) falls below the current band's lower bound with
     no new order (T counts whole days, so P(alive) only moves at midnights); None: never.
-    `scored`: as in `next_due`."""
+    `scored`: as in `next_due`; `before`: as in `value_band_due` (one evaluation of
+    P(alive) tells most often, where the day takes a root and two or three)."""
     fit = profile.churn_fit
     assert fit is not None
     if scored is not None:
@@ -149,10 +155,16 @@ def p_alive_band_due(
     level = churn.band(p, bounds)
     if level == 1:
         return None  # the lowest band: nothing below to cross into
-    day = churn.day_below(fit.model, fit.params, s, bounds[level - 2], now=p)
+    bound, first = bounds[level - 2], agg.first_order_at // DAY_MS
+    last = _last_day_before(before, first)
+    if last is not None and (
+        last <= s.T or churn.alive_holds(fit.model, fit.params, s, bound, last)
+    ):
+        return None  # not below before `last` + 1: at `before` or later
+    day = churn.day_below(fit.model, fit.params, s, bound, now=p)
     if day is None:
         return None
-    return (agg.first_order_at // DAY_MS + day) * DAY_MS  # day: days after the first
+    return (first + day) * DAY_MS  # day: days after the first
 
 
 def value_band_due(
@@ -194,13 +206,21 @@ def value_band_due(
         return None  # no band, or the lowest: nothing below to cross into
     bound = bounds[churn.value_band(now, bounds) - 2]
     first = agg.first_order_at // DAY_MS
-    if before is not None and before <= MAX_DUE_MS:
-        last = -(-before // DAY_MS) - first - 1  # the last day whose midnight is before it
-        if last <= s.T or churn.value_holds(
-            fit.model, fit.params, horizon, s, order_value, bound, last
-        ):
-            return None  # not below before `last` + 1: at `before` or later
+    last = _last_day_before(before, first)
+    if last is not None and (
+        last <= s.T
+        or churn.value_holds(fit.model, fit.params, horizon, s, order_value, bound, last)
+    ):
+        return None  # not below before `last` + 1: at `before` or later
     day = churn.day_value_below(fit.model, fit.params, horizon, s, order_value, bound, now=now)
     if day is None:
         return None
     return (first + day) * DAY_MS  # days after the first
+
+
+def _last_day_before(before: int | None, first: int) -> int | None:
+    """The last day (counted from the first order's, as T is) whose midnight is before the
+    instant `before`; None when there is no such bound (None, or never)."""
+    if before is None or before > MAX_DUE_MS:
+        return None
+    return -(-before // DAY_MS) - first - 1

@@ -38,11 +38,13 @@ from worker.rules.churn.fitting import Estimate, Failed, fit
 from worker.rules.churn.likelihood import log_likelihood
 from worker.rules.churn.model import CHURN_MODELS, ChurnModel, Fit, Params
 from worker.rules.churn.prediction import (
+    alive_holds,
     band,
     day_below,
     day_value_below,
     expected_orders,
     p_alive,
+    predict,
     value_holds,
 )
 from worker.rules.churn.spend import (
@@ -79,6 +81,7 @@ __all__ = [
     "Summary",
     "ValueModel",
     "Week",
+    "alive_holds",
     "band",
     "day_below",
     "day_value_below",
@@ -92,6 +95,7 @@ __all__ = [
     "log_likelihood",
     "p_alive",
     "population_mean",
+    "predict",
     "purchase_days",
     "spend_check",
     "spend_log_likelihood",

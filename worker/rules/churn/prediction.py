@@ -17,20 +17,133 @@ MAX_DAYS = 3_000_000  # ~8,000 years: a P(alive) crossing later than this is nev
 
 def p_alive(model: ChurnModel, params: Params, s: Summary) -> float:
     """P(alive | x, t_x, T): the probability the customer has not dropped out."""
-    return _p_alive(model, params, s.x, s.t_x, s.T)
+    return predictor(model, params).p_alive(s.x, s.t_x, s.T)
 
 
 def _p_alive(model: ChurnModel, params: Params, x: int, t_x: int, T: int) -> float:
     """`p_alive` of (x, t_x, T) as numbers: the searches below evaluate it at other T
     without a Summary each."""
-    r, alpha, a, b = params.r, params.alpha, params.a, params.b
-    if model == "bgnbd":
-        if x == 0:
+    return predictor(model, params).p_alive(x, t_x, T)
+
+
+def expected_orders(model: ChurnModel, params: Params, t: float, s: Summary) -> float:
+    """E[purchases in (T, T + t] | x, t_x, T] (Fader et al. 2005 eq. 10; Batislam et al.);
+    NaN where double precision cannot represent it (extreme parameters): a scorer must
+    never raise on a customer."""
+    return predictor(model, params).expected_orders(t, s.x, s.t_x, s.T)
+
+
+def _expected_orders_at(
+    model: ChurnModel, params: Params, t: float, x: int, t_x: int, T: int
+) -> float:
+    """`expected_orders` of (x, t_x, T) as numbers (see `_p_alive`)."""
+    return predictor(model, params).expected_orders(t, x, t_x, T)
+
+
+def predict(model: ChurnModel, params: Params, t: float, s: Summary) -> tuple[float, float]:
+    """`p_alive` and `expected_orders` of one customer at once (what scoring needs): the
+    same numbers, bit for bit, for about half the work of the two calls."""
+    return predictor(model, params).predict(t, s.x, s.t_x, s.T)
+
+
+class Predictor:
+    """The formulas of one fit, (model, params), per customer (x, t_x, T).
+
+    A customer's figures are a few logarithms and one hypergeometric function, but in
+    Python the terms that depend on the fit and x alone cost as much again: they are
+    computed once per x here (`_terms`). Every float operation is the formula's, in its
+    order, so that the results are the same bits whoever computes them.
+
+    P(alive) = 1 / (1 + q ((α+T)/(α+t_x))^(r+x)), q = a/(b+x-1) (BG/NBD, x > 0; 1 at
+    x = 0) or a/(b+x) (MBG/NBD), evaluated as expit(-log(...)) (no overflow). The expected
+    orders in (T, T+t] are (c/(a-1)) (1 - ((α+T)/(α+T+t))^(r+x) 2F1(r+x, h; c; t/(α+T+t)))
+    divided by 1 + q ((α+T)/(α+t_x))^(r+x) (1 at x = 0 for BG/NBD), with c = a+b+x-1 and
+    h = b+x (BG/NBD), or c = a+b+x and h = b+x+1 (MBG/NBD).
+    """
+
+    __slots__ = ("_by_x", "alpha", "bgnbd", "params")
+
+    def __init__(self, model: ChurnModel, params: Params) -> None:
+        self.params, self.alpha, self.bgnbd = params, params.alpha, model == "bgnbd"
+        # x -> (r+x, log q or None (P(alive) = 1), q, c, c/(a-1), h)
+        self._by_x: dict[int, tuple[float, float | None, float, float, float, float]] = {}
+
+    def _terms(self, x: int) -> tuple[float, float | None, float, float, float, float]:
+        terms = self._by_x.get(x)
+        if terms is None:
+            r, a, b = self.params.r, self.params.a, self.params.b
+            if self.bgnbd:
+                q = 0.0 if x == 0 else a / (b + x - 1)
+                c, h = a + b + x - 1, b + x
+            else:
+                q = a / (b + x)
+                c, h = a + b + x, b + x + 1
+            log_q = None if self.bgnbd and x == 0 else math.log(q) if q > 0 else -math.inf
+            first = c / (a - 1) if a != 1 else math.nan
+            terms = self._by_x[x] = (r + x, log_q, q, c, first, h)
+        return terms
+
+    def p_alive(self, x: int, t_x: int, T: int) -> float:
+        n, log_q, _, _, _, _ = self._terms(x)
+        if log_q is None:
             return 1.0  # BG/NBD: nobody drops out before a repeat purchase
-        log_div = (r + x) * math.log((alpha + T) / (alpha + t_x)) + math.log(a / (b + x - 1))
-    else:
-        log_div = (r + x) * math.log((alpha + T) / (alpha + t_x)) + math.log(a / (b + x))
-    return _expit(-log_div)
+        return _expit(-(n * math.log((self.alpha + T) / (self.alpha + t_x)) + log_q))
+
+    def expected_orders(self, t: float, x: int, t_x: int, T: int) -> float:
+        """NaN where double precision cannot represent it."""
+        n, log_q, q, c, first, h = self._terms(x)
+        alpha_T = self.alpha + T
+        try:
+            denominator = 1.0
+            if log_q is not None:
+                denominator = 1 + q * math.pow(alpha_T / (self.alpha + t_x), n)
+            return self._expected(t, alpha_T, n, c, first, h, denominator)
+        except (ValueError, OverflowError, ZeroDivisionError):
+            return math.nan
+
+    def predict(self, t: float, x: int, t_x: int, T: int) -> tuple[float, float]:
+        """(p_alive, expected_orders): the ratio (α+T)/(α+t_x) computed once for both."""
+        n, log_q, q, c, first, h = self._terms(x)
+        alpha_T = self.alpha + T
+        p, denominator = 1.0, 1.0
+        ratio = alpha_T / (self.alpha + t_x)
+        if log_q is not None:
+            p = _expit(-(n * math.log(ratio) + log_q))
+        try:
+            if log_q is not None:
+                denominator = 1 + q * math.pow(ratio, n)
+            return p, self._expected(t, alpha_T, n, c, first, h, denominator)
+        except (ValueError, OverflowError, ZeroDivisionError):
+            return p, math.nan
+
+    @staticmethod
+    def _expected(
+        t: float, alpha_T: float, n: float, c: float, first: float, h: float, denominator: float
+    ) -> float:
+        hyp2f1 = _HYP2F1[0] if _HYP2F1 else _load_hyp2f1()
+        z = t / (alpha_T + t)
+        value = hyp2f1(n, h, c, z)
+        if math.isfinite(value) and value > 0:
+            log_hyp = math.log(value)
+        else:  # Euler's transformation where the series overflows
+            log_hyp = math.log(hyp2f1(c - n, c - h, c, z)) + (c - n - h) * math.log1p(-z)
+        shrink = n * math.log(alpha_T / (alpha_T + t))
+        value = first * (1 - math.exp(log_hyp + shrink)) / denominator
+        return value if math.isfinite(value) else math.nan
+
+
+def predictor(model: ChurnModel, params: Params) -> Predictor:
+    """The Predictor of a fit, made once per Params object (which it keeps, so that its id
+    is not reused while it is here); a fit's parameters live as long as its profile."""
+    found = _PREDICTORS.get((model, id(params)))
+    if found is None:
+        if len(_PREDICTORS) >= 256:  # fits replaced over a long run
+            _PREDICTORS.clear()
+        found = _PREDICTORS[(model, id(params))] = Predictor(model, params)
+    return found
+
+
+_PREDICTORS: dict[tuple[str, int], Predictor] = {}
 
 
 def _expit(v: float) -> float:
@@ -39,57 +152,6 @@ def _expit(v: float) -> float:
         return 1.0 / (1.0 + math.exp(-v))
     e = math.exp(v)
     return e / (1.0 + e)
-
-
-def expected_orders(model: ChurnModel, params: Params, t: float, s: Summary) -> float:
-    """E[purchases in (T, T + t] | x, t_x, T] (Fader et al. 2005 eq. 10; Batislam et al.);
-    NaN where double precision cannot represent it (extreme parameters): a scorer must
-    never raise on a customer."""
-    return _expected_orders_at(model, params, t, s.x, s.t_x, s.T)
-
-
-def _expected_orders_at(
-    model: ChurnModel, params: Params, t: float, x: int, t_x: int, T: int
-) -> float:
-    """`expected_orders` of (x, t_x, T) as numbers (see `_p_alive`)."""
-    try:
-        value = _expected_orders(model, params, t, x, t_x, T)
-    except (ValueError, OverflowError, ZeroDivisionError):
-        return math.nan
-    return value if math.isfinite(value) else math.nan
-
-
-def _expected_orders(
-    model: ChurnModel, params: Params, t: float, x: int, t_x: int, T: int
-) -> float:
-    r, alpha, a, b = params.r, params.alpha, params.a, params.b
-    z = t / (alpha + T + t)
-    shrink = (r + x) * math.log((alpha + T) / (alpha + T + t))
-    if model == "bgnbd":
-        c = a + b + x - 1
-        first = c / (a - 1)
-        hyp = _log_hyp2f1(r + x, b + x, c, z)
-        denominator = 1.0 if x == 0 else 1 + a / (b + x - 1) * _ratio(params, x, t_x, T)
-    else:
-        c = a + b + x
-        first = c / (a - 1)
-        hyp = _log_hyp2f1(r + x, b + x + 1, c, z)
-        denominator = 1 + a / (b + x) * _ratio(params, x, t_x, T)
-    return first * (1 - math.exp(hyp + shrink)) / denominator
-
-
-def _ratio(params: Params, x: int, t_x: int, T: int) -> float:
-    return math.pow((params.alpha + T) / (params.alpha + t_x), params.r + x)
-
-
-def _log_hyp2f1(a: float, b: float, c: float, z: float) -> float:
-    """log 2F1(a, b; c; z); by Euler's transformation where the series overflows."""
-    hyp2f1 = _HYP2F1[0] if _HYP2F1 else _load_hyp2f1()
-    value = hyp2f1(a, b, c, z)
-    if math.isfinite(value) and value > 0:
-        return math.log(value)
-    alt = hyp2f1(c - a, c - b, c, z)
-    return math.log(alt) + (c - a - b) * math.log1p(-z)
 
 
 _HYP2F1: list[Callable[[float, float, float, float], Any]] = []
@@ -148,6 +210,12 @@ def day_below(
             break
         day -= 1
     return day
+
+
+def alive_holds(model: ChurnModel, params: Params, s: Summary, bound: float, day: int) -> bool:
+    """Whether P(alive) is still at least `bound` on `day` (with no new order): then, P(alive)
+    falling as the silence grows, `day_below` is after `day`. One evaluation."""
+    return _p_alive(model, params, s.x, s.t_x, day) >= bound
 
 
 def day_value_below(
