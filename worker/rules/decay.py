@@ -158,7 +158,7 @@ def p_alive_band_due(
     bound, first = bounds[level - 2], agg.first_order_at // DAY_MS
     last = _last_day_before(before, first)
     if last is not None and (
-        last <= s.T or churn.alive_holds(fit.model, fit.params, s, bound, last)
+        last <= s.T or fit.predictor.p_alive(s.x, s.t_x, last) >= bound  # falls with T
     ):
         return None  # not below before `last` + 1: at `before` or later
     day = churn.day_below(fit.model, fit.params, s, bound, now=p)

@@ -329,28 +329,29 @@ _NO_SUMMARY = orjson.dumps(customer_summary(None, None)).decode()
 
 
 def _churn_tail(current: Score | None) -> str:
-    """`churn_values` as JSON members, the record's last: its numbers serialised by orjson
-    in one call (a number's JSON has no comma), all null without a churn model."""
-    if current is None:
+    """`churn_values` as JSON members, the record's last, and its closing brace: serialised
+    by orjson in one call, all null without a churn model."""
+    if current is None or (
+        current.p_alive is None  # no model or no fit: the others are None too, but a Score
+        and current.band is None  # may say otherwise
+        and current.expected_orders is None
+        and current.expected_order_value is None
+        and current.expected_value is None
+        and current.value_band is None
+    ):
         return _NO_CHURN_TAIL
-    values = (
-        current.p_alive,
-        current.band,
-        current.expected_orders,
-        current.expected_order_value,
-        current.expected_value,
-        current.value_band,
-    )
-    if values == _NO_VALUES:
-        return _NO_CHURN_TAIL
-    p, band, orders, order_value, value, value_band = orjson.dumps(values).decode()[1:-1].split(",")
-    return (
-        f'"p_alive":{p},"p_alive_band":{band},"expected_orders":{orders},'
-        f'"expected_order_value":{order_value},"expected_value":{value},"value_band":{value_band}}}'
-    )
+    return orjson.dumps(
+        {
+            "p_alive": current.p_alive,
+            "p_alive_band": current.band,
+            "expected_orders": current.expected_orders,
+            "expected_order_value": current.expected_order_value,
+            "expected_value": current.expected_value,
+            "value_band": current.value_band,
+        }
+    ).decode()[1:]
 
 
-_NO_VALUES = (None,) * 6
 _NO_CHURN_TAIL = orjson.dumps(_NO_CHURN_VALUES).decode()[1:]
 
 

@@ -74,7 +74,9 @@ def score(agg: Aggregates, as_of_ms: int, profile: Profile) -> Score:
         fit = profile.churn_fit
         s.summary = summary = churn.summary_of(agg, as_of_ms)
         if summary is not None:
-            p, e = churn.predict(fit.model, fit.params, profile.churn_horizon_days, summary)
+            p, e = fit.predictor.predict(
+                profile.churn_horizon_days, summary.x, summary.t_x, summary.T
+            )
             s.p_alive, s.band = p, churn.band(p, profile.p_alive_bands)
             s.expected_orders = None if math.isnan(e) else e
             if profile.value_model is not None and fit.spend is not None:

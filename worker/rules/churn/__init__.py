@@ -38,7 +38,6 @@ from worker.rules.churn.fitting import Estimate, Failed, fit
 from worker.rules.churn.likelihood import log_likelihood
 from worker.rules.churn.model import CHURN_MODELS, ChurnModel, Fit, Params
 from worker.rules.churn.prediction import (
-    alive_holds,
     band,
     day_below,
     day_value_below,
@@ -81,7 +80,6 @@ __all__ = [
     "Summary",
     "ValueModel",
     "Week",
-    "alive_holds",
     "band",
     "day_below",
     "day_value_below",

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import orjson
 
+from worker.rules.churn.prediction import Predictor
 from worker.rules.churn.spend import SpendFit
 
 ChurnModel = Literal["bgnbd", "mbgnbd"]
@@ -37,6 +38,11 @@ class Fit:
     # The spend model fitted with it (profiles with a value model); None without one or
     # when its fit failed. Stored under "spend"; fits stored before it load with None.
     spend: SpendFit | None = None
+    # Its formulas per customer, with the terms of the fit computed once (prediction.py).
+    predictor: Predictor = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "predictor", Predictor(self.model, self.params))
 
     def to_json(self) -> bytes:
         p = self.params

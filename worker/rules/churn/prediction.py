@@ -7,10 +7,11 @@ from __future__ import annotations
 import math
 from bisect import bisect_right
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from worker.rules.churn.model import ChurnModel, Params
-from worker.rules.churn.summaries import Summary
+if TYPE_CHECKING:  # model.py makes each fit's Predictor
+    from worker.rules.churn.model import ChurnModel, Params
+    from worker.rules.churn.summaries import Summary
 
 MAX_DAYS = 3_000_000  # ~8,000 years: a P(alive) crossing later than this is never
 
@@ -133,8 +134,9 @@ class Predictor:
 
 
 def predictor(model: ChurnModel, params: Params) -> Predictor:
-    """The Predictor of a fit, made once per Params object (which it keeps, so that its id
-    is not reused while it is here); a fit's parameters live as long as its profile."""
+    """The Predictor of (model, params), made once per Params object (which it keeps, so
+    that its id is not reused while it is here), for the functions above; the scoring path
+    takes its fit's own (`Fit.predictor`) without this lookup."""
     found = _PREDICTORS.get((model, id(params)))
     if found is None:
         if len(_PREDICTORS) >= 256:  # fits replaced over a long run
@@ -210,12 +212,6 @@ def day_below(
             break
         day -= 1
     return day
-
-
-def alive_holds(model: ChurnModel, params: Params, s: Summary, bound: float, day: int) -> bool:
-    """Whether P(alive) is still at least `bound` on `day` (with no new order): then, P(alive)
-    falling as the silence grows, `day_below` is after `day`. One evaluation."""
-    return _p_alive(model, params, s.x, s.t_x, day) >= bound
 
 
 def day_value_below(
