@@ -21,7 +21,8 @@ One module per concern, their names gathered here:
 - likelihood.py   the log-likelihood and its gradient
 - fitting.py      maximum likelihood estimates of the parameters (`fit`)
 - prediction.py   per customer: P(alive), its band, the day it falls below a bound, the
-                  expected orders and the day the expected value falls below a bound
+                  expected orders and the day the expected value falls below a bound;
+                  `Predictor`, a fit's formulas with its terms computed once per x
 - calibration.py  expected against actual repeat purchases per week (`rfm-worker model`)
 - spend.py        the Gamma-Gamma spend model (Fader, Hardie & Lee 2005, "RFM and CLV"):
                   a customer's (x, m_x), its fit and the expected order value

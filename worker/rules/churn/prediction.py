@@ -1,6 +1,6 @@
 """Per customer, from a fit: P(alive), its band, the day it falls below a bound, the
-expected orders and the day the expected value falls below a bound. Pure; P(alive) and
-its day are on the scoring path (plain math, no numpy)."""
+expected orders and the day the expected value falls below a bound. Pure; on the scoring
+path (plain math, no numpy), through each fit's `Predictor` (model.py `Fit.predictor`)."""
 
 from __future__ import annotations
 
@@ -21,24 +21,11 @@ def p_alive(model: ChurnModel, params: Params, s: Summary) -> float:
     return predictor(model, params).p_alive(s.x, s.t_x, s.T)
 
 
-def _p_alive(model: ChurnModel, params: Params, x: int, t_x: int, T: int) -> float:
-    """`p_alive` of (x, t_x, T) as numbers: the searches below evaluate it at other T
-    without a Summary each."""
-    return predictor(model, params).p_alive(x, t_x, T)
-
-
 def expected_orders(model: ChurnModel, params: Params, t: float, s: Summary) -> float:
     """E[purchases in (T, T + t] | x, t_x, T] (Fader et al. 2005 eq. 10; Batislam et al.);
     NaN where double precision cannot represent it (extreme parameters): a scorer must
     never raise on a customer."""
     return predictor(model, params).expected_orders(t, s.x, s.t_x, s.T)
-
-
-def _expected_orders_at(
-    model: ChurnModel, params: Params, t: float, x: int, t_x: int, T: int
-) -> float:
-    """`expected_orders` of (x, t_x, T) as numbers (see `_p_alive`)."""
-    return predictor(model, params).expected_orders(t, x, t_x, T)
 
 
 def predict(model: ChurnModel, params: Params, t: float, s: Summary) -> tuple[float, float]:
@@ -198,9 +185,10 @@ def day_below(
     if log_root > math.log(MAX_DAYS):
         return None
     day = max(s.T + 1, math.floor(math.exp(log_root) - alpha))
+    alive = predictor(model, params).p_alive
 
     def below(days: int) -> bool:
-        return _p_alive(model, params, s.x, s.t_x, days) < bound
+        return alive(s.x, s.t_x, days) < bound
 
     # The closed form is exact up to rounding: a step or two at most (bounded regardless).
     for _ in range(64):
@@ -232,9 +220,10 @@ def day_value_below(
     Found by a model of the curve, each guess checked exactly: ~2-3 evaluations; the
     doubling-then-bisecting search (~10-20) where the model cannot be used.
     """
+    expected = predictor(model, params).expected_orders
 
     def value(days: int) -> float:
-        return order_value * _expected_orders_at(model, params, t, s.x, s.t_x, days)
+        return order_value * expected(t, s.x, s.t_x, days)
 
     day = _value_day_by_model(model, params, s, value, bound, now)
     return _value_day_by_search(value, bound, s.T) if day is None else day
@@ -253,7 +242,7 @@ def value_holds(
     `bound` on `day` (with no new order): then, the value falling as the silence grows
     (`_value_day_by_model`), `day_value_below` is after `day`. One evaluation, where the
     day itself takes two or three and two root solves."""
-    v = order_value * _expected_orders_at(model, params, t, s.x, s.t_x, day)
+    v = order_value * predictor(model, params).expected_orders(t, s.x, s.t_x, day)
     return 0 < v < math.inf and v >= bound
 
 
