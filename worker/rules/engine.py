@@ -18,7 +18,7 @@ result carries the customer's next due instant (worker/rules/decay.py) for the d
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import lru_cache
 from hashlib import blake2b
 from typing import Any, Literal
@@ -269,7 +269,10 @@ def rescore(
         if current.expected_value is not None or previous.value is not None:
             units = _units(current.expected_value)
             if units != previous.value:  # no change to publish; the value sums follow it
-                customer.published = replace(previous, value=units)
+                p = previous  # a new one, not `replace` (which costs as much as a score)
+                customer.published = Published(
+                    p.r, p.f, p.m, p.segment, p.band, p.value_band, units
+                )
         return None, current
     customer.published = (
         None
