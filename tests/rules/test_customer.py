@@ -526,12 +526,13 @@ def long_histories(draw: st.DrawFn) -> list[tuple[ValidEvent, int]]:
                 amount,
                 st.integers(0, 400),  # day of the event
                 st.sampled_from([0, 0, 1, 45]),  # days the scoring instant moves on
+                st.sampled_from([0, 0, 1, 3_600_000, DAY - 1]),  # ms into its day
             ),
             max_size=30,
         )
     )
     out = [(e, 0) for e in events]
-    for n, (kind, order, units, day, moves) in enumerate(steps):
+    for n, (kind, order, units, day, moves, ms) in enumerate(steps):
         event = ValidEvent(
             f"s{n}",
             kind,
@@ -539,7 +540,7 @@ def long_histories(draw: st.DrawFn) -> list[tuple[ValidEvent, int]]:
             "c1",
             "default",
             None if kind == "order_cancelled" else units,
-            T0 + day * DAY,
+            T0 + day * DAY + ms,
         )
         out.append((event, moves))
     return out
@@ -550,10 +551,12 @@ def long_histories(draw: st.DrawFn) -> list[tuple[ValidEvent, int]]:
 def test_what_a_long_history_keeps_up_to_date_equals_a_rebuild(
     history: list[tuple[ValidEvent, int]],
 ) -> None:
-    """The sorted gaps (the rhythm) and the stored form of the orders are kept up to date
-    event by event; at every step they equal what a rebuild from the orders gives, and the
-    blob decodes to the same customer."""
+    """The sorted gaps (the rhythm), the count of days with an order (the churn model's x)
+    and the stored form of the orders are kept up to date event by event; at every step
+    they equal what a rebuild from the orders gives, and the blob decodes to the same
+    customer."""
     c = Customer("default", "c1", scored_at=T0)
+    kept_days = 0
     for event, moves in history:
         c.apply(event)
         assert c.scored_at is not None
@@ -561,6 +564,8 @@ def test_what_a_long_history_keeps_up_to_date_equals_a_rebuild(
         agg = c.aggregates()
         if agg is not None and agg.gaps is not None:
             assert list(agg.gaps) == sorted(b - a for a, b in pairwise(agg.order_times))
+            assert agg.days == len({at // DAY for at in agg.order_times})
+            kept_days += 1
         blob = c.encode()
         kept = (dict(c._stored or {}), c._base, c._unit)
         rebuilt = Customer("default", "c1", dict(c.orders))
@@ -571,6 +576,7 @@ def test_what_a_long_history_keeps_up_to_date_equals_a_rebuild(
         d = Customer.decode("default", "c1", blob)
         assert d.orders == c.orders and d.aggregates() == agg
         assert d.encode() == blob
+    assert kept_days > 0  # the count was kept and checked
 
 
 def test_an_amount_replaced_by_a_conflicting_placed_event_can_coarsen_the_unit() -> None:

@@ -34,6 +34,9 @@ class Aggregates:
     # The gaps between consecutive order_times, ascending (the rhythm's median), kept by
     # customers with long histories; None: derive them from order_times when needed.
     gaps: Sequence[int] | None = field(default=None, compare=False)
+    # The number of distinct UTC days of order_times (the churn model's x), kept by the
+    # same customers; None: count them in order_times when needed.
+    days: int | None = field(default=None, compare=False)
     # The customer that built them (a weak reference: the customer keeps its aggregates,
     # and a cycle would leave every customer of a batch to the cycle collector), read only
     # when a per-day value is asked for (the spend model's profiles): a reference costs
@@ -90,3 +93,15 @@ def day_totals(counted: Sequence[tuple[int, float]]) -> list[tuple[int, int]]:
         day = at // DAY_MS
         totals[day] = totals.get(day, 0) + value
     return [(day, round(totals[day])) for day in sorted(totals)]
+
+
+def purchase_day_count(order_times: Sequence[int]) -> int:
+    """The number of distinct UTC days of order times (epoch ms, ascending)."""
+    days = 0
+    last_day = None
+    for at in order_times:  # ascending: distinct days are the day changes
+        day = at // DAY_MS
+        if day != last_day:
+            days += 1
+            last_day = day
+    return days

@@ -15,7 +15,7 @@ from itertools import pairwise
 import orjson
 
 from worker import jsonbytes
-from worker.rules.aggregates import Aggregates, day_totals
+from worker.rules.aggregates import Aggregates, day_totals, purchase_day_count
 from worker.rules.events import ValidEvent
 from worker.rules.instants import DAY_MS
 from worker.rules.orders import Order, merge
@@ -84,6 +84,7 @@ class Customer:
     _monetary: int = field(default=0, repr=False, compare=False)
     _agg: Aggregates | None = field(default=None, repr=False, compare=False)  # until a move
     _gaps: list[int] | None = field(default=None, repr=False, compare=False)  # see Aggregates
+    _days: int | None = field(default=None, repr=False, compare=False)  # kept with _gaps
     # The orders as the blob stores them (see `encode`), kept up to date by `apply`, so
     # that encoding a long history is one orjson call rather than a pass in Python. Valid
     # for ages from _base (None: instants) in amounts of _unit; None until built.
@@ -153,6 +154,7 @@ class Customer:
                 f.last_at = at if f.last_at is None else max(f.last_at, at)
         self.folded = f
         self._times = self._gaps = self._agg = self._stored = self._first_day = None
+        self._days = None
         return len(gone)
 
     def _store(self, order_id: str, order: Order) -> None:
@@ -178,12 +180,16 @@ class Customer:
             i = bisect_left(times, before[0])
             if gaps is not None:
                 _regap(gaps, times, i, i + 1, before[0], entering=False)
+            if self._days is not None and _alone_on_its_day(times, i, i + 1, before[0]):
+                self._days -= 1
             del times[i]
             self._monetary -= before[1]
         if after is not None:
             i = bisect_right(times, after[0])
             if gaps is not None:
                 _regap(gaps, times, i, i, after[0], entering=True)
+            if self._days is not None and _alone_on_its_day(times, i, i, after[0]):
+                self._days += 1
             times.insert(i, after[0])
             self._monetary += after[1]
 
@@ -205,6 +211,7 @@ class Customer:
         times = self._times
         if self._gaps is None and len(times) >= LONG_HISTORY:
             self._gaps = sorted(b - a for a, b in pairwise(times))
+            self._days = purchase_day_count(times)
         f = self.folded
         if f is not None and f.first_at is not None and f.last_at is not None:
             # Folded orders are older than every kept one; order_times (the window, the
@@ -216,6 +223,7 @@ class Customer:
                 self._monetary + f.monetary,
                 times,
                 self._gaps,
+                self._days,
                 Aggregates.source(self),
             )
             return self._agg
@@ -228,6 +236,7 @@ class Customer:
             self._monetary,
             times,
             self._gaps,
+            self._days,
             Aggregates.source(self),
         )
         return self._agg
@@ -386,6 +395,15 @@ class Customer:
         if len(orders) >= LONG_HISTORY and (u != 1 or common_unit(orders.values()) == 1):
             customer._stored, customer._base, customer._unit = raw_orders, base, u
         return customer
+
+
+def _alone_on_its_day(times: list[int], i: int, j: int, at: int) -> bool:
+    """Whether the instant `at`, entering or leaving the sorted `times` between its
+    neighbours times[i - 1] and times[j], is the only one of its UTC day there."""
+    day = at // DAY_MS
+    return not (
+        (i > 0 and times[i - 1] // DAY_MS == day) or (j < len(times) and times[j] // DAY_MS == day)
+    )
 
 
 def _regap(gaps: list[int], times: list[int], i: int, j: int, at: int, entering: bool) -> None:

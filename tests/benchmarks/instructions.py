@@ -1,0 +1,176 @@
+"""Instructions per event of the commit path, counted by valgrind's callgrind: a measure of
+what the worker's code costs that does not move with the machine's speed (CPU time on a
+shared virtual machine moves by a third within an hour, docs/performance.md).
+
+    .venv/bin/python tests/benchmarks/instructions.py [--cases none,churn,value]
+                                                      [--customers 2000]
+
+The workload is the `churn` scenario's (churn_cost.py), smaller: the placed orders of the
+BG/NBD histories of --customers customers (2,000: ~10,000 orders), at a fixed instant, go
+through `causes.apply_batch` (engine, commit.lua, outbox; no broker) in batches of 2,000
+into a fresh embedded Redis, once per case: no model, a fitted BG/NBD churn model, and
+that model with a fitted Gamma-Gamma value model and value bands. Each case runs in a
+Python under callgrind with its instrumentation off; the workload is built and run once
+(imports, caches, the script loaded), then counted over a second run alone, switched on
+and off with `callgrind_control`. Redis is another process, not counted. About 2 minutes
+a case. Needs valgrind (the Debian package); without it, says so and exits 2.
+
+Prints a markdown table: instructions per event and the ratio to the first case.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+CASES = ("none", "churn", "value")
+
+
+def child(case: str, customers: int) -> None:
+    """Under callgrind: build the workload, run it, wait; run it again between the parent's
+    switches of the instrumentation."""
+    import churn_cost as cc
+    import redis
+
+    from worker.embedded import EmbeddedRedis
+    from worker.rules import churn
+    from worker.rules.events import ValidEvent
+    from worker.rules.instants import DAY_MS
+    from worker.rules.profiles import Profiles
+    from worker.services import causes
+    from worker.state.store import Store
+
+    now = 20_600 * DAY_MS + 37_000_000  # fixed: the same workload every run
+    orders = cc.histories(customers, now)
+    placed: dict[str, list[tuple[int, int]]] = {}
+    for n, (cid, at) in enumerate(orders):
+        placed.setdefault(cid, []).append((at, cc.amount_units(n)))
+    rows = []
+    for history in placed.values():
+        s = churn.summary(sorted(at for at, _ in history), now)
+        assert s is not None
+        rows.append((s.x, s.t_x, s.T))
+    profiles = Profiles.from_toml({"none": cc.BASE, "churn": cc.MODEL, "value": cc.VALUE}[case])
+    if case != "none":
+        est = churn.fit("bgnbd", *[list(c) for c in zip(*rows, strict=True)])
+        assert isinstance(est, churn.Estimate), est
+        spend = churn.fit_spend([cc.spend_row(h) for h in placed.values()])
+        assert isinstance(spend, churn.SpendFit), spend
+        fit = churn.Fit("bgnbd", est.params, est.log_likelihood, 1, 1, 1, now, spend=spend)
+        profiles.use_fit("default", fit)
+    events = [
+        (
+            ValidEvent(
+                event_id=f"e{n}",
+                type="order_placed",
+                order_id=f"o{n}",
+                customer_id=cid,
+                tenant="default",
+                amount=cc.amount_units(n),
+                occurred_at=at,
+            ),
+            n % 4,
+        )
+        for n, (cid, at) in enumerate(orders)
+    ]
+    with EmbeddedRedis() as server:
+
+        def run() -> None:
+            client = redis.Redis.from_url(server.url)
+            client.flushall()
+            store = Store(client)
+            for start in range(0, len(events), cc.BATCH):
+                batch = events[start : start + cc.BATCH]
+                causes.apply_batch(store, batch, profiles, as_of_ms=now, now_ms=now)
+            client.close()
+
+        run()
+        print("READY", len(events), flush=True)
+        sys.stdin.readline()
+        run()
+        print("DONE", flush=True)
+        sys.stdin.readline()
+
+
+def count(case: str, customers: int) -> tuple[int, int]:
+    """(instructions, events) of one case's counted run."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "callgrind.out"
+        proc = subprocess.Popen(
+            [
+                "valgrind",
+                "--tool=callgrind",
+                "--instr-atstart=no",
+                f"--callgrind-out-file={out}",
+                sys.executable,
+                __file__,
+                "--child",
+                case,
+                "--customers",
+                str(customers),
+            ],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        assert proc.stdin is not None and proc.stdout is not None
+        ready = proc.stdout.readline().split()
+        if ready[:1] != ["READY"]:
+            proc.kill()
+            raise SystemExit(f"{case}: the workload did not start under valgrind ({ready})")
+        control = ["callgrind_control", "--instr"]
+        subprocess.run([*control, "on", str(proc.pid)], check=True, capture_output=True)
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        assert proc.stdout.readline().startswith("DONE")
+        subprocess.run([*control, "off", str(proc.pid)], check=True, capture_output=True)
+        proc.stdin.write("\n")
+        proc.stdin.flush()
+        proc.wait()
+        totals = re.search(r"^totals: (\d+)", out.read_text(), re.MULTILINE)
+        assert totals is not None, "no totals in callgrind's output"
+        return int(totals.group(1)), int(ready[1])
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--customers", type=int, default=2000)
+    parser.add_argument("--child", choices=CASES)
+    args = parser.parse_args()
+    if args.child:
+        child(args.child, args.customers)
+        return 0
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        print("valgrind is not installed (apt-get install valgrind): nothing counted")
+        return 2
+    cases = [c for c in args.cases.split(",") if c]
+    if not cases or not set(cases) <= set(CASES):
+        parser.error(f"--cases: a comma-separated list of {', '.join(CASES)}")
+    per_event: dict[str, float] = {}
+    for case in cases:
+        instructions, events = count(case, args.customers)
+        per_event[case] = instructions / events
+        print(f"{case}: {per_event[case]:,.0f} instructions per event", file=sys.stderr)
+    base = per_event[cases[0]]
+    print(f"commit path, {events:,} placed orders, batches of 2,000 (callgrind, {os.uname()[4]})")
+    print(f"| case | instructions per event | vs {cases[0]} |")
+    print("|---|---:|---:|")
+    for case, value in per_event.items():
+        print(f"| {case} | {value:,.0f} | {value / base:.3f}× |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
