@@ -546,3 +546,15 @@ def test_the_scalar_hyp2f1_is_scipys_bit_for_bit(a: float, b: float, c: float, z
     ours, theirs = scalar(a, b, c, z), float(hyp2f1(a, b, c, z))
     assert type(ours) is float
     assert ours == theirs or (math.isnan(ours) and math.isnan(theirs)), (a, b, c, z)
+
+
+def test_a_predictor_keeps_at_most_max_terms_and_the_same_figures() -> None:
+    """A customer whose x grows for ever (a bot, a shared account) does not grow the
+    predictor's terms without bound, and terms computed again give the same bits."""
+    params = Params(0.243, 30.9, 0.793, 2.426)
+    kept = prediction.Predictor("bgnbd", params)
+    for x in range(prediction.MAX_TERMS + 10):
+        first = kept.predict(90, x, x, x + 30)
+        assert len(kept._by_x) <= prediction.MAX_TERMS
+        assert prediction.Predictor("bgnbd", params).predict(90, x, x, x + 30) == first
+    assert kept.predict(90, 0, 0, 30) == prediction.Predictor("bgnbd", params).predict(90, 0, 0, 30)

@@ -14,6 +14,7 @@ if TYPE_CHECKING:  # model.py makes each fit's Predictor
     from worker.rules.churn.summaries import Summary
 
 MAX_DAYS = 3_000_000  # ~8,000 years: a P(alive) crossing later than this is never
+MAX_TERMS = 4096  # values of x whose terms a Predictor keeps (~200 bytes each)
 
 
 def p_alive(model: ChurnModel, params: Params, s: Summary) -> float:
@@ -68,6 +69,8 @@ class Predictor:
                 c, h = a + b + x, b + x + 1
             log_q = None if self.bgnbd and x == 0 else math.log(q) if q > 0 else -math.inf
             first = c / (a - 1) if a != 1 else math.nan
+            if len(self._by_x) >= MAX_TERMS:  # a customer with ever more order days
+                self._by_x.clear()
             terms = self._by_x[x] = (r + x, log_q, q, c, first, h)
         return terms
 
