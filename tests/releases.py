@@ -55,8 +55,9 @@ def installed(release: Release) -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     home = base / "rfm-worker" / "releases" / f"{release.version}-{release.commit[:12]}"
     python = home / "env" / "bin" / "python"
-    if python.exists():
+    if python.exists() and _whole(home):
         return python
+    shutil.rmtree(home, ignore_errors=True)
     home.parent.mkdir(parents=True, exist_ok=True)
     building = Path(tempfile.mkdtemp(prefix=f".{home.name}-", dir=home.parent))
     archive = _git("archive", "--format=tar", release.commit)
@@ -85,6 +86,16 @@ def installed(release: Release) -> Path:
             raise
         shutil.rmtree(building, ignore_errors=True)
     return python
+
+
+def _whole(home: Path) -> bool:
+    """Whether a built release still finds what it was built with: an environment that
+    borrows a suite's dependencies (`rfm-release.pth`) lists that suite's site-packages,
+    gone when the checkout that built it was deleted (a CI clone): then it is built again."""
+    for pth in (home / "env").glob("lib/python*/site-packages/rfm-release.pth"):
+        if not all(Path(line).is_dir() for line in pth.read_text().splitlines() if line):
+            return False
+    return True
 
 
 def source(python: Path) -> Path:
