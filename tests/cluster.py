@@ -324,39 +324,41 @@ class EmbeddedCluster:
                 while hold is not None and not hold() and time.monotonic() < held_until:
                     time.sleep(0.02)
             # The target first (it takes the slot and bumps its epoch), then the source,
-            # then every other master.
+            # then every other master; once every node knows the cluster's current epoch.
+            self._wait_epochs()
             others = [p for p in self.ports if p not in (source_port, to_port)]
-            for attempt in range(3):
-                if attempt:  # as an operator would: the target's epoch made the highest
-                    target.execute_command("CLUSTER", "BUMPEPOCH")
-                for port in [to_port, source_port, *others]:
-                    with redis.Redis(host="127.0.0.1", port=port, decode_responses=True) as node:
-                        node.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
-                try:
-                    self._wait_owner(slot, to_port)
-                    return moved
-                except ClusterError:
-                    # Under a loaded machine the target once took the source's stale
-                    # gossip over its own claim and every master kept that view for 10 s.
-                    if attempt == 2:
-                        raise
-            raise AssertionError("unreachable")
+            for port in [to_port, source_port, *others]:
+                with redis.Redis(host="127.0.0.1", port=port, decode_responses=True) as node:
+                    node.execute_command("CLUSTER", "SETSLOT", slot, "NODE", target_id)
+            self._wait_owner(slot, to_port)
+            return moved
         finally:
             source.close()
             target.close()
 
     # -- parsing ------------------------------------------------------------------------
 
+    def _wait_epochs(self, timeout: float = 10.0) -> None:
+        """Until every node names the same current epoch. A target that takes a slot bumps
+        its epoch to one past the current epoch it knows: knowing a stale one (gossip late
+        on a loaded machine), it may bump to the epoch the source already has, then yield
+        the slot to the source's gossip from before the move, and delete the keys it
+        imported (a CI run met it: the target named the source, its keys gone)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            epochs = {}
+            for port in self.ports:  # own connections: this may run in a thread
+                with redis.Redis(host="127.0.0.1", port=port, decode_responses=True) as node:
+                    info = _info(node.execute_command("CLUSTER", "INFO"))
+                epochs[port] = info.get("cluster_current_epoch")
+            if len(set(epochs.values())) == 1:
+                return
+            if time.monotonic() > deadline:
+                raise ClusterError(f"the nodes disagree on the current epoch: {epochs}")
+            time.sleep(0.05)
+
     def cluster_info(self, port: int) -> dict[str, str]:
-        raw = self.admin(port).execute_command("CLUSTER", "INFO")
-        if isinstance(raw, dict):
-            return {_text(k): _text(v) for k, v in raw.items()}
-        out = {}
-        for line in _text(raw).splitlines():
-            key, sep, value = line.strip().partition(":")
-            if sep:
-                out[key] = value
-        return out
+        return _info(self.admin(port).execute_command("CLUSTER", "INFO"))
 
     def _nodes(self, port: int) -> list[dict[str, Any]]:
         """CLUSTER NODES, parsed by hand (redis-py's parsing of it varies by version)."""
@@ -378,3 +380,15 @@ class EmbeddedCluster:
                 }
             )
         return nodes
+
+
+def _info(raw: Any) -> dict[str, str]:
+    """CLUSTER INFO's fields (a dict, or its text, as the client returns it)."""
+    if isinstance(raw, dict):
+        return {_text(k): _text(v) for k, v in raw.items()}
+    out = {}
+    for line in _text(raw).splitlines():
+        key, sep, value = line.strip().partition(":")
+        if sep:
+            out[key] = value
+    return out
