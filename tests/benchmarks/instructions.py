@@ -28,27 +28,25 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 CASES = ("none", "churn", "value")
+BATCH = 2000
 
 
-def child(case: str, customers: int) -> None:
-    """Under callgrind: build the workload, run it, wait; run it again between the parent's
-    switches of the instrumentation."""
+def workload(case: str, customers: int) -> tuple[list[Any], Any, int]:
+    """(events with their partitions, profiles, the instant) of one case: the placed orders
+    of `customers` BG/NBD histories and the case's profile, its models fitted on them."""
     import churn_cost as cc
-    import redis
 
-    from worker.embedded import EmbeddedRedis
     from worker.rules import churn
     from worker.rules.events import ValidEvent
     from worker.rules.instants import DAY_MS
     from worker.rules.profiles import Profiles
-    from worker.services import causes
-    from worker.state.store import Store
 
     now = 20_600 * DAY_MS + 37_000_000  # fixed: the same workload every run
     orders = cc.histories(customers, now)
@@ -83,21 +81,37 @@ def child(case: str, customers: int) -> None:
         )
         for n, (cid, at) in enumerate(orders)
     ]
+    return events, profiles, now
+
+
+def apply_all(url: str, events: list[Any], profiles: Any, now: int) -> None:
+    """The events through the commit path in batches of 2,000, into the Redis at `url`
+    emptied first."""
+    import redis
+
+    from worker.services import causes
+    from worker.state.store import Store
+
+    client = redis.Redis.from_url(url)
+    client.flushall()
+    store = Store(client)
+    for start in range(0, len(events), BATCH):
+        batch = events[start : start + BATCH]
+        causes.apply_batch(store, batch, profiles, as_of_ms=now, now_ms=now)
+    client.close()
+
+
+def child(case: str, customers: int) -> None:
+    """Under callgrind: build the workload, run it, wait; run it again between the parent's
+    switches of the instrumentation."""
+    from worker.embedded import EmbeddedRedis
+
+    events, profiles, now = workload(case, customers)
     with EmbeddedRedis() as server:
-
-        def run() -> None:
-            client = redis.Redis.from_url(server.url)
-            client.flushall()
-            store = Store(client)
-            for start in range(0, len(events), cc.BATCH):
-                batch = events[start : start + cc.BATCH]
-                causes.apply_batch(store, batch, profiles, as_of_ms=now, now_ms=now)
-            client.close()
-
-        run()
+        apply_all(server.url, events, profiles, now)
         print("READY", len(events), flush=True)
         sys.stdin.readline()
-        run()
+        apply_all(server.url, events, profiles, now)
         print("DONE", flush=True)
         sys.stdin.readline()
 
