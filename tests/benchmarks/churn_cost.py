@@ -68,11 +68,9 @@ def histories(customers: int, end_ms: int) -> list[tuple[str, int]]:
     return orders
 
 
-def run(profiles: Profiles, orders: list[tuple[str, int]], now: int, url: str) -> dict[str, float]:
-    client = redis.Redis.from_url(url)
-    client.flushall()
-    store = Store(client)
-    events = [
+def placed_events(orders: list[tuple[str, int]]) -> list[tuple[ValidEvent, int]]:
+    """The placed orders (customer id, instant) as validated events, with their partitions."""
+    return [
         (
             ValidEvent(
                 event_id=f"e{n}",
@@ -87,6 +85,13 @@ def run(profiles: Profiles, orders: list[tuple[str, int]], now: int, url: str) -
         )
         for n, (cid, at) in enumerate(orders)
     ]
+
+
+def run(profiles: Profiles, orders: list[tuple[str, int]], now: int, url: str) -> dict[str, float]:
+    client = redis.Redis.from_url(url)
+    client.flushall()
+    store = Store(client)
+    events = placed_events(orders)
     cpu, wall = time.process_time(), time.perf_counter()
     for start in range(0, len(events), BATCH):
         causes.apply_batch(store, events[start : start + BATCH], profiles, as_of_ms=now, now_ms=now)

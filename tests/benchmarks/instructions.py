@@ -44,7 +44,6 @@ def workload(case: str, customers: int) -> tuple[list[Any], Any, int]:
     import churn_cost as cc
 
     from worker.rules import churn
-    from worker.rules.events import ValidEvent
     from worker.rules.instants import DAY_MS
     from worker.rules.profiles import Profiles
 
@@ -66,21 +65,7 @@ def workload(case: str, customers: int) -> tuple[list[Any], Any, int]:
         assert isinstance(spend, churn.SpendFit), spend
         fit = churn.Fit("bgnbd", est.params, est.log_likelihood, 1, 1, 1, now, spend=spend)
         profiles.use_fit("default", fit)
-    events = [
-        (
-            ValidEvent(
-                event_id=f"e{n}",
-                type="order_placed",
-                order_id=f"o{n}",
-                customer_id=cid,
-                tenant="default",
-                amount=cc.amount_units(n),
-                occurred_at=at,
-            ),
-            n % 4,
-        )
-        for n, (cid, at) in enumerate(orders)
-    ]
+    events = cc.placed_events(orders)
     return events, profiles, now
 
 

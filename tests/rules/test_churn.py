@@ -522,7 +522,7 @@ def test_predict_is_p_alive_and_expected_orders_bit_for_bit(
     s = Summary(x, 0 if x == 0 else t_x, (0 if x == 0 else t_x) + silence)
     expected = _reference(model, params, t, s.x, s.t_x, s.T)
     for _ in range(2):  # the second time from the predictor's terms of x
-        p, e = churn.predict(model, params, t, s)  # type: ignore[arg-type]
+        p, e = prediction.predictor(model, params).predict(t, s.x, s.t_x, s.T)  # type: ignore[arg-type]
         assert _same(p, expected[0]) and _same(e, expected[1]), (p, e, expected)
         assert _same(p, churn.p_alive(model, params, s))  # type: ignore[arg-type]
         assert _same(e, churn.expected_orders(model, params, t, s))  # type: ignore[arg-type]

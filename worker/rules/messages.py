@@ -340,16 +340,7 @@ def _churn_tail(current: Score | None) -> str:
         and current.value_band is None
     ):
         return _NO_CHURN_TAIL
-    return orjson.dumps(
-        {
-            "p_alive": current.p_alive,
-            "p_alive_band": current.band,
-            "expected_orders": current.expected_orders,
-            "expected_order_value": current.expected_order_value,
-            "expected_value": current.expected_value,
-            "value_band": current.value_band,
-        }
-    ).decode()[1:]
+    return orjson.dumps(churn_values(current)).decode()[1:]
 
 
 _NO_CHURN_TAIL = orjson.dumps(_NO_CHURN_VALUES).decode()[1:]

@@ -44,7 +44,6 @@ from worker.rules.churn.prediction import (
     day_value_below,
     expected_orders,
     p_alive,
-    predict,
     value_holds,
 )
 from worker.rules.churn.spend import (
@@ -94,7 +93,6 @@ __all__ = [
     "log_likelihood",
     "p_alive",
     "population_mean",
-    "predict",
     "purchase_days",
     "spend_check",
     "spend_log_likelihood",

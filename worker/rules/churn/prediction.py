@@ -29,12 +29,6 @@ def expected_orders(model: ChurnModel, params: Params, t: float, s: Summary) -> 
     return predictor(model, params).expected_orders(t, s.x, s.t_x, s.T)
 
 
-def predict(model: ChurnModel, params: Params, t: float, s: Summary) -> tuple[float, float]:
-    """`p_alive` and `expected_orders` of one customer at once (what scoring needs): the
-    same numbers, bit for bit, for about half the work of the two calls."""
-    return predictor(model, params).predict(t, s.x, s.t_x, s.T)
-
-
 class Predictor:
     """The formulas of one fit, (model, params), per customer (x, t_x, T).
 
