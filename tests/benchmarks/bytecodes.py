@@ -25,7 +25,7 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from instructions import CASES, apply_all, workload
+from instructions import CASES, apply_all, forget_figures, workload
 
 
 def census(case: str, customers: int) -> tuple[Counter[str], int]:
@@ -47,6 +47,7 @@ def census(case: str, customers: int) -> tuple[Counter[str], int]:
 
     with EmbeddedRedis() as server:
         apply_all(server.url, events, profiles, now)  # imports, caches, the script loaded
+        forget_figures(profiles)
         sys.settrace(tracer)
         try:
             apply_all(server.url, events, profiles, now)

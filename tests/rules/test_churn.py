@@ -21,6 +21,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from worker.rules import churn
+from worker.rules.aggregates import Aggregates
 from worker.rules.churn import Params, Summary, prediction
 from worker.rules.customer import Customer
 from worker.rules.decay import p_alive_band_due
@@ -171,6 +172,37 @@ def test_summary_days() -> None:
     assert churn.summary([t0 + 1, t0 + 2, t0 + day + 9], t0 + 10 * day) == Summary(1, 1, 10)
     # folded orders: each its own day, from the first one's instant
     assert churn.summary([t0 + 5 * day], t0 + 9 * day, folded=3, first_at=t0) == Summary(3, 5, 9)
+
+
+@settings(max_examples=500, deadline=None)
+@given(
+    days=st.lists(st.integers(19_990, 20_010), max_size=12),
+    offsets=st.lists(st.sampled_from([0, 1, 3_600_000, 86_399_999]), min_size=12, max_size=12),
+    folded=st.integers(0, 3),
+    keeps_days=st.booleans(),
+    as_of_day=st.integers(19_980, 20_020),
+)
+def test_summary_of_aggregates_is_the_summary_of_their_times(
+    days: list[int], offsets: list[int], folded: int, keeps_days: bool, as_of_day: int
+) -> None:
+    """`summary_of` (the scoring path's) gives `summary`'s figures for the same orders:
+    kept or folded, several on a day, the day count kept (a long history) or not."""
+    day = 86_400_000
+    times = sorted(d * day + o for d, o in zip(days, offsets, strict=False))
+    first_at = 19_980 * day - 7 if folded else (times[0] if times else None)
+    if first_at is None:
+        return  # no counted order: no aggregates
+    agg = Aggregates(
+        first_at,
+        times[-1] if times else first_at,
+        len(times) + folded,
+        100,
+        times,
+        days=len({at // day for at in times}) if keeps_days else None,
+    )
+    as_of = as_of_day * day + 5
+    want = churn.summary(times, as_of, folded, first_at if folded else None)
+    assert churn.summary_of(agg, as_of) == want
 
 
 def test_failures_say_why() -> None:
@@ -510,19 +542,22 @@ def _reference(
     ),
     x=st.integers(0, 5000),
     t_x=st.integers(0, 20_000),
-    silence=st.integers(0, 3_000_000),
+    silence=st.just(0) | st.integers(0, 3_000_000),  # 0: scored on a day it ordered
     t=st.sampled_from([1, 7, 90, 365, 3650]),
 )
 def test_predict_is_p_alive_and_expected_orders_bit_for_bit(
     model: str, params: Params, x: int, t_x: int, silence: int, t: int
 ) -> None:
     """Scoring's one call is the two figures' own functions and the formulas written out,
-    the same bits (NaN as NaN), with the per-x terms computed fresh or taken from an
-    earlier customer."""
+    the same bits (NaN as NaN): computed fresh, kept for a customer scored on a day it
+    ordered, or computed again from the per-x terms of an earlier one."""
     s = Summary(x, 0 if x == 0 else t_x, (0 if x == 0 else t_x) + silence)
     expected = _reference(model, params, t, s.x, s.t_x, s.T)
-    for _ in range(2):  # the second time from the predictor's terms of x
-        p, e = prediction.predictor(model, params).predict(t, s.x, s.t_x, s.T)  # type: ignore[arg-type]
+    predictor = prediction.predictor(model, params)  # type: ignore[arg-type]
+    for again in range(3):
+        if again == 2:  # the figures forgotten, the terms of x kept
+            predictor._predicted.clear()
+        p, e = predictor.predict(t, s.x, s.t_x, s.T)
         assert _same(p, expected[0]) and _same(e, expected[1]), (p, e, expected)
         assert _same(p, churn.p_alive(model, params, s))  # type: ignore[arg-type]
         assert _same(e, churn.expected_orders(model, params, t, s))  # type: ignore[arg-type]
@@ -550,7 +585,8 @@ def test_the_scalar_hyp2f1_is_scipys_bit_for_bit(a: float, b: float, c: float, z
 
 def test_a_predictor_keeps_at_most_max_terms_and_the_same_figures() -> None:
     """A customer whose x grows for ever (a bot, a shared account) does not grow the
-    predictor's terms without bound, and terms computed again give the same bits."""
+    predictor's terms without bound, nor a backfill's ever new customers its figures, and
+    terms or figures computed again give the same bits."""
     params = Params(0.243, 30.9, 0.793, 2.426)
     kept = prediction.Predictor("bgnbd", params)
     for x in range(prediction.MAX_TERMS + 10):
@@ -558,3 +594,14 @@ def test_a_predictor_keeps_at_most_max_terms_and_the_same_figures() -> None:
         assert len(kept._by_x) <= prediction.MAX_TERMS
         assert prediction.Predictor("bgnbd", params).predict(90, x, x, x + 30) == first
     assert kept.predict(90, 0, 0, 30) == prediction.Predictor("bgnbd", params).predict(90, 0, 0, 30)
+    for T in range(prediction.MAX_PREDICTIONS + 10):  # scored on a day they ordered
+        first = kept.predict(90, 3, T, T)
+        assert len(kept._predicted) <= prediction.MAX_PREDICTIONS
+        assert kept.predict(90, 3, T, T) == first
+    assert kept._predicted
+    for t in (90, 365):  # the horizon is part of what the figures are kept by
+        assert kept.predict(t, 3, 2, 2) == prediction.Predictor("bgnbd", params).predict(t, 3, 2, 2)
+    for x in (0, 1, 5):  # and so are x, t_x and T
+        for t_x, T in ((7, 7), (6, 7), (7, 8)):
+            want = prediction.Predictor("bgnbd", params).predict(90, x, t_x, T)
+            assert kept.predict(90, x, t_x, T) == want, (x, t_x, T)

@@ -15,6 +15,7 @@ if TYPE_CHECKING:  # model.py makes each fit's Predictor
 
 MAX_DAYS = 3_000_000  # ~8,000 years: a P(alive) crossing later than this is never
 MAX_TERMS = 4096  # values of x whose terms a Predictor keeps (~200 bytes each)
+MAX_PREDICTIONS = 8192  # (t, x, T) whose figures a Predictor keeps (~300 bytes each)
 
 
 def p_alive(model: ChurnModel, params: Params, s: Summary) -> float:
@@ -37,6 +38,12 @@ class Predictor:
     computed once per x here (`_terms`). Every float operation is the formula's, in its
     order, so that the results are the same bits whoever computes them.
 
+    `predict`, on the scoring path of every event, keeps the figures of customers scored
+    on a day they ordered (t_x = T, as a live stream scores them) by (t, x, T): a few
+    thousand of those serve most events of a live stream, at a fifth of the cost of
+    computing them. Other customers (a backfill scored at one instant) rarely share their
+    (x, t_x, T): theirs are not kept.
+
     P(alive) = 1 / (1 + q ((α+T)/(α+t_x))^(r+x)), q = a/(b+x-1) (BG/NBD, x > 0; 1 at
     x = 0) or a/(b+x) (MBG/NBD), evaluated as expit(-log(...)) (no overflow). The expected
     orders in (T, T+t] are (c/(a-1)) (1 - ((α+T)/(α+T+t))^(r+x) 2F1(r+x, h; c; t/(α+T+t)))
@@ -44,12 +51,13 @@ class Predictor:
     h = b+x (BG/NBD), or c = a+b+x and h = b+x+1 (MBG/NBD).
     """
 
-    __slots__ = ("_by_x", "alpha", "bgnbd", "params")
+    __slots__ = ("_by_x", "_predicted", "alpha", "bgnbd", "params")
 
     def __init__(self, model: ChurnModel, params: Params) -> None:
         self.params, self.alpha, self.bgnbd = params, params.alpha, model == "bgnbd"
         # x -> (r+x, log q or None (P(alive) = 1), q, c, c/(a-1), h)
         self._by_x: dict[int, tuple[float, float | None, float, float, float, float]] = {}
+        self._predicted: dict[tuple[float, int, int], tuple[float, float]] = {}
 
     def _terms(self, x: int) -> tuple[float, float | None, float, float, float, float]:
         terms = self._by_x.get(x)
@@ -88,6 +96,9 @@ class Predictor:
 
     def predict(self, t: float, x: int, t_x: int, T: int) -> tuple[float, float]:
         """(p_alive, expected_orders): the ratio (α+T)/(α+t_x) computed once for both."""
+        live = t_x == T  # scored on a day it ordered, as a live stream scores
+        if live and (found := self._predicted.get((t, x, T))) is not None:
+            return found
         n, log_q, q, c, first, h = self._terms(x)
         alpha_T = self.alpha + T
         p, denominator = 1.0, 1.0
@@ -97,9 +108,14 @@ class Predictor:
         try:
             if log_q is not None:
                 denominator = 1 + q * math.pow(ratio, n)
-            return p, self._expected(t, alpha_T, n, c, first, h, denominator)
+            found = p, self._expected(t, alpha_T, n, c, first, h, denominator)
         except (ValueError, OverflowError, ZeroDivisionError):
-            return p, math.nan
+            found = p, math.nan
+        if live:
+            if len(self._predicted) >= MAX_PREDICTIONS:
+                self._predicted.clear()
+            self._predicted[t, x, T] = found
+        return found
 
     @staticmethod
     def _expected(

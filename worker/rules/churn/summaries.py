@@ -46,10 +46,35 @@ def summary(
 
 def summary_of(agg: Aggregates, as_of_ms: int) -> Summary | None:
     """`summary` of a customer's aggregates: its kept orders' times, and the folded ones
-    (those beyond the per-customer bound) by count and first instant."""
+    (those beyond the per-customer bound) by count and first instant.
+
+    The same figures as `summary(times, as_of_ms, folded, first_at, agg.days)`, in one
+    function: on the scoring path of every event of a churn model, where the calls and
+    the day count's own function were a third of the summary's cost."""
     times = agg.order_times
-    folded = agg.orders_lifetime - len(times)
-    return summary(times, as_of_ms, folded, agg.first_order_at if folded else None, agg.days)
+    kept = len(times)
+    days = agg.days
+    if days is None:  # a short history: count its days (a long one keeps the count)
+        days = 0
+        last_day = None
+        for at in times:  # ascending: distinct days are the day changes
+            day = at // DAY_MS
+            if day != last_day:
+                days += 1
+                last_day = day
+    folded = agg.orders_lifetime - kept
+    if folded:  # each folded order is a day of its own, the first one's the first day
+        first_day = agg.first_order_at // DAY_MS
+        last_day = times[-1] // DAY_MS if kept else first_day
+        days += folded
+    elif kept:
+        first_day, last_day = times[0] // DAY_MS, times[-1] // DAY_MS
+    else:
+        return None
+    as_of_day = as_of_ms // DAY_MS
+    if as_of_day < last_day:  # an order slightly in the future: T = t_x
+        as_of_day = last_day
+    return Summary(days - 1, last_day - first_day, as_of_day - first_day)
 
 
 def purchase_days(order_times: Sequence[int]) -> list[int]:
