@@ -19,27 +19,21 @@ class Summary:
 
 
 def summary(
-    order_times: Sequence[int],
-    as_of_ms: int,
-    folded: int = 0,
-    first_at: int | None = None,
-    days: int | None = None,
+    order_times: Sequence[int], as_of_ms: int, folded: int = 0, first_at: int | None = None
 ) -> Summary | None:
-    """(x, t_x, T) of a customer's counted order times (epoch ms, ascending) at as_of.
+    """(x, t_x, T) of a customer's counted order times (epoch ms, ascending) at as_of: the
+    definition, for order times at hand (tests, tools); the scoring path takes a customer's
+    aggregates (`summary_of`).
 
     `folded` orders (beyond the per-customer bound, worker/rules/customer.py) are known only
     by count and the first one's instant `first_at`: each counts as a day of its own.
-    `days`: the distinct days of order_times when the caller keeps that count (long
-    histories: a pass over them per event would cost O(orders)). None without a counted
-    order.
+    None without a counted order.
     """
     if not order_times and first_at is None:
         return None
-    if days is None:
-        days = purchase_day_count(order_times)
+    days = purchase_day_count(order_times) + folded
     first_day = (order_times[0] if first_at is None else first_at) // DAY_MS
     last_day = order_times[-1] // DAY_MS if order_times else first_day
-    days += folded
     as_of_day = max(as_of_ms // DAY_MS, last_day)  # an order slightly in the future: T = t_x
     return Summary(days - 1, last_day - first_day, as_of_day - first_day)
 
@@ -48,9 +42,9 @@ def summary_of(agg: Aggregates, as_of_ms: int) -> Summary | None:
     """`summary` of a customer's aggregates: its kept orders' times, and the folded ones
     (those beyond the per-customer bound) by count and first instant.
 
-    The same figures as `summary(times, as_of_ms, folded, first_at, agg.days)`, in one
-    function: on the scoring path of every event of a churn model, where the calls and
-    the day count's own function were a third of the summary's cost."""
+    The same figures as `summary`, in one function, the count of days kept by a long
+    history taken as kept: it is on the scoring path of every event of a churn model.
+    (`tests/rules/test_churn.py` checks the two agree.)"""
     times = agg.order_times
     kept = len(times)
     days = agg.days
