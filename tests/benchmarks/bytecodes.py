@@ -3,10 +3,11 @@ does not move with the machine's speed, nor with a sampler's luck (instructions.
 the totals; py-spy samples time).
 
     .venv/bin/python tests/benchmarks/bytecodes.py [--case none] [--against churn]
-                                                   [--customers 300] [--top 40]
+                                                   [--customers 300] [--top 40] [--live]
 
 The workload is instructions.py's (churn_cost.py's histories, a fixed instant, batches of
-2,000 through `causes.apply_batch` into an embedded Redis), smaller by default: it runs
+2,000 through `causes.apply_batch` into an embedded Redis; --live, a batch per day scored
+that day), smaller by default: it runs
 once, then again under `sys.settrace` with opcode events, ~100 times slower. Prints the
 functions that executed the most bytecodes per event (file:function; a dataclass's
 generated `__init__` by class), or with --against, the functions whose count differs most
@@ -28,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from instructions import CASES, apply_all, forget_figures, workload
 
 
-def census(case: str, customers: int) -> tuple[Counter[str], int]:
+def census(case: str, customers: int, live: bool) -> tuple[Counter[str], int]:
     """(bytecodes executed per function, events) over one counted run of `case`."""
     from worker.embedded import EmbeddedRedis
 
@@ -46,11 +47,11 @@ def census(case: str, customers: int) -> tuple[Counter[str], int]:
         return tracer
 
     with EmbeddedRedis() as server:
-        apply_all(server.url, events, profiles, now)  # imports, caches, the script loaded
+        apply_all(server.url, events, profiles, now, live)  # imports, caches, the script
         forget_figures(profiles)
         sys.settrace(tracer)
         try:
-            apply_all(server.url, events, profiles, now)
+            apply_all(server.url, events, profiles, now, live)
         finally:
             sys.settrace(None)
     return counts, len(events)
@@ -62,15 +63,16 @@ def main() -> int:
     parser.add_argument("--against", choices=CASES)
     parser.add_argument("--customers", type=int, default=300)
     parser.add_argument("--top", type=int, default=40)
+    parser.add_argument("--live", action="store_true", help="score each day's events that day")
     args = parser.parse_args()
-    counts, events = census(args.case, args.customers)
+    counts, events = census(args.case, args.customers, args.live)
     per_event = {name: n / events for name, n in counts.items()}
     total = sum(per_event.values())
     if args.against is None:
         print(f"{args.case}: {total:,.0f} bytecodes per event ({events:,} events)")
         rows = sorted(per_event.items(), key=lambda item: -item[1])[: args.top]
     else:
-        other, other_events = census(args.against, args.customers)
+        other, other_events = census(args.against, args.customers, args.live)
         theirs = {name: n / other_events for name, n in other.items()}
         print(
             f"{args.against} against {args.case}: {sum(theirs.values()) - total:+,.0f} "

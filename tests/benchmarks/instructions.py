@@ -3,7 +3,7 @@ what the worker's code costs that does not move with the machine's speed (CPU ti
 shared virtual machine moves by a third within an hour, docs/performance.md).
 
     .venv/bin/python tests/benchmarks/instructions.py [--cases none,churn,value]
-                                                      [--customers 2000]
+                                                      [--customers 2000] [--live]
 
 The workload is the `churn` scenario's (churn_cost.py), smaller: the placed orders of the
 BG/NBD histories of --customers customers (2,000: ~10,000 orders), at a fixed instant, go
@@ -16,7 +16,13 @@ and off with `callgrind_control`, its fits' predictors fresh (`forget_figures`).
 another process, not counted. About 2 minutes a case. Needs valgrind (the Debian
 package); without it, says so and exits 2.
 
-Prints a markdown table: instructions per event and the ratio to the first case.
+--live: the same orders scored as a live stream scores them, each UTC day's orders in a
+batch of their own at that day's last instant (~15 orders a batch with 2,000 customers:
+a batch's own cost weighs more per event, and the ratio with it; the instructions a
+model adds per event do not depend on it).
+
+Prints a markdown table: instructions per event, the ratio to the first case and what
+each case adds per event over it.
 """
 
 from __future__ import annotations
@@ -80,9 +86,21 @@ def forget_figures(profiles: Any) -> None:
             profiles.use_fit(name, dataclasses.replace(fit))
 
 
-def apply_all(url: str, events: list[Any], profiles: Any, now: int) -> None:
-    """The events through the commit path in batches of 2,000, into the Redis at `url`
-    emptied first."""
+def batches(events: list[Any], now: int, live: bool) -> list[tuple[list[Any], int]]:
+    """(events, as_of) of each batch: BATCH events scored at `now` (a backfill), or `live`,
+    each UTC day's events scored at that day's last one, as a live stream scores them on
+    the day they happen (t_x = T)."""
+    if not live:
+        return [(events[i : i + BATCH], now) for i in range(0, len(events), BATCH)]
+    days: dict[int, list[Any]] = {}
+    for item in events:  # in time order
+        days.setdefault(item[0].occurred_at // 86_400_000, []).append(item)
+    return [(day, day[-1][0].occurred_at) for day in days.values()]
+
+
+def apply_all(url: str, events: list[Any], profiles: Any, now: int, live: bool = False) -> None:
+    """The events through the commit path (`batches`), into the Redis at `url` emptied
+    first."""
     import redis
 
     from worker.services import causes
@@ -91,29 +109,28 @@ def apply_all(url: str, events: list[Any], profiles: Any, now: int) -> None:
     client = redis.Redis.from_url(url)
     client.flushall()
     store = Store(client)
-    for start in range(0, len(events), BATCH):
-        batch = events[start : start + BATCH]
-        causes.apply_batch(store, batch, profiles, as_of_ms=now, now_ms=now)
+    for batch, as_of in batches(events, now, live):
+        causes.apply_batch(store, batch, profiles, as_of_ms=as_of, now_ms=as_of)
     client.close()
 
 
-def child(case: str, customers: int) -> None:
+def child(case: str, customers: int, live: bool) -> None:
     """Under callgrind: build the workload, run it, wait; run it again between the parent's
     switches of the instrumentation."""
     from worker.embedded import EmbeddedRedis
 
     events, profiles, now = workload(case, customers)
     with EmbeddedRedis() as server:
-        apply_all(server.url, events, profiles, now)
+        apply_all(server.url, events, profiles, now, live)
         forget_figures(profiles)
         print("READY", len(events), flush=True)
         sys.stdin.readline()
-        apply_all(server.url, events, profiles, now)
+        apply_all(server.url, events, profiles, now, live)
         print("DONE", flush=True)
         sys.stdin.readline()
 
 
-def count(case: str, customers: int) -> tuple[int, int]:
+def count(case: str, customers: int, live: bool) -> tuple[int, int]:
     """(instructions, events) of one case's counted run."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "callgrind.out"
@@ -129,6 +146,7 @@ def count(case: str, customers: int) -> tuple[int, int]:
                 case,
                 "--customers",
                 str(customers),
+                *(["--live"] if live else []),
             ],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
@@ -158,10 +176,11 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--cases", default=",".join(CASES))
     parser.add_argument("--customers", type=int, default=2000)
+    parser.add_argument("--live", action="store_true", help="score each day's events that day")
     parser.add_argument("--child", choices=CASES)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.customers)
+        child(args.child, args.customers, args.live)
         return 0
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("valgrind is not installed (apt-get install valgrind): nothing counted")
@@ -171,15 +190,16 @@ def main() -> int:
         parser.error(f"--cases: a comma-separated list of {', '.join(CASES)}")
     per_event: dict[str, float] = {}
     for case in cases:
-        instructions, events = count(case, args.customers)
+        instructions, events = count(case, args.customers, args.live)
         per_event[case] = instructions / events
         print(f"{case}: {per_event[case]:,.0f} instructions per event", file=sys.stderr)
     base = per_event[cases[0]]
-    print(f"commit path, {events:,} placed orders, batches of 2,000 (callgrind, {os.uname()[4]})")
-    print(f"| case | instructions per event | vs {cases[0]} |")
-    print("|---|---:|---:|")
+    shape = "a batch per day, scored that day" if args.live else "batches of 2,000, one instant"
+    print(f"commit path, {events:,} placed orders, {shape} (callgrind, {os.uname()[4]})")
+    print(f"| case | instructions per event | vs {cases[0]} | added per event |")
+    print("|---|---:|---:|---:|")
     for case, value in per_event.items():
-        print(f"| {case} | {value:,.0f} | {value / base:.3f}× |")
+        print(f"| {case} | {value:,.0f} | {value / base:.3f}× | {value - base:+,.0f} |")
     return 0
 
 

@@ -583,6 +583,37 @@ def test_the_scalar_hyp2f1_is_scipys_bit_for_bit(a: float, b: float, c: float, z
     assert ours == theirs or (math.isnan(ours) and math.isnan(theirs)), (a, b, c, z)
 
 
+@settings(max_examples=400, derandomize=True, deadline=None)
+@given(
+    model=st.sampled_from(MODELS),
+    customers=st.lists(
+        st.tuples(st.integers(0, 40), st.integers(0, 700), st.sampled_from([0, 0, 1, 30])),
+        min_size=1,
+        max_size=8,
+    ),
+    bounds=st.lists(st.sampled_from([0.05, 0.2, 0.5, 0.8, 0.95]), min_size=1, max_size=3),
+)
+def test_a_predictors_day_below_is_day_below(
+    model: str, customers: list[tuple[int, int, int]], bounds: list[float]
+) -> None:
+    """The predictor's day a customer falls below a bound, kept for customers scored on a
+    day they ordered, is `day_below`'s, None included, whoever asked before."""
+    params = Params(0.243, 4.414 / 7, 0.793, 2.426)  # CDNOW, per day
+    kept = prediction.Predictor(model, params)  # type: ignore[arg-type]
+    # each customer scored on an order day beside one of the same x and T silent for 5 days
+    customers += [(x, t_x - 5, 5) for x, t_x, silence in customers if not silence and t_x >= 5]
+    for _ in range(2):  # the second time from what the predictor kept
+        for x, t_x, silence in customers:
+            s = Summary(x, t_x, t_x + silence)
+            now = churn.p_alive(model, params, s)  # type: ignore[arg-type]
+            for bound in bounds:
+                if now < bound:
+                    continue  # the caller asks for the bound below P(alive) only
+                want = churn.day_below(model, params, s, bound, now=now)  # type: ignore[arg-type]
+                assert kept.day_below(s, bound, now) == want, (s, bound)
+    assert len(kept._days_below) <= prediction.MAX_PREDICTIONS
+
+
 def test_a_predictor_keeps_at_most_max_terms_and_the_same_figures() -> None:
     """A customer whose x grows for ever (a bot, a shared account) does not grow the
     predictor's terms without bound, nor a backfill's ever new customers its figures, and

@@ -161,7 +161,7 @@ def p_alive_band_due(
         last <= s.T or fit.predictor.p_alive(s.x, s.t_x, last) >= bound  # falls with T
     ):
         return None  # not below before `last` + 1: at `before` or later
-    day = churn.day_below(fit.model, fit.params, s, bound, now=p)
+    day = fit.predictor.day_below(s, bound, p)
     if day is None:
         return None
     return (first + day) * DAY_MS  # day: days after the first

@@ -15,7 +15,7 @@ if TYPE_CHECKING:  # model.py makes each fit's Predictor
 
 MAX_DAYS = 3_000_000  # ~8,000 years: a P(alive) crossing later than this is never
 MAX_TERMS = 4096  # values of x whose terms a Predictor keeps (~200 bytes each)
-MAX_PREDICTIONS = 8192  # (t, x, T) whose figures a Predictor keeps (~300 bytes each)
+MAX_PREDICTIONS = 8192  # results a Predictor keeps of each kind (~300 bytes each)
 
 
 def p_alive(model: ChurnModel, params: Params, s: Summary) -> float:
@@ -38,11 +38,11 @@ class Predictor:
     computed once per x here (`_terms`). Every float operation is the formula's, in its
     order, so that the results are the same bits whoever computes them.
 
-    `predict`, on the scoring path of every event, keeps the figures of customers scored
-    on a day they ordered (t_x = T, as a live stream scores them) by (t, x, T): a few
-    thousand of those serve most events of a live stream, at a fifth of the cost of
-    computing them. Other customers (a backfill scored at one instant) rarely share their
-    (x, t_x, T): theirs are not kept.
+    `predict` and `day_below`, on the commit path of every event, keep their results for
+    customers scored on a day they ordered (t_x = T, as a live stream scores them), by
+    (t, x, T) and (x, T, bound): a few thousand of those serve most events of a live
+    stream, at a fraction of the cost of computing them. Other customers (a backfill
+    scored at one instant) rarely share their (x, t_x, T): theirs are not kept.
 
     P(alive) = 1 / (1 + q ((α+T)/(α+t_x))^(r+x)), q = a/(b+x-1) (BG/NBD, x > 0; 1 at
     x = 0) or a/(b+x) (MBG/NBD), evaluated as expit(-log(...)) (no overflow). The expected
@@ -51,13 +51,21 @@ class Predictor:
     h = b+x (BG/NBD), or c = a+b+x and h = b+x+1 (MBG/NBD).
     """
 
-    __slots__ = ("_by_x", "_predicted", "alpha", "bgnbd", "params")
+    __slots__ = ("_by_x", "_days_below", "_predicted", "alpha", "bgnbd", "model", "params")
 
     def __init__(self, model: ChurnModel, params: Params) -> None:
-        self.params, self.alpha, self.bgnbd = params, params.alpha, model == "bgnbd"
+        self.model, self.params, self.alpha, self.bgnbd = (
+            model,
+            params,
+            params.alpha,
+            model == "bgnbd",
+        )
         # x -> (r+x, log q or None (P(alive) = 1), q, c, c/(a-1), h)
         self._by_x: dict[int, tuple[float, float | None, float, float, float, float]] = {}
+        # Customers scored on a day they ordered (t_x = T): (t, x, T) -> `predict`'s figures,
+        # (x, T, bound) -> `day_below`'s day (-1: None)
         self._predicted: dict[tuple[float, int, int], tuple[float, float]] = {}
+        self._days_below: dict[tuple[int, int, float], int] = {}
 
     def _terms(self, x: int) -> tuple[float, float | None, float, float, float, float]:
         terms = self._by_x.get(x)
@@ -116,6 +124,22 @@ class Predictor:
                 self._predicted.clear()
             self._predicted[t, x, T] = found
         return found
+
+    def day_below(self, s: Summary, bound: float, now: float) -> int | None:
+        """`day_below` (below) of this fit, `now` P(alive) at s. For a customer scored on a
+        day it ordered (t_x = T), `now` is P(alive) of (x, T, T): the day is kept by
+        (x, T, bound), as `predict` keeps its figures."""
+        if s.t_x != s.T:
+            return day_below(self.model, self.params, s, bound, now=now)
+        key = (s.x, s.T, bound)
+        day = self._days_below.get(key)
+        if day is None:
+            found = day_below(self.model, self.params, s, bound, now=now)
+            day = -1 if found is None else found
+            if len(self._days_below) >= MAX_PREDICTIONS:
+                self._days_below.clear()
+            self._days_below[key] = day
+        return None if day < 0 else day
 
     @staticmethod
     def _expected(
