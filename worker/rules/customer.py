@@ -256,11 +256,12 @@ class Customer:
             if not times:
                 return 0
             day = times[0] // DAY_MS
-            value = sum(
-                c[1]
-                for o in self.orders.values()
-                if (c := o.counted_as) is not None and c[0] // DAY_MS == day
-            )
+            start, end = day * DAY_MS, (day + 1) * DAY_MS
+            value = 0
+            for o in self.orders.values():  # counted_as without its tuple per order
+                at = o.placed_at
+                if at is not None and start <= at < end and not o.cancelled:
+                    value += o.value
             self._first_day = (day, value)
         return self._first_day[1]
 
