@@ -257,11 +257,16 @@ class Customer:
                 return 0
             day = times[0] // DAY_MS
             start, end = day * DAY_MS, (day + 1) * DAY_MS
+            left = bisect_left(times, end)  # the counted orders of that day
             value = 0
+            # The orders as they came (mostly oldest first): most often the first is all.
             for o in self.orders.values():  # counted_as without its tuple per order
                 at = o.placed_at
                 if at is not None and start <= at < end and not o.cancelled:
                     value += o.value
+                    left -= 1
+                    if not left:
+                        break
             self._first_day = (day, value)
         return self._first_day[1]
 
