@@ -508,10 +508,11 @@ def test_aggregates_follow_the_contract_rules(deliveries: list[ValidEvent]) -> N
 
 
 @st.composite
-def long_histories(draw: st.DrawFn) -> list[tuple[ValidEvent, int]]:
-    """More orders than LONG_HISTORY, then placed (new or conflicting), refunded and
-    cancelled events on them, each with how many days the scoring instant moves on."""
-    count = LONG_HISTORY + draw(st.integers(1, 6))
+def histories(draw: st.DrawFn, at_least: int = LONG_HISTORY) -> list[tuple[ValidEvent, int]]:
+    """More orders than `at_least` (a long history by default), then placed (new or
+    conflicting), refunded and cancelled events on them, each with how many days the
+    scoring instant moves on."""
+    count = at_least + draw(st.integers(1, 6))
     amount = st.integers(0, 50) | st.integers(0, 500).map(lambda u: u * 100)
     amount = amount | st.integers(0, 50).map(lambda u: u * 10_000)
     events = [
@@ -547,7 +548,7 @@ def long_histories(draw: st.DrawFn) -> list[tuple[ValidEvent, int]]:
 
 
 @settings(max_examples=150, database=None, deadline=None)
-@given(long_histories())
+@given(histories())
 def test_what_a_long_history_keeps_up_to_date_equals_a_rebuild(
     history: list[tuple[ValidEvent, int]],
 ) -> None:
@@ -577,6 +578,25 @@ def test_what_a_long_history_keeps_up_to_date_equals_a_rebuild(
         assert d.orders == c.orders and d.aggregates() == agg
         assert d.encode() == blob
     assert kept_days > 0  # the count was kept and checked
+
+
+@settings(max_examples=150, database=None, deadline=None)
+@given(histories(at_least=0))
+def test_a_short_history_read_back_and_scored_later_is_stored_as_a_rebuild(
+    history: list[tuple[ValidEvent, int]],
+) -> None:
+    """A short history is read back at every commit and keeps its entries as read; a
+    commit moves their ages to its own instant. At every step the blob is the one a
+    customer built from the orders alone writes."""
+    blob, at = None, T0
+    for event, moves in history:
+        c = Customer.decode("default", "c1", blob)
+        c.apply(event)
+        at += moves * DAY
+        c.scored_at = at
+        blob = c.encode()
+        assert len(c.orders) < LONG_HISTORY
+        assert blob == Customer("default", "c1", dict(c.orders), scored_at=at).encode()
 
 
 def test_an_amount_replaced_by_a_conflicting_placed_event_can_coarsen_the_unit() -> None:

@@ -86,8 +86,9 @@ class Customer:
     _gaps: list[int] | None = field(default=None, repr=False, compare=False)  # see Aggregates
     _days: int | None = field(default=None, repr=False, compare=False)  # kept with _gaps
     # The orders as the blob stores them (see `encode`), kept up to date by `apply`, so
-    # that encoding a long history is one orjson call rather than a pass in Python. Valid
-    # for ages from _base (None: instants) in amounts of _unit; None until built.
+    # that encoding is one orjson call rather than a pass in Python building every entry
+    # (a short history's ages are moved to the commit's instant first). Valid for ages
+    # from _base (None: instants) in amounts of _unit; None until built.
     _stored: dict[str, list[object]] | None = field(default=None, repr=False, compare=False)
     _base: int | None = field(default=None, repr=False, compare=False)
     _unit: int = field(default=1, repr=False, compare=False)
@@ -299,10 +300,11 @@ class Customer:
         if (
             stored is None
             or (base is None) != (t is None)
-            or (base != t and len(self.orders) < LONG_HISTORY)
             or (t is not None and base is not None and t - base > REBASE_MS)
         ):
             stored, base = self._rebuild_stored(t)
+        elif t is not None and base != t and len(self.orders) < LONG_HISTORY:
+            stored, base = self._rebase_stored(t)
         pub = self.published
         doc: dict[str, object] = {}
         if self._unit != 1 or base != t:
@@ -339,6 +341,18 @@ class Customer:
         stored, unit = stored_form(self.orders, base)
         self._stored, self._base, self._unit = stored, base, unit
         return stored, base
+
+    def _rebase_stored(self, base: int) -> tuple[dict[str, list[object]], int]:
+        """The stored form with its ages moved to `base` (a short history's ages are at
+        the scored_at of its last commit): what `_rebuild_stored` gives, without building
+        every entry and finding the unit again."""
+        assert self._stored is not None and self._base is not None
+        shift = base - self._base
+        for entry in self._stored.values():
+            if entry[0] is not None:  # an order not placed has no age
+                entry[0] += shift  # type: ignore[operator]
+        self._base = base
+        return self._stored, base
 
     @classmethod
     def decode(cls, tenant: str, customer_id: str, blob: bytes | None) -> Customer:
@@ -395,10 +409,11 @@ class Customer:
         )
         times.sort()
         customer._times, customer._monetary = times, monetary
-        # A long history keeps the entries as read, which are as `encode` writes them
-        # unless the blob predates "u" and its amounts have a coarser unit than money
-        # units (then rebuilt on its next commit). A short one is rebuilt at each commit.
-        if len(orders) >= LONG_HISTORY and (u != 1 or common_unit(orders.values()) == 1):
+        # The entries are kept as read, which are as `encode` writes them unless the blob
+        # predates "u" and its amounts have a coarser unit than money units (then rebuilt
+        # on the next commit): a commit changes only the entries of the orders it touched,
+        # and a short history's ages move to the commit's instant (`_rebase_stored`).
+        if u != 1 or common_unit(orders.values()) == 1:
             customer._stored, customer._base, customer._unit = raw_orders, base, u
         return customer
 
