@@ -202,9 +202,9 @@ def value_band_due(
             return None
         order_value = churn.expected_order_value(fit.spend.params, *spend)
         now = order_value * churn.expected_orders(fit.model, fit.params, horizon, s)  # NaN: unknown
-    if not math.isfinite(now) or churn.value_band(now, bounds) == 1:
+    if not math.isfinite(now) or (level := churn.value_band(now, bounds)) == 1:
         return None  # no band, or the lowest: nothing below to cross into
-    bound = bounds[churn.value_band(now, bounds) - 2]
+    bound = bounds[level - 2]
     first = agg.first_order_at // DAY_MS
     last = _last_day_before(before, first)
     if last is not None and (
