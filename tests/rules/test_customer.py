@@ -581,22 +581,49 @@ def test_what_a_long_history_keeps_up_to_date_equals_a_rebuild(
 
 
 @settings(max_examples=150, database=None, deadline=None)
-@given(histories(at_least=0))
-def test_a_short_history_read_back_and_scored_later_is_stored_as_a_rebuild(
+@given(histories(at_least=0) | histories(at_least=LONG_HISTORY - 4))
+def test_a_history_read_back_at_every_commit_is_stored_as_before(
     history: list[tuple[ValidEvent, int]],
 ) -> None:
-    """A short history is read back at every commit and keeps its entries as read; a
-    commit moves their ages to its own instant. At every step the blob is the one a
-    customer built from the orders alone writes."""
+    """A customer read back at every commit keeps its orders' stored form as read, and a
+    commit moves a short history's ages to its own instant. At every step the blob is the
+    one a customer that rebuilt a short history's entries writes (as release 0.2.0 does),
+    a history growing past LONG_HISTORY in the commit included."""
     blob, at = None, T0
     for event, moves in history:
         c = Customer.decode("default", "c1", blob)
+        rebuilt = Customer.decode("default", "c1", blob)
+        if len(rebuilt.orders) < LONG_HISTORY:
+            rebuilt._stored = None  # built again from the orders at the next encode
         c.apply(event)
+        rebuilt.apply(event)
         at += moves * DAY
-        c.scored_at = at
+        c.scored_at = rebuilt.scored_at = at
         blob = c.encode()
-        assert len(c.orders) < LONG_HISTORY
-        assert blob == Customer("default", "c1", dict(c.orders), scored_at=at).encode()
+        assert blob == rebuilt.encode()
+        assert Customer.decode("default", "c1", blob).orders == c.orders
+
+
+def test_a_short_history_grown_long_in_a_commit_is_stored_at_the_commits_instant() -> None:
+    """Read back with LONG_HISTORY - 1 orders, given one more and scored later: its ages are
+    at the new instant, as a customer that built its entries anew writes them (a long
+    history read back would keep them at the old base, under "b")."""
+    c = Customer("default", "c1", scored_at=T0)
+    for i in range(LONG_HISTORY - 1):
+        c.apply(ValidEvent(f"p{i}", "order_placed", f"o{i}", "c1", "default", 10_000, T0 - i * DAY))
+    blob = c.encode()
+    read, rebuilt = (Customer.decode("default", "c1", blob) for _ in range(2))
+    rebuilt._stored = None
+    for customer in (read, rebuilt):
+        customer.apply(ValidEvent("pn", "order_placed", "on", "c1", "default", 10_000, T0 + DAY))
+        customer.scored_at = T0 + 2 * DAY
+    assert len(read.orders) == LONG_HISTORY
+    assert read.encode() == rebuilt.encode()
+    assert b'"b"' not in read.encode()
+    for customer in (read, rebuilt):  # now long, kept decoded for its next commit
+        customer.scored_at = T0 + 3 * DAY
+    assert read.encode() == rebuilt.encode()
+    assert b'"b"' in read.encode()
 
 
 def test_an_amount_replaced_by_a_conflicting_placed_event_can_coarsen_the_unit() -> None:

@@ -92,6 +92,9 @@ class Customer:
     _stored: dict[str, list[object]] | None = field(default=None, repr=False, compare=False)
     _base: int | None = field(default=None, repr=False, compare=False)
     _unit: int = field(default=1, repr=False, compare=False)
+    # The stored form was read from a short history: its next encode writes the ages at
+    # its own instant, as if built anew, even once the history has grown long.
+    _read_short: bool = field(default=False, repr=False, compare=False)
     # (UTC day, net value) of the first order day of the kept orders, once asked for (see
     # `first_day_value`); dropped by `_move` when an order on or before that day changes.
     _first_day: tuple[int, int] | None = field(default=None, repr=False, compare=False)
@@ -303,8 +306,9 @@ class Customer:
             or (t is not None and base is not None and t - base > REBASE_MS)
         ):
             stored, base = self._rebuild_stored(t)
-        elif t is not None and base != t and len(self.orders) < LONG_HISTORY:
+        elif t is not None and base != t and (self._read_short or len(self.orders) < LONG_HISTORY):
             stored, base = self._rebase_stored(t)
+        self._read_short = False
         pub = self.published
         doc: dict[str, object] = {}
         if self._unit != 1 or base != t:
@@ -415,6 +419,7 @@ class Customer:
         # and a short history's ages move to the commit's instant (`_rebase_stored`).
         if u != 1 or common_unit(orders.values()) == 1:
             customer._stored, customer._base, customer._unit = raw_orders, base, u
+            customer._read_short = len(orders) < LONG_HISTORY
         return customer
 
 

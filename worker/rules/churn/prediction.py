@@ -54,12 +54,8 @@ class Predictor:
     __slots__ = ("_by_x", "_days_below", "_predicted", "alpha", "bgnbd", "model", "params")
 
     def __init__(self, model: ChurnModel, params: Params) -> None:
-        self.model, self.params, self.alpha, self.bgnbd = (
-            model,
-            params,
-            params.alpha,
-            model == "bgnbd",
-        )
+        self.model, self.params = model, params
+        self.alpha, self.bgnbd = params.alpha, model == "bgnbd"
         # x -> (r+x, log q or None (P(alive) = 1), q, c, c/(a-1), h)
         self._by_x: dict[int, tuple[float, float | None, float, float, float, float]] = {}
         # Customers scored on a day they ordered (t_x = T): (t, x, T) -> `predict`'s figures,
