@@ -5,7 +5,8 @@ release's (tests/releases.py), whose calls must be the same bytes.
 A script, not a module of the suite: it imports `worker` from wherever the python that
 runs it finds it, and uses only what both releases have. Input (JSON, a file):
 {"now": ms, "profiles": TOML, "erasure_key": str | null, "redis": url,
- "steps": [{"batch": [[event JSON text, partition], ...]} | {"sweep": as_of ms}]};
+ "steps": [{"batch": [[event JSON text, partition], ...], "now"?: ms} | {"sweep": as_of ms}]}
+(a batch's own "now", when it has one, is the instant it is scored at);
 output (JSON, stdout): per step, its calls as [KEYS, ARGV] in hex.
 
     python tests/commit_calls.py INPUT.json
@@ -59,17 +60,18 @@ def main(path: str) -> None:
     for step in spec["steps"]:
         calls = []
         if "batch" in step:
+            at = step.get("now", now)
             items = []
             for text, partition in step["batch"]:
-                event = validate(text.encode(), profiles, now)
+                event = validate(text.encode(), profiles, at)
                 assert isinstance(event, ValidEvent), event
                 items.append((event, partition))
             causes.apply_batch(
                 store,
                 items,
                 profiles,
-                as_of_ms=now,
-                now_ms=now,
+                as_of_ms=at,
+                now_ms=at,
                 erasure_key=None if key is None else key.encode(),
             )
         else:

@@ -14,7 +14,8 @@ The streams are random and seeded: two tenants (the built-in thresholds with tri
 churn and value model with bands, a frequency window and overdue alerts), customer ids
 with quotes, backslashes and non-ASCII characters, placed orders (some placed twice with
 other amounts), partial refunds, cancels, redelivered events, erasures, events moving a
-customer to another partition, and sweeps at instants up to two years later.
+customer to another partition, and sweeps at instants up to two years later; in some
+streams each batch is scored at its own instant, as a running worker scores them.
 """
 
 from __future__ import annotations
@@ -84,9 +85,11 @@ def iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, UTC).isoformat().replace("+00:00", "Z")
 
 
-def stream(seed: int, customers: int = 60, steps: int = 70) -> dict[str, Any]:
+def stream(seed: int, customers: int = 60, steps: int = 70, moving: bool = False) -> dict[str, Any]:
     """A random stream of batches and sweeps (see the module's docstring); a few customers
-    are rarely erased, so that their histories grow long."""
+    are rarely erased, so that their histories grow long. `moving`: each batch is scored
+    at its own instant, the clock moving on by 0 to 3 days from batch to batch (sweeps move
+    it too), so that a customer's stored ages move from commit to commit."""
     erase = 0.03 if customers > 10 else 0.002
     rng = random.Random(seed)
     people = [
@@ -134,7 +137,11 @@ def stream(seed: int, customers: int = 60, steps: int = 70) -> dict[str, Any]:
             record = (orjson.dumps(doc).decode(), partition)
             batch.append(record)
             sent.append(record)
-        out.append({"batch": batch})
+        if moving:
+            sweep_at += rng.choice([0, 3_600_000, DAY, 3 * DAY])
+            out.append({"batch": batch, "now": sweep_at})
+        else:
+            out.append({"batch": batch})
     return {
         "now": NOW,
         "profiles": PROFILES,
@@ -159,17 +166,29 @@ def calls(python: Path, cwd: Path, spec: dict[str, Any], tmp: Path, own: bool) -
     return result
 
 
-# (seed, customers, steps): many short histories; a few long ones (kept decoded between batches,
-# entries rebased: worker/rules/customer.py LONG_HISTORY).
+# (seed, customers, steps, moving): many short histories; a few long ones (kept decoded
+# between batches, entries rebased: worker/rules/customer.py LONG_HISTORY); each batch at
+# its own instant.
 @pytest.mark.parametrize(
-    ("seed", "customers", "steps"),
-    [*((seed, 60, 70) for seed in range(1, 7)), (7, 6, 150), (8, 6, 150)],
+    ("seed", "customers", "steps", "moving"),
+    [
+        *((seed, 60, 70, False) for seed in range(1, 7)),
+        (7, 6, 150, False),
+        (8, 6, 150, False),
+        (9, 60, 70, True),
+        (10, 6, 150, True),
+    ],
 )
 def test_every_commit_call_is_the_released_engines(
-    seed: int, customers: int, steps: int, redis_server: EmbeddedRedis, tmp_path: Path
+    seed: int,
+    customers: int,
+    steps: int,
+    moving: bool,
+    redis_server: EmbeddedRedis,
+    tmp_path: Path,
 ) -> None:
     released = installed(RELEASED)
-    spec = {**stream(seed, customers, steps), "redis": redis_server.url}
+    spec = {**stream(seed, customers, steps, moving), "redis": redis_server.url}
     ours = calls(Path(sys.executable), ROOT, spec, tmp_path, own=True)
     theirs = calls(released, source(released), spec, tmp_path, own=False)
     assert sum(len(step) for step in ours) > 50  # the stream commits: the test can fail
