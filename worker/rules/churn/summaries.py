@@ -42,20 +42,14 @@ def summary_of(agg: Aggregates, as_of_ms: int) -> Summary | None:
     """`summary` of a customer's aggregates: its kept orders' times, and the folded ones
     (those beyond the per-customer bound) by count and first instant.
 
-    The same figures as `summary`, in one function, the count of days kept by a long
-    history taken as kept: it is on the scoring path of every event of a churn model.
-    (`tests/rules/test_churn.py` checks the two agree.)"""
+    The same figures as `summary`, without its arguments' detour, the count of days kept
+    by a long history taken as kept: it is on the scoring path of every event of a churn
+    model. (`tests/rules/test_churn.py` checks the two agree.)"""
     times = agg.order_times
     kept = len(times)
     days = agg.days
     if days is None:  # a short history: count its days (a long one keeps the count)
-        days = 0
-        last_day = None
-        for at in times:  # ascending: distinct days are the day changes
-            day = at // DAY_MS
-            if day != last_day:
-                days += 1
-                last_day = day
+        days = purchase_day_count(times)
     folded = agg.orders_lifetime - kept
     if folded:  # each folded order is a day of its own, the first one's the first day
         first_day = agg.first_order_at // DAY_MS
