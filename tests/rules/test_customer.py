@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from worker.rules.aggregates import Aggregates
 from worker.rules.customer import LONG_HISTORY, Customer, Published
 from worker.rules.events import ValidEvent
 from worker.rules.money import to_units
@@ -578,6 +579,29 @@ def test_what_a_long_history_keeps_up_to_date_equals_a_rebuild(
         assert d.orders == c.orders and d.aggregates() == agg
         assert d.encode() == blob
     assert kept_days > 0  # the count was kept and checked
+
+
+@settings(max_examples=150, database=None, deadline=None)
+@given(histories(at_least=0) | histories(at_least=LONG_HISTORY - 4), st.integers(0, 40))
+def test_a_day_count_once_counted_is_kept_up_to_date(
+    history: list[tuple[ValidEvent, int]], first_asked: int
+) -> None:
+    """A short history counts its days with an order when first asked (the churn model's
+    x, at its first event scored), then keeps the count event by event, through places,
+    refunds to nothing, cancels and conflicting events, across LONG_HISTORY too: at every
+    step it equals a count of the orders' days."""
+    c = Customer("default", "c1")
+    asked = 0
+    for n, (event, _) in enumerate(history):
+        c.apply(event)
+        agg = c.aggregates()
+        if n < first_asked or agg is None:
+            continue
+        assert agg.day_count() == len({at // DAY for at in agg.order_times})
+        asked += 1
+    if asked > 1:
+        assert c._days is not None  # kept, not counted anew
+    assert Aggregates(T0, T0, 2, 0, [T0, T0 + DAY]).day_count() == 2  # without a customer
 
 
 @settings(max_examples=150, database=None, deadline=None)

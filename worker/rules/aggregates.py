@@ -15,11 +15,14 @@ from worker.rules.instants import DAY_MS
 
 
 class DayValues(Protocol):
-    """Where aggregates read their per-day values on demand (the Customer that built them)."""
+    """Where aggregates read their per-day values and day count on demand (the Customer
+    that built them)."""
 
     def first_day_value(self) -> int: ...
 
     def day_values(self) -> list[tuple[int, int]]: ...
+
+    def day_count(self) -> int: ...
 
 
 @dataclass(slots=True)  # not frozen: built per event, and frozen costs 3x
@@ -35,7 +38,7 @@ class Aggregates:
     # customers with long histories; None: derive them from order_times when needed.
     gaps: Sequence[int] | None = field(default=None, compare=False)
     # The number of distinct UTC days of order_times (the churn model's x), kept by the
-    # same customers; None: count them in order_times when needed.
+    # same customers; None: ask `day_count`.
     days: int | None = field(default=None, compare=False)
     # The customer that built them (a weak reference: the customer keeps its aggregates,
     # and a cycle would leave every customer of a batch to the cycle collector), read only
@@ -75,6 +78,15 @@ class Aggregates:
             day = times[0] // DAY_MS
             first = sum(1 for at in times if at // DAY_MS == day)
         return round(self.monetary * first / self.orders_lifetime)
+
+    def day_count(self) -> int:
+        """The number of distinct UTC days of order_times: `days`, or the customer's count
+        (which it keeps for its later events), or counted here."""
+        if self.days is not None:
+            return self.days
+        if (source := self._customer()) is not None:
+            return source.day_count()
+        return purchase_day_count(self.order_times)
 
     def day_values(self) -> list[tuple[int, int]]:
         """(UTC day number, net value in money units) of each day with a counted order kept,

@@ -84,7 +84,8 @@ class Customer:
     _monetary: int = field(default=0, repr=False, compare=False)
     _agg: Aggregates | None = field(default=None, repr=False, compare=False)  # until a move
     _gaps: list[int] | None = field(default=None, repr=False, compare=False)  # see Aggregates
-    _days: int | None = field(default=None, repr=False, compare=False)  # kept with _gaps
+    # The count of days with an order (`day_count`): kept with _gaps, or once counted
+    _days: int | None = field(default=None, repr=False, compare=False)
     # The orders as the blob stores them (see `encode`), kept up to date by `apply`, so
     # that encoding is one orjson call rather than a pass in Python building every entry
     # (a short history's ages are moved to the commit's instant first). Valid for ages
@@ -176,8 +177,9 @@ class Customer:
         times, gaps = self._times, self._gaps
         assert times is not None
         self._agg = None
-        if (first := self._first_day) is not None and any(
-            c is not None and c[0] // DAY_MS <= first[0] for c in (before, after)
+        if (first := self._first_day) is not None and (
+            (before is not None and before[0] // DAY_MS <= first[0])
+            or (after is not None and after[0] // DAY_MS <= first[0])
         ):
             self._first_day = None
         if before is not None:
@@ -244,6 +246,17 @@ class Customer:
             Aggregates.source(self),
         )
         return self._agg
+
+    def day_count(self) -> int:
+        """The number of distinct UTC days of the counted orders kept (the churn model's
+        x + 1 without folded orders). Counted on first use and then kept up to date by
+        `_move`, as a long history keeps it from the start: a customer's later events in
+        the same batch cost a look at an order's neighbours, not a pass over its orders."""
+        if self._days is None:
+            self.aggregates()  # the counted orders' times, and a long history's count
+            if self._days is None:
+                self._days = purchase_day_count(self._times or ())
+        return self._days
 
     def first_day_value(self) -> int:
         """Net value (money units) of the counted orders on the first order day (UTC);

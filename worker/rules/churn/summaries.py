@@ -42,14 +42,14 @@ def summary_of(agg: Aggregates, as_of_ms: int) -> Summary | None:
     """`summary` of a customer's aggregates: its kept orders' times, and the folded ones
     (those beyond the per-customer bound) by count and first instant.
 
-    The same figures as `summary`, without its arguments' detour, the count of days kept
-    by a long history taken as kept: it is on the scoring path of every event of a churn
-    model. (`tests/rules/test_churn.py` checks the two agree.)"""
+    The same figures as `summary`, without its arguments' detour, the count of days taken
+    as the customer keeps it (`Aggregates.day_count`): it is on the scoring path of every
+    event of a churn model. (`tests/rules/test_churn.py` checks the two agree.)"""
     times = agg.order_times
     kept = len(times)
     days = agg.days
-    if days is None:  # a short history: count its days (a long one keeps the count)
-        days = purchase_day_count(times)
+    if days is None:  # a short history: its customer counts its days once (a long one keeps
+        days = agg.day_count()  # the count from the start)
     folded = agg.orders_lifetime - kept
     if folded:  # each folded order is a day of its own, the first one's the first day
         first_day = agg.first_order_at // DAY_MS
