@@ -602,6 +602,11 @@ def test_a_day_count_once_counted_is_kept_up_to_date(
     if asked > 1:
         assert c._days is not None  # kept, not counted anew
     assert Aggregates(T0, T0, 2, 0, [T0, T0 + DAY]).day_count() == 2  # without a customer
+    gone = Customer("default", "c2")
+    gone.apply(ValidEvent("e", "order_placed", "o", "c2", "default", 100, T0))
+    agg = gone.aggregates()
+    del gone  # the customer dropped: counted from the times
+    assert agg is not None and agg.day_count() == 1
 
 
 @settings(max_examples=150, database=None, deadline=None)

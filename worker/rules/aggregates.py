@@ -81,10 +81,11 @@ class Aggregates:
 
     def day_count(self) -> int:
         """The number of distinct UTC days of order_times: `days`, or the customer's count
-        (which it keeps for its later events), or counted here."""
+        (which it keeps for its later events), or counted here (exact either way: unlike
+        the per-day values, a customer dropped meanwhile costs nothing but the count)."""
         if self.days is not None:
             return self.days
-        if (source := self._customer()) is not None:
+        if self._source is not None and (source := self._source()) is not None:
             return source.day_count()
         return purchase_day_count(self.order_times)
 

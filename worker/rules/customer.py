@@ -252,11 +252,14 @@ class Customer:
         x + 1 without folded orders). Counted on first use and then kept up to date by
         `_move`, as a long history keeps it from the start: a customer's later events in
         the same batch cost a look at an order's neighbours, not a pass over its orders."""
-        if self._days is None:
-            self.aggregates()  # the counted orders' times, and a long history's count
-            if self._days is None:
-                self._days = purchase_day_count(self._times or ())
-        return self._days
+        days = self._days
+        if days is None:
+            if self._times is None:
+                self.aggregates()  # the counted orders' times, and a long history's count
+            days = self._days
+            if days is None:
+                days = self._days = purchase_day_count(self._times or ())
+        return days
 
     def first_day_value(self) -> int:
         """Net value (money units) of the counted orders on the first order day (UTC);
