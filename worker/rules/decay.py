@@ -142,17 +142,17 @@ def p_alive_band_due(
     P(alive) tells most often, where the day takes a root and two or three)."""
     fit = profile.churn_fit
     assert fit is not None
-    if scored is not None:
-        s, p = scored.summary, scored.p_alive
-        if s is None or p is None:
+    bounds = profile.p_alive_bands
+    if scored is not None:  # scored by this profile: its band is P(alive)'s in `bounds`
+        s, p, level = scored.summary, scored.p_alive, scored.band
+        if s is None or p is None or level is None:
             return None
     else:
         s = churn.summary_of(agg, as_of_ms)
         if s is None:
             return None
         p = churn.p_alive(fit.model, fit.params, s)
-    bounds = profile.p_alive_bands
-    level = churn.band(p, bounds)
+        level = churn.band(p, bounds)
     if level == 1:
         return None  # the lowest band: nothing below to cross into
     bound, first = bounds[level - 2], agg.first_order_at // DAY_MS
