@@ -159,9 +159,7 @@ class DeadLetters:
                     "this worker may write to it); nothing is skipped",
                     self.topic,
                     now - started,
-                    self._deliveries.error
-                    or self._watch.topic_problem(self.topic)
-                    or "no answer from the broker",
+                    self._stall_reason(),
                 )
             self._health.beat()
             self._producer.poll(0.05)
@@ -170,3 +168,10 @@ class DeadLetters:
             logger.info("dead letters to %s are acknowledged again", self.topic)
             self._health.dead_letters_acknowledged(True)
             metrics.DLQ_BLOCKED.set(0)
+
+    def _stall_reason(self) -> str:
+        """Why copies are not acknowledged: the last delivery error (worded by the broker or
+        by the client, whichever reported first) and what the topic's metadata says is
+        wrong with it (a missing topic: create it), each when there is one."""
+        reasons = [self._deliveries.error, self._watch.topic_problem(self.topic)]
+        return "; ".join(r for r in reasons if r) or "no answer from the broker"
