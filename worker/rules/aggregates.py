@@ -81,8 +81,9 @@ class Aggregates:
 
     def day_count(self) -> int:
         """The number of distinct UTC days of order_times: `days`, or the customer's count
-        (which it keeps for its later events), or counted here (exact either way: unlike
-        the per-day values, a customer dropped meanwhile costs nothing but the count)."""
+        (which it keeps for its later events), or counted here. A customer dropped
+        meanwhile is no error here, unlike for the per-day values: counting order_times
+        is exact."""
         if self.days is not None:
             return self.days
         if self._source is not None and (source := self._source()) is not None:

@@ -48,8 +48,8 @@ def summary_of(agg: Aggregates, as_of_ms: int) -> Summary | None:
     times = agg.order_times
     kept = len(times)
     days = agg.days
-    if days is None:  # a short history: its customer counts its days once (a long one keeps
-        days = agg.day_count()  # the count from the start)
+    if days is None:  # not kept yet: the customer counts its days once, then keeps the count
+        days = agg.day_count()
     folded = agg.orders_lifetime - kept
     if folded:  # each folded order is a day of its own, the first one's the first day
         first_day = agg.first_order_at // DAY_MS
