@@ -282,7 +282,7 @@ class Customer:
             # The orders as they came (mostly oldest first): most often the first is all.
             for o in self.orders.values():  # counted_as without its tuple per order
                 at = o.placed_at
-                if at is not None and start <= at < end and not o.cancelled:
+                if at is not None and start <= at < end and o.counted:
                     value += o.value
                     left -= 1
                     if not left:
